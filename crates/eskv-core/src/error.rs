@@ -1,0 +1,227 @@
+//! The one error type of eskv, shared by the KV contract and the event layer.
+
+use std::fmt;
+
+/// Boxed source error carried by [`Error::Backend`] and friends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used throughout eskv.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a stream append expected the stream's state to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ExpectedVersion {
+    /// No check at all.
+    Any,
+    /// The stream must not exist yet (it has no events).
+    NoStream,
+    /// The stream must exist (it has at least one event).
+    StreamExists,
+    /// The stream's current version (its last event's version, 1-based) must be exactly this.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("stream exists"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Every failure eskv reports.
+///
+/// Semantic variants come first; [`Error::Backend`] is the fallback for
+/// backend failures that have no better mapping. Each backend maps its
+/// native errors into this enum in exactly one place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transaction conflicted with another one that committed after its
+    /// snapshot. Nothing was written; retrying the whole transaction is safe.
+    #[error("transaction conflict: {message}; nothing was written, retry the transaction")]
+    Conflict {
+        /// What conflicted.
+        message: String,
+    },
+
+    /// The backend lost the answer to a commit: it may or may not have been
+    /// applied. The event layer resolves this through idempotent retries.
+    #[error("{backend}: commit outcome unknown ({message}); retry with the same event ids to resolve it")]
+    CommitOutcomeUnknown {
+        /// Backend name.
+        backend: &'static str,
+        /// Details from the backend.
+        message: String,
+    },
+
+    /// Something that was asked for does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was missing.
+        what: String,
+    },
+
+    /// The caller passed an invalid argument. Nothing was written.
+    #[error("invalid input: {message}")]
+    InvalidInput {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A configured limit was exceeded. Nothing was written.
+    #[error("limit exceeded: {what} is {actual}, the limit is {limit}")]
+    LimitExceeded {
+        /// Which limit.
+        what: String,
+        /// The limit in force.
+        limit: u64,
+        /// The offending size or count.
+        actual: u64,
+    },
+
+    /// A stream append's expected version did not match. Nothing was written.
+    #[error("wrong expected version on stream '{stream}': expected {expected}, actual {}", match .actual { Some(v) => format!("version {v}"), None => "no stream".to_string() })]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version, `None` when it does not exist.
+        actual: Option<u64>,
+    },
+
+    /// A DCB append condition failed: an event matching `fail_if_events_match`
+    /// exists after `after`. Nothing was written.
+    #[error("append condition failed: the event at position {position} matches the condition's query (after {})", match .after { Some(a) => a.to_string(), None => "the start of the log".to_string() })]
+    ConditionFailed {
+        /// Position of the first matching event found after `after`.
+        position: u64,
+        /// The condition's `after`.
+        after: Option<u64>,
+    },
+
+    /// Some event ids of an append already exist, but the append is not an
+    /// exact replay of an earlier one. Nothing was written.
+    #[error("idempotency violation: {message}")]
+    IdempotencyViolation {
+        /// What did not match.
+        message: String,
+    },
+
+    /// Strict mode rejected an event type that is not registered.
+    #[error("unknown event type '{event_type}'{}; register it first or fix the name", match .nearest { Some(n) => format!(" (did you mean '{n}'?)"), None => String::new() })]
+    UnknownEventType {
+        /// The rejected type.
+        event_type: String,
+        /// The closest registered type, if any.
+        nearest: Option<String>,
+    },
+
+    /// The backend cannot be reached or timed out.
+    #[error("{backend} unavailable: {message}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What failed, for example the address and the timeout.
+        message: String,
+    },
+
+    /// Stored data failed a check: a checksum mismatch, an undecodable value,
+    /// or a file that is not an eskv store.
+    #[error("corrupt data{}: {message}", match .position { Some(p) => format!(" at position {p}"), None => String::new() })]
+    Corrupt {
+        /// Global position of the damaged event, when known.
+        position: Option<u64>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A backend failure with no semantic mapping.
+    #[error("{backend} error: {source}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// The native error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// True when retrying the same operation may succeed: a conflict, an
+    /// unknown commit outcome (retry with the same event ids), or a backend
+    /// that is temporarily unavailable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Conflict { .. } | Error::CommitOutcomeUnknown { .. } | Error::Unavailable { .. }
+        )
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Conflict`].
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Corrupt`].
+    pub fn corrupt(position: Option<u64>, message: impl Into<String>) -> Self {
+        Error::Corrupt {
+            position,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Backend`].
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn limit(what: impl Into<String>, limit: usize, actual: usize) -> Self {
+        Error::LimitExceeded {
+            what: what.into(),
+            limit: limit as u64,
+            actual: actual as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_actionable() {
+        let e = Error::WrongExpectedVersion {
+            stream: "order-1".into(),
+            expected: ExpectedVersion::Exact(3),
+            actual: Some(5),
+        };
+        assert_eq!(
+            e.to_string(),
+            "wrong expected version on stream 'order-1': expected version 3, actual version 5"
+        );
+        let e = Error::UnknownEventType {
+            event_type: "OrderPlacd".into(),
+            nearest: Some("OrderPlaced".into()),
+        };
+        assert!(e.to_string().contains("did you mean 'OrderPlaced'"));
+        assert!(Error::conflict("x").is_retryable());
+        assert!(!Error::invalid("x").is_retryable());
+    }
+}

@@ -1,0 +1,193 @@
+//! In-memory backend: a real implementation of the [`KvStore`] contract.
+//!
+//! Data lives in a persistent ordered map (`imbl::OrdMap`), so a snapshot is
+//! an O(1) clone and readers never block writers. Commits are serialized by
+//! one mutex and checked against a [`CommitOracle`].
+
+use crate::error::{Error, Result};
+use crate::kv::{
+    begin_span, scan_span, traced_commit, Capabilities, KeyRange, KvPair, KvStore, KvTransaction,
+    ScanOptions, WriteBuffer,
+};
+use crate::oracle::{CommitOracle, Snapshot};
+use async_trait::async_trait;
+use imbl::OrdMap;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+type Map = OrdMap<Vec<u8>, Vec<u8>>;
+
+/// The in-memory store. Cheap to clone; clones share the data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data: RwLock<Map>,
+    commit_lock: Mutex<()>,
+    oracle: Arc<CommitOracle>,
+    caps: Capabilities,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                data: RwLock::new(Map::new()),
+                commit_lock: Mutex::new(()),
+                oracle: CommitOracle::new(),
+                caps: Capabilities::unlimited("memory").with_single_process(true),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl KvStore for MemoryStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+        let _span = begin_span("memory").entered();
+        let (snapshot, view) = self.inner.oracle.snapshot(|| {
+            self.inner
+                .data
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
+        Ok(Box::new(MemoryTxn {
+            store: self.inner.clone(),
+            snapshot,
+            view,
+            buf: WriteBuffer::new(),
+        }))
+    }
+}
+
+struct MemoryTxn {
+    store: Arc<Inner>,
+    snapshot: Snapshot,
+    view: Map,
+    buf: WriteBuffer,
+}
+
+impl MemoryTxn {
+    fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.buf.lookup(key) {
+            Some(v) => v.map(<[u8]>::to_vec),
+            None => self.view.get(key).cloned(),
+        }
+    }
+}
+
+#[async_trait]
+impl KvTransaction for MemoryTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.read(key))
+    }
+
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(keys.iter().map(|k| self.read(k)).collect())
+    }
+
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        let _span = scan_span("memory", opts).entered();
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fetch = self.buf.overfetch(&range, opts.limit);
+        let iter = self.view.range::<_, [u8]>(range.as_bounds());
+        let rows: Vec<KvPair> = if opts.reverse {
+            let it = iter.rev().map(|(k, v)| (k.clone(), v.clone()));
+            match fetch {
+                Some(n) => it.take(n).collect(),
+                None => it.collect(),
+            }
+        } else {
+            let it = iter.map(|(k, v)| (k.clone(), v.clone()));
+            match fetch {
+                Some(n) => it.take(n).collect(),
+                None => it.collect(),
+            }
+        };
+        Ok(self.buf.merge_scan(&range, opts, rows))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.buf.put(key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.buf.delete(key)
+    }
+
+    fn validate(&mut self, key: Vec<u8>) {
+        self.buf.validate(key)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let MemoryTxn {
+            store,
+            snapshot,
+            buf,
+            ..
+        } = *self;
+        let n = buf.writes().len();
+        traced_commit("memory", n, async move {
+            buf.check_limits(&store.caps)?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let (writes, validated) = buf.into_parts()?;
+            let _guard = store.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let keys = writes
+                .keys()
+                .map(Vec::as_slice)
+                .chain(validated.iter().map(Vec::as_slice));
+            if let Some(k) = store
+                .oracle
+                .first_conflict(snapshot.seq(), keys, &HashSet::new())
+            {
+                return Err(Error::conflict(format!(
+                    "key {} was changed by a transaction that committed after this one's snapshot",
+                    crate::display_key(&k)
+                )));
+            }
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let mut next = store.data.read().unwrap_or_else(|p| p.into_inner()).clone();
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => {
+                        next.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        next.remove(k);
+                    }
+                }
+            }
+            store.oracle.publish(writes.into_keys(), || {
+                *store.data.write().unwrap_or_else(|p| p.into_inner()) = next;
+            });
+            Ok(())
+        })
+        .await
+    }
+}

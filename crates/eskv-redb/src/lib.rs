@@ -1,0 +1,542 @@
+//! Embedded [redb] backend for eskv.
+//!
+//! ```
+//! use eskv_core::{KvStore, KvStoreExt};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> eskv_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = eskv_redb::RedbStore::open(dir.path().join("kv.redb")).await?;
+//! let mut txn = store.begin().await?;
+//! txn.put(b"greeting".to_vec(), b"hello".to_vec());
+//! txn.commit().await?;
+//! assert_eq!(store.get_latest(b"greeting").await?, Some(b"hello".to_vec()));
+//! # Ok(()) }
+//! ```
+//!
+//! # How it meets the `KvStore` contract
+//!
+//! - **Snapshots** are redb read transactions (MVCC, never blocked by the
+//!   writer), registered with a [`CommitOracle`] under the commit number
+//!   they see.
+//! - **Writes** are buffered in a [`WriteBuffer`] and sent at commit to one
+//!   dedicated writer thread.
+//! - **Group commit.** The writer thread drains every commit request that
+//!   is waiting, checks each against the oracle (and against the requests
+//!   admitted before it in the same batch), applies the admitted ones in one
+//!   redb write transaction and makes it durable with one fsync. Each request
+//!   keeps its own outcome: a conflict fails only that request.
+//! - **Never blocks the runtime.** Reads run on `spawn_blocking`; commits on
+//!   the writer thread.
+//!
+//! The file is opened in redb's exclusive-writer mode, so this process is the
+//! only writer and the in-process oracle sees every commit.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use async_trait::async_trait;
+use eskv_core::kv::{begin_span, scan_span, traced_commit, WriteSet};
+use eskv_core::oracle::{CommitOracle, Snapshot};
+use eskv_core::{
+    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions, WriteBuffer,
+};
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+const BACKEND: &str = "redb";
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("eskv_data");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("eskv_meta");
+const FORMAT_KEY: &str = "format";
+const FORMAT: &[u8] = b"eskv-kv/1";
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync before a commit returns (the default): an acknowledged commit
+    /// survives power loss.
+    #[default]
+    Immediate,
+    /// No fsync: an acknowledged commit survives a process crash only once a
+    /// later `Immediate` commit (or a clean close) has flushed it. For tests
+    /// and throwaway data.
+    None,
+}
+
+/// Options for [`RedbStore::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedbOptions {
+    /// Commit durability. Default: [`Durability::Immediate`].
+    pub durability: Durability,
+    /// redb page cache size in bytes. Default: redb's default.
+    pub cache_size: Option<usize>,
+    /// Most commit requests one group commit may carry. Default: 1024.
+    pub max_batch: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            durability: Durability::Immediate,
+            cache_size: None,
+            max_batch: 1024,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// Sets the durability.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Sets the page cache size.
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = Some(bytes);
+        self
+    }
+
+    /// Sets the largest group-commit batch.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+}
+
+/// A redb file as a [`KvStore`]. Cheap to clone; clones share the file.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    oracle: Arc<CommitOracle>,
+    writer: mpsc::Sender<CommitRequest>,
+    caps: Capabilities,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct CommitRequest {
+    snapshot_seq: u64,
+    writes: WriteSet,
+    validated: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// The one place where redb errors become eskv errors.
+fn map_err(e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        redb::Error::Corrupted(msg) => Error::corrupt(None, format!("redb file is corrupt: {msg}")),
+        redb::Error::UpgradeRequired(v) => Error::corrupt(
+            None,
+            format!("redb file format {v} needs an upgrade with a newer redb before eskv can open it"),
+        ),
+        redb::Error::DatabaseAlreadyOpen => Error::Unavailable {
+            backend: BACKEND,
+            message: "the redb file is already open (by this or another process); close the other handle first".into(),
+        },
+        redb::Error::ValueTooLarge(n) => Error::LimitExceeded {
+            what: "a redb value (bytes)".into(),
+            limit: u32::MAX as u64,
+            actual: n as u64,
+        },
+        e @ redb::Error::TableTypeMismatch { .. } => {
+            Error::corrupt(None, format!("not an eskv store: {e}"))
+        }
+        other => Error::backend(BACKEND, other),
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path` with default options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, RedbOptions::default()).await
+    }
+
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// Fails with [`Error::Corrupt`] when the file is not a redb database,
+    /// is damaged, or is a redb database that eskv did not create.
+    pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(p, options))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?
+    }
+
+    fn open_blocking(path: PathBuf, options: RedbOptions) -> Result<Self> {
+        let mut builder = Database::builder();
+        if let Some(c) = options.cache_size {
+            builder.set_cache_size(c);
+        }
+        let db = builder.create(&path).map_err(|e| match map_err(e) {
+            Error::Backend { source, .. } => Error::corrupt(
+                None,
+                format!("cannot open {} as a redb file: {source}", path.display()),
+            ),
+            other => other,
+        })?;
+        init_format(&db, &path)?;
+        let db = Arc::new(db);
+        let oracle = CommitOracle::new();
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            oracle: oracle.clone(),
+            durability: options.durability,
+            max_batch: options.max_batch,
+        };
+        std::thread::Builder::new()
+            .name("eskv-redb-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                oracle,
+                writer: tx,
+                // redb stores values up to u32::MAX bytes; stay well below.
+                caps: Capabilities::unlimited(BACKEND)
+                    .with_max_value_size(1 << 30)
+                    .with_single_process(true),
+                path,
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+fn init_format(db: &Database, path: &Path) -> Result<()> {
+    let w = db.begin_write().map_err(map_err)?;
+    let has_other_tables = w
+        .list_tables()
+        .map_err(map_err)?
+        .any(|t| t.name() != "eskv_data" && t.name() != "eskv_meta");
+    {
+        let mut meta = w.open_table(META).map_err(map_err)?;
+        let format = meta
+            .get(FORMAT_KEY)
+            .map_err(map_err)?
+            .map(|v| v.value().to_vec());
+        match format {
+            Some(f) if f == FORMAT => {}
+            Some(f) => {
+                return Err(Error::corrupt(
+                    None,
+                    format!(
+                        "{} has eskv format {:?}, this version reads {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&f),
+                        String::from_utf8_lossy(FORMAT)
+                    ),
+                ))
+            }
+            None if has_other_tables => {
+                return Err(Error::corrupt(
+                    None,
+                    format!(
+                        "{} is a redb database but not an eskv store",
+                        path.display()
+                    ),
+                ))
+            }
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT).map_err(map_err)?;
+            }
+        }
+        w.open_table(DATA).map_err(map_err)?;
+    }
+    w.commit().map_err(map_err)
+}
+
+#[async_trait]
+impl KvStore for RedbStore {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+        let _span = begin_span(BACKEND).entered();
+        let (snapshot, table) = self.inner.oracle.snapshot(|| {
+            let r = self.inner.db.begin_read().map_err(map_err)?;
+            r.open_table(DATA).map_err(map_err)
+        });
+        Ok(Box::new(RedbTxn {
+            store: self.inner.clone(),
+            snapshot,
+            table: Arc::new(table?),
+            buf: WriteBuffer::new(),
+        }))
+    }
+}
+
+type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+struct RedbTxn {
+    store: Arc<Inner>,
+    snapshot: Snapshot,
+    table: Arc<Table>,
+    buf: WriteBuffer,
+}
+
+impl RedbTxn {
+    /// Runs a read against the snapshot on the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Table) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let table = self.table.clone();
+        tokio::task::spawn_blocking(move || f(&table))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?
+    }
+}
+
+fn get_one(t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+}
+
+#[async_trait]
+impl KvTransaction for RedbTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.buf.lookup(key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
+        let key = key.to_vec();
+        self.read(move |t| get_one(t, &key)).await
+    }
+
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| self.buf.lookup(k).is_none())
+            .cloned()
+            .collect();
+        let mut fetched = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.read(move |t| {
+                missing
+                    .iter()
+                    .map(|k| get_one(t, k))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?
+        }
+        .into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match self.buf.lookup(k) {
+                Some(v) => v.map(<[u8]>::to_vec),
+                None => fetched.next().flatten(),
+            })
+            .collect())
+    }
+
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        let span = scan_span(BACKEND, opts);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fetch = self.buf.overfetch(&range, opts.limit);
+        let r = range.clone();
+        let rows = self
+            .read(move |t| {
+                let _g = span.entered();
+                let iter = t.range::<&[u8]>(r.as_bounds()).map_err(map_err)?;
+                let mut out = Vec::new();
+                let limit = fetch.unwrap_or(usize::MAX);
+                let mut push = |item: std::result::Result<_, redb::StorageError>| -> Result<bool> {
+                    let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+                        item.map_err(map_err)?;
+                    out.push((k.value().to_vec(), v.value().to_vec()));
+                    Ok(out.len() < limit)
+                };
+                if limit > 0 {
+                    if opts.reverse {
+                        for item in iter.rev() {
+                            if !push(item)? {
+                                break;
+                            }
+                        }
+                    } else {
+                        for item in iter {
+                            if !push(item)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(self.buf.merge_scan(&range, opts, rows))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.buf.put(key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.buf.delete(key)
+    }
+
+    fn validate(&mut self, key: Vec<u8>) {
+        self.buf.validate(key)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let RedbTxn {
+            store,
+            snapshot,
+            buf,
+            table,
+        } = *self;
+        drop(table);
+        traced_commit(BACKEND, buf.writes().len(), async move {
+            buf.check_limits(&store.caps)?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let (writes, validated) = buf.into_parts()?;
+            let (reply, rx) = oneshot::channel();
+            store
+                .writer
+                .send(CommitRequest {
+                    snapshot_seq: snapshot.seq(),
+                    writes,
+                    validated,
+                    reply,
+                })
+                .map_err(|_| writer_gone())?;
+            // Keep the snapshot registered until the writer has checked it.
+            let res = rx.await.map_err(|_| writer_gone())?;
+            drop(snapshot);
+            res
+        })
+        .await
+    }
+}
+
+fn writer_gone() -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        message: "the redb writer thread stopped; reopen the store".into(),
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    oracle: Arc<CommitOracle>,
+    durability: Durability,
+    max_batch: usize,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<CommitRequest>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    /// One group commit: admit conflict-free requests in arrival order,
+    /// write them in one redb transaction, answer each.
+    fn commit_batch(&self, batch: Vec<CommitRequest>) {
+        let mut pending: HashSet<Vec<u8>> = HashSet::new();
+        let mut admitted = Vec::with_capacity(batch.len());
+        for req in batch {
+            let keys = req
+                .writes
+                .keys()
+                .map(Vec::as_slice)
+                .chain(req.validated.iter().map(Vec::as_slice));
+            if let Some(k) = self.oracle.first_conflict(req.snapshot_seq, keys, &pending) {
+                let _ = req.reply.send(Err(Error::conflict(format!(
+                    "key {} was changed by a transaction that committed after this one's snapshot",
+                    eskv_core::display_key(&k)
+                ))));
+                continue;
+            }
+            if req.writes.is_empty() {
+                let _ = req.reply.send(Ok(()));
+                continue;
+            }
+            pending.extend(req.writes.keys().cloned());
+            admitted.push(req);
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        tracing::trace!(requests = admitted.len(), "redb group commit");
+        match self.write(&admitted) {
+            Ok(()) => {
+                self.oracle.publish(pending, || ());
+                for req in admitted {
+                    let _ = req.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed. Everyone gets the error.
+                let msg = e.to_string();
+                let mut first = Some(e);
+                for req in admitted {
+                    let err = first
+                        .take()
+                        .unwrap_or_else(|| Error::backend(BACKEND, msg.clone()));
+                    let _ = req.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    fn write(&self, admitted: &[CommitRequest]) -> Result<()> {
+        let mut w = self.db.begin_write().map_err(map_err)?;
+        if self.durability == Durability::None {
+            w.set_durability(redb::Durability::None)
+                .map_err(|e| Error::backend(BACKEND, e))?;
+        }
+        {
+            let mut t = w.open_table(DATA).map_err(map_err)?;
+            for req in admitted {
+                for (k, v) in &req.writes {
+                    match v {
+                        Some(v) => {
+                            t.insert(k.as_slice(), v.as_slice()).map_err(map_err)?;
+                        }
+                        None => {
+                            t.remove(k.as_slice()).map_err(map_err)?;
+                        }
+                    }
+                }
+            }
+        }
+        w.commit().map_err(map_err)
+    }
+}

@@ -1,0 +1,1 @@
+pub use eskv_core::*;
