@@ -1,0 +1,1 @@
+//! etcd backend for eskv (work in progress).

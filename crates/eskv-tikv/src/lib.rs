@@ -1,0 +1,1 @@
+//! tikv backend for eskv (work in progress).
