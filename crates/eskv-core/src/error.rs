@@ -192,6 +192,69 @@ impl Error {
         }
     }
 
+    /// A copy of this error for another waiter of the same failed batch.
+    /// Semantic variants are copied exactly; a backend source error is
+    /// carried over as its message.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Conflict { message } => Error::Conflict {
+                message: message.clone(),
+            },
+            Error::CommitOutcomeUnknown { backend, message } => Error::CommitOutcomeUnknown {
+                backend,
+                message: message.clone(),
+            },
+            Error::NotFound { what } => Error::NotFound { what: what.clone() },
+            Error::InvalidInput { message } => Error::InvalidInput {
+                message: message.clone(),
+            },
+            Error::LimitExceeded {
+                what,
+                limit,
+                actual,
+            } => Error::LimitExceeded {
+                what: what.clone(),
+                limit: *limit,
+                actual: *actual,
+            },
+            Error::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => Error::WrongExpectedVersion {
+                stream: stream.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::ConditionFailed { position, after } => Error::ConditionFailed {
+                position: *position,
+                after: *after,
+            },
+            Error::IdempotencyViolation { message } => Error::IdempotencyViolation {
+                message: message.clone(),
+            },
+            Error::UnknownEventType {
+                event_type,
+                nearest,
+            } => Error::UnknownEventType {
+                event_type: event_type.clone(),
+                nearest: nearest.clone(),
+            },
+            Error::Unavailable { backend, message } => Error::Unavailable {
+                backend,
+                message: message.clone(),
+            },
+            Error::Corrupt { position, message } => Error::Corrupt {
+                position: *position,
+                message: message.clone(),
+            },
+            Error::Backend { backend, source } => Error::Backend {
+                backend,
+                source: source.to_string().into(),
+            },
+        }
+    }
+
     pub(crate) fn limit(what: impl Into<String>, limit: usize, actual: usize) -> Self {
         Error::LimitExceeded {
             what: what.into(),

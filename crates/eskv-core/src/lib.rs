@@ -1,20 +1,66 @@
-//! Core of eskv: the [`KvStore`] contract, the key codec, the in-memory
-//! backend, and the event-sourcing layout on top.
+//! Core of eskv: an event store (streams with optimistic locking, a
+//! gapless global log, Dynamic Consistency Boundaries) on any transactional
+//! key-value backend that meets the [`KvStore`] contract.
+//!
+//! ```
+//! use eskv_core::{AppendCondition, EventStore, MemoryStore, NewEvent, Query, ReadOptions};
+//! use std::sync::Arc;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> eskv_core::Result<()> {
+//! let store = EventStore::open(Arc::new(MemoryStore::new())).await?;
+//!
+//! // Decide: may student s1 subscribe to course c1? Read what matters...
+//! let query = Query::of(["StudentSubscribed"], ["course:c1", "student:s1"]);
+//! let seen = store.read(&query, ReadOptions::new()).await?;
+//! assert!(seen.events.is_empty());
+//!
+//! // ...and append only if nothing matching appeared since that read.
+//! let event = NewEvent::new("StudentSubscribed", br#"{"student":"s1"}"#.to_vec())
+//!     .with_tags(["course:c1", "student:s1"]);
+//! let done = store
+//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.head))))
+//!     .await?;
+//! assert_eq!(done.first_position, 1);
+//!
+//! // The same decision again now fails: the boundary has changed.
+//! let again = NewEvent::new("StudentSubscribed", b"{}".to_vec()).with_tags(["course:c1", "student:s1"]);
+//! let err = store
+//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.head))))
+//!     .await
+//!     .unwrap_err();
+//! assert!(matches!(err, eskv_core::Error::ConditionFailed { position: 1, .. }));
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod envelope;
 pub mod error;
+pub mod event;
 pub mod kv;
+pub mod layout;
 pub mod memory;
 pub mod oracle;
+pub mod query;
+pub mod store;
 pub mod tuple;
 
 pub use error::{Error, ExpectedVersion, Result};
+pub use event::{
+    EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent, StreamRef,
+    StreamVersion,
+};
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ScanOptions,
     WriteBuffer,
 };
 pub use memory::MemoryStore;
+pub use query::{AppendCondition, Query, QueryItem};
+pub use store::{
+    AppendRequest, AppendResult, EventStore, EventStoreOptions, Limits, LogFilter, ReadOptions,
+    ReadResult, ReadStreamOptions, StreamInfo,
+};
+pub use ulid::Ulid;
 
 /// Renders a key for messages: printable ASCII as is, other bytes as `\xNN`,
 /// cut after 64 bytes.

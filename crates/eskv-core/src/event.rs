@@ -1,0 +1,279 @@
+//! The event model: what you append ([`NewEvent`]) and what you read back
+//! ([`RecordedEvent`]), plus typed helpers over serde.
+
+use crate::error::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use ulid::Ulid;
+
+/// A global log position. Positions start at 1 and are gapless.
+pub type Position = u64;
+
+/// A stream version: the 1-based index of an event within its stream.
+pub type StreamVersion = u64;
+
+/// Event metadata: correlation and causation ids plus free key-value pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Id shared by everything caused by one request.
+    pub correlation_id: Option<String>,
+    /// Id of the message or event that caused this one.
+    pub causation_id: Option<String>,
+    /// Anything else.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Adds a free key-value pair.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn byte_len(&self) -> usize {
+        self.correlation_id.as_ref().map_or(0, String::len)
+            + self.causation_id.as_ref().map_or(0, String::len)
+            + self
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// An event to append.
+///
+/// The id is generated when the event is built, so retrying the same
+/// `NewEvent` after a timeout is idempotent. Tags are kept in canonical
+/// order with duplicates removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Unique id; appending the same ids again is an idempotent replay.
+    pub id: Ulid,
+    /// The event type, for example `CourseDefined`.
+    pub event_type: String,
+    /// Tags such as `course:c1`, sorted and deduplicated.
+    pub tags: Vec<String>,
+    /// Opaque payload.
+    pub data: Vec<u8>,
+    /// Metadata.
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// A new event of `event_type` with payload `data` and a fresh ULID.
+    pub fn new(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        NewEvent {
+            id: Ulid::generate(),
+            event_type: event_type.into(),
+            tags: Vec::new(),
+            data: data.into(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// A new event whose payload is `value` as JSON.
+    pub fn json<T: Serialize + ?Sized>(event_type: impl Into<String>, value: &T) -> Result<Self> {
+        Self::encoded::<Json, T>(event_type, value)
+    }
+
+    /// A new event whose payload is `value` encoded with codec `C`.
+    pub fn encoded<C: PayloadCodec, T: Serialize + ?Sized>(
+        event_type: impl Into<String>,
+        value: &T,
+    ) -> Result<Self> {
+        Ok(Self::new(event_type, C::encode(value)?))
+    }
+
+    /// A new event from a typed payload: its type and tags come from
+    /// [`EventPayload`], its data is JSON.
+    pub fn from_payload<E: EventPayload>(payload: &E) -> Result<Self> {
+        Ok(Self::json(payload.event_type(), payload)?.with_tags(payload.tags()))
+    }
+
+    /// Uses a client-chosen id (for idempotent retries across processes).
+    pub fn with_id(mut self, id: Ulid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Replaces the tags.
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self.tags.sort();
+        self.tags.dedup();
+        self
+    }
+
+    /// Adds one tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        let t = tag.into();
+        if let Err(i) = self.tags.binary_search(&t) {
+            self.tags.insert(i, t);
+        }
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Puts the tags in canonical order (sorted, no duplicates). Called by
+    /// the store on every append, so hand-built structs are fine too.
+    pub(crate) fn canonicalize(&mut self) {
+        self.tags.sort();
+        self.tags.dedup();
+    }
+}
+
+/// The stream an event was appended to, and its version there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// Stream id.
+    pub stream_id: String,
+    /// 1-based version of the event within the stream.
+    pub version: StreamVersion,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global position (gapless, in commit order).
+    pub position: Position,
+    /// Unique id.
+    pub id: Ulid,
+    /// Event type.
+    pub event_type: String,
+    /// Tags, sorted and deduplicated.
+    pub tags: Vec<String>,
+    /// Payload.
+    pub data: Vec<u8>,
+    /// Metadata.
+    pub metadata: Metadata,
+    /// When the store recorded it, in milliseconds since the Unix epoch.
+    pub recorded_at_ms: u64,
+    /// The stream and version, for stream appends.
+    pub stream: Option<StreamRef>,
+}
+
+impl RecordedEvent {
+    /// When the store recorded the event.
+    pub fn recorded_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.recorded_at_ms)
+    }
+
+    /// Decodes the payload as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        self.decode::<Json, T>()
+    }
+
+    /// Decodes the payload with codec `C`.
+    pub fn decode<C: PayloadCodec, T: DeserializeOwned>(&self) -> Result<T> {
+        C::decode(&self.data).map_err(|e| match e {
+            Error::InvalidInput { message } => Error::invalid(format!(
+                "event at position {} ({}): {message}",
+                self.position, self.event_type
+            )),
+            other => other,
+        })
+    }
+
+    /// True when the event carries every tag in `tags`.
+    pub fn has_tags<S: AsRef<str>>(&self, tags: &[S]) -> bool {
+        tags.iter().all(|t| {
+            self.tags
+                .binary_search_by(|x| x.as_str().cmp(t.as_ref()))
+                .is_ok()
+        })
+    }
+}
+
+/// A payload format. [`Json`] is the default; implement this to plug in any
+/// serde format.
+pub trait PayloadCodec {
+    /// Encodes a value.
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>>;
+    /// Decodes a value.
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T>;
+}
+
+/// JSON payloads (serde_json).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+impl PayloadCodec for Json {
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(value)
+            .map_err(|e| Error::invalid(format!("cannot encode payload as JSON: {e}")))
+    }
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid(format!("payload is not the expected JSON: {e}")))
+    }
+}
+
+/// A user type that knows its own event type and tags, so it can be
+/// appended with [`NewEvent::from_payload`] and read back with
+/// [`RecordedEvent::json`].
+///
+/// ```
+/// use eskv_core::{EventPayload, NewEvent};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum CourseEvent {
+///     Defined { course: String, capacity: u32 },
+///     Subscribed { course: String, student: String },
+/// }
+/// impl EventPayload for CourseEvent {
+///     fn event_type(&self) -> &str {
+///         match self {
+///             CourseEvent::Defined { .. } => "CourseDefined",
+///             CourseEvent::Subscribed { .. } => "StudentSubscribed",
+///         }
+///     }
+///     fn tags(&self) -> Vec<String> {
+///         match self {
+///             CourseEvent::Defined { course, .. } => vec![format!("course:{course}")],
+///             CourseEvent::Subscribed { course, student } => {
+///                 vec![format!("course:{course}"), format!("student:{student}")]
+///             }
+///         }
+///     }
+/// }
+/// let e = NewEvent::from_payload(&CourseEvent::Defined { course: "c1".into(), capacity: 10 }).unwrap();
+/// assert_eq!(e.event_type, "CourseDefined");
+/// assert_eq!(e.tags, ["course:c1"]);
+/// ```
+pub trait EventPayload: Serialize + DeserializeOwned {
+    /// The event type name to store.
+    fn event_type(&self) -> &str;
+    /// The tags to store. Default: none.
+    fn tags(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,1478 @@
+//! The event store: appends with group commit, reads, and the type registry.
+//!
+//! # Why the guarantees hold
+//!
+//! Every append transaction reads the head key, writes it, and puts it in
+//! its validation set. By the `KvStore` contract two transactions with
+//! overlapping snapshots that both write the head cannot both commit, so
+//! committed appends form a chain: each one's snapshot contains all earlier
+//! ones. From that chain:
+//!
+//! - **Gapless positions in commit order.** An append takes positions
+//!   `head+1 ..= head+n` from its snapshot's head; the next committed append
+//!   saw this head, so positions are contiguous and increase with commit
+//!   order.
+//! - **No skipped events.** A reader's snapshot contains a prefix of the
+//!   chain, so an event committed later always gets a position above the
+//!   head that reader saw.
+//! - **Exact DCB conditions and stream locks.** The condition and expected
+//!   version are checked on the append's snapshot; any append committed
+//!   after that snapshot would have changed the head and made this commit
+//!   fail (it is then retried from a fresh snapshot). So the check sees
+//!   every event that precedes the append, and nothing that does not exist:
+//!   no conflict is ever reported that is not there.
+//!
+//! Serializing on one key costs throughput on distributed backends; group
+//! commit pays it back: concurrent appends in this process are queued, and
+//! one leader runs them all in one KV transaction, each with its own
+//! outcome. See `docs/DESIGN.md` for the costs per backend.
+
+use crate::envelope;
+use crate::error::{Error, ExpectedVersion, Result};
+use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
+use crate::kv::{KvStore, KvTransaction, ScanOptions};
+use crate::layout::{self, Index, StreamMeta};
+use crate::query::{AppendCondition, Query, QueryItem};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+
+/// Size and count limits checked before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Most bytes of data plus metadata in one event. Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// Most bytes of data plus metadata in one append. Default 16 MiB.
+    pub max_append_bytes: usize,
+    /// Most events in one append. Default 10,000.
+    pub max_events_per_append: usize,
+    /// Most tags on one event. Default 32.
+    pub max_tags_per_event: usize,
+    /// Longest tag, in bytes. Default 256.
+    pub max_tag_len: usize,
+    /// Longest event type, in bytes. Default 128.
+    pub max_type_len: usize,
+    /// Longest stream id, in bytes. Default 256.
+    pub max_stream_id_len: usize,
+    /// Most items in a query. Default 64.
+    pub max_query_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 1 << 20,
+            max_append_bytes: 16 << 20,
+            max_events_per_append: 10_000,
+            max_tags_per_event: 32,
+            max_tag_len: 256,
+            max_type_len: 128,
+            max_stream_id_len: 256,
+            max_query_items: 64,
+        }
+    }
+}
+
+/// Options for [`EventStore::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EventStoreOptions {
+    /// Input limits.
+    pub limits: Limits,
+    /// Most appends one group commit may carry. Default 256.
+    pub max_batch: usize,
+    /// How often a batch is retried after a retryable KV error (conflict
+    /// with another process, unknown commit outcome). Default 32.
+    pub max_retries: u32,
+}
+
+impl Default for EventStoreOptions {
+    fn default() -> Self {
+        EventStoreOptions {
+            limits: Limits::default(),
+            max_batch: 256,
+            max_retries: 32,
+        }
+    }
+}
+
+impl EventStoreOptions {
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the largest group-commit batch (1 disables batching).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Sets the retry budget.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// One append: events, optionally to a stream with an expected version,
+/// optionally with a DCB condition. Both checks may be combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The events, stored atomically at consecutive positions.
+    pub events: Vec<NewEvent>,
+    /// Target stream and expected version.
+    pub stream: Option<(String, ExpectedVersion)>,
+    /// DCB condition.
+    pub condition: Option<AppendCondition>,
+}
+
+impl AppendRequest {
+    /// An unconditional append of `events`.
+    pub fn new(events: Vec<NewEvent>) -> Self {
+        AppendRequest {
+            events,
+            stream: None,
+            condition: None,
+        }
+    }
+
+    /// Appends to `stream`, expecting `expected`.
+    pub fn stream(mut self, stream: impl Into<String>, expected: ExpectedVersion) -> Self {
+        self.stream = Some((stream.into(), expected));
+        self
+    }
+
+    /// Adds a DCB condition.
+    pub fn condition(mut self, condition: AppendCondition) -> Self {
+        self.condition = Some(condition);
+        self
+    }
+}
+
+/// What an append did. A replayed (idempotent) append returns the original
+/// result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppendResult {
+    /// Position of the first event.
+    pub first_position: Position,
+    /// Position of the last event; the store's head right after the append.
+    pub last_position: Position,
+    /// The stream's version after the append, for stream appends.
+    pub stream_version: Option<StreamVersion>,
+}
+
+impl AppendResult {
+    /// Positions of the appended events.
+    pub fn positions(&self) -> std::ops::RangeInclusive<Position> {
+        self.first_position..=self.last_position
+    }
+}
+
+/// Options for reads by position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// First position to consider (inclusive). Default: the start when
+    /// reading forwards, the head when reading backwards.
+    pub from: Option<Position>,
+    /// Read in descending position order.
+    pub backwards: bool,
+    /// Return at most this many events.
+    pub limit: Option<usize>,
+    /// Ignore events after this position (time travel: fold up to `until`
+    /// to get the state as it was there).
+    pub until: Option<Position>,
+}
+
+impl ReadOptions {
+    /// Read everything, forwards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start strictly after `pos` (forwards).
+    pub fn after(pos: Position) -> Self {
+        ReadOptions {
+            from: Some(pos.saturating_add(1)),
+            ..Self::default()
+        }
+    }
+
+    /// Starts at `pos` (inclusive).
+    pub fn from(mut self, pos: Position) -> Self {
+        self.from = Some(pos);
+        self
+    }
+
+    /// Reads backwards.
+    pub fn backwards(mut self) -> Self {
+        self.backwards = true;
+        self
+    }
+
+    /// Limits the count.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Ignores events after `pos`.
+    pub fn until(mut self, pos: Position) -> Self {
+        self.until = Some(pos);
+        self
+    }
+}
+
+/// Options for [`EventStore::read_stream`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStreamOptions {
+    /// First version to return (inclusive). Default: 1 forwards, the last
+    /// version backwards.
+    pub from_version: Option<StreamVersion>,
+    /// Read in descending version order.
+    pub backwards: bool,
+    /// Return at most this many events.
+    pub limit: Option<usize>,
+    /// Ignore events after this global position (time travel).
+    pub until: Option<Position>,
+}
+
+impl ReadStreamOptions {
+    /// The whole stream, forwards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts at version `v`.
+    pub fn from_version(mut self, v: StreamVersion) -> Self {
+        self.from_version = Some(v);
+        self
+    }
+
+    /// Reads backwards.
+    pub fn backwards(mut self) -> Self {
+        self.backwards = true;
+        self
+    }
+
+    /// Limits the count.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Ignores events after global position `pos`.
+    pub fn until(mut self, pos: Position) -> Self {
+        self.until = Some(pos);
+        self
+    }
+}
+
+/// Filters for [`EventStore::read_all_filtered`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only events matching this query (types and tags).
+    pub query: Option<Query>,
+    /// Only events of streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+}
+
+impl LogFilter {
+    /// Events matching `query`.
+    pub fn query(query: Query) -> Self {
+        LogFilter {
+            query: Some(query),
+            stream_prefix: None,
+        }
+    }
+
+    /// Events of streams whose id starts with `prefix`.
+    pub fn stream_prefix(prefix: impl Into<String>) -> Self {
+        LogFilter {
+            query: None,
+            stream_prefix: Some(prefix.into()),
+        }
+    }
+
+    /// True when `e` passes the filter.
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        self.query.as_ref().is_none_or(|q| q.matches(e))
+            && self.stream_prefix.as_ref().is_none_or(|p| {
+                e.stream
+                    .as_ref()
+                    .is_some_and(|s| s.stream_id.starts_with(p.as_str()))
+            })
+    }
+}
+
+/// Events plus the head position of the snapshot they were read at. Pass
+/// `head` as the `after` of an [`AppendCondition`] built from this read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The events, in the requested order.
+    pub events: Vec<RecordedEvent>,
+    /// The store's head at the read's snapshot.
+    pub head: Position,
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamInfo {
+    /// Stream id.
+    pub stream_id: String,
+    /// True when the stream has events.
+    pub exists: bool,
+    /// Current version (0 when it does not exist).
+    pub version: StreamVersion,
+    /// Position of its last event.
+    pub last_position: Option<Position>,
+}
+
+struct Pending {
+    req: AppendRequest,
+    cost: Cost,
+    reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// KV operations and bytes an append will need, to size group commits
+/// within the backend's limits.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    ops: usize,
+    bytes: usize,
+}
+
+/// The event store. Cheap to clone; clones share the group-commit queue.
+/// Safe to share between any number of tasks.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("backend", &self.inner.kv.capabilities().backend)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    kv: Arc<dyn KvStore>,
+    opts: EventStoreOptions,
+    queue: Mutex<VecDeque<Pending>>,
+    leader: tokio::sync::Mutex<()>,
+    known_types: RwLock<HashSet<String>>,
+    head_tx: watch::Sender<Position>,
+}
+
+/// Per-batch state while a group commit is built.
+struct Batch {
+    head: Position,
+    strict: bool,
+    now_ms: u64,
+}
+
+impl EventStore {
+    /// Opens the event store on `kv` with default options, creating the
+    /// layout's format marker on first use.
+    pub async fn open(kv: Arc<dyn KvStore>) -> Result<Self> {
+        Self::open_with(kv, EventStoreOptions::default()).await
+    }
+
+    /// Opens the event store on `kv`.
+    ///
+    /// Fails with [`Error::Corrupt`] when the store holds a different
+    /// layout format.
+    pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
+        let head = retry(opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            let vals = txn
+                .get_many(&[layout::format_key(), layout::head_key()])
+                .await?;
+            match vals[0].as_deref() {
+                Some(f) if f == layout::FORMAT => {}
+                Some(f) => {
+                    return Err(Error::corrupt(
+                        None,
+                        format!(
+                            "the store holds event layout {:?}; this eskv reads {:?}",
+                            String::from_utf8_lossy(f),
+                            String::from_utf8_lossy(layout::FORMAT)
+                        ),
+                    ))
+                }
+                None => {
+                    txn.put(layout::format_key(), layout::FORMAT.to_vec());
+                    txn.commit().await?;
+                }
+            }
+            vals[1]
+                .as_deref()
+                .map_or(Ok(0), |v| layout::parse_u64(v, "head"))
+        })
+        .await?;
+        let (head_tx, _) = watch::channel(head);
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                kv,
+                opts,
+                queue: Mutex::new(VecDeque::new()),
+                leader: tokio::sync::Mutex::new(()),
+                known_types: RwLock::new(HashSet::new()),
+                head_tx,
+            }),
+        })
+    }
+
+    /// The underlying KV store.
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.inner.kv
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &EventStoreOptions {
+        &self.inner.opts
+    }
+
+    /// A receiver that sees the head after every append committed through
+    /// this handle (or its clones). Appends by other processes are not
+    /// seen; poll [`head`](Self::head) for those.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.inner.head_tx.subscribe()
+    }
+
+    /// Appends `events` under an optional DCB condition.
+    pub async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        condition: Option<AppendCondition>,
+    ) -> Result<AppendResult> {
+        let mut req = AppendRequest::new(events);
+        req.condition = condition;
+        self.submit(req).await
+    }
+
+    /// Appends `events` to `stream` if its version matches `expected`.
+    pub async fn append_to_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.submit(AppendRequest::new(events).stream(stream, expected))
+            .await
+    }
+
+    /// Runs one append request. Concurrent calls are grouped into one KV
+    /// transaction; each keeps its own outcome.
+    pub async fn submit(&self, mut req: AppendRequest) -> Result<AppendResult> {
+        let cost = self.prepare(&mut req)?;
+        let (reply, mut rx) = oneshot::channel();
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Pending { req, cost, reply });
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut rx => return res.unwrap_or_else(|_| Err(batch_lost())),
+                guard = self.inner.leader.lock() => {
+                    let batch = self.inner.take_batch();
+                    if batch.is_empty() {
+                        // Another leader took ours; its answer is coming.
+                        drop(guard);
+                        return rx.await.unwrap_or_else(|_| Err(batch_lost()));
+                    }
+                    // Run in its own task so a cancelled caller never
+                    // abandons the other appends of the batch.
+                    let inner = self.inner.clone();
+                    let _ = tokio::spawn(async move { inner.run_batch(batch).await }).await;
+                    drop(guard);
+                }
+            }
+        }
+    }
+
+    /// Validates and canonicalizes an append; nothing is written on error.
+    fn prepare(&self, req: &mut AppendRequest) -> Result<Cost> {
+        let l = &self.inner.opts.limits;
+        let caps = self.inner.kv.capabilities();
+        if req.events.is_empty() {
+            return Err(Error::invalid("an append needs at least one event"));
+        }
+        if req.events.len() > l.max_events_per_append {
+            return Err(Error::limit(
+                "events in one append",
+                l.max_events_per_append,
+                req.events.len(),
+            ));
+        }
+        let mut ids = HashSet::with_capacity(req.events.len());
+        let mut total = 0usize;
+        let mut cost = Cost { ops: 2, bytes: 16 };
+        for e in &mut req.events {
+            e.canonicalize();
+            validate_type(&e.event_type, l)?;
+            if e.tags.len() > l.max_tags_per_event {
+                return Err(Error::limit(
+                    format!("tags on event {}", e.id),
+                    l.max_tags_per_event,
+                    e.tags.len(),
+                ));
+            }
+            for t in &e.tags {
+                validate_tag(t, l)?;
+            }
+            let size = e.data.len() + e.metadata.byte_len();
+            if size > l.max_event_bytes {
+                return Err(Error::limit(
+                    format!("bytes in event {}", e.id),
+                    l.max_event_bytes,
+                    size,
+                ));
+            }
+            total += size;
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(format!(
+                    "event id {} appears twice in one append; every event needs its own id",
+                    e.id
+                )));
+            }
+            let tag_bytes: usize = e.tags.iter().map(|t| 2 * t.len() + 24).sum();
+            let envelope = size + e.event_type.len() + tag_bytes + 64;
+            if let Some(max) = caps.max_value_size {
+                if envelope > max {
+                    return Err(Error::limit(
+                        format!("bytes of one stored event on the {} backend", caps.backend),
+                        max,
+                        envelope,
+                    ));
+                }
+            }
+            cost.ops += 3 + e.tags.len() + if req.stream.is_some() { 2 } else { 0 };
+            cost.bytes += envelope + e.event_type.len() + tag_bytes * (1 + e.tags.len()) + 96;
+        }
+        if total > l.max_append_bytes {
+            return Err(Error::limit(
+                "bytes in one append",
+                l.max_append_bytes,
+                total,
+            ));
+        }
+        if let Some((stream, expected)) = &req.stream {
+            validate_stream_id(stream, l)?;
+            if *expected == ExpectedVersion::Exact(0) {
+                return Err(Error::invalid(
+                    "expected version 0 does not exist: versions start at 1; use ExpectedVersion::NoStream for a new stream",
+                ));
+            }
+            cost.ops += 1;
+            cost.bytes += stream.len() + 32;
+        }
+        if let Some(c) = &mut req.condition {
+            self.validate_query(&mut c.fail_if_events_match)?;
+        }
+        if let Some(max) = caps.max_ops_per_txn {
+            if cost.ops > max {
+                return Err(Error::limit(
+                    format!(
+                        "key operations for this append on the {} backend (split it into smaller appends)",
+                        caps.backend
+                    ),
+                    max,
+                    cost.ops,
+                ));
+            }
+        }
+        if let Some(max) = caps.max_txn_bytes {
+            if cost.bytes > max {
+                return Err(Error::limit(
+                    format!("bytes for this append on the {} backend", caps.backend),
+                    max,
+                    cost.bytes,
+                ));
+            }
+        }
+        Ok(cost)
+    }
+
+    fn validate_query(&self, q: &mut Query) -> Result<()> {
+        let l = &self.inner.opts.limits;
+        if q.items.is_empty() {
+            return Err(Error::invalid(
+                "a query needs at least one item; use Query::all() to match every event",
+            ));
+        }
+        if q.items.len() > l.max_query_items {
+            return Err(Error::limit(
+                "items in one query",
+                l.max_query_items,
+                q.items.len(),
+            ));
+        }
+        for item in &mut q.items {
+            item.types.sort();
+            item.types.dedup();
+            item.tags.sort();
+            item.tags.dedup();
+            for t in &item.types {
+                validate_type(t, l)?;
+            }
+            for t in &item.tags {
+                validate_tag(t, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last assigned position (0 when the store is empty).
+    pub async fn head(&self) -> Result<Position> {
+        let mut txn = self.inner.kv.begin().await?;
+        read_head(&mut *txn).await
+    }
+
+    /// DCB read: the events matching `query`, plus the head at the read's
+    /// snapshot.
+    pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
+        let mut q = query.clone();
+        self.validate_query(&mut q)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let head = read_head(&mut *txn).await?;
+        let Some((lo, hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                events: Vec::new(),
+                head,
+            });
+        };
+        let positions = find_positions(&mut *txn, &q, lo, hi, opts.backwards, opts.limit).await?;
+        let events = load_events(&mut *txn, &positions).await?;
+        Ok(ReadResult { events, head })
+    }
+
+    /// Reads the global log.
+    pub async fn read_all(&self, opts: ReadOptions) -> Result<ReadResult> {
+        self.read_all_filtered(&LogFilter::default(), opts).await
+    }
+
+    /// Reads the global log, keeping only events that pass `filter`. A
+    /// query filter uses the type and tag indexes; a stream prefix is
+    /// checked on each event.
+    pub async fn read_all_filtered(
+        &self,
+        filter: &LogFilter,
+        opts: ReadOptions,
+    ) -> Result<ReadResult> {
+        if let Some(q) = &filter.query {
+            let mut q = q.clone();
+            self.validate_query(&mut q)?;
+            if filter.stream_prefix.is_none() {
+                return self.read(&q, opts).await;
+            }
+        }
+        let mut txn = self.inner.kv.begin().await?;
+        let head = read_head(&mut *txn).await?;
+        let Some((mut lo, mut hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                events: Vec::new(),
+                head,
+            });
+        };
+        let want = opts.limit.unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+        while events.len() < want && lo <= hi {
+            let rows = txn
+                .scan(
+                    layout::log_range(lo, hi),
+                    ScanOptions {
+                        limit: Some(page),
+                        reverse: opts.backwards,
+                    },
+                )
+                .await?;
+            let n = rows.len();
+            for (k, v) in rows {
+                let pos = layout::parse_log_key(&k)?;
+                let e = envelope::decode(&v, pos)?;
+                if opts.backwards {
+                    hi = pos.saturating_sub(1);
+                } else {
+                    lo = pos + 1;
+                }
+                if filter.matches(&e) {
+                    events.push(e);
+                    if events.len() == want {
+                        break;
+                    }
+                }
+            }
+            if n < page || (opts.backwards && hi == 0) {
+                break;
+            }
+        }
+        Ok(ReadResult { events, head })
+    }
+
+    /// Reads a category: the events of every stream whose id, up to its
+    /// first `-`, is `category` (like EventStoreDB's `$ce-` streams, but
+    /// from an index, without copying events).
+    pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
+        validate_stream_id(category, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let head = read_head(&mut *txn).await?;
+        let Some((lo, hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                events: Vec::new(),
+                head,
+            });
+        };
+        let positions = scan_index(
+            &mut *txn,
+            Index::Category(category),
+            lo,
+            hi,
+            opts.backwards,
+            opts.limit,
+            |_| Ok(true),
+        )
+        .await?;
+        let events = load_events(&mut *txn, &positions).await?;
+        Ok(ReadResult { events, head })
+    }
+
+    /// Reads a stream by version.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        opts: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = if opts.backwards {
+            (
+                1,
+                opts.from_version.unwrap_or(meta.version).min(meta.version),
+            )
+        } else {
+            (opts.from_version.unwrap_or(1).max(1), meta.version)
+        };
+        if lo > hi || opts.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let until = opts.until.unwrap_or(Position::MAX);
+        let mut positions = Vec::new();
+        let want = opts.limit.unwrap_or(usize::MAX);
+        let rows = txn
+            .scan(
+                layout::stream_event_range(stream, lo, hi),
+                ScanOptions {
+                    // Positions grow with versions, so `until` only trims.
+                    limit: if opts.until.is_some() && opts.backwards {
+                        None
+                    } else {
+                        opts.limit
+                    },
+                    reverse: opts.backwards,
+                },
+            )
+            .await?;
+        for (_, v) in rows {
+            let pos = layout::parse_u64(&v, "stream index entry")?;
+            if pos > until {
+                if opts.backwards {
+                    continue;
+                }
+                break;
+            }
+            positions.push(pos);
+            if positions.len() == want {
+                break;
+            }
+        }
+        load_events(&mut *txn, &positions).await
+    }
+
+    /// A stream's version and last position.
+    pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let meta = read_stream_meta(&mut *txn, stream).await?;
+        Ok(stream_info(stream.to_owned(), meta))
+    }
+
+    /// Lists streams whose id starts with `prefix`, in id order, at most
+    /// `limit`, starting after stream id `after` (for paging).
+    pub async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
+        let mut txn = self.inner.kv.begin().await?;
+        let rows = txn
+            .scan(
+                layout::stream_list_range(prefix, after),
+                ScanOptions::forward(Some(limit)),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                Ok(stream_info(
+                    layout::parse_stream_key(&k)?,
+                    Some(StreamMeta::decode(&v)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Registers allowed event types (persisted; additive).
+    pub async fn register_event_types<I, S>(&self, types: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let types: Vec<String> = types.into_iter().map(Into::into).collect();
+        for t in &types {
+            validate_type(t, &self.inner.opts.limits)?;
+        }
+        let kv = &self.inner.kv;
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            for t in &types {
+                txn.put(layout::registry_key(t), Vec::new());
+            }
+            txn.commit().await
+        })
+        .await?;
+        self.inner
+            .known_types
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(types);
+        Ok(())
+    }
+
+    /// The registered event types, sorted.
+    pub async fn event_types(&self) -> Result<Vec<String>> {
+        let mut txn = self.inner.kv.begin().await?;
+        registered_types(&mut *txn).await
+    }
+
+    /// Turns strict mode on or off (persisted). In strict mode an append
+    /// with an unregistered event type is rejected.
+    pub async fn set_strict_types(&self, strict: bool) -> Result<()> {
+        let kv = &self.inner.kv;
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            txn.put(layout::strict_key(), vec![u8::from(strict)]);
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// True when strict mode is on.
+    pub async fn strict_types(&self) -> Result<bool> {
+        let mut txn = self.inner.kv.begin().await?;
+        Ok(txn.get(&layout::strict_key()).await?.as_deref() == Some(&[1u8][..]))
+    }
+}
+
+fn stream_info(stream_id: String, meta: Option<StreamMeta>) -> StreamInfo {
+    StreamInfo {
+        stream_id,
+        exists: meta.is_some(),
+        version: meta.map_or(0, |m| m.version),
+        last_position: meta.map(|m| m.last_position),
+    }
+}
+
+fn batch_lost() -> Error {
+    Error::backend(
+        "eskv",
+        "the group commit running this append was lost (task aborted)",
+    )
+}
+
+impl Inner {
+    /// Takes the next batch: queued requests in arrival order, as many as
+    /// fit in one transaction of this backend.
+    fn take_batch(&self) -> Vec<Pending> {
+        let caps = self.kv.capabilities();
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut total = Cost::default();
+        while let Some(p) = q.front() {
+            let ops = total.ops + p.cost.ops;
+            let bytes = total.bytes + p.cost.bytes;
+            let full = batch.len() >= self.opts.max_batch
+                || caps.max_ops_per_txn.is_some_and(|m| ops > m)
+                || caps.max_txn_bytes.is_some_and(|m| bytes > m);
+            if full && !batch.is_empty() {
+                break;
+            }
+            total = Cost { ops, bytes };
+            batch.extend(q.pop_front());
+        }
+        batch
+    }
+
+    async fn run_batch(self: Arc<Self>, batch: Vec<Pending>) {
+        let reqs: Vec<&AppendRequest> = batch.iter().map(|p| &p.req).collect();
+        let outcome = retry(self.opts.max_retries, || self.execute(&reqs)).await;
+        match outcome {
+            Ok(results) => {
+                for (p, r) in batch.into_iter().zip(results) {
+                    let _ = p.reply.send(r);
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+
+    /// One attempt at a group commit. The outer error aborts the whole
+    /// batch (and is retried if retryable); inner errors reject single
+    /// requests.
+    async fn execute(&self, reqs: &[&AppendRequest]) -> Result<Vec<Result<AppendResult>>> {
+        let mut txn = self.kv.begin().await?;
+        let vals = txn
+            .get_many(&[layout::head_key(), layout::strict_key()])
+            .await?;
+        let head0 = vals[0]
+            .as_deref()
+            .map_or(Ok(0), |v| layout::parse_u64(v, "head"))?;
+        let mut batch = Batch {
+            head: head0,
+            strict: vals[1].as_deref() == Some(&[1u8][..]),
+            now_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            results.push(self.apply(&mut *txn, &mut batch, req).await?);
+        }
+        if batch.head != head0 {
+            txn.put(layout::head_key(), layout::u64_value(batch.head));
+            txn.validate(layout::head_key());
+            txn.commit().await?;
+            self.head_tx.send_replace(batch.head);
+        }
+        Ok(results)
+    }
+
+    /// Checks one request against the batch's view and, if it passes,
+    /// buffers its writes. All checks come before the first write, so a
+    /// rejected request leaves nothing behind.
+    async fn apply(
+        &self,
+        txn: &mut dyn KvTransaction,
+        batch: &mut Batch,
+        req: &AppendRequest,
+    ) -> Result<Result<AppendResult>> {
+        // One round trip for the idempotency entries and the stream head.
+        let mut keys: Vec<Vec<u8>> = req.events.iter().map(|e| layout::id_key(e.id)).collect();
+        if let Some((s, _)) = &req.stream {
+            keys.push(layout::stream_key(s));
+        }
+        let mut vals = txn.get_many(&keys).await?;
+        let meta = match &req.stream {
+            Some(_) => vals
+                .pop()
+                .flatten()
+                .map(|v| StreamMeta::decode(&v))
+                .transpose()?,
+            None => None,
+        };
+
+        // Idempotency: the same ids again is a replay of the original.
+        if vals.iter().any(Option::is_some) {
+            return self.replay(txn, req, &vals).await;
+        }
+
+        if batch.strict {
+            if let Err(e) = self.check_types(txn, req).await? {
+                return Ok(Err(e));
+            }
+        }
+
+        if let Some((stream, expected)) = &req.stream {
+            let actual = meta.map(|m| m.version);
+            let ok = match *expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => actual.is_none(),
+                ExpectedVersion::StreamExists => actual.is_some(),
+                ExpectedVersion::Exact(v) => actual == Some(v),
+            };
+            if !ok {
+                return Ok(Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected: *expected,
+                    actual,
+                }));
+            }
+        }
+
+        if let Some(c) = &req.condition {
+            if let Some(after) = c.after {
+                if after > batch.head {
+                    return Ok(Err(Error::invalid(format!(
+                        "condition's after ({after}) is past the head ({}); pass the head returned by your read",
+                        batch.head
+                    ))));
+                }
+            }
+            let lo = c.after.map_or(1, |a| a + 1);
+            let hit = find_positions(txn, &c.fail_if_events_match, lo, batch.head, false, Some(1))
+                .await?;
+            if let Some(&position) = hit.first() {
+                return Ok(Err(Error::ConditionFailed {
+                    position,
+                    after: c.after,
+                }));
+            }
+        }
+
+        // Encode everything first; then buffer the writes.
+        let first = batch.head + 1;
+        let mut version = meta.map_or(0, |m| m.version);
+        let stream = req.stream.as_ref().map(|(s, _)| s.as_str());
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.events.len() * 6);
+        for (i, e) in req.events.iter().enumerate() {
+            let pos = first + i as u64;
+            let sref = stream.map(|s| {
+                version += 1;
+                (s, version)
+            });
+            rows.push((
+                layout::log_key(pos),
+                envelope::encode_new(pos, e, batch.now_ms, sref)?,
+            ));
+            rows.push((layout::id_key(e.id), layout::u64_value(pos)));
+            rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
+            if !e.tags.is_empty() {
+                let entry = layout::tag_entry_value(&e.event_type, &e.tags)?;
+                for t in &e.tags {
+                    rows.push((layout::tag_key(t, pos), entry.clone()));
+                }
+            }
+            if let Some((s, v)) = sref {
+                rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
+                rows.push((
+                    layout::category_key(layout::category_of(s), pos),
+                    Vec::new(),
+                ));
+            }
+        }
+        let last = first + req.events.len() as u64 - 1;
+        if let Some(s) = stream {
+            let m = StreamMeta {
+                version,
+                last_position: last,
+            };
+            rows.push((layout::stream_key(s), m.encode()));
+        }
+        for (k, v) in rows {
+            txn.put(k, v);
+        }
+        batch.head = last;
+        Ok(Ok(AppendResult {
+            first_position: first,
+            last_position: last,
+            stream_version: stream.map(|_| version),
+        }))
+    }
+
+    /// Some ids already exist: succeed with the original result if this is
+    /// an exact replay, else reject.
+    async fn replay(
+        &self,
+        txn: &mut dyn KvTransaction,
+        req: &AppendRequest,
+        found: &[Option<Vec<u8>>],
+    ) -> Result<Result<AppendResult>> {
+        let existing = found.iter().filter(|v| v.is_some()).count();
+        if existing < req.events.len() {
+            let ids: Vec<String> = req
+                .events
+                .iter()
+                .zip(found)
+                .filter(|(_, f)| f.is_some())
+                .map(|(e, _)| e.id.to_string())
+                .collect();
+            return Ok(Err(Error::IdempotencyViolation {
+                message: format!(
+                    "{existing} of {} event ids already exist ({}); an append is replayed only with exactly the same ids in the same order",
+                    req.events.len(),
+                    ids.join(", ")
+                ),
+            }));
+        }
+        let positions = found
+            .iter()
+            .flatten()
+            .map(|v| layout::parse_u64(v, "event id entry"))
+            .collect::<Result<Vec<_>>>()?;
+        let first = positions[0];
+        let consecutive = positions
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p == first + i as u64);
+        if !consecutive {
+            return Ok(Err(Error::IdempotencyViolation {
+                message: "these event ids were appended, but not together in this order; an append is replayed only with exactly the same ids in the same order".into(),
+            }));
+        }
+        let stored = load_events(txn, &positions).await?;
+        let want_stream = req.stream.as_ref().map(|(s, _)| s.as_str());
+        for (e, s) in req.events.iter().zip(&stored) {
+            let got_stream = s.stream.as_ref().map(|r| r.stream_id.as_str());
+            if s.event_type != e.event_type || got_stream != want_stream {
+                return Ok(Err(Error::IdempotencyViolation {
+                    message: format!(
+                        "event id {} was already appended with type '{}' to {}, not type '{}' to {}",
+                        e.id,
+                        s.event_type,
+                        got_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                        e.event_type,
+                        want_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                    ),
+                }));
+            }
+        }
+        tracing::debug!(first, "idempotent replay of an earlier append");
+        Ok(Ok(AppendResult {
+            first_position: first,
+            last_position: *positions.last().unwrap_or(&first),
+            stream_version: stored
+                .last()
+                .and_then(|e| e.stream.as_ref().map(|s| s.version)),
+        }))
+    }
+
+    /// Strict mode: every type must be registered.
+    async fn check_types(
+        &self,
+        txn: &mut dyn KvTransaction,
+        req: &AppendRequest,
+    ) -> Result<Result<()>> {
+        let unknown: Vec<&str> = {
+            let known = self.known_types.read().unwrap_or_else(|p| p.into_inner());
+            let mut u: Vec<&str> = req
+                .events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .filter(|t| !known.contains(*t))
+                .collect();
+            u.sort();
+            u.dedup();
+            u
+        };
+        if unknown.is_empty() {
+            return Ok(Ok(()));
+        }
+        let keys: Vec<Vec<u8>> = unknown.iter().map(|t| layout::registry_key(t)).collect();
+        let found = txn.get_many(&keys).await?;
+        if let Some((t, _)) = unknown.iter().zip(&found).find(|(_, f)| f.is_none()) {
+            let registered = registered_types(txn).await?;
+            let nearest = registered
+                .iter()
+                .map(|r| (strsim::damerau_levenshtein(t, r), r))
+                .filter(|(d, r)| *d <= (r.len().max(t.len()) / 2).max(2))
+                .min()
+                .map(|(_, r)| r.clone());
+            return Ok(Err(Error::UnknownEventType {
+                event_type: (*t).to_string(),
+                nearest,
+            }));
+        }
+        self.known_types
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(unknown.iter().map(|t| t.to_string()));
+        Ok(Ok(()))
+    }
+}
+
+async fn registered_types(txn: &mut dyn KvTransaction) -> Result<Vec<String>> {
+    txn.scan(layout::registry_range(), ScanOptions::default())
+        .await?
+        .into_iter()
+        .map(|(k, _)| layout::parse_registry_key(&k))
+        .collect()
+}
+
+async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
+    txn.get(&layout::head_key())
+        .await?
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
+}
+
+async fn read_stream_meta(txn: &mut dyn KvTransaction, stream: &str) -> Result<Option<StreamMeta>> {
+    txn.get(&layout::stream_key(stream))
+        .await?
+        .map(|v| StreamMeta::decode(&v))
+        .transpose()
+}
+
+/// The inclusive position range a read covers, or `None` when empty.
+fn bounds(opts: ReadOptions, head: Position) -> Option<(Position, Position)> {
+    if opts.limit == Some(0) {
+        return None;
+    }
+    let top = opts.until.map_or(head, |u| u.min(head));
+    let (lo, hi) = if opts.backwards {
+        (1, opts.from.map_or(top, |f| f.min(top)))
+    } else {
+        (opts.from.unwrap_or(1).max(1), top)
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// Positions in `[lo, hi]` of events matching `query`, in the requested
+/// order, at most `limit`. Cost: O(matching index entries) per item; an
+/// item with tags scans the index of its first tag and checks type and the
+/// other tags on the index entry itself.
+async fn find_positions(
+    txn: &mut dyn KvTransaction,
+    query: &Query,
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+    limit: Option<usize>,
+) -> Result<Vec<Position>> {
+    if lo > hi {
+        return Ok(Vec::new());
+    }
+    if query.is_all() {
+        let n = (hi - lo + 1) as usize;
+        let take = limit.map_or(n, |l| l.min(n)) as u64;
+        return Ok(if backwards {
+            (hi + 1 - take..=hi).rev().collect()
+        } else {
+            (lo..lo + take).collect()
+        });
+    }
+    let mut all: BTreeSet<Position> = BTreeSet::new();
+    for item in &query.items {
+        for p in item_positions(txn, item, lo, hi, backwards, limit).await? {
+            all.insert(p);
+        }
+    }
+    let n = limit.unwrap_or(usize::MAX);
+    Ok(if backwards {
+        all.into_iter().rev().take(n).collect()
+    } else {
+        all.into_iter().take(n).collect()
+    })
+}
+
+async fn item_positions(
+    txn: &mut dyn KvTransaction,
+    item: &QueryItem,
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+    limit: Option<usize>,
+) -> Result<Vec<Position>> {
+    match item.tags.first() {
+        None => {
+            let mut out = Vec::new();
+            for t in &item.types {
+                out.extend(
+                    scan_index(txn, Index::Type(t), lo, hi, backwards, limit, |_| Ok(true)).await?,
+                );
+            }
+            Ok(out)
+        }
+        Some(first) => {
+            scan_index(txn, Index::Tag(first), lo, hi, backwards, limit, |v| {
+                let (t, tags) = layout::parse_tag_entry(v)?;
+                Ok(item.matches_parts(&t, &tags))
+            })
+            .await
+        }
+    }
+}
+
+/// Scans one positional index over `[lo, hi]` in pages, keeping entries
+/// whose value passes `keep`, until `limit` are kept.
+async fn scan_index(
+    txn: &mut dyn KvTransaction,
+    index: Index<'_>,
+    mut lo: Position,
+    mut hi: Position,
+    backwards: bool,
+    limit: Option<usize>,
+    mut keep: impl FnMut(&[u8]) -> Result<bool>,
+) -> Result<Vec<Position>> {
+    let want = limit.unwrap_or(usize::MAX);
+    let page = limit.map_or(1024, |l| l.clamp(16, 1024));
+    let mut out = Vec::new();
+    while out.len() < want && lo <= hi {
+        let rows = txn
+            .scan(
+                index.range(lo, hi),
+                ScanOptions {
+                    limit: Some(page),
+                    reverse: backwards,
+                },
+            )
+            .await?;
+        let n = rows.len();
+        for (k, v) in rows {
+            let pos = index.parse_position(&k)?;
+            if backwards {
+                hi = pos.saturating_sub(1);
+            } else {
+                lo = pos + 1;
+            }
+            if keep(&v)? {
+                out.push(pos);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+        if n < page || (backwards && hi == 0) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Loads events by position, in the given order.
+async fn load_events(
+    txn: &mut dyn KvTransaction,
+    positions: &[Position],
+) -> Result<Vec<RecordedEvent>> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Vec<u8>> = positions.iter().map(|&p| layout::log_key(p)).collect();
+    let vals = txn.get_many(&keys).await?;
+    positions
+        .iter()
+        .zip(vals)
+        .map(|(&p, v)| match v {
+            Some(v) => envelope::decode(&v, p),
+            None => Err(Error::corrupt(
+                Some(p),
+                "an index points at this position but the log has no event there",
+            )),
+        })
+        .collect()
+}
+
+/// Runs `f` until it succeeds, fails with a non-retryable error, or the
+/// budget is spent; backs off with jitter between attempts.
+pub(crate) async fn retry<T, F, Fut>(max_retries: u32, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && attempt < max_retries => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let cap_us = (200u64 << attempt.min(8)).min(100_000);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    Duration::from_micros(h.finish() % cap_us + 50)
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Event types: 1 to `max_type_len` bytes of ASCII letters, digits and
+/// `_ - . : /`, starting with a letter.
+pub fn validate_type(t: &str, l: &Limits) -> Result<()> {
+    if t.is_empty() {
+        return Err(Error::invalid("an event type must not be empty"));
+    }
+    if t.len() > l.max_type_len {
+        return Err(Error::limit(
+            format!(
+                "length of event type '{}…'",
+                &t[..t.floor_char_boundary(32)]
+            ),
+            l.max_type_len,
+            t.len(),
+        ));
+    }
+    let first_ok = t.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let rest_ok = t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'));
+    if !first_ok || !rest_ok {
+        return Err(Error::invalid(format!(
+            "event type {t:?} is invalid: use ASCII letters, digits and _ - . : /, starting with a letter"
+        )));
+    }
+    Ok(())
+}
+
+/// Tags: 1 to `max_tag_len` bytes of UTF-8 without control characters.
+pub fn validate_tag(t: &str, l: &Limits) -> Result<()> {
+    if t.is_empty() {
+        return Err(Error::invalid("a tag must not be empty"));
+    }
+    if t.len() > l.max_tag_len {
+        return Err(Error::limit("tag length (bytes)", l.max_tag_len, t.len()));
+    }
+    if has_control(t) {
+        return Err(Error::invalid(format!(
+            "tag {t:?} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// Stream ids: 1 to `max_stream_id_len` bytes of UTF-8 without control
+/// characters, not starting with `$` (reserved).
+pub fn validate_stream_id(s: &str, l: &Limits) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid("a stream id must not be empty"));
+    }
+    if s.len() > l.max_stream_id_len {
+        return Err(Error::limit(
+            "stream id length (bytes)",
+            l.max_stream_id_len,
+            s.len(),
+        ));
+    }
+    if has_control(s) {
+        return Err(Error::invalid(format!(
+            "stream id {s:?} contains a control character"
+        )));
+    }
+    if s.starts_with('$') {
+        return Err(Error::invalid(format!(
+            "stream id {s:?} starts with '$', which is reserved"
+        )));
+    }
+    Ok(())
+}
