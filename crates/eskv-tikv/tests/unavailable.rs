@@ -31,13 +31,22 @@ async fn silent_pd_times_out_with_unavailable() {
     match &err {
         Error::Unavailable { backend, message } => {
             assert_eq!(*backend, "tikv");
-            assert!(message.contains(&addr), "message names the endpoint: {message}");
-            assert!(message.contains("1s"), "message names the timeout: {message}");
+            assert!(
+                message.contains(&addr),
+                "message names the endpoint: {message}"
+            );
+            assert!(
+                message.contains("1s"),
+                "message names the timeout: {message}"
+            );
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(err.is_retryable());
-    assert!(elapsed >= timeout, "gave up before the timeout: {elapsed:?}");
+    assert!(
+        elapsed >= timeout,
+        "gave up before the timeout: {elapsed:?}"
+    );
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
     assert!(
         accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
