@@ -15,7 +15,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod events;
+pub mod flaky;
 pub mod kv;
+pub mod model;
 
 use eskv_core::{KvStore, Namespaced};
 use std::sync::Arc;
@@ -64,6 +67,38 @@ macro_rules! kv_suite {
                     large_value,
                     empty_keys_and_values,
                     read_only_and_drop,
+                ]
+            );
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per event-layer case (ordering, locking,
+/// DCB, idempotency, model-based). `$factory` as for [`kv_suite!`].
+#[macro_export]
+macro_rules! event_suite {
+    ($factory:path) => {
+        mod event_conformance {
+            use super::*;
+            $crate::__cases!(
+                $factory,
+                $crate::events,
+                [
+                    stream_versions_and_reads,
+                    expected_version_locking,
+                    gapless_positions_under_concurrency,
+                    dcb_condition_exactness,
+                    dcb_uniqueness,
+                    dcb_course_subscriptions,
+                    dcb_unrelated_appends_never_conflict,
+                    idempotent_appends,
+                    lost_acknowledgement_is_resolved,
+                    time_travel_reads,
+                    strict_event_types,
+                    bad_input_is_rejected,
+                    payloads_and_metadata,
+                    group_commit_isolates_outcomes,
+                    model_based,
                 ]
             );
         }

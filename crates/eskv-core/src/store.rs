@@ -155,7 +155,7 @@ impl AppendRequest {
 
 /// What an append did. A replayed (idempotent) append returns the original
 /// result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AppendResult {
     /// Position of the first event.
     pub first_position: Position,
