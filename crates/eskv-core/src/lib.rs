@@ -44,6 +44,7 @@ pub mod oracle;
 pub mod query;
 pub mod store;
 pub mod tuple;
+pub mod verify;
 
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{

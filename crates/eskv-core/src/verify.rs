@@ -1,0 +1,1 @@
+//! Integrity checker (work in progress).
