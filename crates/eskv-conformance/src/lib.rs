@@ -19,6 +19,7 @@ pub mod events;
 pub mod flaky;
 pub mod kv;
 pub mod model;
+pub mod subscriptions;
 
 use eskv_core::{KvStore, Namespaced};
 use std::sync::Arc;
@@ -99,6 +100,30 @@ macro_rules! event_suite {
                     payloads_and_metadata,
                     group_commit_isolates_outcomes,
                     model_based,
+                ]
+            );
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per subscription, consumer-group,
+/// projection and snapshot case. `$factory` as for [`kv_suite!`].
+#[macro_export]
+macro_rules! subscription_suite {
+    ($factory:path) => {
+        mod subscription_conformance {
+            use super::*;
+            $crate::__cases!(
+                $factory,
+                $crate::subscriptions,
+                [
+                    catch_up_then_live,
+                    filtered_subscriptions,
+                    checkpoint_resume_is_at_least_once,
+                    dead_letters,
+                    consumer_group_takeover,
+                    exactly_once_projection,
+                    snapshots,
                 ]
             );
         }

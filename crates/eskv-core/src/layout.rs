@@ -268,3 +268,269 @@ pub fn category_of(stream: &str) -> &str {
 pub fn subscription_key(kind: &str, name: &str) -> KeyBuilder {
     KeyBuilder::with_raw(&[SUBSCRIPTIONS]).str(kind).str(name)
 }
+
+/// Prefix of every subscription-state key of one kind (checkpoints,
+/// leases, dead letters, projections, snapshots).
+pub fn subscription_kind_prefix(kind: &str) -> Vec<u8> {
+    KeyBuilder::with_raw(&[SUBSCRIPTIONS]).str(kind).finish()
+}
+
+// ---------------------------------------------------------------------------
+// Whole-table ranges and strict parsers, for the integrity checker
+// (`crate::verify`) and the fuzz targets. Each parser checks the table tag
+// and rejects trailing bytes; on any damage it returns `Error::Corrupt`.
+// ---------------------------------------------------------------------------
+
+/// The name of the table whose tag byte is `tag`, or `None` for a tag the
+/// layout does not use.
+pub fn table_name(tag: u8) -> Option<&'static str> {
+    Some(match tag {
+        META => "meta",
+        HEAD => "head",
+        LOG => "log",
+        ID => "id",
+        STREAM => "stream",
+        STREAM_EV => "stream_ev",
+        CATEGORY => "category",
+        TYPE => "type",
+        TAG => "tag",
+        REGISTRY => "registry",
+        SUBSCRIPTIONS => "sub",
+        _ => return None,
+    })
+}
+
+/// Every tag byte the layout uses, ascending.
+pub fn table_tags() -> [u8; 11] {
+    [
+        META,
+        HEAD,
+        LOG,
+        ID,
+        STREAM,
+        STREAM_EV,
+        CATEGORY,
+        TYPE,
+        TAG,
+        REGISTRY,
+        SUBSCRIPTIONS,
+    ]
+}
+
+/// Every key of the table with tag byte `tag`.
+pub fn table_range(tag: u8) -> KeyRange {
+    KeyRange::prefix(&[tag])
+}
+
+/// Every meta key (format marker, flags).
+pub fn meta_range() -> KeyRange {
+    table_range(META)
+}
+
+/// Every log entry.
+pub fn log_table_range() -> KeyRange {
+    table_range(LOG)
+}
+
+/// Every idempotency entry.
+pub fn id_range() -> KeyRange {
+    table_range(ID)
+}
+
+/// Every stream metadata entry.
+pub fn stream_meta_range() -> KeyRange {
+    table_range(STREAM)
+}
+
+/// Every stream index entry, ordered by stream id, then version.
+pub fn stream_event_table_range() -> KeyRange {
+    table_range(STREAM_EV)
+}
+
+/// Every category index entry.
+pub fn category_range() -> KeyRange {
+    table_range(CATEGORY)
+}
+
+/// Every type index entry.
+pub fn type_range() -> KeyRange {
+    table_range(TYPE)
+}
+
+/// Every tag index entry.
+pub fn tag_range() -> KeyRange {
+    table_range(TAG)
+}
+
+/// Every subscription and projection key.
+pub fn subscription_range() -> KeyRange {
+    table_range(SUBSCRIPTIONS)
+}
+
+fn strict_reader<'a>(key: &'a [u8], tag: u8, what: &str) -> Result<KeyReader<'a>> {
+    if key.first() != Some(&tag) {
+        return Err(Error::corrupt(None, format!("not a {what} key")));
+    }
+    let mut r = KeyReader::new(key);
+    r.skip_raw(1)?;
+    Ok(r)
+}
+
+fn finished<T>(r: &KeyReader<'_>, v: T, what: &str) -> Result<T> {
+    if r.is_empty() {
+        Ok(v)
+    } else {
+        Err(Error::corrupt(
+            None,
+            format!("trailing bytes after a {what} key"),
+        ))
+    }
+}
+
+/// Parses a log key strictly (tag, one integer, nothing after it).
+pub fn parse_log_key_strict(key: &[u8]) -> Result<Position> {
+    let mut r = strict_reader(key, LOG, "log")?;
+    let p = r.u64()?;
+    finished(&r, p, "log")
+}
+
+/// Parses an idempotency key back to its event id.
+pub fn parse_id_key(key: &[u8]) -> Result<Ulid> {
+    let mut r = strict_reader(key, ID, "id")?;
+    let id = r.ulid()?;
+    finished(&r, id, "id")
+}
+
+/// Parses a stream metadata key strictly.
+pub fn parse_stream_meta_key(key: &[u8]) -> Result<String> {
+    let mut r = strict_reader(key, STREAM, "stream")?;
+    let s = r.str()?;
+    finished(&r, s, "stream")
+}
+
+/// Parses a stream index key to its stream id and version.
+pub fn parse_stream_event_key(key: &[u8]) -> Result<(String, u64)> {
+    let mut r = strict_reader(key, STREAM_EV, "stream index")?;
+    let s = r.str()?;
+    let v = r.u64()?;
+    finished(&r, (s, v), "stream index")
+}
+
+/// Parses a category, type or tag index key (the table is its first byte)
+/// to its string element and position.
+pub fn parse_positional_key(key: &[u8]) -> Result<(String, Position)> {
+    let tag = match key.first() {
+        Some(&t @ (CATEGORY | TYPE | TAG)) => t,
+        _ => {
+            return Err(Error::corrupt(
+                None,
+                "not a category, type or tag index key",
+            ))
+        }
+    };
+    let mut r = strict_reader(key, tag, "index")?;
+    let s = r.str()?;
+    let p = r.u64()?;
+    finished(&r, (s, p), "index")
+}
+
+/// Parses a meta key to its name.
+pub fn parse_meta_key(key: &[u8]) -> Result<String> {
+    let mut r = strict_reader(key, META, "meta")?;
+    let s = r.str()?;
+    finished(&r, s, "meta")
+}
+
+/// Parses a registry key strictly.
+pub fn parse_registry_key_strict(key: &[u8]) -> Result<String> {
+    let mut r = strict_reader(key, REGISTRY, "registry")?;
+    let s = r.str()?;
+    finished(&r, s, "registry")
+}
+
+#[cfg(test)]
+mod parser_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parsers_roundtrip() {
+        let id = Ulid(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(parse_log_key_strict(&log_key(77)).unwrap(), 77);
+        assert_eq!(parse_id_key(&id_key(id)).unwrap(), id);
+        assert_eq!(
+            parse_stream_meta_key(&stream_key("a\0-\u{ff}")).unwrap(),
+            "a\0-\u{ff}"
+        );
+        assert_eq!(
+            parse_stream_event_key(&stream_event_key("s\0", 9)).unwrap(),
+            ("s\0".to_string(), 9)
+        );
+        for k in [type_key("T", 3), tag_key("T", 3), category_key("T", 3)] {
+            assert_eq!(parse_positional_key(&k).unwrap(), ("T".to_string(), 3));
+        }
+        assert_eq!(parse_meta_key(&format_key()).unwrap(), "format");
+        assert_eq!(parse_registry_key_strict(&registry_key("X")).unwrap(), "X");
+        for tag in table_tags() {
+            assert!(table_name(tag).is_some());
+            assert!(table_range(tag).contains(&[tag, 1, 2]));
+        }
+        assert_eq!(table_name(0x99), None);
+    }
+
+    #[test]
+    fn parsers_reject_wrong_table_and_trailing_bytes() {
+        let mut k = log_key(5);
+        k.push(0x14);
+        assert!(matches!(
+            parse_log_key_strict(&k),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(parse_id_key(&log_key(5)).is_err());
+        assert!(parse_stream_event_key(&stream_key("s")).is_err());
+        assert!(parse_positional_key(&stream_event_key("s", 1)).is_err());
+        assert!(parse_stream_meta_key(&[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic_on_arbitrary_bytes(
+            tag in prop_oneof![Just(LOG), Just(ID), Just(STREAM), Just(STREAM_EV), Just(CATEGORY), Just(TYPE), Just(TAG), Just(META), Just(REGISTRY), any::<u8>()],
+            rest in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut key = vec![tag];
+            key.extend_from_slice(&rest);
+            // Whatever a strict parser accepts is the canonical key of
+            // what it returns, so two different keys never parse the same.
+            if let Ok(p) = parse_log_key_strict(&key) {
+                prop_assert_eq!(log_key(p), key.clone());
+            }
+            if let Ok(id) = parse_id_key(&key) {
+                prop_assert_eq!(id_key(id), key.clone());
+            }
+            if let Ok(s) = parse_stream_meta_key(&key) {
+                prop_assert_eq!(stream_key(&s), key.clone());
+            }
+            if let Ok((s, v)) = parse_stream_event_key(&key) {
+                prop_assert_eq!(stream_event_key(&s, v), key.clone());
+            }
+            if let Ok((s, p)) = parse_positional_key(&key) {
+                let rebuilt = match tag {
+                    TYPE => type_key(&s, p),
+                    TAG => tag_key(&s, p),
+                    _ => category_key(&s, p),
+                };
+                prop_assert_eq!(rebuilt, key.clone());
+            }
+            let _ = parse_log_key(&key);
+            let _ = parse_stream_key(&key);
+            let _ = parse_meta_key(&key);
+            let _ = parse_registry_key(&key);
+            let _ = parse_registry_key_strict(&key);
+            let _ = Index::Tag("x").parse_position(&key);
+            let _ = parse_u64(&rest, "value");
+            let _ = StreamMeta::decode(&rest);
+            let _ = parse_tag_entry(&rest);
+        }
+    }
+}

@@ -41,8 +41,10 @@ pub mod kv;
 pub mod layout;
 pub mod memory;
 pub mod oracle;
+pub mod projection;
 pub mod query;
 pub mod store;
+pub mod subscription;
 pub mod tuple;
 pub mod verify;
 
@@ -56,10 +58,17 @@ pub use kv::{
     WriteBuffer,
 };
 pub use memory::MemoryStore;
+pub use projection::{
+    Projection, ProjectionOptions, ProjectionState, ReadModel, Snapshot, SnapshotKey,
+};
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
     AppendRequest, AppendResult, EventStore, EventStoreOptions, Limits, LogFilter, ReadOptions,
     ReadResult, ReadStreamOptions, StreamInfo,
+};
+pub use subscription::{
+    ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,
+    PartitionKey, StartFrom, Subscription, SubscriptionFilter, SubscriptionOptions,
 };
 pub use ulid::Ulid;
 

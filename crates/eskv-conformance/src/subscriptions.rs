@@ -1,0 +1,633 @@
+//! Subscription, consumer-group, projection and snapshot conformance cases.
+
+use crate::flaky::LostAck;
+use eskv_core::{
+    ConsumerGroup, Error, EventStore, ExpectedVersion, GroupOptions, HandlerOptions, KvStore,
+    NewEvent, OnFailure, Projection, ProjectionOptions, ProjectionState, Query, RecordedEvent,
+    Snapshot, SnapshotKey, StartFrom, SubscriptionFilter, SubscriptionOptions,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Store = Arc<dyn KvStore>;
+
+async fn open(store: Store) -> EventStore {
+    EventStore::open(store).await.expect("open event store")
+}
+
+fn ev(t: &str) -> NewEvent {
+    NewEvent::new(t, Vec::new())
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Catch-up then live: a subscription started on existing history sees
+/// every event exactly once and in order while 8 writers append.
+pub async fn catch_up_then_live(store: Store) {
+    let es = open(store).await;
+    for _ in 0..20 {
+        es.append(vec![ev("History")], None).await.unwrap();
+    }
+    let mut sub = es
+        .subscribe(
+            SubscriptionOptions::new()
+                .batch_size(7)
+                .poll(Duration::from_millis(1), Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 12;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let es = es.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let events = (0..1 + (i % 2)).map(|_| ev(&format!("W{w}"))).collect();
+                es.append(events, None).await.unwrap();
+            }
+        }));
+    }
+    let total = 20 + WRITERS * EACH + WRITERS * (EACH / 2);
+    let mut expected = 1;
+    while expected <= total {
+        let e = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("live delivery stalled")
+            .unwrap();
+        assert_eq!(
+            e.position, expected,
+            "gap, duplicate or reordering in delivery"
+        );
+        expected += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(sub.position(), total);
+    assert!(sub.try_next_batch(10).await.unwrap().is_empty());
+}
+
+/// Query, stream and category filters deliver exactly the matching events,
+/// in order, across history and live appends.
+pub async fn filtered_subscriptions(store: Store) {
+    let es = open(store).await;
+    let append = |es: EventStore, i: u64| async move {
+        let stream = format!("{}-{}", if i % 2 == 0 { "cart" } else { "order" }, i % 3);
+        es.append_to_stream(
+            &stream,
+            ExpectedVersion::Any,
+            vec![ev(if i % 3 == 0 { "Special" } else { "Plain" })
+                .with_tags([format!("n:{}", i % 4)])],
+        )
+        .await
+        .unwrap();
+    };
+    for i in 0..30 {
+        append(es.clone(), i).await;
+    }
+    let poll = (Duration::from_millis(1), Duration::from_millis(50));
+    let mut by_query = es
+        .subscribe(
+            SubscriptionOptions::new()
+                .filter(SubscriptionFilter::Query(Query::of(["Special"], ["n:0"])))
+                .batch_size(3)
+                .poll(poll.0, poll.1),
+        )
+        .await
+        .unwrap();
+    let mut by_stream = es
+        .subscribe(
+            SubscriptionOptions::new()
+                .filter(SubscriptionFilter::Stream("order-1".into()))
+                .batch_size(2)
+                .poll(poll.0, poll.1),
+        )
+        .await
+        .unwrap();
+    let mut by_category = es
+        .subscribe(
+            SubscriptionOptions::new()
+                .filter(SubscriptionFilter::Category("cart".into()))
+                .batch_size(4)
+                .poll(poll.0, poll.1),
+        )
+        .await
+        .unwrap();
+    let writer = {
+        let es = es.clone();
+        tokio::spawn(async move {
+            for i in 30..60 {
+                append(es.clone(), i).await;
+            }
+        })
+    };
+    writer.await.unwrap();
+    let all = es
+        .read_all(eskv_core::ReadOptions::new())
+        .await
+        .unwrap()
+        .events;
+    let want = |f: &dyn Fn(&RecordedEvent) -> bool| {
+        all.iter()
+            .filter(|e| f(e))
+            .map(|e| e.position)
+            .collect::<Vec<_>>()
+    };
+    let q = want(&|e| e.event_type == "Special" && e.tags.contains(&"n:0".to_string()));
+    let s = want(&|e| e.stream.as_ref().unwrap().stream_id == "order-1");
+    let c = want(&|e| e.stream.as_ref().unwrap().stream_id.starts_with("cart-"));
+    assert!(!q.is_empty() && !s.is_empty() && !c.is_empty());
+    for (sub, want) in [
+        (&mut by_query, q),
+        (&mut by_stream, s),
+        (&mut by_category, c),
+    ] {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let e = tokio::time::timeout(WAIT, sub.next())
+                .await
+                .expect("stalled")
+                .unwrap();
+            got.push(e.position);
+        }
+        assert_eq!(got, want);
+        assert!(
+            sub.try_next_batch(10).await.unwrap().is_empty(),
+            "extra events delivered"
+        );
+    }
+}
+
+/// A named subscription resumes after its last acknowledged event. A
+/// consumer killed mid-batch re-sees only unacknowledged events, and
+/// nothing is lost.
+pub async fn checkpoint_resume_is_at_least_once(store: Store) {
+    let es = open(store).await;
+    for i in 0..40 {
+        es.append(vec![ev(&format!("E{i}"))], None).await.unwrap();
+    }
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let release = Arc::new(tokio::sync::Notify::new());
+    // First consumer: batches of 10; it blocks forever inside the third
+    // batch, then is killed (aborted) there.
+    let sub = es
+        .subscribe(SubscriptionOptions::named("billing").batch_size(10))
+        .await
+        .unwrap();
+    let task = {
+        let seen = seen.clone();
+        let release = release.clone();
+        tokio::spawn(sub.run(
+            move |e: RecordedEvent| {
+                let seen = seen.clone();
+                let release = release.clone();
+                async move {
+                    seen.lock().unwrap().push(e.position);
+                    if e.position == 25 {
+                        release.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<(), Error>(())
+                }
+            },
+            HandlerOptions::default(),
+            std::future::pending(),
+        ))
+    };
+    tokio::time::timeout(WAIT, release.notified())
+        .await
+        .expect("consumer never reached event 25");
+    task.abort();
+    let _ = task.await;
+    assert_eq!(
+        es.checkpoint("billing").await.unwrap(),
+        Some(20),
+        "acked up to the last full batch"
+    );
+    // Restart: resumes after 20; 21..25 are seen again (they were never acked).
+    let mut sub = es
+        .subscribe(SubscriptionOptions::named("billing"))
+        .await
+        .unwrap();
+    let mut again = Vec::new();
+    while again.len() < 20 {
+        again.push(
+            tokio::time::timeout(WAIT, sub.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .position,
+        );
+    }
+    assert_eq!(again, (21..=40).collect::<Vec<_>>());
+    sub.ack(40).await.unwrap();
+    let first = seen.lock().unwrap().clone();
+    assert_eq!(first, (1..=25).collect::<Vec<_>>());
+    // Checkpoints never move back, nor past the head.
+    es.save_checkpoint("billing", 5).await.unwrap();
+    assert_eq!(es.checkpoint("billing").await.unwrap(), Some(40));
+    assert!(matches!(
+        es.save_checkpoint("billing", 41).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(es.checkpoints().await.unwrap().contains_key("billing"));
+}
+
+/// A handler that keeps failing parks the event and moves on; parked
+/// events can be listed and replayed. `OnFailure::Stop` stops instead.
+pub async fn dead_letters(store: Store) {
+    let es = open(store).await;
+    for i in 0..6 {
+        es.append(vec![ev(if i == 2 { "Poison" } else { "Fine" })], None)
+            .await
+            .unwrap();
+    }
+    let handled: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let h = handled.clone();
+    let handler = move |e: RecordedEvent| {
+        let h = h.clone();
+        async move {
+            if e.event_type == "Poison" {
+                return Err(Error::invalid("cannot digest poison"));
+            }
+            h.lock().unwrap().push(e.position);
+            Ok(())
+        }
+    };
+    let sub = es
+        .subscribe(SubscriptionOptions::named("dlq"))
+        .await
+        .unwrap();
+    let opts = HandlerOptions::default()
+        .max_attempts(3)
+        .backoff(Duration::from_millis(1), Duration::from_millis(2));
+    let es2 = es.clone();
+    let stop = async move {
+        while es2.checkpoint("dlq").await.unwrap() != Some(6) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, sub.run(handler, opts.clone(), stop))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*handled.lock().unwrap(), [1, 2, 4, 5, 6]);
+    let parked = es.parked("dlq").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].event.position, parked[0].attempts), (3, 3));
+    assert!(parked[0].error.contains("poison"));
+    // Replay with a fixed handler removes it.
+    let fixed = |_: RecordedEvent| async { Ok::<(), Error>(()) };
+    assert_eq!(es.replay_parked("dlq", &fixed).await.unwrap(), 1);
+    assert!(es.parked("dlq").await.unwrap().is_empty());
+    // Stop policy: the runner ends with the error.
+    let sub = es
+        .subscribe(SubscriptionOptions::named("strict"))
+        .await
+        .unwrap();
+    let always_fail = |_: RecordedEvent| async { Err::<(), _>(Error::invalid("no")) };
+    let res = tokio::time::timeout(
+        WAIT,
+        sub.run(
+            always_fail,
+            opts.on_failure(OnFailure::Stop),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(res.is_err());
+    assert_eq!(es.checkpoint("strict").await.unwrap(), None);
+}
+
+/// A consumer group splits partitions between members: every event is
+/// processed, per-partition (per-stream) order holds, and when one member
+/// dies the others take over its partitions after the lease TTL.
+pub async fn consumer_group_takeover(store: Store) {
+    let es = open(store).await;
+    let log: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    let handler_for = |member: &str| {
+        let log = log.clone();
+        let member = member.to_string();
+        move |e: RecordedEvent| {
+            let log = log.clone();
+            let member = member.clone();
+            async move {
+                let s = e.stream.unwrap();
+                log.lock().unwrap().push((member, s.stream_id, s.version));
+                Ok::<(), Error>(())
+            }
+        }
+    };
+    let opts = GroupOptions::default()
+        .partitions(8)
+        .lease_ttl(Duration::from_millis(600));
+    let mut members = Vec::new();
+    let mut stops = Vec::new();
+    for m in ["m1", "m2", "m3"] {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let g = ConsumerGroup::new(es.clone(), "grp", m, opts.clone()).unwrap();
+        members.push(tokio::spawn(g.run(handler_for(m), async move {
+            let _ = rx.await;
+        })));
+        stops.push(tx);
+    }
+    let write = |es: EventStore, round: u64| async move {
+        let mut tasks = Vec::new();
+        for s in 0..12 {
+            let es = es.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..5 {
+                    es.append_to_stream(
+                        &format!("acct-{s}"),
+                        ExpectedVersion::Any,
+                        vec![ev(&format!("R{round}"))],
+                    )
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    // Let the members see each other and balance their leases (a few
+    // renewal ticks of TTL/3) before the work arrives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(es.clone(), 1).await;
+    let wait_all = |n: usize| {
+        let log = log.clone();
+        async move {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let distinct: HashSet<(String, u64)> = log
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|(_, s, v)| (s.clone(), *v))
+                        .collect();
+                    if distinct.len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the group did not process every event");
+        }
+    };
+    wait_all(60).await;
+    let owners: HashSet<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(m, _, _)| m.clone())
+        .collect();
+    assert!(
+        owners.len() >= 2,
+        "work was not split between members: {owners:?}"
+    );
+    // Kill m1 without a goodbye (its leases stay until they expire).
+    members.remove(0).abort();
+    stops.remove(0);
+    write(es.clone(), 2).await;
+    wait_all(120).await;
+    // Per stream, each member saw versions in increasing order.
+    let mut per: HashMap<(String, String), Vec<u64>> = HashMap::new();
+    for (m, s, v) in log.lock().unwrap().iter() {
+        per.entry((m.clone(), s.clone())).or_default().push(*v);
+    }
+    for ((m, s), vs) in per {
+        assert!(
+            vs.windows(2).all(|w| w[0] < w[1]),
+            "{m} saw {s} out of order: {vs:?}"
+        );
+    }
+    let late: HashSet<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, v)| *v > 5)
+        .map(|(m, _, _)| m.clone())
+        .collect();
+    assert!(!late.contains("m1"), "a dead member processed events");
+    for s in stops {
+        let _ = s.send(());
+    }
+    for m in members {
+        tokio::time::timeout(WAIT, m)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Enrolments {
+    fail_once_at: Option<u64>,
+    failed: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Projection for Enrolments {
+    fn name(&self) -> &str {
+        "enrolments"
+    }
+    fn filter(&self) -> SubscriptionFilter {
+        SubscriptionFilter::Query(Query::of(["StudentSubscribed"], Vec::<String>::new()))
+    }
+    async fn apply(
+        &self,
+        e: &RecordedEvent,
+        state: &mut ProjectionState<'_>,
+    ) -> eskv_core::Result<()> {
+        let course = e
+            .tags
+            .iter()
+            .find(|t| t.starts_with("course:"))
+            .cloned()
+            .unwrap_or_default();
+        let n: u64 = state.get_json(course.as_bytes()).await?.unwrap_or(0);
+        state.put_json(course.as_bytes(), &(n + 1))?;
+        // An injected failure after the handler wrote, before the commit.
+        if Some(e.position) == self.fail_once_at && self.failed.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            return Err(Error::Unavailable {
+                backend: "test",
+                message: "injected failure between handler and commit".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn enrolment_model(store: Store, fail_once_at: Option<u64>) -> BTreeMap<String, u64> {
+    let es = open(store).await;
+    for i in 0..30u64 {
+        es.append(
+            vec![NewEvent::new(
+                if i % 5 == 0 {
+                    "CourseDefined"
+                } else {
+                    "StudentSubscribed"
+                },
+                Vec::new(),
+            )
+            .with_tags([format!("course:c{}", i % 3), format!("student:s{i}")])],
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let p = Enrolments {
+        fail_once_at,
+        failed: AtomicU32::new(0),
+    };
+    let opts = ProjectionOptions::default().batch_size(4).handler(
+        HandlerOptions::default().backoff(Duration::from_millis(1), Duration::from_millis(5)),
+    );
+    let cp = es.catch_up_projection(&p, &opts).await.unwrap();
+    assert_eq!(cp, 30);
+    // Live: more events while the projection runs.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let es = es.clone();
+        tokio::spawn(async move {
+            let p = Enrolments {
+                fail_once_at: None,
+                failed: AtomicU32::new(0),
+            };
+            es.run_projection(&p, ProjectionOptions::default().batch_size(4), async move {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    for i in 30..40u64 {
+        es.append(
+            vec![NewEvent::new("StudentSubscribed", Vec::new())
+                .with_tags([format!("course:c{}", i % 3)])],
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::timeout(WAIT, async {
+        while es.projection_checkpoint("enrolments").await.unwrap() != Some(40) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("live projection stalled");
+    let _ = tx.send(());
+    runner.await.unwrap().unwrap();
+    let model = es.read_model("enrolments");
+    let mut out = BTreeMap::new();
+    for (k, v) in model.scan_prefix(b"course:").await.unwrap() {
+        out.insert(
+            String::from_utf8(k).unwrap(),
+            serde_json::from_slice(&v).unwrap(),
+        );
+    }
+    // Rebuild gives the same model and reports progress.
+    let mut reports = 0;
+    let rebuilt = es
+        .rebuild_projection(&p, &opts, |pos, target| {
+            assert!(pos <= target);
+            reports += 1;
+        })
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, 40);
+    assert!(reports > 0);
+    let mut again = BTreeMap::new();
+    for (k, v) in model.scan_prefix(b"course:").await.unwrap() {
+        again.insert(
+            String::from_utf8(k).unwrap(),
+            serde_json::from_slice(&v).unwrap(),
+        );
+    }
+    assert_eq!(again, out, "rebuild changed the read model");
+    out
+}
+
+/// An exactly-once projection gives the same read model with and without
+/// an injected failure between handler and commit, and with lost commit
+/// acknowledgements.
+pub async fn exactly_once_projection(store: Store) {
+    let a: Store = crate::unique_namespace(store.clone());
+    let b: Store = crate::unique_namespace(store.clone());
+    let c: Store = Arc::new(LostAck::new(crate::unique_namespace(store), 4));
+    let clean = enrolment_model(a, None).await;
+    let with_failure = enrolment_model(b, Some(12)).await;
+    let with_lost_acks = enrolment_model(c, None).await;
+    assert_eq!(clean.values().sum::<u64>(), 34, "{clean:?}");
+    assert_eq!(with_failure, clean);
+    assert_eq!(with_lost_acks, clean);
+}
+
+/// Snapshots: stored with the position they cover, ignored when their
+/// schema version is unknown, and loading is snapshot plus tail.
+pub async fn snapshots(store: Store) {
+    let es = open(store).await;
+    for i in 0..5 {
+        es.append_to_stream("acct-1", ExpectedVersion::Any, vec![ev(&format!("D{i}"))])
+            .await
+            .unwrap();
+    }
+    let key = SnapshotKey::Stream("acct-1".into());
+    let (none, all) = es.load_with_snapshot(&key, 1).await.unwrap();
+    assert!(none.is_none());
+    assert_eq!(all.len(), 5);
+    es.save_snapshot(
+        &key,
+        &Snapshot {
+            position: 3,
+            schema_version: 1,
+            data: b"sum=3".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    let (snap, tail) = es.load_with_snapshot(&key, 1).await.unwrap();
+    assert_eq!(snap.unwrap().data, b"sum=3");
+    assert_eq!(tail.iter().map(|e| e.position).collect::<Vec<_>>(), [4, 5]);
+    let (other, tail) = es.load_with_snapshot(&key, 2).await.unwrap();
+    assert!(
+        other.is_none(),
+        "a snapshot of another schema version must be ignored"
+    );
+    assert_eq!(tail.len(), 5);
+    let qkey = SnapshotKey::Query(Query::of(["D1"], Vec::<String>::new()));
+    es.save_snapshot(
+        &qkey,
+        &Snapshot {
+            position: 5,
+            schema_version: 7,
+            data: vec![1],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        es.load_snapshot(&qkey, 7).await.unwrap().unwrap().position,
+        5
+    );
+    assert!(matches!(
+        es.save_snapshot(
+            &key,
+            &Snapshot {
+                position: 99,
+                schema_version: 1,
+                data: vec![]
+            }
+        )
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
+    let _ = StartFrom::End;
+}
