@@ -3,6 +3,10 @@
 
 pub use eskv_core::*;
 
+#[cfg(feature = "redb")]
+#[doc(inline)]
+pub use eskv_redb::RedbStore;
+
 /// The embedded redb backend (feature `redb`, on by default).
 #[cfg(feature = "redb")]
 pub use eskv_redb as redb;

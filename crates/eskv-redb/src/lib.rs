@@ -118,9 +118,21 @@ pub struct RedbStore {
 struct Inner {
     db: Arc<Database>,
     oracle: Arc<CommitOracle>,
-    writer: mpsc::Sender<CommitRequest>,
+    writer: Option<mpsc::Sender<CommitRequest>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     caps: Capabilities,
     path: PathBuf,
+}
+
+impl Drop for Inner {
+    /// Closing: stop the writer and wait for it, so the file is released
+    /// when the last handle goes and can be reopened at once.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -202,7 +214,7 @@ impl RedbStore {
             durability: options.durability,
             max_batch: options.max_batch,
         };
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("eskv-redb-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::backend(BACKEND, e))?;
@@ -210,7 +222,8 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 db,
                 oracle,
-                writer: tx,
+                writer: Some(tx),
+                writer_thread: Some(writer_thread),
                 // redb stores values up to u32::MAX bytes; stay well below.
                 caps: Capabilities::unlimited(BACKEND)
                     .with_max_value_size(1 << 30)
@@ -422,6 +435,8 @@ impl KvTransaction for RedbTxn {
             let (reply, rx) = oneshot::channel();
             store
                 .writer
+                .as_ref()
+                .ok_or_else(writer_gone)?
                 .send(CommitRequest {
                     snapshot_seq: snapshot.seq(),
                     writes,
