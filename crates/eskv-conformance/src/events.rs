@@ -1059,3 +1059,62 @@ pub async fn group_commit_isolates_outcomes(store: Store) {
     }
     assert_eq!(versions.values().sum::<u64>(), 31);
 }
+
+/// `import` restores events exactly (ids, positions, stream versions,
+/// metadata, recorded times), all or nothing, and only as a continuation
+/// of the target's log.
+pub async fn import_restores_exactly(store: Store) {
+    let src = open(crate::unique_namespace(store.clone())).await;
+    let dst = open(crate::unique_namespace(store)).await;
+    for i in 0..12 {
+        let e = ev(&format!("E{i}"))
+            .with_tags([format!("k:{}", i % 3)])
+            .with_metadata(eskv_core::Metadata::new().correlation_id(format!("c{i}")));
+        if i % 2 == 0 {
+            src.append_to_stream(&format!("s-{}", i % 4), ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+        } else {
+            src.append(vec![e], None).await.unwrap();
+        }
+    }
+    let all = src.read_all(ReadOptions::new()).await.unwrap().events;
+    // Not a continuation: rejected, nothing written.
+    let err = dst.import(&all[1..]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert_eq!(dst.head().await.unwrap(), 0);
+    assert_eq!(dst.import(&all[..5]).await.unwrap(), 5);
+    assert_eq!(dst.import(&all[5..]).await.unwrap(), 12);
+    assert_eq!(dst.read_all(ReadOptions::new()).await.unwrap().events, all);
+    assert_eq!(
+        dst.stream_info("s-0").await.unwrap(),
+        src.stream_info("s-0").await.unwrap()
+    );
+    assert_eq!(
+        dst.read(
+            &Query::of(Vec::<String>::new(), ["k:1"]),
+            ReadOptions::new()
+        )
+        .await
+        .unwrap(),
+        src.read(
+            &Query::of(Vec::<String>::new(), ["k:1"]),
+            ReadOptions::new()
+        )
+        .await
+        .unwrap()
+    );
+    // Appends continue normally afterwards.
+    let r = dst
+        .append_to_stream("s-0", ExpectedVersion::Exact(3), vec![ev("After")])
+        .await
+        .unwrap();
+    assert_eq!((r.first_position, r.stream_version), (13, Some(4)));
+    // Importing the same events again is refused (ids exist).
+    let mut again = all[..1].to_vec();
+    again[0].position = 14;
+    assert!(matches!(
+        dst.import(&again).await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
+}

@@ -99,6 +99,7 @@ macro_rules! event_suite {
                     bad_input_is_rejected,
                     payloads_and_metadata,
                     group_commit_isolates_outcomes,
+                    import_restores_exactly,
                     model_based,
                 ]
             );

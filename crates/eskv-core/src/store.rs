@@ -630,6 +630,126 @@ impl EventStore {
         Ok(())
     }
 
+    /// Writes events exactly as they were recorded elsewhere, for restores
+    /// and migrations: ids, positions, stream versions, metadata and
+    /// recorded times are kept. The events must continue this store's log
+    /// (the first at head + 1, consecutive) and each stream's versions.
+    /// One transaction: all or nothing. Returns the new head.
+    pub async fn import(&self, events: &[RecordedEvent]) -> Result<Position> {
+        let l = &self.inner.opts.limits;
+        let mut ids = HashSet::with_capacity(events.len());
+        for e in events {
+            validate_type(&e.event_type, l)?;
+            for t in &e.tags {
+                validate_tag(t, l)?;
+            }
+            if let Some(s) = &e.stream {
+                validate_stream_id(&s.stream_id, l)?;
+            }
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(format!(
+                    "event id {} appears twice in the import",
+                    e.id
+                )));
+            }
+        }
+        let Some(first) = events.first() else {
+            return self.head().await;
+        };
+        let kv = &self.inner.kv;
+        let head = retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            let head = read_head(&mut *txn).await?;
+            if first.position != head + 1 {
+                return Err(Error::invalid(format!(
+                    "the import starts at position {}, but this store's next position is {}",
+                    first.position,
+                    head + 1
+                )));
+            }
+            let id_keys: Vec<Vec<u8>> = events.iter().map(|e| layout::id_key(e.id)).collect();
+            if let Some((e, _)) = events
+                .iter()
+                .zip(txn.get_many(&id_keys).await?)
+                .find(|(_, v)| v.is_some())
+            {
+                return Err(Error::IdempotencyViolation {
+                    message: format!("event id {} already exists in the target store", e.id),
+                });
+            }
+            let mut versions: std::collections::HashMap<&str, u64> =
+                std::collections::HashMap::new();
+            let mut rows = Vec::with_capacity(events.len() * 6);
+            for (i, e) in events.iter().enumerate() {
+                let pos = head + 1 + i as u64;
+                if e.position != pos {
+                    return Err(Error::invalid(format!(
+                        "import positions must be consecutive: expected {pos}, found {}",
+                        e.position
+                    )));
+                }
+                let sref = match &e.stream {
+                    Some(s) => {
+                        let cur = match versions.get(s.stream_id.as_str()) {
+                            Some(v) => *v,
+                            None => read_stream_meta(&mut *txn, &s.stream_id)
+                                .await?
+                                .map_or(0, |m| m.version),
+                        };
+                        if s.version != cur + 1 {
+                            return Err(Error::invalid(format!(
+                                "event {pos} has version {} of stream '{}', expected {}",
+                                s.version,
+                                s.stream_id,
+                                cur + 1
+                            )));
+                        }
+                        versions.insert(&s.stream_id, s.version);
+                        Some((s.stream_id.as_str(), s.version))
+                    }
+                    None => None,
+                };
+                let mut tags = e.tags.clone();
+                tags.sort();
+                tags.dedup();
+                let new = NewEvent {
+                    id: e.id,
+                    event_type: e.event_type.clone(),
+                    tags,
+                    data: e.data.clone(),
+                    metadata: e.metadata.clone(),
+                };
+                event_rows(&mut rows, pos, &new, e.recorded_at_ms, sref)?;
+            }
+            let last = head + events.len() as u64;
+            for (s, v) in &versions {
+                let last_position = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.stream.as_ref().is_some_and(|r| r.stream_id == *s))
+                    .map_or(last, |e| e.position);
+                rows.push((
+                    layout::stream_key(s),
+                    StreamMeta {
+                        version: *v,
+                        last_position,
+                    }
+                    .encode(),
+                ));
+            }
+            for (k, v) in rows {
+                txn.put(k, v);
+            }
+            txn.put(layout::head_key(), layout::u64_value(last));
+            txn.validate(layout::head_key());
+            txn.commit().await?;
+            Ok(last)
+        })
+        .await?;
+        self.inner.head_tx.send_replace(head);
+        Ok(head)
+    }
+
     /// The last assigned position (0 when the store is empty).
     pub async fn head(&self) -> Result<Position> {
         let mut txn = self.inner.kv.begin().await?;
@@ -1055,25 +1175,7 @@ impl Inner {
                 version += 1;
                 (s, version)
             });
-            rows.push((
-                layout::log_key(pos),
-                envelope::encode_new(pos, e, batch.now_ms, sref)?,
-            ));
-            rows.push((layout::id_key(e.id), layout::u64_value(pos)));
-            rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
-            if !e.tags.is_empty() {
-                let entry = layout::tag_entry_value(&e.event_type, &e.tags)?;
-                for t in &e.tags {
-                    rows.push((layout::tag_key(t, pos), entry.clone()));
-                }
-            }
-            if let Some((s, v)) = sref {
-                rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
-                rows.push((
-                    layout::category_key(layout::category_of(s), pos),
-                    Vec::new(),
-                ));
-            }
+            event_rows(&mut rows, pos, e, batch.now_ms, sref)?;
         }
         let last = first + req.events.len() as u64 - 1;
         if let Some(s) = stream {
@@ -1203,6 +1305,37 @@ impl Inner {
             .extend(unknown.iter().map(|t| t.to_string()));
         Ok(Ok(()))
     }
+}
+
+/// The rows one event adds to the layout (log, id, type, tags, stream
+/// index, category). The one place that knows an event's index entries.
+fn event_rows(
+    rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    pos: Position,
+    e: &NewEvent,
+    recorded_at_ms: u64,
+    stream: Option<(&str, u64)>,
+) -> Result<()> {
+    rows.push((
+        layout::log_key(pos),
+        envelope::encode_new(pos, e, recorded_at_ms, stream)?,
+    ));
+    rows.push((layout::id_key(e.id), layout::u64_value(pos)));
+    rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
+    if !e.tags.is_empty() {
+        let entry = layout::tag_entry_value(&e.event_type, &e.tags)?;
+        for t in &e.tags {
+            rows.push((layout::tag_key(t, pos), entry.clone()));
+        }
+    }
+    if let Some((s, v)) = stream {
+        rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
+        rows.push((
+            layout::category_key(layout::category_of(s), pos),
+            Vec::new(),
+        ));
+    }
+    Ok(())
 }
 
 async fn registered_types(txn: &mut dyn KvTransaction) -> Result<Vec<String>> {
