@@ -68,7 +68,8 @@ async fn flipped_bytes_surface_as_corrupt_with_their_position() {
 
     // One byte in four different parts of four envelopes: the format
     // byte, the checksum, the body, the last byte.
-    let damaged: [(u64, fn(usize) -> usize, u8); 4] = [
+    type Flip = (u64, fn(usize) -> usize, u8);
+    let damaged: [Flip; 4] = [
         (2, |_| 0, 0x01),
         (4, |_| 2, 0x80),
         (6, |n| n / 2, 0x04),
@@ -250,17 +251,10 @@ async fn damaged_eskv_file_is_refused_or_detected() {
             es.append(vec![ev("A", i)], None).await.unwrap();
         }
     }
-    let bytes = loop {
-        // Wait for the writer thread to close the file cleanly.
-        match reopen(&path).await {
-            Ok(s) => {
-                drop(s);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                break std::fs::read(&path).unwrap();
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    };
+    // Reopening succeeds once the writer thread has closed the file.
+    drop(reopen(&path).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let bytes = std::fs::read(&path).unwrap();
     let truncated = dir.path().join("truncated.redb");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
     let scribbled = dir.path().join("scribbled.redb");
