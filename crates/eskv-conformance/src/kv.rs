@@ -339,9 +339,27 @@ pub async fn namespaces_isolated(store: Store) {
         .await
         .unwrap();
     assert_eq!(keys(&all_a), ["only-a", "k"]);
-    // A crafted key cannot reach the other namespace either.
+    // Crafted keys cannot reach another namespace: neither by repeating a
+    // namespace's bytes nor with the codec's escape bytes.
     let crafted = [&b"\x02tenant-ab\x00"[..], b"k"].concat();
     assert_eq!(a.get_latest(&crafted).await.unwrap(), None);
+    let x: Store = Arc::new(Namespaced::new(store.clone(), "x"));
+    let x_nul: Store = Arc::new(Namespaced::new(store.clone(), "x\0"));
+    let xb: Store = Arc::new(Namespaced::new(store.clone(), "xb"));
+    put_all(&x_nul, &[("k", "secret")]).await;
+    put_all(&xb, &[("k", "secret")]).await;
+    for probe in [&b"\xff\x00k"[..], b"\x00k", b"bk", b"\x00\xffk"] {
+        assert_eq!(
+            x.get_latest(probe).await.unwrap(),
+            None,
+            "escaped via {probe:?}"
+        );
+    }
+    let all_x = x
+        .scan_latest(KeyRange::prefix(b""), ScanOptions::default())
+        .await
+        .unwrap();
+    assert!(all_x.is_empty(), "namespace x sees {:?}", keys(&all_x));
 }
 
 /// A large value (4 MiB, or the backend's maximum if smaller) round-trips;

@@ -143,6 +143,13 @@ impl KeyRange {
         }
     }
 
+    /// Every key of a tuple that extends the packed tuple `packed` (see
+    /// [`crate::tuple::children_range`]).
+    pub fn children(packed: &[u8]) -> Self {
+        let (start, end) = crate::tuple::children_range(packed);
+        KeyRange::new(start, end)
+    }
+
     /// True when `key` lies inside the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         let lower = match &self.start {
@@ -458,10 +465,8 @@ impl WriteBuffer {
     }
 }
 
-/// A view of a store under a key prefix (a tenant or namespace). Keys are
-/// prefixed with the namespace packed as one tuple string element, so no
-/// namespace is a byte prefix of another and two namespaces never see each
-/// other's keys.
+/// A view of a store under a key prefix (a tenant or namespace). Two
+/// namespaces never see each other's keys (see [`Namespaced::new`]).
 #[derive(Clone)]
 pub struct Namespaced {
     inner: Arc<dyn KvStore>,
@@ -480,10 +485,15 @@ impl fmt::Debug for Namespaced {
 
 impl Namespaced {
     /// Scopes `inner` to `namespace`. Nesting namespaces nests prefixes.
+    ///
+    /// The prefix is `"n"`, the namespace's byte length (packed integer),
+    /// then its bytes. That makes prefixes prefix-free: no key of one
+    /// namespace, however crafted, starts with another namespace's prefix.
     pub fn new(inner: Arc<dyn KvStore>, namespace: &str) -> Self {
-        let prefix = crate::tuple::KeyBuilder::with_raw(b"n")
-            .str(namespace)
+        let mut prefix = crate::tuple::KeyBuilder::with_raw(b"n")
+            .u64(namespace.len() as u64)
             .finish();
+        prefix.extend_from_slice(namespace.as_bytes());
         let caps = inner.capabilities().clone();
         Namespaced {
             inner,

@@ -241,7 +241,7 @@ impl EventStore {
     /// Every stored checkpoint, by name.
     pub async fn checkpoints(&self) -> Result<BTreeMap<String, Position>> {
         let mut txn = self.kv().begin().await?;
-        let range = crate::kv::KeyRange::prefix(&layout::subscription_kind_prefix("checkpoint"));
+        let range = crate::kv::KeyRange::children(&layout::subscription_kind_prefix("checkpoint"));
         let mut out = BTreeMap::new();
         for (k, v) in txn.scan(range, ScanOptions::default()).await? {
             let mut r = crate::tuple::KeyReader::new(&k);
@@ -258,7 +258,7 @@ impl EventStore {
         let mut txn = self.kv().begin().await?;
         let rows = txn
             .scan(
-                crate::kv::KeyRange::prefix(&dead_letter_prefix(name)),
+                crate::kv::KeyRange::children(&dead_letter_prefix(name)),
                 ScanOptions::default(),
             )
             .await?;
@@ -469,7 +469,7 @@ impl Subscription {
     }
 }
 
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
         return Err(Error::invalid(format!(
             "subscription name {name:?} must be 1 to 256 bytes without control characters"
@@ -842,7 +842,7 @@ impl ConsumerGroup {
             );
             let members = txn
                 .scan(
-                    crate::kv::KeyRange::prefix(
+                    crate::kv::KeyRange::children(
                         &layout::subscription_key("member", &self.group).finish(),
                     ),
                     ScanOptions::default(),

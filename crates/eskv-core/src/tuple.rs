@@ -259,6 +259,20 @@ fn bad(what: &str) -> Error {
     Error::corrupt(None, format!("malformed key: {what}"))
 }
 
+/// The keys of every tuple that extends the packed tuple `packed` by at
+/// least one element: `[packed ++ 0x00, packed ++ 0xFF)`. Unlike a raw
+/// byte-prefix range this never catches a sibling whose last string or
+/// byte element merely continues with an escaped `0x00` (`("a")` versus
+/// `("a\0")`), because escapes continue with `0xFF` and element type codes
+/// lie strictly between `0x00` and `0xFF`.
+pub fn children_range(packed: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut start = packed.to_vec();
+    start.push(0x00);
+    let mut end = packed.to_vec();
+    end.push(0xFF);
+    (start, end)
+}
+
 /// The half-open range `[prefix, successor)` of every key that starts with
 /// `prefix`. An empty or all-`0xFF` prefix has no finite successor; the end
 /// is then `None` (unbounded).
@@ -309,12 +323,12 @@ mod tests {
         }
 
         #[test]
-        fn prefix_scan_is_exact(p in tuple(), t in tuple()) {
+        fn children_scan_is_exact(p in tuple(), t in tuple()) {
             let pp = pack(&p);
             let pt = pack(&t);
-            let (start, end) = prefix_range(&pp);
-            let in_range = pt >= start && end.is_none_or(|e| pt < e);
-            prop_assert_eq!(in_range, t.starts_with(&p));
+            let (start, end) = children_range(&pp);
+            let in_range = pt >= start && pt < end;
+            prop_assert_eq!(in_range, t.len() > p.len() && t.starts_with(&p));
         }
 
         #[test]
@@ -339,8 +353,11 @@ mod tests {
         let ab = pack(&[Element::Str("ab".into())]);
         let a_b = pack(&[Element::Str("a".into()), Element::Str("b".into())]);
         assert_ne!(ab, a_b);
-        let (start, end) = prefix_range(&pack(&[Element::Str("a".into())]));
-        assert!(!(ab >= start && ab < end.clone().unwrap()));
-        assert!(a_b >= start && a_b < end.unwrap());
+        let (start, end) = children_range(&pack(&[Element::Str("a".into())]));
+        assert!(!(ab >= start && ab < end));
+        assert!(a_b >= start && a_b < end);
+        // The escaped-NUL sibling is not a child either.
+        let a_nul = pack(&[Element::Str("a\0".into()), Element::U64(1)]);
+        assert!(!(a_nul >= start && a_nul < end));
     }
 }
