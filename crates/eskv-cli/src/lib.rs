@@ -1,0 +1,3 @@
+//! Library half of the `eskv` command-line tool.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
