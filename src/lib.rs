@@ -1,15 +1,15 @@
-//! eskv facade: the core plus the backends picked with Cargo features.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
 pub use eskv_core::*;
 
-#[cfg(feature = "redb")]
-#[doc(inline)]
-pub use eskv_redb::RedbStore;
-
 /// The embedded redb backend (feature `redb`, on by default).
 #[cfg(feature = "redb")]
 pub use eskv_redb as redb;
+
+#[cfg(feature = "redb")]
+#[doc(inline)]
+pub use eskv_redb::RedbStore;
 
 /// The TiKV backend (feature `tikv`).
 #[cfg(feature = "tikv")]
