@@ -283,6 +283,10 @@ fn map_err(e: etcd_client::Error, phase: Phase, endpoints: &str) -> Error {
         backend: BACKEND,
         message: format!("etcd at {endpoints}: {what}"),
     };
+    if phase == Phase::Commit && never_sent(&e) {
+        // Nothing reached the server: a plain, retryable unavailability.
+        return unavailable(format!("the commit was not sent: {e}"));
+    }
     match e {
         E::GRpcStatus(s) => {
             let msg = s.message().to_string();
@@ -352,17 +356,61 @@ fn timeout_err(what: &str, phase: Phase, timeout: Duration, endpoints: &str) -> 
     }
 }
 
-async fn timed<T>(
+/// True when the request never left this process: the TCP connection to
+/// the endpoint the client picked was refused. Such a call is safe to send
+/// again, even a commit; the client's balancer then picks another endpoint.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = match e {
+        E::GRpcStatus(s) => Some(s),
+        E::TransportError(t) => Some(t),
+        E::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Most times one call is sent again after its connection was refused.
+const REFUSED_RETRIES: u32 = 6;
+
+/// Runs `call` under `timeout`, sending it again (to whichever endpoint the
+/// client picks next) while a node is refusing connections.
+async fn timed<T, F, Fut>(
     what: &str,
     phase: Phase,
     timeout: Duration,
     endpoints: &str,
-    fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(map_err(e, phase, endpoints)),
-        Err(_) => Err(timeout_err(what, phase, timeout, endpoints)),
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if attempt < REFUSED_RETRIES && never_sent(&e) => {
+                attempt += 1;
+                let pause = Duration::from_millis(5 << attempt);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(map_err(e, phase, endpoints));
+                }
+                tracing::debug!(attempt, error = %e, "etcd endpoint refused the connection; retrying");
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Err(e)) => return Err(map_err(e, phase, endpoints)),
+            Err(_) => return Err(timeout_err(what, phase, timeout, endpoints)),
+        }
     }
 }
 
@@ -437,13 +485,13 @@ impl EtcdStore {
             Phase::Connect,
             options.connect_timeout,
             &endpoints,
-            Client::connect(options.endpoints.clone(), Some(connect)),
+            || Client::connect(options.endpoints.clone(), Some(connect.clone())),
         )
         .await?;
         let caps = options.capabilities();
         // Scan pages carry up to SCAN_PAGE values of the largest size.
         let decode_limit = (SCAN_PAGE * (caps.max_value_size.unwrap_or(0) + 4096)).max(64 << 20);
-        let mut kv = client
+        let kv = client
             .kv_client()
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(options.max_request_bytes + REQUEST_HEADROOM);
@@ -453,10 +501,16 @@ impl EtcdStore {
             Phase::Connect,
             options.connect_timeout,
             &endpoints,
-            kv.get(
-                b"\x00eskv-probe".to_vec(),
-                Some(GetOptions::new().with_count_only()),
-            ),
+            || {
+                let mut kv = kv.clone();
+                async move {
+                    kv.get(
+                        b"\x00eskv-probe".to_vec(),
+                        Some(GetOptions::new().with_count_only()),
+                    )
+                    .await
+                }
+            },
         )
         .await?;
         let raw = Arc::new(RawStore {
@@ -492,13 +546,19 @@ impl EtcdStore {
             ));
         };
         let end = eskv_core::tuple::prefix_successor(prefix).unwrap_or_else(|| vec![0]);
-        let mut kv = self.raw.kv.clone();
         let resp = timed(
             "deleting a namespace",
             Phase::Read,
             self.raw.timeout,
             &self.raw.endpoints,
-            kv.delete(prefix.to_vec(), Some(DeleteOptions::new().with_range(end))),
+            || {
+                let mut kv = self.raw.kv.clone();
+                let (key, end) = (prefix.to_vec(), end.clone());
+                async move {
+                    kv.delete(key, Some(DeleteOptions::new().with_range(end)))
+                        .await
+                }
+            },
         )
         .await?;
         Ok(resp.deleted().max(0) as u64)
@@ -608,13 +668,11 @@ impl EtcdTxn {
                 .iter()
                 .map(|k| TxnOp::get(k.clone(), Some(opts.clone())))
                 .collect();
-            let resp = timed(
-                "a read",
-                Phase::Read,
-                self.timeout,
-                &self.endpoints,
-                self.kv.txn(Txn::new().and_then(ops)),
-            )
+            let resp = timed("a read", Phase::Read, self.timeout, &self.endpoints, || {
+                let mut kv = self.kv.clone();
+                let txn = Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })
             .await?;
             self.pin_from(resp.header())?;
             for (k, r) in chunk.iter().zip(resp.op_responses()) {
@@ -656,13 +714,11 @@ impl EtcdTxn {
             if reverse {
                 opts = opts.with_sort(SortTarget::Key, SortOrder::Descend);
             }
-            let resp = timed(
-                "a scan",
-                Phase::Read,
-                self.timeout,
-                &self.endpoints,
-                self.kv.get(start, Some(opts)),
-            )
+            let resp = timed("a scan", Phase::Read, self.timeout, &self.endpoints, || {
+                let mut kv = self.kv.clone();
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
             .await?;
             self.pin_from(resp.header())?;
             let more = resp.more();
@@ -702,13 +758,11 @@ impl KvTransaction for EtcdTxn {
             return Ok(None);
         }
         let opts = self.read_options();
-        let mut resp = timed(
-            "a get",
-            Phase::Read,
-            self.timeout,
-            &self.endpoints,
-            self.kv.get(key.to_vec(), Some(opts)),
-        )
+        let mut resp = timed("a get", Phase::Read, self.timeout, &self.endpoints, || {
+            let mut kv = self.kv.clone();
+            let (key, opts) = (key.to_vec(), opts.clone());
+            async move { kv.get(key, Some(opts)).await }
+        })
         .await?;
         self.pin_from(resp.header())?;
         let kv = resp.take_kvs().into_iter().next();
@@ -846,7 +900,11 @@ impl KvTransaction for EtcdTxn {
                 Phase::Commit,
                 self.timeout,
                 &self.endpoints,
-                self.kv.txn(txn),
+                || {
+                    let mut kv = self.kv.clone();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                },
             )
             .await?;
             if resp.succeeded() {
@@ -952,6 +1010,26 @@ mod tests {
     }
 
     #[test]
+    fn refused_connections_were_never_sent_so_commits_are_not_ambiguous() {
+        let refused = || {
+            E::GRpcStatus(tonic::Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            ))))
+        };
+        assert!(never_sent(&refused()));
+        let e = map_err(refused(), Phase::Commit, EP);
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        let reset = E::GRpcStatus(tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ))));
+        assert!(!never_sent(&reset));
+        let e = map_err(reset, Phase::Commit, EP);
+        assert!(matches!(e, Error::CommitOutcomeUnknown { .. }), "{e:?}");
+    }
+
+    #[test]
     fn oversized_requests_and_bad_options_are_invalid_input() {
         let e = map_err(
             status(
@@ -1018,7 +1096,7 @@ mod tests {
         let c = EtcdOptions::new([EP]).capabilities();
         assert_eq!(c.max_ops_per_txn, Some(128));
         let v = c.max_value_size.unwrap();
-        assert!(v >= 1 << 20 && v < DEFAULT_MAX_REQUEST_BYTES, "{v}");
+        assert!((1 << 20..DEFAULT_MAX_REQUEST_BYTES).contains(&v), "{v}");
         assert!(c.max_txn_bytes.unwrap() < DEFAULT_MAX_REQUEST_BYTES);
         let c = EtcdOptions::new([EP])
             .server_limits(1024, 10 << 20)
