@@ -1,0 +1,4 @@
+//! eskv benchmark harness (issue 9).
+#![forbid(unsafe_code)]
+
+fn main() {}
