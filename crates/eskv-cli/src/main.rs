@@ -1,1 +1,1419 @@
-fn main() {}
+//! `eskv`: look inside an eskv event store, append to it, back it up,
+//! check it and move it between backends. Run `eskv --help`.
+#![forbid(unsafe_code)]
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use eskv::{
+    AppendCondition, AppendRequest, EventStore, LogFilter, Query, ReadOptions, ReadStreamOptions,
+    RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
+};
+use eskv_cli::line::{Digest, EventLine, MetaLine, RECORDED_AT_KEY};
+use eskv_cli::open::{self, Access};
+use eskv_cli::spec::{parse_expected, parse_query_item};
+use eskv_cli::transfer::{self, ExportLine, Importer};
+use eskv_cli::url::StoreUrl;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use std::fmt;
+use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+Store URLs (--store, or the ESKV_STORE environment variable):
+  redb:PATH                               an embedded file (the default: redb:./events.redb)
+  memory:                                 an empty in-memory store, gone at exit
+  tikv://HOST:PORT[,HOST:PORT...][/PREFIX] a TiKV cluster, by its PD endpoints
+  etcd://HOST:PORT[,HOST:PORT...][/PREFIX] an etcd cluster
+  The port defaults to 2379; /PREFIX keeps the store under a key namespace.
+
+Output: JSON lines when stdout is not a terminal or with --json, else a table.
+
+Exit codes:
+  0  success
+  1  error (one line on stderr)
+  2  bad usage: unknown flag, bad store URL, bad query or expected version
+  3  append rejected: wrong expected version, DCB condition failed, or ids reused
+  4  check found damage (the report is on stdout)";
+
+/// The eskv event store tool.
+#[derive(Debug, Parser)]
+#[command(name = "eskv", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Store URL: redb:PATH, memory:, tikv://HOST:PORT[,...][/PREFIX] or
+    /// etcd://HOST:PORT[,...][/PREFIX].
+    #[arg(
+        long,
+        global = true,
+        env = "ESKV_STORE",
+        default_value = "redb:./events.redb",
+        value_name = "URL"
+    )]
+    store: String,
+    /// Print JSON (lines) even when stdout is a terminal.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Append events atomically: one from flags, or JSON lines on stdin.
+    ///
+    /// Each stdin line is {"type":..,"tags":[..],"data":<JSON>,"id":?,"metadata":?}
+    /// (data_text or data_base64 for payloads that are not JSON). All lines
+    /// form one atomic append. Prints the positions as JSON.
+    Append(AppendArgs),
+    /// Read events: a stream, a DCB query, a category, or the whole log.
+    Read(ReadArgs),
+    /// Follow new events live, with the same filters as read, until Ctrl-C.
+    Tail(TailArgs),
+    /// List streams.
+    Streams(StreamsArgs),
+    /// Show the head, the event and stream counts and the file size.
+    Info,
+    /// View and manage the event type registry (for strict mode).
+    Types {
+        #[command(subcommand)]
+        action: Option<TypesAction>,
+    },
+    /// Check the store's integrity; exit code 0 when clean, 4 with a report
+    /// when not.
+    Check,
+    /// Write the whole store as JSON lines (a backup).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Restore an export into an empty store.
+    Import {
+        /// Read from this file instead of stdin.
+        #[arg(long = "in", value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+    /// Copy a whole store into an empty one (for example redb to TiKV),
+    /// then verify counts and checksums.
+    Copy {
+        /// Source store URL.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Target store URL (must be empty).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AppendArgs {
+    /// Event type (append one event from flags instead of stdin).
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG", requires = "event_type")]
+    tags: Vec<String>,
+    /// Payload as JSON.
+    #[arg(
+        long,
+        value_name = "JSON",
+        requires = "event_type",
+        conflicts_with = "data_text"
+    )]
+    data: Option<String>,
+    /// Payload as plain text.
+    #[arg(long, value_name = "TEXT", requires = "event_type")]
+    data_text: Option<String>,
+    /// Event id (a ULID), for idempotent retries; generated when absent.
+    #[arg(long, value_name = "ULID", requires = "event_type")]
+    id: Option<String>,
+    /// Correlation id.
+    #[arg(long, value_name = "ID", requires = "event_type")]
+    correlation_id: Option<String>,
+    /// Causation id.
+    #[arg(long, value_name = "ID", requires = "event_type")]
+    causation_id: Option<String>,
+    /// A metadata entry KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", requires = "event_type")]
+    meta: Vec<String>,
+    /// Append to this stream.
+    #[arg(long, value_name = "STREAM")]
+    stream: Option<String>,
+    /// Expected stream version: any, no-stream, exists or a version number.
+    #[arg(
+        long,
+        value_name = "VERSION",
+        requires = "stream",
+        default_value = "any"
+    )]
+    expected: String,
+    /// DCB condition: fail if an event matching 'types=A,B;tags=x,y' exists
+    /// (after --after). Repeat to OR several items.
+    #[arg(long = "fail-if", value_name = "ITEM")]
+    fail_if: Vec<String>,
+    /// Only events after this position count for --fail-if (normally the
+    /// head of the read your decision was based on).
+    #[arg(long, value_name = "POSITION", requires = "fail_if")]
+    after: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only this stream.
+    #[arg(long, value_name = "STREAM", conflicts_with_all = ["query", "category", "stream_prefix"])]
+    stream: Option<String>,
+    /// Only events matching a DCB query item 'types=A,B;tags=x,y' (repeat
+    /// to OR several items).
+    #[arg(long, value_name = "ITEM", conflicts_with = "category")]
+    query: Vec<String>,
+    /// Only events of a category (streams named CATEGORY-...).
+    #[arg(long, value_name = "CATEGORY", conflicts_with = "stream_prefix")]
+    category: Option<String>,
+    /// Only events of streams whose id starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    stream_prefix: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReadArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// First global position to read (backwards: the highest).
+    #[arg(long, value_name = "POSITION")]
+    from: Option<u64>,
+    /// With --stream: first stream version to read (backwards: the highest).
+    #[arg(long, value_name = "VERSION", requires = "stream")]
+    from_version: Option<u64>,
+    /// Read newest first.
+    #[arg(long)]
+    backwards: bool,
+    /// Read at most this many events.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Ignore events after this global position (the store as it was then).
+    #[arg(long, value_name = "POSITION")]
+    until: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Start at this global position (default: only events appended from
+    /// now on).
+    #[arg(long, value_name = "POSITION")]
+    from: Option<u64>,
+    /// Exit after this many events.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct StreamsArgs {
+    /// Only streams whose id starts with this.
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    prefix: String,
+    /// List at most this many.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TypesAction {
+    /// List the registered types and the strict-mode setting (the default).
+    List,
+    /// Register event types.
+    Add {
+        /// The types.
+        #[arg(required = true, value_name = "TYPE")]
+        types: Vec<String>,
+    },
+    /// Turn strict mode on (unregistered types are rejected) or off.
+    Strict {
+        /// on or off.
+        mode: OnOff,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// An error with its own exit code.
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    Exit {
+        code: 2,
+        message: message.into(),
+    }
+    .into()
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            io::stderr(),
+            "error: internal error in eskv (please report it): {}{at}",
+            one_line(&msg)
+        );
+        std::process::exit(101);
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(run(cli));
+    // Close stores before the process exits.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+/// Prints clap's error as one line (help and version go to stdout whole).
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = write!(io::stdout(), "{e}");
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let _ = writeln!(
+                io::stderr(),
+                "error: no command given; the commands are append, read, tail, streams, info, types, check, export, import and copy (see 'eskv --help')"
+            );
+            ExitCode::from(2)
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let _ = writeln!(
+                io::stderr(),
+                "error: {} (see 'eskv --help')",
+                one_line(first)
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints an error as one line and picks the exit code.
+fn report(e: anyhow::Error) -> ExitCode {
+    if e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    }) {
+        // The reader went away (`eskv read | head`): not an error.
+        return ExitCode::SUCCESS;
+    }
+    let code = e
+        .chain()
+        .find_map(|c| {
+            if let Some(x) = c.downcast_ref::<Exit>() {
+                return Some(x.code);
+            }
+            match c.downcast_ref::<eskv::Error>() {
+                Some(
+                    eskv::Error::WrongExpectedVersion { .. }
+                    | eskv::Error::ConditionFailed { .. }
+                    | eskv::Error::IdempotencyViolation { .. },
+                ) => Some(3),
+                _ => None,
+            }
+        })
+        .unwrap_or(1);
+    let _ = writeln!(io::stderr(), "error: {}", one_line(&format!("{e:#}")));
+    ExitCode::from(code)
+}
+
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn parse_url(s: &str) -> Result<StoreUrl> {
+    s.parse::<StoreUrl>().map_err(|e| usage(e.to_string()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let url = parse_url(&cli.store)?;
+    let mut out = Out::new(cli.json);
+    match cli.command {
+        Command::Append(a) => append(&url, a, &mut out).await?,
+        Command::Read(a) => read(&url, a, &mut out).await?,
+        Command::Tail(a) => tail(&url, a, &mut out).await?,
+        Command::Streams(a) => streams(&url, a, &mut out).await?,
+        Command::Info => info(&url, &mut out).await?,
+        Command::Types { action } => {
+            types(&url, action.unwrap_or(TypesAction::List), &mut out).await?
+        }
+        Command::Check => check(&url, &mut out).await?,
+        Command::Export { out: file } => export(&url, file, &mut out).await?,
+        Command::Import { input } => import(&url, input, &mut out).await?,
+        Command::Copy { from, to } => copy(&parse_url(&from)?, &parse_url(&to)?, &mut out).await?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Standard output: JSON lines or human text.
+struct Out {
+    w: BufWriter<io::Stdout>,
+    json: bool,
+}
+
+impl Out {
+    fn new(force_json: bool) -> Self {
+        Out {
+            w: BufWriter::new(io::stdout()),
+            json: force_json || !io::stdout().is_terminal(),
+        }
+    }
+
+    fn line(&mut self, s: &str) -> io::Result<()> {
+        self.w.write_all(s.as_bytes())?;
+        self.w.write_all(b"\n")
+    }
+
+    fn value(&mut self, v: &serde_json::Value) -> io::Result<()> {
+        self.line(&v.to_string())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+// ---------------------------------------------------------------- append
+
+/// Removes whitespace outside strings, so multi-line JSON fits on a line.
+fn minify_json(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut in_str, mut esc) = (false, false);
+    for c in s.chars() {
+        if in_str {
+            out.push(c);
+            if esc {
+                esc = false;
+            } else if c == '\\' {
+                esc = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn event_from_flags(a: &AppendArgs, event_type: &str) -> Result<EventLine> {
+    let data = match &a.data {
+        Some(d) => {
+            let d = minify_json(d);
+            serde_json::from_str::<&serde_json::value::RawValue>(&d)
+                .map_err(|e| usage(format!("--data is not valid JSON: {e}")))?;
+            Some(serde_json::value::RawValue::from_string(d).map_err(|e| usage(e.to_string()))?)
+        }
+        None => None,
+    };
+    let mut extra = std::collections::BTreeMap::new();
+    for m in &a.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--meta '{m}' is not KEY=VALUE")))?;
+        extra.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(EventLine {
+        position: None,
+        id: a.id.clone(),
+        event_type: event_type.to_owned(),
+        stream: None,
+        version: None,
+        tags: a.tags.clone(),
+        data,
+        data_text: a.data_text.clone(),
+        data_base64: None,
+        metadata: MetaLine {
+            correlation_id: a.correlation_id.clone(),
+            causation_id: a.causation_id.clone(),
+            extra,
+        },
+        recorded_at: None,
+    })
+}
+
+fn events_from_stdin() -> Result<Vec<EventLine>> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return Err(usage(
+            "no events: give --type (and --tag, --data) or pipe JSON lines on stdin",
+        ));
+    }
+    let mut lines = Vec::new();
+    for (i, l) in stdin.lock().lines().enumerate() {
+        let l = l.context("cannot read stdin")?;
+        if l.trim().is_empty() {
+            continue;
+        }
+        let e = EventLine::parse(&l).map_err(|e| usage(format!("stdin line {}: {e}", i + 1)))?;
+        if e.position.is_some()
+            || e.stream.is_some()
+            || e.version.is_some()
+            || e.recorded_at.is_some()
+        {
+            return Err(usage(format!(
+                "stdin line {}: position, stream, version and recorded_at are set by the store (use --stream for a stream append, `eskv import` to restore a backup)",
+                i + 1
+            )));
+        }
+        lines.push(e);
+    }
+    if lines.is_empty() {
+        return Err(usage("no events on stdin"));
+    }
+    Ok(lines)
+}
+
+async fn append(url: &StoreUrl, a: AppendArgs, out: &mut Out) -> Result<()> {
+    let lines = match &a.event_type {
+        Some(t) => vec![event_from_flags(&a, t)?],
+        None => events_from_stdin()?,
+    };
+    let mut events = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        if l.metadata.extra.contains_key(RECORDED_AT_KEY) {
+            return Err(usage(format!(
+                "event {}: metadata key {RECORDED_AT_KEY} is reserved for import",
+                i + 1
+            )));
+        }
+        events.push(l.to_new_event().map_err(|e| {
+            usage(if lines.len() == 1 {
+                e
+            } else {
+                format!("stdin event {}: {e}", i + 1)
+            })
+        })?);
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    let mut req = AppendRequest::new(events);
+    if let Some(s) = &a.stream {
+        req = req.stream(s.clone(), parse_expected(&a.expected).map_err(usage)?);
+    }
+    if !a.fail_if.is_empty() {
+        req = req.condition(AppendCondition::new(parse_query(&a.fail_if)?, a.after));
+    }
+    let store = open::open(url, Access::Create).await?;
+    let done = store.submit(req).await.context("append rejected")?;
+    let mut v = json!({
+        "first_position": done.first_position,
+        "last_position": done.last_position,
+        "ids": ids,
+    });
+    if let (Some(s), Some(ver)) = (&a.stream, done.stream_version) {
+        v["stream"] = json!(s);
+        v["stream_version"] = json!(ver);
+    }
+    out.value(&v)?;
+    Ok(())
+}
+
+fn parse_query(items: &[String]) -> Result<Query> {
+    let items = items
+        .iter()
+        .map(|s| parse_query_item(s).map_err(|e| usage(format!("query '{s}': {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Query { items })
+}
+
+// ------------------------------------------------------------------ read
+
+/// What to read.
+enum Target {
+    Log(LogFilter),
+    Category(String),
+    Stream(String),
+}
+
+fn target(f: &FilterArgs) -> Result<Target> {
+    if let Some(s) = &f.stream {
+        return Ok(Target::Stream(s.clone()));
+    }
+    if let Some(c) = &f.category {
+        if !f.query.is_empty() {
+            return Err(usage("--category and --query cannot be combined"));
+        }
+        return Ok(Target::Category(c.clone()));
+    }
+    Ok(Target::Log(LogFilter {
+        query: if f.query.is_empty() {
+            None
+        } else {
+            Some(parse_query(&f.query)?)
+        },
+        stream_prefix: f.stream_prefix.clone(),
+    }))
+}
+
+/// Reads by position (every target but a stream).
+async fn fetch(store: &EventStore, t: &Target, opts: ReadOptions) -> Result<eskv::ReadResult> {
+    Ok(match t {
+        Target::Log(f) => store.read_all_filtered(f, opts).await?,
+        Target::Category(c) => store.read_category(c, opts).await?,
+        Target::Stream(_) => unreachable!("streams are read by version"),
+    })
+}
+
+const READ_PAGE: u64 = 512;
+
+/// Collects output rows so a table can be aligned per page.
+struct Printer<'a> {
+    out: &'a mut Out,
+    rows: Vec<EventLine>,
+}
+
+impl<'a> Printer<'a> {
+    fn new(out: &'a mut Out) -> Self {
+        Printer {
+            out,
+            rows: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, e: &RecordedEvent) -> io::Result<()> {
+        let line = EventLine::from_recorded(e);
+        if self.out.json {
+            self.out.line(&line.to_json())
+        } else {
+            self.rows.push(line);
+            Ok(())
+        }
+    }
+
+    /// Prints buffered table rows.
+    fn page(&mut self) -> io::Result<()> {
+        if !self.rows.is_empty() {
+            let t = table(&self.rows);
+            self.out.w.write_all(t.as_bytes())?;
+            self.rows.clear();
+        }
+        self.out.flush()
+    }
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn table(rows: &[EventLine]) -> String {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let stream = match (&r.stream, r.version) {
+                (Some(s), Some(v)) => format!("{s}@{v}"),
+                _ => "-".into(),
+            };
+            let data = if let Some(d) = &r.data {
+                d.get().to_owned()
+            } else if let Some(t) = &r.data_text {
+                format!("{t:?}")
+            } else if let Some(b) = &r.data_base64 {
+                format!("base64:{b}")
+            } else {
+                String::new()
+            };
+            [
+                r.position.map_or(String::new(), |p| p.to_string()),
+                r.event_type.clone(),
+                cut(&stream, 32),
+                cut(&r.tags.join(","), 40),
+                r.recorded_at.clone().unwrap_or_default(),
+                cut(&data, 60),
+            ]
+        })
+        .collect();
+    let head = ["POS", "TYPE", "STREAM@VER", "TAGS", "RECORDED", "DATA"];
+    let mut w = head.map(|h| h.chars().count());
+    for c in &cells {
+        for (i, s) in c.iter().enumerate() {
+            w[i] = w[i].max(s.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let mut row = |r: &[String; 6]| {
+        let mut l = format!("{:>w0$}", r[0], w0 = w[0]);
+        for i in 1..6 {
+            l.push_str("  ");
+            if i == 5 {
+                l.push_str(&r[i]);
+            } else {
+                l.push_str(&format!("{:<wi$}", r[i], wi = w[i]));
+            }
+        }
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    row(&head.map(String::from));
+    for c in &cells {
+        row(c);
+    }
+    s
+}
+
+async fn read(url: &StoreUrl, a: ReadArgs, out: &mut Out) -> Result<()> {
+    let t = target(&a.filter)?;
+    let store = open::open(url, Access::Existing).await?;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut p = Printer::new(out);
+    if left == 0 {
+        return Ok(());
+    }
+    if let Target::Stream(s) = &t {
+        let head = store.head().await?;
+        let until = a.until.map_or(head, |u| u.min(head));
+        let mut version = a.from_version;
+        loop {
+            let page = left.min(READ_PAGE);
+            let mut o = ReadStreamOptions::new().limit(page as usize).until(until);
+            o.backwards = a.backwards;
+            o.from_version = version;
+            let events = store.read_stream(s, o).await?;
+            for e in &events {
+                let skip = a.from.is_some_and(|f| {
+                    if a.backwards {
+                        e.position > f
+                    } else {
+                        e.position < f
+                    }
+                });
+                if !skip && left > 0 {
+                    p.event(e)?;
+                    left -= 1;
+                }
+            }
+            p.page()?;
+            let Some(last) = events.last().and_then(|e| e.stream.as_ref()) else {
+                break;
+            };
+            if (events.len() as u64) < page || left == 0 {
+                break;
+            }
+            version = Some(if a.backwards {
+                if last.version <= 1 {
+                    break;
+                }
+                last.version - 1
+            } else {
+                last.version + 1
+            });
+        }
+        return Ok(());
+    }
+    let mut opts = ReadOptions {
+        from: a.from,
+        backwards: a.backwards,
+        limit: None,
+        until: a.until,
+    };
+    loop {
+        let page = left.min(READ_PAGE);
+        opts.limit = Some(page as usize);
+        let res = fetch(&store, &t, opts).await?;
+        // Later pages read at the first page's head: one consistent view.
+        opts.until = Some(opts.until.map_or(res.head, |u| u.min(res.head)));
+        for e in &res.events {
+            p.event(e)?;
+        }
+        p.page()?;
+        left -= res.events.len() as u64;
+        let Some(last) = res.events.last() else {
+            break;
+        };
+        if (res.events.len() as u64) < page || left == 0 {
+            break;
+        }
+        opts.from = Some(if a.backwards {
+            if last.position <= 1 {
+                break;
+            }
+            last.position - 1
+        } else {
+            last.position + 1
+        });
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ tail
+
+async fn tail(url: &StoreUrl, a: TailArgs, out: &mut Out) -> Result<()> {
+    let t = target(&a.filter)?;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    if left == 0 {
+        return Ok(());
+    }
+    let follow = async {
+        if matches!(url, StoreUrl::Redb { .. }) {
+            tail_poll(url, &t, a.from, &mut left, out).await
+        } else {
+            tail_subscribe(url, &t, a.from, &mut left, out).await
+        }
+    };
+    tokio::select! {
+        r = follow => r,
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+    }
+}
+
+/// Prints one tailed event; false when the limit is reached.
+fn tail_print(out: &mut Out, e: &RecordedEvent, left: &mut u64) -> io::Result<bool> {
+    let line = EventLine::from_recorded(e);
+    if out.json {
+        out.line(&line.to_json())?;
+    } else {
+        let t = table(std::slice::from_ref(&line));
+        // Skip the header row after the first event.
+        let body = t.split_once('\n').map_or(t.as_str(), |(_, b)| b);
+        out.w.write_all(body.as_bytes())?;
+    }
+    out.flush()?;
+    *left -= 1;
+    Ok(*left > 0)
+}
+
+/// Live subscription (TiKV, etcd, memory).
+async fn tail_subscribe(
+    url: &StoreUrl,
+    t: &Target,
+    from: Option<u64>,
+    left: &mut u64,
+    out: &mut Out,
+) -> Result<()> {
+    let store = open::open(url, Access::Existing).await?;
+    let (filter, prefix) = match t {
+        Target::Stream(s) => (SubscriptionFilter::Stream(s.clone()), None),
+        Target::Category(c) => (SubscriptionFilter::Category(c.clone()), None),
+        Target::Log(f) => (
+            f.query
+                .clone()
+                .map_or(SubscriptionFilter::All, SubscriptionFilter::Query),
+            f.stream_prefix.clone(),
+        ),
+    };
+    let start = match from {
+        Some(p) => StartFrom::After(p.saturating_sub(1)),
+        None => StartFrom::End,
+    };
+    if !out.json {
+        out.w.write_all(table(&[]).as_bytes())?;
+    }
+    let mut sub = store
+        .subscribe(SubscriptionOptions::new().filter(filter).start(start))
+        .await?;
+    let by_prefix = LogFilter::default();
+    let by_prefix = LogFilter {
+        stream_prefix: prefix,
+        ..by_prefix
+    };
+    loop {
+        let e = sub.next().await?;
+        if by_prefix.matches(&e) && !tail_print(out, &e, left)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Polling tail for redb: the file has one user at a time, so it is
+/// opened briefly for every poll and other processes can append between
+/// polls.
+async fn tail_poll(
+    url: &StoreUrl,
+    t: &Target,
+    from: Option<u64>,
+    left: &mut u64,
+    out: &mut Out,
+) -> Result<()> {
+    let mut cursor = match from {
+        Some(p) => p.saturating_sub(1),
+        None => open::open(url, Access::Existing).await?.head().await?,
+    };
+    if !out.json {
+        out.w.write_all(table(&[]).as_bytes())?;
+    }
+    let mut next_version = 1;
+    let idle = Duration::from_millis(200);
+    loop {
+        if let Some(store) = open::try_open(url, Access::Existing).await? {
+            loop {
+                let events = match t {
+                    Target::Stream(s) => {
+                        store
+                            .read_stream(
+                                s,
+                                ReadStreamOptions::new()
+                                    .from_version(next_version)
+                                    .limit(READ_PAGE as usize),
+                            )
+                            .await?
+                    }
+                    _ => {
+                        fetch(
+                            &store,
+                            t,
+                            ReadOptions::after(cursor).limit(READ_PAGE as usize),
+                        )
+                        .await?
+                        .events
+                    }
+                };
+                for e in &events {
+                    if let Some(s) = &e.stream {
+                        next_version = next_version.max(s.version + 1);
+                    }
+                    if e.position > cursor {
+                        cursor = e.position;
+                        if !tail_print(out, e, left)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                if (events.len() as u64) < READ_PAGE {
+                    break;
+                }
+            }
+            drop(store);
+        }
+        tokio::time::sleep(idle).await;
+    }
+}
+
+// ---------------------------------------------------- streams, info, types
+
+async fn streams(url: &StoreUrl, a: StreamsArgs, out: &mut Out) -> Result<()> {
+    let store = open::open(url, Access::Existing).await?;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut after: Option<String> = None;
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    while left > 0 {
+        let n = left.min(1024) as usize;
+        let page = store.list_streams(&a.prefix, after.as_deref(), n).await?;
+        for s in &page {
+            if out.json {
+                out.value(&json!({
+                    "stream": s.stream_id,
+                    "version": s.version,
+                    "last_position": s.last_position,
+                }))?;
+            } else {
+                rows.push([
+                    s.stream_id.clone(),
+                    s.version.to_string(),
+                    s.last_position.map_or("-".into(), |p| p.to_string()),
+                ]);
+            }
+        }
+        left -= page.len() as u64;
+        match page.last() {
+            Some(s) if page.len() == n => after = Some(s.stream_id.clone()),
+            _ => break,
+        }
+    }
+    if !out.json {
+        let w0 = rows
+            .iter()
+            .map(|r| r[0].chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(7);
+        out.line(&format!(
+            "{:<w0$}  {:>w1$}  LAST_POSITION",
+            "STREAM", "VERSION"
+        ))?;
+        for r in rows {
+            out.line(&format!("{:<w0$}  {:>w1$}  {}", r[0], r[1], r[2]))?;
+        }
+    }
+    Ok(())
+}
+
+async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
+    let store = open::open(url, Access::Existing).await?;
+    let head = store.head().await?;
+    let streams = transfer::count_streams(&store).await?;
+    let types = store.event_types().await?;
+    let strict = store.strict_types().await?;
+    drop(store);
+    let size = open::file_size(url);
+    if out.json {
+        let mut v = json!({
+            "store": url.to_string(),
+            "backend": url.backend(),
+            "head": head,
+            "events": head,
+            "streams": streams,
+            "types": types.len(),
+            "strict": strict,
+        });
+        if let Some(s) = size {
+            v["file_size"] = json!(s);
+        }
+        out.value(&v)?;
+    } else {
+        out.line(&format!("store:     {url}"))?;
+        out.line(&format!("head:      {head}"))?;
+        out.line(&format!("events:    {head}"))?;
+        out.line(&format!("streams:   {streams}"))?;
+        out.line(&format!(
+            "types:     {} registered, strict mode {}",
+            types.len(),
+            if strict { "on" } else { "off" }
+        ))?;
+        if let Some(s) = size {
+            out.line(&format!("file size: {s} bytes ({})", human_bytes(s)))?;
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+async fn types(url: &StoreUrl, action: TypesAction, out: &mut Out) -> Result<()> {
+    let access = match action {
+        TypesAction::List => Access::Existing,
+        _ => Access::Create,
+    };
+    let store = open::open(url, access).await?;
+    match action {
+        TypesAction::List => {}
+        TypesAction::Add { types } => store.register_event_types(types).await?,
+        TypesAction::Strict { mode } => store.set_strict_types(matches!(mode, OnOff::On)).await?,
+    }
+    let types = store.event_types().await?;
+    let strict = store.strict_types().await?;
+    if out.json {
+        out.value(&json!({ "types": types, "strict": strict }))?;
+    } else {
+        for t in &types {
+            out.line(t)?;
+        }
+        out.line(&format!(
+            "({} registered; strict mode {})",
+            types.len(),
+            if strict {
+                "on: other types are rejected"
+            } else {
+                "off"
+            }
+        ))?;
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------- check
+
+async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
+    let store = open::open(url, Access::Existing).await?;
+    let r = eskv::verify::verify(&store).await?;
+    if out.json {
+        let violations: Vec<_> = r
+            .violations
+            .iter()
+            .map(|v| {
+                json!({
+                    "position": v.position,
+                    "key": v.key.as_deref().map(eskv::display_key),
+                    "message": v.message,
+                })
+            })
+            .collect();
+        out.value(&json!({
+            "clean": r.is_clean(),
+            "events": r.events,
+            "streams": r.streams,
+            "head": r.head,
+            "keys": r.keys,
+            "violations": violations,
+            "omitted": r.omitted,
+        }))?;
+    } else {
+        out.line(&r.to_string())?;
+    }
+    if r.is_clean() {
+        Ok(())
+    } else {
+        out.flush()?;
+        Err(Exit {
+            code: 4,
+            message: format!(
+                "check found {} problem(s) in {url} (report on stdout)",
+                r.violations.len() as u64 + r.omitted
+            ),
+        }
+        .into())
+    }
+}
+
+// ------------------------------------------------- export, import, copy
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn note(msg: &str) {
+    let _ = writeln!(io::stderr(), "{msg}");
+}
+
+async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out) -> Result<()> {
+    let store = open::open(url, Access::Existing).await?;
+    let header = transfer::header(&store).await?;
+    let (mut w, tmp): (Box<dyn Write + '_>, Option<PathBuf>) = match &file {
+        Some(f) => {
+            let mut tmp = f.clone().into_os_string();
+            tmp.push(".partial");
+            let tmp = PathBuf::from(tmp);
+            let fh = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot create '{}'", tmp.display()))?;
+            (Box::new(BufWriter::new(fh)), Some(tmp))
+        }
+        None => (Box::new(&mut out.w), None),
+    };
+    let pb = progress(header.head, "export");
+    let res: Result<Digest> = async {
+        writeln!(w, "{}", serde_json::to_string(&header)?)?;
+        let mut pager = transfer::LogPager::new(store.clone(), header.head);
+        let mut digest = Digest::default();
+        loop {
+            let page = pager.next_page().await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                let line = EventLine::from_recorded(e).to_json();
+                digest.add(&line);
+                w.write_all(line.as_bytes())?;
+                w.write_all(b"\n")?;
+            }
+            pb.set_position(digest.events);
+        }
+        let end = transfer::Trailer {
+            eskv_export_end: transfer::End {
+                events: digest.events,
+                crc32c: digest.hex(),
+            },
+        };
+        writeln!(w, "{}", serde_json::to_string(&end)?)?;
+        w.flush()?;
+        Ok(digest)
+    }
+    .await;
+    pb.finish_and_clear();
+    drop(w);
+    let digest = match res {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(t) = &tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(e);
+        }
+    };
+    if let (Some(t), Some(f)) = (&tmp, &file) {
+        std::fs::rename(t, f).with_context(|| format!("cannot rename '{}'", t.display()))?;
+        note(&format!(
+            "exported {} events to {} (crc32c {})",
+            digest.events,
+            f.display(),
+            digest.hex()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an export (or plain event lines), checking its structure: the
+/// header only first, positions in order, the trailer's count and
+/// checksum. With an importer the events are also written.
+async fn read_export(
+    reader: Box<dyn BufRead + '_>,
+    name: &str,
+    mut importer: Option<&mut Importer>,
+    pb: &mut ProgressBar,
+) -> Result<Digest> {
+    let mut header: Option<transfer::Header> = None;
+    let mut trailer_seen = false;
+    let mut digest = Digest::default();
+    let mut any = false;
+    for (i, l) in reader.lines().enumerate() {
+        let n = i + 1;
+        let l = l.with_context(|| format!("cannot read {name}"))?;
+        if l.trim().is_empty() {
+            continue;
+        }
+        if trailer_seen {
+            bail!("{name} line {n}: text after the export's last line");
+        }
+        let first = !any;
+        any = true;
+        match ExportLine::parse(&l).map_err(|e| anyhow!("{name} line {n}: {e}"))? {
+            ExportLine::Header(h) => {
+                if !first {
+                    bail!("{name} line {n}: an export header may only be the first line");
+                }
+                if let Some(imp) = importer.as_deref_mut() {
+                    imp.header(&h).await?;
+                    *pb = progress(h.head, "import");
+                }
+                header = Some(h);
+            }
+            ExportLine::Event(e) => {
+                if e.metadata.extra.contains_key(RECORDED_AT_KEY) {
+                    bail!("{name} line {n}: metadata key {RECORDED_AT_KEY} is reserved");
+                }
+                if e.position != Some(digest.events + 1) {
+                    bail!(
+                        "{name} line {n}: expected the event at position {}, found {}; import needs every event of the log in position order (the output of `eskv export`)",
+                        digest.events + 1,
+                        e.position.map_or("none".to_owned(), |p| p.to_string())
+                    );
+                }
+                digest.add(&e.to_json());
+                if let Some(imp) = importer.as_deref_mut() {
+                    imp.push(&e)
+                        .await
+                        .with_context(|| format!("{name} line {n}"))?;
+                    if digest.events % 256 == 0 {
+                        pb.set_position(digest.events);
+                    }
+                }
+            }
+            ExportLine::Trailer(end) => {
+                if header.is_none() {
+                    bail!("{name} line {n}: an export trailer without a header");
+                }
+                transfer::check_trailer(&end, &digest)
+                    .with_context(|| format!("{name} line {n}"))?;
+                trailer_seen = true;
+            }
+        }
+    }
+    if !any {
+        bail!("{name} is empty: there is nothing to import");
+    }
+    if let Some(h) = &header {
+        if !trailer_seen {
+            bail!(
+                "{name} is truncated: it ends after {} of {} events, without the export's last line",
+                digest.events,
+                h.head
+            );
+        }
+        if h.head != digest.events {
+            bail!(
+                "{name} is inconsistent: its header promises {} events, it holds {}",
+                h.head,
+                digest.events
+            );
+        }
+    }
+    Ok(digest)
+}
+
+async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out) -> Result<()> {
+    let open_file = |f: &PathBuf| -> Result<Box<dyn BufRead>> {
+        Ok(Box::new(io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("cannot open '{}'", f.display()))?,
+        )))
+    };
+    let name = input
+        .as_ref()
+        .map_or("stdin".to_owned(), |f| f.display().to_string());
+    let reader: Box<dyn BufRead> = match &input {
+        Some(f) => {
+            // Check the whole file before writing anything.
+            let mut pb = ProgressBar::hidden();
+            read_export(open_file(f)?, &name, None, &mut pb).await?;
+            open_file(f)?
+        }
+        None => {
+            let stdin = io::stdin();
+            if stdin.is_terminal() {
+                return Err(usage("no input: pass --in FILE or pipe an export on stdin"));
+            }
+            // Peek at the first line so that empty input creates nothing.
+            let mut lock = stdin.lock();
+            let mut start = Vec::new();
+            loop {
+                let mut l = String::new();
+                if lock.read_line(&mut l).context("cannot read stdin")? == 0 {
+                    bail!("stdin is empty: there is nothing to import");
+                }
+                start.extend_from_slice(l.as_bytes());
+                if !l.trim().is_empty() {
+                    break;
+                }
+            }
+            Box::new(io::Read::chain(io::Cursor::new(start), lock))
+        }
+    };
+    let store = open::open(url, Access::Create).await?;
+    let mut importer = Importer::new(store.clone()).await?;
+    let mut pb = ProgressBar::hidden();
+    let res = read_export(reader, &name, Some(&mut importer), &mut pb).await;
+    let res = match res {
+        Ok(d) => importer.finish().await.map(|i| (d, i.digest)),
+        Err(e) => Err(e),
+    };
+    pb.finish_and_clear();
+    let (digest, written) = res.map_err(|e| {
+        e.context(format!(
+            "import into {url} failed (anything it wrote is still there: remove the target before trying again)"
+        ))
+    })?;
+    let (check, streams) = transfer::digest_store(&store).await?;
+    if check != digest || written != digest {
+        bail!(
+            "import into {url} does not read back the same: {} events with crc32c {} read, {} with {} imported",
+            check.events,
+            check.hex(),
+            digest.events,
+            digest.hex()
+        );
+    }
+    out.value(&json!({
+        "events": digest.events,
+        "streams": streams,
+        "crc32c": digest.hex(),
+        "verified": true,
+    }))?;
+    Ok(())
+}
+
+async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Result<()> {
+    if from == to && *from != StoreUrl::Memory {
+        return Err(usage(format!(
+            "--from and --to are the same store ({from})"
+        )));
+    }
+    let source = open::open(from, Access::Existing).await.context("source")?;
+    let target = open::open(to, Access::Create).await.context("target")?;
+    let header = transfer::header(&source).await?;
+    let pb = progress(header.head, "copy");
+    let copied = transfer::copy(&source, &target, &header, |n| pb.set_position(n)).await;
+    pb.finish_and_clear();
+    let digest = copied.map_err(|e| {
+        e.context(format!(
+            "copy into {to} failed (anything it wrote is still there: remove the target before trying again)"
+        ))
+    })?;
+    let source_streams = transfer::count_streams(&source).await?;
+    let (target_digest, target_streams) = transfer::digest_store(&target).await?;
+    let target_types = target.event_types().await?;
+    let summary = json!({
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "events": digest.events,
+        "streams": source_streams,
+        "source_crc32c": digest.hex(),
+        "target_events": target_digest.events,
+        "target_streams": target_streams,
+        "target_crc32c": target_digest.hex(),
+        "verified": target_digest == digest && target_streams == source_streams,
+    });
+    out.value(&summary)?;
+    if target_digest != digest || target_streams != source_streams {
+        out.flush()?;
+        bail!(
+            "the copy does not match its source: {} events / {} streams / crc32c {} in {from}, {} / {} / {} in {to}",
+            digest.events,
+            source_streams,
+            digest.hex(),
+            target_digest.events,
+            target_streams,
+            target_digest.hex()
+        );
+    }
+    if let Some(t) = header.types.iter().find(|t| !target_types.contains(t)) {
+        bail!("the copy lost registered type '{t}'");
+    }
+    Ok(())
+}

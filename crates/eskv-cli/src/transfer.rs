@@ -1,0 +1,440 @@
+//! Export, import and copy: moving a whole store as event lines.
+//!
+//! # Export file format
+//!
+//! JSON lines: a header, one [`EventLine`] per event in position order, and
+//! a trailer:
+//!
+//! ```json
+//! {"eskv_export":1,"head":2,"types":["A","B"],"strict":false}
+//! {"position":1,"id":"01J...","type":"A","tags":[],"data":{},"recorded_at":"..."}
+//! {"position":2,"id":"01J...","type":"B","tags":[],"data":{},"recorded_at":"..."}
+//! {"eskv_export_end":{"events":2,"crc32c":"1a2b3c4d"}}
+//! ```
+//!
+//! The trailer's checksum is a [`Digest`] over the event lines. `import`
+//! refuses a file whose header promises events that never come, whose
+//! trailer is missing, or whose checksum does not match. Plain event lines
+//! (the output of `eskv read --json` over the whole log) import too, minus
+//! those checks.
+
+use crate::line::{parse_time, Digest, EventLine, RECORDED_AT_KEY};
+use anyhow::{anyhow, bail, Context as _, Result};
+use eskv::{AppendRequest, Error, EventStore, ExpectedVersion, ReadOptions, RecordedEvent};
+use serde::{Deserialize, Serialize};
+
+/// Export format version written in the header.
+pub const FORMAT: u32 = 1;
+/// Events read per page when exporting.
+pub const PAGE: usize = 512;
+/// Most events per append when importing (fewer when a limit says so).
+pub const MAX_CHUNK_EVENTS: usize = 512;
+/// Most payload bytes per append when importing.
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+
+/// First line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Format version ([`FORMAT`]).
+    pub eskv_export: u32,
+    /// The source's head: the number of events that follow.
+    pub head: u64,
+    /// The source's registered event types.
+    pub types: Vec<String>,
+    /// Whether the source was in strict mode.
+    pub strict: bool,
+}
+
+/// Last line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trailer {
+    /// Count and checksum.
+    pub eskv_export_end: End,
+}
+
+/// What the trailer says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct End {
+    /// Events written.
+    pub events: u64,
+    /// crc32c of the event lines (see [`Digest`]), 8 hex digits.
+    pub crc32c: String,
+}
+
+/// One line of an export file.
+#[derive(Debug)]
+pub enum ExportLine {
+    /// The header.
+    Header(Header),
+    /// An event.
+    Event(Box<EventLine>),
+    /// The trailer.
+    Trailer(End),
+}
+
+impl ExportLine {
+    /// Parses one line.
+    pub fn parse(line: &str) -> Result<ExportLine, String> {
+        let t = line.trim_start();
+        if t.starts_with("{\"eskv_export\"") {
+            serde_json::from_str(t)
+                .map(ExportLine::Header)
+                .map_err(|e| format!("bad export header: {e}"))
+        } else if t.starts_with("{\"eskv_export_end\"") {
+            serde_json::from_str::<Trailer>(t)
+                .map(|t| ExportLine::Trailer(t.eskv_export_end))
+                .map_err(|e| format!("bad export trailer: {e}"))
+        } else {
+            EventLine::parse(t).map(|e| ExportLine::Event(Box::new(e)))
+        }
+    }
+}
+
+/// The header describing `store` now.
+pub async fn header(store: &EventStore) -> Result<Header> {
+    Ok(Header {
+        eskv_export: FORMAT,
+        head: store.head().await?,
+        types: store.event_types().await?,
+        strict: store.strict_types().await?,
+    })
+}
+
+/// Reads the log from position 1 up to a fixed head, one page at a time.
+#[derive(Debug)]
+pub struct LogPager {
+    store: EventStore,
+    next: u64,
+    head: u64,
+}
+
+impl LogPager {
+    /// Pages over positions `1..=head`.
+    pub fn new(store: EventStore, head: u64) -> Self {
+        LogPager {
+            store,
+            next: 1,
+            head,
+        }
+    }
+
+    /// The next page; empty at the end. Fails if the log has a gap.
+    pub async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
+        if self.next > self.head {
+            return Ok(Vec::new());
+        }
+        let events = self
+            .store
+            .read_all(
+                ReadOptions::new()
+                    .from(self.next)
+                    .until(self.head)
+                    .limit(PAGE),
+            )
+            .await?
+            .events;
+        for e in &events {
+            if e.position != self.next {
+                bail!(
+                    "the source log has a gap: expected position {}, found {} (run `eskv check` on it)",
+                    self.next,
+                    e.position
+                );
+            }
+            self.next += 1;
+        }
+        if events.is_empty() {
+            bail!(
+                "the source log ends at position {} but its head is {} (run `eskv check` on it)",
+                self.next - 1,
+                self.head
+            );
+        }
+        Ok(events)
+    }
+}
+
+/// Reads the whole log of `store` and returns the digest of its lines and
+/// the number of streams (to compare a copy with its source).
+pub async fn digest_store(store: &EventStore) -> Result<(Digest, u64)> {
+    let head = store.head().await?;
+    let mut pager = LogPager::new(store.clone(), head);
+    let mut digest = Digest::default();
+    loop {
+        let page = pager.next_page().await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            digest.add(&EventLine::from_recorded(e).to_json());
+        }
+    }
+    Ok((digest, count_streams(store).await?))
+}
+
+/// Counts the streams of `store`.
+pub async fn count_streams(store: &EventStore) -> Result<u64> {
+    let mut n = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_streams("", after.as_deref(), 1024).await?;
+        n += page.len() as u64;
+        match page.last() {
+            Some(s) if page.len() == 1024 => after = Some(s.stream_id.clone()),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// Appends events in position order into an empty store, checking that
+/// each lands at its original position and stream version.
+#[derive(Debug)]
+pub struct Importer {
+    store: EventStore,
+    /// The position the next event must have.
+    next: u64,
+    /// Consecutive events of one stream (or of no stream), not yet written.
+    run: Vec<Pending>,
+    digest: Digest,
+    strict: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    position: u64,
+    stream: Option<(String, u64)>,
+    event: eskv::NewEvent,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// Digest of the imported event lines.
+    pub digest: Digest,
+}
+
+impl Importer {
+    /// Starts an import into `store`, which must hold no events.
+    pub async fn new(store: EventStore) -> Result<Self> {
+        let head = store.head().await?;
+        if head != 0 {
+            bail!(
+                "the target store is not empty (it holds {head} events); import and copy only write into an empty store"
+            );
+        }
+        Ok(Importer {
+            store,
+            next: 1,
+            run: Vec::new(),
+            digest: Digest::default(),
+            strict: false,
+        })
+    }
+
+    /// Registers the header's types now; its strict mode is turned on at
+    /// [`finish`](Self::finish) (never off).
+    pub async fn header(&mut self, h: &Header) -> Result<()> {
+        if h.eskv_export != FORMAT {
+            bail!(
+                "export format {} is not supported (this eskv reads format {FORMAT})",
+                h.eskv_export
+            );
+        }
+        if !h.types.is_empty() {
+            self.store
+                .register_event_types(h.types.iter().cloned())
+                .await?;
+        }
+        self.strict = h.strict;
+        Ok(())
+    }
+
+    /// The digest of the lines pushed so far.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Events pushed so far.
+    pub fn count(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Adds the next event; writes buffered events when a run ends.
+    pub async fn push(&mut self, line: &EventLine) -> Result<()> {
+        let position = line.position.ok_or_else(|| {
+            anyhow!("the event has no \"position\"; import reads the output of `eskv export` (or `eskv read --json` over the whole log)")
+        })?;
+        if position != self.next {
+            bail!(
+                "expected the event at position {}, found position {position}; events must come in position order without gaps",
+                self.next
+            );
+        }
+        if line.id.is_none() {
+            bail!("the event at position {position} has no \"id\"");
+        }
+        let stream = match (&line.stream, line.version) {
+            (Some(s), Some(v)) if v > 0 => Some((s.clone(), v)),
+            (None, None) => None,
+            _ => bail!(
+                "the event at position {position} needs both \"stream\" and \"version\" (1 or more), or neither"
+            ),
+        };
+        let mut event = line
+            .to_new_event()
+            .map_err(|e| anyhow!("the event at position {position}: {e}"))?;
+        if let Some(t) = &line.recorded_at {
+            let ms = parse_time(t).map_err(|e| anyhow!("the event at position {position}: {e}"))?;
+            event
+                .metadata
+                .extra
+                .insert(RECORDED_AT_KEY.into(), ms.to_string());
+        }
+        let continues = match (self.run.last(), &stream) {
+            (None, _) => true,
+            (Some(p), None) => p.stream.is_none(),
+            (Some(p), Some((s, v))) => {
+                matches!(&p.stream, Some((ps, pv)) if ps == s && pv + 1 == *v)
+            }
+        };
+        if !continues || self.run.len() >= MAX_CHUNK_EVENTS {
+            self.flush().await?;
+        }
+        self.digest.add(&line.to_json());
+        self.run.push(Pending {
+            position,
+            stream,
+            event,
+        });
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the buffered events.
+    async fn flush(&mut self) -> Result<()> {
+        let run = std::mem::take(&mut self.run);
+        let mut rest: &[Pending] = &run;
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes + rest[n].event.data.len() <= MAX_CHUNK_BYTES)
+            {
+                bytes += rest[n].event.data.len();
+                n += 1;
+            }
+            loop {
+                match self.write(&rest[..n]).await {
+                    Ok(()) => break,
+                    // Too big for the backend (etcd's operation limit, say):
+                    // nothing was written, so try half as many.
+                    Err(e) if n > 1 && is_limit(&e) => n /= 2,
+                    Err(e) => return Err(e),
+                }
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// One append of consecutive events, checked against their original
+    /// positions and versions.
+    async fn write(&self, chunk: &[Pending]) -> Result<()> {
+        let first = &chunk[0];
+        let last = &chunk[chunk.len() - 1];
+        let mut req = AppendRequest::new(chunk.iter().map(|p| p.event.clone()).collect());
+        if let Some((stream, v)) = &first.stream {
+            let expected = if *v == 1 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(v - 1)
+            };
+            req = req.stream(stream.clone(), expected);
+        }
+        let done = self.store.submit(req).await.map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "cannot import the events at positions {}..={}",
+                first.position, last.position
+            ))
+        })?;
+        if done.first_position != first.position || done.last_position != last.position {
+            bail!(
+                "the events at positions {}..={} were stored at {}..={}: another writer is using the target store",
+                first.position,
+                last.position,
+                done.first_position,
+                done.last_position
+            );
+        }
+        if let Some((stream, v)) = &last.stream {
+            if done.stream_version != Some(*v) {
+                bail!(
+                    "stream '{stream}' reached version {:?} instead of {v} at position {}",
+                    done.stream_version,
+                    last.position
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and turns strict mode on if the source had it.
+    pub async fn finish(mut self) -> Result<Imported> {
+        self.flush().await?;
+        if self.strict {
+            self.store.set_strict_types(true).await?;
+        }
+        Ok(Imported {
+            digest: self.digest,
+        })
+    }
+}
+
+fn is_limit(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::LimitExceeded { .. })))
+}
+
+/// Checks a trailer against what was read.
+pub fn check_trailer(end: &End, digest: &Digest) -> Result<()> {
+    if end.events != digest.events || end.crc32c != digest.hex() {
+        bail!(
+            "the export file is damaged: its trailer says {} events with crc32c {}, the lines read give {} events with crc32c {}",
+            end.events,
+            end.crc32c,
+            digest.events,
+            digest.hex()
+        );
+    }
+    Ok(())
+}
+
+/// Imports every event of `source` into the empty `target`, calling
+/// `progress` with the number of events copied after each page. Returns
+/// the digest of the copied lines.
+pub async fn copy(
+    source: &EventStore,
+    target: &EventStore,
+    header: &Header,
+    mut progress: impl FnMut(u64),
+) -> Result<Digest> {
+    let mut importer = Importer::new(target.clone()).await?;
+    importer
+        .header(header)
+        .await
+        .context("cannot copy the type registry")?;
+    let mut pager = LogPager::new(source.clone(), header.head);
+    loop {
+        let page = pager.next_page().await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            importer.push(&EventLine::from_recorded(e)).await?;
+        }
+        progress(importer.count());
+    }
+    Ok(importer.finish().await?.digest)
+}

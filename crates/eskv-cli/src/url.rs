@@ -1,0 +1,339 @@
+//! Store URLs: what `--store`, `copy --from` and `copy --to` accept.
+//!
+//! | form | meaning |
+//! | --- | --- |
+//! | `redb:PATH` | an embedded redb file (created on first write) |
+//! | `memory:` | an empty in-memory store that lives as long as the process |
+//! | `tikv://PD[,PD...][/PREFIX]` | a TiKV cluster through its PD endpoints |
+//! | `etcd://HOST[,HOST...][/PREFIX]` | an etcd cluster |
+//!
+//! Each endpoint is `host:port` (the port defaults to 2379), `host` being
+//! a DNS name, an IPv4 address or a bracketed IPv6 address (`[::1]:2379`).
+//! The optional `/PREFIX` scopes every key under a namespace, so several
+//! stores can share one cluster.
+//!
+//! ```
+//! use eskv_cli::url::StoreUrl;
+//! let url: StoreUrl = "tikv://pd1:2379,pd2/orders".parse().unwrap();
+//! assert_eq!(
+//!     url,
+//!     StoreUrl::Tikv {
+//!         endpoints: vec!["pd1:2379".into(), "pd2:2379".into()],
+//!         prefix: Some("orders".into()),
+//!     }
+//! );
+//! assert_eq!(url.to_string(), "tikv://pd1:2379,pd2:2379/orders");
+//! assert!("./events.redb".parse::<StoreUrl>().is_err());
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The forms a store URL may take, for error messages and help.
+pub const ACCEPTED_FORMS: &str = "redb:PATH, memory:, tikv://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]";
+
+/// The port used when an endpoint has none (PD's and etcd's client port).
+pub const DEFAULT_PORT: u16 = 2379;
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An embedded redb file.
+    Redb {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A fresh in-memory store (gone when the process exits).
+    Memory,
+    /// A TiKV cluster.
+    Tikv {
+        /// PD endpoints, each `host:port`.
+        endpoints: Vec<String>,
+        /// Key namespace, if any.
+        prefix: Option<String>,
+    },
+    /// An etcd cluster.
+    Etcd {
+        /// etcd endpoints, each `host:port`.
+        endpoints: Vec<String>,
+        /// Key namespace, if any.
+        prefix: Option<String>,
+    },
+}
+
+impl StoreUrl {
+    /// The backend's name: `redb`, `memory`, `tikv` or `etcd`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreUrl::Redb { .. } => "redb",
+            StoreUrl::Memory => "memory",
+            StoreUrl::Tikv { .. } => "tikv",
+            StoreUrl::Etcd { .. } => "etcd",
+        }
+    }
+}
+
+/// Why a store URL was rejected. Displays as one line that names the
+/// accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError {
+    /// The URL as given.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid store URL '{}': {}; accepted forms: {ACCEPTED_FORMS}",
+            self.url.escape_debug(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+impl FromStr for StoreUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, UrlError> {
+        parse(s).map_err(|reason| UrlError {
+            url: s.to_owned(),
+            reason,
+        })
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Redb { path } => write!(f, "redb:{}", path.display()),
+            StoreUrl::Memory => f.write_str("memory:"),
+            StoreUrl::Tikv { endpoints, prefix } | StoreUrl::Etcd { endpoints, prefix } => {
+                write!(f, "{}://{}", self.backend(), endpoints.join(","))?;
+                if let Some(p) = prefix {
+                    write!(f, "/{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse(s: &str) -> Result<StoreUrl, String> {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return Err(if s.is_empty() {
+            "it is empty".into()
+        } else {
+            format!("it has no scheme (for a file, write redb:{s})")
+        });
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "redb" => {
+            if rest.is_empty() {
+                return Err("redb: needs a file path, for example redb:./events.redb".into());
+            }
+            if rest.chars().any(char::is_control) {
+                return Err("the path contains a control character".into());
+            }
+            Ok(StoreUrl::Redb {
+                path: PathBuf::from(rest),
+            })
+        }
+        "memory" => {
+            if rest.is_empty() || rest == "//" {
+                Ok(StoreUrl::Memory)
+            } else {
+                Err("memory: takes nothing after the colon".into())
+            }
+        }
+        scheme @ ("tikv" | "etcd") => {
+            let Some(rest) = rest.strip_prefix("//") else {
+                return Err(format!(
+                    "{scheme} URLs start with {scheme}:// followed by HOST:PORT endpoints"
+                ));
+            };
+            let (hosts, prefix) = match rest.split_once('/') {
+                Some((h, p)) => (h, (!p.is_empty()).then(|| p.to_owned())),
+                None => (rest, None),
+            };
+            if let Some(p) = &prefix {
+                if p.chars().any(char::is_control) {
+                    return Err("the key prefix contains a control character".into());
+                }
+            }
+            if hosts.is_empty() {
+                return Err(format!("{scheme}:// needs at least one HOST:PORT endpoint"));
+            }
+            let endpoints = hosts
+                .split(',')
+                .map(endpoint)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if scheme == "tikv" {
+                StoreUrl::Tikv { endpoints, prefix }
+            } else {
+                StoreUrl::Etcd { endpoints, prefix }
+            })
+        }
+        other => Err(format!("unknown scheme '{}'", other.escape_debug())),
+    }
+}
+
+/// Checks one `host[:port]` endpoint and returns it as `host:port`.
+fn endpoint(e: &str) -> Result<String, String> {
+    if e.is_empty() {
+        return Err("an endpoint in the list is empty (two commas in a row?)".into());
+    }
+    let bad = || format!("endpoint '{}' is not HOST:PORT", e.escape_debug());
+    let (host, port) = if let Some(v6) = e.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(bad)?;
+        if addr.is_empty()
+            || !addr
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Err(bad());
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (format!("[{addr}]"), port)
+    } else {
+        let (host, port) = match e.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (e, None),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !host_ok {
+            return Err(bad());
+        }
+        (host.to_owned(), port)
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => {
+                return Err(format!(
+                    "endpoint '{}' has an invalid port (expected 1 to 65535)",
+                    e.escape_debug()
+                ))
+            }
+        },
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(s: &str) -> StoreUrl {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> String {
+        s.parse::<StoreUrl>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(
+            ok("redb:./events.redb"),
+            StoreUrl::Redb {
+                path: "./events.redb".into()
+            }
+        );
+        assert_eq!(
+            ok("redb:/tmp/a b.redb"),
+            StoreUrl::Redb {
+                path: "/tmp/a b.redb".into()
+            }
+        );
+        assert_eq!(ok("memory:"), StoreUrl::Memory);
+        assert_eq!(ok("MEMORY:"), StoreUrl::Memory);
+        assert_eq!(
+            ok("tikv://pd1:2379,pd2:2380"),
+            StoreUrl::Tikv {
+                endpoints: vec!["pd1:2379".into(), "pd2:2380".into()],
+                prefix: None
+            }
+        );
+        assert_eq!(
+            ok("etcd://127.0.0.1/app/tenant-1"),
+            StoreUrl::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+                prefix: Some("app/tenant-1".into())
+            }
+        );
+        assert_eq!(
+            ok("etcd://[::1]:23790,[fe80::1]"),
+            StoreUrl::Etcd {
+                endpoints: vec!["[::1]:23790".into(), "[fe80::1]:2379".into()],
+                prefix: None
+            }
+        );
+        assert_eq!(
+            ok("tikv://pd:1/"),
+            StoreUrl::Tikv {
+                endpoints: vec!["pd:1".into()],
+                prefix: None
+            }
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_accepted_forms() {
+        for (url, why) in [
+            ("", "empty"),
+            (
+                "./events.redb",
+                "no scheme (for a file, write redb:./events.redb)",
+            ),
+            ("redb:", "needs a file path"),
+            ("memory:x", "takes nothing"),
+            ("postgres://x", "unknown scheme 'postgres'"),
+            ("tikv:pd:2379", "start with tikv://"),
+            ("tikv://", "at least one HOST:PORT"),
+            ("tikv:///prefix", "at least one HOST:PORT"),
+            ("tikv://a:2379,,b", "empty"),
+            ("etcd://a:0", "invalid port"),
+            ("etcd://a:99999", "invalid port"),
+            ("etcd://a:+1", "invalid port"),
+            ("etcd://a b:1", "not HOST:PORT"),
+            ("etcd://[::1", "not HOST:PORT"),
+            ("etcd://[::1]x", "not HOST:PORT"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(e.contains(ACCEPTED_FORMS), "{url}: {e}");
+            assert!(!e.contains('\n'));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Parsing never panics, errors are one line, and a parsed URL
+        /// displays as a URL that parses back to the same value.
+        #[test]
+        fn parse_is_total_and_display_round_trips(s in "\\PC{0,40}|(redb|memory|tikv|etcd|TIKV):[/\\[\\]:a-z0-9,.\\-]{0,30}") {
+            match s.parse::<StoreUrl>() {
+                Ok(url) => {
+                    let again: StoreUrl = url.to_string().parse().expect("display parses");
+                    prop_assert_eq!(again, url);
+                }
+                Err(e) => prop_assert!(!e.to_string().contains('\n')),
+            }
+        }
+    }
+}
