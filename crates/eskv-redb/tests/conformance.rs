@@ -17,3 +17,4 @@ async fn fresh_store() -> Arc<dyn KvStore> {
 eskv_conformance::kv_suite!(fresh_store);
 eskv_conformance::event_suite!(fresh_store);
 eskv_conformance::subscription_suite!(fresh_store);
+eskv_conformance::fault_suite!(fresh_store);

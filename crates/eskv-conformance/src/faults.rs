@@ -1,0 +1,487 @@
+//! A fault-injecting [`KvStore`] wrapper, seeded and reproducible.
+//!
+//! Every commit that carries writes draws one number from a tiny xorshift
+//! generator and, at the configured rates, fails in one of these ways:
+//!
+//! | kind              | applied? | error returned                     |
+//! |-------------------|----------|------------------------------------|
+//! | `unavailable`     | no       | [`Error::Unavailable`]             |
+//! | `conflict`        | no       | [`Error::Conflict`]                |
+//! | `timeout`         | no       | [`Error::Unavailable`] (timed out) |
+//! | `ambiguous`       | **yes**  | [`Error::CommitOutcomeUnknown`]    |
+//! | `lost`            | no       | [`Error::CommitOutcomeUnknown`]    |
+//!
+//! `ambiguous` is the failure a networked backend really has: the commit
+//! succeeded and the answer was lost. `lost` is its twin (the request was
+//! lost before it was applied): a caller cannot tell the two apart, which
+//! is the point. Transactions may also fail to begin
+//! ([`FaultConfig::begin_unavailable`]).
+//!
+//! The same seed gives the same sequence of decisions; with concurrent
+//! commits, which commit gets which decision depends on their order.
+//! [`FaultConfig::cover_all_first`] makes the first commits go through every
+//! kind once, so a short run is guaranteed to exercise each.
+
+use async_trait::async_trait;
+use eskv_core::{
+    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
+};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BACKEND: &str = "faulty";
+
+/// What to inject, per commit with writes. Rates are probabilities in
+/// `[0, 1]`; their sum must not exceed 1.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FaultConfig {
+    /// Generator seed.
+    pub seed: u64,
+    /// Fail before applying, as [`Error::Unavailable`].
+    pub unavailable: f64,
+    /// Fail before applying, as [`Error::Conflict`].
+    pub conflict: f64,
+    /// Wait [`timeout_delay`](Self::timeout_delay), then fail before
+    /// applying, as [`Error::Unavailable`].
+    pub timeout: f64,
+    /// Apply, then report [`Error::CommitOutcomeUnknown`].
+    pub ambiguous: f64,
+    /// Do not apply, and report [`Error::CommitOutcomeUnknown`].
+    pub lost: f64,
+    /// Fail [`KvStore::begin`] with [`Error::Unavailable`] (also hits reads).
+    pub begin_unavailable: f64,
+    /// How long a simulated timeout waits.
+    pub timeout_delay: Duration,
+    /// Force the first five commits with writes through every commit
+    /// fault kind, in table order.
+    pub cover_all_first: bool,
+}
+
+impl FaultConfig {
+    /// No faults, seed `seed`.
+    pub fn none(seed: u64) -> Self {
+        FaultConfig {
+            seed,
+            unavailable: 0.0,
+            conflict: 0.0,
+            timeout: 0.0,
+            ambiguous: 0.0,
+            lost: 0.0,
+            begin_unavailable: 0.0,
+            timeout_delay: Duration::from_millis(2),
+            cover_all_first: false,
+        }
+    }
+
+    /// Every commit fault kind at `rate` each (so `5 * rate` of commits
+    /// fail), every kind covered first; no `begin` faults.
+    pub fn uniform(seed: u64, rate: f64) -> Self {
+        FaultConfig {
+            unavailable: rate,
+            conflict: rate,
+            timeout: rate,
+            ambiguous: rate,
+            lost: rate,
+            cover_all_first: true,
+            ..Self::none(seed)
+        }
+    }
+
+    /// Sets the `begin` failure rate.
+    pub fn begin_unavailable(mut self, rate: f64) -> Self {
+        self.begin_unavailable = rate;
+        self
+    }
+}
+
+/// The kinds of injected commit faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// Not applied; `Unavailable`.
+    Unavailable,
+    /// Not applied; `Conflict`.
+    Conflict,
+    /// Not applied after a delay; `Unavailable`.
+    Timeout,
+    /// Applied; `CommitOutcomeUnknown`.
+    Ambiguous,
+    /// Not applied; `CommitOutcomeUnknown`.
+    Lost,
+}
+
+const KINDS: [FaultKind; 5] = [
+    FaultKind::Unavailable,
+    FaultKind::Conflict,
+    FaultKind::Timeout,
+    FaultKind::Ambiguous,
+    FaultKind::Lost,
+];
+
+/// How many faults of each kind were injected, and how many commits passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Commits with writes that reached the wrapper.
+    pub commits: u64,
+    /// Commits that went through untouched.
+    pub clean: u64,
+    /// `Unavailable` before applying.
+    pub unavailable: u64,
+    /// `Conflict` before applying.
+    pub conflict: u64,
+    /// Timeouts before applying.
+    pub timeout: u64,
+    /// Applied, reported unknown.
+    pub ambiguous: u64,
+    /// Not applied, reported unknown.
+    pub lost: u64,
+    /// Failed `begin`s.
+    pub begin_unavailable: u64,
+}
+
+impl FaultCounts {
+    /// All injected faults.
+    pub fn total(&self) -> u64 {
+        self.unavailable
+            + self.conflict
+            + self.timeout
+            + self.ambiguous
+            + self.lost
+            + self.begin_unavailable
+    }
+
+    /// True when every commit fault kind was injected at least once.
+    pub fn covers_every_kind(&self) -> bool {
+        [
+            self.unavailable,
+            self.conflict,
+            self.timeout,
+            self.ambiguous,
+            self.lost,
+        ]
+        .iter()
+        .all(|&n| n > 0)
+    }
+}
+
+impl fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} commits: {} clean, {} unavailable, {} conflict, {} timeout, {} ambiguous (applied, reported unknown), {} lost (not applied, reported unknown); {} failed begins",
+            self.commits,
+            self.clean,
+            self.unavailable,
+            self.conflict,
+            self.timeout,
+            self.ambiguous,
+            self.lost,
+            self.begin_unavailable
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    clean: AtomicU64,
+    unavailable: AtomicU64,
+    conflict: AtomicU64,
+    timeout: AtomicU64,
+    ambiguous: AtomicU64,
+    lost: AtomicU64,
+    begin_unavailable: AtomicU64,
+}
+
+struct Shared {
+    inner: Arc<dyn KvStore>,
+    config: FaultConfig,
+    rng: Mutex<u64>,
+    counters: Counters,
+}
+
+impl Shared {
+    /// A uniform draw in `[0, 1)`.
+    fn draw(&self) -> f64 {
+        let mut s = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut x = *s;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *s = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn decide(&self) -> Option<FaultKind> {
+        let n = self.counters.commits.fetch_add(1, Ordering::SeqCst);
+        if self.config.cover_all_first {
+            if let Some(&k) = KINDS.get(n as usize) {
+                return Some(k);
+            }
+        }
+        let c = &self.config;
+        let mut x = self.draw();
+        for (kind, rate) in [
+            (FaultKind::Unavailable, c.unavailable),
+            (FaultKind::Conflict, c.conflict),
+            (FaultKind::Timeout, c.timeout),
+            (FaultKind::Ambiguous, c.ambiguous),
+            (FaultKind::Lost, c.lost),
+        ] {
+            if x < rate {
+                return Some(kind);
+            }
+            x -= rate;
+        }
+        None
+    }
+}
+
+/// The wrapper. Cheap to clone; clones share the generator and counts.
+#[derive(Clone)]
+pub struct FaultyStore {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("config", &self.shared.config)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl FaultyStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn KvStore>, config: FaultConfig) -> Self {
+        FaultyStore {
+            shared: Arc::new(Shared {
+                inner,
+                rng: Mutex::new(config.seed.max(1)),
+                config,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Wraps `inner`, as a trait object.
+    pub fn wrap(inner: Arc<dyn KvStore>, config: FaultConfig) -> Arc<dyn KvStore> {
+        Arc::new(Self::new(inner, config))
+    }
+
+    /// The wrapped store (faults never reach it).
+    pub fn inner(&self) -> &Arc<dyn KvStore> {
+        &self.shared.inner
+    }
+
+    /// Faults injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        FaultCounts {
+            commits: l(&c.commits),
+            clean: l(&c.clean),
+            unavailable: l(&c.unavailable),
+            conflict: l(&c.conflict),
+            timeout: l(&c.timeout),
+            ambiguous: l(&c.ambiguous),
+            lost: l(&c.lost),
+            begin_unavailable: l(&c.begin_unavailable),
+        }
+    }
+}
+
+#[async_trait]
+impl KvStore for FaultyStore {
+    fn capabilities(&self) -> &Capabilities {
+        self.shared.inner.capabilities()
+    }
+
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+        let s = &self.shared;
+        if s.config.begin_unavailable > 0.0 && s.draw() < s.config.begin_unavailable {
+            s.counters.begin_unavailable.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Unavailable {
+                backend: BACKEND,
+                message: "injected: the backend did not answer begin".into(),
+            });
+        }
+        Ok(Box::new(FaultyTxn {
+            inner: s.inner.begin().await?,
+            shared: s.clone(),
+            wrote: false,
+        }))
+    }
+}
+
+struct FaultyTxn {
+    inner: Box<dyn KvTransaction>,
+    shared: Arc<Shared>,
+    wrote: bool,
+}
+
+#[async_trait]
+impl KvTransaction for FaultyTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(keys).await
+    }
+
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        self.inner.scan(range, opts).await
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.wrote = true;
+        self.inner.put(key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.wrote = true;
+        self.inner.delete(key)
+    }
+
+    fn validate(&mut self, key: Vec<u8>) {
+        self.inner.validate(key)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let FaultyTxn {
+            inner,
+            shared,
+            wrote,
+        } = *self;
+        if !wrote {
+            return inner.commit().await;
+        }
+        let c = &shared.counters;
+        match shared.decide() {
+            None => {
+                c.clean.fetch_add(1, Ordering::SeqCst);
+                inner.commit().await
+            }
+            Some(FaultKind::Unavailable) => {
+                c.unavailable.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: "injected: the backend refused the commit; nothing was applied".into(),
+                })
+            }
+            Some(FaultKind::Conflict) => {
+                c.conflict.fetch_add(1, Ordering::SeqCst);
+                Err(Error::conflict(
+                    "injected: a concurrent transaction won; nothing was applied",
+                ))
+            }
+            Some(FaultKind::Timeout) => {
+                c.timeout.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(shared.config.timeout_delay).await;
+                Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: "injected: the commit timed out before it was sent".into(),
+                })
+            }
+            Some(FaultKind::Ambiguous) => {
+                c.ambiguous.fetch_add(1, Ordering::SeqCst);
+                // Apply for real; only the answer is lost. A real failure
+                // of the inner store is passed on as it is.
+                inner.commit().await?;
+                Err(Error::CommitOutcomeUnknown {
+                    backend: BACKEND,
+                    message: "injected: the commit was applied but its answer was lost".into(),
+                })
+            }
+            Some(FaultKind::Lost) => {
+                c.lost.fetch_add(1, Ordering::SeqCst);
+                drop(inner);
+                Err(Error::CommitOutcomeUnknown {
+                    backend: BACKEND,
+                    message: "injected: the commit request was lost (not applied)".into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eskv_core::{KvStoreExt, MemoryStore};
+
+    async fn run(config: FaultConfig, commits: u64) -> (FaultyStore, Vec<String>) {
+        let inner: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let f = FaultyStore::new(inner.clone(), config);
+        let mut outcomes = Vec::new();
+        for i in 0..commits {
+            let key = format!("k{i}").into_bytes();
+            let mut txn = f.begin().await.unwrap();
+            txn.put(key.clone(), vec![1]);
+            let res = txn.commit().await;
+            let applied = inner.get_latest(&key).await.unwrap().is_some();
+            outcomes.push(format!(
+                "{}:{applied}",
+                match &res {
+                    Ok(()) => "ok",
+                    Err(Error::Unavailable { .. }) => "unavailable",
+                    Err(Error::Conflict { .. }) => "conflict",
+                    Err(Error::CommitOutcomeUnknown { .. }) => "unknown",
+                    Err(_) => "other",
+                }
+            ));
+        }
+        (f, outcomes)
+    }
+
+    #[tokio::test]
+    async fn each_kind_does_what_it_says() {
+        let (f, out) = run(FaultConfig::uniform(7, 0.0), 6).await;
+        // Covered first, in order; then clean (rates are 0).
+        assert_eq!(
+            out,
+            [
+                "unavailable:false",
+                "conflict:false",
+                "unavailable:false",
+                "unknown:true",
+                "unknown:false",
+                "ok:true"
+            ]
+        );
+        let c = f.counts();
+        assert!(c.covers_every_kind());
+        assert_eq!((c.commits, c.clean, c.total()), (6, 1, 5));
+    }
+
+    #[tokio::test]
+    async fn same_seed_same_faults() {
+        let (a, out_a) = run(FaultConfig::uniform(42, 0.1), 300).await;
+        let (_, out_b) = run(FaultConfig::uniform(42, 0.1), 300).await;
+        let (_, out_c) = run(FaultConfig::uniform(43, 0.1), 300).await;
+        assert_eq!(out_a, out_b);
+        assert_ne!(out_a, out_c);
+        let c = a.counts();
+        // 5 covered + about half of the remaining 295.
+        assert!((100..=200).contains(&c.total()), "{c}");
+        // Read-only commits are never touched.
+        let mut txn = a.begin().await.unwrap();
+        txn.get(b"k1").await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(a.counts().commits, 300);
+    }
+
+    #[tokio::test]
+    async fn begin_faults() {
+        let f = FaultyStore::new(
+            Arc::new(MemoryStore::new()),
+            FaultConfig::none(3).begin_unavailable(1.0),
+        );
+        assert!(matches!(f.begin().await, Err(Error::Unavailable { .. })));
+        assert_eq!(f.counts().begin_unavailable, 1);
+    }
+}
