@@ -48,6 +48,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// The redb crate this backend is built on, for implementing
+/// [`redb::StorageBackend`] for [`RedbStore::open_with_backend`].
+pub use redb;
+
 const BACKEND: &str = "redb";
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("eskv_data");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("eskv_meta");
@@ -187,17 +191,40 @@ impl RedbStore {
     pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(p, options))
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?
+        tokio::task::spawn_blocking(move || {
+            Self::open_blocking(path, options, move |b| b.create(&p))
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, e))?
     }
 
-    fn open_blocking(path: PathBuf, options: RedbOptions) -> Result<Self> {
+    /// Opens (or creates) a store on a custom redb
+    /// [`StorageBackend`](redb::StorageBackend): in-memory storage, or a
+    /// wrapper that injects I/O failures to test crash consistency. Use the
+    /// re-exported [`redb`] crate to implement it. [`path`](Self::path)
+    /// returns `<custom redb backend>`.
+    pub async fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        let path = PathBuf::from("<custom redb backend>");
+        tokio::task::spawn_blocking(move || {
+            Self::open_blocking(path, options, move |b| b.create_with_backend(backend))
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, e))?
+    }
+
+    fn open_blocking(
+        path: PathBuf,
+        options: RedbOptions,
+        create: impl FnOnce(&redb::Builder) -> std::result::Result<Database, redb::DatabaseError>,
+    ) -> Result<Self> {
         let mut builder = Database::builder();
         if let Some(c) = options.cache_size {
             builder.set_cache_size(c);
         }
-        let db = builder.create(&path).map_err(|e| match map_err(e) {
+        let db = create(&builder).map_err(|e| match map_err(e) {
             Error::Backend { source, .. } => Error::corrupt(
                 None,
                 format!("cannot open {} as a redb file: {source}", path.display()),
