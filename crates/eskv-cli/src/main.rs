@@ -115,7 +115,8 @@ struct AppendArgs {
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "TAG", requires = "event_type")]
     tags: Vec<String>,
-    /// Payload as JSON.
+    /// Payload as JSON (stored compacted: whitespace outside strings is
+    /// removed; numbers and key order are kept as written).
     #[arg(
         long,
         value_name = "JSON",
