@@ -23,10 +23,10 @@ use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Store URLs (--store, or the ESKV_STORE environment variable):
-  redb:PATH                               an embedded file (the default: redb:./events.redb)
-  memory:                                 an empty in-memory store, gone at exit
-  tikv://HOST:PORT[,HOST:PORT...][/PREFIX] a TiKV cluster, by its PD endpoints
-  etcd://HOST:PORT[,HOST:PORT...][/PREFIX] an etcd cluster
+  redb:PATH                                  an embedded file (the default: redb:./events.redb)
+  memory:                                    an empty in-memory store, gone at exit
+  tikv://HOST:PORT[,HOST:PORT...][/PREFIX]   a TiKV cluster, by its PD endpoints
+  etcd://HOST:PORT[,HOST:PORT...][/PREFIX]   an etcd cluster
   The port defaults to 2379; /PREFIX keeps the store under a key namespace.
 
 Output: JSON lines when stdout is not a terminal or with --json, else a table.
@@ -68,6 +68,12 @@ enum Command {
     /// form one atomic append. Prints the positions as JSON.
     Append(AppendArgs),
     /// Read events: a stream, a DCB query, a category, or the whole log.
+    ///
+    /// Each JSON line holds position, id, type, stream and version (for
+    /// stream events), tags, the payload, metadata (when set) and
+    /// recorded_at (RFC 3339, UTC). The payload is in "data" when it is
+    /// single-line JSON (verbatim), in "data_text" when it is other UTF-8
+    /// text, and in "data_base64" otherwise.
     Read(ReadArgs),
     /// Follow new events live, with the same filters as read, until Ctrl-C.
     Tail(TailArgs),

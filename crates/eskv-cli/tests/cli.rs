@@ -844,3 +844,154 @@ fn check_reports_clean_stores() {
     assert_eq!(v["events"], 5);
     assert_eq!(v["violations"], serde_json::json!([]));
 }
+
+/// A one-node etcd on loopback, started by this test and killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts etcd if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
+fn start_etcd() -> Option<Etcd> {
+    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+    if Command::new(&bin).arg("--version").output().is_err() {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server, or set ETCD_BIN)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(&bin)
+        .args(["--name", "cli-test"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("cli-test={peer_url}")])
+        .args(["--logger", "zap", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let etcd = Etcd {
+        child,
+        url: format!("etcd://127.0.0.1:{client}/cli-test"),
+        _dir: dir,
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(etcd)
+}
+
+/// `copy` from redb into etcd and back: the way a user outgrows one
+/// machine. etcd takes at most 128 operations per transaction, so the
+/// import has to split its appends; `tail` there uses a live subscription.
+#[test]
+fn copy_from_redb_to_etcd_and_back() {
+    let Some(etcd) = start_etcd() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = store("a.redb");
+    seed(d, &a);
+    let input: String = (0..300)
+        .map(|i| {
+            format!("{{\"type\":\"Note\",\"tags\":[\"n:{i}\",\"all\"],\"data\":{{\"i\":{i}}}}}\n")
+        })
+        .collect();
+    ok(d, &["--store", &a, "append"], Some(&input));
+    let e = &etcd.url;
+    let start = Instant::now();
+    let v = loop {
+        // The first connection may race the server's start.
+        let r = run(d, &["copy", "--from", &a, "--to", e], None);
+        if r.code == 0 || start.elapsed() > Duration::from_secs(20) {
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            break serde_json::from_str::<Value>(&r.stdout).unwrap();
+        }
+        assert!(r.stderr.contains("unavailable"), "{}", r.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v["events"], 305);
+    assert_eq!(v["verified"], true);
+    ok(d, &["--store", e, "check"], None);
+    assert_eq!(
+        ok(d, &["--store", &a, "read"], None),
+        ok(d, &["--store", e, "read"], None)
+    );
+    let tailed = ok(
+        d,
+        &["--store", e, "tail", "--from", "300", "--limit", "6"],
+        None,
+    );
+    assert_eq!(json_lines(&tailed).len(), 6);
+    let b = store("b.redb");
+    ok(d, &["copy", "--from", e, "--to", &b], None);
+    assert_eq!(
+        ok(d, &["--store", &a, "export"], None),
+        ok(d, &["--store", &b, "export"], None)
+    );
+}
+
+/// A store whose index lost an entry: `check` exits 4 and says where.
+#[test]
+fn check_reports_damage_with_exit_code_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("dmg.redb");
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "append",
+            "--type",
+            "OrderPlaced",
+            "--tag",
+            "order:1",
+        ],
+        None,
+    );
+    ok(d, &["--store", &s, "check"], None);
+    let path = d.join("dmg.redb");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use eskv::KvStore;
+            let kv = eskv::redb::RedbStore::open(&path).await.unwrap();
+            let mut t = kv.begin().await.unwrap();
+            t.delete(eskv::layout::type_key("OrderPlaced", 1));
+            t.commit().await.unwrap();
+        });
+    let r = fails(d, &["--store", &s, "check"], None);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("check found 1 problem"), "{}", r.stderr);
+    assert!(r.stdout.contains("\"position\":1"), "{}", r.stdout);
+    assert!(r.stdout.contains("\"clean\":false"), "{}", r.stdout);
+}
