@@ -58,6 +58,20 @@
 //! never half-applied. If the server runs with larger limits, raise them in
 //! the options too.
 //!
+//! # Operating etcd for eskv
+//!
+//! - **Compaction.** etcd keeps every revision until it is compacted, and
+//!   its database stops taking writes at `--quota-backend-bytes` (2 GiB by
+//!   default). Run it with automatic compaction, for example
+//!   `--auto-compaction-mode=periodic --auto-compaction-retention=1h`, and
+//!   defragment now and then. A transaction older than the retention can
+//!   fail with a retryable conflict; eskv's transactions last milliseconds.
+//! - **Throughput.** Every commit is one Raft entry, applied in revision
+//!   order by one apply loop and fsynced by the leader and a quorum, so
+//!   commits are serialized cluster-wide; the event layer's group commit
+//!   puts many appends into one `Txn`.
+//! - **Size.** etcd suits stores up to a few GB; use TiKV beyond that.
+//!
 //! [etcd]: https://etcd.io
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -303,6 +317,13 @@ fn map_err(e: etcd_client::Error, phase: Phase, endpoints: &str) -> Error {
                          to the server's --max-txn-ops and --max-request-bytes"
                     ))
                 }
+                Code::Unauthenticated | Code::PermissionDenied => Error::invalid(format!(
+                    "etcd refused the request for this user ({msg}); check EtcdOptions user, \
+                     password and the user's roles"
+                )),
+                Code::InvalidArgument if msg.contains("authentication failed") => Error::invalid(
+                    format!("etcd refused the credentials ({msg}); check EtcdOptions user and password"),
+                ),
                 Code::Unavailable
                 | Code::DeadlineExceeded
                 | Code::Cancelled
@@ -1048,7 +1069,18 @@ mod tests {
 
     #[test]
     fn the_rest_is_a_backend_error_except_at_connect() {
+        let e = map_err(
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            Phase::Connect,
+            EP,
+        );
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
         let e = map_err(status(tonic::Code::PermissionDenied, "no"), Phase::Read, EP);
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        let e = map_err(status(tonic::Code::DataLoss, "no"), Phase::Read, EP);
         assert!(
             matches!(
                 e,

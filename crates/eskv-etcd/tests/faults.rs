@@ -217,7 +217,10 @@ mod faults {
         faults.push(format!("restarted n{}", leader + 1));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let new_leader = find_leader(&cluster).await;
-        let follower = (0..3).find(|&i| i != new_leader).unwrap();
+        let follower = (0..3)
+            .find(|&i| i != new_leader && i != leader)
+            .or_else(|| (0..3).find(|&i| i != new_leader))
+            .unwrap();
         let at = stats.acked.load(SeqCst);
         blocking(&cluster, move |c| c.kill(follower)).await;
         faults.push(format!(
