@@ -874,10 +874,11 @@ async fn tail_subscribe(
     let mut sub = store
         .subscribe(SubscriptionOptions::new().filter(filter).start(start))
         .await?;
-    let by_prefix = LogFilter::default();
+    // Subscriptions filter by query, stream or category; a stream prefix
+    // is checked here.
     let by_prefix = LogFilter {
+        query: None,
         stream_prefix: prefix,
-        ..by_prefix
     };
     loop {
         let e = sub.next().await?;

@@ -4,7 +4,7 @@ use crate::url::StoreUrl;
 use anyhow::{anyhow, bail, Context as _, Result};
 use eskv::{EventStore, MemoryStore};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Whether opening may create a store that does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,7 @@ pub fn file_size(url: &StoreUrl) -> Option<u64> {
     }
 }
 
+#[cfg_attr(not(feature = "redb"), allow(dead_code))]
 fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
     if access == Access::Existing && !path.exists() {
         bail!(
@@ -82,7 +83,7 @@ async fn open_redb_once(path: &std::path::Path) -> eskv::Result<EventStore> {
 #[cfg(feature = "redb")]
 async fn open_redb(path: &std::path::Path, access: Access) -> Result<EventStore> {
     check_exists(path, access)?;
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
         match open_redb_once(path).await {
