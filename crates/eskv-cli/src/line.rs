@@ -29,10 +29,8 @@
 //! # Recorded time
 //!
 //! `recorded_at` is RFC 3339 in UTC with milliseconds. The store assigns it
-//! at append time, so `import` cannot write it back directly: it keeps the
-//! original time in the metadata entry [`RECORDED_AT_KEY`], and every
-//! command that prints events shows that time as `recorded_at` and hides
-//! the entry. An imported store therefore reads exactly like its source.
+//! at append time; `import` writes it back exactly (with
+//! `EventStore::import`), so an imported store reads like its source.
 
 use base64::Engine as _;
 use eskv::{Metadata, NewEvent, RecordedEvent, Ulid};
@@ -40,10 +38,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
-
-/// Metadata entry in which `import` keeps an event's original recorded
-/// time (milliseconds since the Unix epoch).
-pub const RECORDED_AT_KEY: &str = "eskv.recorded_at_ms";
 
 /// One event as a JSON line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,19 +146,11 @@ pub fn payload_fields(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>, O
 }
 
 impl EventLine {
-    /// The line for a stored event. Metadata entry [`RECORDED_AT_KEY`], when
-    /// it holds a time, replaces `recorded_at` and is hidden.
+    /// The line for a stored event.
     pub fn from_recorded(e: &RecordedEvent) -> EventLine {
         let (data, data_text, data_base64) = payload_fields(&e.data);
-        let mut extra = e.metadata.extra.clone();
-        let mut recorded_at_ms = e.recorded_at_ms;
-        if let Some(ms) = extra
-            .get(RECORDED_AT_KEY)
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            recorded_at_ms = ms;
-            extra.remove(RECORDED_AT_KEY);
-        }
+        let extra = e.metadata.extra.clone();
+        let recorded_at_ms = e.recorded_at_ms;
         EventLine {
             position: Some(e.position),
             id: Some(e.id.to_string()),
@@ -319,15 +305,14 @@ mod tests {
     }
 
     #[test]
-    fn recorded_time_from_metadata() {
+    fn recorded_time_round_trips() {
         let mut e = recorded(b"{}");
-        e.metadata = e.metadata.with(RECORDED_AT_KEY, "1000");
+        e.recorded_at_ms = 1000;
         let line = EventLine::from_recorded(&e);
         assert_eq!(
             line.recorded_at.as_deref(),
             Some("1970-01-01T00:00:01.000Z")
         );
-        assert!(!line.metadata.extra.contains_key(RECORDED_AT_KEY));
         assert_eq!(parse_time("1970-01-01T00:00:01.000Z").unwrap(), 1000);
         assert_eq!(
             parse_time(&format_time(1_700_000_000_123)).unwrap(),

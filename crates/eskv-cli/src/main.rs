@@ -8,7 +8,7 @@ use eskv::{
     AppendCondition, AppendRequest, EventStore, LogFilter, Query, ReadOptions, ReadStreamOptions,
     RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
 };
-use eskv_cli::line::{Digest, EventLine, MetaLine, RECORDED_AT_KEY};
+use eskv_cli::line::{Digest, EventLine, MetaLine};
 use eskv_cli::open::{self, Access};
 use eskv_cli::spec::{parse_expected, parse_query_item};
 use eskv_cli::transfer::{self, ExportLine, Importer};
@@ -539,12 +539,6 @@ async fn append(url: &StoreUrl, a: AppendArgs, out: &mut Out) -> Result<()> {
     };
     let mut events = Vec::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
-        if l.metadata.extra.contains_key(RECORDED_AT_KEY) {
-            return Err(usage(format!(
-                "event {}: metadata key {RECORDED_AT_KEY} is reserved for import",
-                i + 1
-            )));
-        }
         events.push(l.to_new_event().map_err(|e| {
             usage(if lines.len() == 1 {
                 e
@@ -1254,9 +1248,6 @@ async fn read_export(
                 header = Some(h);
             }
             ExportLine::Event(e) => {
-                if e.metadata.extra.contains_key(RECORDED_AT_KEY) {
-                    bail!("{name} line {n}: metadata key {RECORDED_AT_KEY} is reserved");
-                }
                 if e.position != Some(digest.events + 1) {
                     bail!(
                         "{name} line {n}: expected the event at position {}, found {}; import needs every event of the log in position order (the output of `eskv export`)",

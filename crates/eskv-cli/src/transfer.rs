@@ -18,9 +18,9 @@
 //! (the output of `eskv read --json` over the whole log) import too, minus
 //! those checks.
 
-use crate::line::{parse_time, Digest, EventLine, RECORDED_AT_KEY};
+use crate::line::{parse_time, Digest, EventLine};
 use anyhow::{anyhow, bail, Context as _, Result};
-use eskv::{AppendRequest, Error, EventStore, ExpectedVersion, ReadOptions, RecordedEvent};
+use eskv::{Error, EventStore, ReadOptions, RecordedEvent, StreamRef};
 use serde::{Deserialize, Serialize};
 
 /// Export format version written in the header.
@@ -189,24 +189,18 @@ pub async fn count_streams(store: &EventStore) -> Result<u64> {
     }
 }
 
-/// Appends events in position order into an empty store, checking that
-/// each lands at its original position and stream version.
+/// Restores events in position order into an empty store with
+/// [`EventStore::import`], which keeps ids, positions, stream versions,
+/// metadata and recorded times exactly.
 #[derive(Debug)]
 pub struct Importer {
     store: EventStore,
     /// The position the next event must have.
     next: u64,
-    /// Consecutive events of one stream (or of no stream), not yet written.
-    run: Vec<Pending>,
+    /// Events not yet written.
+    run: Vec<RecordedEvent>,
     digest: Digest,
     strict: bool,
-}
-
-#[derive(Debug)]
-struct Pending {
-    position: u64,
-    stream: Option<(String, u64)>,
-    event: eskv::NewEvent,
 }
 
 /// What an import did.
@@ -283,31 +277,30 @@ impl Importer {
                 "the event at position {position} needs both \"stream\" and \"version\" (1 or more), or neither"
             ),
         };
-        let mut event = line
+        let event = line
             .to_new_event()
             .map_err(|e| anyhow!("the event at position {position}: {e}"))?;
-        if let Some(t) = &line.recorded_at {
-            let ms = parse_time(t).map_err(|e| anyhow!("the event at position {position}: {e}"))?;
-            event
-                .metadata
-                .extra
-                .insert(RECORDED_AT_KEY.into(), ms.to_string());
-        }
-        let continues = match (self.run.last(), &stream) {
-            (None, _) => true,
-            (Some(p), None) => p.stream.is_none(),
-            (Some(p), Some((s, v))) => {
-                matches!(&p.stream, Some((ps, pv)) if ps == s && pv + 1 == *v)
+        let recorded_at_ms = match &line.recorded_at {
+            Some(t) => {
+                parse_time(t).map_err(|e| anyhow!("the event at position {position}: {e}"))?
             }
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
-        if !continues || self.run.len() >= MAX_CHUNK_EVENTS {
+        if self.run.len() >= MAX_CHUNK_EVENTS {
             self.flush().await?;
         }
         self.digest.add(&line.to_json());
-        self.run.push(Pending {
+        self.run.push(RecordedEvent {
             position,
-            stream,
-            event,
+            id: event.id,
+            event_type: event.event_type,
+            tags: event.tags,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at_ms,
+            stream: stream.map(|(stream_id, version)| StreamRef { stream_id, version }),
         });
         self.next += 1;
         Ok(())
@@ -316,13 +309,12 @@ impl Importer {
     /// Writes the buffered events.
     async fn flush(&mut self) -> Result<()> {
         let run = std::mem::take(&mut self.run);
-        let mut rest: &[Pending] = &run;
+        let mut rest: &[RecordedEvent] = &run;
         while !rest.is_empty() {
             let mut n = 0;
             let mut bytes = 0;
-            while n < rest.len() && (n == 0 || bytes + rest[n].event.data.len() <= MAX_CHUNK_BYTES)
-            {
-                bytes += rest[n].event.data.len();
+            while n < rest.len() && (n == 0 || bytes + rest[n].data.len() <= MAX_CHUNK_BYTES) {
+                bytes += rest[n].data.len();
                 n += 1;
             }
             loop {
@@ -339,44 +331,15 @@ impl Importer {
         Ok(())
     }
 
-    /// One append of consecutive events, checked against their original
-    /// positions and versions.
-    async fn write(&self, chunk: &[Pending]) -> Result<()> {
-        let first = &chunk[0];
-        let last = &chunk[chunk.len() - 1];
-        let mut req = AppendRequest::new(chunk.iter().map(|p| p.event.clone()).collect());
-        if let Some((stream, v)) = &first.stream {
-            let expected = if *v == 1 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(v - 1)
-            };
-            req = req.stream(stream.clone(), expected);
-        }
-        let done = self.store.submit(req).await.map_err(|e| {
+    /// One atomic import of consecutive events.
+    async fn write(&self, chunk: &[RecordedEvent]) -> Result<()> {
+        self.store.import(chunk).await.map_err(|e| {
             anyhow::Error::new(e).context(format!(
                 "cannot import the events at positions {}..={}",
-                first.position, last.position
+                chunk[0].position,
+                chunk[chunk.len() - 1].position
             ))
         })?;
-        if done.first_position != first.position || done.last_position != last.position {
-            bail!(
-                "the events at positions {}..={} were stored at {}..={}: another writer is using the target store",
-                first.position,
-                last.position,
-                done.first_position,
-                done.last_position
-            );
-        }
-        if let Some((stream, v)) = &last.stream {
-            if done.stream_version != Some(*v) {
-                bail!(
-                    "stream '{stream}' reached version {:?} instead of {v} at position {}",
-                    done.stream_version,
-                    last.position
-                );
-            }
-        }
         Ok(())
     }
 
