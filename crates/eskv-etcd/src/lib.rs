@@ -852,28 +852,11 @@ impl KvTransaction for EtcdTxn {
                 .chain(validated.into_iter().filter(|k| !k.is_empty()))
                 .collect();
 
-            // Compares: only a transaction that read has a snapshot to
-            // defend. Keys it never read get their pinned state first.
-            let mut compares = Vec::new();
-            if let Some(pin) = self.pin {
-                let unknown: Vec<Vec<u8>> = checked
-                    .iter()
-                    .filter(|k| !self.seen.contains_key(*k))
-                    .cloned()
-                    .collect();
-                if !unknown.is_empty() {
-                    self.fetch(&unknown, true).await?;
-                }
-                for k in &checked {
-                    let rev = self.seen.get(k).copied().unwrap_or(0);
-                    debug_assert!(rev <= pin);
-                    compares.push(Compare::mod_revision(k.clone(), CompareOp::Equal, rev));
-                }
-            }
-
             // etcd holds the compares and the operations each to
-            // --max-txn-ops, and the whole request to --max-request-bytes.
-            let ops = writes.len().max(compares.len());
+            // --max-txn-ops, and the whole request to --max-request-bytes:
+            // checked before anything is sent.
+            let compare_count = if self.pin.is_some() { checked.len() } else { 0 };
+            let ops = writes.len().max(compare_count);
             if ops > self.max_txn_ops {
                 return Err(Error::LimitExceeded {
                     what: "operations (compares or writes) in one etcd transaction".into(),
@@ -897,6 +880,25 @@ impl KvTransaction for EtcdTxn {
                     limit: max_bytes as u64,
                     actual: request_bytes as u64,
                 });
+            }
+
+            // Compares: only a transaction that read has a snapshot to
+            // defend. Keys it never read get their pinned state first.
+            let mut compares = Vec::new();
+            if let Some(pin) = self.pin {
+                let unknown: Vec<Vec<u8>> = checked
+                    .iter()
+                    .filter(|k| !self.seen.contains_key(*k))
+                    .cloned()
+                    .collect();
+                if !unknown.is_empty() {
+                    self.fetch(&unknown, true).await?;
+                }
+                for k in &checked {
+                    let rev = self.seen.get(k).copied().unwrap_or(0);
+                    debug_assert!(rev <= pin);
+                    compares.push(Compare::mod_revision(k.clone(), CompareOp::Equal, rev));
+                }
             }
 
             let then: Vec<TxnOp> = writes
