@@ -75,7 +75,9 @@ fn tikv_test() -> Result<(), String> {
     match std::env::var("PD_ADDRS") {
         Ok(addrs) if !addrs.trim().is_empty() => {
             eprintln!("xtask: running the TiKV suite against PD_ADDRS={addrs}");
-            cargo_run(&["test", "-p", "eskv-tikv", "--", "--include-ignored"])
+            // eskv-tikv's build script compiles the conformance suites in
+            // only when PD_ADDRS is set.
+            cargo_run(&["test", "-p", "eskv-tikv"])
         }
         _ => Err(
             "set PD_ADDRS=host:port[,host:port…] to a running PD; for a local cluster run \

@@ -75,12 +75,20 @@ pub async fn catch_up_then_live(store: Store) {
 pub async fn filtered_subscriptions(store: Store) {
     let es = open(store).await;
     let append = |es: EventStore, i: u64| async move {
-        let stream = format!("{}-{}", if i % 2 == 0 { "cart" } else { "order" }, i % 3);
+        let stream = format!(
+            "{}-{}",
+            if i.is_multiple_of(2) { "cart" } else { "order" },
+            i % 3
+        );
         es.append_to_stream(
             &stream,
             ExpectedVersion::Any,
-            vec![ev(if i % 3 == 0 { "Special" } else { "Plain" })
-                .with_tags([format!("n:{}", i % 4)])],
+            vec![ev(if i.is_multiple_of(3) {
+                "Special"
+            } else {
+                "Plain"
+            })
+            .with_tags([format!("n:{}", i % 4)])],
         )
         .await
         .unwrap();
