@@ -10,7 +10,8 @@
 //! The child is this test binary itself, re-executed with `ESKV_CRASH_CHILD`
 //! set and filtered to the ignored `crash_child` test.
 //!
-//! - `ESKV_CRASH_ROUNDS` (default 50): kill-and-reopen rounds.
+//! - `ESKV_CRASH_ROUNDS` (default 50): kill-and-reopen rounds. Every 50
+//!   rounds start on a fresh file, so long runs keep a steady pace.
 //! - `ESKV_CRASH_SEED`: replay a run (the seed is printed).
 
 use eskv_core::verify::verify;
@@ -414,6 +415,24 @@ async fn check_round(
     }
 }
 
+const ROUNDS_PER_FILE: u64 = 50;
+
+/// Adds one file's appends to the figures.
+fn tally(tried: &BTreeMap<(u64, String), Tried>, f: &mut Figures) {
+    for t in tried.values() {
+        if t.ack.is_some() {
+            f.acked_appends += 1;
+            f.acked_events += t.ids.len() as u64;
+        } else if t.rejected {
+            f.rejected += 1;
+        } else if t.present_at.is_some() {
+            f.unacked_present += 1;
+        } else {
+            f.unacked_absent += 1;
+        }
+    }
+}
+
 #[test]
 fn crash_consistency() {
     let rounds: u64 = std::env::var("ESKV_CRASH_ROUNDS")
@@ -432,7 +451,7 @@ fn crash_consistency() {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crash.redb");
+    let mut path = dir.path().join("crash-0.redb");
     let exe = std::env::current_exe().expect("test binary path");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -443,7 +462,17 @@ fn crash_consistency() {
     let mut tried: BTreeMap<(u64, String), Tried> = BTreeMap::new();
     let mut f = Figures::default();
     let mut last_head = 0u64;
+    let mut final_heads = 0u64;
     for round in 0..rounds {
+        if round > 0 && round % ROUNDS_PER_FILE == 0 {
+            tally(&tried, &mut f);
+            tried.clear();
+            final_heads += last_head;
+            last_head = 0;
+            path = dir
+                .path()
+                .join(format!("crash-{}.redb", round / ROUNDS_PER_FILE));
+        }
         // Every 8th round dies early: while opening (and recovering) the file.
         let early = round % 8 == 7;
         let child_seed = (round << 32) | (rng.next() & 0xFFFF_FFFF);
@@ -512,23 +541,13 @@ fn crash_consistency() {
         f.rounds += 1;
     }
 
-    for t in tried.values() {
-        if t.ack.is_some() {
-            f.acked_appends += 1;
-            f.acked_events += t.ids.len() as u64;
-        } else if t.rejected {
-            f.rejected += 1;
-        } else if t.present_at.is_some() {
-            f.unacked_present += 1;
-        } else {
-            f.unacked_absent += 1;
-        }
-    }
+    tally(&tried, &mut f);
+    final_heads += last_head;
     eprintln!(
         "crash_consistency: {} kill/reopen rounds survived ({} killed before ready) in {:.1?}; \
          {} acknowledged appends ({} events) all present at their positions; \
          {} unacknowledged appends fully present, {} fully absent, none partial; \
-         {} rejected conditional appends absent; final head {}; {} event checks; verify clean every round",
+         {} rejected conditional appends absent; {} events in the final files; {} event checks; verify clean every round",
         f.rounds,
         f.killed_before_ready,
         started.elapsed(),
@@ -537,7 +556,7 @@ fn crash_consistency() {
         f.unacked_present,
         f.unacked_absent,
         f.rejected,
-        last_head,
+        final_heads,
         f.events_checked
     );
     assert_eq!(f.rounds, rounds);
