@@ -144,14 +144,16 @@ macro_rules! fault_suite {
     ($factory:path) => {
         mod fault_conformance {
             use super::*;
-            $crate::__cases!($factory, $crate::fault_cases, [appends_survive_injected_faults]);
+            $crate::__cases!(
+                $factory,
+                $crate::fault_cases,
+                [appends_survive_injected_faults]
+            );
             async fn faulty_store() -> $crate::fault_cases::Store {
                 $crate::fault_cases::faulty($factory().await)
             }
             mod events_under_faults {
                 use super::*;
-                // `import_restores_exactly` is left out: an import whose
-                // commit was applied but reported unknown fails its retry.
                 $crate::__cases!(
                     faulty_store,
                     $crate::events,
@@ -170,6 +172,7 @@ macro_rules! fault_suite {
                         bad_input_is_rejected,
                         payloads_and_metadata,
                         group_commit_isolates_outcomes,
+                        import_restores_exactly,
                         model_based,
                     ]
                 );

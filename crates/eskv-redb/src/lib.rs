@@ -224,12 +224,26 @@ impl RedbStore {
         if let Some(c) = options.cache_size {
             builder.set_cache_size(c);
         }
-        let db = create(&builder).map_err(|e| match map_err(e) {
-            Error::Backend { source, .. } => Error::corrupt(
-                None,
-                format!("cannot open {} as a redb file: {source}", path.display()),
-            ),
-            other => other,
+        let db = create(&builder).map_err(|e| match e {
+            // A path that cannot be opened at all is the caller's to fix,
+            // not a damaged file.
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::IsADirectory
+                ) =>
+            {
+                Error::invalid(format!("cannot open {}: {io}", path.display()))
+            }
+            e => match map_err(e) {
+                Error::Backend { source, .. } => Error::corrupt(
+                    None,
+                    format!("cannot open {} as a redb file: {source}", path.display()),
+                ),
+                other => other,
+            },
         })?;
         init_format(&db, &path)?;
         let db = Arc::new(db);
