@@ -1,6 +1,7 @@
 //! What every system is given: the events, the operations of the workloads,
 //! and small measuring helpers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,9 +56,12 @@ impl Ev {
         Ev::new([format!("e:{n}"), format!("g:{}", n % 100)], data)
     }
 
-    /// W3: writer `w`'s `n`-th event; its condition tag (the first) is
-    /// disjoint from every other writer's.
-    pub fn writer(w: usize, n: u64, data: &Arc<[u8]>) -> Ev {
+    /// W3: an event of writer `w`; its condition tag (the first) is
+    /// unique in the run, so disjoint from every other writer's and from
+    /// the writer's own earlier rounds.
+    pub fn writer(w: usize, data: &Arc<[u8]>) -> Ev {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Ev::new([format!("e:{w}-{n}"), format!("w:{w}")], data)
     }
 

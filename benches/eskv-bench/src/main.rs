@@ -68,6 +68,8 @@ pub struct Config {
     pub w8_window: Duration,
     pub sub_events: usize,
     pub only: Option<Vec<String>>,
+    /// Only these workloads (W1..W8, SUB).
+    pub workloads: Option<Vec<String>>,
     pub out: PathBuf,
     pub chart: PathBuf,
     pub dir: Option<PathBuf>,
@@ -90,6 +92,12 @@ impl Config {
             .as_ref()
             .is_none_or(|o| o.iter().any(|s| s == system))
     }
+
+    fn runs(&self, workload: &str) -> bool {
+        self.workloads
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == workload))
+    }
 }
 
 const USAGE: &str = "usage: eskv-bench [--quick] [--large] [--out FILE] [--chart FILE] [--dir DIR] [--systems a,b,..] [--rounds N] [--slice-ms N]
@@ -99,7 +107,9 @@ const USAGE: &str = "usage: eskv-bench [--quick] [--large] [--out FILE] [--chart
   --out        markdown report (default: BENCHMARKS.md at the repository root)
   --chart      SVG chart (default: benches/results.svg next to the default report, else the report's path with .svg)
   --dir        where the stores live (default: a temporary directory under target/)
-  --systems    only these systems (names as in the report)";
+  --systems    only these systems (names as in the report)
+  --workloads  only these workloads (W1,...,W8,SUB; for profiling)
+  --rounds N, --slice-ms N   interleaving rounds and each system's turn per round";
 
 fn parse_args() -> Result<Config, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -114,6 +124,7 @@ fn parse_args() -> Result<Config, String> {
     let mut rounds = None;
     let mut slice = None;
     let mut w8_child = None;
+    let mut workloads = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -127,6 +138,14 @@ fn parse_args() -> Result<Config, String> {
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--chart" => chart = Some(PathBuf::from(value("--chart")?)),
             "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
+            "--workloads" => {
+                workloads = Some(
+                    value("--workloads")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>(),
+                )
+            }
             "--systems" => {
                 only = Some(
                     value("--systems")?
@@ -182,6 +201,7 @@ fn parse_args() -> Result<Config, String> {
             w8_window: Duration::from_millis(200),
             sub_events: 100,
             only,
+            workloads: workloads.clone(),
             out,
             chart,
             dir,
@@ -204,6 +224,7 @@ fn parse_args() -> Result<Config, String> {
             w8_window: Duration::from_millis(1500),
             sub_events: 2000,
             only,
+            workloads: workloads.clone(),
             out,
             chart,
             dir,
@@ -320,7 +341,11 @@ impl Harness {
         self.results.put(workload, system, cell);
     }
 
-    fn fail(&mut self, workload: &str, system: &str, e: String) {
+    fn fail(&mut self, workload: &str, system: &str, mut e: String) {
+        if e.len() > 300 {
+            e.truncate(e.floor_char_boundary(300));
+            e.push('…');
+        }
         self.log(format!("  {workload:<12} {system:<17} FAILED: {e}"));
         self.results.put(workload, system, Cell::failed(e));
     }
@@ -446,6 +471,9 @@ impl Harness {
             ("W2", Unit::AppendsPerSec),
             ("W4", Unit::EventsPerSec),
         ] {
+            if !self.cfg.runs(wl) {
+                continue;
+            }
             self.log(format!("{wl}: {}", report::describe(wl)));
             let mut stores = self.open_stores(wl, &[wl]);
             let probe_dir = self.dir(&format!("{wl}-fsync"))?;
@@ -519,6 +547,52 @@ impl Harness {
             self.close_stores(wl, stores);
             self.remove(&format!("{wl}-fsync"));
         }
+        Ok(())
+    }
+
+    /// Diagnostic, not a target: W1 on eskv-redb and raw redb with redb's
+    /// fsync turned off (and eskv-mem), to show what the layer costs apart
+    /// from the disk.
+    fn no_fsync(&mut self) -> Res<()> {
+        let wl = "DIAG W1 no-fsync";
+        self.log(format!("{wl}: {}", report::describe("DIAG")));
+        let handle = self.rt.handle().clone();
+        let mut stores: Vec<(&'static str, Box<dyn Store>)> = Vec::new();
+        if self.cfg.wants(ESKV_REDB) {
+            let p = self.dir("D-eskv-redb")?.join("eskv.redb");
+            stores.push((ESKV_REDB, Box::new(Eskv::redb_no_fsync(&handle, &p)?)));
+        }
+        if self.cfg.wants(ESKV_MEM) {
+            stores.push((ESKV_MEM, Box::new(Eskv::memory(&handle)?)));
+        }
+        if self.cfg.wants(RAW_REDB) {
+            let p = self.dir("D-raw-redb")?.join("raw.redb");
+            stores.push((RAW_REDB, Box::new(RawRedb::open_no_fsync(&p)?)));
+        }
+        let data = self.data.clone();
+        let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
+        for (name, store) in stores.iter_mut() {
+            let data = data.clone();
+            let mut n = 0u64;
+            turns.push((
+                *name,
+                Box::new(move |b| {
+                    run_for(b, u64::MAX, |_| {
+                        let ev = Ev::plain(n, &data);
+                        let cond = format!("e:{n}");
+                        n += 1;
+                        store.append_cond(&ev, &cond)
+                    })
+                }),
+            ));
+        }
+        self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
+        let totals = self.interleave(wl, &mut turns);
+        drop(turns);
+        self.record_rates(wl, totals, Unit::AppendsPerSec, 1);
+        drop(stores);
+        self.remove("D-eskv-redb");
+        self.remove("D-raw-redb");
         Ok(())
     }
 
@@ -653,94 +727,98 @@ impl Harness {
             stores.retain(|(s, _)| *s != name);
         }
 
-        // W5: one tag out of `tags`.
-        self.log(format!("W5: {}", report::describe("W5")));
-        let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
-        for (name, store) in stores.iter_mut() {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            turns.push((
-                *name,
-                Box::new(move |b| {
-                    run_for(b, u64::MAX, |_| {
-                        let got = store.read_tag(&format!("tag:{}", rng.below(tags)))?;
-                        if got as u64 != per_tag {
-                            return Err(format!("W5 read {got} events, expected {per_tag}"));
-                        }
-                        Ok(())
-                    })
-                }),
-            ));
+        if self.cfg.runs("W5") {
+            // W5: one tag out of `tags`.
+            self.log(format!("W5: {}", report::describe("W5")));
+            let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
+            for (name, store) in stores.iter_mut() {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                turns.push((
+                    *name,
+                    Box::new(move |b| {
+                        run_for(b, u64::MAX, |_| {
+                            let got = store.read_tag(&format!("tag:{}", rng.below(tags)))?;
+                            if got as u64 != per_tag {
+                                return Err(format!("W5 read {got} events, expected {per_tag}"));
+                            }
+                            Ok(())
+                        })
+                    }),
+                ));
+            }
+            self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
+            let totals = self.interleave("W5", &mut turns);
+            drop(turns);
+            self.record_rates("W5", totals, Unit::QueriesPerSec, 1);
         }
-        self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
-        let totals = self.interleave("W5", &mut turns);
-        drop(turns);
-        self.record_rates("W5", totals, Unit::QueriesPerSec, 1);
-
-        // W6: the whole log.
-        self.log(format!("W6: {}", report::describe("W6")));
-        let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
-        for (name, store) in stores.iter_mut() {
-            turns.push((
-                *name,
-                Box::new(move |b| {
-                    run_for(b, u64::MAX, |_| {
-                        let got = store.read_all()?;
-                        if got as u64 != n {
-                            return Err(format!("W6 read {got} events, expected {n}"));
-                        }
-                        Ok(())
-                    })
-                }),
-            ));
+        if self.cfg.runs("W6") {
+            // W6: the whole log.
+            self.log(format!("W6: {}", report::describe("W6")));
+            let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
+            for (name, store) in stores.iter_mut() {
+                turns.push((
+                    *name,
+                    Box::new(move |b| {
+                        run_for(b, u64::MAX, |_| {
+                            let got = store.read_all()?;
+                            if got as u64 != n {
+                                return Err(format!("W6 read {got} events, expected {n}"));
+                            }
+                            Ok(())
+                        })
+                    }),
+                ));
+            }
+            self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
+            let totals = self.interleave("W6", &mut turns);
+            drop(turns);
+            self.record_rates("W6", totals, Unit::EventsPerSec, n);
         }
-        self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
-        let totals = self.interleave("W6", &mut turns);
-        drop(turns);
-        self.record_rates("W6", totals, Unit::EventsPerSec, n);
-
-        // W7: one stream, latency.
-        self.log(format!("W7: {}", report::describe("W7")));
-        let mut lat: Vec<Rc<RefCell<Vec<Duration>>>> = Vec::new();
-        let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
-        for (name, store) in stores.iter_mut() {
-            let l = Rc::new(RefCell::new(Vec::new()));
-            lat.push(l.clone());
-            let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-            turns.push((
-                *name,
-                Box::new(move |b| {
-                    run_for(b, u64::MAX, |_| {
-                        let s = format!("s-{}", rng.below(streams));
-                        let t = Instant::now();
-                        let got = store.read_stream(&s)?;
-                        l.borrow_mut().push(t.elapsed());
-                        if got as u64 != stream_len {
-                            return Err(format!(
-                                "W7 read {got} events of {s}, expected {stream_len}"
-                            ));
-                        }
-                        Ok(())
-                    })
-                }),
-            ));
-        }
-        self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
-        let totals = self.interleave("W7", &mut turns);
-        drop(turns);
-        for ((name, r), l) in totals.into_iter().zip(lat) {
-            match r {
-                Ok((ops, _)) => {
-                    let mut v = l.borrow().clone();
-                    v.sort();
-                    let p50 = percentile(&v, 50.0).as_secs_f64() * 1e6;
-                    let p99 = percentile(&v, 99.0).as_secs_f64() * 1e6;
-                    self.record(
-                        "W7",
-                        name,
-                        Cell::new(p50, Unit::Micros).with_p99(p99).with_ops(ops),
-                    );
+        if self.cfg.runs("W7") {
+            // W7: one stream, latency.
+            self.log(format!("W7: {}", report::describe("W7")));
+            let mut lat: Vec<Rc<RefCell<Vec<Duration>>>> = Vec::new();
+            let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
+            for (name, store) in stores.iter_mut() {
+                let l = Rc::new(RefCell::new(Vec::new()));
+                lat.push(l.clone());
+                let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+                turns.push((
+                    *name,
+                    Box::new(move |b| {
+                        run_for(b, u64::MAX, |_| {
+                            let s = format!("s-{}", rng.below(streams));
+                            let t = Instant::now();
+                            let got = store.read_stream(&s)?;
+                            l.borrow_mut().push(t.elapsed());
+                            if got as u64 != stream_len {
+                                return Err(format!(
+                                    "W7 read {got} events of {s}, expected {stream_len}"
+                                ));
+                            }
+                            Ok(())
+                        })
+                    }),
+                ));
+            }
+            self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
+            let totals = self.interleave("W7", &mut turns);
+            drop(turns);
+            for ((name, r), l) in totals.into_iter().zip(lat) {
+                match r {
+                    Ok((ops, _)) => {
+                        let mut v = l.borrow().clone();
+                        v.sort();
+                        let p50 = percentile(&v, 50.0).as_secs_f64() * 1e6;
+                        let p99 = percentile(&v, 99.0).as_secs_f64() * 1e6;
+                        self.record(
+                            "W7",
+                            name,
+                            Cell::new(p50, Unit::Micros).with_p99(p99).with_ops(ops),
+                        );
+                    }
+                    Err(e) => self.fail("W7", name, e),
                 }
-                Err(e) => self.fail("W7", name, e),
             }
         }
         self.close_stores("R", stores);
@@ -1032,10 +1110,21 @@ fn run(cfg: Config) -> Res<()> {
             .push("UmaDB was not built (feature `umadb` off): its rows are empty.".into());
     }
     h.single_writer()?;
-    h.concurrent()?;
-    h.reads()?;
-    h.growth()?;
-    h.subscription()?;
+    if h.cfg.runs("W3") {
+        h.concurrent()?;
+    }
+    if h.cfg.runs("DIAG") {
+        h.no_fsync()?;
+    }
+    if ["W5", "W6", "W7"].iter().any(|w| h.cfg.runs(w)) {
+        h.reads()?;
+    }
+    if h.cfg.runs("W8") {
+        h.growth()?;
+    }
+    if h.cfg.runs("SUB") {
+        h.subscription()?;
+    }
     h.pb.finish_and_clear();
     let elapsed = started.elapsed();
     let md = report::markdown(&h.cfg, &h.results, &h.notes, elapsed, &base_path);

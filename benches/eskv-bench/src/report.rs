@@ -220,11 +220,11 @@ pub fn num(v: f64) -> String {
     if !v.is_finite() {
         return "—".into();
     }
+    if v < 10.0 {
+        return format!("{v:.2}");
+    }
     if v < 100.0 {
-        return format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string();
+        return format!("{v:.1}");
     }
     let s = format!("{:.0}", v);
     let mut out = String::new();
@@ -277,6 +277,7 @@ pub fn describe(workload: &str) -> &'static str {
         "W6" => "full read of the global log (200k events in the full run), in events per second.",
         "W7" => "read one 1,000-event stream (random, its events interleaved with 199 other streams over the log): latency p50 / p99.",
         "W8" => "W1 and W4 throughput when the store holds 10k, 100k and 1M events (10M with --large; --quick: 1k, 5k, 20k), plus peak RSS; one system at a time, each in its own process.",
+        "DIAG" => "diagnostic, not a target: W1 with redb's fsync turned off (`Durability::None`) on eskv-redb and raw redb, beside eskv-mem: what the layer costs apart from the disk.",
         "SUB" => "end-to-end subscription latency on eskv-redb: `append` called → event delivered by `Subscription::next` (and → `append` returned), one at a time.",
         _ => "",
     }
@@ -735,6 +736,21 @@ pub fn markdown(
         }
     }
 
+    // Diagnostic.
+    if let Some(raw) = r.value("DIAG W1 no-fsync", RAW_REDB) {
+        let _ = writeln!(w, "\n### Diagnostic: W1 without fsync\n");
+        let _ = writeln!(w, "{}\n", describe("DIAG"));
+        let _ = writeln!(
+            w,
+            "| system | appends/s | µs per append | vs raw redb |\n|---|---:|---:|---:|"
+        );
+        for s in [ESKV_REDB, ESKV_MEM, RAW_REDB] {
+            if let Some(v) = r.value("DIAG W1 no-fsync", s) {
+                let _ = writeln!(w, "| {s} | {} | {:.0} | {:.2}× |", num(v), 1e6 / v, v / raw);
+            }
+        }
+    }
+
     // Targets.
     let _ = writeln!(w, "\n## Targets (issue 9), from this run\n");
     let _ = writeln!(w, "| target | ratio | status |\n|---|---:|---|");
@@ -768,7 +784,9 @@ pub fn markdown(
         "Every event: type `BenchEvent`, about 200 bytes of JSON data, 2 tags, a fresh id. Every write is durable \
          (fsync or fdatasync before the append returns) except on eskv-mem.\n"
     );
-    for wl in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "SUB"] {
+    for wl in [
+        "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "SUB", "DIAG",
+    ] {
         let _ = writeln!(w, "- **{wl}**: {}", describe(wl));
     }
     let _ = writeln!(w, "\n## Systems\n");
@@ -883,12 +901,25 @@ pub fn svg(cfg: &Config, r: &Results) -> String {
                 y0 + 30.0,
                 esc(sub)
             );
-            let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+            // Scale to the durable systems: the in-memory ceiling would
+            // flatten them; a longer bar is cut and marked.
+            let max = bars
+                .iter()
+                .filter(|b| b.0 != ESKV_MEM)
+                .map(|b| b.1)
+                .fold(0.0, f64::max)
+                .max(1e-9);
             let label_w = 120.0;
             let width = pw - label_w - 90.0;
             for (i, (name, v, label)) in bars.iter().enumerate() {
                 let y = y0 + 40.0 + i as f64 * bar_h;
-                let w = (v / max * width).max(1.0);
+                let cut = *v > max * 1.0001;
+                let w = (v.min(max) / max * width).max(1.0);
+                let label = if cut {
+                    format!("{label} (bar cut)")
+                } else {
+                    label.clone()
+                };
                 let color = if name.starts_with("eskv") {
                     "#1f77b4"
                 } else if name == FSYNC {
@@ -907,7 +938,7 @@ pub fn svg(cfg: &Config, r: &Results) -> String {
                     bar_h - 4.0,
                     x0 + label_w + w + 4.0,
                     y + 12.0,
-                    esc(label)
+                    esc(&label)
                 );
             }
         }

@@ -37,6 +37,17 @@ impl Eskv {
         Self::on(rt, Arc::new(kv))
     }
 
+    /// eskv on redb without fsync (`Durability::None`): for the no-fsync
+    /// diagnostic only.
+    pub fn redb_no_fsync(rt: &Handle, path: &Path) -> Res<Eskv> {
+        let p = path.to_path_buf();
+        let opts = RedbOptions::default().durability(eskv::redb::Durability::None);
+        let kv = rt
+            .block_on(RedbStore::open_with(p, opts))
+            .map_err(err("open eskv-redb"))?;
+        Self::on(rt, Arc::new(kv))
+    }
+
     /// eskv on its in-memory backend.
     pub fn memory(rt: &Handle) -> Res<Eskv> {
         Self::on(rt, Arc::new(MemoryStore::new()))
@@ -76,7 +87,7 @@ impl Eskv {
                 tasks.spawn(async move {
                     let mut n = 0u64;
                     while n == 0 || Instant::now() < deadline {
-                        let ev = Ev::writer(w, n, &data);
+                        let ev = Ev::writer(w, &data);
                         let cond = AppendCondition::new(tag_query(&ev.tags[0]), None);
                         store
                             .append(vec![new_event(&ev)], Some(cond))

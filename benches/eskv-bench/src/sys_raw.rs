@@ -16,6 +16,7 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("eskv_data");
 
 pub struct RawRedb {
     db: Arc<Database>,
+    durable: bool,
 }
 
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -66,8 +67,8 @@ fn get_u64(t: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> 
 
 /// One W1 append on `db`: read the head and the event id, check the
 /// condition with one scan of the tag index, write the rows and the head.
-fn append_cond_on(db: &Database, ev: &Ev, cond_tag: &str) -> Res<()> {
-    let w = db.begin_write().map_err(err("redb begin"))?;
+fn append_cond_on(db: &Database, durable: bool, ev: &Ev, cond_tag: &str) -> Res<()> {
+    let w = begin(db, durable)?;
     {
         let mut t = w.open_table(DATA).map_err(err("redb table"))?;
         let head = get_u64(&t, &layout::head_key())?.unwrap_or(0);
@@ -93,19 +94,40 @@ fn append_cond_on(db: &Database, ev: &Ev, cond_tag: &str) -> Res<()> {
     w.commit().map_err(err("redb commit"))
 }
 
+/// A write transaction; without `durable`, commits skip the fsync (for the
+/// no-fsync diagnostic only).
+fn begin(db: &Database, durable: bool) -> Res<redb::WriteTransaction> {
+    let mut w = db.begin_write().map_err(err("redb begin"))?;
+    if !durable {
+        w.set_durability(redb::Durability::None)
+            .map_err(err("redb durability"))?;
+    }
+    Ok(w)
+}
+
 impl RawRedb {
+    /// Without fsync: for the no-fsync diagnostic only.
+    pub fn open_no_fsync(path: &Path) -> Res<RawRedb> {
+        let mut r = Self::open(path)?;
+        r.durable = false;
+        Ok(r)
+    }
+
     pub fn open(path: &Path) -> Res<RawRedb> {
         let db = Database::create(path).map_err(err("redb open"))?;
         let w = db.begin_write().map_err(err("redb begin"))?;
         w.open_table(DATA).map_err(err("redb table"))?;
         w.commit().map_err(err("redb commit"))?;
-        Ok(RawRedb { db: Arc::new(db) })
+        Ok(RawRedb {
+            db: Arc::new(db),
+            durable: true,
+        })
     }
 
     /// Writes `evs` (and for stream events the stream metadata) in one
     /// transaction, without a condition.
     fn write_batch(&self, evs: &[Ev]) -> Res<()> {
-        let w = self.db.begin_write().map_err(err("redb begin"))?;
+        let w = begin(&self.db, self.durable)?;
         {
             let mut t = w.open_table(DATA).map_err(err("redb table"))?;
             let head = get_u64(&t, &layout::head_key())?.unwrap_or(0);
@@ -160,12 +182,13 @@ impl RawRedb {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
                 let db = self.db.clone();
+                let durable = self.durable;
                 let data = data.clone();
                 std::thread::spawn(move || -> Res<u64> {
                     let mut n = 0u64;
                     while n == 0 || Instant::now() < deadline {
-                        let ev = Ev::writer(w, n, &data);
-                        append_cond_on(&db, &ev, &ev.tags[0].clone())?;
+                        let ev = Ev::writer(w, &data);
+                        append_cond_on(&db, durable, &ev, &ev.tags[0].clone())?;
                         n += 1;
                     }
                     Ok(n)
@@ -184,13 +207,13 @@ impl RawRedb {
 
 impl Store for RawRedb {
     fn append_cond(&mut self, ev: &Ev, cond_tag: &str) -> Res<()> {
-        append_cond_on(&self.db, ev, cond_tag)
+        append_cond_on(&self.db, self.durable, ev, cond_tag)
     }
 
     /// W2: read the head, the event id and the stream's metadata, check
     /// the version, write the rows, the stream metadata and the head.
     fn append_stream(&mut self, ev: &Ev, stream: &str, expected: u64, _last: u64) -> Res<u64> {
-        let w = self.db.begin_write().map_err(err("redb begin"))?;
+        let w = begin(&self.db, self.durable)?;
         let pos;
         {
             let mut t = w.open_table(DATA).map_err(err("redb table"))?;

@@ -184,7 +184,7 @@ impl Sqlite {
                 std::thread::spawn(move || -> Res<u64> {
                     let mut n = 0u64;
                     while n == 0 || Instant::now() < deadline {
-                        let ev = Ev::writer(w, n, &data);
+                        let ev = Ev::writer(w, &data);
                         append_cond_on(&mut conn, &ev, &ev.tags[0])?;
                         n += 1;
                     }

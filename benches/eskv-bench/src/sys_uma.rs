@@ -172,7 +172,7 @@ impl UmaServer {
                 tasks.spawn(async move {
                     let mut n = 0u64;
                     while n == 0 || Instant::now() < deadline {
-                        let ev = Ev::writer(w, n, &data);
+                        let ev = Ev::writer(w, &data);
                         let cond = DcbAppendCondition::new(tag_query(&ev.tags[0]));
                         client
                             .append(vec![dcb_event(&ev)], Some(cond), None)
