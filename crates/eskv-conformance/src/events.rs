@@ -125,6 +125,17 @@ pub async fn stream_versions_and_reads(store: Store) {
         .unwrap();
     assert_eq!(page2.len(), 1);
     assert_eq!(page2[0].stream_id, "order-2");
+    // Paging from a stream below the prefix stays inside the prefix.
+    let below = es
+        .list_streams("order-", Some("invoice-9"), 10)
+        .await
+        .unwrap();
+    assert_eq!(below.len(), 2);
+    let above = es
+        .list_streams("invoice", Some("order-1"), 10)
+        .await
+        .unwrap();
+    assert!(above.is_empty(), "{above:?}");
     let one = es.list_streams("", None, 1).await.unwrap();
     assert_eq!(one[0].stream_id, "invoice-9");
 
@@ -697,6 +708,17 @@ pub async fn idempotent_appends(store: Store) {
     assert_eq!(r1, r2);
     assert_eq!(es.head().await.unwrap(), 4);
 
+    // A retry of only part of the original append is not a replay.
+    assert!(matches!(
+        es.append_to_stream("idem-1", ExpectedVersion::Any, vec![batch[0].clone()])
+            .await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
+    assert!(matches!(
+        es.append_to_stream("idem-1", ExpectedVersion::Any, vec![batch[1].clone()])
+            .await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
     let partial = vec![batch[0].clone(), ev("New")];
     let err = es.append(partial, None).await.unwrap_err();
     assert!(matches!(err, Error::IdempotencyViolation { .. }), "{err:?}");

@@ -121,6 +121,7 @@ macro_rules! subscription_suite {
                 $crate::subscriptions,
                 [
                     catch_up_then_live,
+                    wakes_across_handles,
                     filtered_subscriptions,
                     checkpoint_resume_is_at_least_once,
                     dead_letters,

@@ -70,6 +70,37 @@ pub async fn catch_up_then_live(store: Store) {
     assert!(sub.try_next_batch(10).await.unwrap().is_empty());
 }
 
+/// A subscriber on one `EventStore` handle is woken by appends made
+/// through another handle over the same KV store: at once on backends that
+/// report commits (`KvStore::commit_watch`), within the poll interval on
+/// the others.
+pub async fn wakes_across_handles(store: Store) {
+    let a = open(store.clone()).await;
+    let b = open(store.clone()).await;
+    let (min, max) = if store.commit_watch().is_some() {
+        // Only a real wake-up can beat this timer.
+        (Duration::from_secs(20), Duration::from_secs(20))
+    } else {
+        (Duration::from_millis(5), Duration::from_millis(50))
+    };
+    let mut sub = a
+        .subscribe(
+            SubscriptionOptions::new()
+                .start(StartFrom::End)
+                .poll(min, max),
+        )
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move { sub.next().await.unwrap().position });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = b.append(vec![ev("Elsewhere")], None).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the subscriber was not woken by another handle's append")
+        .unwrap();
+    assert_eq!(got, r.first_position);
+}
+
 /// Query, stream and category filters deliver exactly the matching events,
 /// in order, across history and live appends.
 pub async fn filtered_subscriptions(store: Store) {
@@ -637,5 +668,4 @@ pub async fn snapshots(store: Store) {
         .await,
         Err(Error::InvalidInput { .. })
     ));
-    let _ = StartFrom::End;
 }

@@ -225,6 +225,15 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Starts a transaction.
     async fn begin(&self) -> Result<Box<dyn KvTransaction>>;
+
+    /// A receiver that changes after every commit with writes made through
+    /// this store object (any handle or clone of it), if the backend can
+    /// tell. Embedded backends implement it so subscribers on any
+    /// `EventStore` over them wake at once; the default is `None` (readers
+    /// then poll).
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// One transaction. See the [module docs](self) for the contract.
@@ -519,6 +528,10 @@ impl Namespaced {
 impl KvStore for Namespaced {
     fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.commit_watch()
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {

@@ -95,9 +95,11 @@ pub fn stream_key(stream: &str) -> Vec<u8> {
 pub fn stream_list_range(prefix: &str, after: Option<&str>) -> KeyRange {
     let p = KeyBuilder::with_raw(&[STREAM]).str_prefix(prefix).finish();
     let end = prefix_successor(&p).map_or(Bound::Unbounded, Bound::Excluded);
+    // Start after `after` only when that lies inside the prefix's range:
+    // an `after` below the prefix must not pull in other streams.
     let start = match after {
-        Some(a) => Bound::Excluded(stream_key(a)),
-        None => Bound::Included(p),
+        Some(a) if stream_key(a) >= p => Bound::Excluded(stream_key(a)),
+        _ => Bound::Included(p),
     };
     KeyRange { start, end }
 }
@@ -533,4 +535,74 @@ mod parser_tests {
             let _ = parse_tag_entry(&rest);
         }
     }
+}
+
+/// An idempotency entry: where an event is, and the extent of the append
+/// that wrote it, so a retry is recognised only when it repeats the whole
+/// append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdEntry {
+    /// The event's position.
+    pub position: Position,
+    /// First position of the append that wrote it.
+    pub append_first: Position,
+    /// Last position of the append that wrote it.
+    pub append_last: Position,
+}
+
+impl IdEntry {
+    /// Encodes as 24 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24);
+        v.extend_from_slice(&self.position.to_be_bytes());
+        v.extend_from_slice(&self.append_first.to_be_bytes());
+        v.extend_from_slice(&self.append_last.to_be_bytes());
+        v
+    }
+
+    /// Decodes 24 bytes.
+    pub fn decode(v: &[u8]) -> Result<Self> {
+        if v.len() != 24 {
+            return Err(Error::corrupt(
+                None,
+                format!("id index entry is {} bytes, expected 24", v.len()),
+            ));
+        }
+        let e = IdEntry {
+            position: parse_u64(&v[..8], "id entry position")?,
+            append_first: parse_u64(&v[8..16], "id entry append start")?,
+            append_last: parse_u64(&v[16..], "id entry append end")?,
+        };
+        if !(e.append_first <= e.position && e.position <= e.append_last) {
+            return Err(Error::corrupt(
+                Some(e.position),
+                format!(
+                    "id index entry's append extent {}..={} does not contain its position",
+                    e.append_first, e.append_last
+                ),
+            ));
+        }
+        Ok(e)
+    }
+}
+
+/// Encodes a projection checkpoint: read-model generation and position.
+pub fn projection_checkpoint_value(generation: u64, position: Position) -> Vec<u8> {
+    let mut v = generation.to_be_bytes().to_vec();
+    v.extend_from_slice(&position.to_be_bytes());
+    v
+}
+
+/// Decodes a projection checkpoint into `(generation, position)`.
+pub fn parse_projection_checkpoint(v: &[u8]) -> Result<(u64, Position)> {
+    if v.len() != 16 {
+        return Err(Error::corrupt(
+            None,
+            format!("projection checkpoint is {} bytes, expected 16", v.len()),
+        ));
+    }
+    Ok((
+        parse_u64(&v[..8], "projection generation")?,
+        parse_u64(&v[8..], "projection checkpoint")?,
+    ))
 }

@@ -28,6 +28,7 @@ struct Inner {
     commit_lock: Mutex<()>,
     oracle: Arc<CommitOracle>,
     caps: Capabilities,
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for MemoryStore {
@@ -51,6 +52,7 @@ impl MemoryStore {
                 commit_lock: Mutex::new(()),
                 oracle: CommitOracle::new(),
                 caps: Capabilities::unlimited("memory").with_single_process(true),
+                commits: tokio::sync::watch::channel(0).0,
             }),
         }
     }
@@ -60,6 +62,10 @@ impl MemoryStore {
 impl KvStore for MemoryStore {
     fn capabilities(&self) -> &Capabilities {
         &self.inner.caps
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.commits.subscribe())
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
@@ -173,19 +179,22 @@ impl KvTransaction for MemoryTxn {
                 return Ok(());
             }
             let mut next = store.data.read().unwrap_or_else(|p| p.into_inner()).clone();
-            for (k, v) in &writes {
+            let mut keys = Vec::with_capacity(writes.len());
+            for (k, v) in writes {
                 match v {
                     Some(v) => {
-                        next.insert(k.clone(), v.clone());
+                        next.insert(k.clone(), v);
                     }
                     None => {
-                        next.remove(k);
+                        next.remove(&k);
                     }
                 }
+                keys.push(k);
             }
-            store.oracle.publish(writes.into_keys(), || {
+            let seq = store.oracle.publish(keys, || {
                 *store.data.write().unwrap_or_else(|p| p.into_inner()) = next;
             });
+            store.commits.send_replace(seq);
             Ok(())
         })
         .await

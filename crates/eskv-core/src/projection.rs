@@ -106,19 +106,33 @@ impl ProjectionState<'_> {
     }
 }
 
-fn model_prefix(name: &str) -> Vec<u8> {
-    layout::subscription_key("projection", name).finish()
+/// The read model of generation `gen`. A rebuild moves to a fresh
+/// generation in the same transaction that resets the checkpoint, so
+/// readers and runners switch atomically and the old generation is deleted
+/// behind them.
+fn model_prefix(name: &str, gen: u64) -> Vec<u8> {
+    layout::subscription_key("projection", name)
+        .u64(gen)
+        .finish()
 }
 
 fn projection_checkpoint_key(name: &str) -> Vec<u8> {
     layout::subscription_key("projection-checkpoint", name).finish()
 }
 
+/// Reads a projection's checkpoint: `(generation, position)`.
+async fn read_checkpoint(txn: &mut dyn KvTransaction, name: &str) -> Result<(u64, Position)> {
+    match txn.get(&projection_checkpoint_key(name)).await? {
+        None => Ok((0, 0)),
+        Some(v) => layout::parse_projection_checkpoint(&v),
+    }
+}
+
 /// Committed read-model values of a projection, for queries.
 #[derive(Clone)]
 pub struct ReadModel {
     store: EventStore,
-    prefix: Vec<u8>,
+    name: String,
 }
 
 impl std::fmt::Debug for ReadModel {
@@ -130,8 +144,11 @@ impl std::fmt::Debug for ReadModel {
 impl ReadModel {
     /// Reads a value.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        crate::subscription::validate_name(&self.name)?;
         let mut txn = self.store.kv().begin().await?;
-        txn.get(&[self.prefix.as_slice(), key].concat()).await
+        let (gen, _) = read_checkpoint(&mut *txn, &self.name).await?;
+        txn.get(&[model_prefix(&self.name, gen).as_slice(), key].concat())
+            .await
     }
 
     /// Reads a JSON value.
@@ -148,9 +165,12 @@ impl ReadModel {
 
     /// Values whose key starts with `prefix`.
     pub async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KvPair>> {
+        crate::subscription::validate_name(&self.name)?;
         let mut txn = self.store.kv().begin().await?;
-        let p = [self.prefix.as_slice(), prefix].concat();
-        let n = self.prefix.len();
+        let (gen, _) = read_checkpoint(&mut *txn, &self.name).await?;
+        let model = model_prefix(&self.name, gen);
+        let p = [model.as_slice(), prefix].concat();
+        let n = model.len();
         Ok(txn
             .scan(KeyRange::prefix(&p), ScanOptions::default())
             .await?
@@ -205,16 +225,17 @@ impl EventStore {
     pub fn read_model(&self, name: &str) -> ReadModel {
         ReadModel {
             store: self.clone(),
-            prefix: model_prefix(name),
+            name: name.to_owned(),
         }
     }
 
     /// The position up to which projection `name` has applied the log.
     pub async fn projection_checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        crate::subscription::validate_name(name)?;
         let mut txn = self.kv().begin().await?;
         txn.get(&projection_checkpoint_key(name))
             .await?
-            .map(|v| layout::parse_u64(&v, "projection checkpoint"))
+            .map(|v| layout::parse_projection_checkpoint(&v).map(|(_, p)| p))
             .transpose()
     }
 
@@ -230,7 +251,7 @@ impl EventStore {
         loop {
             attempt += 1;
             match retry(self.options().max_retries, || {
-                self.try_project_batch(p, opts.batch_size)
+                self.try_project_batch(p, opts.batch_size.max(1))
             })
             .await
             {
@@ -241,7 +262,7 @@ impl EventStore {
                 {
                     tracing::debug!(projection = p.name(), attempt, error = %e, "projection batch failed, retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(opts.handler.max_backoff);
+                    delay = delay.saturating_mul(2).min(opts.handler.max_backoff);
                 }
                 Err(e) => return Err(e),
             }
@@ -255,10 +276,7 @@ impl EventStore {
     ) -> Result<Option<Position>> {
         let cp_key = projection_checkpoint_key(p.name());
         let mut txn = self.kv().begin().await?;
-        let cp = txn
-            .get(&cp_key)
-            .await?
-            .map_or(Ok(0), |v| layout::parse_u64(&v, "projection checkpoint"))?;
+        let (gen, cp) = read_checkpoint(&mut *txn, p.name()).await?;
         let opts = ReadOptions::after(cp).limit(limit);
         let (events, head) = match p.filter() {
             SubscriptionFilter::All => {
@@ -274,14 +292,20 @@ impl EventStore {
                 (r.events, r.head)
             }
             SubscriptionFilter::Stream(s) => {
+                // Head first: every event at or below it is in the later read.
                 let head = self.head().await?;
+                let from = self.stream_version_after(&s, cp).await?;
                 let evs: Vec<RecordedEvent> = self
-                    .read_stream(&s, ReadStreamOptions::new())
+                    .read_stream(&s, ReadStreamOptions::new().from_version(from).limit(limit))
                     .await?
                     .into_iter()
-                    .filter(|e| e.position > cp && e.position <= head)
-                    .take(limit)
+                    .filter(|e| e.position <= head)
                     .collect();
+                let head = if evs.len() == limit {
+                    evs.last().map_or(cp, |e| e.position)
+                } else {
+                    head
+                };
                 (evs, head)
             }
         };
@@ -295,13 +319,13 @@ impl EventStore {
         }
         let mut state = ProjectionState {
             txn: &mut *txn,
-            prefix: model_prefix(p.name()),
+            prefix: model_prefix(p.name(), gen),
         };
         for e in &events {
             p.apply(e, &mut state).await?;
         }
         txn.validate(cp_key.clone());
-        txn.put(cp_key, layout::u64_value(next));
+        txn.put(cp_key, layout::projection_checkpoint_value(gen, next));
         txn.commit().await?;
         Ok(Some(next))
     }
@@ -366,25 +390,43 @@ impl EventStore {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = head_rx.changed() => {}
-                _ = tokio::time::sleep(wait) => { idle = (idle * 2).min(opts.poll_max); }
+                _ = tokio::time::sleep(wait) => { idle = idle.saturating_mul(2).min(opts.poll_max); }
             }
         }
     }
 
-    /// Drops the projection's read model and checkpoint, then replays the
-    /// log from the start, reporting `(position, target)` after each batch.
-    /// Readers see a partly rebuilt model until it finishes.
+    /// Rebuilds the projection from the start of the log, reporting
+    /// `(position, target)` after each batch. The switch is atomic: one
+    /// transaction moves the projection to a fresh, empty read-model
+    /// generation with its checkpoint at 0, so readers see the new model
+    /// from then on (partly rebuilt until this returns) and a live runner
+    /// either finished its batch before the switch or conflicts and
+    /// continues in the new generation. The old generation is then deleted.
     pub async fn rebuild_projection<P: Projection + ?Sized>(
         &self,
         p: &P,
         opts: &ProjectionOptions,
         mut progress: impl FnMut(Position, Position) + Send,
     ) -> Result<Position> {
-        let prefix = model_prefix(p.name());
+        crate::subscription::validate_name(p.name())?;
+        let cp_key = projection_checkpoint_key(p.name());
+        let old_gen = retry(self.options().max_retries, || async {
+            let mut txn = self.kv().begin().await?;
+            let (gen, _) = read_checkpoint(&mut *txn, p.name()).await?;
+            txn.validate(cp_key.clone());
+            txn.put(
+                cp_key.clone(),
+                layout::projection_checkpoint_value(gen + 1, 0),
+            );
+            txn.commit().await?;
+            Ok(gen)
+        })
+        .await?;
+        let old = model_prefix(p.name(), old_gen);
         loop {
             let mut txn = self.kv().begin().await?;
             let rows = txn
-                .scan(KeyRange::prefix(&prefix), ScanOptions::forward(Some(512)))
+                .scan(KeyRange::prefix(&old), ScanOptions::forward(Some(512)))
                 .await?;
             if rows.is_empty() {
                 break;
@@ -394,9 +436,6 @@ impl EventStore {
             }
             txn.commit().await?;
         }
-        let mut txn = self.kv().begin().await?;
-        txn.delete(projection_checkpoint_key(p.name()));
-        txn.commit().await?;
         let target = self.head().await?;
         self.catch_up_to(p, opts, target, &mut progress).await
     }
@@ -492,12 +531,11 @@ impl EventStore {
         let snap = self.load_snapshot(key, schema_version).await?;
         let after = snap.as_ref().map_or(0, |s| s.position);
         let events = match key {
-            SnapshotKey::Stream(s) => self
-                .read_stream(s, ReadStreamOptions::new())
-                .await?
-                .into_iter()
-                .filter(|e| e.position > after)
-                .collect(),
+            SnapshotKey::Stream(s) => {
+                let from = self.stream_version_after(s, after).await?;
+                self.read_stream(s, ReadStreamOptions::new().from_version(from))
+                    .await?
+            }
             SnapshotKey::Query(q) => self.read(q, ReadOptions::after(after)).await?.events,
             SnapshotKey::Named(_) => Vec::new(),
         };

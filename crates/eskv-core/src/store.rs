@@ -31,12 +31,13 @@ use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
 use crate::kv::{KvStore, KvTransaction, ScanOptions};
-use crate::layout::{self, Index, StreamMeta};
+use crate::layout::{self, IdEntry, Index, StreamMeta};
 use crate::query::{AppendCondition, Query, QueryItem};
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
+use ulid::Ulid;
 
 /// Size and count limits checked before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +332,9 @@ pub struct StreamInfo {
     pub last_position: Option<Position>,
 }
 
+/// Bytes allowed per key for a namespace prefix in size estimates.
+const KEY_OVERHEAD: usize = 64;
+
 struct Pending {
     req: AppendRequest,
     cost: Cost,
@@ -374,6 +378,10 @@ struct Batch {
     head: Position,
     strict: bool,
     now_ms: u64,
+    /// Idempotency entries written by earlier requests of this batch.
+    ids: HashMap<Ulid, IdEntry>,
+    /// Stream heads written by earlier requests of this batch.
+    streams: HashMap<String, StreamMeta>,
 }
 
 impl EventStore {
@@ -543,8 +551,11 @@ impl EventStore {
                     e.id
                 )));
             }
-            let tag_bytes: usize = e.tags.iter().map(|t| 2 * t.len() + 24).sum();
-            let envelope = size + e.event_type.len() + tag_bytes + 64;
+            // Upper bounds of what `event_rows` writes for this event; each
+            // key may also carry a namespace prefix (KEY_OVERHEAD).
+            let stream_len = req.stream.as_ref().map_or(0, |(s, _)| s.len());
+            let tags_len: usize = e.tags.iter().map(|t| t.len() + 4).sum();
+            let envelope = size + e.event_type.len() + tags_len + stream_len + 96;
             if let Some(max) = caps.max_value_size {
                 if envelope > max {
                     return Err(Error::limit(
@@ -554,8 +565,11 @@ impl EventStore {
                     ));
                 }
             }
-            cost.ops += 3 + e.tags.len() + if req.stream.is_some() { 2 } else { 0 };
-            cost.bytes += envelope + e.event_type.len() + tag_bytes * (1 + e.tags.len()) + 96;
+            let rows = 3 + e.tags.len() + if req.stream.is_some() { 2 } else { 0 };
+            let keys = 48 + e.event_type.len() + tags_len + 2 * stream_len + rows * KEY_OVERHEAD;
+            let tag_values = e.tags.len() * (e.event_type.len() + tags_len + 8);
+            cost.ops += rows;
+            cost.bytes += envelope + keys + tag_values + 64;
         }
         if total > l.max_append_bytes {
             return Err(Error::limit(
@@ -572,7 +586,7 @@ impl EventStore {
                 ));
             }
             cost.ops += 1;
-            cost.bytes += stream.len() + 32;
+            cost.bytes += stream.len() + 32 + KEY_OVERHEAD;
         }
         if let Some(c) = &mut req.condition {
             self.validate_query(&mut c.fail_if_events_match)?;
@@ -667,7 +681,8 @@ impl EventStore {
             if found.iter().any(Option::is_some) {
                 let replay = events.iter().zip(&found).all(|(e, f)| {
                     f.as_deref()
-                        .and_then(|v| layout::parse_u64(v, "event id entry").ok())
+                        .and_then(|v| IdEntry::decode(v).ok())
+                        .map(|x| x.position)
                         == Some(e.position)
                 });
                 if replay {
@@ -731,7 +746,14 @@ impl EventStore {
                     data: e.data.clone(),
                     metadata: e.metadata.clone(),
                 };
-                event_rows(&mut rows, pos, &new, e.recorded_at_ms, sref)?;
+                event_rows(
+                    &mut rows,
+                    pos,
+                    &new,
+                    e.recorded_at_ms,
+                    sref,
+                    (head + 1, head + events.len() as u64),
+                )?;
             }
             let last = head + events.len() as u64;
             for (s, v) in &versions {
@@ -758,7 +780,7 @@ impl EventStore {
             Ok(last)
         })
         .await?;
-        self.inner.head_tx.send_replace(head);
+        self.inner.publish_head(head);
         Ok(head)
     }
 
@@ -932,6 +954,45 @@ impl EventStore {
         load_events(&mut *txn, &positions).await
     }
 
+    /// The first version of `stream` whose event lies after global position
+    /// `after` (the stream's version + 1 if none does). A binary search
+    /// over the stream index: O(log n) reads, for resuming stream readers
+    /// from a position.
+    pub async fn stream_version_after(
+        &self,
+        stream: &str,
+        after: Position,
+    ) -> Result<StreamVersion> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
+            return Ok(1);
+        };
+        if meta.last_position <= after {
+            return Ok(meta.version + 1);
+        }
+        // Invariant: position(lo - 1) <= after < position(hi).
+        let (mut lo, mut hi) = (1u64, meta.version);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let pos = txn
+                .get(&layout::stream_event_key(stream, mid))
+                .await?
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        None,
+                        format!("stream '{stream}' has no index entry for version {mid}"),
+                    )
+                })?;
+            if layout::parse_u64(&pos, "stream index entry")? > after {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
     /// A stream's version and last position.
     pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
         validate_stream_id(stream, &self.inner.opts.limits)?;
@@ -1042,6 +1103,12 @@ impl Inner {
         let mut batch: Vec<Pending> = Vec::new();
         let mut total = Cost::default();
         while let Some(p) = q.front() {
+            if p.reply.is_closed() {
+                // The caller gave up before any leader took it: drop it
+                // rather than commit it later, out of order.
+                q.pop_front();
+                continue;
+            }
             let ops = total.ops + p.cost.ops;
             let bytes = total.bytes + p.cost.bytes;
             let full = batch.len() >= self.opts.max_batch
@@ -1065,6 +1132,18 @@ impl Inner {
                     let _ = p.reply.send(r);
                 }
             }
+            Err(e) if batch.len() > 1 && !e.is_retryable() => {
+                // One request's failure (an oversized transaction, a damaged
+                // stream head) must not fail the others: run each alone.
+                tracing::debug!(error = %e, requests = batch.len(), "group commit failed; retrying requests one by one");
+                for p in batch {
+                    let one = [&p.req];
+                    let r = retry(self.opts.max_retries, || self.execute(&one))
+                        .await
+                        .and_then(|mut rs| rs.pop().unwrap_or_else(|| Err(batch_lost())));
+                    let _ = p.reply.send(r);
+                }
+            }
             Err(e) => {
                 for p in batch {
                     let _ = p.reply.send(Err(e.duplicate()));
@@ -1073,64 +1152,98 @@ impl Inner {
         }
     }
 
+    /// Publishes a head to in-process subscribers; never moves it back.
+    fn publish_head(&self, head: Position) {
+        self.head_tx.send_if_modified(|h| {
+            if head > *h {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// One attempt at a group commit. The outer error aborts the whole
     /// batch (and is retried if retryable); inner errors reject single
     /// requests.
     async fn execute(&self, reqs: &[&AppendRequest]) -> Result<Vec<Result<AppendResult>>> {
         let mut txn = self.kv.begin().await?;
-        let vals = txn
-            .get_many(&[layout::head_key(), layout::strict_key()])
-            .await?;
-        let head0 = vals[0]
-            .as_deref()
-            .map_or(Ok(0), |v| layout::parse_u64(v, "head"))?;
+        // One read for the whole batch: head, strict flag, and every
+        // request's idempotency entries and stream head.
+        let mut keys = vec![layout::head_key(), layout::strict_key()];
+        for req in reqs {
+            keys.extend(req.events.iter().map(|e| layout::id_key(e.id)));
+            if let Some((s, _)) = &req.stream {
+                keys.push(layout::stream_key(s));
+            }
+        }
+        let mut vals = txn.get_many(&keys).await?.into_iter();
+        let head0 = vals
+            .next()
+            .flatten()
+            .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
         let mut batch = Batch {
             head: head0,
-            strict: vals[1].as_deref() == Some(&[1u8][..]),
+            strict: vals.next().flatten().as_deref() == Some(&[1u8][..]),
             now_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            ids: HashMap::new(),
+            streams: HashMap::new(),
         };
         let mut results = Vec::with_capacity(reqs.len());
         for req in reqs {
-            results.push(self.apply(&mut *txn, &mut batch, req).await?);
+            let ids: Vec<Option<Vec<u8>>> = vals.by_ref().take(req.events.len()).collect();
+            let meta = match &req.stream {
+                Some(_) => vals.next().flatten(),
+                None => None,
+            };
+            results.push(self.apply(&mut *txn, &mut batch, req, ids, meta).await?);
         }
         if batch.head != head0 {
             txn.put(layout::head_key(), layout::u64_value(batch.head));
-            txn.validate(layout::head_key());
             txn.commit().await?;
-            self.head_tx.send_replace(batch.head);
         }
+        // Also after an all-replay batch: its events were committed by an
+        // earlier attempt whose answer was lost.
+        self.publish_head(batch.head);
         Ok(results)
     }
 
     /// Checks one request against the batch's view and, if it passes,
     /// buffers its writes. All checks come before the first write, so a
-    /// rejected request leaves nothing behind.
+    /// rejected request leaves nothing behind. `ids` and `meta` are the
+    /// prefetched idempotency entries and stream head, which this batch's
+    /// earlier requests may have superseded.
     async fn apply(
         &self,
         txn: &mut dyn KvTransaction,
         batch: &mut Batch,
         req: &AppendRequest,
+        ids: Vec<Option<Vec<u8>>>,
+        meta: Option<Vec<u8>>,
     ) -> Result<Result<AppendResult>> {
-        // One round trip for the idempotency entries and the stream head.
-        let mut keys: Vec<Vec<u8>> = req.events.iter().map(|e| layout::id_key(e.id)).collect();
-        if let Some((s, _)) = &req.stream {
-            keys.push(layout::stream_key(s));
-        }
-        let mut vals = txn.get_many(&keys).await?;
+        let found: Vec<Option<IdEntry>> = req
+            .events
+            .iter()
+            .zip(ids)
+            .map(|(e, v)| match batch.ids.get(&e.id) {
+                Some(x) => Ok(Some(*x)),
+                None => v.map(|v| IdEntry::decode(&v)).transpose(),
+            })
+            .collect::<Result<_>>()?;
         let meta = match &req.stream {
-            Some(_) => vals
-                .pop()
-                .flatten()
-                .map(|v| StreamMeta::decode(&v))
-                .transpose()?,
+            Some((s, _)) => match batch.streams.get(s) {
+                Some(m) => Some(*m),
+                None => meta.map(|v| StreamMeta::decode(&v)).transpose()?,
+            },
             None => None,
         };
 
         // Idempotency: the same ids again is a replay of the original.
-        if vals.iter().any(Option::is_some) {
-            return self.replay(txn, req, &vals).await;
+        if found.iter().any(Option::is_some) {
+            return self.replay(txn, req, &found).await;
         }
 
         if batch.strict {
@@ -1187,15 +1300,33 @@ impl Inner {
                 version += 1;
                 (s, version)
             });
-            event_rows(&mut rows, pos, e, batch.now_ms, sref)?;
+            event_rows(
+                &mut rows,
+                pos,
+                e,
+                batch.now_ms,
+                sref,
+                (first, first + req.events.len() as u64 - 1),
+            )?;
         }
         let last = first + req.events.len() as u64 - 1;
+        for (i, e) in req.events.iter().enumerate() {
+            batch.ids.insert(
+                e.id,
+                IdEntry {
+                    position: first + i as u64,
+                    append_first: first,
+                    append_last: last,
+                },
+            );
+        }
         if let Some(s) = stream {
             let m = StreamMeta {
                 version,
                 last_position: last,
             };
             rows.push((layout::stream_key(s), m.encode()));
+            batch.streams.insert(s.to_owned(), m);
         }
         for (k, v) in rows {
             txn.put(k, v);
@@ -1214,9 +1345,10 @@ impl Inner {
         &self,
         txn: &mut dyn KvTransaction,
         req: &AppendRequest,
-        found: &[Option<Vec<u8>>],
+        found: &[Option<IdEntry>],
     ) -> Result<Result<AppendResult>> {
         let existing = found.iter().filter(|v| v.is_some()).count();
+        let violation = |message: String| Ok(Err(Error::IdempotencyViolation { message }));
         if existing < req.events.len() {
             let ids: Vec<String> = req
                 .events
@@ -1225,50 +1357,43 @@ impl Inner {
                 .filter(|(_, f)| f.is_some())
                 .map(|(e, _)| e.id.to_string())
                 .collect();
-            return Ok(Err(Error::IdempotencyViolation {
-                message: format!(
-                    "{existing} of {} event ids already exist ({}); an append is replayed only with exactly the same ids in the same order",
-                    req.events.len(),
-                    ids.join(", ")
-                ),
-            }));
+            return violation(format!(
+                "{existing} of {} event ids already exist ({}); an append is replayed only with exactly the same ids in the same order",
+                req.events.len(),
+                ids.join(", ")
+            ));
         }
-        let positions = found
-            .iter()
-            .flatten()
-            .map(|v| layout::parse_u64(v, "event id entry"))
-            .collect::<Result<Vec<_>>>()?;
-        let first = positions[0];
-        let consecutive = positions
-            .iter()
-            .enumerate()
-            .all(|(i, &p)| p == first + i as u64);
-        if !consecutive {
-            return Ok(Err(Error::IdempotencyViolation {
-                message: "these event ids were appended, but not together in this order; an append is replayed only with exactly the same ids in the same order".into(),
-            }));
+        let entries: Vec<IdEntry> = found.iter().flatten().copied().collect();
+        let first = entries[0].append_first;
+        let last = entries[0].append_last;
+        let whole = entries.iter().enumerate().all(|(i, e)| {
+            e.position == first + i as u64 && e.append_first == first && e.append_last == last
+        }) && last - first + 1 == entries.len() as u64;
+        if !whole {
+            return violation(format!(
+                "these event ids were appended, but not as exactly this append (the original append covered positions {first}..={last}); an append is replayed only with exactly the same ids in the same order"
+            ));
         }
+        let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
         let stored = load_events(txn, &positions).await?;
         let want_stream = req.stream.as_ref().map(|(s, _)| s.as_str());
         for (e, s) in req.events.iter().zip(&stored) {
             let got_stream = s.stream.as_ref().map(|r| r.stream_id.as_str());
             if s.event_type != e.event_type || got_stream != want_stream {
-                return Ok(Err(Error::IdempotencyViolation {
-                    message: format!(
-                        "event id {} was already appended with type '{}' to {}, not type '{}' to {}",
-                        e.id,
-                        s.event_type,
-                        got_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
-                        e.event_type,
-                        want_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
-                    ),
-                }));
+                return violation(format!(
+                    "event id {} was already appended with type '{}' to {}, not type '{}' to {}",
+                    e.id,
+                    s.event_type,
+                    got_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                    e.event_type,
+                    want_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                ));
             }
         }
         tracing::debug!(first, "idempotent replay of an earlier append");
         Ok(Ok(AppendResult {
             first_position: first,
-            last_position: *positions.last().unwrap_or(&first),
+            last_position: last,
             stream_version: stored
                 .last()
                 .and_then(|e| e.stream.as_ref().map(|s| s.version)),
@@ -1327,12 +1452,18 @@ fn event_rows(
     e: &NewEvent,
     recorded_at_ms: u64,
     stream: Option<(&str, u64)>,
+    (append_first, append_last): (Position, Position),
 ) -> Result<()> {
     rows.push((
         layout::log_key(pos),
         envelope::encode_new(pos, e, recorded_at_ms, stream)?,
     ));
-    rows.push((layout::id_key(e.id), layout::u64_value(pos)));
+    let id = IdEntry {
+        position: pos,
+        append_first,
+        append_last,
+    };
+    rows.push((layout::id_key(e.id), id.encode()));
     rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
     if !e.tags.is_empty() {
         let entry = layout::tag_entry_value(&e.event_type, &e.tags)?;

@@ -147,6 +147,8 @@ pub struct Subscription {
     next_version: u64,
     buffer: VecDeque<RecordedEvent>,
     head_rx: watch::Receiver<Position>,
+    /// Commits on the KV store itself (any handle), when it can tell.
+    kv_rx: Option<watch::Receiver<u64>>,
     poll: Duration,
 }
 
@@ -187,14 +189,21 @@ impl EventStore {
                 )),
             },
         };
+        let next_version = match &opts.filter {
+            SubscriptionFilter::Stream(s) if start > 0 => {
+                self.stream_version_after(s, start).await?
+            }
+            _ => 1,
+        };
         Ok(Subscription {
             store: self.clone(),
             poll: opts.poll_min,
             head_rx: self.watch_head(),
+            kv_rx: self.kv().commit_watch(),
             opts,
             delivered: start,
             scanned: start,
-            next_version: 1,
+            next_version,
             buffer: VecDeque::new(),
         })
     }
@@ -376,12 +385,22 @@ impl Subscription {
             return Ok(());
         }
         let single = self.store.kv().capabilities().single_process;
-        // Embedded backends are woken by the watch channel; the slow timer
-        // only covers other EventStore handles on the same KV store.
+        // Embedded backends are woken by the watch channels; the slow timer
+        // is only a safety net there.
         let sleep = if single {
             self.opts.poll_max
         } else {
             self.poll
+        };
+        let kv_changed = async {
+            match self.kv_rx.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
         };
         tokio::select! {
             r = self.head_rx.changed() => {
@@ -389,8 +408,9 @@ impl Subscription {
                     tokio::time::sleep(sleep).await;
                 }
             }
+            _ = kv_changed => {}
             _ = tokio::time::sleep(sleep) => {
-                self.poll = (self.poll * 2).min(self.opts.poll_max);
+                self.poll = self.poll.saturating_mul(2).min(self.opts.poll_max);
             }
         }
         Ok(())
@@ -399,7 +419,7 @@ impl Subscription {
     /// Reads the next page after the cursor. Returns true if it buffered
     /// anything.
     async fn fill(&mut self) -> Result<bool> {
-        let limit = self.opts.batch_size;
+        let limit = self.opts.batch_size.max(1);
         let after = self.scanned;
         let (events, head) = match &self.opts.filter {
             SubscriptionFilter::All => {
@@ -607,7 +627,7 @@ async fn handle_with_retries<H: EventHandler + ?Sized>(
             Err(e) if attempt < opts.max_attempts => {
                 tracing::debug!(position = event.position, attempt, error = %e, "handler failed, retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(opts.max_backoff);
+                delay = delay.saturating_mul(2).min(opts.max_backoff);
             }
             Err(e) => match (opts.on_failure, name) {
                 (OnFailure::Park, Some(name)) => {
@@ -655,10 +675,15 @@ impl Subscription {
     {
         tokio::pin!(shutdown);
         let name = self.opts.name.clone();
+        if name.is_none() && opts.on_failure == OnFailure::Park {
+            return Err(Error::invalid(
+                "parking failed events needs a named subscription (SubscriptionOptions::named), or use OnFailure::Stop",
+            ));
+        }
         loop {
             let batch = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                b = self.next_batch(self.opts.batch_size) => b?,
+                b = self.next_batch(self.opts.batch_size.max(1)) => b?,
             };
             for e in &batch {
                 handle_with_retries(&self.store, name.as_deref(), &handler, &opts, e).await?;
@@ -804,6 +829,9 @@ impl ConsumerGroup {
     pub fn new(store: EventStore, group: &str, member: &str, opts: GroupOptions) -> Result<Self> {
         validate_name(group)?;
         validate_name(member)?;
+        let mut opts = opts;
+        opts.partitions = opts.partitions.max(1);
+        opts.batch_size = opts.batch_size.max(1);
         Ok(ConsumerGroup {
             store,
             group: group.to_owned(),
@@ -832,13 +860,14 @@ impl ConsumerGroup {
     /// a fair share of partitions, release extras, claim free or expired
     /// ones. Returns the partitions we own.
     async fn rebalance(&self) -> Result<Vec<u32>> {
-        let ttl = self.opts.lease_ttl.as_millis() as u64;
+        let ttl = self.opts.lease_ttl.as_millis().min(u64::MAX as u128) as u64;
         retry(self.store.options().max_retries, || async {
             let now = now_ms();
             let mut txn = self.store.kv().begin().await?;
             txn.put(
                 self.member_key(&self.member),
-                postcard::to_allocvec(&(now + ttl)).map_err(|e| Error::backend("eskv", e))?,
+                postcard::to_allocvec(&now.saturating_add(ttl))
+                    .map_err(|e| Error::backend("eskv", e))?,
             );
             let members = txn
                 .scan(
@@ -884,7 +913,7 @@ impl ConsumerGroup {
             mine.sort_unstable();
             let lease = Lease {
                 owner: self.member.clone(),
-                expires_ms: now + ttl,
+                expires_ms: now.saturating_add(ttl),
             };
             let value = postcard::to_allocvec(&lease).map_err(|e| Error::backend("eskv", e))?;
             for p in &mine {
@@ -940,7 +969,8 @@ impl ConsumerGroup {
         // rather than shut down.
         let mut tasks = AbortOnDrop(HashMap::new());
         let tasks = &mut tasks.0;
-        let tick = this.opts.lease_ttl / 3;
+        // At least 10 ms between renewals, whatever the TTL.
+        let tick = (this.opts.lease_ttl / 3).max(Duration::from_millis(10));
         let result = loop {
             let owned = match this.rebalance().await {
                 Ok(o) => o,

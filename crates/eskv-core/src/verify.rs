@@ -565,7 +565,11 @@ impl Checker {
                     continue;
                 };
                 match ex {
-                    Expect::Position => match layout::parse_u64(&v, "index entry") {
+                    Expect::Position => match if *table == "id" {
+                        layout::IdEntry::decode(&v).map(|x| x.position)
+                    } else {
+                        layout::parse_u64(&v, "index entry")
+                    } {
                         Ok(q) if q == p => {}
                         Ok(q) => self.violation(
                             Some(k),
@@ -628,7 +632,7 @@ impl Checker {
                         continue;
                     }
                 };
-                match layout::parse_u64(&v, "id index entry") {
+                match layout::IdEntry::decode(&v).map(|x| x.position) {
                     Ok(p) => entries.push((k, id, p)),
                     Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
                 }
@@ -986,7 +990,12 @@ impl Checker {
                 let mut r = crate::tuple::KeyReader::new(rest);
                 let (what, pos) = match kind {
                     "checkpoint" | "projection-checkpoint" if r.is_empty() => {
-                        match layout::parse_u64(&v, "checkpoint") {
+                        let parsed = if kind == "checkpoint" {
+                            layout::parse_u64(&v, "checkpoint")
+                        } else {
+                            layout::parse_projection_checkpoint(&v).map(|(_, p)| p)
+                        };
+                        match parsed {
                             Ok(p) => (format!("{kind} of '{name}'"), p),
                             Err(e) => {
                                 self.violation(Some(&k), None, corrupt_message(&e));

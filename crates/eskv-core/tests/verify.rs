@@ -224,7 +224,15 @@ async fn stray_index_entries() {
         t.put(ghost_type.clone(), Vec::new());
         t.put(ghost_tag.clone(), tag_value);
         t.put(ghost_cat.clone(), Vec::new());
-        t.put(ghost_id.clone(), layout::u64_value(4));
+        t.put(
+            ghost_id.clone(),
+            layout::IdEntry {
+                position: 4,
+                append_first: 4,
+                append_last: 4,
+            }
+            .encode(),
+        );
         t.put(layout::type_key("Placed", 99), Vec::new());
     })
     .await;
@@ -480,7 +488,7 @@ async fn checkpoints_past_the_head() {
     let garbled = layout::subscription_key("checkpoint", "bad").finish();
     damage(&es, |t| {
         t.put(ahead.clone(), layout::u64_value(6));
-        t.put(proj.clone(), layout::u64_value(40));
+        t.put(proj.clone(), layout::projection_checkpoint_value(0, 40));
         t.put(dead.clone(), Vec::new());
         t.put(garbled.clone(), vec![1]);
         t.put(vec![0x50, 0x14], Vec::new());

@@ -124,6 +124,7 @@ struct Inner {
     oracle: Arc<CommitOracle>,
     writer: Option<mpsc::Sender<CommitRequest>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    commits: tokio::sync::watch::Sender<u64>,
     caps: Capabilities,
     path: PathBuf,
 }
@@ -148,7 +149,10 @@ impl std::fmt::Debug for RedbStore {
 }
 
 struct CommitRequest {
-    snapshot_seq: u64,
+    /// Kept registered until the writer has checked the request, even if
+    /// the committing future is cancelled meanwhile: otherwise pruning could
+    /// forget a write this request conflicts with.
+    snapshot: Snapshot,
     writes: WriteSet,
     validated: Vec<Vec<u8>>,
     reply: oneshot::Sender<Result<()>>,
@@ -249,7 +253,9 @@ impl RedbStore {
         let db = Arc::new(db);
         let oracle = CommitOracle::new();
         let (tx, rx) = mpsc::channel();
+        let commits = tokio::sync::watch::channel(0).0;
         let writer = Writer {
+            commits: commits.clone(),
             db: db.clone(),
             oracle: oracle.clone(),
             durability: options.durability,
@@ -265,6 +271,7 @@ impl RedbStore {
                 oracle,
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
+                commits,
                 // redb stores values up to u32::MAX bytes; stay well below.
                 caps: Capabilities::unlimited(BACKEND)
                     .with_max_value_size(1 << 30)
@@ -327,6 +334,10 @@ fn init_format(db: &Database, path: &Path) -> Result<()> {
 impl KvStore for RedbStore {
     fn capabilities(&self) -> &Capabilities {
         &self.inner.caps
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.commits.subscribe())
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
@@ -479,16 +490,13 @@ impl KvTransaction for RedbTxn {
                 .as_ref()
                 .ok_or_else(writer_gone)?
                 .send(CommitRequest {
-                    snapshot_seq: snapshot.seq(),
+                    snapshot,
                     writes,
                     validated,
                     reply,
                 })
                 .map_err(|_| writer_gone())?;
-            // Keep the snapshot registered until the writer has checked it.
-            let res = rx.await.map_err(|_| writer_gone())?;
-            drop(snapshot);
-            res
+            rx.await.map_err(|_| writer_gone())?
         })
         .await
     }
@@ -502,6 +510,7 @@ fn writer_gone() -> Error {
 }
 
 struct Writer {
+    commits: tokio::sync::watch::Sender<u64>,
     db: Arc<Database>,
     oracle: Arc<CommitOracle>,
     durability: Durability,
@@ -533,7 +542,10 @@ impl Writer {
                 .keys()
                 .map(Vec::as_slice)
                 .chain(req.validated.iter().map(Vec::as_slice));
-            if let Some(k) = self.oracle.first_conflict(req.snapshot_seq, keys, &pending) {
+            let conflict = self
+                .oracle
+                .first_conflict(req.snapshot.seq(), keys, &pending);
+            if let Some(k) = conflict {
                 let _ = req.reply.send(Err(Error::conflict(format!(
                     "key {} was changed by a transaction that committed after this one's snapshot",
                     eskv_core::display_key(&k)
@@ -553,20 +565,17 @@ impl Writer {
         tracing::trace!(requests = admitted.len(), "redb group commit");
         match self.write(&admitted) {
             Ok(()) => {
-                self.oracle.publish(pending, || ());
+                let seq = self.oracle.publish(pending, || ());
+                self.commits.send_replace(seq);
                 for req in admitted {
                     let _ = req.reply.send(Ok(()));
                 }
             }
             Err(e) => {
-                // Nothing of the batch was committed. Everyone gets the error.
-                let msg = e.to_string();
-                let mut first = Some(e);
+                // Nothing of the batch was applied, or (a failed redb commit)
+                // the outcome is unknown: everyone gets the same answer.
                 for req in admitted {
-                    let err = first
-                        .take()
-                        .unwrap_or_else(|| Error::backend(BACKEND, msg.clone()));
-                    let _ = req.reply.send(Err(err));
+                    let _ = req.reply.send(Err(e.duplicate()));
                 }
             }
         }
@@ -593,6 +602,11 @@ impl Writer {
                 }
             }
         }
-        w.commit().map_err(map_err)
+        // Past this point the outcome is unknown: redb may or may not have
+        // made the new root durable before failing.
+        w.commit().map_err(|e| Error::CommitOutcomeUnknown {
+            backend: BACKEND,
+            message: format!("redb commit failed: {e}"),
+        })
     }
 }
