@@ -74,6 +74,9 @@ pub struct Config {
     pub chart: PathBuf,
     pub dir: Option<PathBuf>,
     pub command: String,
+    /// The commit checked out when the run started (the binary is built
+    /// from the working tree by `cargo run`), with a note when it is dirty.
+    pub commit: String,
     /// Internal: run W8 for this one system and print its cells.
     pub w8_child: Option<String>,
 }
@@ -185,6 +188,7 @@ fn parse_args() -> Result<Config, String> {
         command.push(' ');
         command.push_str(a);
     }
+    let commit = head_commit(&root);
     let mut c = if quick {
         Config {
             quick,
@@ -205,7 +209,8 @@ fn parse_args() -> Result<Config, String> {
             out,
             chart,
             dir,
-            command,
+            command: command.clone(),
+            commit: commit.clone(),
             w8_child: w8_child.clone(),
         }
     } else {
@@ -228,7 +233,8 @@ fn parse_args() -> Result<Config, String> {
             out,
             chart,
             dir,
-            command,
+            command: command.clone(),
+            commit: commit.clone(),
             w8_child: w8_child.clone(),
         }
     };
@@ -242,6 +248,40 @@ fn parse_args() -> Result<Config, String> {
         c.slice = Duration::from_millis(s.max(10));
     }
     Ok(c)
+}
+
+/// HEAD at the start of the run, plus how many tracked files outside
+/// `benches/` and `BENCHMARKS.md` differ from it (uncommitted work is built
+/// into the binary too).
+fn head_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let p = l.get(3..).unwrap_or("");
+            !p.starts_with("benches/") && p != "BENCHMARKS.md"
+        })
+        .count();
+    if dirty == 0 {
+        format!("{} (at the start of the run; clean)", head.trim())
+    } else {
+        format!(
+            "{} (at the start of the run) plus uncommitted changes in {dirty} tracked file(s)",
+            head.trim()
+        )
+    }
 }
 
 /// A small deterministic generator for query choices.

@@ -488,22 +488,12 @@ fn machine(dir: &Path) -> Vec<(String, String)> {
         })
         .max_by_key(|(n, _)| *n)
         .map_or("unknown".into(), |(_, s)| s);
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("unknown".into(), |o| {
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        });
     vec![
         ("CPU".into(), format!("{model}, {nproc} cores (`nproc`)")),
         ("Memory".into(), mem),
         ("Filesystem".into(), fs),
         ("Kernel".into(), kernel),
         ("Date".into(), utc_now()),
-        ("Commit".into(), commit),
     ]
 }
 
@@ -581,6 +571,7 @@ pub fn markdown(
     for (k, v) in machine(dir) {
         let _ = writeln!(w, "| {k} | {v} |");
     }
+    let _ = writeln!(w, "| Commit | {} |", cfg.commit);
     let _ = writeln!(
         w,
         "| Sizes | read set {} events ({} tags × {}, {} streams × {}); W2 over {} streams; W3 {} writers; W4 {} events per append; W8 at {} events |",
@@ -665,11 +656,11 @@ pub fn markdown(
         let _ = writeln!(w, "\n### W8: as the store grows\n");
         let _ = writeln!(
             w,
-            "{} Each size is filled with bulk loads first; then W1 and W4 each run for up to {:.1} s or a quarter of the size, \
+            "{}. Each size is filled with bulk loads first; then W1 and W4 each run for up to {:.1} s or a quarter of the size, \
              so the store holds between that size and 1.5 × it while measured. Each system runs in its own child process of the \
              harness, one after another: peak RSS is that process's high-water mark (`VmHWM`), and the growth is over its RSS \
              just before the store was opened.\n",
-            describe("W8"),
+            capitalized(describe("W8").trim_end_matches('.')),
             cfg.w8_window.as_secs_f64()
         );
         let _ = write!(w, "| system |");
@@ -718,7 +709,7 @@ pub fn markdown(
     // Subscription.
     if let Some(d) = r.get("SUB delivery", ESKV_REDB) {
         let _ = writeln!(w, "\n### Subscription latency (issue 5)\n");
-        let _ = writeln!(w, "{}\n", describe("SUB"));
+        let _ = writeln!(w, "{}\n", capitalized(describe("SUB")));
         let _ = writeln!(w, "| path | p50 / p99 | events |\n|---|---:|---:|");
         let _ = writeln!(
             w,
@@ -739,7 +730,7 @@ pub fn markdown(
     // Diagnostic.
     if let Some(raw) = r.value("DIAG W1 no-fsync", RAW_REDB) {
         let _ = writeln!(w, "\n### Diagnostic: W1 without fsync\n");
-        let _ = writeln!(w, "{}\n", describe("DIAG"));
+        let _ = writeln!(w, "{}\n", capitalized(describe("DIAG")));
         let _ = writeln!(
             w,
             "| system | appends/s | µs per append | vs raw redb |\n|---|---:|---:|---:|"
@@ -946,6 +937,12 @@ pub fn svg(cfg: &Config, r: &Results) -> String {
     }
     let _ = writeln!(s, "</svg>");
     s
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
 }
 
 fn esc(s: &str) -> String {
