@@ -699,6 +699,25 @@ pub fn markdown(
             }
             let _ = writeln!(w);
         }
+        let keep = |wl: &str, sys: &str| {
+            let first = r.value(&format!("W8 {wl}@{}", sizes[0]), sys);
+            let last = sizes
+                .last()
+                .and_then(|z| r.value(&format!("W8 {wl}@{z}"), sys));
+            fmt_ratio(last.zip(first).map(|(a, b)| a / b))
+        };
+        if let Some(last) = sizes.last() {
+            let _ = writeln!(
+                w,
+                "\nFrom {} to {last} events eskv-redb keeps {} of its W1 and {} of its W4 throughput; raw redb, doing the same writes \
+                 in the same run, keeps {} and {}: what eskv loses as the store grows, its engine loses too.",
+                sizes[0],
+                keep("W1", ESKV_REDB),
+                keep("W4", ESKV_REDB),
+                keep("W1", RAW_REDB),
+                keep("W4", RAW_REDB)
+            );
+        }
         let _ = writeln!(
             w,
             "\nW1 in appends/s, W4 in events/s. eskv-mem and UmaDB with its page cache are left out of W8: the first holds \
