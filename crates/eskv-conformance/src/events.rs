@@ -490,6 +490,38 @@ pub async fn dcb_condition_exactness(store: Store) {
     assert!(matches!(err, Error::ConditionFailed { position, .. } if position == head + 1));
     // A failed append wrote nothing.
     assert_eq!(es.head().await.unwrap(), head + 1);
+    // A match behind many non-matching entries of the same tag index (more
+    // than one read page) is still found, and its position is exact.
+    let noise: Vec<NewEvent> = (0..100).map(|_| ev("Noise").with_tags(["busy"])).collect();
+    es.append(noise, None).await.unwrap();
+    let needle = es
+        .append(vec![ev("Needle").with_tags(["busy"])], None)
+        .await
+        .unwrap();
+    es.append(
+        (0..50).map(|_| ev("Noise").with_tags(["busy"])).collect(),
+        None,
+    )
+    .await
+    .unwrap();
+    let err = es
+        .append(
+            vec![ev("Y")],
+            cond(q(&["Needle"], &["busy"]), Some(head + 1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ConditionFailed { position, .. } if position == needle.first_position),
+        "{err:?}"
+    );
+    es.append(
+        vec![ev("Y")],
+        cond(q(&["Needle"], &["busy"]), Some(needle.first_position)),
+    )
+    .await
+    .unwrap();
+    let head = es.head().await.unwrap();
     // `after` beyond the head is a client bug, reported as such.
     let err = es
         .append(vec![ev("Y")], cond(Query::all(), Some(head + 100)))

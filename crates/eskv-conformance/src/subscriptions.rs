@@ -431,7 +431,11 @@ pub async fn consumer_group_takeover(store: Store) {
         "work was not split between members: {owners:?}"
     );
     // Kill m1 without a goodbye (its leases stay until they expire).
-    members.remove(0).abort();
+    let dead = members.remove(0);
+    dead.abort();
+    let _ = dead.await;
+    // Its partition tasks are aborted with it; let any poll in flight end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stops.remove(0);
     write(es.clone(), 2).await;
     wait_all(120).await;

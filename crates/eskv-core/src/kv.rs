@@ -56,6 +56,10 @@ use std::sync::Arc;
 /// A key-value pair returned by scans.
 pub type KvPair = (Vec<u8>, Vec<u8>);
 
+/// What [`KvTransaction::read_many`] returns: the values of the gets, and
+/// the rows of each scan.
+pub type ReadMany = (Vec<Option<Vec<u8>>>, Vec<Vec<KvPair>>);
+
 /// Buffered writes in key order; `None` marks a deletion.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -248,6 +252,28 @@ pub trait KvTransaction: Send {
     /// Reads the pairs of `range` in key order (descending if
     /// `opts.reverse`), at most `opts.limit` of them.
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>>;
+
+    /// Several independent reads at the snapshot in one call: the values
+    /// of `gets` (as [`get_many`](Self::get_many)) and the rows of each
+    /// scan (as [`scan`](Self::scan)). The default runs them one after
+    /// another; backends that pay per call (a thread hand-off, a network
+    /// round trip) override it to do them together.
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<ReadMany> {
+        let values = if gets.is_empty() {
+            Vec::new()
+        } else {
+            self.get_many(gets).await?
+        };
+        let mut rows = Vec::with_capacity(scans.len());
+        for (r, o) in scans {
+            rows.push(self.scan(r.clone(), *o).await?);
+        }
+        Ok((values, rows))
+    }
 
     /// Buffers a write of `value` at `key`.
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
@@ -518,6 +544,35 @@ impl Namespaced {
         k
     }
 
+    /// `range` inside this namespace.
+    fn range(&self, range: KeyRange) -> KeyRange {
+        let p = &self.prefix;
+        let map = |b: Bound<Vec<u8>>| match b {
+            Bound::Included(k) => Bound::Included(self.key(&k)),
+            Bound::Excluded(k) => Bound::Excluded(self.key(&k)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let start = match range.start {
+            Bound::Unbounded => Bound::Included(p.to_vec()),
+            b => map(b),
+        };
+        let end = match range.end {
+            Bound::Unbounded => {
+                crate::tuple::prefix_successor(p).map_or(Bound::Unbounded, Bound::Excluded)
+            }
+            b => map(b),
+        };
+        KeyRange { start, end }
+    }
+
+    /// Rows with this namespace's prefix removed.
+    fn strip(&self, rows: Vec<KvPair>) -> Vec<KvPair> {
+        let n = self.prefix.len();
+        rows.into_iter()
+            .map(|(k, v)| (k[n..].to_vec(), v))
+            .collect()
+    }
+
     /// The raw prefix this namespace puts in front of every key.
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
@@ -562,27 +617,22 @@ impl KvTransaction for NamespacedTxn {
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
-        let p = &self.ns.prefix;
-        let map = |b: Bound<Vec<u8>>| match b {
-            Bound::Included(k) => Bound::Included(self.ns.key(&k)),
-            Bound::Excluded(k) => Bound::Excluded(self.ns.key(&k)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let start = match range.start {
-            Bound::Unbounded => Bound::Included(p.to_vec()),
-            b => map(b),
-        };
-        let end = match range.end {
-            Bound::Unbounded => {
-                crate::tuple::prefix_successor(p).map_or(Bound::Unbounded, Bound::Excluded)
-            }
-            b => map(b),
-        };
-        let rows = self.inner.scan(KeyRange { start, end }, opts).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, v)| (k[p.len()..].to_vec(), v))
-            .collect())
+        let rows = self.inner.scan(self.ns.range(range), opts).await?;
+        Ok(self.ns.strip(rows))
+    }
+
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<ReadMany> {
+        let gets: Vec<Vec<u8>> = gets.iter().map(|k| self.ns.key(k)).collect();
+        let scans: Vec<(KeyRange, ScanOptions)> = scans
+            .iter()
+            .map(|(r, o)| (self.ns.range(r.clone()), *o))
+            .collect();
+        let (values, rows) = self.inner.read_many(&gets, &scans).await?;
+        Ok((values, rows.into_iter().map(|r| self.ns.strip(r)).collect()))
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {

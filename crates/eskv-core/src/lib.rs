@@ -54,8 +54,8 @@ pub use event::{
     StreamVersion,
 };
 pub use kv::{
-    Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ScanOptions,
-    WriteBuffer,
+    Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
+    ScanOptions, WriteBuffer,
 };
 pub use memory::MemoryStore;
 pub use projection::{

@@ -30,7 +30,7 @@
 use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
-use crate::kv::{KvStore, KvTransaction, ScanOptions};
+use crate::kv::{KvPair, KvStore, KvTransaction, ScanOptions};
 use crate::layout::{self, IdEntry, Index, StreamMeta};
 use crate::query::{AppendCondition, Query, QueryItem};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -374,7 +374,9 @@ struct Inner {
 }
 
 /// Per-batch state while a group commit is built.
-struct Batch {
+struct Batch<'a> {
+    /// The head at the batch's snapshot.
+    head0: Position,
     head: Position,
     strict: bool,
     now_ms: u64,
@@ -382,6 +384,36 @@ struct Batch {
     ids: HashMap<Ulid, IdEntry>,
     /// Stream heads written by earlier requests of this batch.
     streams: HashMap<String, StreamMeta>,
+    /// Events appended by earlier requests of this batch, with positions.
+    appended: Vec<(Position, &'a NewEvent)>,
+}
+
+/// How many index entries a condition probe reads in the batch's one read.
+const PROBE_PAGE: usize = 32;
+
+/// The index scans that decide whether `query` matches anything at or
+/// after `lo`: one per type for type-only items, one on the first tag for
+/// items with tags (checked against the entry's type and tags).
+fn condition_probes(query: &Query) -> Vec<(Index<'_>, &QueryItem)> {
+    let mut out = Vec::new();
+    for item in &query.items {
+        match item.tags.first() {
+            None => out.extend(item.types.iter().map(|t| (Index::Type(t), item))),
+            Some(tag) => out.push((Index::Tag(tag), item)),
+        }
+    }
+    out
+}
+
+/// True when an index entry of `index` (with value `v`) matches `item`.
+fn probe_keeps(index: Index<'_>, item: &QueryItem, v: &[u8]) -> Result<bool> {
+    match index {
+        Index::Tag(_) => {
+            let (t, tags) = layout::parse_tag_entry(v)?;
+            Ok(item.matches_parts(&t, &tags))
+        }
+        _ => Ok(true),
+    }
 }
 
 impl EventStore {
@@ -796,6 +828,9 @@ impl EventStore {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
         let mut txn = self.inner.kv.begin().await?;
+        if !opts.backwards && !q.is_all() && opts.limit != Some(0) {
+            return read_forward(&mut *txn, &q, opts).await;
+        }
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
@@ -1178,12 +1213,29 @@ impl Inner {
                 keys.push(layout::stream_key(s));
             }
         }
-        let mut vals = txn.get_many(&keys).await?.into_iter();
+        // ...and the first page of every condition probe.
+        let mut scans = Vec::new();
+        for req in reqs {
+            if let Some(c) = &req.condition {
+                let lo = c.after.map_or(1, |a| a.saturating_add(1));
+                for (index, _) in condition_probes(&c.fail_if_events_match) {
+                    scans.push((
+                        index.range(lo, Position::MAX),
+                        ScanOptions::forward(Some(PROBE_PAGE)),
+                    ));
+                }
+            }
+        }
+        let (vals, probe_rows) = txn.read_many(&keys, &scans).await?;
+        let mut vals = vals.into_iter();
+        let mut probe_rows = probe_rows.into_iter();
         let head0 = vals
             .next()
             .flatten()
             .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
         let mut batch = Batch {
+            head0,
+            appended: Vec::new(),
             head: head0,
             strict: vals.next().flatten().as_deref() == Some(&[1u8][..]),
             now_ms: SystemTime::now()
@@ -1199,7 +1251,17 @@ impl Inner {
                 Some(_) => vals.next().flatten(),
                 None => None,
             };
-            results.push(self.apply(&mut *txn, &mut batch, req, ids, meta).await?);
+            let probes: Vec<Vec<KvPair>> = match &req.condition {
+                Some(c) => probe_rows
+                    .by_ref()
+                    .take(condition_probes(&c.fail_if_events_match).len())
+                    .collect(),
+                None => Vec::new(),
+            };
+            results.push(
+                self.apply(&mut *txn, &mut batch, req, ids, meta, probes)
+                    .await?,
+            );
         }
         if batch.head != head0 {
             txn.put(layout::head_key(), layout::u64_value(batch.head));
@@ -1216,13 +1278,15 @@ impl Inner {
     /// rejected request leaves nothing behind. `ids` and `meta` are the
     /// prefetched idempotency entries and stream head, which this batch's
     /// earlier requests may have superseded.
-    async fn apply(
+    #[allow(clippy::too_many_arguments)]
+    async fn apply<'a>(
         &self,
         txn: &mut dyn KvTransaction,
-        batch: &mut Batch,
-        req: &AppendRequest,
+        batch: &mut Batch<'a>,
+        req: &'a AppendRequest,
         ids: Vec<Option<Vec<u8>>>,
         meta: Option<Vec<u8>>,
+        probes: Vec<Vec<KvPair>>,
     ) -> Result<Result<AppendResult>> {
         let found: Vec<Option<IdEntry>> = req
             .events
@@ -1279,9 +1343,9 @@ impl Inner {
                 }
             }
             let lo = c.after.map_or(1, |a| a + 1);
-            let hit = find_positions(txn, &c.fail_if_events_match, lo, batch.head, false, Some(1))
-                .await?;
-            if let Some(&position) = hit.first() {
+            if let Some(position) =
+                condition_hit(txn, batch, &c.fail_if_events_match, lo, probes).await?
+            {
                 return Ok(Err(Error::ConditionFailed {
                     position,
                     after: c.after,
@@ -1311,6 +1375,7 @@ impl Inner {
         }
         let last = first + req.events.len() as u64 - 1;
         for (i, e) in req.events.iter().enumerate() {
+            batch.appended.push((first + i as u64, e));
             batch.ids.insert(
                 e.id,
                 IdEntry {
@@ -1514,6 +1579,118 @@ fn bounds(opts: ReadOptions, head: Position) -> Option<(Position, Position)> {
         (opts.from.unwrap_or(1).max(1), top)
     };
     (lo <= hi).then_some((lo, hi))
+}
+
+/// The first position at or after `lo` of an event matching `query`, as
+/// seen by this batch: the snapshot (from the probes' prefetched first
+/// pages, scanning further only when a full page held no match) and the
+/// events appended by earlier requests of the batch.
+async fn condition_hit(
+    txn: &mut dyn KvTransaction,
+    batch: &Batch<'_>,
+    query: &Query,
+    lo: Position,
+    probes: Vec<Vec<KvPair>>,
+) -> Result<Option<Position>> {
+    let mut hit: Option<Position> = None;
+    if query.is_all() {
+        if batch.head0 >= lo {
+            hit = Some(lo);
+        }
+    } else {
+        for ((index, item), rows) in condition_probes(query).into_iter().zip(probes) {
+            let full = rows.len() >= PROBE_PAGE;
+            let mut last = None;
+            let mut found = None;
+            for (k, v) in &rows {
+                let pos = index.parse_position(k)?;
+                last = Some(pos);
+                if probe_keeps(index, item, v)? {
+                    found = Some(pos);
+                    break;
+                }
+            }
+            if found.is_none() && full {
+                if let Some(last) = last {
+                    found = scan_index(txn, index, last + 1, batch.head0, false, Some(1), |v| {
+                        probe_keeps(index, item, v)
+                    })
+                    .await?
+                    .first()
+                    .copied();
+                }
+            }
+            // Probe rows come from the snapshot: they can only be at or
+            // below the snapshot's head.
+            if let Some(p) = found.filter(|p| *p <= batch.head0) {
+                hit = Some(hit.map_or(p, |h| h.min(p)));
+            }
+        }
+    }
+    if hit.is_none() {
+        hit = batch
+            .appended
+            .iter()
+            .find(|(p, e)| *p >= lo && query.matches_parts(&e.event_type, &e.tags))
+            .map(|(p, _)| *p);
+    }
+    Ok(hit)
+}
+
+/// A forward DCB read in two calls to the backend: the head together with
+/// the first page of every index probe, then the events (more pages only
+/// for probes whose first page was full).
+async fn read_forward(
+    txn: &mut dyn KvTransaction,
+    query: &Query,
+    opts: ReadOptions,
+) -> Result<ReadResult> {
+    let lo = opts.from.unwrap_or(1).max(1);
+    let top = opts.until.unwrap_or(Position::MAX);
+    let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+    let probes = condition_probes(query);
+    let scans: Vec<(crate::kv::KeyRange, ScanOptions)> = probes
+        .iter()
+        .map(|(index, _)| (index.range(lo, top), ScanOptions::forward(Some(page))))
+        .collect();
+    let (vals, pages) = if lo > top {
+        (txn.get_many(&[layout::head_key()]).await?, Vec::new())
+    } else {
+        txn.read_many(&[layout::head_key()], &scans).await?
+    };
+    let head = vals
+        .into_iter()
+        .next()
+        .flatten()
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
+    let hi = top.min(head);
+    let want = opts.limit.unwrap_or(usize::MAX);
+    let mut all: BTreeSet<Position> = BTreeSet::new();
+    for ((index, item), rows) in probes.into_iter().zip(pages) {
+        let full = rows.len() >= page;
+        let mut kept = 0usize;
+        let mut last = None;
+        for (k, v) in &rows {
+            let pos = index.parse_position(k)?;
+            last = Some(pos);
+            if pos <= hi && kept < want && probe_keeps(index, item, v)? {
+                all.insert(pos);
+                kept += 1;
+            }
+        }
+        if full && kept < want {
+            if let Some(last) = last {
+                let more = scan_index(txn, index, last + 1, hi, false, Some(want - kept), |v| {
+                    probe_keeps(index, item, v)
+                })
+                .await?;
+                all.extend(more);
+            }
+        }
+    }
+    let positions: Vec<Position> = all.into_iter().take(want).collect();
+    let events = load_events(txn, &positions).await?;
+    Ok(ReadResult { events, head })
 }
 
 /// Positions in `[lo, hi]` of events matching `query`, in the requested

@@ -34,7 +34,7 @@
 #![deny(missing_docs)]
 
 use async_trait::async_trait;
-use eskv_core::kv::{begin_span, scan_span, traced_commit, WriteSet};
+use eskv_core::kv::{begin_span, scan_span, traced_commit, ReadMany, WriteSet};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
     Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions, WriteBuffer,
@@ -377,6 +377,40 @@ impl RedbTxn {
     }
 }
 
+/// Up to `limit` rows of `range` from the snapshot, in scan order.
+fn scan_rows(
+    t: &Table,
+    range: &KeyRange,
+    reverse: bool,
+    limit: Option<usize>,
+) -> Result<Vec<KvPair>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let iter = t.range::<&[u8]>(range.as_bounds()).map_err(map_err)?;
+    let mut push = |item: std::result::Result<_, redb::StorageError>| -> Result<bool> {
+        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) = item.map_err(map_err)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+        Ok(out.len() < limit)
+    };
+    if reverse {
+        for item in iter.rev() {
+            if !push(item)? {
+                break;
+            }
+        }
+    } else {
+        for item in iter {
+            if !push(item)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn get_one(t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
 }
@@ -428,34 +462,60 @@ impl KvTransaction for RedbTxn {
         let rows = self
             .read(move |t| {
                 let _g = span.entered();
-                let iter = t.range::<&[u8]>(r.as_bounds()).map_err(map_err)?;
-                let mut out = Vec::new();
-                let limit = fetch.unwrap_or(usize::MAX);
-                let mut push = |item: std::result::Result<_, redb::StorageError>| -> Result<bool> {
-                    let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                        item.map_err(map_err)?;
-                    out.push((k.value().to_vec(), v.value().to_vec()));
-                    Ok(out.len() < limit)
-                };
-                if limit > 0 {
-                    if opts.reverse {
-                        for item in iter.rev() {
-                            if !push(item)? {
-                                break;
-                            }
-                        }
-                    } else {
-                        for item in iter {
-                            if !push(item)? {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Ok(out)
+                scan_rows(t, &r, opts.reverse, fetch)
             })
             .await?;
         Ok(self.buf.merge_scan(&range, opts, rows))
+    }
+
+    /// All gets and scans in one hop to the blocking pool.
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<ReadMany> {
+        let missing: Vec<Vec<u8>> = gets
+            .iter()
+            .filter(|k| self.buf.lookup(k).is_none())
+            .cloned()
+            .collect();
+        let plan: Vec<(KeyRange, bool, Option<usize>)> = scans
+            .iter()
+            .map(|(r, o)| (r.clone(), o.reverse, self.buf.overfetch(r, o.limit)))
+            .collect();
+        let (fetched, rows) = self
+            .read(move |t| {
+                let values = missing
+                    .iter()
+                    .map(|k| get_one(t, k))
+                    .collect::<Result<Vec<_>>>()?;
+                let rows = plan
+                    .iter()
+                    .map(|(r, reverse, fetch)| {
+                        if r.is_empty() {
+                            Ok(Vec::new())
+                        } else {
+                            scan_rows(t, r, *reverse, *fetch)
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((values, rows))
+            })
+            .await?;
+        let mut fetched = fetched.into_iter();
+        let values = gets
+            .iter()
+            .map(|k| match self.buf.lookup(k) {
+                Some(v) => v.map(<[u8]>::to_vec),
+                None => fetched.next().flatten(),
+            })
+            .collect();
+        let rows = scans
+            .iter()
+            .zip(rows)
+            .map(|((r, o), rows)| self.buf.merge_scan(r, *o, rows))
+            .collect();
+        Ok((values, rows))
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
