@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Project tasks: `cargo xtask <task>`. No dependencies beyond std, so it
 //! builds in seconds.
 //!
