@@ -926,11 +926,11 @@ pub fn svg(cfg: &Config, r: &Results) -> String {
                 y0 + 30.0,
                 esc(sub)
             );
-            // Scale to the durable systems: the in-memory ceiling would
-            // flatten them; a longer bar is cut and marked.
+            // Scale to the durable systems: the in-memory ceiling and the
+            // fsync limit would flatten them; a longer bar is cut and marked.
             let max = bars
                 .iter()
-                .filter(|b| b.0 != ESKV_MEM)
+                .filter(|b| b.0 != ESKV_MEM && b.0 != FSYNC)
                 .map(|b| b.1)
                 .fold(0.0, f64::max)
                 .max(1e-9);
