@@ -1186,5 +1186,10 @@ fn run(cfg: Config) -> Res<()> {
     for line in report::target_lines(&h.results) {
         eprintln!("  {line}");
     }
-    Ok(())
+    match h.results.failures() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} measurement(s) failed; the report lists them under Failures"
+        )),
+    }
 }

@@ -193,6 +193,11 @@ impl Results {
         }
     }
 
+    /// How many measurements failed.
+    pub fn failures(&self) -> usize {
+        self.cells.iter().filter(|c| c.2.error.is_some()).count()
+    }
+
     pub fn get(&self, workload: &str, system: &str) -> Option<&Cell> {
         self.cells
             .iter()
