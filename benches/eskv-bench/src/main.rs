@@ -922,62 +922,130 @@ impl Harness {
     }
 
     /// W8 for one system, in a child process: prints its cells on stdout.
+    ///
+    /// One store per size. The largest is filled first and warmed up alone,
+    /// and the peak RSS is taken then, before the smaller stores open. Then
+    /// W1 and W4 run in rounds that rotate over the sizes, so that the disk's
+    /// noise falls on every size alike.
     fn growth_child(&mut self, name: &str) -> Res<()> {
         let name: &'static str = SYSTEMS
             .iter()
             .find(|s| **s == name)
             .ok_or_else(|| format!("unknown system {name}"))?;
-        let sizes = self.cfg.w8_sizes.clone();
-        let window = self.cfg.w8_window;
+        let mut sizes = self.cfg.w8_sizes.clone();
+        sizes.sort_unstable();
+        let rounds = self.cfg.rounds as u64;
+        let slice = self.cfg.w8_window / self.cfg.rounds as u32;
         let batch = self.cfg.w4_batch as u64;
         let data = self.data.clone();
         let handle = self.rt.handle().clone();
         let (rss0, _) = rss();
-        let mut store = self.open_one(&handle, "W8", name)?;
-        let mut n = 0u64; // events written so far (also the tag counter)
-        for &size in &sizes {
+
+        struct Sized {
+            size: u64,
+            store: Box<dyn Store>,
+            /// Events written so far (also the tag counter).
+            n: u64,
+            w1: (u64, Duration),
+            w4: (u64, Duration),
+        }
+        let w1 = |s: &mut Sized, budget: Duration, max: u64| -> Res<(u64, Duration)> {
+            let (store, n) = (&mut s.store, &mut s.n);
+            run_for(budget, max, |_| {
+                let ev = Ev::plain(*n, &data);
+                let cond = format!("e:{n}");
+                *n += 1;
+                store.append_cond(&ev, &cond)
+            })
+        };
+        let w4 = |s: &mut Sized, budget: Duration, max: u64| -> Res<(u64, Duration)> {
+            let (store, n) = (&mut s.store, &mut s.n);
+            run_for(budget, max, |_| {
+                let evs: Vec<Ev> = (*n..*n + batch).map(|i| Ev::plain(i, &data)).collect();
+                *n += batch;
+                store.append_batch(&evs)
+            })
+        };
+        let open = |h: &Harness, size: u64| -> Res<Sized> {
+            let mut store = h.open_one(&handle, &format!("W8-{}", report::count(size)), name)?;
+            let mut n = 0;
             while n < size {
                 let k = (size - n).min(10_000);
                 let evs: Vec<Ev> = (n..n + k).map(|i| Ev::plain(i, &data)).collect();
                 store.load(&evs)?;
                 n += k;
             }
-            // At most a quarter of the size for each, so the store stays
-            // between size and 1.5 × size while measured.
-            let quota = (size / 4).max(1);
-            let (o1, e1) = run_for(window, quota, |_| {
-                let ev = Ev::plain(n, &data);
-                let cond = format!("e:{n}");
-                n += 1;
-                store.append_cond(&ev, &cond)
-            })?;
-            let (o4, e4) = run_for(window, (quota / batch).max(5), |_| {
-                let evs: Vec<Ev> = (n..n + batch).map(|i| Ev::plain(i, &data)).collect();
-                n += batch;
-                store.append_batch(&evs)
-            })?;
-            let label = report::count(size);
+            Ok(Sized {
+                size,
+                store,
+                n,
+                w1: (0, Duration::ZERO),
+                w4: (0, Duration::ZERO),
+            })
+        };
+
+        // The largest store alone: fill, warm up, peak RSS.
+        let largest = *sizes.last().ok_or("no W8 sizes")?;
+        let mut big = open(self, largest)?;
+        w1(&mut big, slice, (largest / 40).max(1))?;
+        w4(&mut big, slice, (largest / 4000).max(1))?;
+        let (_, peak) = rss();
+        let disk = common::disk_usage(
+            &self
+                .base
+                .path()
+                .join(format!("W8-{}-{name}", report::count(largest))),
+        );
+        let mut stores = Vec::new();
+        for &size in &sizes[..sizes.len() - 1] {
+            stores.push(open(self, size)?);
+        }
+        stores.push(big);
+
+        // Interleaved rounds. Each size gets at most a quarter of its size
+        // in events for W1 and for W4, so it stays between size and
+        // 1.5 × size while measured.
+        let k = stores.len();
+        for round in 0..rounds as usize {
+            for j in 0..k {
+                let s = &mut stores[(j + round) % k];
+                let quota = (s.size / 4 / rounds).max(1);
+                let (o, e) = w1(s, slice, quota)?;
+                s.w1 = (s.w1.0 + o, s.w1.1 + e);
+            }
+            for j in 0..k {
+                let s = &mut stores[(j + round) % k];
+                let quota = (s.size / 4 / rounds / batch).max(2);
+                let (o, e) = w4(s, slice, quota)?;
+                s.w4 = (s.w4.0 + o, s.w4.1 + e);
+            }
+        }
+        for s in &stores {
+            let label = report::count(s.size);
             let cells = [
                 (
                     format!("W8 W1@{label}"),
-                    Cell::new(o1 as f64 / e1.as_secs_f64(), Unit::AppendsPerSec).with_ops(o1),
+                    Cell::new(s.w1.0 as f64 / s.w1.1.as_secs_f64(), Unit::AppendsPerSec)
+                        .with_ops(s.w1.0),
                 ),
                 (
                     format!("W8 W4@{label}"),
-                    Cell::new((o4 * batch) as f64 / e4.as_secs_f64(), Unit::EventsPerSec)
-                        .with_ops(o4),
+                    Cell::new(
+                        (s.w4.0 * batch) as f64 / s.w4.1.as_secs_f64(),
+                        Unit::EventsPerSec,
+                    )
+                    .with_ops(s.w4.0),
                 ),
             ];
             for (wl, c) in cells {
                 println!("{}", report::format_cell(&wl, name, &c));
             }
         }
-        let (_, peak) = rss();
-        let disk = common::disk_usage(&self.base.path().join(format!("W8-{name}")));
-        drop(store);
+        let events = stores.last().map_or(0, |s| s.n);
+        drop(stores);
         let growth = peak.saturating_sub(rss0);
         let rss_cell = Cell::new(peak as f64, Unit::Bytes).note(format!(
-            "+{} over the {} before opening; {n} events, {} on disk",
+            "+{} over the {} before opening; {events} events, {} on disk",
             report::bytes(growth as f64),
             report::bytes(rss0 as f64),
             report::bytes(disk as f64)

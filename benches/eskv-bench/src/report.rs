@@ -661,12 +661,15 @@ pub fn markdown(
         let _ = writeln!(w, "\n### W8: as the store grows\n");
         let _ = writeln!(
             w,
-            "{}. Each size is filled with bulk loads first; then W1 and W4 each run for up to {:.1} s or a quarter of the size, \
-             so the store holds between that size and 1.5 × it while measured. Each system runs in its own child process of the \
-             harness, one after another: peak RSS is that process's high-water mark (`VmHWM`), and the growth is over its RSS \
-             just before the store was opened.\n",
+            "{}. Each system runs in its own child process of the harness, one system after another. In it there is one \
+             store per size, filled with bulk loads. The largest is filled first and warmed up alone; the peak RSS (the \
+             process's `VmHWM`, growth over its RSS before opening) is taken then, before the smaller stores open. Then W1 \
+             and W4 run in {} rounds rotating over the sizes, {:.2} s per size per round, so that the disk's noise falls on \
+             every size alike; each size gets at most a quarter of its size in events for each, so it holds between that \
+             size and 1.5 × it while measured.\n",
             capitalized(describe("W8").trim_end_matches('.')),
-            cfg.w8_window.as_secs_f64()
+            cfg.rounds,
+            cfg.w8_window.as_secs_f64() / cfg.rounds as f64
         );
         let _ = write!(w, "| system |");
         for wl in ["W1", "W4"] {
