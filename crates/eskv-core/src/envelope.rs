@@ -18,11 +18,10 @@ use ulid::Ulid;
 pub const FORMAT_V1: u8 = 1;
 const HEADER: usize = 5;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Body<'a> {
     position: u64,
     id: u128,
-    #[serde(borrow)]
     event_type: &'a str,
     tags: Vec<&'a str>,
     #[serde(with = "serde_bytes")]
@@ -32,6 +31,23 @@ struct Body<'a> {
     extra: Vec<(&'a str, &'a str)>,
     recorded_at_ms: u64,
     stream: Option<(&'a str, u64)>,
+}
+
+/// The same layout as [`Body`], decoded straight into owned fields (one
+/// allocation per field, no intermediate borrowed vectors).
+#[derive(Deserialize)]
+struct OwnedBody {
+    position: u64,
+    id: u128,
+    event_type: String,
+    tags: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    extra: Vec<(String, String)>,
+    recorded_at_ms: u64,
+    stream: Option<(String, u64)>,
 }
 
 /// Encodes a recorded event for storage.
@@ -99,7 +115,7 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
             "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
         )));
     }
-    let (body, rest): (Body, _) = postcard::take_from_bytes(&bytes[HEADER..])
+    let (body, rest): (OwnedBody, _) = postcard::take_from_bytes(&bytes[HEADER..])
         .map_err(|e| bad(format!("event envelope does not decode: {e}")))?;
     if !rest.is_empty() {
         return Err(bad(format!(
@@ -116,23 +132,18 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
     Ok(RecordedEvent {
         position: body.position,
         id: Ulid(body.id),
-        event_type: body.event_type.to_owned(),
-        tags: body.tags.into_iter().map(str::to_owned).collect(),
-        data: body.data.to_vec(),
+        event_type: body.event_type,
+        tags: body.tags,
+        data: body.data,
         metadata: Metadata {
-            correlation_id: body.correlation_id.map(str::to_owned),
-            causation_id: body.causation_id.map(str::to_owned),
-            extra: body
-                .extra
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            correlation_id: body.correlation_id,
+            causation_id: body.causation_id,
+            extra: body.extra.into_iter().collect(),
         },
         recorded_at_ms: body.recorded_at_ms,
-        stream: body.stream.map(|(s, v)| StreamRef {
-            stream_id: s.to_owned(),
-            version: v,
-        }),
+        stream: body
+            .stream
+            .map(|(stream_id, version)| StreamRef { stream_id, version }),
     })
 }
 

@@ -408,6 +408,8 @@ fn condition_probes(query: &Query) -> Vec<(Index<'_>, &QueryItem)> {
 /// True when an index entry of `index` (with value `v`) matches `item`.
 fn probe_keeps(index: Index<'_>, item: &QueryItem, v: &[u8]) -> Result<bool> {
     match index {
+        // The index of the item's only tag, any type: every entry matches.
+        Index::Tag(_) if item.types.is_empty() && item.tags.len() == 1 => Ok(true),
         Index::Tag(_) => {
             let (t, tags) = layout::parse_tag_entry(v)?;
             Ok(item.matches_parts(&t, &tags))
