@@ -10,6 +10,8 @@
 mod common;
 mod report;
 mod sys_eskv;
+#[cfg(feature = "etcd")]
+mod sys_etcd;
 mod sys_raw;
 mod sys_sqlite;
 #[cfg(feature = "umadb")]
@@ -35,8 +37,10 @@ pub const UMADB: &str = "umadb";
 pub const UMADB_CACHE: &str = "umadb-mmap-cache";
 pub const UMADB_SERVER: &str = "umadb-server";
 pub const SQLITE: &str = "sqlite";
+pub const ESKV_ETCD: &str = "eskv-etcd";
+pub const RAW_ETCD: &str = "raw-etcd";
 pub const FSYNC: &str = "fsync-limit";
-pub const SYSTEMS: [&str; 8] = [
+pub const SYSTEMS: [&str; 10] = [
     ESKV_REDB,
     ESKV_MEM,
     RAW_REDB,
@@ -44,8 +48,14 @@ pub const SYSTEMS: [&str; 8] = [
     UMADB_CACHE,
     UMADB_SERVER,
     SQLITE,
+    ESKV_ETCD,
+    RAW_ETCD,
     FSYNC,
 ];
+
+/// The workloads the etcd systems run (issue 8: writes on the 3-node
+/// loopback cluster).
+pub const ETCD_WORKLOADS: [&str; 3] = ["W1", "W2", "W4"];
 
 /// Sizes and durations of one run.
 #[derive(Debug, Clone)]
@@ -344,6 +354,10 @@ impl FsyncProbe {
 type Turn<'a> = Box<dyn FnMut(Duration) -> Res<(u64, Duration)> + 'a>;
 
 struct Harness {
+    /// The etcd cluster, when the etcd systems run. Declared before `base`
+    /// so that its nodes are killed before their directories are removed.
+    #[cfg(feature = "etcd")]
+    etcd: Option<sys_etcd::Cluster>,
     cfg: Config,
     pb: ProgressBar,
     results: Results,
@@ -454,6 +468,9 @@ impl Harness {
             names.extend([UMADB, UMADB_CACHE]);
         }
         names.push(SQLITE);
+        if self.etcd_endpoints().is_some() && ETCD_WORKLOADS.contains(&tag) {
+            names.extend([ESKV_ETCD, RAW_ETCD]);
+        }
         for name in names {
             if !self.cfg.wants(name) {
                 continue;
@@ -488,8 +505,77 @@ impl Harness {
             #[cfg(feature = "umadb")]
             UMADB_CACHE => Box::new(sys_uma::Uma::open(&dir()?.join("uma.db"), true)?),
             SQLITE => Box::new(Sqlite::open(&dir()?.join("events.sqlite"))?),
+            #[cfg(feature = "etcd")]
+            ESKV_ETCD => Box::new(Eskv::etcd(
+                handle,
+                &self.etcd_endpoints().ok_or("no etcd cluster")?,
+                &format!("{tag}-{name}"),
+            )?),
+            #[cfg(feature = "etcd")]
+            RAW_ETCD => Box::new(sys_etcd::RawEtcd::connect(
+                handle,
+                &self.etcd_endpoints().ok_or("no etcd cluster")?,
+                &format!("{tag}-{name}"),
+            )?),
             other => return Err(format!("{other} is not a store of this build")),
         })
+    }
+
+    /// The etcd cluster's client endpoints, if it runs.
+    fn etcd_endpoints(&self) -> Option<Vec<String>> {
+        #[cfg(feature = "etcd")]
+        {
+            self.etcd.as_ref().map(sys_etcd::Cluster::endpoints)
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            None
+        }
+    }
+
+    /// Starts the 3-node etcd cluster if an etcd system will run. Without
+    /// an `etcd` binary the etcd systems are skipped with a printed line,
+    /// unless `CI` is set: then that is an error.
+    fn start_etcd(&mut self) -> Res<()> {
+        let wanted = (self.cfg.wants(ESKV_ETCD) || self.cfg.wants(RAW_ETCD))
+            && ETCD_WORKLOADS.iter().any(|w| self.cfg.runs(w));
+        if !wanted {
+            return Ok(());
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            self.notes.push(
+                "etcd was not built (feature `etcd` off): the eskv-etcd and raw-etcd rows are empty.".into(),
+            );
+            Ok(())
+        }
+        #[cfg(feature = "etcd")]
+        {
+            self.step("starting a 3-node etcd cluster on 127.0.0.1");
+            let dir = self.dir("etcd-cluster")?;
+            match sys_etcd::Cluster::start(&dir) {
+                Ok(c) => {
+                    self.log(format!(
+                        "etcd: 3-node cluster on {} ({})",
+                        c.endpoints().join(", "),
+                        sys_etcd::server_settings()
+                    ));
+                    self.etcd = Some(c);
+                    Ok(())
+                }
+                Err(sys_etcd::StartError::Missing(e)) if std::env::var_os("CI").is_none() => {
+                    self.log(format!(
+                        "eskv-bench: SKIPPING eskv-etcd and raw-etcd: {e} (this fails when CI is set)"
+                    ));
+                    self.notes
+                        .push(format!("eskv-etcd and raw-etcd were skipped: {e}."));
+                    Ok(())
+                }
+                Err(sys_etcd::StartError::Missing(e) | sys_etcd::StartError::Failed(e)) => {
+                    Err(format!("etcd cluster: {e}"))
+                }
+            }
+        }
     }
 
     fn close_stores(&self, tag: &str, stores: Vec<(&'static str, Box<dyn Store>)>) {
@@ -1197,6 +1283,8 @@ fn run(cfg: Config) -> Res<()> {
     );
     pb.enable_steady_tick(Duration::from_millis(200));
     let mut h = Harness {
+        #[cfg(feature = "etcd")]
+        etcd: None,
         pb,
         results: Results::default(),
         rt,
@@ -1217,7 +1305,14 @@ fn run(cfg: Config) -> Res<()> {
         h.notes
             .push("UmaDB was not built (feature `umadb` off): its rows are empty.".into());
     }
+    h.start_etcd()?;
     h.single_writer()?;
+    // The etcd systems run only there: stop the cluster so that its idle
+    // nodes do not share the CPUs with the later workloads.
+    #[cfg(feature = "etcd")]
+    {
+        h.etcd = None;
+    }
     if h.cfg.runs("W3") {
         h.concurrent()?;
     }

@@ -1,7 +1,8 @@
 //! Results, the markdown report, the targets and the SVG chart.
 
 use crate::{
-    Config, ESKV_MEM, ESKV_REDB, FSYNC, RAW_REDB, SQLITE, SYSTEMS, UMADB, UMADB_CACHE, UMADB_SERVER,
+    Config, ESKV_ETCD, ESKV_MEM, ESKV_REDB, FSYNC, RAW_ETCD, RAW_REDB, SQLITE, SYSTEMS, UMADB,
+    UMADB_CACHE, UMADB_SERVER,
 };
 use std::fmt::Write as _;
 use std::path::Path;
@@ -314,6 +315,11 @@ fn fmt_ratio(x: Option<f64>) -> String {
     x.map_or("—".into(), |x| format!("{x:.2}×"))
 }
 
+/// eskv-etcd ÷ raw etcd on `workload`.
+fn etcd_ratio(r: &Results, workload: &str) -> Option<f64> {
+    Some(r.value(workload, ESKV_ETCD)? / r.value(workload, RAW_ETCD)?)
+}
+
 /// One target: its statement, the measured ratio and the threshold.
 pub struct Target {
     pub what: String,
@@ -423,6 +429,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 threshold: 0.8,
             });
         }
+    }
+    // issue 8: eskv on etcd against raw etcd transactions, same run.
+    for wl in ["W1", "W4"] {
+        t.push(Target {
+            what: format!("{wl}: eskv-etcd ≥ 0.7 × raw etcd (issue 8)"),
+            ratio: etcd_ratio(r, wl),
+            threshold: 0.7,
+        });
     }
     // Memory: the growth of RSS must stay under what redb may cache (its
     // page cache, 1 GiB by default) plus 256 MiB, whatever the store's size:
@@ -655,6 +669,45 @@ pub fn markdown(
         let _ = writeln!(w);
     }
 
+    // etcd.
+    if ["W1", "W2", "W4"]
+        .iter()
+        .any(|wl| r.get(wl, ESKV_ETCD).is_some() || r.get(wl, RAW_ETCD).is_some())
+    {
+        let _ = writeln!(w, "\n### eskv on etcd against raw etcd (issue 8)\n");
+        #[cfg(feature = "etcd")]
+        let _ = writeln!(w, "Cluster: {}.\n", crate::sys_etcd::server_settings());
+        let _ = writeln!(
+            w,
+            "Both systems run on the same cluster, interleaved with the others, each under its own key prefix. \
+             eskv-etcd is `EtcdStore` with `EtcdOptions::server_limits({}, {})`, matching the servers' flags. \
+             raw-etcd does per append one read `Txn` and one compare-and-put `Txn` (two round trips); eskv-etcd, \
+             through the generic `KvTransaction`, does one `Txn` of gets (head, strict flag, ids, stream meta), one \
+             range read per condition probe, one keys-only read of the written keys it has not read (for their \
+             `mod_revision`), then the commit `Txn` comparing every written key: four round trips on W1, three on W2 and W4. \
+             The etcd systems run W1, W2 and W4 only (writes); `—` elsewhere.\n",
+            ETCD_TXN_OPS, ETCD_REQUEST_BYTES
+        );
+        let _ = writeln!(
+            w,
+            "| workload | eskv-etcd | raw-etcd | eskv-etcd ÷ raw-etcd |\n|---|---:|---:|---:|"
+        );
+        for (wl, h) in [
+            ("W1", "W1 appends/s"),
+            ("W2", "W2 appends/s"),
+            ("W4", "W4 events/s"),
+        ] {
+            let c = |s: &str| r.get(wl, s).map_or("—".into(), Cell::short);
+            let _ = writeln!(
+                w,
+                "| {h} | {} | {} | {} |",
+                c(ESKV_ETCD),
+                c(RAW_ETCD),
+                fmt_ratio(etcd_ratio(r, wl))
+            );
+        }
+    }
+
     // W8.
     let sizes = w8_label_sizes(r);
     if !sizes.is_empty() {
@@ -831,6 +884,8 @@ pub fn markdown(
         (UMADB_CACHE, "the same with memory-mapped reads and a 1 GiB page cache (`ReadMethod::Mmap`, `page_cache_max_mb(1024)`)."),
         (UMADB_SERVER, "UmaDB 0.7's gRPC server (`umadb-server`, started in this process on 127.0.0.1, default storage options) with 64 `umadb-client` connections: its writer thread batches concurrent appends into one commit. W3 only."),
         (SQLITE, "SQLite (bundled, via rusqlite) in WAL mode with `synchronous=FULL`: an `events` table (global sequence as the integer primary key, unique `(stream_id, version)`) and an `event_tags` table indexed by `(tag, position)` and by `position`; reads return each event's tags. Conditions are an indexed `EXISTS`-style probe in a `BEGIN IMMEDIATE` transaction; W3 uses one connection per writer thread."),
+        (ESKV_ETCD, "eskv on `EtcdStore` (crate `eskv-etcd`) on a 3-node etcd cluster on 127.0.0.1 started by the harness (server flags in the etcd section above): reads at a pinned revision, one compare-and-swap `Txn` per group commit, fsynced by the leader and a quorum. W1, W2 and W4 only."),
+        (RAW_ETCD, "etcd-client used directly on the same cluster: for each append, one read `Txn` (the head, the event ids, the stream's metadata, and for W1 the first row of the condition's tag-index range) and one write `Txn` comparing the `mod_revision` of every key read and putting the same keys and values as eskv's layout (log, id, type, one per tag, stream index, category, stream meta, head). The limit of eskv's layer over etcd."),
         (FSYNC, "the disk's limit: a loop of a 4 KiB `pwrite` plus `fdatasync` on a preallocated file in the same directory, in commits/s."),
     ] {
         let _ = writeln!(w, "- **{s}**: {d}");
@@ -992,3 +1047,13 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+/// The bench cluster's `--max-txn-ops` and `--max-request-bytes`.
+#[cfg(feature = "etcd")]
+const ETCD_TXN_OPS: usize = crate::sys_etcd::MAX_TXN_OPS;
+#[cfg(feature = "etcd")]
+const ETCD_REQUEST_BYTES: usize = crate::sys_etcd::MAX_REQUEST_BYTES;
+#[cfg(not(feature = "etcd"))]
+const ETCD_TXN_OPS: usize = 2048;
+#[cfg(not(feature = "etcd"))]
+const ETCD_REQUEST_BYTES: usize = 16 << 20;

@@ -53,6 +53,21 @@ impl Eskv {
         Self::on(rt, Arc::new(MemoryStore::new()))
     }
 
+    /// eskv on the bench's etcd cluster (`EtcdStore`), its keys under the
+    /// prefix `ns`, with the cluster's raised limits declared.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(rt: &Handle, endpoints: &[String], ns: &str) -> Res<Eskv> {
+        use crate::sys_etcd::{MAX_REQUEST_BYTES, MAX_TXN_OPS};
+        use eskv_etcd::{EtcdOptions, EtcdStore};
+        let opts = EtcdOptions::new(endpoints.iter().cloned())
+            .server_limits(MAX_TXN_OPS, MAX_REQUEST_BYTES)
+            .key_prefix(ns);
+        let kv = rt
+            .block_on(EtcdStore::connect(opts))
+            .map_err(err("open eskv-etcd"))?;
+        Self::on(rt, Arc::new(kv))
+    }
+
     fn on(rt: &Handle, kv: Arc<dyn KvStore>) -> Res<Eskv> {
         let store = rt
             .block_on(EventStore::open(kv))
