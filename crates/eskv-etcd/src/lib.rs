@@ -769,8 +769,119 @@ impl EtcdTxn {
     }
 }
 
+impl EtcdTxn {
+    /// Gets and short scans in one `Txn` (one round trip, one revision).
+    /// Returns `None` when they do not fit one transaction; the caller
+    /// then reads them one after another.
+    async fn read_many_in_one_txn(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<Option<eskv_core::ReadMany>> {
+        let missing: Vec<Vec<u8>> = gets
+            .iter()
+            .filter(|k| !k.is_empty() && self.buf.lookup(k).is_none())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Every scan must be answered by one ranged get: a limit of at most
+        // one page, so the response is complete or the limit is reached.
+        let mut plans = Vec::with_capacity(scans.len());
+        for (range, opts) in scans {
+            let fetch = self.buf.overfetch(range, opts.limit);
+            match fetch {
+                Some(l) if l <= SCAN_PAGE => plans.push(if range.is_empty() || l == 0 {
+                    None
+                } else {
+                    etcd_range(range).map(|r| (r, l, opts.reverse))
+                }),
+                _ => return Ok(None),
+            }
+        }
+        if missing.len() + plans.len() > self.max_txn_ops || missing.len() + plans.len() == 0 {
+            return Ok(None);
+        }
+        let mut ops: Vec<TxnOp> = missing
+            .iter()
+            .map(|k| TxnOp::get(k.clone(), Some(self.read_options())))
+            .collect();
+        for (start, end) in plans.iter().flatten().map(|((s, e), l, rev)| {
+            let mut o = self
+                .read_options()
+                .with_range(e.clone())
+                .with_limit(*l as i64);
+            if *rev {
+                o = o.with_sort(SortTarget::Key, SortOrder::Descend);
+            }
+            (s.clone(), o)
+        }) {
+            ops.push(TxnOp::get(start, Some(end)));
+        }
+        let resp = timed("a read", Phase::Read, self.timeout, &self.endpoints, || {
+            let mut kv = self.kv.clone();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
+        self.pin_from(resp.header())?;
+        let mut responses = resp.op_responses().into_iter();
+        let mut fetched: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(missing.len());
+        for k in missing {
+            let kv = match responses.next() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+                _ => None,
+            };
+            self.seen
+                .insert(k.clone(), kv.as_ref().map_or(0, |kv| kv.mod_revision()));
+            fetched.insert(k, kv.map(|kv| kv.into_key_value().1));
+        }
+        let values = gets
+            .iter()
+            .map(|k| match self.buf.lookup(k) {
+                Some(v) => v.map(<[u8]>::to_vec),
+                None => fetched.get(k).cloned().flatten(),
+            })
+            .collect();
+        let mut rows_out = Vec::with_capacity(scans.len());
+        for ((range, opts), plan) in scans.iter().zip(&plans) {
+            let mut rows = Vec::new();
+            if plan.is_some() {
+                if let Some(TxnOpResponse::Get(g)) = responses.next() {
+                    for kv in g.kvs() {
+                        self.seen.insert(kv.key().to_vec(), kv.mod_revision());
+                        rows.push((kv.key().to_vec(), kv.value().to_vec()));
+                    }
+                }
+            }
+            rows_out.push(self.buf.merge_scan(range, *opts, rows));
+        }
+        Ok(Some((values, rows_out)))
+    }
+}
+
 #[async_trait]
 impl KvTransaction for EtcdTxn {
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<eskv_core::ReadMany> {
+        if let Some(r) = self.read_many_in_one_txn(gets, scans).await? {
+            return Ok(r);
+        }
+        let values = if gets.is_empty() {
+            Vec::new()
+        } else {
+            self.get_many(gets).await?
+        };
+        let mut rows = Vec::with_capacity(scans.len());
+        for (r, o) in scans {
+            rows.push(self.scan(r.clone(), *o).await?);
+        }
+        Ok((values, rows))
+    }
+
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.buf.lookup(key) {
             return Ok(v.map(<[u8]>::to_vec));
