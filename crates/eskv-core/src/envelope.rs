@@ -87,7 +87,16 @@ pub fn encode_new(
         recorded_at_ms,
         stream,
     };
-    let mut out = Vec::with_capacity(HEADER + 64 + e.data.len());
+    // Room for every field, so the payload is never copied by a regrowth.
+    let capacity = HEADER
+        + 64
+        + e.data.len()
+        + e.event_type.len()
+        + e.tags.iter().map(|t| t.len() + 2).sum::<usize>()
+        + e.metadata.byte_len()
+        + 4 * e.metadata.extra.len()
+        + stream.map_or(0, |(s, _)| s.len());
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&[FORMAT_V1, 0, 0, 0, 0]);
     let mut out = postcard::to_extend(&body, out)
         .map_err(|err| Error::invalid(format!("cannot encode event: {err}")))?;
