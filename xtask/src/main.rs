@@ -1,15 +1,28 @@
 #![forbid(unsafe_code)]
-//! Project tasks: `cargo xtask <task>`. No dependencies beyond std, so it
+//! Project tasks: `cargo xtask <task>`. One dependency beyond std,
+//! `protoc-bin-vendored` (a `protoc` binary shipped inside a crate), so it
 //! builds in seconds.
 //!
 //! | task | what it does |
 //! |---|---|
-//! | `ci` | format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), doc tests, and a `--quick` benchmark smoke run |
+//! | `ci` | installs what the tests need (below), then format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), doc tests, `cargo doc` with warnings denied, a type check of the `fuzz/` workspace, and a `--quick` benchmark smoke run |
 //! | `test` | every test and doc test, without the lint steps |
 //! | `bench [ARGS]` | the benchmark harness (full run by default; `--quick` for a smoke run); writes `BENCHMARKS.md` |
 //! | `tikv-test` | the TiKV conformance suite against the cluster in `PD_ADDRS` |
 //! | `soak [SECONDS]` | 16 writers and 4 live subscribers on redb for SECONDS (default 600) |
 //! | `fuzz [SECONDS]` | every cargo-fuzz target in `fuzz/` for SECONDS each (default 60; needs nightly and cargo-fuzz) |
+//!
+//! # What the tests need, and where it comes from
+//!
+//! - **`etcd`**, for the etcd backend's tests, which start their own 3-node
+//!   cluster on 127.0.0.1. When it is missing, `ci` installs Debian's
+//!   `etcd-server` with apt if it runs as root; otherwise it prints the
+//!   command to run and stops (a skipped suite never counts as a pass).
+//! - **`protoc`**, only for the benchmark harness's UmaDB peers (their
+//!   build script compiles UmaDB's `.proto`). eskv itself needs no
+//!   `protoc`. Every cargo command started here gets `PROTOC` pointing at
+//!   the binary from the `protoc-bin-vendored` crate, unless `PROTOC` is
+//!   already set.
 
 use std::process::{Command, ExitCode};
 
@@ -26,7 +39,79 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if std::env::var_os("PROTOC").is_none() {
+        // Only the benchmark harness's UmaDB peers compile `.proto` files.
+        if let Ok(p) = protoc_bin_vendored::protoc_bin_path() {
+            cmd.env("PROTOC", p);
+        }
+    }
+    if std::env::var_os("ETCD_BIN").is_none() {
+        // eskv-etcd's build script looks for etcd to compile its cluster
+        // tests in. Naming the binary makes the script run again when etcd
+        // was installed after an earlier build (a package keeps its files'
+        // old modification times, which cargo's file check misses).
+        if let Some(p) = find_on_path("etcd") {
+            cmd.env("ETCD_BIN", p);
+        }
+    }
+    cmd
+}
+
+fn find_on_path(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            std::path::PathBuf::from("/usr/bin"),
+            std::path::PathBuf::from("/usr/local/bin"),
+        ])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn on_path(bin: &str) -> bool {
+    find_on_path(bin).is_some()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Makes sure the `etcd` binary is there for the etcd backend's tests:
+/// installs Debian's `etcd-server` when this runs as root with apt, and
+/// otherwise says what to run.
+fn ensure_etcd() -> Result<(), String> {
+    if std::env::var_os("ETCD_BIN").is_some() || on_path("etcd") {
+        return Ok(());
+    }
+    const HOW: &str = "apt-get update && apt-get install -y --no-install-recommends etcd-server";
+    if !(is_root() && on_path("apt-get")) {
+        return Err(format!(
+            "the etcd backend's tests need the `etcd` binary, and this is not root with apt \
+             to install it; run `sudo sh -c '{HOW}'` (Debian/Ubuntu) or set ETCD_BIN=/path/to/etcd"
+        ));
+    }
+    eprintln!("xtask: `etcd` not found; installing Debian's etcd-server (the etcd tests start their own cluster)");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "etcd-server",
+        ]))?;
+    if on_path("etcd") {
+        Ok(())
+    } else {
+        Err(format!(
+            "installed etcd-server but no `etcd` binary is on PATH; run `{HOW}` by hand and check"
+        ))
+    }
 }
 
 fn cargo_run(args: &[&str]) -> Result<(), String> {
@@ -53,6 +138,7 @@ fn bench(args: &[String]) -> Result<(), String> {
 }
 
 fn ci() -> Result<(), String> {
+    ensure_etcd()?;
     cargo_run(&["fmt", "--all", "--", "--check"])?;
     cargo_run(&[
         "clippy",
@@ -63,6 +149,13 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     test()?;
+    // Rustdoc warnings (broken links, bad code blocks) fail the run.
+    run(cargo()
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .args(["doc", "--workspace", "--no-deps"]))?;
+    // The fuzz targets are their own workspace: type-check them so they
+    // keep compiling against the crates they fuzz.
+    run(cargo().current_dir("fuzz").args(["check", "--bins"]))?;
     if workspace_has("benches/eskv-bench") {
         // Smoke run only: keeps the harness from rotting; it writes to a
         // scratch file so CI never touches the committed BENCHMARKS.md.

@@ -11,7 +11,10 @@
 use crate::common::{err, now_ms, Ev, Res, Store, EVENT_TYPE};
 use eskv::layout::{self, IdEntry, Index, StreamMeta};
 use eskv::{envelope, KeyRange, MemoryStore, Namespaced, NewEvent, Ulid};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use eskv_etcd::proto::{
+    Compare, CompareResult, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+};
+use eskv_etcd::EtcdClient;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -278,36 +281,27 @@ pub fn namespace_prefix(ns: &str) -> Vec<u8> {
 /// rows as eskv's layout, plus the head. Two round trips; no decoding.
 pub struct RawEtcd {
     rt: Handle,
-    kv: KvClient,
+    kv: EtcdClient,
     prefix: Vec<u8>,
 }
 
-fn rev_of(r: Option<&TxnOpResponse>) -> (i64, Option<Vec<u8>>) {
-    match r {
-        Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or((0, None), |kv| {
-            (kv.mod_revision(), Some(kv.value().to_vec()))
-        }),
-        _ => (0, None),
-    }
+fn rev_of(r: Option<&ResponseOp>) -> (i64, Option<Vec<u8>>) {
+    r.and_then(ResponseOp::as_range)
+        .and_then(|g| g.kvs.first())
+        .map_or((0, None), |kv| (kv.mod_revision, Some(kv.value.clone())))
 }
 
-fn range_len(r: Option<&TxnOpResponse>) -> usize {
-    match r {
-        Some(TxnOpResponse::Get(g)) => g.kvs().len(),
-        _ => 0,
-    }
+fn range_len(r: Option<&ResponseOp>) -> usize {
+    r.and_then(ResponseOp::as_range).map_or(0, |g| g.kvs.len())
 }
 
 impl RawEtcd {
     pub fn connect(rt: &Handle, endpoints: &[String], ns: &str) -> Res<RawEtcd> {
-        let eps = endpoints.to_vec();
-        let client = rt
-            .block_on(Client::connect(eps, None))
-            .map_err(err("connect raw etcd"))?;
-        let kv = client
-            .kv_client()
-            .max_encoding_message_size(MAX_REQUEST_BYTES + (64 << 10))
-            .max_decoding_message_size(64 << 20);
+        let options = eskv_etcd::EtcdOptions::new(endpoints.iter().cloned());
+        let kv = rt
+            .block_on(EtcdClient::connect(&options))
+            .map_err(err("connect raw etcd"))?
+            .with_message_limits(64 << 20, MAX_REQUEST_BYTES + (64 << 10));
         Ok(RawEtcd {
             rt: rt.clone(),
             kv,
@@ -346,10 +340,9 @@ impl RawEtcd {
         (start, end)
     }
 
-    fn txn(&self, txn: Txn) -> Res<etcd_client::TxnResponse> {
-        let mut kv = self.kv.clone();
+    fn txn(&self, txn: TxnRequest) -> Res<TxnResponse> {
         self.rt
-            .block_on(async move { kv.txn(txn).await })
+            .block_on(self.kv.txn(txn))
             .map_err(err("raw etcd txn"))
     }
 
@@ -366,16 +359,23 @@ impl RawEtcd {
     ) -> Res<()> {
         let mut keys: Vec<Vec<u8>> = vec![self.key(&layout::head_key())];
         keys.extend(gets.iter().map(|k| self.key(k)));
-        let mut ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+        let mut ops: Vec<RequestOp> = keys
+            .iter()
+            .map(|k| RequestOp::range(RangeRequest::key(k.clone())))
+            .collect();
         if let Some(r) = probe {
             let (start, end) = self.range(r);
-            ops.push(TxnOp::get(
-                start,
-                Some(GetOptions::new().with_range(end).with_limit(1)),
-            ));
+            ops.push(RequestOp::range(RangeRequest {
+                range_end: end,
+                limit: 1,
+                ..RangeRequest::key(start)
+            }));
         }
-        let resp = self.txn(Txn::new().and_then(ops))?;
-        let rs = resp.op_responses();
+        let resp = self.txn(TxnRequest {
+            success: ops,
+            ..Default::default()
+        })?;
+        let rs = &resp.responses;
         let got: Vec<(i64, Option<Vec<u8>>)> = (0..keys.len()).map(|i| rev_of(rs.get(i))).collect();
         let probed = range_len(rs.get(keys.len())) > 0;
         let head = match &got[0].1 {
@@ -387,14 +387,18 @@ impl RawEtcd {
         let compares: Vec<Compare> = keys
             .iter()
             .zip(&got)
-            .map(|(k, (rev, _))| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev))
+            .map(|(k, (rev, _))| Compare::mod_revision(k.clone(), CompareResult::Equal, *rev))
             .collect();
-        let puts: Vec<TxnOp> = rows
+        let puts: Vec<RequestOp> = rows
             .into_iter()
-            .map(|(k, v)| TxnOp::put(self.key(&k), v, None))
+            .map(|(k, v)| RequestOp::put(self.key(&k), v))
             .collect();
-        let resp = self.txn(Txn::new().when(compares).and_then(puts))?;
-        if !resp.succeeded() {
+        let resp = self.txn(TxnRequest {
+            compare: compares,
+            success: puts,
+            failure: Vec::new(),
+        })?;
+        if !resp.succeeded {
             return Err("raw etcd: a key read changed before the commit (conflict)".into());
         }
         Ok(())

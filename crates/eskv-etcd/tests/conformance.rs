@@ -36,39 +36,47 @@ mod cluster {
     /// and `mod_revision <= pin` alone would miss a delete after the pin.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn etcd_compares_missing_keys_as_zero() {
-        use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-        let mut c = Client::connect(shared_cluster().endpoints(), None)
+        use eskv_etcd::proto::{Compare, CompareResult, PutRequest, RequestOp, TxnRequest};
+        use eskv_etcd::EtcdClient;
+        let c = EtcdClient::connect(&options()).await.unwrap();
+        let key = format!("raw-compare-{}", std::process::id()).into_bytes();
+        let pin = c
+            .put(PutRequest {
+                key: key.clone(),
+                value: b"v".to_vec(),
+                lease: 0,
+            })
             .await
             .unwrap();
-        let key = format!("raw-compare-{}", std::process::id());
-        let pin = c.put(key.clone(), "v", None).await.unwrap();
-        let pin = pin.header().unwrap().revision();
-        c.delete(key.clone(), None).await.unwrap();
-        let absent_is_zero = c
-            .txn(Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)]))
-            .await
-            .unwrap();
+        let pin = pin.header.unwrap().revision;
+        c.txn(TxnRequest {
+            success: vec![RequestOp::delete(key.clone())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let when = |op, rev| TxnRequest {
+            compare: vec![Compare::mod_revision(key.clone(), op, rev)],
+            ..Default::default()
+        };
+        let absent_is_zero = c.txn(when(CompareResult::Equal, 0)).await.unwrap();
         assert!(
-            absent_is_zero.succeeded(),
+            absent_is_zero.succeeded,
             "absent key compared as mod_revision 0"
         );
-        let naive = c
-            .txn(Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Less, pin + 1)]))
-            .await
-            .unwrap();
+        let naive = c.txn(when(CompareResult::Less, pin + 1)).await.unwrap();
         assert!(
-            naive.succeeded(),
+            naive.succeeded,
             "etcd cannot tell 'deleted after the pin' from 'never existed' by mod_revision <= pin"
         );
         let exact = c
-            .txn(
-                Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, pin)])
-                    .and_then([TxnOp::put(key.clone(), "x", None)]),
-            )
+            .txn(TxnRequest {
+                success: vec![RequestOp::put(key.clone(), b"x".to_vec())],
+                ..when(CompareResult::Equal, pin)
+            })
             .await
             .unwrap();
-        assert!(!exact.succeeded(), "exact compare catches the delete");
+        assert!(!exact.succeeded, "exact compare catches the delete");
     }
 
     /// A blind write (key not read) over a key another transaction deleted

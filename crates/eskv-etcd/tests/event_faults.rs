@@ -118,23 +118,18 @@ mod event_faults {
             let mut ids = Vec::new();
             let mut leader = 0;
             for (i, ep) in &nodes {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(1))
-                    .with_timeout(Duration::from_secs(1));
-                let Ok(Ok(mut c)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    etcd_client::Client::connect([ep.clone()], Some(opts)),
-                )
-                .await
-                else {
+                let opts = EtcdOptions::new([ep.clone()])
+                    .connect_timeout(Duration::from_secs(1))
+                    .request_timeout(Duration::from_secs(1));
+                let Ok(c) = eskv_etcd::EtcdClient::connect(&opts).await else {
                     continue;
                 };
                 if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
-                    if let Some(h) = s.header() {
-                        ids.push((*i, h.member_id()));
+                    if let Some(h) = &s.header {
+                        ids.push((*i, h.member_id));
                     }
-                    if s.leader() != 0 {
-                        leader = s.leader();
+                    if s.leader != 0 {
+                        leader = s.leader;
                     }
                 }
             }

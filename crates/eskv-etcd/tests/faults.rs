@@ -139,23 +139,18 @@ mod faults {
             let mut ids = Vec::new();
             let mut leader = 0u64;
             for (i, ep) in &nodes {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(1))
-                    .with_timeout(Duration::from_secs(1));
-                let Ok(Ok(mut c)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    etcd_client::Client::connect([ep.clone()], Some(opts)),
-                )
-                .await
-                else {
+                let opts = EtcdOptions::new([ep.clone()])
+                    .connect_timeout(Duration::from_secs(1))
+                    .request_timeout(Duration::from_secs(1));
+                let Ok(c) = eskv_etcd::EtcdClient::connect(&opts).await else {
                     continue;
                 };
                 if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
-                    if let Some(h) = s.header() {
-                        ids.push((*i, h.member_id()));
+                    if let Some(h) = &s.header {
+                        ids.push((*i, h.member_id));
                     }
-                    if s.leader() != 0 {
-                        leader = s.leader();
+                    if s.leader != 0 {
+                        leader = s.leader;
                     }
                 }
             }
@@ -292,18 +287,18 @@ mod faults {
         for ep in &endpoints {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
-                let mut c = etcd_client::Client::connect([ep.clone()], None)
+                let c = eskv_etcd::EtcdClient::connect(&EtcdOptions::new([ep.clone()]))
                     .await
                     .unwrap();
                 let r = c
-                    .get(
-                        counter_key(),
-                        Some(etcd_client::GetOptions::new().with_serializable()),
-                    )
+                    .range(eskv_etcd::proto::RangeRequest {
+                        serializable: true,
+                        ..eskv_etcd::proto::RangeRequest::key(counter_key())
+                    })
                     .await;
                 let local = r
                     .ok()
-                    .and_then(|r| r.kvs().first().map(|kv| decode(kv.value())));
+                    .and_then(|r| r.kvs.first().map(|kv| decode(&kv.value)));
                 if local == Some(counter) {
                     break;
                 }
@@ -393,20 +388,20 @@ mod faults {
         store.put_one(b"k".to_vec(), b"2".to_vec()).await.unwrap();
         store.put_one(b"k".to_vec(), b"3".to_vec()).await.unwrap();
 
-        let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)
+        let raw = eskv_etcd::EtcdClient::connect(&EtcdOptions::new(cluster.endpoints()))
             .await
             .unwrap();
         let rev = raw
-            .get("k", None)
+            .range(eskv_etcd::proto::RangeRequest::key(b"k".to_vec()))
             .await
             .unwrap()
-            .header()
+            .header
             .unwrap()
-            .revision();
-        raw.compact(
-            rev,
-            Some(etcd_client::CompactionOptions::new().with_physical()),
-        )
+            .revision;
+        raw.compact(eskv_etcd::proto::CompactionRequest {
+            revision: rev,
+            physical: true,
+        })
         .await
         .unwrap();
 

@@ -1,0 +1,301 @@
+//! The one place where etcd client errors become eskv errors, and the
+//! timeouts and resending that decide which error a caller sees.
+use crate::client::ClientError;
+use crate::BACKEND;
+use eskv_core::Error;
+use std::future::Future;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Where an error happened; decides how connection trouble is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Connecting and probing: every network failure means "unreachable".
+    Connect,
+    /// Reading: nothing was written.
+    Read,
+    /// Sending the commit `Txn`: a lost answer leaves the outcome unknown.
+    Commit,
+}
+
+/// The one place where etcd client errors become eskv errors.
+pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
+    use tonic::Code;
+    use ClientError as E;
+    let unavailable = |what: String| Error::Unavailable {
+        backend: BACKEND,
+        message: format!("etcd at {endpoints}: {what}"),
+    };
+    let unknown = |what: String| Error::CommitOutcomeUnknown {
+        backend: BACKEND,
+        message: format!("etcd at {endpoints}: {what}"),
+    };
+    if phase == Phase::Commit && never_sent(&e) {
+        // Nothing reached the server: a plain, retryable unavailability.
+        return unavailable(format!("the commit was not sent: {e}"));
+    }
+    match e {
+        E::Status(s) => {
+            let msg = s.message().to_string();
+            match s.code() {
+                Code::OutOfRange if msg.contains("compacted") => Error::conflict(format!(
+                    "the transaction's snapshot revision was compacted away ({msg}); \
+                     retry with a fresh transaction, and compact less eagerly if this repeats"
+                )),
+                Code::InvalidArgument
+                    if msg.contains("too many operations") || msg.contains("too large") =>
+                {
+                    Error::invalid(format!(
+                        "etcd rejected the request as too large ({msg}); set EtcdOptions::server_limits \
+                         to the server's --max-txn-ops and --max-request-bytes"
+                    ))
+                }
+                Code::Unauthenticated | Code::PermissionDenied => Error::invalid(format!(
+                    "etcd refused the request for this user ({msg}); check EtcdOptions user, \
+                     password and the user's roles"
+                )),
+                Code::InvalidArgument if msg.contains("authentication failed") => Error::invalid(
+                    format!("etcd refused the credentials ({msg}); check EtcdOptions user and password"),
+                ),
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Internal
+                | Code::Aborted
+                    if phase == Phase::Commit =>
+                {
+                    unknown(format!("the commit got no definite answer: {s}"))
+                }
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted => unavailable(s.to_string()),
+                Code::OutOfRange if msg.contains("future revision") => unavailable(s.to_string()),
+                _ => Error::backend(BACKEND, E::Status(s)),
+            }
+        }
+        E::Transport(t) if phase == Phase::Commit => {
+            unknown(format!("connection failed during commit: {t}"))
+        }
+        E::Transport(t) => unavailable(t.to_string()),
+        E::InvalidOptions(m) => Error::invalid(format!("etcd options: {m}")),
+    }
+}
+
+/// The error for a call that did not finish within its timeout.
+pub(crate) fn timeout_err(what: &str, phase: Phase, timeout: Duration, endpoints: &str) -> Error {
+    let message = format!(
+        "{what} got no answer within {timeout:?} from etcd at {endpoints}; \
+         check that the cluster is running, reachable and has a leader"
+    );
+    match phase {
+        Phase::Commit => Error::CommitOutcomeUnknown {
+            backend: BACKEND,
+            message,
+        },
+        _ => Error::Unavailable {
+            backend: BACKEND,
+            message,
+        },
+    }
+}
+
+/// True when the request never left this process: the TCP connection to
+/// the endpoint the client picked was refused. Such a call is safe to send
+/// again, even a commit; the client's balancer then picks another endpoint.
+fn never_sent(e: &ClientError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Most times one call is sent again after its connection was refused.
+const REFUSED_RETRIES: u32 = 6;
+
+/// Runs `call` under `timeout`, sending it again (to whichever endpoint the
+/// client picks next) while a node is refusing connections.
+pub(crate) async fn timed<T, F, Fut>(
+    what: &str,
+    phase: Phase,
+    timeout: Duration,
+    endpoints: &str,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if attempt < REFUSED_RETRIES && never_sent(&e) => {
+                attempt += 1;
+                let pause = Duration::from_millis(5 << attempt);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(map_err(e, phase, endpoints));
+                }
+                tracing::debug!(attempt, error = %e, "etcd endpoint refused the connection; retrying");
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Err(e)) => return Err(map_err(e, phase, endpoints)),
+            Err(_) => return Err(timeout_err(what, phase, timeout, endpoints)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientError as E;
+
+    const EP: &str = "127.0.0.1:2379";
+
+    fn status(code: tonic::Code, msg: &str) -> E {
+        E::Status(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn compacted_reads_are_retryable_conflicts() {
+        let e = map_err(
+            status(
+                tonic::Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            Phase::Read,
+            EP,
+        );
+        assert!(matches!(&e, Error::Conflict { message } if message.contains("compacted")));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn lost_commit_answers_are_unknown_outcomes() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Unknown,
+        ] {
+            let e = map_err(
+                status(code, "etcdserver: request timed out"),
+                Phase::Commit,
+                EP,
+            );
+            assert!(
+                matches!(
+                    e,
+                    Error::CommitOutcomeUnknown {
+                        backend: "etcd",
+                        ..
+                    }
+                ),
+                "{code:?}: {e:?}"
+            );
+            let e = map_err(
+                status(code, "etcdserver: request timed out"),
+                Phase::Read,
+                EP,
+            );
+            assert!(matches!(e, Error::Unavailable { .. }), "{code:?}: {e:?}");
+        }
+        let io = || {
+            E::Status(tonic::Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "gone",
+            ))))
+        };
+        assert!(matches!(
+            map_err(io(), Phase::Commit, EP),
+            Error::CommitOutcomeUnknown { .. }
+        ));
+        assert!(matches!(
+            map_err(io(), Phase::Read, EP),
+            Error::Unavailable { .. }
+        ));
+        assert!(matches!(
+            timeout_err("a commit", Phase::Commit, Duration::from_secs(1), EP),
+            Error::CommitOutcomeUnknown { .. }
+        ));
+    }
+
+    #[test]
+    fn refused_connections_were_never_sent_so_commits_are_not_ambiguous() {
+        let refused = || {
+            E::Status(tonic::Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            ))))
+        };
+        assert!(never_sent(&refused()));
+        let e = map_err(refused(), Phase::Commit, EP);
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        let reset = E::Status(tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ))));
+        assert!(!never_sent(&reset));
+        let e = map_err(reset, Phase::Commit, EP);
+        assert!(matches!(e, Error::CommitOutcomeUnknown { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn oversized_requests_and_bad_options_are_invalid_input() {
+        let e = map_err(
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            Phase::Commit,
+            EP,
+        );
+        assert!(matches!(&e, Error::InvalidInput { message } if message.contains("server_limits")));
+        assert!(matches!(
+            map_err(
+                E::InvalidOptions("empty endpoints".into()),
+                Phase::Connect,
+                EP
+            ),
+            Error::InvalidInput { .. }
+        ));
+    }
+
+    #[test]
+    fn the_rest_is_a_backend_error_except_at_connect() {
+        let e = map_err(
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            Phase::Connect,
+            EP,
+        );
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        let e = map_err(status(tonic::Code::PermissionDenied, "no"), Phase::Read, EP);
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        let e = map_err(status(tonic::Code::DataLoss, "no"), Phase::Read, EP);
+        assert!(
+            matches!(
+                e,
+                Error::Backend {
+                    backend: "etcd",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = map_err(status(tonic::Code::Unavailable, "down"), Phase::Connect, EP);
+        assert!(matches!(&e, Error::Unavailable { message, .. } if message.contains(EP)));
+    }
+}
