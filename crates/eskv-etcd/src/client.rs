@@ -116,6 +116,10 @@ fn read_pem(what: &str, p: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 impl EtcdClient {
     /// A client for `options.endpoints`, balanced over all of them.
     ///
+    /// Calls carry no deadline of their own (`request_timeout` is applied
+    /// by [`EtcdStore`](crate::EtcdStore) around each call): wrap raw calls
+    /// in `tokio::time::timeout` where a deadline matters.
+    ///
     /// The channel connects lazily: this fails only on bad options, or on a
     /// refused authentication. Send a request to find out whether the
     /// cluster is reachable.
@@ -160,8 +164,11 @@ impl EtcdClient {
                         "etcd endpoint {ep:?} is not a valid URI ({uri}): {e}"
                     ))
                 })?
+                // No channel-wide request deadline: the store puts each
+                // call under its own (`error::timed`), so that a commit
+                // that times out is reported as an unknown outcome and a
+                // probe gets the connect timeout.
                 .connect_timeout(options.connect_timeout)
-                .timeout(options.request_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
