@@ -61,7 +61,9 @@ pub fn strict_key() -> Vec<u8> {
 /// [`EventStore::finish_import`]: crate::EventStore::finish_import
 /// [`ImportMarker`]: crate::ImportMarker
 pub fn import_key() -> Vec<u8> {
-    KeyBuilder::with_raw(&[META]).str("import_in_progress").finish()
+    KeyBuilder::with_raw(&[META])
+        .str("import_in_progress")
+        .finish()
 }
 
 /// The head key: the last assigned position. Every append reads and writes

@@ -146,7 +146,10 @@ enum Db {
     Read(redb::ReadOnlyDatabase),
     /// A file that needed recovery, recovered in a temporary copy (field
     /// order: the database closes before its copy is removed).
-    Recovered { db: Database, _copy: TempCopy },
+    Recovered {
+        db: Database,
+        _copy: TempCopy,
+    },
 }
 
 impl Db {
@@ -213,7 +216,9 @@ fn map_err(e: impl Into<redb::Error>) -> Error {
         redb::Error::Corrupted(msg) => Error::corrupt(None, format!("redb file is corrupt: {msg}")),
         redb::Error::UpgradeRequired(v) => Error::corrupt(
             None,
-            format!("redb file format {v} needs an upgrade with a newer redb before eskv can open it"),
+            format!(
+                "redb file format {v} needs an upgrade with a newer redb before eskv can open it"
+            ),
         ),
         // Only opening meets this, and the open maps it with the path.
         redb::Error::DatabaseAlreadyOpen => Error::StoreLocked {
@@ -334,7 +339,9 @@ impl RedbStore {
         if let Some(c) = options.cache_size {
             builder.set_cache_size(c);
         }
-        let cannot = |what: String| Error::backend(BACKEND, format!("cannot open {}: {what}", path.display()));
+        let cannot = |what: String| {
+            Error::backend(BACKEND, format!("cannot open {}: {what}", path.display()))
+        };
         let db = match builder.open_read_only(&path) {
             Ok(db) => Db::Read(db),
             Err(redb::DatabaseError::RepairAborted) => {
@@ -419,7 +426,8 @@ impl RedbStore {
 /// recovers the copy, so that the original is never written. Fails with
 /// [`Error::StoreLocked`] if the file changed while it was copied.
 fn recover_copy(path: &Path, builder: &redb::Builder) -> Result<(Database, TempCopy)> {
-    let io = |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
+    let io =
+        |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
     let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
     let before = stamp(std::fs::metadata(path).map_err(io)?);
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -462,7 +470,10 @@ fn check_format(db: &Db, path: &Path) -> Result<()> {
         Err(redb::TableError::TableDoesNotExist(_)) => {
             return Err(Error::corrupt(
                 None,
-                format!("{} is a redb database but not an eskv store", path.display()),
+                format!(
+                    "{} is a redb database but not an eskv store",
+                    path.display()
+                ),
             ))
         }
         Err(e) => return Err(map_err(e)),
@@ -483,7 +494,10 @@ fn check_format(db: &Db, path: &Path) -> Result<()> {
         None => {
             return Err(Error::corrupt(
                 None,
-                format!("{} is a redb database but not an eskv store", path.display()),
+                format!(
+                    "{} is a redb database but not an eskv store",
+                    path.display()
+                ),
             ))
         }
     }
