@@ -82,3 +82,41 @@ async fn read_only_refuses_what_is_not_an_eskv_store_without_touching_it() {
     assert!(RedbStore::open_read_only(&missing).await.is_err());
     assert!(!missing.exists());
 }
+
+/// The event layer opened on a read-only store writes nothing, not even
+/// its format marker, and reads what is there.
+#[tokio::test]
+async fn the_event_store_opens_a_read_only_store_without_writing() {
+    use eskv_core::{EventStore, NewEvent, ReadOptions};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    // A kv store the event layer never opened (no event format marker) ...
+    let bare = dir.path().join("bare.redb");
+    drop(RedbStore::open(&bare).await.unwrap());
+    // ... and one with events.
+    let full = dir.path().join("full.redb");
+    {
+        let es = EventStore::open(Arc::new(RedbStore::open(&full).await.unwrap()))
+            .await
+            .unwrap();
+        es.append(vec![NewEvent::new("A", b"{}".to_vec())], None)
+            .await
+            .unwrap();
+    }
+    for (path, events) in [(&bare, 0), (&full, 1)] {
+        let before = bytes(path);
+        let kv = RedbStore::open_read_only(path).await.unwrap();
+        let es = EventStore::open(Arc::new(kv)).await.unwrap();
+        assert_eq!(
+            es.read_all(ReadOptions::new()).await.unwrap().events.len(),
+            events
+        );
+        let e = es
+            .append(vec![NewEvent::new("B", b"{}".to_vec())], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::ReadOnly { .. }), "{e}");
+        drop(es);
+        assert_eq!(bytes(path), before, "{}", path.display());
+    }
+}
