@@ -1635,3 +1635,50 @@ async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_keep_the_arguments_they_name() {
+        let text = "error: the following required arguments were not provided:\n  --to <URL>\n  --from <URL>\n\nUsage: eskv copy --from <URL> --to <URL>\n\nFor more information, try '--help'.\n";
+        let m = clap_message(text);
+        assert_eq!(
+            m,
+            "the following required arguments were not provided: --to <URL>, --from <URL> (usage: eskv copy --from <URL> --to <URL>; see 'eskv --help')"
+        );
+    }
+
+    #[test]
+    fn source_locations_are_dropped_and_other_brackets_kept() {
+        assert_eq!(
+            strip_source_locations(
+                "cannot reach PD a:1: [/x/.cargo/registry/src/tikv-client-0.4.0/src/pd/cluster.rs:209]: PD cluster failed"
+            ),
+            "cannot reach PD a:1: PD cluster failed"
+        );
+        assert_eq!(strip_source_locations("tags [a, b]: x"), "tags [a, b]: x");
+        assert_eq!(strip_source_locations("open [ end"), "open [ end");
+    }
+
+    #[test]
+    fn rates_are_whole_numbers_and_one_event_is_singular() {
+        assert_eq!(rate_text(1234.5678), "1235/s");
+        assert_eq!(rate_text(f64::INFINITY), "-/s");
+        assert_eq!(events_word(1), "event");
+        assert_eq!(events_word(0), "events");
+        assert_eq!(events_word(2), "events");
+    }
+
+    #[test]
+    fn cells_are_cut_and_padded_by_display_width() {
+        assert_eq!(width("東京"), 4);
+        assert_eq!(pad("東京", 6, false), "東京  ");
+        assert_eq!(pad("7", 3, true), "  7");
+        let c = cut("東京東京東京", 5);
+        assert!(width(&c) <= 5, "{c}");
+        assert!(c.ends_with('…'));
+        assert_eq!(cut("short", 10), "short");
+    }
+}
