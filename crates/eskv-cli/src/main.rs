@@ -20,6 +20,7 @@ use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 const AFTER_HELP: &str = "\
 Store URLs (--store, or the ESKV_STORE environment variable):
@@ -31,12 +32,17 @@ Store URLs (--store, or the ESKV_STORE environment variable):
 
 Output: JSON lines when stdout is not a terminal or with --json, else a table.
 
-Exit codes:
-  0  success
-  1  error (one line on stderr)
-  2  bad usage: unknown flag, bad store URL, bad query or expected version
-  3  append rejected: wrong expected version, DCB condition failed, or ids reused
-  4  check found damage (the report is on stdout)";
+Exit codes (errors are one line on stderr):
+  0    success
+  1    error: the store cannot be opened, read or written (missing, locked by
+       another process, damaged, unreachable), or another I/O error
+  2    bad usage or bad input: unknown flag, missing argument, bad store URL,
+       query or expected version, invalid --data, or events the store refuses
+       (bad type or tag, unknown type in strict mode, over a limit)
+  3    append rejected by the store's state: wrong expected version, DCB
+       condition failed, or ids reused
+  4    check found damage or an unfinished import (the report is on stdout)
+  101  internal error (a bug in eskv: please report it)";
 
 /// The eskv event store tool.
 #[derive(Debug, Parser)]
@@ -55,6 +61,15 @@ struct Cli {
     /// Print JSON (lines) even when stdout is a terminal.
     #[arg(long, global = true)]
     json: bool,
+    /// How long to wait for a redb file that another process holds.
+    #[arg(
+        long,
+        global = true,
+        env = "ESKV_LOCK_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    lock_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,8 +136,8 @@ struct AppendArgs {
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "TAG", requires = "event_type")]
     tags: Vec<String>,
-    /// Payload as JSON (stored compacted: whitespace outside strings is
-    /// removed; numbers and key order are kept as written).
+    /// Payload as JSON, stored byte for byte as written (it must be one
+    /// valid JSON document).
     #[arg(
         long,
         value_name = "JSON",
@@ -332,19 +347,60 @@ fn clap_error(e: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
         _ => {
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("bad usage");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(
-                io::stderr(),
-                "error: {} (see 'eskv --help')",
-                one_line(first)
-            );
+            let _ = writeln!(io::stderr(), "error: {}", clap_message(&e.to_string()));
             ExitCode::from(2)
         }
+    }
+}
+
+/// clap's whole message on one line: every line up to its usage summary
+/// (the arguments a "required arguments were not provided" error names
+/// are on the lines after the first), then the usage.
+fn clap_message(text: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut usage_line = None;
+    for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = l.strip_prefix("Usage: ") {
+            usage_line = Some(u.to_owned());
+        } else if l.starts_with("For more information") {
+        } else {
+            let l = l.strip_prefix("error: ").unwrap_or(l);
+            match parts.last_mut() {
+                Some(p) if p.ends_with(':') => {
+                    p.push(' ');
+                    p.push_str(l);
+                }
+                Some(p) if l.starts_with('-') || l.starts_with('<') => {
+                    p.push_str(", ");
+                    p.push_str(l);
+                }
+                _ => parts.push(l.to_owned()),
+            }
+        }
+    }
+    let mut msg = if parts.is_empty() {
+        "bad usage".to_owned()
+    } else {
+        parts.join("; ")
+    };
+    if let Some(u) = usage_line {
+        msg.push_str(&format!(" (usage: {u}; see 'eskv --help')"));
+    } else {
+        msg.push_str(" (see 'eskv --help')");
+    }
+    one_line(&msg)
+}
+
+/// The exit code for an error of the store (see the README's table).
+fn store_error_code(e: &eskv::Error) -> Option<u8> {
+    match e {
+        eskv::Error::WrongExpectedVersion { .. }
+        | eskv::Error::ConditionFailed { .. }
+        | eskv::Error::IdempotencyViolation { .. } => Some(3),
+        eskv::Error::InvalidInput { .. }
+        | eskv::Error::LimitExceeded { .. }
+        | eskv::Error::UnknownEventType { .. } => Some(2),
+        _ => None,
     }
 }
 
@@ -363,26 +419,60 @@ fn report(e: anyhow::Error) -> ExitCode {
             if let Some(x) = c.downcast_ref::<Exit>() {
                 return Some(x.code);
             }
-            match c.downcast_ref::<eskv::Error>() {
-                Some(
-                    eskv::Error::WrongExpectedVersion { .. }
-                    | eskv::Error::ConditionFailed { .. }
-                    | eskv::Error::IdempotencyViolation { .. },
-                ) => Some(3),
-                _ => None,
-            }
+            c.downcast_ref::<eskv::Error>().and_then(store_error_code)
         })
         .unwrap_or(1);
-    let _ = writeln!(io::stderr(), "error: {}", one_line(&format!("{e:#}")));
+    // The chain, without causes that their error already quotes.
+    let mut msg = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if msg.contains(&t) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&t);
+    }
+    let _ = writeln!(io::stderr(), "error: {}", one_line(&msg));
     ExitCode::from(code)
 }
 
 fn one_line(s: &str) -> String {
-    s.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    strip_source_locations(
+        &s.split(['\n', '\r'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// Removes source locations some client libraries put in their messages
+/// ("[/home/u/.cargo/registry/src/.../cluster.rs:209]: "): they say
+/// nothing to the person reading the error.
+fn strip_source_locations(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('[') {
+        let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+            break;
+        };
+        let inner = &rest[open + 1..close];
+        let is_location = inner.rsplit_once(':').is_some_and(|(file, line)| {
+            file.ends_with(".rs") && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+        });
+        if is_location {
+            out.push_str(&rest[..open]);
+            rest = &rest[close + 1..];
+            rest = rest.strip_prefix(':').unwrap_or(rest).trim_start();
+        } else {
+            out.push_str(&rest[..=close]);
+            rest = &rest[close + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn parse_url(s: &str) -> Result<StoreUrl> {
@@ -390,6 +480,7 @@ fn parse_url(s: &str) -> Result<StoreUrl> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    open::set_lock_wait(Duration::from_secs(cli.lock_timeout));
     let url = parse_url(&cli.store)?;
     let mut out = Out::new(cli.json);
     match cli.command {
@@ -440,37 +531,13 @@ impl Out {
 
 // ---------------------------------------------------------------- append
 
-/// Removes whitespace outside strings, so multi-line JSON fits on a line.
-fn minify_json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let (mut in_str, mut esc) = (false, false);
-    for c in s.chars() {
-        if in_str {
-            out.push(c);
-            if esc {
-                esc = false;
-            } else if c == '\\' {
-                esc = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-        } else if c == '"' {
-            in_str = true;
-            out.push(c);
-        } else if !c.is_whitespace() {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn event_from_flags(a: &AppendArgs, event_type: &str) -> Result<EventLine> {
     let data = match &a.data {
+        // Checked as written, stored as written: nothing is taken out.
         Some(d) => {
-            let d = minify_json(d);
-            serde_json::from_str::<&serde_json::value::RawValue>(&d)
+            serde_json::from_str::<&serde_json::value::RawValue>(d)
                 .map_err(|e| usage(format!("--data is not valid JSON: {e}")))?;
-            Some(serde_json::value::RawValue::from_string(d).map_err(|e| usage(e.to_string()))?)
+            Some(d.clone())
         }
         None => None,
     };
@@ -488,8 +555,10 @@ fn event_from_flags(a: &AppendArgs, event_type: &str) -> Result<EventLine> {
         stream: None,
         version: None,
         tags: a.tags.clone(),
-        data,
-        data_text: a.data_text.clone(),
+        data: None,
+        // The exact bytes (including any line breaks or surrounding
+        // spaces); `read` shows single-line JSON as "data" again.
+        data_text: data.or_else(|| a.data_text.clone()),
         data_base64: None,
         metadata: MetaLine {
             correlation_id: a.correlation_id.clone(),
@@ -556,7 +625,13 @@ async fn append(url: &StoreUrl, a: AppendArgs, out: &mut Out) -> Result<()> {
         req = req.condition(AppendCondition::new(parse_query(&a.fail_if)?, a.after));
     }
     let store = open::open(url, Access::Create).await?;
-    let done = store.submit(req).await.context("append rejected")?;
+    let done = store.submit(req).await.map_err(|e| {
+        if store_error_code(&e) == Some(3) {
+            anyhow::Error::new(e).context("append rejected")
+        } else {
+            e.into()
+        }
+    })?;
     let mut v = json!({
         "first_position": done.first_position,
         "last_position": done.last_position,
@@ -622,6 +697,8 @@ const READ_PAGE: u64 = 512;
 struct Printer<'a> {
     out: &'a mut Out,
     rows: Vec<EventLine>,
+    /// Events printed.
+    count: u64,
 }
 
 impl<'a> Printer<'a> {
@@ -629,10 +706,20 @@ impl<'a> Printer<'a> {
         Printer {
             out,
             rows: Vec::new(),
+            count: 0,
         }
     }
 
+    /// On a terminal, says so when nothing was printed.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.count == 0 && !self.out.json {
+            self.out.line("no events")?;
+        }
+        self.out.flush()
+    }
+
     fn event(&mut self, e: &RecordedEvent) -> io::Result<()> {
+        self.count += 1;
         let line = EventLine::from_recorded(e);
         if self.out.json {
             self.out.line(&line.to_json())
@@ -645,7 +732,7 @@ impl<'a> Printer<'a> {
     /// Prints buffered table rows.
     fn page(&mut self) -> io::Result<()> {
         if !self.rows.is_empty() {
-            let t = table(&self.rows);
+            let t = table(&self.rows, None);
             self.out.w.write_all(t.as_bytes())?;
             self.rows.clear();
         }
@@ -653,17 +740,51 @@ impl<'a> Printer<'a> {
     }
 }
 
+/// How wide `s` is on a terminal (wide characters take two columns).
+fn width(s: &str) -> usize {
+    UnicodeWidthStr::width(s)
+}
+
+/// `s` cut to at most `n` terminal columns, with "…" when cut.
 fn cut(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
+    if width(s) <= n {
+        return s.to_owned();
+    }
+    let mut t = String::new();
+    let mut w = 0;
+    for c in s.chars() {
+        let cw = UnicodeWidthChar::width(c).unwrap_or(0);
+        if w + cw + 1 > n {
+            break;
+        }
+        t.push(c);
+        w += cw;
+    }
+    t.push('…');
+    t
+}
+
+/// `s` padded with spaces to `n` terminal columns.
+fn pad(s: &str, n: usize, right: bool) -> String {
+    let fill = " ".repeat(n.saturating_sub(width(s)));
+    if right {
+        fill + s
     } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
+        format!("{s}{fill}")
     }
 }
 
-fn table(rows: &[EventLine]) -> String {
+const TABLE_HEAD: [&str; 6] = ["POS", "TYPE", "STREAM@VER", "TAGS", "RECORDED", "DATA"];
+/// Most columns a table cell takes (DATA, the last, included).
+const TABLE_MAX: [usize; 6] = [12, 32, 32, 40, 24, 60];
+/// The widths `tail` uses from its first line on, before it has seen any
+/// rows: wide enough for most values (longer ones are cut with "…").
+const TAIL_WIDTHS: [usize; 5] = [8, 24, 24, 32, 24];
+
+/// Rows as a table: aligned by terminal width, with a header. `fixed`
+/// gives the widths of the first five columns (for `tail`, whose rows
+/// arrive one by one); otherwise they fit the rows.
+fn table(rows: &[EventLine], fixed: Option<[usize; 5]>) -> String {
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -680,40 +801,51 @@ fn table(rows: &[EventLine]) -> String {
             } else {
                 String::new()
             };
+            let tags = if r.tags.is_empty() {
+                "-".to_owned()
+            } else {
+                r.tags.join(",")
+            };
             [
                 r.position.map_or(String::new(), |p| p.to_string()),
                 r.event_type.clone(),
-                cut(&stream, 32),
-                cut(&r.tags.join(","), 40),
+                stream,
+                tags,
                 r.recorded_at.clone().unwrap_or_default(),
-                cut(&data, 60),
+                data,
             ]
         })
         .collect();
-    let head = ["POS", "TYPE", "STREAM@VER", "TAGS", "RECORDED", "DATA"];
-    let mut w = head.map(|h| h.chars().count());
-    for c in &cells {
-        for (i, s) in c.iter().enumerate() {
-            w[i] = w[i].max(s.chars().count());
+    let mut w = [0; 6];
+    match fixed {
+        Some(f) => w[..5].copy_from_slice(&f),
+        None => {
+            for (i, h) in TABLE_HEAD.iter().enumerate() {
+                w[i] = cells
+                    .iter()
+                    .map(|c| width(&c[i]))
+                    .fold(width(h), usize::max)
+                    .min(TABLE_MAX[i]);
+            }
         }
     }
     let mut s = String::new();
-    let mut row = |r: &[String; 6]| {
-        let mut l = format!("{:>w0$}", r[0], w0 = w[0]);
+    let mut row = |r: [&str; 6]| {
+        let mut l = pad(&cut(r[0], w[0]), w[0], true);
         for i in 1..6 {
             l.push_str("  ");
             if i == 5 {
-                l.push_str(&r[i]);
+                l.push_str(&cut(r[i], TABLE_MAX[5]));
             } else {
-                l.push_str(&format!("{:<wi$}", r[i], wi = w[i]));
+                l.push_str(&pad(&cut(r[i], w[i]), w[i], false));
             }
         }
         s.push_str(l.trim_end());
         s.push('\n');
     };
-    row(&head.map(String::from));
+    row(TABLE_HEAD);
     for c in &cells {
-        row(c);
+        row([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]].map(String::as_str));
     }
     s
 }
@@ -721,12 +853,23 @@ fn table(rows: &[EventLine]) -> String {
 async fn read(url: &StoreUrl, a: ReadArgs, out: &mut Out) -> Result<()> {
     let t = target(&a.filter)?;
     let store = open::open(url, Access::Existing).await?;
-    let mut left = a.limit.unwrap_or(u64::MAX);
     let mut p = Printer::new(out);
+    read_into(&store, &t, &a, &mut p).await?;
+    p.finish()?;
+    Ok(())
+}
+
+async fn read_into(
+    store: &EventStore,
+    t: &Target,
+    a: &ReadArgs,
+    p: &mut Printer<'_>,
+) -> Result<()> {
+    let mut left = a.limit.unwrap_or(u64::MAX);
     if left == 0 {
         return Ok(());
     }
-    if let Target::Stream(s) = &t {
+    if let Target::Stream(s) = t {
         let head = store.head().await?;
         let until = a.until.map_or(head, |u| u.min(head));
         let mut version = a.from_version;
@@ -776,7 +919,7 @@ async fn read(url: &StoreUrl, a: ReadArgs, out: &mut Out) -> Result<()> {
     loop {
         let page = left.min(READ_PAGE);
         opts.limit = Some(page as usize);
-        let res = fetch(&store, &t, opts).await?;
+        let res = fetch(store, t, opts).await?;
         // Later pages read at the first page's head: one consistent view.
         opts.until = Some(opts.until.map_or(res.head, |u| u.min(res.head)));
         for e in &res.events {
@@ -829,7 +972,7 @@ fn tail_print(out: &mut Out, e: &RecordedEvent, left: &mut u64) -> io::Result<bo
     if out.json {
         out.line(&line.to_json())?;
     } else {
-        let t = table(std::slice::from_ref(&line));
+        let t = table(std::slice::from_ref(&line), Some(TAIL_WIDTHS));
         // Skip the header row after the first event.
         let body = t.split_once('\n').map_or(t.as_str(), |(_, b)| b);
         out.w.write_all(body.as_bytes())?;
@@ -863,7 +1006,8 @@ async fn tail_subscribe(
         None => StartFrom::End,
     };
     if !out.json {
-        out.w.write_all(table(&[]).as_bytes())?;
+        out.w.write_all(table(&[], Some(TAIL_WIDTHS)).as_bytes())?;
+        out.flush()?;
     }
     let mut sub = store
         .subscribe(SubscriptionOptions::new().filter(filter).start(start))
@@ -897,7 +1041,8 @@ async fn tail_poll(
         None => open::open(url, Access::Existing).await?.head().await?,
     };
     if !out.json {
-        out.w.write_all(table(&[]).as_bytes())?;
+        out.w.write_all(table(&[], Some(TAIL_WIDTHS)).as_bytes())?;
+        out.flush()?;
     }
     let mut next_version = 1;
     let idle = Duration::from_millis(200);
@@ -977,20 +1122,22 @@ async fn streams(url: &StoreUrl, a: StreamsArgs, out: &mut Out) -> Result<()> {
             _ => break,
         }
     }
-    if !out.json {
-        let w0 = rows
-            .iter()
-            .map(|r| r[0].chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(6);
+    if !out.json && rows.is_empty() {
+        out.line("no streams")?;
+    } else if !out.json {
+        let w0 = rows.iter().map(|r| width(&r[0])).max().unwrap_or(0).max(6);
         let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(7);
         out.line(&format!(
             "{:<w0$}  {:>w1$}  LAST_POSITION",
             "STREAM", "VERSION"
         ))?;
         for r in rows {
-            out.line(&format!("{:<w0$}  {:>w1$}  {}", r[0], r[1], r[2]))?;
+            out.line(&format!(
+                "{}  {:>w1$}  {}",
+                pad(&r[0], w0, false),
+                r[1],
+                r[2]
+            ))?;
         }
     }
     Ok(())
@@ -1002,6 +1149,7 @@ async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
     let streams = transfer::count_streams(&store).await?;
     let types = store.event_types().await?;
     let strict = store.strict_types().await?;
+    let unfinished = store.import_in_progress().await?;
     drop(store);
     let size = open::file_size(url);
     if out.json {
@@ -1017,6 +1165,12 @@ async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
         if let Some(s) = size {
             v["file_size"] = json!(s);
         }
+        if let Some(m) = &unfinished {
+            v["import_in_progress"] = json!({
+                "expected_events": m.expected_events,
+                "message": m.to_string(),
+            });
+        }
         out.value(&v)?;
     } else {
         out.line(&format!("store:     {url}"))?;
@@ -1030,6 +1184,9 @@ async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
         ))?;
         if let Some(s) = size {
             out.line(&format!("file size: {s} bytes ({})", human_bytes(s)))?;
+        }
+        if let Some(m) = &unfinished {
+            out.line(&format!("warning:   {m}"))?;
         }
     }
     Ok(())
@@ -1086,7 +1243,10 @@ async fn types(url: &StoreUrl, action: TypesAction, out: &mut Out) -> Result<()>
 
 async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
     let store = open::open(url, Access::Existing).await?;
-    let r = eskv::verify::verify(&store).await?;
+    let pb = spinner("checking", "keys read");
+    let r = eskv::verify::verify_with_progress(&store, |keys| pb.set_position(keys)).await;
+    pb.finish_and_clear();
+    let r = r?;
     if out.json {
         let violations: Vec<_> = r
             .violations
@@ -1128,17 +1288,65 @@ async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
 
 // ------------------------------------------------- export, import, copy
 
+/// "event" or "events".
+fn events_word(n: u64) -> &'static str {
+    if n == 1 {
+        "event"
+    } else {
+        "events"
+    }
+}
+
+/// A rate as a person reads it: a whole number per second.
+fn rate_text(per_sec: f64) -> String {
+    if per_sec.is_finite() {
+        format!("{:.0}/s", per_sec)
+    } else {
+        "-/s".to_owned()
+    }
+}
+
+/// A progress style with a whole-number rate as `{rate}`.
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&rate_text(s.per_sec()));
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// A progress bar over `len` events on stderr, when it is a terminal
+/// (hidden otherwise).
 fn progress(len: u64, what: &str) -> ProgressBar {
     if !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let style =
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
+    pb.set_style(style(&format!(
+        "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {} ({{rate}}, eta {{eta}})",
+        events_word(len)
+    )));
     pb.set_message(what.to_owned());
+    pb.tick();
+    pb
+}
+
+/// Progress without a known total ("checking 12345 keys read"), on stderr
+/// when it is a terminal.
+fn spinner(what: &str, unit: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    pb.set_style(style(&format!(
+        "{{spinner}} {{msg}}: {{pos}} {unit} ({{rate}}, {{elapsed}})"
+    )));
+    pb.set_message(what.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }
 
@@ -1244,6 +1452,8 @@ async fn read_export(
                 if let Some(imp) = importer.as_deref_mut() {
                     imp.header(&h).await?;
                     *pb = progress(h.head, "import");
+                } else {
+                    *pb = progress(h.head, "checking the file");
                 }
                 header = Some(h);
             }
@@ -1260,9 +1470,9 @@ async fn read_export(
                     imp.push(&e)
                         .await
                         .with_context(|| format!("{name} line {n}"))?;
-                    if digest.events % 256 == 0 {
-                        pb.set_position(digest.events);
-                    }
+                }
+                if digest.events % 256 == 0 {
+                    pb.set_position(digest.events);
                 }
             }
             ExportLine::Trailer(end) => {
@@ -1310,7 +1520,9 @@ async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out) -> Result
         Some(f) => {
             // Check the whole file before writing anything.
             let mut pb = ProgressBar::hidden();
-            read_export(open_file(f)?, &name, None, &mut pb).await?;
+            let checked = read_export(open_file(f)?, &name, None, &mut pb).await;
+            pb.finish_and_clear();
+            checked?;
             open_file(f)?
         }
         None => {
@@ -1335,7 +1547,9 @@ async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out) -> Result
         }
     };
     let store = open::open(url, Access::Create).await?;
-    let mut importer = Importer::new(store.clone()).await?;
+    let mut importer = Importer::new(store.clone())
+        .await
+        .with_context(|| format!("cannot import into {url}"))?;
     let mut pb = ProgressBar::hidden();
     let res = read_export(reader, &name, Some(&mut importer), &mut pb).await;
     let res = match res {
@@ -1343,12 +1557,18 @@ async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out) -> Result
         Err(e) => Err(e),
     };
     pb.finish_and_clear();
-    let (digest, written) = res.map_err(|e| {
-        e.context(format!(
-            "import into {url} failed (anything it wrote is still there: remove the target before trying again)"
-        ))
-    })?;
-    let (check, streams) = transfer::digest_store(&store).await?;
+    let (digest, written) = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(transfer::failed(e, &importer)
+                .await
+                .context(format!("import into {url} failed")))
+        }
+    };
+    let pb = progress(digest.events, "verifying");
+    let verified = transfer::digest_store(&store, |n| pb.set_position(n)).await;
+    pb.finish_and_clear();
+    let (check, streams) = verified?;
     if check != digest || written != digest {
         bail!(
             "import into {url} does not read back the same: {} events with crc32c {} read, {} with {} imported",
@@ -1379,13 +1599,12 @@ async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Result<()> {
     let pb = progress(header.head, "copy");
     let copied = transfer::copy(&source, &target, &header, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
-    let digest = copied.map_err(|e| {
-        e.context(format!(
-            "copy into {to} failed (anything it wrote is still there: remove the target before trying again)"
-        ))
-    })?;
+    let digest = copied.map_err(|e| e.context(format!("copy into {to} failed")))?;
     let source_streams = transfer::count_streams(&source).await?;
-    let (target_digest, target_streams) = transfer::digest_store(&target).await?;
+    let pb = progress(digest.events, "verifying");
+    let verified = transfer::digest_store(&target, |n| pb.set_position(n)).await;
+    pb.finish_and_clear();
+    let (target_digest, target_streams) = verified?;
     let target_types = target.event_types().await?;
     let summary = json!({
         "from": from.to_string(),
@@ -1415,4 +1634,51 @@ async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Result<()> {
         bail!("the copy lost registered type '{t}'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_keep_the_arguments_they_name() {
+        let text = "error: the following required arguments were not provided:\n  --to <URL>\n  --from <URL>\n\nUsage: eskv copy --from <URL> --to <URL>\n\nFor more information, try '--help'.\n";
+        let m = clap_message(text);
+        assert_eq!(
+            m,
+            "the following required arguments were not provided: --to <URL>, --from <URL> (usage: eskv copy --from <URL> --to <URL>; see 'eskv --help')"
+        );
+    }
+
+    #[test]
+    fn source_locations_are_dropped_and_other_brackets_kept() {
+        assert_eq!(
+            strip_source_locations(
+                "cannot reach PD a:1: [/x/.cargo/registry/src/tikv-client-0.4.0/src/pd/cluster.rs:209]: PD cluster failed"
+            ),
+            "cannot reach PD a:1: PD cluster failed"
+        );
+        assert_eq!(strip_source_locations("tags [a, b]: x"), "tags [a, b]: x");
+        assert_eq!(strip_source_locations("open [ end"), "open [ end");
+    }
+
+    #[test]
+    fn rates_are_whole_numbers_and_one_event_is_singular() {
+        assert_eq!(rate_text(1234.5678), "1235/s");
+        assert_eq!(rate_text(f64::INFINITY), "-/s");
+        assert_eq!(events_word(1), "event");
+        assert_eq!(events_word(0), "events");
+        assert_eq!(events_word(2), "events");
+    }
+
+    #[test]
+    fn cells_are_cut_and_padded_by_display_width() {
+        assert_eq!(width("東京"), 4);
+        assert_eq!(pad("東京", 6, false), "東京  ");
+        assert_eq!(pad("7", 3, true), "  7");
+        let c = cut("東京東京東京", 5);
+        assert!(width(&c) <= 5, "{c}");
+        assert!(c.ends_with('…'));
+        assert_eq!(cut("short", 10), "short");
+    }
 }

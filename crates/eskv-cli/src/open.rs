@@ -10,15 +10,33 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// The store must exist (commands that only look: `read`, `check`...).
-    /// For redb this means the file must exist; nothing is created.
+    /// For redb this means the file must exist and not be empty; it is
+    /// opened read-only, so its bytes are never changed (it may be a
+    /// read-only file), and nothing is created.
     Existing,
     /// Create the store on first use (`append`, `import`, `copy --to`...).
     Create,
 }
 
-/// How long to wait for a redb file that another eskv process has open
-/// (for example a `tail`, which opens it briefly on every poll).
+/// How long to wait, by default, for a redb file that another process has
+/// open (for example a `tail`, which opens it briefly on every poll).
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(LOCK_WAIT.as_millis() as u64);
+
+/// Sets how long [`open`] waits for a redb file held by another process
+/// (default [`LOCK_WAIT`]).
+pub fn set_lock_wait(wait: Duration) {
+    LOCK_WAIT_MS.store(
+        wait.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn lock_wait() -> Duration {
+    Duration::from_millis(LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Opens the store behind `url`.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
@@ -36,9 +54,9 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
     #[cfg(feature = "redb")]
     if let StoreUrl::Redb { path } = url {
         check_exists(path, access)?;
-        return match open_redb_once(path).await {
+        return match open_redb_once(path, access).await {
             Ok(s) => Ok(Some(s)),
-            Err(e) if is_locked(&e) => Ok(None),
+            Err(eskv::Error::StoreLocked { .. }) => Ok(None),
             Err(e) => Err(redb_context(e, path)),
         };
     }
@@ -55,28 +73,56 @@ pub fn file_size(url: &StoreUrl) -> Option<u64> {
 
 #[cfg_attr(not(feature = "redb"), allow(dead_code))]
 fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
-    if access == Access::Existing && !path.exists() {
-        bail!(
+    if access != Access::Existing {
+        if path.is_dir() {
+            bail!(
+                "cannot open '{}': it is a directory, not an eskv store file",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "no eskv store at '{}': the file does not exist (append or import creates it)",
+            path.display()
+        ),
+        Err(e) => bail!("cannot open '{}': {e}", path.display()),
+    };
+    if meta.is_dir() {
+        bail!(
+            "cannot open '{}': it is a directory, not an eskv store file",
+            path.display()
+        );
+    }
+    if meta.len() == 0 {
+        bail!(
+            "no eskv store at '{}': the file is empty (0 bytes); append or import writes a store into it",
             path.display()
         );
     }
     Ok(())
 }
 
-#[cfg(feature = "redb")]
-fn is_locked(e: &eskv::Error) -> bool {
-    matches!(e, eskv::Error::Unavailable { message, .. } if message.contains("already open"))
-}
-
+/// Names the file, unless the error already does.
 #[cfg(feature = "redb")]
 fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
-    anyhow::Error::new(e).context(format!("cannot open '{}'", path.display()))
+    let named = e.to_string().contains(&path.display().to_string());
+    let e = anyhow::Error::new(e);
+    if named {
+        e
+    } else {
+        e.context(format!("cannot open '{}'", path.display()))
+    }
 }
 
 #[cfg(feature = "redb")]
-async fn open_redb_once(path: &std::path::Path) -> eskv::Result<EventStore> {
-    let kv = eskv::redb::RedbStore::open(path).await?;
+async fn open_redb_once(path: &std::path::Path, access: Access) -> eskv::Result<EventStore> {
+    let kv = match access {
+        Access::Existing => eskv::redb::RedbStore::open_read_only(path).await?,
+        Access::Create => eskv::redb::RedbStore::open(path).await?,
+    };
     EventStore::open(Arc::new(kv)).await
 }
 
@@ -84,19 +130,19 @@ async fn open_redb_once(path: &std::path::Path) -> eskv::Result<EventStore> {
 async fn open_redb(path: &std::path::Path, access: Access) -> Result<EventStore> {
     check_exists(path, access)?;
     let start = std::time::Instant::now();
+    let wait = lock_wait();
     let mut pause = Duration::from_millis(5);
     loop {
-        match open_redb_once(path).await {
+        match open_redb_once(path, access).await {
             Ok(s) => return Ok(s),
-            Err(e) if is_locked(&e) && start.elapsed() < LOCK_WAIT => {
+            Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < wait => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            Err(e) if is_locked(&e) => {
+            Err(e @ eskv::Error::StoreLocked { .. }) => {
                 bail!(
-                    "cannot open '{}': another process has kept it open for {}s (redb files have one user at a time)",
-                    path.display(),
-                    LOCK_WAIT.as_secs()
+                    "{e} (waited {}s; a redb file has one writer or any number of readers at a time; --lock-timeout SECONDS waits longer)",
+                    wait.as_secs_f64()
                 )
             }
             Err(e) => return Err(redb_context(e, path)),

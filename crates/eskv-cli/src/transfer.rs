@@ -158,8 +158,12 @@ impl LogPager {
 }
 
 /// Reads the whole log of `store` and returns the digest of its lines and
-/// the number of streams (to compare a copy with its source).
-pub async fn digest_store(store: &EventStore) -> Result<(Digest, u64)> {
+/// the number of streams (to compare a copy with its source), calling
+/// `progress` with the number of events read after each page.
+pub async fn digest_store(
+    store: &EventStore,
+    mut progress: impl FnMut(u64),
+) -> Result<(Digest, u64)> {
     let head = store.head().await?;
     let mut pager = LogPager::new(store.clone(), head);
     let mut digest = Digest::default();
@@ -171,6 +175,7 @@ pub async fn digest_store(store: &EventStore) -> Result<(Digest, u64)> {
         for e in &page {
             digest.add(&EventLine::from_recorded(e).to_json());
         }
+        progress(digest.events);
     }
     Ok((digest, count_streams(store).await?))
 }
@@ -192,9 +197,21 @@ pub async fn count_streams(store: &EventStore) -> Result<u64> {
 /// Restores events in position order into an empty store with
 /// [`EventStore::import`], which keeps ids, positions, stream versions,
 /// metadata and recorded times exactly.
+///
+/// The store is marked as an import in progress
+/// ([`EventStore::begin_import`]) before anything is written, and the mark
+/// is removed by [`finish`](Self::finish) only: a store left by an import
+/// that was cut short (killed, crashed, failed) is reported by `eskv
+/// check` and `eskv info`, and refused by another import. An import that
+/// fails before writing any event takes its mark back
+/// ([`abandon`](Self::abandon)).
 #[derive(Debug)]
 pub struct Importer {
     store: EventStore,
+    /// Whether the in-progress mark is set.
+    marked: bool,
+    /// Events written to the store.
+    written: u64,
     /// The position the next event must have.
     next: u64,
     /// Events not yet written.
@@ -211,8 +228,12 @@ pub struct Imported {
 }
 
 impl Importer {
-    /// Starts an import into `store`, which must hold no events.
+    /// Starts an import into `store`, which must hold no events and no
+    /// unfinished import.
     pub async fn new(store: EventStore) -> Result<Self> {
+        if let Some(m) = store.import_in_progress().await? {
+            bail!("{m}");
+        }
         let head = store.head().await?;
         if head != 0 {
             bail!(
@@ -221,6 +242,8 @@ impl Importer {
         }
         Ok(Importer {
             store,
+            marked: false,
+            written: 0,
             next: 1,
             run: Vec::new(),
             digest: Digest::default(),
@@ -237,6 +260,7 @@ impl Importer {
                 h.eskv_export
             );
         }
+        self.mark(Some(h.head)).await?;
         if !h.types.is_empty() {
             self.store
                 .register_event_types(h.types.iter().cloned())
@@ -244,6 +268,30 @@ impl Importer {
         }
         self.strict = h.strict;
         Ok(())
+    }
+
+    /// Marks the store as an import in progress, once.
+    async fn mark(&mut self, expected: Option<u64>) -> Result<()> {
+        if !self.marked {
+            self.store.begin_import(expected).await?;
+            self.marked = true;
+        }
+        Ok(())
+    }
+
+    /// Events written to the store so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// After a failure: when no event was written, removes the
+    /// in-progress mark, so the store is as good as before. Returns true
+    /// when nothing of the import is left.
+    pub async fn abandon(&self) -> bool {
+        if self.written > 0 {
+            return false;
+        }
+        !self.marked || self.store.finish_import().await.is_ok()
     }
 
     /// The digest of the lines pushed so far.
@@ -308,6 +356,10 @@ impl Importer {
 
     /// Writes the buffered events.
     async fn flush(&mut self) -> Result<()> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        self.mark(None).await?;
         let run = std::mem::take(&mut self.run);
         let mut rest: &[RecordedEvent] = &run;
         while !rest.is_empty() {
@@ -319,7 +371,10 @@ impl Importer {
             }
             loop {
                 match self.write(&rest[..n]).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.written += n as u64;
+                        break;
+                    }
                     // Too big for the backend (etcd's operation limit, say):
                     // nothing was written, so try half as many.
                     Err(e) if n > 1 && is_limit(&e) => n /= 2,
@@ -343,11 +398,16 @@ impl Importer {
         Ok(())
     }
 
-    /// Writes what is left and turns strict mode on if the source had it.
-    pub async fn finish(mut self) -> Result<Imported> {
+    /// Writes what is left, turns strict mode on if the source had it, and
+    /// removes the in-progress mark.
+    pub async fn finish(&mut self) -> Result<Imported> {
         self.flush().await?;
         if self.strict {
             self.store.set_strict_types(true).await?;
+        }
+        if self.marked {
+            self.store.finish_import().await?;
+            self.marked = false;
         }
         Ok(Imported {
             digest: self.digest,
@@ -376,7 +436,8 @@ pub fn check_trailer(end: &End, digest: &Digest) -> Result<()> {
 
 /// Imports every event of `source` into the empty `target`, calling
 /// `progress` with the number of events copied after each page. Returns
-/// the digest of the copied lines.
+/// the digest of the copied lines. On failure the error says whether the
+/// target was left as it was or holds part of the copy.
 pub async fn copy(
     source: &EventStore,
     target: &EventStore,
@@ -384,20 +445,39 @@ pub async fn copy(
     mut progress: impl FnMut(u64),
 ) -> Result<Digest> {
     let mut importer = Importer::new(target.clone()).await?;
-    importer
-        .header(header)
-        .await
-        .context("cannot copy the type registry")?;
-    let mut pager = LogPager::new(source.clone(), header.head);
-    loop {
-        let page = pager.next_page().await?;
-        if page.is_empty() {
-            break;
+    let res: Result<Digest> = async {
+        importer
+            .header(header)
+            .await
+            .context("cannot copy the type registry")?;
+        let mut pager = LogPager::new(source.clone(), header.head);
+        loop {
+            let page = pager.next_page().await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                importer.push(&EventLine::from_recorded(e)).await?;
+            }
+            progress(importer.count());
         }
-        for e in &page {
-            importer.push(&EventLine::from_recorded(e)).await?;
-        }
-        progress(importer.count());
+        Ok(importer.finish().await?.digest)
     }
-    Ok(importer.finish().await?.digest)
+    .await;
+    match res {
+        Ok(d) => Ok(d),
+        Err(e) => Err(failed(e, &importer).await),
+    }
+}
+
+/// Adds to an import's error what it left in the target.
+pub async fn failed(e: anyhow::Error, importer: &Importer) -> anyhow::Error {
+    let written = importer.written();
+    if importer.abandon().await {
+        e.context("no events were imported (the target can take the import again)")
+    } else {
+        e.context(format!(
+            "the target holds the first {written} events and is marked as an unfinished import: remove it before trying again"
+        ))
+    }
 }

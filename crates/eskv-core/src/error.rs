@@ -140,6 +140,22 @@ pub enum Error {
         message: String,
     },
 
+    /// The store is held by another user (for example a redb file that
+    /// another process has open for writing). Not retryable as such: wait
+    /// for the other user to finish, or close it, then open again.
+    #[error("{} is in use by another process (or another handle in this one); wait for it to finish or close it, then try again", .path.display())]
+    StoreLocked {
+        /// The store's file.
+        path: std::path::PathBuf,
+    },
+
+    /// A write to a store that was opened read-only. Nothing was written.
+    #[error("{backend}: the store was opened read-only; nothing was written (open it for writing to change it)")]
+    ReadOnly {
+        /// Backend name.
+        backend: &'static str,
+    },
+
     /// A backend failure with no semantic mapping.
     #[error("{backend} error: {source}")]
     Backend {
@@ -248,6 +264,8 @@ impl Error {
                 position: *position,
                 message: message.clone(),
             },
+            Error::StoreLocked { path } => Error::StoreLocked { path: path.clone() },
+            Error::ReadOnly { backend } => Error::ReadOnly { backend },
             Error::Backend { backend, source } => Error::Backend {
                 backend,
                 source: source.to_string().into(),
@@ -286,5 +304,11 @@ mod tests {
         assert!(e.to_string().contains("did you mean 'OrderPlaced'"));
         assert!(Error::conflict("x").is_retryable());
         assert!(!Error::invalid("x").is_retryable());
+        let locked = Error::StoreLocked {
+            path: "events.redb".into(),
+        };
+        assert!(!locked.is_retryable());
+        assert!(locked.to_string().contains("events.redb is in use"));
+        assert!(!Error::ReadOnly { backend: "redb" }.is_retryable());
     }
 }

@@ -51,6 +51,21 @@ pub fn strict_key() -> Vec<u8> {
     KeyBuilder::with_raw(&[META]).str("strict_types").finish()
 }
 
+/// The import-in-progress marker: set by [`EventStore::begin_import`]
+/// before an import writes its first event, removed by
+/// [`EventStore::finish_import`] after its last. Its value says what the
+/// import expected (see [`ImportMarker`]); a store that still holds it
+/// was left by an import that did not finish.
+///
+/// [`EventStore::begin_import`]: crate::EventStore::begin_import
+/// [`EventStore::finish_import`]: crate::EventStore::finish_import
+/// [`ImportMarker`]: crate::ImportMarker
+pub fn import_key() -> Vec<u8> {
+    KeyBuilder::with_raw(&[META])
+        .str("import_in_progress")
+        .finish()
+}
+
 /// The head key: the last assigned position. Every append reads and writes
 /// it, which is what serializes appends (see `docs/DESIGN.md`).
 pub fn head_key() -> Vec<u8> {

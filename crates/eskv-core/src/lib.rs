@@ -63,8 +63,8 @@ pub use projection::{
 };
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
-    AppendRequest, AppendResult, EventStore, EventStoreOptions, Limits, LogFilter, ReadOptions,
-    ReadResult, ReadStreamOptions, StreamInfo,
+    AppendRequest, AppendResult, EventStore, EventStoreOptions, ImportMarker, Limits, LogFilter,
+    ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,

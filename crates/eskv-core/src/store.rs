@@ -428,7 +428,8 @@ impl EventStore {
     /// Opens the event store on `kv`.
     ///
     /// Fails with [`Error::Corrupt`] when the store holds a different
-    /// layout format.
+    /// layout format. On a store opened read-only (whose commits fail with
+    /// [`Error::ReadOnly`]) nothing is written, not even the format marker.
     pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
@@ -449,7 +450,12 @@ impl EventStore {
                 }
                 None => {
                     txn.put(layout::format_key(), layout::FORMAT.to_vec());
-                    txn.commit().await?;
+                    match txn.commit().await {
+                        // A read-only store is read as it is: an empty
+                        // store, never initialised.
+                        Ok(()) | Err(Error::ReadOnly { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             vals[1]
@@ -1104,10 +1110,80 @@ impl EventStore {
         .await
     }
 
+    /// Marks an import as in progress (see [`layout::import_key`]), before
+    /// its first [`import`](Self::import). `expected_events` is the number
+    /// of events the import is to write, when known. Until
+    /// [`finish_import`](Self::finish_import), [`crate::verify`] reports the
+    /// store as damaged, so that an import cut short (a crash, a kill) is
+    /// never taken for a complete store.
+    pub async fn begin_import(&self, expected_events: Option<u64>) -> Result<()> {
+        let kv = &self.inner.kv;
+        let value = expected_events.map_or_else(Vec::new, layout::u64_value);
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            txn.put(layout::import_key(), value.clone());
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// Removes the mark of [`begin_import`](Self::begin_import): the import
+    /// is complete.
+    pub async fn finish_import(&self) -> Result<()> {
+        let kv = &self.inner.kv;
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            txn.delete(layout::import_key());
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// The mark of an import that began and has not finished, if any.
+    pub async fn import_in_progress(&self) -> Result<Option<ImportMarker>> {
+        let mut txn = self.inner.kv.begin().await?;
+        txn.get(&layout::import_key())
+            .await?
+            .map(|v| ImportMarker::decode(&v))
+            .transpose()
+    }
+
     /// True when strict mode is on.
     pub async fn strict_types(&self) -> Result<bool> {
         let mut txn = self.inner.kv.begin().await?;
         Ok(txn.get(&layout::strict_key()).await?.as_deref() == Some(&[1u8][..]))
+    }
+}
+
+/// An import that began and has not finished: the value of
+/// [`layout::import_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportMarker {
+    /// How many events the import was to write, when it said.
+    pub expected_events: Option<u64>,
+}
+
+impl ImportMarker {
+    /// Decodes the marker's value: empty, or the expected count (u64 BE).
+    pub fn decode(v: &[u8]) -> Result<Self> {
+        Ok(ImportMarker {
+            expected_events: if v.is_empty() {
+                None
+            } else {
+                Some(layout::parse_u64(v, "import marker")?)
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for ImportMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an import into this store did not finish")?;
+        if let Some(n) = self.expected_events {
+            write!(f, " (it was to write {n} events)")?;
+        }
+        f.write_str("; the store holds only part of it: remove the store and run the import again")
     }
 }
 

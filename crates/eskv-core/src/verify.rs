@@ -33,7 +33,8 @@
 //! - **category, type and tag indexes** (`0x22`, `0x30`, `0x31`) agree with
 //!   the events both ways, including the `(type, tags)` copy held in each
 //!   tag entry (it is what DCB conditions are checked against);
-//! - **registry and meta**: keys parse, the format marker is this layout's;
+//! - **registry and meta**: keys parse, the format marker is this layout's,
+//!   and no import was left unfinished ([`crate::layout::import_key`]);
 //! - **subscriptions** (`0x50`): keys start with `(kind, name)`;
 //!   subscription and projection checkpoints, and parked (dead-letter)
 //!   events, are not past the head;
@@ -155,8 +156,28 @@ pub async fn verify(store: &EventStore) -> Result<VerifyReport> {
 /// Checks every invariant of the event layout in a raw KV store (for tools
 /// that must not write, such as a read-only check before opening).
 pub async fn verify_kv(kv: &dyn KvStore) -> Result<VerifyReport> {
+    check_kv(kv, None).await
+}
+
+/// Like [`verify`], calling `progress` with the number of keys read so far
+/// after every page (for a progress display; the total is not known
+/// ahead).
+pub async fn verify_with_progress(
+    store: &EventStore,
+    mut progress: impl FnMut(u64) + Send,
+) -> Result<VerifyReport> {
+    check_kv(store.kv().as_ref(), Some(&mut progress)).await
+}
+
+async fn check_kv(
+    kv: &dyn KvStore,
+    progress: Option<&mut (dyn FnMut(u64) + Send)>,
+) -> Result<VerifyReport> {
     let mut txn = kv.begin().await?;
-    let mut c = Checker::default();
+    let mut c = Checker {
+        report: VerifyReport::default(),
+        progress,
+    };
     let txn = &mut *txn;
     c.meta(txn).await?;
     let head = c.head(txn).await?;
@@ -291,9 +312,9 @@ struct StreamGroup {
     last_position: Position,
 }
 
-#[derive(Default)]
-struct Checker {
+struct Checker<'a> {
     report: VerifyReport,
+    progress: Option<&'a mut (dyn FnMut(u64) + Send)>,
 }
 
 fn corrupt_message(e: &crate::Error) -> String {
@@ -326,7 +347,7 @@ fn subscription_parts(key: &[u8]) -> Option<(&str, &str, &[u8])> {
     Some((kind, name, rest))
 }
 
-impl Checker {
+impl Checker<'_> {
     fn violation(&mut self, key: Option<&[u8]>, position: Option<Position>, message: String) {
         if self.report.violations.len() < MAX_VIOLATIONS {
             self.report.violations.push(Violation {
@@ -347,6 +368,9 @@ impl Checker {
         let rows = pager.next(txn).await?;
         if let Some(r) = &rows {
             self.report.keys += r.len() as u64;
+            if let Some(p) = self.progress.as_mut() {
+                p(self.report.keys);
+            }
         }
         Ok(rows)
     }
@@ -407,6 +431,16 @@ impl Checker {
                                 format!("strict-types flag holds {v:02x?}, expected 0 or 1"),
                             );
                         }
+                    }
+                    Ok(_) if k == layout::import_key() => {
+                        let message = match crate::store::ImportMarker::decode(&v) {
+                            Ok(m) => m.to_string(),
+                            Err(e) => format!(
+                                "an import into this store did not finish (its marker does not parse: {})",
+                                corrupt_message(&e)
+                            ),
+                        };
+                        self.violation(Some(&k), None, message);
                     }
                     // Other names are configuration flags of later
                     // versions; their values are theirs to check.

@@ -508,3 +508,29 @@ async fn checkpoints_past_the_head() {
         .at_key(&[0x50, 0x14])
         .any(|v| v.message.contains("(kind, name, …)")));
 }
+
+/// An import that began and did not finish is damage, with the count it
+/// promised; finishing it makes the store clean again.
+#[tokio::test]
+async fn an_unfinished_import_is_reported_until_it_finishes() {
+    let (es, _) = seeded().await;
+    assert_eq!(es.import_in_progress().await.unwrap(), None);
+    es.begin_import(Some(48_584)).await.unwrap();
+    let m = es.import_in_progress().await.unwrap().unwrap();
+    assert_eq!(m.expected_events, Some(48_584));
+    let r = report(&es).await;
+    let v = only(&r);
+    assert_eq!(v.key.as_deref(), Some(&layout::import_key()[..]));
+    assert!(v.message.contains("did not finish"), "{}", v.message);
+    assert!(v.message.contains("48584 events"), "{}", v.message);
+    let mut progress = Vec::new();
+    let r2 = eskv_core::verify::verify_with_progress(&es, |k| progress.push(k))
+        .await
+        .unwrap();
+    assert_eq!(r2, r);
+    assert!(!progress.is_empty() && progress.windows(2).all(|w| w[0] <= w[1]));
+    assert!(*progress.last().unwrap() <= r.keys);
+    es.finish_import().await.unwrap();
+    assert!(report(&es).await.is_clean());
+    assert_eq!(es.import_in_progress().await.unwrap(), None);
+}

@@ -30,6 +30,17 @@
 //!
 //! The file is opened in redb's exclusive-writer mode, so this process is the
 //! only writer and the in-process oracle sees every commit.
+//!
+//! # Read-only
+//!
+//! [`RedbStore::open_read_only`] (or [`RedbOptions::read_only`]) opens an
+//! existing store without ever writing to its file: the file may be
+//! read-only, any number of read-only handles (in any processes) may share
+//! it, and commits that write fail with [`Error::ReadOnly`]. A file that was
+//! not closed cleanly needs recovery, which writes; a read-only open then
+//! recovers a private temporary copy and reads that, leaving the file as it
+//! is. A file held by a writer, or a writer meeting read-only handles, fails
+//! with [`Error::StoreLocked`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -81,6 +92,9 @@ pub struct RedbOptions {
     pub cache_size: Option<usize>,
     /// Most commit requests one group commit may carry. Default: 1024.
     pub max_batch: usize,
+    /// Open an existing store without writing to it (see the crate docs).
+    /// Default: false.
+    pub read_only: bool,
 }
 
 impl Default for RedbOptions {
@@ -89,6 +103,7 @@ impl Default for RedbOptions {
             durability: Durability::Immediate,
             cache_size: None,
             max_batch: 1024,
+            read_only: false,
         }
     }
 }
@@ -106,6 +121,12 @@ impl RedbOptions {
         self
     }
 
+    /// Opens read-only (see the crate docs).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// Sets the largest group-commit batch.
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
@@ -119,8 +140,39 @@ pub struct RedbStore {
     inner: Arc<Inner>,
 }
 
+/// The open file: for writing, read-only, or a recovered private copy.
+enum Db {
+    Write(Arc<Database>),
+    Read(redb::ReadOnlyDatabase),
+    /// A file that needed recovery, recovered in a temporary copy (field
+    /// order: the database closes before its copy is removed).
+    Recovered {
+        db: Database,
+        _copy: TempCopy,
+    },
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Write(db) => db.begin_read(),
+            Db::Read(db) => db.begin_read(),
+            Db::Recovered { db, .. } => db.begin_read(),
+        }
+    }
+}
+
+/// A temporary file, removed on drop.
+struct TempCopy(PathBuf);
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 struct Inner {
-    db: Arc<Database>,
+    db: Db,
     oracle: Arc<CommitOracle>,
     writer: Option<mpsc::Sender<CommitRequest>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -164,11 +216,13 @@ fn map_err(e: impl Into<redb::Error>) -> Error {
         redb::Error::Corrupted(msg) => Error::corrupt(None, format!("redb file is corrupt: {msg}")),
         redb::Error::UpgradeRequired(v) => Error::corrupt(
             None,
-            format!("redb file format {v} needs an upgrade with a newer redb before eskv can open it"),
+            format!(
+                "redb file format {v} needs an upgrade with a newer redb before eskv can open it"
+            ),
         ),
-        redb::Error::DatabaseAlreadyOpen => Error::Unavailable {
-            backend: BACKEND,
-            message: "the redb file is already open (by this or another process); close the other handle first".into(),
+        // Only opening meets this, and the open maps it with the path.
+        redb::Error::DatabaseAlreadyOpen => Error::StoreLocked {
+            path: PathBuf::from("the redb file"),
         },
         redb::Error::ValueTooLarge(n) => Error::LimitExceeded {
             what: "a redb value (bytes)".into(),
@@ -196,10 +250,21 @@ impl RedbStore {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
         tokio::task::spawn_blocking(move || {
+            if options.read_only {
+                return Self::open_read_only_blocking(path, options);
+            }
             Self::open_blocking(path, options, move |b| b.create(&p))
         })
         .await
         .map_err(|e| Error::backend(BACKEND, e))?
+    }
+
+    /// Opens the existing store at `path` read-only: nothing is ever
+    /// written to the file (see the crate docs). Fails with
+    /// [`Error::StoreLocked`] while a writer holds the file, and with
+    /// [`Error::Corrupt`] when the file is not an eskv store.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, RedbOptions::default().read_only(true)).await
     }
 
     /// Opens (or creates) a store on a custom redb
@@ -213,6 +278,18 @@ impl RedbStore {
     ) -> Result<Self> {
         let path = PathBuf::from("<custom redb backend>");
         tokio::task::spawn_blocking(move || {
+            if options.read_only {
+                let mut builder = Database::builder();
+                if let Some(c) = options.cache_size {
+                    builder.set_cache_size(c);
+                }
+                let db = builder
+                    .open_read_only_with_backend(backend)
+                    .map_err(map_err)?;
+                let db = Db::Read(db);
+                check_format(&db, &path)?;
+                return Self::start(db, None, path, options);
+            }
             Self::open_blocking(path, options, move |b| b.create_with_backend(backend))
         })
         .await
@@ -239,8 +316,9 @@ impl RedbStore {
                         | std::io::ErrorKind::IsADirectory
                 ) =>
             {
-                Error::invalid(format!("cannot open {}: {io}", path.display()))
+                Error::backend(BACKEND, format!("cannot open {}: {io}", path.display()))
             }
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked { path: path.clone() },
             e => match map_err(e) {
                 Error::Backend { source, .. } => Error::corrupt(
                     None,
@@ -251,26 +329,78 @@ impl RedbStore {
         })?;
         init_format(&db, &path)?;
         let db = Arc::new(db);
-        let oracle = CommitOracle::new();
-        let (tx, rx) = mpsc::channel();
-        let commits = tokio::sync::watch::channel(0).0;
-        let writer = Writer {
-            commits: commits.clone(),
-            db: db.clone(),
-            oracle: oracle.clone(),
-            durability: options.durability,
-            max_batch: options.max_batch,
+        Self::start(Db::Write(db.clone()), Some(db), path, options)
+    }
+
+    /// Opens read-only; a file that needs recovery is recovered in a
+    /// private temporary copy.
+    fn open_read_only_blocking(path: PathBuf, options: RedbOptions) -> Result<Self> {
+        let mut builder = Database::builder();
+        if let Some(c) = options.cache_size {
+            builder.set_cache_size(c);
+        }
+        let cannot = |what: String| {
+            Error::backend(BACKEND, format!("cannot open {}: {what}", path.display()))
         };
-        let writer_thread = std::thread::Builder::new()
-            .name("eskv-redb-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        let db = match builder.open_read_only(&path) {
+            Ok(db) => Db::Read(db),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let (db, copy) = recover_copy(&path, &builder)?;
+                Db::Recovered { db, _copy: copy }
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(Error::StoreLocked { path })
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) => {
+                return Err(cannot(io.to_string()))
+            }
+            Err(e) => {
+                return Err(match map_err(e) {
+                    Error::Backend { source, .. } => Error::corrupt(
+                        None,
+                        format!("cannot open {} as a redb file: {source}", path.display()),
+                    ),
+                    other => other,
+                })
+            }
+        };
+        check_format(&db, &path)?;
+        Self::start(db, None, path, options)
+    }
+
+    /// The store around an open database; `writer` starts the writer thread.
+    fn start(
+        db: Db,
+        writer: Option<Arc<Database>>,
+        path: PathBuf,
+        options: RedbOptions,
+    ) -> Result<Self> {
+        let oracle = CommitOracle::new();
+        let commits = tokio::sync::watch::channel(0).0;
+        let (tx, writer_thread) = match writer {
+            Some(wdb) => {
+                let (tx, rx) = mpsc::channel();
+                let writer = Writer {
+                    commits: commits.clone(),
+                    db: wdb,
+                    oracle: oracle.clone(),
+                    durability: options.durability,
+                    max_batch: options.max_batch,
+                };
+                let t = std::thread::Builder::new()
+                    .name("eskv-redb-writer".into())
+                    .spawn(move || writer.run(rx))
+                    .map_err(|e| Error::backend(BACKEND, e))?;
+                (Some(tx), Some(t))
+            }
+            None => (None, None),
+        };
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
                 oracle,
-                writer: Some(tx),
-                writer_thread: Some(writer_thread),
+                writer: tx,
+                writer_thread,
                 commits,
                 // redb stores values up to u32::MAX bytes; stay well below.
                 caps: Capabilities::unlimited(BACKEND)
@@ -284,6 +414,100 @@ impl RedbStore {
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// True when the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        !matches!(self.inner.db, Db::Write(_))
+    }
+}
+
+/// Copies a file that needs recovery to a private temporary file and
+/// recovers the copy, so that the original is never written. Fails with
+/// [`Error::StoreLocked`] if the file changed while it was copied.
+fn recover_copy(path: &Path, builder: &redb::Builder) -> Result<(Database, TempCopy)> {
+    let io =
+        |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
+    let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
+    let before = stamp(std::fs::metadata(path).map_err(io)?);
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = std::env::temp_dir().join(format!(
+        "eskv-recovered-{}-{}.redb",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let copy = TempCopy(tmp);
+    std::fs::copy(path, &copy.0).map_err(|e| {
+        Error::backend(
+            BACKEND,
+            format!(
+                "{} was not closed cleanly and needs recovery; reading it without writing to it needs a copy in {}, which failed: {e}",
+                path.display(),
+                copy.0.display()
+            ),
+        )
+    })?;
+    if stamp(std::fs::metadata(path).map_err(io)?) != before {
+        return Err(Error::StoreLocked {
+            path: path.to_path_buf(),
+        });
+    }
+    let db = builder.create(&copy.0).map_err(|e| match map_err(e) {
+        Error::Backend { source, .. } => Error::corrupt(
+            None,
+            format!("cannot open {} as a redb file: {source}", path.display()),
+        ),
+        other => other,
+    })?;
+    Ok((db, copy))
+}
+
+/// Checks, without writing, that `db` holds an eskv store of this format.
+fn check_format(db: &Db, path: &Path) -> Result<()> {
+    let r = db.begin_read().map_err(map_err)?;
+    let meta = match r.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(Error::corrupt(
+                None,
+                format!(
+                    "{} is a redb database but not an eskv store",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(map_err(e)),
+    };
+    match meta.get(FORMAT_KEY).map_err(map_err)? {
+        Some(f) if f.value() == FORMAT => {}
+        Some(f) => {
+            return Err(Error::corrupt(
+                None,
+                format!(
+                    "{} has eskv format {:?}, this version reads {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(f.value()),
+                    String::from_utf8_lossy(FORMAT)
+                ),
+            ))
+        }
+        None => {
+            return Err(Error::corrupt(
+                None,
+                format!(
+                    "{} is a redb database but not an eskv store",
+                    path.display()
+                ),
+            ))
+        }
+    }
+    match r.open_table(DATA) {
+        Ok(_) => Ok(()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Err(Error::corrupt(
+            None,
+            format!("{} is an eskv store without its data table", path.display()),
+        )),
+        Err(e) => Err(map_err(e)),
     }
 }
 
@@ -545,6 +769,9 @@ impl KvTransaction for RedbTxn {
             }
             let (writes, validated) = buf.into_parts()?;
             let (reply, rx) = oneshot::channel();
+            if !matches!(store.db, Db::Write(_)) {
+                return Err(Error::ReadOnly { backend: BACKEND });
+            }
             store
                 .writer
                 .as_ref()
