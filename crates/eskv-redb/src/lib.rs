@@ -30,6 +30,25 @@
 //!
 //! The file is opened in redb's exclusive-writer mode, so this process is the
 //! only writer and the in-process oracle sees every commit.
+//!
+//! # Damage, full disks and crashes
+//!
+//! - **A panic inside redb** (redb trusts page contents and can panic on a
+//!   damaged page) is caught at the backend's one error-mapping site and
+//!   becomes [`Error::Corrupt`] naming the file; nothing is written.
+//! - **Quick repair** ([`RedbOptions::quick_repair`], on by default): every
+//!   commit records redb's allocator state with a two-phase commit, so
+//!   reopening after a crash or a kill loads that state instead of walking
+//!   and checksumming the whole file. A file with a damaged page that a
+//!   crash left open therefore still opens, and reopening takes a few
+//!   milliseconds instead of a walk of the file.
+//! - **I/O failures** (a full disk) are reported with their first cause:
+//!   [`Error::StorageFull`] with the file's path, or a backend error naming
+//!   it. redb refuses every operation after an I/O failure ("previous I/O
+//!   error"); this backend then reopens the file on the next operation, so
+//!   the store recovers without a restart once the cause is gone.
+//! - **Memory**: redb's page cache is [`DEFAULT_CACHE_SIZE`] (64 MiB) unless
+//!   [`RedbOptions::cache_size`] says otherwise; redb's own default is 1 GiB.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -43,9 +62,10 @@ use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
 };
 use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 /// The redb crate this backend is built on, for implementing
@@ -71,24 +91,47 @@ pub enum Durability {
     None,
 }
 
+/// The default size of redb's page cache: 64 MiB.
+///
+/// redb's own default is 1 GiB, which a long-running process fills (it sat
+/// at 1.1 GB resident) and a full `check` of a large store fills too. The
+/// cache sits above the operating system's page cache, which keeps the
+/// file's hot pages anyway: a miss in redb's cache costs a `pread` and a
+/// copy, not a disk read. 64 MiB holds the upper levels of every b-tree
+/// and the tail of the log (where appends and live subscriptions work) for
+/// stores of many gigabytes; a process that scans large stores repeatedly
+/// and has memory to spare can raise it with [`RedbOptions::cache_size`].
+pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+
 /// Options for [`RedbStore::open_with`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedbOptions {
     /// Commit durability. Default: [`Durability::Immediate`].
     pub durability: Durability,
-    /// redb page cache size in bytes. Default: redb's default.
-    pub cache_size: Option<usize>,
+    /// redb page cache size in bytes. Default: [`DEFAULT_CACHE_SIZE`]
+    /// (64 MiB).
+    pub cache_size: usize,
     /// Most commit requests one group commit may carry. Default: 1024.
     pub max_batch: usize,
+    /// Record redb's allocator state with every commit (redb's
+    /// quick-repair mode, a two-phase commit), so that reopening after a
+    /// crash does not walk and checksum the whole file. Default: `true`.
+    ///
+    /// Without it, reopening after an unclean exit rebuilds the allocator
+    /// state from every page, which takes time proportional to the file
+    /// and fails outright ("all roots are corrupted") on a file with one
+    /// damaged page, even a page that nothing needs to read.
+    pub quick_repair: bool,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             durability: Durability::Immediate,
-            cache_size: None,
+            cache_size: DEFAULT_CACHE_SIZE,
             max_batch: 1024,
+            quick_repair: true,
         }
     }
 }
@@ -100,9 +143,16 @@ impl RedbOptions {
         self
     }
 
-    /// Sets the page cache size.
+    /// Sets the page cache size in bytes.
     pub fn cache_size(mut self, bytes: usize) -> Self {
-        self.cache_size = Some(bytes);
+        self.cache_size = bytes;
+        self
+    }
+
+    /// Turns redb's quick-repair mode on or off (see
+    /// [`RedbOptions::quick_repair`]).
+    pub fn quick_repair(mut self, on: bool) -> Self {
+        self.quick_repair = on;
         self
     }
 
@@ -120,13 +170,12 @@ pub struct RedbStore {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     oracle: Arc<CommitOracle>,
     writer: Option<mpsc::Sender<CommitRequest>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     commits: tokio::sync::watch::Sender<u64>,
     caps: Capabilities,
-    path: PathBuf,
 }
 
 impl Drop for Inner {
@@ -143,7 +192,7 @@ impl Drop for Inner {
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.shared.path)
             .finish_non_exhaustive()
     }
 }
@@ -158,28 +207,170 @@ struct CommitRequest {
     reply: oneshot::Sender<Result<()>>,
 }
 
-/// The one place where redb errors become eskv errors.
-fn map_err(e: impl Into<redb::Error>) -> Error {
-    match e.into() {
-        redb::Error::Corrupted(msg) => Error::corrupt(None, format!("redb file is corrupt: {msg}")),
-        redb::Error::UpgradeRequired(v) => Error::corrupt(
-            None,
-            format!("redb file format {v} needs an upgrade with a newer redb before eskv can open it"),
-        ),
-        redb::Error::DatabaseAlreadyOpen => Error::Unavailable {
-            backend: BACKEND,
-            message: "the redb file is already open (by this or another process); close the other handle first".into(),
-        },
-        redb::Error::ValueTooLarge(n) => Error::LimitExceeded {
-            what: "a redb value (bytes)".into(),
-            limit: u32::MAX as u64,
-            actual: n as u64,
-        },
-        e @ redb::Error::TableTypeMismatch { .. } => {
-            Error::corrupt(None, format!("not an eskv store: {e}"))
+type Opener =
+    Box<dyn Fn() -> std::result::Result<Database, redb::DatabaseError> + Send + Sync + 'static>;
+
+/// The open database and what is needed to reopen it after an I/O failure.
+struct Shared {
+    path: PathBuf,
+    /// Opens the file again (a fresh redb `Database` on the same storage).
+    opener: Opener,
+    /// The open database; `None` while a reopen after a failure has not
+    /// succeeded yet. Read transactions hold a clone, so the count says
+    /// whether the old database is still in use.
+    db: RwLock<Option<Arc<Database>>>,
+    /// The first I/O failure since the database was last opened. redb
+    /// answers every later call with "previous I/O error"; this is what is
+    /// reported instead, and its presence makes the next operation reopen
+    /// the file.
+    failure: Mutex<Option<Error>>,
+}
+
+/// True for the I/O errors of a full disk or an exhausted quota.
+fn is_storage_full(io: &std::io::Error) -> bool {
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(io.raw_os_error(), Some(28 | 122)) // ENOSPC, EDQUOT
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+impl Shared {
+    /// The one place where redb errors become eskv errors. Runs `f` (a
+    /// redb call, or several) and maps what it returns; a panic inside
+    /// redb (which trusts page contents, so a damaged page can make it
+    /// index out of bounds) becomes [`Error::Corrupt`] naming the file.
+    fn call<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(p) => Err(Error::corrupt(
+                None,
+                format!(
+                    "{}: redb failed on a damaged page ({}); nothing was written. \
+                     Run `eskv check` to see what is damaged, export what still reads, \
+                     or restore the file from a backup",
+                    self.path.display(),
+                    panic_message(p.as_ref())
+                ),
+            )),
         }
-        other => Error::backend(BACKEND, other),
     }
+
+    /// Maps one redb error; records the first I/O failure.
+    fn map_err(&self, e: impl Into<redb::Error>) -> Error {
+        let path = self.path.display();
+        let e = match e.into() {
+            redb::Error::Corrupted(msg) => {
+                return Error::corrupt(None, format!("redb file {path} is corrupt: {msg}"))
+            }
+            redb::Error::UpgradeRequired(v) => return Error::corrupt(
+                None,
+                format!("redb file {path} has format {v}, which needs an upgrade with a newer redb before eskv can open it"),
+            ),
+            redb::Error::DatabaseAlreadyOpen => return Error::Unavailable {
+                backend: BACKEND,
+                message: format!("the redb file {path} is already open (by this or another process); close the other handle first"),
+            },
+            redb::Error::ValueTooLarge(n) => return Error::LimitExceeded {
+                what: "a redb value (bytes)".into(),
+                limit: u32::MAX as u64,
+                actual: n as u64,
+            },
+            e @ redb::Error::TableTypeMismatch { .. } => {
+                return Error::corrupt(None, format!("{path} is not an eskv store: {e}"))
+            }
+            redb::Error::PreviousIo => {
+                return match self.failure() {
+                    Some(first) => first,
+                    None => Error::Unavailable {
+                        backend: BACKEND,
+                        message: format!("an earlier I/O error on {path} stopped redb; the store reopens the file on the next operation, retry"),
+                    },
+                }
+            }
+            redb::Error::Io(io) if is_storage_full(&io) => Error::StorageFull {
+                backend: BACKEND,
+                path: self.path.display().to_string(),
+                message: io.to_string(),
+                outcome_unknown: false,
+            },
+            redb::Error::Io(io) => {
+                Error::backend(BACKEND, format!("I/O error on {path}: {io}"))
+            }
+            other => return Error::backend(BACKEND, other),
+        };
+        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::warn!(error = %e, "redb I/O failure; the file is reopened on the next operation");
+            *first = Some(e.duplicate());
+        }
+        e
+    }
+
+    /// The first I/O failure since the last open, if any.
+    fn failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Error::duplicate)
+    }
+
+    /// The open database, reopened first if an I/O failure stopped it.
+    fn db(&self) -> Result<Arc<Database>> {
+        if self.failure().is_none() {
+            if let Some(db) = &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
+                return Ok(db.clone());
+            }
+        }
+        self.reopen()
+    }
+
+    /// Closes the stopped database and opens the file again. Only when no
+    /// read transaction still uses the old one: a new database may reuse
+    /// pages an old snapshot is reading.
+    fn reopen(&self) -> Result<Arc<Database>> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let failure = self.failure();
+        if let (None, Some(db)) = (&failure, &*slot) {
+            return Ok(db.clone()); // another caller reopened it meanwhile
+        }
+        if let Some(db) = &*slot {
+            if Arc::strong_count(db) > 1 {
+                return Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "{} is being reopened after an I/O error ({}), but read transactions still use it; retry",
+                        self.path.display(),
+                        failure.map_or_else(String::new, |e| e.to_string())
+                    ),
+                });
+            }
+        }
+        // Dropping the stopped database closes it; redb writes nothing
+        // after an I/O failure, the next open recovers the last commit.
+        slot.take();
+        let db = self.call(|| (self.opener)().map_err(|e| self.map_err(e)))?;
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::info!(path = %self.path.display(), "redb file reopened after an I/O failure");
+        Ok(db)
+    }
+}
+
+/// A redb builder for `options`.
+fn builder(options: &RedbOptions) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(options.cache_size);
+    b
 }
 
 impl RedbStore {
@@ -195,11 +386,11 @@ impl RedbStore {
     pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        tokio::task::spawn_blocking(move || {
-            Self::open_blocking(path, options, move |b| b.create(&p))
-        })
-        .await
-        .map_err(|e| Error::backend(BACKEND, e))?
+        let o = options.clone();
+        let opener: Opener = Box::new(move || builder(&o).create(&p));
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, options, opener))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?
     }
 
     /// Opens (or creates) a store on a custom redb
@@ -207,58 +398,63 @@ impl RedbStore {
     /// wrapper that injects I/O failures to test crash consistency. Use the
     /// re-exported [`redb`] crate to implement it. [`path`](Self::path)
     /// returns `<custom redb backend>`.
-    pub async fn open_with_backend(
-        backend: impl redb::StorageBackend,
+    ///
+    /// Clones must share one storage: after an I/O failure the store
+    /// reopens the database on a clone of `backend`.
+    pub async fn open_with_backend<B: redb::StorageBackend + Clone>(
+        backend: B,
         options: RedbOptions,
     ) -> Result<Self> {
         let path = PathBuf::from("<custom redb backend>");
-        tokio::task::spawn_blocking(move || {
-            Self::open_blocking(path, options, move |b| b.create_with_backend(backend))
-        })
-        .await
-        .map_err(|e| Error::backend(BACKEND, e))?
+        let o = options.clone();
+        let opener: Opener = Box::new(move || builder(&o).create_with_backend(backend.clone()));
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, options, opener))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?
     }
 
-    fn open_blocking(
-        path: PathBuf,
-        options: RedbOptions,
-        create: impl FnOnce(&redb::Builder) -> std::result::Result<Database, redb::DatabaseError>,
-    ) -> Result<Self> {
-        let mut builder = Database::builder();
-        if let Some(c) = options.cache_size {
-            builder.set_cache_size(c);
-        }
-        let db = create(&builder).map_err(|e| match e {
-            // A path that cannot be opened at all is the caller's to fix,
-            // not a damaged file.
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::NotFound
-                        | std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::IsADirectory
-                ) =>
-            {
-                Error::invalid(format!("cannot open {}: {io}", path.display()))
-            }
-            e => match map_err(e) {
-                Error::Backend { source, .. } => Error::corrupt(
-                    None,
-                    format!("cannot open {} as a redb file: {source}", path.display()),
-                ),
-                other => other,
-            },
+    fn open_blocking(path: PathBuf, options: RedbOptions, opener: Opener) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            path,
+            opener,
+            db: RwLock::new(None),
+            failure: Mutex::new(None),
+        });
+        let path = &shared.path;
+        let db = shared.call(|| {
+            (shared.opener)().map_err(|e| match e {
+                // A path that cannot be opened at all is the caller's to fix,
+                // not a damaged file.
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::IsADirectory
+                    ) =>
+                {
+                    Error::invalid(format!("cannot open {}: {io}", path.display()))
+                }
+                e => match shared.map_err(e) {
+                    Error::Backend { source, .. } => Error::corrupt(
+                        None,
+                        format!("cannot open {} as a redb file: {source}", path.display()),
+                    ),
+                    other => other,
+                },
+            })
         })?;
-        init_format(&db, &path)?;
-        let db = Arc::new(db);
+        shared.call(|| init_format(&shared, &db))?;
+        *shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
         let oracle = CommitOracle::new();
         let (tx, rx) = mpsc::channel();
         let commits = tokio::sync::watch::channel(0).0;
         let writer = Writer {
             commits: commits.clone(),
-            db: db.clone(),
+            shared: shared.clone(),
             oracle: oracle.clone(),
             durability: options.durability,
+            quick_repair: options.quick_repair,
             max_batch: options.max_batch,
         };
         let writer_thread = std::thread::Builder::new()
@@ -267,7 +463,7 @@ impl RedbStore {
             .map_err(|e| Error::backend(BACKEND, e))?;
         Ok(RedbStore {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 oracle,
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
@@ -276,31 +472,40 @@ impl RedbStore {
                 caps: Capabilities::unlimited(BACKEND)
                     .with_max_value_size(1 << 30)
                     .with_single_process(true),
-                path,
             }),
         })
     }
 
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.shared.path
     }
 }
 
-fn init_format(db: &Database, path: &Path) -> Result<()> {
-    let w = db.begin_write().map_err(map_err)?;
-    let has_other_tables = w
-        .list_tables()
-        .map_err(map_err)?
-        .any(|t| t.name() != "eskv_data" && t.name() != "eskv_meta");
+/// Checks (or, on a new file, writes) the KV format marker. Commits only
+/// when it wrote: opening an existing store changes nothing in the file, so
+/// a crash of a process that only read leaves the file as it found it.
+fn init_format(shared: &Shared, db: &Database) -> Result<()> {
+    let path = &shared.path;
+    let map_err = |e: redb::Error| shared.map_err(e);
     {
-        let mut meta = w.open_table(META).map_err(map_err)?;
-        let format = meta
-            .get(FORMAT_KEY)
-            .map_err(map_err)?
-            .map(|v| v.value().to_vec());
+        let r = db.begin_read().map_err(|e| map_err(e.into()))?;
+        let format = match r.open_table(META) {
+            Ok(meta) => meta
+                .get(FORMAT_KEY)
+                .map_err(|e| map_err(e.into()))?
+                .map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(map_err(e.into())),
+        };
         match format {
-            Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT => {
+                match r.open_table(DATA) {
+                    Ok(_) => return Ok(()),
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(map_err(e.into())),
+                }
+            }
             Some(f) => {
                 return Err(Error::corrupt(
                     None,
@@ -312,6 +517,23 @@ fn init_format(db: &Database, path: &Path) -> Result<()> {
                     ),
                 ))
             }
+            None => {}
+        }
+    }
+    let w = db.begin_write().map_err(|e| map_err(e.into()))?;
+    let has_other_tables = w
+        .list_tables()
+        .map_err(|e| map_err(e.into()))?
+        .any(|t| t.name() != "eskv_data" && t.name() != "eskv_meta");
+    {
+        let mut meta = w.open_table(META).map_err(|e| map_err(e.into()))?;
+        let format = meta
+            .get(FORMAT_KEY)
+            .map_err(|e| map_err(e.into()))?
+            .map(|v| v.value().to_vec());
+        match format {
+            Some(f) if f == FORMAT => {}
+            Some(_) => return Err(Error::corrupt(None, format!("{} changed while it was opened", path.display()))),
             None if has_other_tables => {
                 return Err(Error::corrupt(
                     None,
@@ -322,12 +544,13 @@ fn init_format(db: &Database, path: &Path) -> Result<()> {
                 ))
             }
             None => {
-                meta.insert(FORMAT_KEY, FORMAT).map_err(map_err)?;
+                meta.insert(FORMAT_KEY, FORMAT)
+                    .map_err(|e| map_err(e.into()))?;
             }
         }
-        w.open_table(DATA).map_err(map_err)?;
+        w.open_table(DATA).map_err(|e| map_err(e.into()))?;
     }
-    w.commit().map_err(map_err)
+    w.commit().map_err(|e| map_err(e.into()))
 }
 
 #[async_trait]
@@ -342,14 +565,18 @@ impl KvStore for RedbStore {
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
         let _span = begin_span(BACKEND).entered();
+        let shared = &self.inner.shared;
+        let db = shared.db()?;
         let (snapshot, table) = self.inner.oracle.snapshot(|| {
-            let r = self.inner.db.begin_read().map_err(map_err)?;
-            r.open_table(DATA).map_err(map_err)
+            shared.call(|| {
+                let r = db.begin_read().map_err(|e| shared.map_err(e))?;
+                r.open_table(DATA).map_err(|e| shared.map_err(e))
+            })
         });
         Ok(Box::new(RedbTxn {
             store: self.inner.clone(),
             snapshot,
-            table: Arc::new(table?),
+            view: Arc::new(View { table: table?, _db: db }),
             buf: WriteBuffer::new(),
         }))
     }
@@ -357,10 +584,17 @@ impl KvStore for RedbStore {
 
 type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
+/// A snapshot's table, and the database it was read from (kept so that a
+/// reopen after an I/O failure waits until no snapshot uses the old one).
+struct View {
+    table: Table,
+    _db: Arc<Database>,
+}
+
 struct RedbTxn {
     store: Arc<Inner>,
     snapshot: Snapshot,
-    table: Arc<Table>,
+    view: Arc<View>,
     buf: WriteBuffer,
 }
 
@@ -368,10 +602,11 @@ impl RedbTxn {
     /// Runs a read against the snapshot on the blocking pool.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Table) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Shared, &Table) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let table = self.table.clone();
-        tokio::task::spawn_blocking(move || f(&table))
+        let view = self.view.clone();
+        let shared = self.store.shared.clone();
+        tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view.table)))
             .await
             .map_err(|e| Error::backend(BACKEND, e))?
     }
@@ -379,6 +614,7 @@ impl RedbTxn {
 
 /// Up to `limit` rows of `range` from the snapshot, in scan order.
 fn scan_rows(
+    s: &Shared,
     t: &Table,
     range: &KeyRange,
     reverse: bool,
@@ -389,9 +625,12 @@ fn scan_rows(
     if limit == 0 {
         return Ok(out);
     }
-    let iter = t.range::<&[u8]>(range.as_bounds()).map_err(map_err)?;
+    let iter = t
+        .range::<&[u8]>(range.as_bounds())
+        .map_err(|e| s.map_err(e))?;
     let mut push = |item: std::result::Result<_, redb::StorageError>| -> Result<bool> {
-        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) = item.map_err(map_err)?;
+        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+            item.map_err(|e| s.map_err(e))?;
         out.push((k.value().to_vec(), v.value().to_vec()));
         Ok(out.len() < limit)
     };
@@ -411,8 +650,10 @@ fn scan_rows(
     Ok(out)
 }
 
-fn get_one(t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+fn get_one(s: &Shared, t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(t.get(key)
+        .map_err(|e| s.map_err(e))?
+        .map(|v| v.value().to_vec()))
 }
 
 #[async_trait]
@@ -422,7 +663,7 @@ impl KvTransaction for RedbTxn {
             return Ok(v.map(<[u8]>::to_vec));
         }
         let key = key.to_vec();
-        self.read(move |t| get_one(t, &key)).await
+        self.read(move |s, t| get_one(s, t, &key)).await
     }
 
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -434,10 +675,10 @@ impl KvTransaction for RedbTxn {
         let mut fetched = if missing.is_empty() {
             Vec::new()
         } else {
-            self.read(move |t| {
+            self.read(move |s, t| {
                 missing
                     .iter()
-                    .map(|k| get_one(t, k))
+                    .map(|k| get_one(s, t, k))
                     .collect::<Result<Vec<_>>>()
             })
             .await?
@@ -460,9 +701,9 @@ impl KvTransaction for RedbTxn {
         let fetch = self.buf.overfetch(&range, opts.limit);
         let r = range.clone();
         let rows = self
-            .read(move |t| {
+            .read(move |s, t| {
                 let _g = span.entered();
-                scan_rows(t, &r, opts.reverse, fetch)
+                scan_rows(s, t, &r, opts.reverse, fetch)
             })
             .await?;
         Ok(self.buf.merge_scan(&range, opts, rows))
@@ -484,10 +725,10 @@ impl KvTransaction for RedbTxn {
             .map(|(r, o)| (r.clone(), o.reverse, self.buf.overfetch(r, o.limit)))
             .collect();
         let (fetched, rows) = self
-            .read(move |t| {
+            .read(move |s, t| {
                 let values = missing
                     .iter()
-                    .map(|k| get_one(t, k))
+                    .map(|k| get_one(s, t, k))
                     .collect::<Result<Vec<_>>>()?;
                 let rows = plan
                     .iter()
@@ -495,7 +736,7 @@ impl KvTransaction for RedbTxn {
                         if r.is_empty() {
                             Ok(Vec::new())
                         } else {
-                            scan_rows(t, r, *reverse, *fetch)
+                            scan_rows(s, t, r, *reverse, *fetch)
                         }
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -535,9 +776,9 @@ impl KvTransaction for RedbTxn {
             store,
             snapshot,
             buf,
-            table,
+            view,
         } = *self;
-        drop(table);
+        drop(view);
         traced_commit(BACKEND, buf.writes().len(), async move {
             buf.check_limits(&store.caps)?;
             if buf.is_empty() {
@@ -571,9 +812,10 @@ fn writer_gone() -> Error {
 
 struct Writer {
     commits: tokio::sync::watch::Sender<u64>,
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     oracle: Arc<CommitOracle>,
     durability: Durability,
+    quick_repair: bool,
     max_batch: usize,
 }
 
@@ -623,9 +865,17 @@ impl Writer {
             return;
         }
         tracing::trace!(requests = admitted.len(), "redb group commit");
-        match self.write(&admitted) {
+        let outcome = self
+            .shared
+            .db()
+            .and_then(|db| self.shared.call(|| self.write(&db, &admitted)));
+        // Published whatever the outcome: after a failed commit the writes
+        // may be on disk (and are, once the file is reopened), so every
+        // snapshot taken before must conflict on these keys. For a commit
+        // that did not happen this only causes a retry.
+        let seq = self.oracle.publish(pending, || ());
+        match outcome {
             Ok(()) => {
-                let seq = self.oracle.publish(pending, || ());
                 self.commits.send_replace(seq);
                 for req in admitted {
                     let _ = req.reply.send(Ok(()));
@@ -641,22 +891,25 @@ impl Writer {
         }
     }
 
-    fn write(&self, admitted: &[CommitRequest]) -> Result<()> {
-        let mut w = self.db.begin_write().map_err(map_err)?;
+    fn write(&self, db: &Database, admitted: &[CommitRequest]) -> Result<()> {
+        let s = &self.shared;
+        let mut w = db.begin_write().map_err(|e| s.map_err(e))?;
         if self.durability == Durability::None {
             w.set_durability(redb::Durability::None)
                 .map_err(|e| Error::backend(BACKEND, e))?;
         }
+        w.set_quick_repair(self.quick_repair);
         {
-            let mut t = w.open_table(DATA).map_err(map_err)?;
+            let mut t = w.open_table(DATA).map_err(|e| s.map_err(e))?;
             for req in admitted {
                 for (k, v) in &req.writes {
                     match v {
                         Some(v) => {
-                            t.insert(k.as_slice(), v.as_slice()).map_err(map_err)?;
+                            t.insert(k.as_slice(), v.as_slice())
+                                .map_err(|e| s.map_err(e))?;
                         }
                         None => {
-                            t.remove(k.as_slice()).map_err(map_err)?;
+                            t.remove(k.as_slice()).map_err(|e| s.map_err(e))?;
                         }
                     }
                 }
@@ -664,9 +917,22 @@ impl Writer {
         }
         // Past this point the outcome is unknown: redb may or may not have
         // made the new root durable before failing.
-        w.commit().map_err(|e| Error::CommitOutcomeUnknown {
-            backend: BACKEND,
-            message: format!("redb commit failed: {e}"),
+        w.commit().map_err(|e| match s.map_err(e) {
+            Error::StorageFull {
+                backend,
+                path,
+                message,
+                ..
+            } => Error::StorageFull {
+                backend,
+                path,
+                message,
+                outcome_unknown: true,
+            },
+            e => Error::CommitOutcomeUnknown {
+                backend: BACKEND,
+                message: format!("redb commit failed: {e}"),
+            },
         })
     }
 }
