@@ -713,12 +713,14 @@ impl EventStore {
             let id_keys: Vec<Vec<u8>> = events.iter().map(|e| layout::id_key(e.id)).collect();
             let found = txn.get_many(&id_keys).await?;
             if found.iter().any(Option::is_some) {
-                let replay = events.iter().zip(&found).all(|(e, f)| {
-                    f.as_deref()
-                        .and_then(|v| IdEntry::decode(v).ok())
-                        .map(|x| x.position)
-                        == Some(e.position)
-                });
+                let mut replay = true;
+                for ((e, f), k) in events.iter().zip(&found).zip(&id_keys) {
+                    let at = match f {
+                        Some(v) => Some(IdEntry::decode(layout::open_index_value(k, v)?)?.position),
+                        None => None,
+                    };
+                    replay &= at == Some(e.position);
+                }
                 if replay {
                     return Ok(head);
                 }
@@ -971,8 +973,8 @@ impl EventStore {
                 },
             )
             .await?;
-        for (_, v) in rows {
-            let pos = layout::parse_u64(&v, "stream index entry")?;
+        for (k, v) in rows {
+            let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
             if pos > until {
                 if opts.backwards {
                     continue;
@@ -1008,8 +1010,9 @@ impl EventStore {
         let (mut lo, mut hi) = (1u64, meta.version);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
+            let key = layout::stream_event_key(stream, mid);
             let pos = txn
-                .get(&layout::stream_event_key(stream, mid))
+                .get(&key)
                 .await?
                 .ok_or_else(|| {
                     Error::corrupt(
@@ -1017,7 +1020,7 @@ impl EventStore {
                         format!("stream '{stream}' has no index entry for version {mid}"),
                     )
                 })?;
-            if layout::parse_u64(&pos, "stream index entry")? > after {
+            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")? > after {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -1292,7 +1295,9 @@ impl Inner {
             .zip(ids)
             .map(|(e, v)| match batch.ids.get(&e.id) {
                 Some(x) => Ok(Some(*x)),
-                None => v.map(|v| IdEntry::decode(&v)).transpose(),
+                None => v
+                    .map(|v| IdEntry::decode(layout::open_index_value(&layout::id_key(e.id), &v)?))
+                    .transpose(),
             })
             .collect::<Result<_>>()?;
         let meta = match &req.stream {
@@ -1517,6 +1522,7 @@ fn event_rows(
     stream: Option<(&str, u64)>,
     (append_first, append_last): (Position, Position),
 ) -> Result<()> {
+    let start = rows.len();
     rows.push((
         layout::log_key(pos),
         envelope::encode_new(pos, e, recorded_at_ms, stream)?,
@@ -1540,6 +1546,10 @@ fn event_rows(
             layout::category_key(layout::category_of(s), pos),
             Vec::new(),
         ));
+    }
+    // Every row after the log entry is an index entry: seal it.
+    for (k, v) in &mut rows[start + 1..] {
+        *v = layout::seal_index_value(k, std::mem::take(v));
     }
     Ok(())
 }
@@ -1603,7 +1613,7 @@ async fn condition_hit(
             for (k, v) in &rows {
                 let pos = index.parse_position(k)?;
                 last = Some(pos);
-                if probe_keeps(index, item, v)? {
+                if probe_keeps(index, item, layout::open_index_value(k, v)?)? {
                     found = Some(pos);
                     break;
                 }
@@ -1670,6 +1680,7 @@ async fn read_forward(
         let mut last = None;
         for (k, v) in &rows {
             let pos = index.parse_position(k)?;
+            let v = layout::open_index_value(k, v)?;
             last = Some(pos);
             if pos <= hi && kept < want && probe_keeps(index, item, v)? {
                 all.insert(pos);
@@ -1789,7 +1800,7 @@ async fn scan_index(
             } else {
                 lo = pos + 1;
             }
-            if keep(&v)? {
+            if keep(layout::open_index_value(&k, &v)?)? {
                 out.push(pos);
                 if out.len() == want {
                     break;
