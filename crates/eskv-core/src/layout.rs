@@ -239,7 +239,10 @@ pub fn seal_index_value(key: &[u8], mut body: Vec<u8>) -> Vec<u8> {
 /// key, so a read never acts on a damaged entry.
 pub fn open_index_value<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
     let damaged = |why: &str| {
-        let table = key.first().and_then(|t| table_name(*t)).unwrap_or("unknown");
+        let table = key
+            .first()
+            .and_then(|t| table_name(*t))
+            .unwrap_or("unknown");
         Error::corrupt(
             None,
             format!(
@@ -265,10 +268,7 @@ pub fn open_index_value<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
 /// True for keys of the tables whose values are sealed
 /// ([`seal_index_value`]).
 pub fn is_sealed_index_key(key: &[u8]) -> bool {
-    matches!(
-        key.first(),
-        Some(&(ID | STREAM_EV | CATEGORY | TYPE | TAG))
-    )
+    matches!(key.first(), Some(&(ID | STREAM_EV | CATEGORY | TYPE | TAG)))
 }
 
 /// Encodes a u64 value.
@@ -572,12 +572,18 @@ mod parser_tests {
         for i in 0..key.len() * 8 {
             let mut k = key.clone();
             k[i / 8] ^= 1 << (i % 8);
-            assert!(matches!(open_index_value(&k, &sealed), Err(Error::Corrupt { .. })));
+            assert!(matches!(
+                open_index_value(&k, &sealed),
+                Err(Error::Corrupt { .. })
+            ));
         }
         for i in 0..sealed.len() * 8 {
             let mut v = sealed.clone();
             v[i / 8] ^= 1 << (i % 8);
-            assert!(matches!(open_index_value(&key, &v), Err(Error::Corrupt { .. })));
+            assert!(matches!(
+                open_index_value(&key, &v),
+                Err(Error::Corrupt { .. })
+            ));
         }
         // A byte moved from the end of the key to the start of the value.
         let short = &key[..key.len() - 1];
@@ -589,9 +595,17 @@ mod parser_tests {
         let e = seal_index_value(&k, Vec::new());
         assert_eq!(open_index_value(&k, &e).unwrap(), b"");
         assert!(open_index_value(&k, &[]).is_err());
-        let msg = open_index_value(&type_key("T", 2), &e).unwrap_err().to_string();
+        let msg = open_index_value(&type_key("T", 2), &e)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("type index entry"), "{msg}");
-        for k in [id_key(Ulid(1)), stream_event_key("s", 1), category_key("c", 1), type_key("t", 1), tag_key("t", 1)] {
+        for k in [
+            id_key(Ulid(1)),
+            stream_event_key("s", 1),
+            category_key("c", 1),
+            type_key("t", 1),
+            tag_key("t", 1),
+        ] {
             assert!(is_sealed_index_key(&k));
         }
         assert!(!is_sealed_index_key(&log_key(1)) && !is_sealed_index_key(&head_key()));

@@ -1011,16 +1011,15 @@ impl EventStore {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let key = layout::stream_event_key(stream, mid);
-            let pos = txn
-                .get(&key)
-                .await?
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        None,
-                        format!("stream '{stream}' has no index entry for version {mid}"),
-                    )
-                })?;
-            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")? > after {
+            let pos = txn.get(&key).await?.ok_or_else(|| {
+                Error::corrupt(
+                    None,
+                    format!("stream '{stream}' has no index entry for version {mid}"),
+                )
+            })?;
+            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")?
+                > after
+            {
                 hi = mid;
             } else {
                 lo = mid + 1;

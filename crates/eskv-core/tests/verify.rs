@@ -197,13 +197,19 @@ async fn wrong_tag_entry_copy() {
     let (es, _) = seeded().await;
     let key = layout::tag_key("course:c1", 1);
     let wrong = layout::tag_entry_value("Placed", &["course:c1".to_string()]).unwrap();
-    damage(&es, |t| t.put(key.clone(), layout::seal_index_value(&key, wrong))).await;
+    damage(&es, |t| {
+        t.put(key.clone(), layout::seal_index_value(&key, wrong))
+    })
+    .await;
     let r = report(&es).await;
     let v = only(&r);
     assert_eq!(v.key.as_deref(), Some(&key[..]));
     assert!(v.message.contains("the event has type"), "{}", v.message);
 
-    damage(&es, |t| t.put(key.clone(), layout::seal_index_value(&key, vec![0xFF; 3]))).await;
+    damage(&es, |t| {
+        t.put(key.clone(), layout::seal_index_value(&key, vec![0xFF; 3]))
+    })
+    .await;
     let r = report(&es).await;
     assert!(
         r.at_key(&key)
@@ -381,7 +387,10 @@ async fn stream_without_metadata_or_entries() {
             .encode(),
         );
         let k = layout::stream_event_key("order-2", 1);
-        t.put(k.clone(), layout::seal_index_value(&k, layout::u64_value(2)));
+        t.put(
+            k.clone(),
+            layout::seal_index_value(&k, layout::u64_value(2)),
+        );
     })
     .await;
     let r = report(&es).await;

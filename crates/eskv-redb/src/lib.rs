@@ -499,13 +499,11 @@ fn init_format(shared: &Shared, db: &Database) -> Result<()> {
             Err(e) => return Err(map_err(e.into())),
         };
         match format {
-            Some(f) if f == FORMAT => {
-                match r.open_table(DATA) {
-                    Ok(_) => return Ok(()),
-                    Err(redb::TableError::TableDoesNotExist(_)) => {}
-                    Err(e) => return Err(map_err(e.into())),
-                }
-            }
+            Some(f) if f == FORMAT => match r.open_table(DATA) {
+                Ok(_) => return Ok(()),
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(map_err(e.into())),
+            },
             Some(f) => {
                 return Err(Error::corrupt(
                     None,
@@ -533,7 +531,12 @@ fn init_format(shared: &Shared, db: &Database) -> Result<()> {
             .map(|v| v.value().to_vec());
         match format {
             Some(f) if f == FORMAT => {}
-            Some(_) => return Err(Error::corrupt(None, format!("{} changed while it was opened", path.display()))),
+            Some(_) => {
+                return Err(Error::corrupt(
+                    None,
+                    format!("{} changed while it was opened", path.display()),
+                ))
+            }
             None if has_other_tables => {
                 return Err(Error::corrupt(
                     None,
@@ -576,7 +579,10 @@ impl KvStore for RedbStore {
         Ok(Box::new(RedbTxn {
             store: self.inner.clone(),
             snapshot,
-            view: Arc::new(View { table: table?, _db: db }),
+            view: Arc::new(View {
+                table: table?,
+                _db: db,
+            }),
             buf: WriteBuffer::new(),
         }))
     }

@@ -43,7 +43,9 @@ async fn export(path: &Path) -> Result<usize, String> {
     tokio::spawn(async move {
         let kv = RedbStore::open(&p).await?;
         let es = EventStore::open(Arc::new(kv)).await?;
-        es.read_all(ReadOptions::new()).await.map(|r| r.events.len())
+        es.read_all(ReadOptions::new())
+            .await
+            .map(|r| r.events.len())
     })
     .await
     .map_err(|e| format!("panicked: {e}"))?
@@ -51,15 +53,24 @@ async fn export(path: &Path) -> Result<usize, String> {
 }
 
 /// Checks that an operation's error is `Corrupt` and names the file.
-fn check_error(what: &str, r: &eskv_core::Result<impl std::fmt::Debug>, file: &str, bad: &mut Vec<String>) {
+fn check_error(
+    what: &str,
+    r: &eskv_core::Result<impl std::fmt::Debug>,
+    file: &str,
+    bad: &mut Vec<String>,
+) {
     match r {
         Ok(_) => {}
         Err(Error::Corrupt { message, .. }) => {
             if message.contains("redb") && !message.contains(file) {
-                bad.push(format!("{file}: {what}: Corrupt without the file name: {message}"));
+                bad.push(format!(
+                    "{file}: {what}: Corrupt without the file name: {message}"
+                ));
             }
         }
-        Err(e) => bad.push(format!("{file}: {what}: expected Error::Corrupt, got {e:?}")),
+        Err(e) => bad.push(format!(
+            "{file}: {what}: expected Error::Corrupt, got {e:?}"
+        )),
     }
 }
 
@@ -103,7 +114,12 @@ async fn a_damaged_page_is_corrupt_and_never_makes_the_file_unreadable() {
                 Err(e) => check_error("event store open", &Err::<(), _>(e), &n, &mut bad),
                 Ok(es) => {
                     check_error("verify", &verify(&es).await, &n, &mut bad);
-                    check_error("read_all", &es.read_all(ReadOptions::new()).await, &n, &mut bad);
+                    check_error(
+                        "read_all",
+                        &es.read_all(ReadOptions::new()).await,
+                        &n,
+                        &mut bad,
+                    );
                     let e = NewEvent::new("Late", b"{}".to_vec());
                     check_error("append", &es.append(vec![e], None).await, &n, &mut bad);
                     // The process dies here, with the file open.
@@ -123,7 +139,9 @@ async fn a_damaged_page_is_corrupt_and_never_makes_the_file_unreadable() {
         // A file that exported before still exports after the crash.
         if before.is_ok() && crashed.exists() {
             if let Err(e) = export(&crashed).await {
-                lost.push(format!("{name}: exported before, unreadable after a crash: {e}"));
+                lost.push(format!(
+                    "{name}: exported before, unreadable after a crash: {e}"
+                ));
             }
         }
     }

@@ -116,9 +116,15 @@ async fn a_full_disk_is_reported_and_the_store_recovers_when_space_is_free() {
     for i in 0..3 {
         let e = ev(100 + i);
         failed.push(e.id);
-        let err = es.append(vec![e], None).await.expect_err("the disk is full");
+        let err = es
+            .append(vec![e], None)
+            .await
+            .expect_err("the disk is full");
         assert_full(&err, &name, &format!("append {i} on a full disk"));
-        assert!(!err.is_retryable(), "a full disk is not retried in a loop: {err}");
+        assert!(
+            !err.is_retryable(),
+            "a full disk is not retried in a loop: {err}"
+        );
     }
     assert!(disk.refused.load(Ordering::SeqCst) > 0);
 
@@ -141,7 +147,9 @@ async fn a_full_disk_is_reported_and_the_store_recovers_when_space_is_free() {
     let kv = loop {
         match RedbStore::open(&path).await {
             Ok(kv) => break kv,
-            Err(Error::Unavailable { .. }) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Err(Error::Unavailable { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
             Err(e) => panic!("reopen: {e}"),
         }
     };
@@ -155,7 +163,10 @@ async fn a_full_disk_is_reported_and_the_store_recovers_when_space_is_free() {
         );
     }
     for id in &failed {
-        assert!(!all.events.iter().any(|e| e.id == *id), "a refused append landed");
+        assert!(
+            !all.events.iter().any(|e| e.id == *id),
+            "a refused append landed"
+        );
     }
     assert_eq!(all.events.len(), acked.len());
 }

@@ -30,11 +30,18 @@ async fn reopen(path: &Path) -> RedbStore {
 /// `Placed`) and `invoice-1` (even positions, type `Billed`); the event at
 /// position p carries the tag `n:p`. Returns the id of the event at 3.
 async fn build(path: &Path) -> Ulid {
-    let es = EventStore::open(Arc::new(reopen(path).await)).await.unwrap();
+    let es = EventStore::open(Arc::new(reopen(path).await))
+        .await
+        .unwrap();
     let mut id3 = None;
     for p in 1..=16u64 {
-        let (stream, t) = if p % 2 == 1 { ("order-1", "Placed") } else { ("invoice-1", "Billed") };
-        let e = NewEvent::new(t, format!("{{\"p\":{p}}}").into_bytes()).with_tags([format!("n:{p}")]);
+        let (stream, t) = if p % 2 == 1 {
+            ("order-1", "Placed")
+        } else {
+            ("invoice-1", "Billed")
+        };
+        let e =
+            NewEvent::new(t, format!("{{\"p\":{p}}}").into_bytes()).with_tags([format!("n:{p}")]);
         if p == 3 {
             id3 = Some(e.id);
         }
@@ -51,10 +58,17 @@ async fn build(path: &Path) -> Ulid {
 /// through a raw transaction: what a flipped bit in a stored key does.
 async fn move_entry(path: &Path, key: Vec<u8>, at: usize, mask: u8) -> Vec<u8> {
     let kv = reopen(path).await;
-    let value = kv.get_latest(&key).await.unwrap().expect("the entry exists");
+    let value = kv
+        .get_latest(&key)
+        .await
+        .unwrap()
+        .expect("the entry exists");
     let mut moved = key.clone();
     moved[at] ^= mask;
-    assert!(kv.get_latest(&moved).await.unwrap().is_none(), "no collision");
+    assert!(
+        kv.get_latest(&moved).await.unwrap().is_none(),
+        "no collision"
+    );
     let mut txn = kv.begin().await.unwrap();
     txn.delete(key);
     txn.put(moved.clone(), value);
@@ -78,11 +92,31 @@ async fn a_damaged_index_key_is_corrupt_on_every_read_that_touches_it() {
     let id_key = layout::id_key(id3);
     let families: Vec<(&str, Vec<u8>, usize, u8)> = vec![
         // Position 3 → 2 (position 2 has another tag, type and category).
-        ("tag", layout::tag_key("n:3", 3), last(&layout::tag_key("n:3", 3)), 0x01),
-        ("type", layout::type_key("Placed", 3), last(&layout::type_key("Placed", 3)), 0x01),
-        ("category", layout::category_key("order", 3), last(&layout::category_key("order", 3)), 0x01),
+        (
+            "tag",
+            layout::tag_key("n:3", 3),
+            last(&layout::tag_key("n:3", 3)),
+            0x01,
+        ),
+        (
+            "type",
+            layout::type_key("Placed", 3),
+            last(&layout::type_key("Placed", 3)),
+            0x01,
+        ),
+        (
+            "category",
+            layout::category_key("order", 3),
+            last(&layout::category_key("order", 3)),
+            0x01,
+        ),
         // Version 2 (position 3) → version 66.
-        ("stream_ev", layout::stream_event_key("order-1", 2), last(&layout::stream_event_key("order-1", 2)), 0x40),
+        (
+            "stream_ev",
+            layout::stream_event_key("order-1", 2),
+            last(&layout::stream_event_key("order-1", 2)),
+            0x40,
+        ),
         // The event id's last byte.
         ("id", id_key.clone(), last(&id_key), 0x01),
     ];
@@ -91,9 +125,13 @@ async fn a_damaged_index_key_is_corrupt_on_every_read_that_touches_it() {
         let path = dir.path().join(format!("{family}.redb"));
         std::fs::copy(&base, &path).unwrap();
         let moved = move_entry(&path, key, at, mask).await;
-        let es = EventStore::open(Arc::new(reopen(&path).await)).await.unwrap();
+        let es = EventStore::open(Arc::new(reopen(&path).await))
+            .await
+            .unwrap();
         let mut outcomes: Vec<(String, bool, String)> = Vec::new();
-        let mut record = |what: &str, corrupt: bool, dbg: String| outcomes.push((what.to_string(), corrupt, dbg));
+        let mut record = |what: &str, corrupt: bool, dbg: String| {
+            outcomes.push((what.to_string(), corrupt, dbg))
+        };
         match family {
             "tag" | "type" => {
                 let q = if family == "tag" {
@@ -101,16 +139,27 @@ async fn a_damaged_index_key_is_corrupt_on_every_read_that_touches_it() {
                 } else {
                     Query::of(["Placed"], Vec::<String>::new())
                 };
-                let r = es.read(&q, ReadOptions::new()).await.map(|r| r.events.len());
+                let r = es
+                    .read(&q, ReadOptions::new())
+                    .await
+                    .map(|r| r.events.len());
                 record("DCB read", is_corrupt(&r), format!("{r:?}"));
-                let r = es.read(&q, ReadOptions::new().backwards()).await.map(|r| r.events.len());
+                let r = es
+                    .read(&q, ReadOptions::new().backwards())
+                    .await
+                    .map(|r| r.events.len());
                 record("DCB read backwards", is_corrupt(&r), format!("{r:?}"));
                 let cond = AppendCondition::new(q, Some(1));
-                let r = es.append(vec![NewEvent::new("Claimed", vec![])], Some(cond)).await;
+                let r = es
+                    .append(vec![NewEvent::new("Claimed", vec![])], Some(cond))
+                    .await;
                 record("conditional append", is_corrupt(&r), format!("{r:?}"));
             }
             "category" => {
-                let r = es.read_category("order", ReadOptions::new()).await.map(|r| r.events.len());
+                let r = es
+                    .read_category("order", ReadOptions::new())
+                    .await
+                    .map(|r| r.events.len());
                 record("category read", is_corrupt(&r), format!("{r:?}"));
                 let r = es
                     .read_category("order", ReadOptions::new().backwards())
@@ -119,7 +168,10 @@ async fn a_damaged_index_key_is_corrupt_on_every_read_that_touches_it() {
                 record("category read backwards", is_corrupt(&r), format!("{r:?}"));
             }
             "stream_ev" => {
-                let r = es.read_stream("order-1", ReadStreamOptions::new()).await.map(|e| e.len());
+                let r = es
+                    .read_stream("order-1", ReadStreamOptions::new())
+                    .await
+                    .map(|e| e.len());
                 record("stream read", is_corrupt(&r), format!("{r:?}"));
                 let r = es
                     .read_stream("order-1", ReadStreamOptions::new().backwards())
@@ -139,13 +191,17 @@ async fn a_damaged_index_key_is_corrupt_on_every_read_that_touches_it() {
         }
         for (what, corrupt, dbg) in outcomes {
             if !corrupt {
-                wrong.push(format!("{family}: {what}: expected Error::Corrupt, got {dbg}"));
+                wrong.push(format!(
+                    "{family}: {what}: expected Error::Corrupt, got {dbg}"
+                ));
             }
         }
         // The checker reports the damaged entry by its (new) key.
         let report = eskv_core::verify::verify(&es).await.unwrap();
         if report.at_key(&moved).next().is_none() {
-            wrong.push(format!("{family}: verify does not report the moved entry: {report}"));
+            wrong.push(format!(
+                "{family}: verify does not report the moved entry: {report}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
