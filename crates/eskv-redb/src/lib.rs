@@ -122,6 +122,10 @@ pub struct RedbOptions {
     /// state from every page, which takes time proportional to the file
     /// and fails outright ("all roots are corrupted") on a file with one
     /// damaged page, even a page that nothing needs to read.
+    ///
+    /// The cost is a slower commit (two fsyncs instead of one): measured
+    /// at 13–15 ms against 3.4–5.9 ms for one durable append on its own;
+    /// group commit spreads it over every append of a batch.
     pub quick_repair: bool,
 }
 
