@@ -156,6 +156,23 @@ pub enum Error {
         backend: &'static str,
     },
 
+    /// The storage is full (no space left on the device, or a quota is
+    /// exhausted). Free space and retry; the store recovers by itself, no
+    /// restart needed.
+    #[error("{backend}: no space left for {path} ({message}); free space on its file system, then retry{}", if *.outcome_unknown { ". The commit may or may not have been applied: retry with the same event ids to resolve it" } else { ". Nothing was written" })]
+    StorageFull {
+        /// Backend name.
+        backend: &'static str,
+        /// The file (or storage) that could not grow.
+        path: String,
+        /// The operating system's error.
+        message: String,
+        /// True when the failure came while committing, so the commit may
+        /// have reached the disk (resolve it like
+        /// [`Error::CommitOutcomeUnknown`]); false when nothing was written.
+        outcome_unknown: bool,
+    },
+
     /// A backend failure with no semantic mapping.
     #[error("{backend} error: {source}")]
     Backend {
@@ -266,6 +283,17 @@ impl Error {
             },
             Error::StoreLocked { path } => Error::StoreLocked { path: path.clone() },
             Error::ReadOnly { backend } => Error::ReadOnly { backend },
+            Error::StorageFull {
+                backend,
+                path,
+                message,
+                outcome_unknown,
+            } => Error::StorageFull {
+                backend,
+                path: path.clone(),
+                message: message.clone(),
+                outcome_unknown: *outcome_unknown,
+            },
             Error::Backend { backend, source } => Error::Backend {
                 backend,
                 source: source.to_string().into(),

@@ -18,6 +18,16 @@
 //! | 0x31 | `tag` (str tag, u64 pos)    | postcard (type, tags)          |
 //! | 0x40 | `registry` (str type)       | empty                          |
 //! | 0x50 | `sub` (reserved for subscriptions and projections)          ||
+//!
+//! The values of the index entries (`id`, `stream_ev`, `category`, `type`,
+//! `tag`) are sealed: the value above is followed by a crc32c of the key and
+//! that value ([`seal_index_value`]), and every read path checks it
+//! ([`open_index_value`]) before using the entry. A flipped bit in the key
+//! or the value of an entry that a read touches is therefore
+//! [`Error::Corrupt`], never a wrong answer. An entry that vanished, or
+//! whose key changed so that it left the range a read scans, is not seen by
+//! that read; only the integrity checker ([`crate::verify`]), which walks
+//! from every event to its entries, finds it.
 
 use crate::error::{Error, Result};
 use crate::event::Position;
@@ -216,6 +226,64 @@ pub fn parse_registry_key(key: &[u8]) -> Result<String> {
     let mut r = KeyReader::new(key);
     r.skip_raw(1)?;
     r.str()
+}
+
+/// Bytes [`seal_index_value`] adds to an index entry's value.
+pub const SEAL_LEN: usize = 4;
+
+/// The seal of an index entry: crc32c over the key's length (so no byte
+/// can move between key and value unnoticed), the key, and the value body.
+fn index_seal(key: &[u8], body: &[u8]) -> u32 {
+    let len = (key.len() as u64).to_le_bytes();
+    let crc = crc32c::crc32c(&len);
+    let crc = crc32c::crc32c_append(crc, key);
+    crc32c::crc32c_append(crc, body)
+}
+
+/// Seals the value `body` of the index entry at `key` (an `id`,
+/// `stream_ev`, `category`, `type` or `tag` entry, without namespace
+/// prefix): appends a crc32c of the key and the body, 4 bytes LE.
+pub fn seal_index_value(key: &[u8], mut body: Vec<u8>) -> Vec<u8> {
+    let crc = index_seal(key, &body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
+}
+
+/// Checks the seal of the index entry `key` → `value` and returns the
+/// value's body. A damaged key or value is [`Error::Corrupt`] naming the
+/// key, so a read never acts on a damaged entry.
+pub fn open_index_value<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
+    let damaged = |why: &str| {
+        let table = key
+            .first()
+            .and_then(|t| table_name(*t))
+            .unwrap_or("unknown");
+        Error::corrupt(
+            None,
+            format!(
+                "{table} index entry {} {why}; run `eskv check` to find every damaged entry",
+                crate::display_key(key)
+            ),
+        )
+    };
+    if value.len() < SEAL_LEN {
+        return Err(damaged(&format!(
+            "holds {} bytes, less than its {SEAL_LEN}-byte checksum",
+            value.len()
+        )));
+    }
+    let (body, seal) = value.split_at(value.len() - SEAL_LEN);
+    let stored = u32::from_le_bytes([seal[0], seal[1], seal[2], seal[3]]);
+    if stored != index_seal(key, body) {
+        return Err(damaged("fails its checksum (its key or value is damaged)"));
+    }
+    Ok(body)
+}
+
+/// True for keys of the tables whose values are sealed
+/// ([`seal_index_value`]).
+pub fn is_sealed_index_key(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&(ID | STREAM_EV | CATEGORY | TYPE | TAG)))
 }
 
 /// Encodes a u64 value.
@@ -507,6 +575,55 @@ mod parser_tests {
         assert!(parse_stream_event_key(&stream_key("s")).is_err());
         assert!(parse_positional_key(&stream_event_key("s", 1)).is_err());
         assert!(parse_stream_meta_key(&[]).is_err());
+    }
+
+    #[test]
+    fn index_seals_cover_key_and_value() {
+        let key = tag_key("user:alice", 7);
+        let sealed = seal_index_value(&key, b"body".to_vec());
+        assert_eq!(sealed.len(), 4 + SEAL_LEN);
+        assert_eq!(open_index_value(&key, &sealed).unwrap(), b"body");
+        // Every single-bit flip of the key or of the value is caught.
+        for i in 0..key.len() * 8 {
+            let mut k = key.clone();
+            k[i / 8] ^= 1 << (i % 8);
+            assert!(matches!(
+                open_index_value(&k, &sealed),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+        for i in 0..sealed.len() * 8 {
+            let mut v = sealed.clone();
+            v[i / 8] ^= 1 << (i % 8);
+            assert!(matches!(
+                open_index_value(&key, &v),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+        // A byte moved from the end of the key to the start of the value.
+        let short = &key[..key.len() - 1];
+        let mut moved = vec![key[key.len() - 1]];
+        moved.extend_from_slice(&sealed);
+        assert!(open_index_value(short, &moved).is_err());
+        // Empty bodies (type and category entries) are sealed too.
+        let k = type_key("T", 1);
+        let e = seal_index_value(&k, Vec::new());
+        assert_eq!(open_index_value(&k, &e).unwrap(), b"");
+        assert!(open_index_value(&k, &[]).is_err());
+        let msg = open_index_value(&type_key("T", 2), &e)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("type index entry"), "{msg}");
+        for k in [
+            id_key(Ulid(1)),
+            stream_event_key("s", 1),
+            category_key("c", 1),
+            type_key("t", 1),
+            tag_key("t", 1),
+        ] {
+            assert!(is_sealed_index_key(&k));
+        }
+        assert!(!is_sealed_index_key(&log_key(1)) && !is_sealed_index_key(&head_key()));
     }
 
     proptest! {

@@ -719,12 +719,14 @@ impl EventStore {
             let id_keys: Vec<Vec<u8>> = events.iter().map(|e| layout::id_key(e.id)).collect();
             let found = txn.get_many(&id_keys).await?;
             if found.iter().any(Option::is_some) {
-                let replay = events.iter().zip(&found).all(|(e, f)| {
-                    f.as_deref()
-                        .and_then(|v| IdEntry::decode(v).ok())
-                        .map(|x| x.position)
-                        == Some(e.position)
-                });
+                let mut replay = true;
+                for ((e, f), k) in events.iter().zip(&found).zip(&id_keys) {
+                    let at = match f {
+                        Some(v) => Some(IdEntry::decode(layout::open_index_value(k, v)?)?.position),
+                        None => None,
+                    };
+                    replay &= at == Some(e.position);
+                }
                 if replay {
                     return Ok(head);
                 }
@@ -977,8 +979,8 @@ impl EventStore {
                 },
             )
             .await?;
-        for (_, v) in rows {
-            let pos = layout::parse_u64(&v, "stream index entry")?;
+        for (k, v) in rows {
+            let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
             if pos > until {
                 if opts.backwards {
                     continue;
@@ -1014,16 +1016,16 @@ impl EventStore {
         let (mut lo, mut hi) = (1u64, meta.version);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let pos = txn
-                .get(&layout::stream_event_key(stream, mid))
-                .await?
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        None,
-                        format!("stream '{stream}' has no index entry for version {mid}"),
-                    )
-                })?;
-            if layout::parse_u64(&pos, "stream index entry")? > after {
+            let key = layout::stream_event_key(stream, mid);
+            let pos = txn.get(&key).await?.ok_or_else(|| {
+                Error::corrupt(
+                    None,
+                    format!("stream '{stream}' has no index entry for version {mid}"),
+                )
+            })?;
+            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")?
+                > after
+            {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -1368,7 +1370,9 @@ impl Inner {
             .zip(ids)
             .map(|(e, v)| match batch.ids.get(&e.id) {
                 Some(x) => Ok(Some(*x)),
-                None => v.map(|v| IdEntry::decode(&v)).transpose(),
+                None => v
+                    .map(|v| IdEntry::decode(layout::open_index_value(&layout::id_key(e.id), &v)?))
+                    .transpose(),
             })
             .collect::<Result<_>>()?;
         let meta = match &req.stream {
@@ -1593,6 +1597,7 @@ fn event_rows(
     stream: Option<(&str, u64)>,
     (append_first, append_last): (Position, Position),
 ) -> Result<()> {
+    let start = rows.len();
     rows.push((
         layout::log_key(pos),
         envelope::encode_new(pos, e, recorded_at_ms, stream)?,
@@ -1616,6 +1621,10 @@ fn event_rows(
             layout::category_key(layout::category_of(s), pos),
             Vec::new(),
         ));
+    }
+    // Every row after the log entry is an index entry: seal it.
+    for (k, v) in &mut rows[start + 1..] {
+        *v = layout::seal_index_value(k, std::mem::take(v));
     }
     Ok(())
 }
@@ -1679,7 +1688,7 @@ async fn condition_hit(
             for (k, v) in &rows {
                 let pos = index.parse_position(k)?;
                 last = Some(pos);
-                if probe_keeps(index, item, v)? {
+                if probe_keeps(index, item, layout::open_index_value(k, v)?)? {
                     found = Some(pos);
                     break;
                 }
@@ -1746,6 +1755,7 @@ async fn read_forward(
         let mut last = None;
         for (k, v) in &rows {
             let pos = index.parse_position(k)?;
+            let v = layout::open_index_value(k, v)?;
             last = Some(pos);
             if pos <= hi && kept < want && probe_keeps(index, item, v)? {
                 all.insert(pos);
@@ -1865,7 +1875,7 @@ async fn scan_index(
             } else {
                 lo = pos + 1;
             }
-            if keep(&v)? {
+            if keep(layout::open_index_value(&k, &v)?)? {
                 out.push(pos);
                 if out.len() == want {
                     break;

@@ -33,6 +33,8 @@
 //! - **category, type and tag indexes** (`0x22`, `0x30`, `0x31`) agree with
 //!   the events both ways, including the `(type, tags)` copy held in each
 //!   tag entry (it is what DCB conditions are checked against);
+//! - **seals**: every index entry's checksum over its key and value
+//!   ([`layout::open_index_value`]), reported once, by its table's pass;
 //! - **registry and meta**: keys parse, the format marker is this layout's,
 //!   and no import was left unfinished ([`crate::layout::import_key`]);
 //! - **subscriptions** (`0x50`): keys start with `(kind, name)`;
@@ -598,11 +600,16 @@ impl Checker<'_> {
                     );
                     continue;
                 };
+                // A damaged seal is reported by the pass over its table,
+                // which sees every entry, whether its event exists or not.
+                let Ok(v) = layout::open_index_value(k, &v) else {
+                    continue;
+                };
                 match ex {
                     Expect::Position => match if *table == "id" {
-                        layout::IdEntry::decode(&v).map(|x| x.position)
+                        layout::IdEntry::decode(v).map(|x| x.position)
                     } else {
-                        layout::parse_u64(&v, "index entry")
+                        layout::parse_u64(v, "index entry")
                     } {
                         Ok(q) if q == p => {}
                         Ok(q) => self.violation(
@@ -631,7 +638,7 @@ impl Checker<'_> {
                             );
                         }
                     }
-                    Expect::TagEntry => match layout::parse_tag_entry(&v) {
+                    Expect::TagEntry => match layout::parse_tag_entry(v) {
                         Ok((t, tags)) if t == e.event_type && tags == e.tags => {}
                         Ok((t, tags)) => self.violation(
                             Some(k),
@@ -666,7 +673,10 @@ impl Checker<'_> {
                         continue;
                     }
                 };
-                match layout::IdEntry::decode(&v).map(|x| x.position) {
+                match layout::open_index_value(&k, &v)
+                    .and_then(layout::IdEntry::decode)
+                    .map(|x| x.position)
+                {
                     Ok(p) => entries.push((k, id, p)),
                     Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
                 }
@@ -716,7 +726,9 @@ impl Checker<'_> {
                         continue;
                     }
                 };
-                match layout::parse_u64(&v, "stream index entry") {
+                match layout::open_index_value(&k, &v)
+                    .and_then(|b| layout::parse_u64(b, "stream index entry"))
+                {
                     Ok(p) => entries.push((k, s, ver, p)),
                     Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
                 }
@@ -926,11 +938,14 @@ impl Checker<'_> {
                         continue;
                     }
                 };
-                // Values are checked by the log pass: a tag entry's
-                // (type, tags) copy against its event, category and type
-                // entries for being empty. An entry whose event does not
-                // carry it is reported below.
-                let _ = v;
+                // The seal is checked here; the value itself by the log
+                // pass: a tag entry's (type, tags) copy against its event,
+                // category and type entries for being empty. An entry
+                // whose event does not carry it is reported below.
+                if let Err(e) = layout::open_index_value(&k, &v) {
+                    self.violation(Some(&k), Some(p), corrupt_message(&e));
+                    continue;
+                }
                 entries.push((k, s, p));
             }
             let positions: Vec<Position> = entries.iter().map(|(_, _, p)| *p).collect();

@@ -197,17 +197,32 @@ async fn wrong_tag_entry_copy() {
     let (es, _) = seeded().await;
     let key = layout::tag_key("course:c1", 1);
     let wrong = layout::tag_entry_value("Placed", &["course:c1".to_string()]).unwrap();
-    damage(&es, |t| t.put(key.clone(), wrong)).await;
+    damage(&es, |t| {
+        t.put(key.clone(), layout::seal_index_value(&key, wrong))
+    })
+    .await;
     let r = report(&es).await;
     let v = only(&r);
     assert_eq!(v.key.as_deref(), Some(&key[..]));
     assert!(v.message.contains("the event has type"), "{}", v.message);
 
-    damage(&es, |t| t.put(key.clone(), vec![0xFF; 3])).await;
+    damage(&es, |t| {
+        t.put(key.clone(), layout::seal_index_value(&key, vec![0xFF; 3]))
+    })
+    .await;
     let r = report(&es).await;
     assert!(
         r.at_key(&key)
             .any(|v| v.message.contains("does not decode")),
+        "{r}"
+    );
+
+    // Unsealed garbage fails the entry's checksum, reported once.
+    damage(&es, |t| t.put(key.clone(), vec![0xFF; 3])).await;
+    let r = report(&es).await;
+    assert_eq!(r.at_key(&key).count(), 1, "{r}");
+    assert!(
+        r.at_key(&key).any(|v| v.message.contains("checksum")),
         "{r}"
     );
 }
@@ -221,19 +236,24 @@ async fn stray_index_entries() {
     let ghost_id = layout::id_key(Ulid::generate());
     let tag_value = layout::tag_entry_value("Paid", &["nope".to_string()]).unwrap();
     damage(&es, |t| {
-        t.put(ghost_type.clone(), Vec::new());
-        t.put(ghost_tag.clone(), tag_value);
-        t.put(ghost_cat.clone(), Vec::new());
+        let sealed = |k: &[u8], v: Vec<u8>| layout::seal_index_value(k, v);
+        t.put(ghost_type.clone(), sealed(&ghost_type, Vec::new()));
+        t.put(ghost_tag.clone(), sealed(&ghost_tag, tag_value));
+        t.put(ghost_cat.clone(), sealed(&ghost_cat, Vec::new()));
         t.put(
             ghost_id.clone(),
-            layout::IdEntry {
-                position: 4,
-                append_first: 4,
-                append_last: 4,
-            }
-            .encode(),
+            sealed(
+                &ghost_id,
+                layout::IdEntry {
+                    position: 4,
+                    append_first: 4,
+                    append_last: 4,
+                }
+                .encode(),
+            ),
         );
-        t.put(layout::type_key("Placed", 99), Vec::new());
+        let k = layout::type_key("Placed", 99);
+        t.put(k.clone(), sealed(&k, Vec::new()));
     })
     .await;
     let r = report(&es).await;
@@ -366,7 +386,11 @@ async fn stream_without_metadata_or_entries() {
             }
             .encode(),
         );
-        t.put(layout::stream_event_key("order-2", 1), layout::u64_value(2));
+        let k = layout::stream_event_key("order-2", 1);
+        t.put(
+            k.clone(),
+            layout::seal_index_value(&k, layout::u64_value(2)),
+        );
     })
     .await;
     let r = report(&es).await;
@@ -387,7 +411,8 @@ async fn duplicate_event_id_is_found() {
     let bytes = envelope::encode(&copy).unwrap();
     damage(&es, |t| {
         t.put(layout::log_key(6), bytes);
-        t.put(layout::type_key(&copy.event_type, 6), Vec::new());
+        let k = layout::type_key(&copy.event_type, 6);
+        t.put(k.clone(), layout::seal_index_value(&k, Vec::new()));
         t.put(layout::head_key(), layout::u64_value(6));
     })
     .await;

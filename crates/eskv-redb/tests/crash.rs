@@ -60,7 +60,9 @@ async fn open_retrying(path: &Path) -> RedbStore {
         .await
         {
             Ok(s) => return s,
-            Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
+            Err(Error::Unavailable { .. } | Error::StoreLocked { .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Err(e) => panic!("cannot open {}: {e}", path.display()),
