@@ -120,3 +120,33 @@ async fn the_event_store_opens_a_read_only_store_without_writing() {
         assert_eq!(bytes(path), before, "{}", path.display());
     }
 }
+
+/// A file a crash left open needs recovery, which writes: a read-only open
+/// recovers a private copy, reads every commit, and leaves the file as it is.
+#[tokio::test]
+async fn a_crashed_file_is_recovered_in_a_private_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let crashed = dir.path().join("crashed.redb");
+    {
+        let s = RedbStore::open(&path).await.unwrap();
+        let mut t = s.begin().await.unwrap();
+        t.put(b"k".to_vec(), b"v".to_vec());
+        t.commit().await.unwrap();
+        // What a SIGKILL leaves: the file as it is while still open.
+        std::fs::copy(&path, &crashed).unwrap();
+    }
+    assert!(matches!(
+        redb::Database::builder().open_read_only(&crashed),
+        Err(redb::DatabaseError::RepairAborted)
+    ));
+    let before = bytes(&crashed);
+    let s = RedbStore::open_read_only(&crashed).await.unwrap();
+    assert!(s.is_read_only());
+    assert_eq!(s.get_latest(b"k").await.unwrap(), Some(b"v".to_vec()));
+    let mut t = s.begin().await.unwrap();
+    t.put(b"k".to_vec(), b"w".to_vec());
+    assert!(matches!(t.commit().await, Err(Error::ReadOnly { .. })));
+    drop(s);
+    assert_eq!(bytes(&crashed), before, "a read-only open changed the file");
+}
