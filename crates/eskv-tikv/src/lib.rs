@@ -53,7 +53,8 @@
 //! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`Error::Conflict`] |
 //! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`Error::Conflict`] ("key already exists") |
 //! | `UndeterminedError` | [`Error::CommitOutcomeUnknown`] |
-//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff | [`Error::Unavailable`] (during commit: [`Error::CommitOutcomeUnknown`], since the primary may have been committed) |
+//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`Error::Unavailable`] (during commit: [`Error::CommitOutcomeUnknown`], since the primary may have been committed) |
+//! | gRPC status `Internal` | [`Error::Backend`] (during commit: [`Error::CommitOutcomeUnknown`]) |
 //! | anything else | [`Error::Backend`] |
 //!
 //! Every call is wrapped in `tokio::time::timeout`: tikv-client can hang for
@@ -236,6 +237,9 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Other,
+    /// A server-side or protocol failure (gRPC `Internal`): a definite
+    /// error while reading, but a lost answer while committing.
+    Internal,
     Unavailable,
     AlreadyExists,
     Conflict,
@@ -271,12 +275,18 @@ fn classify(e: &tikv_client::Error) -> Kind {
         // or our own lock rolled back by another transaction: retryable.
         T::ResolveLockError(_) | T::TxnNotFound(_) => Kind::Conflict,
         T::Grpc(_) | T::Io(_) | T::Canceled(_) | T::Channel(_) => Kind::Unavailable,
+        // tonic reports a connection lost mid-call (reset, closed by the
+        // peer, an h2 error) as a status, `Unknown` or `Internal`, rather
+        // than as a transport error; tikv-client only marks a commit
+        // undetermined for the latter (`Committer::commit_primary`).
         T::GrpcAPI(status) => match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
+            | tonic::Code::Unknown
             | tonic::Code::Aborted
             | tonic::Code::ResourceExhausted => Kind::Unavailable,
+            tonic::Code::Internal => Kind::Internal,
             _ => Kind::Other,
         },
         // Region and leader errors are retried by the client's own backoff;
@@ -305,17 +315,22 @@ fn map_err(e: tikv_client::Error, phase: Phase, endpoints: &str) -> Error {
         (Kind::AlreadyExists, _) => Error::conflict(format!(
             "TiKV reports that a key the transaction inserts already exists: {e}"
         )),
-        (Kind::Unavailable, Phase::Commit) => Error::CommitOutcomeUnknown {
+        (Kind::Unavailable | Kind::Internal, Phase::Commit) => Error::CommitOutcomeUnknown {
             backend: BACKEND,
             message: format!(
-                "connection to TiKV failed during commit ({e}); PD endpoints {endpoints}"
+                "connection to TiKV failed during commit ({e}); the commit may or may not \
+                 have been applied; PD endpoints {endpoints}"
             ),
         },
-        (Kind::Unavailable, _) | (Kind::Other, Phase::Connect) => Error::Unavailable {
-            backend: BACKEND,
-            message: format!("cannot reach the TiKV cluster through PD endpoints {endpoints}: {e}"),
-        },
-        (Kind::Other, _) => Error::backend(BACKEND, e),
+        (Kind::Unavailable, _) | (Kind::Other | Kind::Internal, Phase::Connect) => {
+            Error::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "cannot reach the TiKV cluster through PD endpoints {endpoints}: {e}"
+                ),
+            }
+        }
+        (Kind::Other | Kind::Internal, _) => Error::backend(BACKEND, e),
     }
 }
 
@@ -837,6 +852,48 @@ mod tests {
             Phase::Connect,
         );
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    }
+
+    /// A connection lost mid-RPC reaches tikv-client as a gRPC status with
+    /// code `Unknown` or `Internal` (hyper/h2 failures inside tonic), not
+    /// as a transport error, so tikv-client does not mark the commit
+    /// undetermined itself. During commit the primary may have been
+    /// committed: the outcome is unknown, never a definite failure.
+    #[test]
+    fn lost_connection_statuses_during_commit_are_unknown_outcomes() {
+        for status in [
+            tonic::Status::unknown("transport error: connection reset"),
+            tonic::Status::internal("h2 protocol error: stream no longer needed"),
+        ] {
+            let code = status.code();
+            let e = map(T::GrpcAPI(status.clone()), Phase::Commit);
+            assert!(
+                matches!(
+                    e,
+                    Error::CommitOutcomeUnknown {
+                        backend: "tikv",
+                        ..
+                    }
+                ),
+                "{code:?} during commit: {e:?}"
+            );
+            assert!(e.is_retryable());
+            // Nested the way the client collects per-region results.
+            let e = map(
+                T::ExtractedErrors(vec![abort_key_error(), T::GrpcAPI(status.clone())]),
+                Phase::Commit,
+            );
+            assert!(
+                matches!(e, Error::CommitOutcomeUnknown { .. }),
+                "{code:?} nested during commit: {e:?}"
+            );
+        }
+        // Outside a commit nothing was written: an unknown status is the
+        // cluster being unreachable, an internal one a server error.
+        let e = map(T::GrpcAPI(tonic::Status::unknown("reset")), Phase::Read);
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        let e = map(T::GrpcAPI(tonic::Status::internal("bug")), Phase::Read);
+        assert!(matches!(e, Error::Backend { .. }), "{e:?}");
     }
 
     #[test]
