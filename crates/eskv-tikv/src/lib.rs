@@ -21,7 +21,15 @@
 //!
 //! - **Snapshots.** [`KvStore::begin`] starts an optimistic TiKV
 //!   transaction, which takes its start timestamp from PD (one round trip).
-//!   Every read runs at that timestamp: snapshot isolation.
+//!   Every read runs at that timestamp: snapshot isolation. Each read runs
+//!   in its own read-only snapshot at that timestamp, dropped when it
+//!   returns, because tikv-client caches everything a transaction (or a
+//!   snapshot) reads until it ends.
+//! - **Scans** are planned so that each request reads about one page from
+//!   about one region, although tikv-client sends a request's whole limit
+//!   to every region its range overlaps: after a first small request, the
+//!   plan narrows each request's key range to a window estimated to hold
+//!   one page (see `docs/DESIGN.md`, "Long scans on TiKV").
 //! - **Buffered writes** live in an [`eskv_core::WriteBuffer`] until commit.
 //!   tikv-client can buffer writes itself, but its scan merge lets a buffered
 //!   key past a limit-truncated snapshot page jump the queue; the shared
@@ -82,10 +90,10 @@ use tikv_client::{
     BoundRange, CheckLevel, Config, Key, Transaction, TransactionClient, TransactionOptions,
 };
 
-const BACKEND: &str = "tikv";
+mod paging;
+use paging::SCAN_PAGE;
 
-/// Rows fetched per scan request; longer scans page through the range.
-const SCAN_PAGE: usize = 256;
+const BACKEND: &str = "tikv";
 
 /// Largest value eskv writes to TiKV. TiKV's default `raft-entry-max-size`
 /// is 8 MiB and its gRPC responses are capped at 10 MiB by default; 4 MiB
@@ -499,21 +507,36 @@ impl KvStore for RawStore {
         .instrument(begin_span(BACKEND))
         .await?;
         Ok(Box::new(TikvTxn {
+            client: self.client.clone(),
+            start: txn.start_timestamp(),
             txn,
             buf: WriteBuffer::new(),
             caps: self.caps.clone(),
             endpoints: self.endpoints.clone(),
             timeout: self.request_timeout,
+            stride: None,
         }))
     }
 }
 
+/// One eskv transaction. Reads never go through `txn`: tikv-client keeps
+/// every row a transaction reads in its buffer until the transaction ends
+/// (`Buffer::update_cache`), so a long scan in one transaction would hold
+/// the whole range in memory. Each read runs in a fresh read-only
+/// [`tikv_client::Snapshot`] at the transaction's start timestamp instead
+/// (the same snapshot, by MVCC), which is dropped, with its cache, as soon
+/// as the read returns. `txn` only carries the writes and locks at commit.
 struct TikvTxn {
+    client: TransactionClient,
+    start: tikv_client::Timestamp,
     txn: Transaction,
     buf: WriteBuffer,
     caps: Capabilities,
     endpoints: String,
     timeout: Duration,
+    /// The key density seen by the last scan, to size the next one's
+    /// windows (see [`paging`]).
+    stride: Option<paging::Stride>,
 }
 
 fn pair(p: tikv_client::KvPair) -> KvPair {
@@ -530,8 +553,17 @@ fn bound(b: Bound<Vec<u8>>) -> Bound<Key> {
 }
 
 impl TikvTxn {
-    /// Reads up to `limit` snapshot rows of `range` (all if `None`), paging
-    /// through the range `SCAN_PAGE` rows at a time.
+    /// A read-only view at the transaction's snapshot, for one read.
+    fn snapshot(&self) -> tikv_client::Snapshot {
+        self.client.snapshot(
+            self.start.clone(),
+            TransactionOptions::new_optimistic().drop_check(CheckLevel::None),
+        )
+    }
+
+    /// Reads up to `limit` snapshot rows of `range` (all if `None`), in
+    /// requests planned by [`paging::ScanPlan`]: each reads about one page
+    /// from about one region, in its own snapshot.
     async fn scan_snapshot(
         &mut self,
         range: &KeyRange,
@@ -539,39 +571,25 @@ impl TikvTxn {
         limit: Option<usize>,
     ) -> Result<Vec<KvPair>> {
         let mut out: Vec<KvPair> = Vec::new();
-        let mut r = range.clone();
-        loop {
-            let want = match limit {
-                Some(l) => (l - out.len()).min(SCAN_PAGE),
-                None => SCAN_PAGE,
-            };
-            if want == 0 || r.is_empty() {
-                return Ok(out);
-            }
-            let br = BoundRange::new(bound(r.start.clone()), bound(r.end.clone()));
-            let txn = &mut self.txn;
+        let mut plan = paging::ScanPlan::new(range.clone(), reverse, limit, self.stride.take());
+        while let Some(req) = plan.next_request() {
+            let br = BoundRange::new(bound(req.range.start.clone()), bound(req.range.end.clone()));
+            let mut snap = self.snapshot();
+            let want = req.limit as u32;
             let fetch = async move {
                 let rows: Vec<tikv_client::KvPair> = if reverse {
-                    txn.scan_reverse(br, want as u32).await?.collect()
+                    snap.scan_reverse(br, want).await?.collect()
                 } else {
-                    txn.scan(br, want as u32).await?.collect()
+                    snap.scan(br, want).await?.collect()
                 };
                 Ok(rows.into_iter().map(pair).collect::<Vec<KvPair>>())
             };
             let page = timed("a scan", Phase::Read, self.timeout, &self.endpoints, fetch).await?;
-            let done = page.len() < want;
-            if let Some((last, _)) = page.last() {
-                if reverse {
-                    r.end = Bound::Excluded(last.clone());
-                } else {
-                    r.start = Bound::Excluded(last.clone());
-                }
-            }
+            plan.record(&req, &page);
             out.extend(page);
-            if done {
-                return Ok(out);
-            }
         }
+        self.stride = plan.stride().cloned();
+        Ok(out)
     }
 }
 
@@ -584,12 +602,14 @@ impl KvTransaction for TikvTxn {
         if key.is_empty() {
             return Ok(None);
         }
+        let mut snap = self.snapshot();
+        let key = key.to_vec();
         timed(
             "a get",
             Phase::Read,
             self.timeout,
             &self.endpoints,
-            self.txn.get(key.to_vec()),
+            async move { snap.get(key).await },
         )
         .await
     }
@@ -603,8 +623,8 @@ impl KvTransaction for TikvTxn {
         let fetched: HashMap<Vec<u8>, Vec<u8>> = if missing.is_empty() {
             HashMap::new()
         } else {
-            let txn = &mut self.txn;
-            let fetch = async move { Ok(txn.batch_get(missing).await?.map(pair).collect()) };
+            let mut snap = self.snapshot();
+            let fetch = async move { Ok(snap.batch_get(missing).await?.map(pair).collect()) };
             timed(
                 "a batch get",
                 Phase::Read,
@@ -656,6 +676,7 @@ impl KvTransaction for TikvTxn {
             caps,
             endpoints,
             timeout,
+            ..
         } = *self;
         traced_commit(BACKEND, buf.writes().len(), async move {
             buf.check_limits(&caps)?;
