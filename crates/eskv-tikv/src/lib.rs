@@ -52,6 +52,31 @@
 //!   with a known outcome is rolled back explicitly so its prewrite locks do
 //!   not wait for their TTL.
 //!
+//! # Garbage collection
+//!
+//! TiKV keeps every version of every key until PD's GC safe point passes
+//! it, and on a cluster without TiDB nothing moves the safe point: the
+//! versions of the keys eskv rewrites constantly (the head on every append,
+//! stream metadata, checkpoints, leases) pile up forever.
+//! [`TikvStore::spawn_gc`] runs a background task that every 10 minutes
+//! (by default) sets the safe point to PD's time less a lifetime (default
+//! 10 minutes, [`DEFAULT_GC_LIFETIME`]); [`TikvStore::collect_garbage`]
+//! runs one round. Neither runs unless called: the safe point is
+//! cluster-wide, so only the owner of the cluster may move it (never do on
+//! a cluster managed by TiDB, which runs its own GC).
+//!
+//! ```no_run
+//! # use eskv_tikv::{GcOptions, TikvOptions, TikvStore};
+//! # async fn f() -> eskv_core::Result<()> {
+//! let store = TikvStore::connect(TikvOptions::new(["127.0.0.1:2379"])).await?;
+//! let _gc = store.spawn_gc(GcOptions::default())?; // stops when dropped
+//! # Ok(()) }
+//! ```
+//!
+//! Once this process runs GC, its transactions older than the lifetime
+//! (less the request timeout) fail with a retryable [`Error::Conflict`]
+//! instead of reading a snapshot whose versions may be gone.
+//!
 //! # Errors
 //!
 //! Every native error goes through one mapping function:
@@ -90,8 +115,12 @@ use tikv_client::{
     BoundRange, CheckLevel, Config, Key, Transaction, TransactionClient, TransactionOptions,
 };
 
+mod gc;
 mod paging;
+pub use gc::{GcOptions, GcOutcome, DEFAULT_GC_LIFETIME, MIN_GC_LIFETIME};
 use paging::SCAN_PAGE;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 const BACKEND: &str = "tikv";
 
@@ -228,6 +257,10 @@ struct RawStore {
     endpoints: String,
     key_prefix: Option<String>,
     request_timeout: Duration,
+    /// The shortest GC lifetime this process has collected with, in
+    /// milliseconds; 0 while it has not run GC. Transactions older than it
+    /// refuse to read (see [`gc`]).
+    gc_lifetime_ms: Arc<AtomicU64>,
 }
 
 /// Where an error happened; decides how connection trouble is reported.
@@ -426,6 +459,7 @@ impl TikvStore {
             endpoints,
             key_prefix: options.key_prefix.clone(),
             request_timeout: options.request_timeout,
+            gc_lifetime_ms: Arc::new(AtomicU64::new(0)),
         });
         let (view, prefix): (Arc<dyn KvStore>, _) = match &options.key_prefix {
             Some(p) => {
@@ -441,6 +475,111 @@ impl TikvStore {
     /// The raw key prefix of the configured namespace, if any.
     pub fn prefix(&self) -> Option<&[u8]> {
         self.prefix.as_deref()
+    }
+
+    /// Runs one round of MVCC garbage collection: sets the cluster's GC safe
+    /// point to PD's current time less `lifetime`, after resolving the
+    /// locks older than it (tikv-client's `TransactionClient::gc`). TiKV
+    /// then drops every version older than the safe point, keeping, per
+    /// key, the newest one at or before it (unless it is a deletion).
+    ///
+    /// Without this (or TiDB, which runs its own GC), TiKV keeps every
+    /// version forever, and the keys eskv rewrites on every append or
+    /// acknowledgement (the head, stream metadata, checkpoints, leases)
+    /// grow without bound. [`spawn_gc`](Self::spawn_gc) runs it
+    /// periodically.
+    ///
+    /// **The safe point is cluster-wide**, not per key prefix: run GC only
+    /// on a cluster whose every user tolerates `lifetime` (never on one
+    /// managed by TiDB, which runs its own GC), and give every process the
+    /// same lifetime. From the first call on, a transaction of this store
+    /// older than `lifetime` (less the request timeout) fails its reads and
+    /// commit with a retryable [`Error::Conflict`] rather than read a
+    /// snapshot GC may have removed.
+    ///
+    /// Fails with [`Error::InvalidInput`] for a lifetime under
+    /// [`MIN_GC_LIFETIME`] or twice the request timeout, and with
+    /// [`Error::Unavailable`] when PD or TiKV cannot be reached.
+    pub async fn collect_garbage(&self, lifetime: Duration) -> Result<GcOutcome> {
+        let raw = &self.raw;
+        gc::check_lifetime(lifetime, raw.request_timeout)?;
+        // Guard this process's transactions before anything is collected.
+        let ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let _ = raw
+            .gc_lifetime_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+                (cur == 0 || ms < cur).then_some(ms)
+            });
+        let now = timed(
+            "reading PD's time",
+            Phase::Read,
+            raw.request_timeout,
+            &raw.endpoints,
+            raw.client.current_timestamp(),
+        )
+        .await?;
+        let Some(safe_point) = gc::safe_point(&now, lifetime) else {
+            return Err(Error::invalid(format!(
+                "GC lifetime {lifetime:?} reaches back before PD's clock started"
+            )));
+        };
+        use tikv_client::TimestampExt;
+        let outcome = GcOutcome {
+            safe_point: safe_point.version(),
+            safe_point_ms: safe_point.physical,
+            advanced: false,
+        };
+        // Resolving every old lock of the cluster may take longer than one
+        // request; it must finish within the lifetime.
+        let advanced = timed(
+            "a GC round",
+            Phase::Read,
+            lifetime.max(raw.request_timeout),
+            &raw.endpoints,
+            raw.client.gc(safe_point),
+        )
+        .await?;
+        tracing::debug!(
+            backend = BACKEND,
+            safe_point = outcome.safe_point,
+            advanced,
+            "GC round finished"
+        );
+        Ok(GcOutcome {
+            advanced,
+            ..outcome
+        })
+    }
+
+    /// Runs [`collect_garbage`](Self::collect_garbage) with
+    /// `options.lifetime` now and then every `options.interval`, on a Tokio
+    /// task, until the returned [`GcTask`] is dropped or stopped. A failed
+    /// round is logged (`tracing` warning) and retried at the next
+    /// interval. Read the caveats of `collect_garbage` first: the safe
+    /// point is cluster-wide.
+    ///
+    /// Fails with [`Error::InvalidInput`] for a lifetime that
+    /// `collect_garbage` would refuse, a zero interval, or when called
+    /// outside a Tokio runtime.
+    pub fn spawn_gc(&self, options: GcOptions) -> Result<GcTask> {
+        gc::check_lifetime(options.lifetime, self.raw.request_timeout)?;
+        if options.interval.is_zero() {
+            return Err(Error::invalid("GC interval must not be zero"));
+        }
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::invalid("spawn_gc must be called within a Tokio runtime"))?;
+        let store = self.clone();
+        let handle = rt.spawn(async move {
+            let mut tick = tokio::time::interval(options.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.collect_garbage(options.lifetime).await {
+                    tracing::warn!(backend = BACKEND, error = %e, "GC round failed");
+                }
+            }
+        });
+        Ok(GcTask { handle })
     }
 
     /// Deletes every key of this store's namespace, in transactions of a few
@@ -467,6 +606,25 @@ impl TikvStore {
             }
             txn.commit().await?;
         }
+    }
+}
+
+/// The background GC task of [`TikvStore::spawn_gc`]. Dropping it stops
+/// the task (a round in progress is abandoned; the next one, by any
+/// process, redoes it).
+#[derive(Debug)]
+pub struct GcTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl GcTask {
+    /// Stops the task.
+    pub fn stop(self) {}
+}
+
+impl Drop for GcTask {
+    fn drop(&mut self) {
+        self.handle.abort();
     }
 }
 
@@ -515,6 +673,8 @@ impl KvStore for RawStore {
             endpoints: self.endpoints.clone(),
             timeout: self.request_timeout,
             stride: None,
+            started: Instant::now(),
+            gc_lifetime_ms: self.gc_lifetime_ms.clone(),
         }))
     }
 }
@@ -537,6 +697,10 @@ struct TikvTxn {
     /// The key density seen by the last scan, to size the next one's
     /// windows (see [`paging`]).
     stride: Option<paging::Stride>,
+    /// When the start timestamp was taken (about).
+    started: Instant,
+    /// The store's GC lifetime, if it runs GC (see [`gc`]).
+    gc_lifetime_ms: Arc<AtomicU64>,
 }
 
 fn pair(p: tikv_client::KvPair) -> KvPair {
@@ -552,7 +716,23 @@ fn bound(b: Bound<Vec<u8>>) -> Bound<Key> {
     }
 }
 
+/// Fails when a transaction started `started` ago may see a snapshot that
+/// GC with the lifetime in `gc_lifetime_ms` removed.
+fn check_age(started: Instant, gc_lifetime_ms: &AtomicU64, slack: Duration) -> Result<()> {
+    let ms = gc_lifetime_ms.load(Ordering::SeqCst);
+    let lifetime = (ms > 0).then(|| Duration::from_millis(ms));
+    let age = started.elapsed();
+    match lifetime {
+        Some(l) if gc::snapshot_too_old(age, Some(l), slack) => Err(gc::too_old_error(age, l)),
+        _ => Ok(()),
+    }
+}
+
 impl TikvTxn {
+    fn check_age(&self) -> Result<()> {
+        check_age(self.started, &self.gc_lifetime_ms, self.timeout)
+    }
+
     /// A read-only view at the transaction's snapshot, for one read.
     fn snapshot(&self) -> tikv_client::Snapshot {
         self.client.snapshot(
@@ -570,6 +750,7 @@ impl TikvTxn {
         reverse: bool,
         limit: Option<usize>,
     ) -> Result<Vec<KvPair>> {
+        self.check_age()?;
         let mut out: Vec<KvPair> = Vec::new();
         let mut plan = paging::ScanPlan::new(range.clone(), reverse, limit, self.stride.take());
         while let Some(req) = plan.next_request() {
@@ -602,6 +783,7 @@ impl KvTransaction for TikvTxn {
         if key.is_empty() {
             return Ok(None);
         }
+        self.check_age()?;
         let mut snap = self.snapshot();
         let key = key.to_vec();
         timed(
@@ -623,6 +805,7 @@ impl KvTransaction for TikvTxn {
         let fetched: HashMap<Vec<u8>, Vec<u8>> = if missing.is_empty() {
             HashMap::new()
         } else {
+            self.check_age()?;
             let mut snap = self.snapshot();
             let fetch = async move { Ok(snap.batch_get(missing).await?.map(pair).collect()) };
             timed(
@@ -676,6 +859,8 @@ impl KvTransaction for TikvTxn {
             caps,
             endpoints,
             timeout,
+            started,
+            gc_lifetime_ms,
             ..
         } = *self;
         traced_commit(BACKEND, buf.writes().len(), async move {
@@ -683,6 +868,9 @@ impl KvTransaction for TikvTxn {
             if buf.is_empty() {
                 return Ok(());
             }
+            // A write-write conflict with a deletion older than the safe
+            // point would go unseen: GC drops such deletions.
+            check_age(started, &gc_lifetime_ms, timeout)?;
             let (writes, validated) = buf.into_parts()?;
             // Move the buffered writes into tikv-client's buffer. These calls
             // touch only the local buffer of an optimistic transaction.
@@ -956,6 +1144,27 @@ mod tests {
             timeout_err("a commit", Phase::Commit, Duration::from_secs(2), EP),
             Error::CommitOutcomeUnknown { .. }
         ));
+    }
+
+    #[test]
+    fn transactions_older_than_the_gc_lifetime_refuse_to_run() {
+        let slack = Duration::from_secs(2);
+        let lifetime = AtomicU64::new(0);
+        let old = Instant::now()
+            .checked_sub(Duration::from_secs(61))
+            .expect("the monotonic clock has run for a minute");
+        // No GC from this process: any age is fine.
+        assert!(check_age(old, &lifetime, slack).is_ok());
+        lifetime.store(60_000, Ordering::SeqCst);
+        let e = check_age(old, &lifetime, slack).unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(check_age(Instant::now(), &lifetime, slack).is_ok());
+        // Within the slack of the lifetime counts as too old.
+        let almost = Instant::now()
+            .checked_sub(Duration::from_secs(59))
+            .expect("the monotonic clock has run for a minute");
+        assert!(check_age(almost, &lifetime, slack).is_err());
     }
 
     #[test]
