@@ -34,8 +34,16 @@ pub(crate) const SCAN_PAGE: usize = 256;
 
 /// Rows asked for by a request over the whole remaining range (the first
 /// of a scan, before anything is known about its keys): this request fans
-/// out to every region of the range, so it asks for few rows.
-pub(crate) const PROBE_ROWS: usize = 32;
+/// out to every region of the range, so it asks for few rows. A scan that
+/// wants no more than this is one such request, as it was before planning:
+/// short scans (a stream of a few dozen events, the event layer's
+/// condition probes) keep their single round trip.
+pub(crate) const PROBE_ROWS: usize = 64;
+
+/// A carried estimate applies to a new scan that starts within this many
+/// pages of where it was last used (the next page of a long read), not to
+/// an unrelated range of the same transaction.
+const CARRY_PAGES: u128 = 4;
 
 /// Windows are sized for this many times the rows they ask for, so an
 /// estimate off by up to this factor still fills the page in one request.
@@ -58,6 +66,8 @@ const HEADROOM_BYTES: usize = 2;
 pub(crate) struct Stride {
     prefix: Vec<u8>,
     per_row: u128,
+    /// Where the scan that measured it stopped.
+    at: Vec<u8>,
 }
 
 fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
@@ -100,7 +110,18 @@ impl Stride {
         (per_row > 0).then(|| Stride {
             prefix: lo[..p].to_vec(),
             per_row,
+            at: last.to_vec(),
         })
+    }
+
+    /// True when `key` is within [`CARRY_PAGES`] pages of where the
+    /// estimate was last used, in its frame.
+    fn near(&self, key: &[u8]) -> bool {
+        let p = self.prefix.len();
+        self.applies_to(key)
+            && self.applies_to(&self.at)
+            && key_num(key, p).abs_diff(key_num(&self.at, p))
+                <= self.per_row.saturating_mul(SCAN_PAGE as u128 * CARRY_PAGES)
     }
 
     fn applies_to(&self, key: &[u8]) -> bool {
@@ -141,13 +162,16 @@ fn bound_key(b: &Bound<Vec<u8>>) -> Option<&[u8]> {
 impl ScanPlan {
     /// A plan for up to `limit` rows of `range` (all when `None`), in
     /// descending order when `reverse`, starting from the estimate `stride`
-    /// (from an earlier scan of the same transaction) if there is one.
+    /// (from an earlier scan of the same transaction) if the range starts
+    /// near where that estimate was last used.
     pub(crate) fn new(
         range: KeyRange,
         reverse: bool,
         limit: Option<usize>,
         stride: Option<Stride>,
     ) -> Self {
+        let cursor = if reverse { &range.end } else { &range.start };
+        let stride = stride.filter(|s| bound_key(cursor).is_some_and(|c| s.near(c)));
         ScanPlan {
             range,
             reverse,
@@ -174,6 +198,10 @@ impl ScanPlan {
             limit: ask.min(PROBE_ROWS),
             whole: true,
         };
+        if ask <= PROBE_ROWS {
+            // As cheap as a probe: no window needed.
+            return Some(whole);
+        }
         let Some(window) = self.window(ask) else {
             return Some(whole);
         };
@@ -237,8 +265,13 @@ impl ScanPlan {
             // A full page: continue after its last row, with the density
             // it shows.
             if let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) {
-                if let Some(s) = Stride::measure(first, last, n - 1) {
-                    self.stride = Some(s);
+                match Stride::measure(first, last, n - 1) {
+                    Some(s) => self.stride = Some(s),
+                    None => {
+                        if let Some(s) = self.stride.as_mut() {
+                            s.at = last.clone();
+                        }
+                    }
                 }
                 if self.reverse {
                     self.range.end = Bound::Excluded(last.clone());
@@ -254,17 +287,16 @@ impl ScanPlan {
             self.done = true;
             return;
         }
-        if self.reverse {
-            self.range.end = match &req.range.start {
-                Bound::Included(w) => Bound::Excluded(w.clone()),
-                other => other.clone(),
-            };
+        let (edge, next) = if self.reverse {
+            (&req.range.start, &mut self.range.end)
         } else {
-            self.range.start = match &req.range.end {
-                Bound::Excluded(w) => Bound::Included(w.clone()),
-                other => other.clone(),
-            };
-        }
+            (&req.range.end, &mut self.range.start)
+        };
+        *next = match edge {
+            Bound::Included(w) => Bound::Excluded(w.clone()),
+            Bound::Excluded(w) => Bound::Included(w.clone()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
         // The window's exact density becomes the estimate; an empty one
         // multiplies the width by the rows it asked for.
         if let Some(s) = self.stride.as_mut() {
@@ -273,6 +305,9 @@ impl ScanPlan {
                 .saturating_mul(req.limit as u128)
                 .saturating_mul(WINDOW_SLACK);
             s.per_row = (span / n.max(1) as u128).max(1);
+            if let Some(k) = bound_key(edge) {
+                s.at = k.to_vec();
+            }
         }
         if n == 0 {
             self.empty += 1;
@@ -547,18 +582,38 @@ mod tests {
         let (_, _, _, plan) = cluster.run(ScanPlan::new(first, false, Some(512), None), false);
         let carried = plan.stride().cloned();
         assert!(carried.is_some());
-        let next = eskv_core::layout::log_range(2_000_001, 10_000_000);
-        let plan = ScanPlan::new(next, false, Some(512), carried);
+        // The next page of the same read (rows 1000..=512,000 were read).
+        let next = eskv_core::layout::log_range(512_001, 10_000_000);
+        let plan = ScanPlan::new(next.clone(), false, Some(512), carried.clone());
         let req = plan.next_request().unwrap();
         assert!(!req.whole, "a carried estimate must give a window");
         assert_eq!(req.limit, SCAN_PAGE);
+        let (rows, _, _, _) = cluster.run(plan, false);
+        assert_eq!(rows, cluster.expected(&next, false, Some(512)));
+        // Not for a range far from where the estimate was used, nor for an
+        // unrelated table, nor for a scan no bigger than a probe.
+        for (range, limit) in [
+            (
+                eskv_core::layout::log_range(5_000_000, 10_000_000),
+                Some(512),
+            ),
+            (KeyRange::prefix(b"\x31tag"), Some(512)),
+            (next.clone(), Some(PROBE_ROWS)),
+        ] {
+            let req = ScanPlan::new(range, false, limit, carried.clone())
+                .next_request()
+                .unwrap();
+            assert!(req.whole, "{req:?}");
+            assert!(req.limit <= PROBE_ROWS);
+        }
         // An estimate far too small for the keys: a few empty windows, then
         // the whole range, and still the right rows.
+        let range = eskv_core::layout::log_range(1, 10_000_000);
         let tiny = Some(Stride {
             prefix: Vec::new(),
             per_row: 1,
+            at: log_key(1),
         });
-        let range = eskv_core::layout::log_range(1, 10_000_000);
         let (rows, _, requests, _) =
             cluster.run(ScanPlan::new(range.clone(), false, None, tiny), false);
         assert_eq!(rows, cluster.expected(&range, false, None));
