@@ -655,6 +655,8 @@ impl KvStore for RawStore {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
         use tracing::Instrument;
         let options = TransactionOptions::new_optimistic().drop_check(CheckLevel::None);
+        // Before the timestamp is asked for, so the age never undercounts.
+        let started = Instant::now();
         let txn = timed(
             "beginning a transaction",
             Phase::Read,
@@ -673,7 +675,7 @@ impl KvStore for RawStore {
             endpoints: self.endpoints.clone(),
             timeout: self.request_timeout,
             stride: None,
-            started: Instant::now(),
+            started,
             gc_lifetime_ms: self.gc_lifetime_ms.clone(),
         }))
     }
@@ -697,7 +699,7 @@ struct TikvTxn {
     /// The key density seen by the last scan, to size the next one's
     /// windows (see [`paging`]).
     stride: Option<paging::Stride>,
-    /// When the start timestamp was taken (about).
+    /// Just before the start timestamp was asked for.
     started: Instant,
     /// The store's GC lifetime, if it runs GC (see [`gc`]).
     gc_lifetime_ms: Arc<AtomicU64>,
@@ -750,10 +752,10 @@ impl TikvTxn {
         reverse: bool,
         limit: Option<usize>,
     ) -> Result<Vec<KvPair>> {
-        self.check_age()?;
         let mut out: Vec<KvPair> = Vec::new();
         let mut plan = paging::ScanPlan::new(range.clone(), reverse, limit, self.stride.take());
         while let Some(req) = plan.next_request() {
+            self.check_age()?;
             let br = BoundRange::new(bound(req.range.start.clone()), bound(req.range.end.clone()));
             let mut snap = self.snapshot();
             let want = req.limit as u32;
