@@ -1,7 +1,7 @@
 //! Event-layer conformance cases: ordering, locking, DCB and idempotency,
 //! run through the public [`EventStore`] API on any backend.
 
-use crate::flaky::LostAck;
+use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     AppendCondition, AppendRequest, Error, EventStore, ExpectedVersion, KvStore, LogFilter,
     NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions,
@@ -800,8 +800,8 @@ pub async fn idempotent_appends(store: Store) {
 /// caller got "outcome unknown") is resolved by the idempotent retry: the
 /// append returns its result and the events are stored exactly once.
 pub async fn lost_acknowledgement_is_resolved(store: Store) {
-    let flaky: Store = Arc::new(LostAck::new(store, 3));
-    let es = open(flaky).await;
+    let flaky = FaultyStore::new(store, FaultConfig::lost_acks(3));
+    let es = open(Arc::new(flaky.clone())).await;
     let mut results = Vec::new();
     for i in 0..6 {
         let r = es
@@ -824,6 +824,12 @@ pub async fn lost_acknowledgement_is_resolved(store: Store) {
         assert_eq!(r.first_position, 2 * i as u64 + 1);
         assert_eq!(r.stream_version, Some(2 * i as u64 + 2));
     }
+    assert_eq!(
+        flaky.counts().ambiguous,
+        3,
+        "the case must lose acknowledgements to test anything: {}",
+        flaky.counts()
+    );
 }
 
 /// Every read takes an upper bound; folding up to it rebuilds the past.

@@ -15,10 +15,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod counting;
 pub mod events;
 pub mod fault_cases;
 pub mod faults;
-pub mod flaky;
 pub mod kv;
 pub mod model;
 pub mod subscriptions;
@@ -135,11 +135,13 @@ macro_rules! subscription_suite {
 }
 
 /// Expands to the fault-injection cases: `appends_survive_injected_faults`
-/// on the backend, and the event-layer cases run through
-/// [`fault_cases::faulty`] (every commit fault kind at 4%, seeded by
-/// `ESKV_FAULT_SEED`): their invariants must hold when commits fail,
-/// conflict, time out or lose their answer. `$factory` as for
-/// [`kv_suite!`].
+/// and `fault_wrapper_reaches_the_backends_own_methods` on the backend; the
+/// event-layer cases run through [`fault_cases::faulty`] (every commit
+/// fault kind at 4%, seeded by `ESKV_FAULT_SEED`): their invariants must
+/// hold when commits fail, conflict, time out or lose their answer; and the
+/// KV and subscription cases run through [`fault_cases::transparent`] (the
+/// same wrapper injecting nothing), which must change nothing. `$factory`
+/// as for [`kv_suite!`].
 #[macro_export]
 macro_rules! fault_suite {
     ($factory:path) => {
@@ -148,10 +150,53 @@ macro_rules! fault_suite {
             $crate::__cases!(
                 $factory,
                 $crate::fault_cases,
-                [appends_survive_injected_faults]
+                [
+                    appends_survive_injected_faults,
+                    fault_wrapper_reaches_the_backends_own_methods,
+                ]
             );
             async fn faulty_store() -> $crate::fault_cases::Store {
                 $crate::fault_cases::faulty($factory().await)
+            }
+            async fn transparent_store() -> $crate::fault_cases::Store {
+                $crate::fault_cases::transparent($factory().await)
+            }
+            mod kv_through_the_wrapper {
+                use super::*;
+                $crate::__cases!(
+                    transparent_store,
+                    $crate::kv,
+                    [
+                        snapshot_isolation,
+                        read_your_own_writes,
+                        scans,
+                        validation_conflicts,
+                        write_write_conflicts,
+                        atomic_commit,
+                        concurrent_counter,
+                        namespaces_isolated,
+                        large_value,
+                        empty_keys_and_values,
+                        read_only_and_drop,
+                    ]
+                );
+            }
+            mod subscriptions_through_the_wrapper {
+                use super::*;
+                $crate::__cases!(
+                    transparent_store,
+                    $crate::subscriptions,
+                    [
+                        catch_up_then_live,
+                        wakes_across_handles,
+                        filtered_subscriptions,
+                        checkpoint_resume_is_at_least_once,
+                        dead_letters,
+                        consumer_group_takeover,
+                        exactly_once_projection,
+                        snapshots,
+                    ]
+                );
             }
             mod events_under_faults {
                 use super::*;

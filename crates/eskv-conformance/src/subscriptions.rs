@@ -1,6 +1,6 @@
 //! Subscription, consumer-group, projection and snapshot conformance cases.
 
-use crate::flaky::LostAck;
+use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     ConsumerGroup, Error, EventStore, ExpectedVersion, GroupOptions, HandlerOptions, KvStore,
     NewEvent, OnFailure, Projection, ProjectionOptions, ProjectionState, Query, RecordedEvent,
@@ -604,7 +604,7 @@ async fn enrolment_model(store: Store, fail_once_at: Option<u64>) -> BTreeMap<St
 pub async fn exactly_once_projection(store: Store) {
     let a: Store = crate::unique_namespace(store.clone());
     let b: Store = crate::unique_namespace(store.clone());
-    let c: Store = Arc::new(LostAck::new(crate::unique_namespace(store), 4));
+    let c: Store = FaultyStore::wrap(crate::unique_namespace(store), FaultConfig::lost_acks(4));
     let clean = enrolment_model(a, None).await;
     let with_failure = enrolment_model(b, Some(12)).await;
     let with_lost_acks = enrolment_model(c, None).await;
