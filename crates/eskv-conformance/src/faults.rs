@@ -300,6 +300,10 @@ impl KvStore for FaultyStore {
         self.shared.inner.capabilities()
     }
 
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.shared.inner.commit_watch()
+    }
+
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
         let s = &self.shared;
         if s.config.begin_unavailable > 0.0 && s.draw() < s.config.begin_unavailable {
