@@ -1025,10 +1025,13 @@ async fn generations(kv: &Store, name: &str) -> std::collections::BTreeSet<u64> 
 
 /// Rebuilding a projection whose read model has more keys than a
 /// transaction may hold (here 1,100 keys, 128 operations per transaction,
-/// as on etcd): readers see the old, complete model until the new one has
-/// caught up, then the new one; the old generation is deleted in batches.
+/// as on etcd), while a live runner applies new events and a writer
+/// appends them: readers always see a complete model that only grows (the
+/// old generation until the new one has caught up, then the new one), and
+/// the old generation is deleted in batches.
 pub async fn projection_rebuild_large_read_model(store: Store) {
     const EVENTS: u64 = 1_100;
+    const MORE: u64 = 200;
     let kv: Store = Arc::new(crate::limited::Limited::new(store).max_ops(128));
     let es = open(kv.clone()).await;
     append_many(&es, EVENTS).await;
@@ -1045,26 +1048,53 @@ pub async fn projection_rebuild_large_read_model(store: Store) {
             let model = es.read_model("keyed");
             let mut seen = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                seen.push(model.scan_prefix(b"k/").await.unwrap().len());
+                seen.push(model.scan_prefix(b"k/").await.unwrap().len() as u64);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             seen
         })
     };
+    let (stop_runner, runner_stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let es = es.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            es.run_projection(&Keyed, opts, async move {
+                let _ = runner_stopped.await;
+            })
+            .await
+        })
+    };
+    let writer = {
+        let es = es.clone();
+        tokio::spawn(async move { append_many(&es, MORE).await })
+    };
     let rebuilt = es.rebuild_projection(&Keyed, &opts, |_, _| {}).await;
+    writer.await.unwrap();
+    assert!(rebuilt.expect("rebuild failed") >= EVENTS);
+    tokio::time::timeout(WAIT, async {
+        while es.projection_checkpoint("keyed").await.unwrap() != Some(EVENTS + MORE) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the live runner did not catch up after the rebuild");
     stop.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
-    assert_eq!(rebuilt.expect("rebuild failed"), EVENTS);
+    let _ = stop_runner.send(());
+    runner.await.unwrap().unwrap();
     assert!(!seen.is_empty());
     assert!(
-        seen.iter().all(|&n| n == EVENTS as usize),
-        "a reader saw a partial read model during the rebuild: {:?}",
-        seen.iter()
-            .filter(|&&n| n != EVENTS as usize)
-            .take(5)
-            .collect::<Vec<_>>()
+        seen.iter().all(|&n| n >= EVENTS) && seen.windows(2).all(|w| w[0] <= w[1]),
+        "a reader saw a partial or shrinking read model during the rebuild: {:?}",
+        seen.windows(2)
+            .find(|w| w[0] > w[1] || w[1] < EVENTS)
+            .or(seen
+                .first()
+                .filter(|&&n| n < EVENTS)
+                .map(std::slice::from_ref))
     );
-    check_keyed(&es, EVENTS).await;
+    check_keyed(&es, EVENTS + MORE).await;
     let after = generations(&kv, "keyed").await;
     assert_eq!(after.len(), 1, "generations left behind: {after:?}");
     assert_ne!(after, before, "the rebuild did not switch generations");
