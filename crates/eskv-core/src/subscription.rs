@@ -9,11 +9,19 @@
 //! cursor" can never miss a later commit.
 //!
 //! Waiting for new events: appends made through the same [`EventStore`]
-//! (or its clones) wake subscribers at once through a watch channel. On
-//! backends shared by several processes ([`Capabilities::single_process`]
-//! is false) subscribers also poll with adaptive backoff, from
+//! (or its clones) wake subscribers at once through a watch channel; on
+//! embedded backends, appends through other handles over the same KV store
+//! do too, through one relay task per handle that reads the head after
+//! each commit and wakes subscribers only when it moved (commits that
+//! append nothing, such as checkpoints, wake nobody). On backends shared by
+//! several processes ([`Capabilities::single_process`] is false)
+//! subscribers also poll with adaptive backoff, from
 //! [`SubscriptionOptions::poll_min`] doubling to
 //! [`SubscriptionOptions::poll_max`] while idle.
+//!
+//! Reads are retried on transient errors ([`Error::is_retryable`]) with the
+//! store's retry policy, the one appends use, so subscribers and group
+//! members ride out short unavailability.
 //!
 //! [`Capabilities::single_process`]: crate::Capabilities::single_process
 
@@ -150,6 +158,9 @@ pub struct Subscription {
     /// The head, published by appends through this handle and by the
     /// commit relay (see [`relay_commits`]) for appends through others.
     head_rx: watch::Receiver<Position>,
+    /// True when the head watch sees every append (embedded backend with
+    /// commit notifications): the poll timer is then only a safety net.
+    watched: bool,
     poll: Duration,
 }
 
@@ -214,6 +225,7 @@ impl EventStore {
             store: self.clone(),
             poll: opts.poll_min,
             head_rx,
+            watched: self.kv().capabilities().single_process && self.kv().commit_watch().is_some(),
             opts,
             delivered: start,
             scanned: start,
@@ -584,9 +596,11 @@ impl Subscription {
         // Embedded backends are woken through the head watch (appends
         // through this handle, or the commit relay for other handles); the
         // slow timer is only a safety net there.
-        let woken = self.store.kv().capabilities().single_process
-            && self.store.kv().commit_watch().is_some();
-        let sleep = if woken { self.opts.poll_max } else { self.poll };
+        let sleep = if self.watched {
+            self.opts.poll_max
+        } else {
+            self.poll
+        };
         tokio::select! {
             r = self.head_rx.changed() => {
                 if r.is_err() {
