@@ -20,6 +20,7 @@ pub mod events;
 pub mod fault_cases;
 pub mod faults;
 pub mod kv;
+pub mod limited;
 pub mod model;
 pub mod subscriptions;
 
@@ -128,6 +129,13 @@ macro_rules! subscription_suite {
                     consumer_group_takeover,
                     exactly_once_projection,
                     snapshots,
+                    checkpoint_keys_never_collide,
+                    subscribers_survive_unavailable_reads,
+                    subscription_start_past_head_is_rejected,
+                    checkpoint_commits_do_not_wake_subscribers,
+                    projection_rebuild_large_read_model,
+                    projection_rebuild_survives_lost_acks_and_restarts,
+                    large_consumer_groups,
                 ]
             );
         }

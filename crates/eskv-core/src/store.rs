@@ -371,6 +371,9 @@ struct Inner {
     leader: tokio::sync::Mutex<()>,
     known_types: RwLock<HashSet<String>>,
     head_tx: watch::Sender<Position>,
+    /// True while a commit relay runs for this handle (see
+    /// `subscription::relay_commits`).
+    relay_running: std::sync::atomic::AtomicBool,
 }
 
 /// Per-batch state while a group commit is built.
@@ -466,6 +469,7 @@ impl EventStore {
                 leader: tokio::sync::Mutex::new(()),
                 known_types: RwLock::new(HashSet::new()),
                 head_tx,
+                relay_running: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -485,6 +489,21 @@ impl EventStore {
     /// seen; poll [`head`](Self::head) for those.
     pub fn watch_head(&self) -> watch::Receiver<Position> {
         self.inner.head_tx.subscribe()
+    }
+
+    /// The head watch's sender, for the commit relay.
+    pub(crate) fn head_sender(&self) -> &watch::Sender<Position> {
+        &self.inner.head_tx
+    }
+
+    /// Publishes a head read elsewhere (by the commit relay).
+    pub(crate) fn publish_head(&self, head: Position) {
+        self.inner.publish_head(head)
+    }
+
+    /// Set while the commit relay runs.
+    pub(crate) fn relay_running(&self) -> &std::sync::atomic::AtomicBool {
+        &self.inner.relay_running
     }
 
     /// Appends `events` under an optional DCB condition.
