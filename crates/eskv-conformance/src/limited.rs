@@ -61,6 +61,7 @@ impl Limited {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl KvStore for Limited {
     fn capabilities(&self) -> &Capabilities {
         &self.caps
@@ -88,6 +89,7 @@ struct LimitedTxn {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl KvTransaction for LimitedTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key).await
@@ -97,6 +99,13 @@ impl KvTransaction for LimitedTxn {
     }
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
         self.inner.scan(range, opts).await
+    }
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<eskv_core::ReadMany> {
+        self.inner.read_many(gets, scans).await
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.shadow.put(key.clone(), Vec::new());

@@ -1105,7 +1105,7 @@ pub async fn projection_rebuild_large_read_model(store: Store) {
 pub async fn projection_rebuild_survives_lost_acks_and_restarts(store: Store) {
     const EVENTS: u64 = 300;
     let small: Store = Arc::new(crate::limited::Limited::new(store).max_ops(128));
-    let lossy: Store = Arc::new(LostAck::new(small.clone(), u64::MAX));
+    let lossy: Store = FaultyStore::wrap(small.clone(), FaultConfig::lost_acks(u64::MAX));
     let es = open(lossy.clone()).await;
     append_many(&es, EVENTS).await;
     let opts = ProjectionOptions::default().batch_size(40);
