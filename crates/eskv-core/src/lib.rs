@@ -78,6 +78,10 @@ pub use subscription::{
 };
 pub use ulid::Ulid;
 
+/// The `async_trait` attribute, for implementing [`Projection`] and
+/// [`EventHandler`] without adding the crate yourself.
+pub use async_trait::async_trait;
+
 /// Re-exports for `#[derive(eskv::DomainEvent)]`; not a public API.
 #[doc(hidden)]
 pub mod __private {
