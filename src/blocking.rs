@@ -150,11 +150,7 @@ impl EventStore {
     }
 
     /// Reads a stream. See [`eskv_core::EventStore::read_stream`].
-    pub fn read_stream(
-        &self,
-        stream: &str,
-        opts: ReadStreamOptions,
-    ) -> Result<Vec<RecordedEvent>> {
+    pub fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<Vec<RecordedEvent>> {
         self.block_on(self.inner.read_stream(stream, opts))
     }
 

@@ -53,7 +53,10 @@ fn exercise(store: &EventStore) {
         ExpectedVersion::NoStream,
         vec![Ev::Placed { order: "1".into() }.to_new_event().unwrap()],
     );
-    assert!(matches!(again, Err(eskv::Error::WrongExpectedVersion { .. })));
+    assert!(matches!(
+        again,
+        Err(eskv::Error::WrongExpectedVersion { .. })
+    ));
     store
         .append(
             vec![Ev::Placed { order: "2".into() }.to_new_event().unwrap()],
@@ -78,11 +81,18 @@ fn exercise(store: &EventStore) {
     let d = store.execute(&Place("3"), DecideOptions::new()).unwrap();
     assert_eq!(d.appended.unwrap().stream_version, Some(1));
     let again = store.execute(&Place("3"), DecideOptions::new());
-    assert!(matches!(again, Err(DecideError::Rejected("already placed"))));
+    assert!(matches!(
+        again,
+        Err(DecideError::Rejected("already placed"))
+    ));
     let r = store.decide_stream(
         "order-3",
         |n: &mut u32, _: &Ev| *n += 1,
-        |&n| Ok::<_, ()>(vec![Ev::Placed { order: format!("3.{n}") }]),
+        |&n| {
+            Ok::<_, ()>(vec![Ev::Placed {
+                order: format!("3.{n}"),
+            }])
+        },
     );
     assert_eq!(r.unwrap().appended.unwrap().stream_version, Some(2));
 }

@@ -103,19 +103,19 @@ impl Decision for Subscribe {
     }
 }
 
-async fn define(store: &EventStore, course: &str, capacity: u32) -> Result<(), DecideError<Refused>> {
+async fn define(
+    store: &EventStore,
+    course: &str,
+    capacity: u32,
+) -> Result<(), DecideError<Refused>> {
     store
-        .decide(
-            course_boundary(course),
-            fold,
-            |s| match s.capacity {
-                Some(_) => Err(Refused::AlreadyDefined),
-                None => Ok(vec![Course::Defined {
-                    course: course.into(),
-                    capacity,
-                }]),
-            },
-        )
+        .decide(course_boundary(course), fold, |s| match s.capacity {
+            Some(_) => Err(Refused::AlreadyDefined),
+            None => Ok(vec![Course::Defined {
+                course: course.into(),
+                capacity,
+            }]),
+        })
         .await
         .map(drop)
 }
@@ -199,7 +199,9 @@ async fn capacity_holds_under_concurrency(store: EventStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_dcb_deciders_memory() {
     for _ in 0..5 {
-        let store = EventStore::open(Arc::new(MemoryStore::new())).await.unwrap();
+        let store = EventStore::open(Arc::new(MemoryStore::new()))
+            .await
+            .unwrap();
         capacity_holds_under_concurrency(store).await;
     }
 }
@@ -226,7 +228,11 @@ struct Insufficient {
     balance: u64,
 }
 
-async fn withdraw(store: &EventStore, id: &str, amount: u64) -> Result<(), DecideError<Insufficient>> {
+async fn withdraw(
+    store: &EventStore,
+    id: &str,
+    amount: u64,
+) -> Result<(), DecideError<Insufficient>> {
     store
         .decide_stream(
             &format!("account-{id}"),
@@ -281,16 +287,31 @@ async fn stream_balance_holds(store: EventStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_stream_deciders_memory_and_redb() {
-    stream_balance_holds(EventStore::open(Arc::new(MemoryStore::new())).await.unwrap()).await;
+    stream_balance_holds(
+        EventStore::open(Arc::new(MemoryStore::new()))
+            .await
+            .unwrap(),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    stream_balance_holds(EventStore::open_redb(dir.path().join("a.redb")).await.unwrap()).await;
+    stream_balance_holds(
+        EventStore::open_redb(dir.path().join("a.redb"))
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 /// A decision that, while deciding, lets a rival append on its boundary
 /// `conflicts` times: the decider re-decides after each, and gives up
 /// after `max_attempts`.
-async fn with_rivals(conflicts: u32, max_attempts: u32) -> Result<eskv::Decided<Course>, DecideError<Refused>> {
-    let store = EventStore::open(Arc::new(MemoryStore::new())).await.unwrap();
+async fn with_rivals(
+    conflicts: u32,
+    max_attempts: u32,
+) -> Result<eskv::Decided<Course>, DecideError<Refused>> {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
     define(&store, "c1", 100).await.unwrap();
     let calls = AtomicU32::new(0);
     let rival = store.clone();
@@ -305,7 +326,10 @@ async fn with_rivals(conflicts: u32, max_attempts: u32) -> Result<eskv::Decided<
                             course: "c1".into(),
                             student: format!("rival{n}"),
                         };
-                        rival.append(vec![e.to_new_event().unwrap()], None).await.unwrap();
+                        rival
+                            .append(vec![e.to_new_event().unwrap()], None)
+                            .await
+                            .unwrap();
                     })
                 });
             }
@@ -320,7 +344,10 @@ async fn with_rivals(conflicts: u32, max_attempts: u32) -> Result<eskv::Decided<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_redecide_then_give_up() {
     let d = with_rivals(2, 5).await.unwrap();
-    assert_eq!(d.attempts, 3, "two conflicts, then the third decision holds");
+    assert_eq!(
+        d.attempts, 3,
+        "two conflicts, then the third decision holds"
+    );
     assert!(d.appended.is_some());
 
     match with_rivals(10, 3).await {
@@ -334,7 +361,9 @@ async fn conflicts_redecide_then_give_up() {
 
 #[tokio::test]
 async fn rejections_empty_decisions_decode_errors_and_metadata() {
-    let store = EventStore::open(Arc::new(MemoryStore::new())).await.unwrap();
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
     // The domain error comes back typed.
     let r = store
         .execute(&Subscribe {
@@ -342,8 +371,15 @@ async fn rejections_empty_decisions_decode_errors_and_metadata() {
             student: "s".into(),
         })
         .await;
-    assert!(matches!(r, Err(DecideError::Rejected(Refused::NoSuchCourse))));
-    assert_eq!(store.head().await.unwrap(), 0, "a rejection appends nothing");
+    assert!(matches!(
+        r,
+        Err(DecideError::Rejected(Refused::NoSuchCourse))
+    ));
+    assert_eq!(
+        store.head().await.unwrap(),
+        0,
+        "a rejection appends nothing"
+    );
 
     // An empty decision appends nothing and succeeds.
     let d = store
@@ -364,7 +400,10 @@ async fn rejections_empty_decisions_decode_errors_and_metadata() {
         .await
         .unwrap();
     let all = store.read_all(ReadOptions::new()).await.unwrap();
-    assert_eq!(all.events[0].metadata.correlation_id.as_deref(), Some("req-1"));
+    assert_eq!(
+        all.events[0].metadata.correlation_id.as_deref(),
+        Some("req-1")
+    );
     assert_eq!(all.events[0].tags, ["course:c1"]);
 
     // An event of a type the enum does not know, on the boundary: typed
@@ -377,7 +416,9 @@ async fn rejections_empty_decisions_decode_errors_and_metadata() {
         .await
         .unwrap();
     let r = store
-        .decide(Query::tags(["course:c1"]), fold, |_| Ok::<_, Refused>(vec![]))
+        .decide(Query::tags(["course:c1"]), fold, |_| {
+            Ok::<_, Refused>(vec![])
+        })
         .await;
     match r {
         Err(DecideError::Decode(eskv::DecodeError::UnknownType {
@@ -387,8 +428,12 @@ async fn rejections_empty_decisions_decode_errors_and_metadata() {
         })) => assert_eq!(event_type, "CourseRenamed"),
         other => panic!("expected an unknown-type error, got {other:?}"),
     }
-    let msg = DecideError::<String>::Decode(eskv::DecodeError::unknown_type::<Course>("X")).to_string();
-    assert!(msg.contains("CourseDefined, StudentSubscribed, StudentUnsubscribed"), "{msg}");
+    let msg =
+        DecideError::<String>::Decode(eskv::DecodeError::unknown_type::<Course>("X")).to_string();
+    assert!(
+        msg.contains("CourseDefined, StudentSubscribed, StudentUnsubscribed"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -405,7 +450,11 @@ async fn given_when_then() {
         course: "c1".into(),
         student: s.into(),
     };
-    given([defined.clone()]).when(cmd("s1")).await.then([sub("s1")]).await;
+    given([defined.clone()])
+        .when(cmd("s1"))
+        .await
+        .then([sub("s1")])
+        .await;
     given([defined.clone(), sub("s1")])
         .when(cmd("s2"))
         .await
@@ -414,7 +463,10 @@ async fn given_when_then() {
         .when(cmd("s1"))
         .await
         .then_error(Refused::AlreadySubscribed);
-    given([]).when(cmd("s1")).await.then_error(Refused::NoSuchCourse);
+    given([])
+        .when(cmd("s1"))
+        .await
+        .then_error(Refused::NoSuchCourse);
 }
 
 #[tokio::test]
@@ -467,7 +519,9 @@ async fn given_when_then_on_a_stream() {
         .await
         .then([Account::Withdrawn { amount: 5 }])
         .await;
-    let t = given([Account::Deposited { amount: 5 }]).when(Withdraw(6)).await;
+    let t = given([Account::Deposited { amount: 5 }])
+        .when(Withdraw(6))
+        .await;
     assert_eq!(
         t.store()
             .read_stream("account-x", ReadStreamOptions::new())

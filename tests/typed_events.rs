@@ -38,9 +38,8 @@ fn customer() -> impl Strategy<Value = Customer> {
     let s = "[a-z0-9é\"\\\\ ]{0,8}";
     let tag = "[a-z0-9]{1,8}";
     prop_oneof![
-        (tag, s, proptest::collection::vec(tag, 0..3)).prop_map(|(id, name, segments)| {
-            Customer::Registered { id, name, segments }
-        }),
+        (tag, s, proptest::collection::vec(tag, 0..3))
+            .prop_map(|(id, name, segments)| { Customer::Registered { id, name, segments } }),
         (s, s).prop_map(|(zip, city)| Customer::Moved(Address { zip, city })),
         (tag, any::<u32>()).prop_map(|(t, n)| Customer::Pinged(t, n)),
         Just(Customer::Forgotten),
@@ -73,11 +72,17 @@ fn payloads_are_the_variants_own_data() {
     assert!(m.tags.is_empty());
 
     let p = Customer::Pinged("host:1".into(), 3).to_new_event().unwrap();
-    assert_eq!((p.event_type.as_str(), p.tags.as_slice()), ("Pinged", &["host:1".to_string()][..]));
+    assert_eq!(
+        (p.event_type.as_str(), p.tags.as_slice()),
+        ("Pinged", &["host:1".to_string()][..])
+    );
     assert_eq!(p.data, br#"["host:1",3]"#);
 
     let f = Customer::Forgotten.to_new_event().unwrap();
-    assert_eq!((f.event_type.as_str(), f.data.as_slice()), ("Forgotten", &b"{}"[..]));
+    assert_eq!(
+        (f.event_type.as_str(), f.data.as_slice()),
+        ("Forgotten", &b"{}"[..])
+    );
     assert_eq!(
         Customer::EVENT_TYPES,
         ["CustomerRegistered", "CustomerMoved", "Pinged", "Forgotten"]
@@ -86,7 +91,9 @@ fn payloads_are_the_variants_own_data() {
 
 #[tokio::test]
 async fn unknown_and_undecodable_events_are_typed_errors() {
-    let store = EventStore::open(Arc::new(MemoryStore::new())).await.unwrap();
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
     store
         .append(
             vec![
@@ -105,13 +112,22 @@ async fn unknown_and_undecodable_events_are_typed_errors() {
             expected,
             ..
         } => {
-            assert_eq!((event_type.as_str(), position), ("CustomerDeleted", Some(1)));
+            assert_eq!(
+                (event_type.as_str(), position),
+                ("CustomerDeleted", Some(1))
+            );
             assert_eq!(expected, Customer::EVENT_TYPES);
         }
         other => panic!("{other:?}"),
     }
     let err = read[1].to_typed::<Customer>().unwrap_err();
-    assert!(matches!(err, DecodeError::Payload { position: Some(2), .. }));
+    assert!(matches!(
+        err,
+        DecodeError::Payload {
+            position: Some(2),
+            ..
+        }
+    ));
     let msg = err.to_string();
     assert!(msg.contains("'CustomerMoved' at position 2"), "{msg}");
     // Into eskv::Error for `?` in eskv::Result code.
@@ -142,12 +158,17 @@ enum Sensor {
 
 #[tokio::test]
 async fn a_custom_codec_round_trips() {
-    let store = EventStore::open(Arc::new(MemoryStore::new())).await.unwrap();
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
     let id = Ulid::generate();
     let e = Sensor::Measured { id, celsius: -4 };
     let new = e.to_new_event().unwrap();
     assert_eq!(new.tags, [format!("sensor:{id}")]);
-    assert!(serde_json::from_slice::<serde_json::Value>(&new.data).is_err(), "not JSON");
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&new.data).is_err(),
+        "not JSON"
+    );
     store.append(vec![new], None).await.unwrap();
     let back = store.read_all(ReadOptions::new()).await.unwrap().events;
     assert_eq!(back[0].to_typed::<Sensor>().unwrap(), e);
@@ -236,10 +257,20 @@ fn recorded_event_serializes_like_the_cli_export() {
         line,
         r#"{"position":7,"id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","type":"OrderPlaced","stream":"order-1","version":2,"tags":["order:1"],"data":{"b": 1,"a":2.50},"metadata":{"correlation_id":"c","extra":{"k":"v"}},"recorded_at":"2023-11-14T22:13:20.123Z"}"#
     );
-    let text = RecordedEvent { data: b"plain".to_vec(), ..e.clone() };
-    assert!(serde_json::to_string(&text).unwrap().contains(r#""data_text":"plain""#));
-    let bin = RecordedEvent { data: vec![0xff], ..e };
-    assert!(serde_json::to_string(&bin).unwrap().contains(r#""data_base64":"/w==""#));
+    let text = RecordedEvent {
+        data: b"plain".to_vec(),
+        ..e.clone()
+    };
+    assert!(serde_json::to_string(&text)
+        .unwrap()
+        .contains(r#""data_text":"plain""#));
+    let bin = RecordedEvent {
+        data: vec![0xff],
+        ..e
+    };
+    assert!(serde_json::to_string(&bin)
+        .unwrap()
+        .contains(r#""data_base64":"/w==""#));
 }
 
 #[test]
@@ -251,13 +282,19 @@ fn event_serde_input_errors() {
     let no_pos = serde_json::from_str::<RecordedEvent>(
         r#"{"id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","type":"A","recorded_at":"2023-11-14T22:13:20.123Z"}"#,
     );
-    assert!(no_pos.unwrap_err().to_string().contains("missing field `position`"));
+    assert!(no_pos
+        .unwrap_err()
+        .to_string()
+        .contains("missing field `position`"));
     // A NewEvent from an exported line keeps id, type, tags, payload and metadata.
     let e: NewEvent = serde_json::from_str(
         r#"{"position":7,"id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","type":"A","stream":"s-1","version":2,"tags":["b","a"],"data":null,"recorded_at":"2023-11-14T22:13:20.123Z"}"#,
     )
     .unwrap();
-    assert_eq!((e.tags.as_slice(), e.data.as_slice()), (&["a".to_string(), "b".to_string()][..], &b"null"[..]));
+    assert_eq!(
+        (e.tags.as_slice(), e.data.as_slice()),
+        (&["a".to_string(), "b".to_string()][..], &b"null"[..])
+    );
     let fresh: NewEvent = serde_json::from_str(r#"{"type":"A"}"#).unwrap();
     assert_eq!(fresh.data, b"{}");
 }

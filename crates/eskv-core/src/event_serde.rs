@@ -258,11 +258,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
         let stream = match (line.stream, line.version) {
             (Some(stream_id), Some(version)) => Some(StreamRef { stream_id, version }),
             (None, None) => None,
-            _ => {
-                return Err(D::Error::custom(
-                    "give both stream and version, or neither",
-                ))
-            }
+            _ => return Err(D::Error::custom("give both stream and version, or neither")),
         };
         let mut tags = line.tags;
         tags.sort();

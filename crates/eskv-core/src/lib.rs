@@ -54,7 +54,6 @@ pub mod verify;
 
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
-pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use event::{
     EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent, StreamRef,
     StreamVersion,
@@ -76,6 +75,7 @@ pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,
     PartitionKey, StartFrom, Subscription, SubscriptionFilter, SubscriptionOptions,
 };
+pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use ulid::Ulid;
 
 /// The `async_trait` attribute, for implementing [`Projection`] and

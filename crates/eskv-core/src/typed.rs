@@ -177,9 +177,8 @@ impl DecodeError {
     /// The same error, naming the event's position.
     pub fn at(mut self, position: Position) -> Self {
         match &mut self {
-            DecodeError::UnknownType { position: p, .. } | DecodeError::Payload { position: p, .. } => {
-                *p = Some(position)
-            }
+            DecodeError::UnknownType { position: p, .. }
+            | DecodeError::Payload { position: p, .. } => *p = Some(position),
         }
         self
     }

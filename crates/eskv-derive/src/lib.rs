@@ -182,9 +182,9 @@ fn parse_opts(attrs: &[Attribute], container: bool, allow_type: bool) -> syn::Re
                     (true, false) => "`codec` and `crate` (put `type` on each variant)",
                     _ => "`type`",
                 };
-                return Err(meta.error(format!(
-                    "unknown eskv attribute; here eskv takes {allowed}"
-                )));
+                return Err(
+                    meta.error(format!("unknown eskv attribute; here eskv takes {allowed}"))
+                );
             }
             Ok(())
         })?;
@@ -378,8 +378,11 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 let tys: Vec<_> = v.fields.iter().map(|f| &f.ty).collect();
                 match &v.fields {
                     Fields::Named(n) => {
-                        let idents: Vec<_> =
-                            n.named.iter().map(|f| f.ident.clone().expect("named")).collect();
+                        let idents: Vec<_> = n
+                            .named
+                            .iter()
+                            .map(|f| f.ident.clone().expect("named"))
+                            .collect();
                         encode_arms.push(quote!(Self::#vname #pat => {
                             #[derive(#krate::__private::serde::Serialize)]
                             #[serde(crate = #serde_crate)]
