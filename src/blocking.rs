@@ -199,6 +199,22 @@ impl EventStore {
     }
 
     /// A stream decision (see [`eskv_core::Decider::decide_stream`]).
+    ///
+    /// ```
+    /// # #[derive(Debug, PartialEq, eskv::DomainEvent)]
+    /// # enum Account { Deposited { n: u64 }, Withdrawn { n: u64 } }
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// let withdraw = |amount: u64| store.decide_stream(
+    ///     "account-1",
+    ///     |balance: &mut u64, e: &Account| match e {
+    ///         Account::Deposited { n } => *balance += n,
+    ///         Account::Withdrawn { n } => *balance -= n,
+    ///     },
+    ///     |&balance| if balance >= amount { Ok(vec![Account::Withdrawn { n: amount }]) } else { Err(balance) },
+    /// );
+    /// assert!(matches!(withdraw(1), Err(eskv::DecideError::Rejected(0))));
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn decide_stream<Ev, S, E>(
         &self,
         stream: &str,
@@ -214,6 +230,27 @@ impl EventStore {
 
     /// Runs a [`Decision`] command with `opts` (see
     /// [`eskv_core::Decider::execute`]).
+    ///
+    /// ```
+    /// use eskv::{Boundary, DecideOptions, Decision};
+    /// # #[derive(Debug, PartialEq, eskv::DomainEvent)]
+    /// # enum Ev { Registered { #[tag("email")] email: String } }
+    /// struct Register(&'static str);
+    /// impl Decision for Register {
+    ///     type Event = Ev;
+    ///     type State = bool;
+    ///     type Error = &'static str;
+    ///     fn boundary(&self) -> Boundary { eskv::Query::tags([format!("email:{}", self.0)]).into() }
+    ///     fn evolve(&self, taken: &mut bool, _: &Ev) { *taken = true }
+    ///     fn decide(&self, &taken: &bool) -> Result<Vec<Ev>, &'static str> {
+    ///         if taken { Err("email taken") } else { Ok(vec![Ev::Registered { email: self.0.into() }]) }
+    ///     }
+    /// }
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// assert!(store.execute(&Register("a@x"), DecideOptions::new()).is_ok());
+    /// assert!(store.execute(&Register("a@x"), DecideOptions::new()).is_err());
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn execute<D: Decision>(
         &self,
         command: &D,

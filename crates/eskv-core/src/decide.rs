@@ -56,6 +56,13 @@ use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// How a decider retries when a concurrent append changed its boundary.
+///
+/// ```
+/// use eskv_core::DecideOptions;
+/// use std::time::Duration;
+/// let o = DecideOptions::new().max_attempts(5).backoff(Duration::from_millis(2), Duration::from_millis(50));
+/// assert_eq!((o.max_attempts, o.max_backoff), (5, Duration::from_millis(50)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DecideOptions {
@@ -110,6 +117,12 @@ impl DecideOptions {
 }
 
 /// What a successful decision did.
+/// See the [module example](self); `attempts` counts re-decisions:
+///
+/// ```
+/// let d: eskv_core::Decided<()> = eskv_core::Decided { events: vec![], appended: None, attempts: 1 };
+/// assert!(d.appended.is_none(), "an empty decision appends nothing");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decided<Ev> {
     /// The events the decision produced, in append order (may be empty:
@@ -122,6 +135,14 @@ pub struct Decided<Ev> {
 }
 
 /// Why a decision did not append. `E` is your own domain error.
+///
+/// ```
+/// use eskv_core::{DecideError, Error};
+/// let e: DecideError<&str> = DecideError::Rejected("course full");
+/// assert_eq!(e.to_string(), "decision rejected: course full");
+/// let store: DecideError<&str> = Error::invalid("bad tag").into();
+/// assert!(matches!(store.map_rejected(String::from), DecideError::Store(Error::InvalidInput { .. })));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError<E> {
     /// The decision refused the command: your error, unchanged.
@@ -167,6 +188,13 @@ impl<E> DecideError<E> {
 }
 
 /// A decision's consistency boundary.
+///
+/// ```
+/// use eskv_core::{Boundary, Query};
+/// let dcb: Boundary = Query::tags(["course:c1"]).into();
+/// let stream = Boundary::Stream("account-7".into());
+/// assert_ne!(dcb, stream);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boundary {
     /// DCB: the events matching a query.
@@ -291,6 +319,41 @@ impl EventStore {
     /// Stream decision with default options: reads `stream`, folds, decides,
     /// and appends expecting the version it read. See
     /// [`Decider::decide_stream`].
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+    /// # #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum Account { Deposited(u64), Withdrawn(u64) }
+    /// # impl DomainEvent for Account {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["Account"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "Account" }
+    /// #     fn tags(&self) -> Vec<String> { vec![] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Json::encode(self) }
+    /// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+    /// #         eskv_core::typed::decode_with::<Json, Self, Self>(t, d)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await.unwrap();
+    /// let withdraw = |amount: u64| {
+    ///     store.decide_stream(
+    ///         "account-1",
+    ///         |balance: &mut u64, e: &Account| match e {
+    ///             Account::Deposited(n) => *balance += n,
+    ///             Account::Withdrawn(n) => *balance -= n,
+    ///         },
+    ///         move |&balance| match balance >= amount {
+    ///             true => Ok(vec![Account::Withdrawn(amount)]),
+    ///             false => Err(format!("balance {balance} is below {amount}")),
+    ///         },
+    ///     )
+    /// };
+    /// let err = withdraw(5).await.unwrap_err();
+    /// assert_eq!(err.rejected().as_deref(), Some("balance 0 is below 5"));
+    /// # }
+    /// ```
     pub async fn decide_stream<Ev, S, E>(
         &self,
         stream: &str,

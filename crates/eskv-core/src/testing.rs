@@ -59,6 +59,26 @@ pub struct Given<Ev> {
 
 impl<Ev: DomainEvent> Given<Ev> {
     /// A fresh in-memory store holding the given events (without a stream).
+    /// For closure deciders, which [`given`] cannot run itself.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec![] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> { Ok(Seat::Taken) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = eskv_core::testing::given([Seat::Taken]).store().await;
+    /// assert_eq!(store.head().await.unwrap(), 1);
+    /// # }
+    /// ```
     pub async fn store(&self) -> EventStore {
         self.store_for(&Boundary::Query(crate::Query::all())).await
     }

@@ -115,6 +115,14 @@ pub trait DomainEvent: Sized {
 impl NewEvent {
     /// The event for a typed value, with metadata (see
     /// [`DomainEvent::to_new_event`]).
+    ///
+    /// ```
+    /// # fn f<E: eskv_core::DomainEvent>(e: &E) -> eskv_core::Result<()> {
+    /// use eskv_core::{Metadata, NewEvent};
+    /// let new = NewEvent::typed(e, Metadata::new().correlation_id("req-1"))?;
+    /// assert_eq!(new.event_type, e.event_type());
+    /// # Ok(()) }
+    /// ```
     pub fn typed<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<NewEvent> {
         Ok(event.to_new_event()?.with_metadata(metadata))
     }
@@ -123,6 +131,12 @@ impl NewEvent {
 impl RecordedEvent {
     /// Decodes this event into an application event type (see
     /// [`DomainEvent::from_recorded`]).
+    ///
+    /// ```
+    /// # fn f<E: eskv_core::DomainEvent>(r: &eskv_core::RecordedEvent) {
+    /// let typed: Result<E, eskv_core::DecodeError> = r.to_typed();
+    /// # }
+    /// ```
     pub fn to_typed<E: DomainEvent>(&self) -> Result<E, DecodeError> {
         E::from_recorded(self)
     }
@@ -175,6 +189,14 @@ impl DecodeError {
     }
 
     /// The same error, naming the event's position.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent};
+    /// # fn check<E: DomainEvent>() {
+    /// let e = DecodeError::unknown_type::<E>("Renamed").at(42);
+    /// assert!(e.to_string().contains("'Renamed' at position 42"));
+    /// # }
+    /// ```
     pub fn at(mut self, position: Position) -> Self {
         match &mut self {
             DecodeError::UnknownType { position: p, .. }
