@@ -298,3 +298,30 @@ fn event_serde_input_errors() {
     let fresh: NewEvent = serde_json::from_str(r#"{"type":"A"}"#).unwrap();
     assert_eq!(fresh.data, b"{}");
 }
+
+mod renamed {
+    // `#[eskv(crate = ...)]` for a renamed or re-exported eskv.
+    pub use eskv as my_eskv;
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[eskv(crate = renamed::my_eskv, type = "Noted")]
+struct Noted {
+    #[tag("topic")]
+    topic: String,
+}
+
+#[test]
+fn a_struct_is_one_event_type_and_the_crate_path_is_configurable() {
+    let e = Noted { topic: "t".into() }.to_new_event().unwrap();
+    assert_eq!(
+        (e.event_type.as_str(), e.tags.as_slice()),
+        ("Noted", &["topic:t".to_string()][..])
+    );
+    assert_eq!(e.data, br#"{"topic":"t"}"#);
+    assert_eq!(
+        Noted::decode_payload("Noted", &e.data).unwrap(),
+        Noted { topic: "t".into() }
+    );
+    assert!(Noted::decode_payload("Other", &e.data).is_err());
+}
