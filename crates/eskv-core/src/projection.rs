@@ -22,6 +22,34 @@ use std::future::Future;
 use std::time::Duration;
 
 /// A read model maintained from the log.
+///
+/// Implement it with the re-exported [`async_trait`](crate::async_trait)
+/// attribute:
+///
+/// ```
+/// use eskv_core::{async_trait, EventStore, MemoryStore, NewEvent, Projection, ProjectionState, RecordedEvent};
+///
+/// /// Counts events per type.
+/// struct TypeCounts;
+///
+/// #[async_trait]
+/// impl Projection for TypeCounts {
+///     fn name(&self) -> &str {
+///         "type-counts"
+///     }
+///     async fn apply(&self, e: &RecordedEvent, state: &mut ProjectionState<'_>) -> eskv_core::Result<()> {
+///         let n: u64 = state.get_json(e.event_type.as_bytes()).await?.unwrap_or(0);
+///         state.put_json(e.event_type.as_bytes(), &(n + 1))
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv_core::Result<()> {
+/// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+/// store.append(vec![NewEvent::new("Ping", vec![]), NewEvent::new("Ping", vec![])], None).await?;
+/// store.catch_up_projection(&TypeCounts, &eskv_core::ProjectionOptions::default()).await?;
+/// assert_eq!(store.read_model("type-counts").get_json::<u64>(b"Ping").await?, Some(2));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Projection: Send + Sync {
     /// Unique name; keys its checkpoint and its read-model namespace.

@@ -756,6 +756,37 @@ pub struct ParkedEvent {
 /// Processes one event. Implemented for async closures
 /// `Fn(RecordedEvent) -> impl Future<Output = Result<(), E>>` (they get
 /// their own copy of the event, so the future may keep it).
+///
+/// A handler with state implements it with the re-exported
+/// [`async_trait`](crate::async_trait) attribute:
+///
+/// ```
+/// use eskv_core::{async_trait, error::BoxError, EventHandler, EventStore, HandlerOptions, MemoryStore, NewEvent, RecordedEvent, SubscriptionOptions};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// struct Mailer { sent: Arc<AtomicU64> }
+///
+/// #[async_trait]
+/// impl EventHandler for Mailer {
+///     async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+///         if event.event_type == "Welcome" {
+///             self.sent.fetch_add(1, Ordering::SeqCst);
+///         }
+///         Ok(())
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv_core::Result<()> {
+/// let store = EventStore::open(Arc::new(MemoryStore::new())).await?;
+/// store.append(vec![NewEvent::new("Welcome", vec![])], None).await?;
+/// let sent = Arc::new(AtomicU64::new(0));
+/// let sub = store.subscribe(SubscriptionOptions::named("mailer")).await?;
+/// let done = { let sent = sent.clone(); async move { while sent.load(Ordering::SeqCst) < 1 { tokio::task::yield_now().await } } };
+/// sub.run(Mailer { sent: sent.clone() }, HandlerOptions::default(), done).await?;
+/// assert_eq!(sent.load(Ordering::SeqCst), 1);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait EventHandler: Send + Sync {
     /// Handles `event`; an error triggers the retry policy.
