@@ -114,6 +114,11 @@ pub trait Store {
     fn read_all(&mut self) -> Res<usize>;
     /// W7: one stream, in version order.
     fn read_stream(&mut self, stream: &str) -> Res<usize>;
+    /// DISK: the bytes the engine counts as in use in its files, where it
+    /// preallocates far more than it uses (UmaDB); `None` elsewhere.
+    fn used_bytes(&self) -> Res<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Percentile of sorted `v` (nearest rank).

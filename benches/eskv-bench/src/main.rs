@@ -786,7 +786,9 @@ impl Harness {
         };
         let tables = if self.cfg.wants(RAW_REDB_TABLES) {
             Some(RedbTables::open(
-                &self.dir(&format!("W3-{RAW_REDB_TABLES}"))?.join("tables.redb"),
+                &self
+                    .dir(&format!("W3-{RAW_REDB_TABLES}"))?
+                    .join("tables.redb"),
             )?)
         } else {
             None
@@ -808,7 +810,9 @@ impl Harness {
         };
         let sqlite_inline = if self.cfg.wants(SQLITE_INLINE) {
             Some(Sqlite::open_with(
-                &self.dir(&format!("W3-{SQLITE_INLINE}"))?.join("events.sqlite"),
+                &self
+                    .dir(&format!("W3-{SQLITE_INLINE}"))?
+                    .join("events.sqlite"),
                 Layout::TagsInline,
             )?)
         } else {
@@ -866,7 +870,15 @@ impl Harness {
         let totals = self.interleave(wl, &mut turns);
         drop(turns);
         self.record_rates(wl, totals, Unit::AppendsPerSec, 1);
-        drop((eskv_redb, eskv_mem, raw, tables, sqlite, sqlite_inline, probe));
+        drop((
+            eskv_redb,
+            eskv_mem,
+            raw,
+            tables,
+            sqlite,
+            sqlite_inline,
+            probe,
+        ));
         #[cfg(feature = "umadb")]
         if let Some(s) = server {
             s.stop()?;
@@ -936,8 +948,21 @@ impl Harness {
             .collect();
         let disk_open: Vec<(&'static str, u64)> = on_disk
             .iter()
-            .map(|s| (*s, common::disk_allocated(&self.base.path().join(format!("R-{s}")))))
+            .map(|s| {
+                (
+                    *s,
+                    common::disk_allocated(&self.base.path().join(format!("R-{s}"))),
+                )
+            })
             .collect();
+        let mut disk_used = Vec::new();
+        for (name, store) in &stores {
+            match store.used_bytes() {
+                Ok(Some(b)) => disk_used.push((*name, b)),
+                Ok(None) => {}
+                Err(e) => self.log(format!("  DISK {name}: no in-use size: {e}")),
+            }
+        }
 
         if self.cfg.runs("W5") {
             // W5: one tag out of `tags`.
@@ -1035,7 +1060,7 @@ impl Harness {
         }
         drop(stores);
         if self.cfg.runs("DISK") {
-            self.disk(n, &disk_open);
+            self.disk(n, &disk_open, &disk_used);
         }
         self.close_stores("R", Vec::new());
         Ok(())
@@ -1045,7 +1070,7 @@ impl Harness {
     /// events with the same tags and streams, loaded in the same batches),
     /// after the store is closed; `open` holds the allocated bytes measured
     /// while it was open, right after the load.
-    fn disk(&mut self, n: u64, open: &[(&'static str, u64)]) {
+    fn disk(&mut self, n: u64, open: &[(&'static str, u64)], used: &[(&'static str, u64)]) {
         self.log(format!("DISK: {}", report::describe("DISK")));
         for &(name, open_bytes) in open {
             let dir = self.base.path().join(format!("R-{name}"));
@@ -1062,10 +1087,21 @@ impl Harness {
                     per(open_bytes)
                 )),
             );
-            self.results
-                .put("DISK apparent", name, Cell::new(apparent as f64, Unit::Bytes));
+            self.results.put(
+                "DISK apparent",
+                name,
+                Cell::new(apparent as f64, Unit::Bytes),
+            );
             self.results
                 .put("DISK open", name, Cell::new(open_bytes as f64, Unit::Bytes));
+        }
+        for &(name, b) in used {
+            self.log(format!(
+                "  DISK in use  {name:<17} {:.0} B/event (the engine's own count of used pages)",
+                b as f64 / n.max(1) as f64
+            ));
+            self.results
+                .put("DISK used", name, Cell::new(b as f64, Unit::Bytes));
         }
     }
 

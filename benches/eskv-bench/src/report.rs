@@ -703,36 +703,42 @@ pub fn markdown(
         let _ = writeln!(
             w,
             "{} `—` for a system that keeps no files (eskv-mem); the etcd systems are not measured (they share one \
-             3-node cluster, which also keeps every revision until compacted). Apparent size: the files' lengths, sparse \
+             3-node cluster, which also keeps every revision until compacted). Apparent: the files' lengths, sparse \
              regions included. While open: allocated bytes right after the load, before the store was closed (SQLite's \
-             WAL still present, redb's and UmaDB's files as they stand in use).\n",
+             WAL still present). In use: UmaDB grows its file in `posix_fallocate`d chunks of 256 MiB, so its allocated \
+             size is a step function of the data; its in-use figure is the pages below its header's next page id (free \
+             pages among them included). For the other systems in use is the allocated size. The ratios are \
+             bytes ÷ {SQLITE_INLINE}'s bytes: above 1.00× the system takes more room.\n",
             capitalized(describe("DISK"))
         );
         let base = r.value("DISK", SQLITE_INLINE);
         let _ = writeln!(
             w,
-            "| system | bytes/event | total | apparent bytes/event | bytes/event while open | vs {SQLITE_INLINE} |\n|---|---:|---:|---:|---:|---:|"
+            "| system | bytes/event | total | apparent bytes/event | bytes/event while open | bytes/event in use | vs {SQLITE_INLINE} | in use vs {SQLITE_INLINE} |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in SYSTEMS {
             let Some(c) = r.get("DISK", s) else {
                 continue;
             };
             let Some(v) = c.ok() else {
-                let _ = writeln!(w, "| {s} | failed | | | | |");
+                let _ = writeln!(w, "| {s} | failed | | | | | | |");
                 continue;
             };
             let per = |k: &str| {
                 r.value(k, s)
                     .map_or("—".into(), |b| format!("{:.0}", b / n))
             };
+            let used = r.value("DISK used", s).unwrap_or(v);
             let _ = writeln!(
                 w,
-                "| {s} | {:.0} | {} | {} | {} | {} |",
+                "| {s} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
                 v / n,
                 bytes(v),
                 per("DISK apparent"),
                 per("DISK open"),
-                fmt_ratio(base.map(|b| v / b))
+                used / n,
+                fmt_ratio(base.map(|b| v / b)),
+                fmt_ratio(base.map(|b| used / b))
             );
         }
     }

@@ -80,7 +80,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(err("decode"))?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().map_err(err("decode"))?,
+        ))
     }
 
     fn str(&mut self) -> Res<String> {

@@ -335,9 +335,7 @@ impl Store for Sqlite {
 
     fn read_stream(&mut self, stream: &str) -> Res<usize> {
         let cols = self.layout.columns();
-        let sql = format!(
-            "SELECT {cols} FROM events e WHERE e.stream_id = ?1 ORDER BY e.version"
-        );
+        let sql = format!("SELECT {cols} FROM events e WHERE e.stream_id = ?1 ORDER BY e.version");
         self.query(&sql, params![stream])
     }
 }
