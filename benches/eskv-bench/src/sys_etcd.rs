@@ -465,7 +465,7 @@ fn event_rows(
     Ok(())
 }
 
-const NOT_MEASURED: &str = "raw etcd is measured on W1, W2 and W4 only";
+const NOT_MEASURED: &str = "raw etcd is measured on W1, W2, W4 and W4r only";
 
 impl Store for RawEtcd {
     /// W1: read the head, the id and the first row of the condition's tag
