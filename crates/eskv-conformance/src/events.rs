@@ -1176,3 +1176,258 @@ pub async fn import_restores_exactly(store: Store) {
         Err(Error::IdempotencyViolation { .. })
     ));
 }
+
+fn positions(events: &[eskv_core::RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+/// Issue 13, item 6: the position a read returns is safe to pass back as
+/// the `after` of a condition, also when the read was cut short by `limit`
+/// or `until`: a matching event the decision did not see always fails the
+/// append.
+pub async fn read_position_is_safe_to_pass_back(store: Store) {
+    let es = open(store).await;
+    let seat = || ev("Seat").tag("course:c1");
+    let q = Query::of(["Seat"], ["course:c1"]);
+    es.append(vec![seat()], None).await.unwrap(); // 1
+    es.append(vec![ev("Other")], None).await.unwrap(); // 2
+    es.append(vec![seat()], None).await.unwrap(); // 3
+    es.append(vec![ev("Other")], None).await.unwrap(); // 4
+
+    // Forwards, cut short by a limit or by `until`: the decision saw the
+    // event at 1 only, so the one at 3 must fail the condition.
+    for (what, opts) in [
+        ("limit", ReadOptions::new().limit(1)),
+        ("until", ReadOptions::new().until(2)),
+        ("from + limit", ReadOptions::new().from(1).limit(1)),
+    ] {
+        let seen = es.read(&q, opts).await.unwrap();
+        assert_eq!(positions(&seen.events), [1], "{what}");
+        let err = es
+            .append(
+                vec![seat()],
+                Some(AppendCondition::new(q.clone(), Some(seen.head))),
+            )
+            .await
+            .expect_err("a decision that saw 1 of 2 matching events committed");
+        assert!(
+            matches!(err, Error::ConditionFailed { position: 3, .. }),
+            "{what}: {err:?}"
+        );
+    }
+    // The same through the log and category reads (no query: the log
+    // itself is the boundary).
+    let seen = es.read_all(ReadOptions::new().limit(2)).await.unwrap();
+    assert_eq!(positions(&seen.events), [1, 2]);
+    let err = es
+        .append(
+            vec![ev("Late")],
+            Some(AppendCondition::new(Query::all(), Some(seen.head))),
+        )
+        .await
+        .expect_err("read_all: a decision that saw 2 of 4 events committed");
+    assert!(matches!(err, Error::ConditionFailed { position: 3, .. }), "{err:?}");
+    assert_eq!(es.head().await.unwrap(), 4, "a rejected append wrote");
+
+    // A complete read: passing its position back succeeds, and a second
+    // decision on the same read then fails.
+    let seen = es.read(&q, ReadOptions::new()).await.unwrap();
+    assert_eq!(positions(&seen.events), [1, 3]);
+    let cond = AppendCondition::new(q.clone(), Some(seen.head));
+    es.append(vec![seat()], Some(cond.clone())).await.unwrap(); // 5
+    assert!(matches!(
+        es.append(vec![seat()], Some(cond)).await,
+        Err(Error::ConditionFailed { position: 5, .. })
+    ));
+}
+
+/// Issue 13, item 7: a replay must repeat the events' content, not only
+/// their ids, types and stream. Re-using an id with other data, tags or
+/// metadata is an `IdempotencyViolation` naming the id, and writes nothing.
+pub async fn replay_with_other_content_is_rejected(store: Store) {
+    let es = open(store).await;
+    let original = ev("A")
+        .with_tags(["k:1"])
+        .with_metadata(eskv_core::Metadata::new().correlation_id("c1"));
+    let first = es
+        .append_to_stream("rc-1", ExpectedVersion::NoStream, vec![original.clone()])
+        .await
+        .unwrap();
+    let id = original.id;
+    let mut other_data = original.clone();
+    other_data.data = b"something else".to_vec();
+    let other_tags = original.clone().with_tags(["k:2"]);
+    let no_tags = original.clone().with_tags(Vec::<String>::new());
+    let other_meta = original
+        .clone()
+        .with_metadata(eskv_core::Metadata::new().correlation_id("c2"));
+    for (what, e) in [
+        ("data", other_data),
+        ("tags", other_tags),
+        ("no tags", no_tags),
+        ("metadata", other_meta),
+    ] {
+        let r = es
+            .append_to_stream("rc-1", ExpectedVersion::Any, vec![e])
+            .await;
+        match r {
+            Err(Error::IdempotencyViolation { message }) => {
+                assert!(message.contains(&id.to_string()), "{what}: {message}");
+            }
+            other => panic!("{what}: a replay with other content gave {other:?}"),
+        }
+    }
+    // Also inside one group commit: the same id twice with other data.
+    let mut twin = original.clone();
+    twin.data = b"twin".to_vec();
+    let fresh = ev("B");
+    let mut fresh_twin = fresh.clone();
+    fresh_twin.data = b"twin".to_vec();
+    let (a, b) = tokio::join!(
+        es.append(vec![fresh.clone()], None),
+        es.append(vec![fresh_twin], None)
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "two appends of one id with different data: exactly one may commit ({a:?}, {b:?})"
+    );
+    assert_eq!(es.head().await.unwrap(), 2, "a rejected replay wrote");
+    // The exact replay still returns the original result.
+    let again = es
+        .append_to_stream("rc-1", ExpectedVersion::NoStream, vec![original])
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert!(matches!(
+        es.append_to_stream("rc-1", ExpectedVersion::Any, vec![twin])
+            .await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
+    assert_eq!(es.head().await.unwrap(), 2);
+}
+
+/// Issue 13, item 10: the types of one query item are bounded like the
+/// items of a query; too many is a typed error, for reads and conditions,
+/// and nothing is written.
+pub async fn query_item_types_are_limited(store: Store) {
+    let es = open(store).await;
+    let max = es.options().limits.max_types_per_query_item;
+    let types: Vec<String> = (0..=max).map(|i| format!("T{i}")).collect();
+    let big = Query::of(types.clone(), Vec::<String>::new());
+    match es.read(&big, ReadOptions::new()).await {
+        Err(Error::LimitExceeded { limit, actual, .. }) => {
+            assert_eq!((limit, actual), (max as u64, max as u64 + 1))
+        }
+        other => panic!("a query item with {} types: {other:?}", max + 1),
+    }
+    assert!(matches!(
+        es.read_all_filtered(&LogFilter::query(big.clone()), ReadOptions::new())
+            .await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        es.append(vec![ev("A")], Some(AppendCondition::none_match(big)))
+            .await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert_eq!(es.head().await.unwrap(), 0, "a rejected append wrote");
+    // At the limit it works.
+    let ok = Query::of(types[..max].to_vec(), Vec::<String>::new());
+    es.read(&ok, ReadOptions::new()).await.unwrap();
+    es.append(vec![ev("A")], Some(AppendCondition::none_match(ok)))
+        .await
+        .unwrap();
+}
+
+/// Issue 13, item 9: callers that give up (their futures dropped by a
+/// timeout or an abort) never let two group-commit batches run at once,
+/// and every acknowledged append is stored exactly once.
+pub async fn cancelled_appends_never_overlap_batches(store: Store) {
+    use crate::serial::BatchRecorder;
+    use std::time::Duration;
+    let recorder = Arc::new(BatchRecorder::new(store, Duration::from_millis(2)));
+    let es = open(recorder.clone()).await;
+    let mut tasks = Vec::new();
+    for t in 0..12u64 {
+        let es = es.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut sent = Vec::new();
+            for i in 0..12u64 {
+                let e = ev("C").with_tags([format!("t:{t}")]);
+                sent.push(e.id);
+                // Most calls give up after a few hundred microseconds:
+                // some before a leader takes them, some while they lead.
+                let budget = Duration::from_micros(((t * 7 + i * 13) % 9) * 150);
+                let fut = es.append(vec![e.clone()], None);
+                if i % 4 == 3 {
+                    acked.push((e.id, fut.await.expect("append without timeout")));
+                } else if let Ok(r) = tokio::time::timeout(budget, fut).await {
+                    acked.push((e.id, r.expect("append")));
+                }
+            }
+            (acked, sent)
+        }));
+    }
+    // A few whole tasks are aborted mid-flight too.
+    let mut aborted = Vec::new();
+    for _ in 0..4 {
+        let es = es.clone();
+        aborted.push(tokio::spawn(async move {
+            loop {
+                es.append(vec![ev("X")], None).await.expect("append");
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for a in &aborted {
+        a.abort();
+    }
+    let mut acked = Vec::new();
+    let mut sent = BTreeSet::new();
+    for t in tasks {
+        let (a, s) = t.await.unwrap();
+        acked.extend(a);
+        sent.extend(s);
+    }
+    for a in aborted {
+        let _ = a.await;
+    }
+    // Let batches already taken finish before reading.
+    es.append(vec![ev("Last")], None).await.unwrap();
+
+    let overlaps = recorder.overlaps();
+    assert!(
+        overlaps.is_empty(),
+        "{} of {} batches overlapped another, e.g. {:?}",
+        overlaps.len(),
+        recorder.batches(),
+        overlaps.first()
+    );
+    let all = es.read_all(ReadOptions::new()).await.unwrap();
+    let head = es.head().await.unwrap();
+    assert_eq!(
+        positions(&all.events),
+        (1..=head).collect::<Vec<_>>(),
+        "the log has gaps"
+    );
+    let mut at: HashMap<ulid::Ulid, Vec<u64>> = HashMap::new();
+    for e in &all.events {
+        at.entry(e.id).or_default().push(e.position);
+    }
+    assert!(
+        at.values().all(|p| p.len() == 1),
+        "an event is stored twice"
+    );
+    for (id, r) in &acked {
+        assert_eq!(
+            at.get(id).map(Vec::as_slice),
+            Some(&[r.first_position][..]),
+            "acknowledged append {id} is not where its answer said"
+        );
+    }
+    assert!(
+        acked.len() < sent.len(),
+        "no append was cancelled; the test did not test anything"
+    );
+}

@@ -21,6 +21,7 @@ pub mod faults;
 pub mod flaky;
 pub mod kv;
 pub mod model;
+pub mod serial;
 pub mod subscriptions;
 
 use eskv_core::{KvStore, Namespaced};
@@ -103,6 +104,10 @@ macro_rules! event_suite {
                     group_commit_isolates_outcomes,
                     import_restores_exactly,
                     model_based,
+                    read_position_is_safe_to_pass_back,
+                    replay_with_other_content_is_rejected,
+                    query_item_types_are_limited,
+                    cancelled_appends_never_overlap_batches,
                 ]
             );
         }
@@ -175,6 +180,10 @@ macro_rules! fault_suite {
                         group_commit_isolates_outcomes,
                         import_restores_exactly,
                         model_based,
+                        read_position_is_safe_to_pass_back,
+                        replay_with_other_content_is_rejected,
+                        query_item_types_are_limited,
+                        cancelled_appends_never_overlap_batches,
                     ]
                 );
             }

@@ -59,6 +59,10 @@ pub struct Limits {
     pub max_stream_id_len: usize,
     /// Most items in a query. Default 64.
     pub max_query_items: usize,
+    /// Most types in one query item. Default 64. Each type of an item
+    /// without tags is one index scan, so this bounds a query's reads
+    /// together with `max_query_items`.
+    pub max_types_per_query_item: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +76,7 @@ impl Default for Limits {
             max_type_len: 128,
             max_stream_id_len: 256,
             max_query_items: 64,
+            max_types_per_query_item: 64,
         }
     }
 }
