@@ -373,7 +373,9 @@ struct Inner {
     kv: Arc<dyn KvStore>,
     opts: EventStoreOptions,
     queue: Mutex<VecDeque<Pending>>,
-    leader: tokio::sync::Mutex<()>,
+    /// Held by the task running a batch, for as long as it runs: one
+    /// batch at a time per store.
+    leader: Arc<tokio::sync::Mutex<()>>,
     known_types: RwLock<HashSet<String>>,
     head_tx: watch::Sender<Position>,
 }
@@ -468,7 +470,7 @@ impl EventStore {
                 kv,
                 opts,
                 queue: Mutex::new(VecDeque::new()),
-                leader: tokio::sync::Mutex::new(()),
+                leader: Arc::new(tokio::sync::Mutex::new(())),
                 known_types: RwLock::new(HashSet::new()),
                 head_tx,
             }),
@@ -528,18 +530,24 @@ impl EventStore {
             tokio::select! {
                 biased;
                 res = &mut rx => return res.unwrap_or_else(|_| Err(batch_lost())),
-                guard = self.inner.leader.lock() => {
+                guard = self.inner.leader.clone().lock_owned() => {
                     let batch = self.inner.take_batch();
                     if batch.is_empty() {
                         // Another leader took ours; its answer is coming.
                         drop(guard);
                         return rx.await.unwrap_or_else(|_| Err(batch_lost()));
                     }
-                    // Run in its own task so a cancelled caller never
-                    // abandons the other appends of the batch.
+                    // The batch runs in its own task, which also holds the
+                    // leader lock until the batch is done: a cancelled
+                    // caller neither abandons the other appends of the
+                    // batch nor lets a second batch start beside it. This
+                    // caller's own answer comes through `rx`, like every
+                    // other waiter's.
                     let inner = self.inner.clone();
-                    let _ = tokio::spawn(async move { inner.run_batch(batch).await }).await;
-                    drop(guard);
+                    tokio::spawn(async move {
+                        inner.run_batch(batch).await;
+                        drop(guard);
+                    });
                 }
             }
         }
