@@ -344,6 +344,17 @@ fn matrix(s: &Seeded) -> Vec<Case> {
             Limit,
         ),
         (
+            "condition with too many types in one item",
+            cond(
+                Query::of(
+                    (0..=l.max_types_per_query_item).map(|i| format!("T{i}")),
+                    Vec::<String>::new(),
+                ),
+                None,
+            ),
+            Limit,
+        ),
+        (
             "condition with an invalid type",
             cond(Query::of(["bad type"], Vec::<String>::new()), None),
             Invalid,

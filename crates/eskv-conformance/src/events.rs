@@ -1330,6 +1330,13 @@ pub async fn query_item_types_are_limited(store: Store) {
             .await,
         Err(Error::LimitExceeded { .. })
     ));
+    // An item needing more tags than an event can carry never matches.
+    let max_tags = es.options().limits.max_tags_per_event;
+    let tags: Vec<String> = (0..=max_tags).map(|i| format!("k:{i}")).collect();
+    assert!(matches!(
+        es.read(&Query::of(["A"], tags), ReadOptions::new()).await,
+        Err(Error::LimitExceeded { .. })
+    ));
     assert_eq!(es.head().await.unwrap(), 0, "a rejected append wrote");
     // At the limit it works.
     let ok = Query::of(types[..max].to_vec(), Vec::<String>::new());

@@ -677,6 +677,20 @@ impl EventStore {
             ));
         }
         for item in &mut q.items {
+            if item.types.len() > l.max_types_per_query_item {
+                return Err(Error::limit(
+                    "types in one query item (split the item into several items with fewer types each)",
+                    l.max_types_per_query_item,
+                    item.types.len(),
+                ));
+            }
+            if item.tags.len() > l.max_tags_per_event {
+                return Err(Error::limit(
+                    "tags in one query item (an item matches only events carrying all its tags, and an event carries at most max_tags_per_event)",
+                    l.max_tags_per_event,
+                    item.tags.len(),
+                ));
+            }
             item.types.sort();
             item.types.dedup();
             item.tags.sort();
