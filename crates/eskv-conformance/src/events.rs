@@ -1438,3 +1438,72 @@ pub async fn cancelled_appends_never_overlap_batches(store: Store) {
         "no append was cancelled; the test did not test anything"
     );
 }
+
+/// Issue 13, item 7: the layout is `eskv-events/2`. A store written in an
+/// older layout (id entries without content digests) is refused at open
+/// with a typed error saying how to move the data, and is not changed; a
+/// newer one is refused too; a marker that is not eskv's is corrupt.
+pub async fn other_layout_formats_are_refused(store: Store) {
+    use eskv_core::{layout, KvStoreExt};
+    async fn put_marker(kv: &Store, marker: &[u8]) {
+        // Retried: the store may inject retryable commit faults.
+        for _ in 0..100 {
+            match kv.put_one(layout::format_key(), marker.to_vec()).await {
+                Err(e) if e.is_retryable() => continue,
+                r => return r.unwrap(),
+            }
+        }
+        panic!("could not write the format marker");
+    }
+    assert_eq!(eskv_core::layout::FORMAT, b"eskv-events/2");
+    for (marker, newer) in [(&b"eskv-events/1"[..], false), (b"eskv-events/3", true)] {
+        let kv = crate::unique_namespace(store.clone());
+        put_marker(&kv, marker).await;
+        match EventStore::open(kv.clone()).await {
+            Err(e @ Error::IncompatibleFormat { .. }) => {
+                let Error::IncompatibleFormat {
+                    found, supported, ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(found.as_bytes(), marker);
+                assert_eq!(supported, "eskv-events/2");
+                let msg = e.to_string();
+                if newer {
+                    assert!(msg.contains("newer"), "{msg}");
+                } else {
+                    assert!(
+                        msg.contains("export") && msg.contains("import"),
+                        "the error must say what to do: {msg}"
+                    );
+                }
+                assert!(!e.is_retryable());
+            }
+            other => panic!("opening a store of layout {marker:?}: {other:?}"),
+        }
+        assert_eq!(
+            kv.get_latest(&layout::format_key()).await.unwrap().as_deref(),
+            Some(marker),
+            "a refused open changed the marker"
+        );
+        assert_eq!(
+            kv.get_latest(&layout::head_key()).await.unwrap(),
+            None,
+            "a refused open wrote"
+        );
+    }
+    let kv = crate::unique_namespace(store.clone());
+    put_marker(&kv, b"not-eskv").await;
+    assert!(matches!(
+        EventStore::open(kv).await,
+        Err(Error::Corrupt { .. })
+    ));
+    // A fresh store gets the current marker.
+    let kv = crate::unique_namespace(store);
+    EventStore::open(kv.clone()).await.unwrap();
+    assert_eq!(
+        kv.get_latest(&layout::format_key()).await.unwrap().as_deref(),
+        Some(layout::FORMAT)
+    );
+}

@@ -108,6 +108,7 @@ macro_rules! event_suite {
                     replay_with_other_content_is_rejected,
                     query_item_types_are_limited,
                     cancelled_appends_never_overlap_batches,
+                    other_layout_formats_are_refused,
                 ]
             );
         }
@@ -184,6 +185,7 @@ macro_rules! fault_suite {
                         replay_with_other_content_is_rejected,
                         query_item_types_are_limited,
                         cancelled_appends_never_overlap_batches,
+                        other_layout_formats_are_refused,
                     ]
                 );
             }

@@ -434,8 +434,12 @@ impl EventStore {
 
     /// Opens the event store on `kv`.
     ///
-    /// Fails with [`Error::Corrupt`] when the store holds a different
-    /// layout format.
+    /// Fails with [`Error::IncompatibleFormat`] when the store was written
+    /// in another event layout (`eskv-events/<n>`, see
+    /// [`layout::FORMAT`]): export it with the eskv version that wrote it
+    /// and import the export with this one. Fails with [`Error::Corrupt`]
+    /// when the format marker is not an eskv one at all. Nothing is
+    /// written in either case.
     pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
@@ -444,16 +448,7 @@ impl EventStore {
                 .await?;
             match vals[0].as_deref() {
                 Some(f) if f == layout::FORMAT => {}
-                Some(f) => {
-                    return Err(Error::corrupt(
-                        None,
-                        format!(
-                            "the store holds event layout {:?}; this eskv reads {:?}",
-                            String::from_utf8_lossy(f),
-                            String::from_utf8_lossy(layout::FORMAT)
-                        ),
-                    ))
-                }
+                Some(f) => return Err(format_error(f)),
                 None => {
                     txn.put(layout::format_key(), layout::FORMAT.to_vec());
                     txn.commit().await?;
@@ -741,10 +736,16 @@ impl EventStore {
             let found = txn.get_many(&id_keys).await?;
             if found.iter().any(Option::is_some) {
                 let replay = events.iter().zip(&found).all(|(e, f)| {
+                    let mut tags = e.tags.clone();
+                    tags.sort();
+                    tags.dedup();
                     f.as_deref()
                         .and_then(|v| IdEntry::decode(v).ok())
-                        .map(|x| x.position)
-                        == Some(e.position)
+                        .map(|x| (x.position, x.digest))
+                        == Some((
+                            e.position,
+                            layout::content_digest(&tags, &e.data, &e.metadata),
+                        ))
                 });
                 if replay {
                     return Ok(head);
@@ -1138,6 +1139,36 @@ impl EventStore {
     }
 }
 
+/// The error for a store whose format marker is not [`layout::FORMAT`].
+fn format_error(found: &[u8]) -> Error {
+    let supported = String::from_utf8_lossy(layout::FORMAT).into_owned();
+    let (Some(n), Some(ours)) = (
+        layout::format_number(found),
+        layout::format_number(layout::FORMAT),
+    ) else {
+        return Error::corrupt(
+            None,
+            format!(
+                "the event layout marker holds {:?}, which is not an eskv layout (this eskv reads {supported:?}); is this an eskv event store?",
+                String::from_utf8_lossy(found)
+            ),
+        );
+    };
+    let advice = if n < ours {
+        "it was written by an older eskv. Export it with that version \
+         (`eskv --store <url> export --out events.jsonl`), then import the export into a \
+         new, empty store with this version (`eskv --store <new url> import --in events.jsonl`). \
+         The store was not changed"
+    } else {
+        "it was written by a newer eskv; open it with that version. The store was not changed"
+    };
+    Error::IncompatibleFormat {
+        found: String::from_utf8_lossy(found).into_owned(),
+        supported,
+        advice: advice.to_string(),
+    }
+}
+
 fn stream_info(stream_id: String, meta: Option<StreamMeta>) -> StreamInfo {
     StreamInfo {
         stream_id,
@@ -1383,32 +1414,26 @@ impl Inner {
         let mut version = meta.map_or(0, |m| m.version);
         let stream = req.stream.as_ref().map(|(s, _)| s.as_str());
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.events.len() * 6);
+        let last = first + req.events.len() as u64 - 1;
+        let mut entries = Vec::with_capacity(req.events.len());
         for (i, e) in req.events.iter().enumerate() {
             let pos = first + i as u64;
             let sref = stream.map(|s| {
                 version += 1;
                 (s, version)
             });
-            event_rows(
+            entries.push(event_rows(
                 &mut rows,
                 pos,
                 e,
                 batch.now_ms,
                 sref,
-                (first, first + req.events.len() as u64 - 1),
-            )?;
+                (first, last),
+            )?);
         }
-        let last = first + req.events.len() as u64 - 1;
-        for (i, e) in req.events.iter().enumerate() {
-            batch.appended.push((first + i as u64, e));
-            batch.ids.insert(
-                e.id,
-                IdEntry {
-                    position: first + i as u64,
-                    append_first: first,
-                    append_last: last,
-                },
-            );
+        for (e, entry) in req.events.iter().zip(entries) {
+            batch.appended.push((entry.position, e));
+            batch.ids.insert(e.id, entry);
         }
         if let Some(s) = stream {
             let m = StreamMeta {
@@ -1467,7 +1492,7 @@ impl Inner {
         let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
         let stored = load_events(txn, &positions).await?;
         let want_stream = req.stream.as_ref().map(|(s, _)| s.as_str());
-        for (e, s) in req.events.iter().zip(&stored) {
+        for ((e, s), entry) in req.events.iter().zip(&stored).zip(&entries) {
             let got_stream = s.stream.as_ref().map(|r| r.stream_id.as_str());
             if s.event_type != e.event_type || got_stream != want_stream {
                 return violation(format!(
@@ -1477,6 +1502,27 @@ impl Inner {
                     got_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
                     e.event_type,
                     want_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                ));
+            }
+            // Same ids, type and stream: the content must match too, or
+            // the new data would be dropped in silence. The digest is what
+            // the id entry holds; the stored event (already loaded) is
+            // compared as well, so a digest collision cannot pass.
+            let differs: Vec<&str> = [
+                ("data", s.data != e.data),
+                ("tags", s.tags != e.tags),
+                ("metadata", s.metadata != e.metadata),
+                ("content digest", entry.digest != digest_of(e)),
+            ]
+            .into_iter()
+            .filter_map(|(what, d)| d.then_some(what))
+            .collect();
+            if !differs.is_empty() {
+                return violation(format!(
+                    "event id {} was already appended (at position {}) with other {}; a retry must repeat the same events, and a new event needs a new id",
+                    e.id,
+                    entry.position,
+                    differs.join(", "),
                 ));
             }
         }
@@ -1534,8 +1580,14 @@ impl Inner {
     }
 }
 
+/// The digest of `e`'s content kept in its id entry.
+fn digest_of(e: &NewEvent) -> u32 {
+    layout::content_digest(&e.tags, &e.data, &e.metadata)
+}
+
 /// The rows one event adds to the layout (log, id, type, tags, stream
 /// index, category). The one place that knows an event's index entries.
+/// Returns the event's id entry.
 fn event_rows(
     rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
     pos: Position,
@@ -1543,7 +1595,7 @@ fn event_rows(
     recorded_at_ms: u64,
     stream: Option<(&str, u64)>,
     (append_first, append_last): (Position, Position),
-) -> Result<()> {
+) -> Result<IdEntry> {
     rows.push((
         layout::log_key(pos),
         envelope::encode_new(pos, e, recorded_at_ms, stream)?,
@@ -1552,6 +1604,7 @@ fn event_rows(
         position: pos,
         append_first,
         append_last,
+        digest: digest_of(e),
     };
     rows.push((layout::id_key(e.id), id.encode()));
     rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
@@ -1568,7 +1621,7 @@ fn event_rows(
             Vec::new(),
         ));
     }
-    Ok(())
+    Ok(id)
 }
 
 async fn registered_types(txn: &mut dyn KvTransaction) -> Result<Vec<String>> {

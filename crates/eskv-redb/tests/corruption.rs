@@ -382,8 +382,8 @@ async fn non_eskv_redb_files_are_refused() {
     }
     let kv: Arc<dyn KvStore> = Arc::new(reopen(&layout_path).await.unwrap());
     match EventStore::open(kv).await {
-        Err(Error::Corrupt { message, .. }) => assert!(message.contains("eskv-events/99")),
-        other => panic!("expected Corrupt, got {other:?}"),
+        Err(Error::IncompatibleFormat { found, .. }) => assert_eq!(found, "eskv-events/99"),
+        other => panic!("expected IncompatibleFormat, got {other:?}"),
     }
 }
 
