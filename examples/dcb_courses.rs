@@ -36,7 +36,7 @@ async fn subscribe(
         match store
             .append(
                 vec![event],
-                Some(AppendCondition::new(boundary.clone(), Some(seen.head))),
+                Some(AppendCondition::new(boundary.clone(), Some(seen.consistent_through))),
             )
             .await
         {

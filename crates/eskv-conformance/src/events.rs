@@ -260,7 +260,7 @@ pub async fn gapless_positions_under_concurrency(store: Store) {
                     cursor = e.position;
                     seen.push(e.id);
                 }
-                assert!(page.head >= cursor);
+                assert!(page.consistent_through >= cursor);
                 if finished && page.events.is_empty() {
                     return seen;
                 }
@@ -304,7 +304,7 @@ pub async fn gapless_positions_under_concurrency(store: Store) {
         .iter()
         .map(|(r, _)| r.last_position - r.first_position + 1)
         .sum();
-    assert_eq!(all.head, total);
+    assert_eq!(all.consistent_through, total);
     assert_eq!(all.events.len() as u64, total);
     for (i, e) in all.events.iter().enumerate() {
         assert_eq!(e.position, i as u64 + 1, "gap in the global log");
@@ -424,7 +424,7 @@ pub async fn dcb_condition_exactness(store: Store) {
         .read(&q(&[], &["student:s1"]), ReadOptions::new())
         .await
         .unwrap();
-    assert_eq!(r.head, 4);
+    assert_eq!(r.consistent_through, 4);
     let got = &r.events[0];
     assert_eq!(
         got.tags,
@@ -625,7 +625,7 @@ pub async fn dcb_course_subscriptions(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(boundary, Some(seen.head))),
+                        Some(AppendCondition::new(boundary, Some(seen.consistent_through))),
                     )
                     .await
                 {
@@ -694,7 +694,7 @@ pub async fn dcb_unrelated_appends_never_conflict(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(q.clone(), Some(seen.head))),
+                        Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
                     )
                     .await
                 {
@@ -860,7 +860,7 @@ pub async fn time_travel_reads(store: Store) {
     );
     let from_past_head = es.read_all(ReadOptions::after(10)).await.unwrap();
     assert!(from_past_head.events.is_empty());
-    assert_eq!(from_past_head.head, 10);
+    assert_eq!(from_past_head.consistent_through, 10);
 }
 
 /// Strict mode rejects unregistered types, naming the nearest registered one.
@@ -1023,7 +1023,7 @@ pub async fn bad_input_is_rejected(store: Store) {
     ));
     let all = es.read_all(ReadOptions::new()).await.unwrap();
     assert_eq!(
-        (all.head, all.events.len()),
+        (all.consistent_through, all.events.len()),
         (1, 1),
         "a rejected append wrote something"
     );
@@ -1196,17 +1196,18 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
 
     // Forwards, cut short by a limit or by `until`: the decision saw the
     // event at 1 only, so the one at 3 must fail the condition.
-    for (what, opts) in [
-        ("limit", ReadOptions::new().limit(1)),
-        ("until", ReadOptions::new().until(2)),
-        ("from + limit", ReadOptions::new().from(1).limit(1)),
+    for (what, opts, through) in [
+        ("limit", ReadOptions::new().limit(1), 1),
+        ("until", ReadOptions::new().until(2), 2),
+        ("from + limit", ReadOptions::new().from(1).limit(1), 1),
     ] {
         let seen = es.read(&q, opts).await.unwrap();
         assert_eq!(positions(&seen.events), [1], "{what}");
+        assert_eq!(seen.consistent_through, through, "{what}");
         let err = es
             .append(
                 vec![seat()],
-                Some(AppendCondition::new(q.clone(), Some(seen.head))),
+                Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
             )
             .await
             .expect_err("a decision that saw 1 of 2 matching events committed");
@@ -1219,10 +1220,17 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
     // itself is the boundary).
     let seen = es.read_all(ReadOptions::new().limit(2)).await.unwrap();
     assert_eq!(positions(&seen.events), [1, 2]);
+    assert_eq!(seen.consistent_through, 2);
+    // A paged read continues after it and misses nothing.
+    let next = es
+        .read_all(ReadOptions::after(seen.consistent_through).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(positions(&next.events), [3, 4]);
     let err = es
         .append(
             vec![ev("Late")],
-            Some(AppendCondition::new(Query::all(), Some(seen.head))),
+            Some(AppendCondition::new(Query::all(), Some(seen.consistent_through))),
         )
         .await
         .expect_err("read_all: a decision that saw 2 of 4 events committed");
@@ -1233,12 +1241,52 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
     // decision on the same read then fails.
     let seen = es.read(&q, ReadOptions::new()).await.unwrap();
     assert_eq!(positions(&seen.events), [1, 3]);
-    let cond = AppendCondition::new(q.clone(), Some(seen.head));
+    assert_eq!(seen.consistent_through, 4, "a complete read is consistent through the head");
+    let cond = AppendCondition::new(q.clone(), Some(seen.consistent_through));
     es.append(vec![seat()], Some(cond.clone())).await.unwrap(); // 5
     assert!(matches!(
         es.append(vec![seat()], Some(cond)).await,
         Err(Error::ConditionFailed { position: 5, .. })
     ));
+
+    // Backwards: the upper end of the range read. The latest matching
+    // event was seen, so a decision on it commits unless a newer one
+    // appears; older events are not the condition's business.
+    let seen = es
+        .read(&q, ReadOptions::new().backwards().limit(1))
+        .await
+        .unwrap();
+    assert_eq!(positions(&seen.events), [5]);
+    assert_eq!(seen.consistent_through, 5);
+    // Backwards from 2: events 3 and 5 lie above what was read.
+    let below = es
+        .read(&q, ReadOptions::new().backwards().from(2))
+        .await
+        .unwrap();
+    assert_eq!(positions(&below.events), [1]);
+    assert_eq!(below.consistent_through, 2);
+    assert!(matches!(
+        es.append(
+            vec![seat()],
+            Some(AppendCondition::new(q.clone(), Some(below.consistent_through)))
+        )
+        .await,
+        Err(Error::ConditionFailed { position: 3, .. })
+    ));
+    es.append(
+        vec![seat()],
+        Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
+    )
+    .await
+    .unwrap();
+    // limit(0) reads nothing: consistent only through the position
+    // before `from`.
+    let none = es
+        .read(&q, ReadOptions::new().from(3).limit(0))
+        .await
+        .unwrap();
+    assert!(none.events.is_empty());
+    assert_eq!(none.consistent_through, 2);
 }
 
 /// Issue 13, item 7: a replay must repeat the events' content, not only

@@ -18,14 +18,14 @@
 //! let event = NewEvent::new("StudentSubscribed", br#"{"student":"s1"}"#.to_vec())
 //!     .with_tags(["course:c1", "student:s1"]);
 //! let done = store
-//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.head))))
+//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.consistent_through))))
 //!     .await?;
 //! assert_eq!(done.first_position, 1);
 //!
 //! // The same decision again now fails: the boundary has changed.
 //! let again = NewEvent::new("StudentSubscribed", b"{}".to_vec()).with_tags(["course:c1", "student:s1"]);
 //! let err = store
-//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.head))))
+//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.consistent_through))))
 //!     .await
 //!     .unwrap_err();
 //! assert!(matches!(err, eskv_core::Error::ConditionFailed { position: 1, .. }));

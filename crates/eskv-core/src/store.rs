@@ -314,14 +314,54 @@ impl LogFilter {
     }
 }
 
-/// Events plus the head position of the snapshot they were read at. Pass
-/// `head` as the `after` of an [`AppendCondition`] built from this read.
+/// Events, plus the position through which the read is consistent: pass
+/// [`consistent_through`](Self::consistent_through) as the `after` of an
+/// [`AppendCondition`] built from this read (same query), and the append
+/// fails if any matching event exists that the read did not return.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadResult {
     /// The events, in the requested order.
     pub events: Vec<RecordedEvent>,
-    /// The store's head at the read's snapshot.
-    pub head: Position,
+    /// The position up to which this read reflects the log, so that
+    /// passing it back as a condition's `after` is always safe.
+    ///
+    /// **Forwards**: every matching event at positions `from ..=
+    /// consistent_through` is in `events`, and none after it is. It is the
+    /// store's head at the read's snapshot, capped by `until`, unless
+    /// `limit` cut the read short (as many events returned as the limit
+    /// allows): then it is the position of the last event returned (with
+    /// `limit(0)`, the position before `from`). Matching events the read
+    /// did not reach are thus all after it, and a condition with this
+    /// `after` fails on them. Continue a paged read with
+    /// `ReadOptions::after(consistent_through)`.
+    ///
+    /// **Backwards**: the upper end of the range read: the snapshot's
+    /// head, capped by `from` and `until`. `events` are the latest
+    /// matching events at or below it (all of them unless `limit` cut the
+    /// read); a condition with this `after` fails on any matching event
+    /// above it. Matching events below those returned are not seen by the
+    /// decision and not checked by the condition either (a condition only
+    /// looks after `after`); read forwards when a decision needs them.
+    ///
+    /// Never above the snapshot's head; for an unbounded read it is the
+    /// head.
+    pub consistent_through: Position,
+}
+
+/// [`ReadResult::consistent_through`] of a read with `opts` at a snapshot
+/// whose head is `head`, which returned `events`.
+fn consistent_through(opts: ReadOptions, head: Position, events: &[RecordedEvent]) -> Position {
+    let top = opts.until.map_or(head, |u| u.min(head));
+    if opts.backwards {
+        return opts.from.map_or(top, |f| f.min(top));
+    }
+    match opts.limit {
+        Some(l) if events.len() >= l => events
+            .last()
+            .map_or(opts.from.unwrap_or(1).saturating_sub(1), |e| e.position)
+            .min(top),
+        _ => top,
+    }
 }
 
 /// A stream's state.
@@ -852,8 +892,10 @@ impl EventStore {
         read_head(&mut *txn).await
     }
 
-    /// DCB read: the events matching `query`, plus the head at the read's
-    /// snapshot.
+    /// DCB read: the events matching `query`, plus the position through
+    /// which the read is consistent
+    /// ([`ReadResult::consistent_through`]), to pass back as the `after`
+    /// of a condition on the same query.
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
@@ -864,13 +906,16 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let positions = find_positions(&mut *txn, &q, lo, hi, opts.backwards, opts.limit).await?;
         let events = load_events(&mut *txn, &positions).await?;
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads the global log.
@@ -897,8 +942,8 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((mut lo, mut hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let want = opts.limit.unwrap_or(usize::MAX);
@@ -934,7 +979,10 @@ impl EventStore {
                 break;
             }
         }
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads a category: the events of every stream whose id, up to its
@@ -946,8 +994,8 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let positions = scan_index(
@@ -961,7 +1009,10 @@ impl EventStore {
         )
         .await?;
         let events = load_events(&mut *txn, &positions).await?;
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads a stream by version.
@@ -1393,7 +1444,7 @@ impl Inner {
             if let Some(after) = c.after {
                 if after > batch.head {
                     return Ok(Err(Error::invalid(format!(
-                        "condition's after ({after}) is past the head ({}); pass the head returned by your read",
+                        "condition's after ({after}) is past the head ({}); pass the consistent_through of the read your decision used",
                         batch.head
                     ))));
                 }
@@ -1768,7 +1819,10 @@ async fn read_forward(
     }
     let positions: Vec<Position> = all.into_iter().take(want).collect();
     let events = load_events(txn, &positions).await?;
-    Ok(ReadResult { events, head })
+    Ok(ReadResult {
+        consistent_through: consistent_through(opts, head, &events),
+        events,
+    })
 }
 
 /// Positions in `[lo, hi]` of events matching `query`, in the requested

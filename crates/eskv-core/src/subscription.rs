@@ -427,21 +427,21 @@ impl Subscription {
                     .store
                     .read_all(ReadOptions::after(after).limit(limit))
                     .await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Query(q) => {
                 let r = self
                     .store
                     .read(q, ReadOptions::after(after).limit(limit))
                     .await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Category(c) => {
                 let r = self
                     .store
                     .read_category(c, ReadOptions::after(after).limit(limit))
                     .await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Stream(s) => {
                 // The head is read first: every event at or below it is in
