@@ -50,8 +50,8 @@ pub mod verify;
 
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent, StreamRef,
-    StreamVersion,
+    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent,
+    StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
