@@ -36,7 +36,10 @@ async fn subscribe(
         match store
             .append(
                 vec![event],
-                Some(AppendCondition::new(boundary.clone(), Some(seen.consistent_through))),
+                Some(AppendCondition::new(
+                    boundary.clone(),
+                    Some(seen.consistent_through),
+                )),
             )
             .await
         {

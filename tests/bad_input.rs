@@ -832,7 +832,11 @@ async fn crafted_namespaces_cannot_escape() {
     }
     for (i, (n, es, ns)) in stores.iter().enumerate() {
         let all = es.read_all(ReadOptions::new()).await.unwrap();
-        assert_eq!(all.consistent_through, i as u64 + 1, "namespace {n:?}: head");
+        assert_eq!(
+            all.consistent_through,
+            i as u64 + 1,
+            "namespace {n:?}: head"
+        );
         assert_eq!(all.events.len(), i + 1, "namespace {n:?}: events");
         assert!(all.events.iter().all(|e| e.tags == [format!("ns:{i}")]));
         assert_eq!(es.stream_info("s-1").await.unwrap().version, i as u64 + 1);

@@ -248,8 +248,8 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eskv::Ulid;
     use eskv::StreamRef;
+    use eskv::Ulid;
 
     fn recorded(data: &[u8]) -> RecordedEvent {
         RecordedEvent {
@@ -335,7 +335,10 @@ mod tests {
         assert!(bad.to_new_event().unwrap_err().contains("not a ULID"));
         // Out of the ULID range: rejected, not wrapped onto 0ZZZ….
         let over = EventLine::parse(r#"{"type":"A","id":"8ZZZZZZZZZZZZZZZZZZZZZZZZZ"}"#).unwrap();
-        assert!(over.to_new_event().unwrap_err().contains("out of the ULID range"));
+        assert!(over
+            .to_new_event()
+            .unwrap_err()
+            .contains("out of the ULID range"));
         let none = EventLine::parse(r#"{"type":"A"}"#).unwrap();
         assert_eq!(none.payload().unwrap(), b"{}");
     }

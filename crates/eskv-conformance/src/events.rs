@@ -625,7 +625,10 @@ pub async fn dcb_course_subscriptions(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(boundary, Some(seen.consistent_through))),
+                        Some(AppendCondition::new(
+                            boundary,
+                            Some(seen.consistent_through),
+                        )),
                     )
                     .await
                 {
@@ -694,7 +697,10 @@ pub async fn dcb_unrelated_appends_never_conflict(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
+                        Some(AppendCondition::new(
+                            q.clone(),
+                            Some(seen.consistent_through),
+                        )),
                     )
                     .await
                 {
@@ -1207,7 +1213,10 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
         let err = es
             .append(
                 vec![seat()],
-                Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
+                Some(AppendCondition::new(
+                    q.clone(),
+                    Some(seen.consistent_through),
+                )),
             )
             .await
             .expect_err("a decision that saw 1 of 2 matching events committed");
@@ -1230,18 +1239,27 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
     let err = es
         .append(
             vec![ev("Late")],
-            Some(AppendCondition::new(Query::all(), Some(seen.consistent_through))),
+            Some(AppendCondition::new(
+                Query::all(),
+                Some(seen.consistent_through),
+            )),
         )
         .await
         .expect_err("read_all: a decision that saw 2 of 4 events committed");
-    assert!(matches!(err, Error::ConditionFailed { position: 3, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::ConditionFailed { position: 3, .. }),
+        "{err:?}"
+    );
     assert_eq!(es.head().await.unwrap(), 4, "a rejected append wrote");
 
     // A complete read: passing its position back succeeds, and a second
     // decision on the same read then fails.
     let seen = es.read(&q, ReadOptions::new()).await.unwrap();
     assert_eq!(positions(&seen.events), [1, 3]);
-    assert_eq!(seen.consistent_through, 4, "a complete read is consistent through the head");
+    assert_eq!(
+        seen.consistent_through, 4,
+        "a complete read is consistent through the head"
+    );
     let cond = AppendCondition::new(q.clone(), Some(seen.consistent_through));
     es.append(vec![seat()], Some(cond.clone())).await.unwrap(); // 5
     assert!(matches!(
@@ -1268,14 +1286,20 @@ pub async fn read_position_is_safe_to_pass_back(store: Store) {
     assert!(matches!(
         es.append(
             vec![seat()],
-            Some(AppendCondition::new(q.clone(), Some(below.consistent_through)))
+            Some(AppendCondition::new(
+                q.clone(),
+                Some(below.consistent_through)
+            ))
         )
         .await,
         Err(Error::ConditionFailed { position: 3, .. })
     ));
     es.append(
         vec![seat()],
-        Some(AppendCondition::new(q.clone(), Some(seen.consistent_through))),
+        Some(AppendCondition::new(
+            q.clone(),
+            Some(seen.consistent_through),
+        )),
     )
     .await
     .unwrap();
@@ -1531,7 +1555,10 @@ pub async fn other_layout_formats_are_refused(store: Store) {
             other => panic!("opening a store of layout {marker:?}: {other:?}"),
         }
         assert_eq!(
-            kv.get_latest(&layout::format_key()).await.unwrap().as_deref(),
+            kv.get_latest(&layout::format_key())
+                .await
+                .unwrap()
+                .as_deref(),
             Some(marker),
             "a refused open changed the marker"
         );
@@ -1551,7 +1578,10 @@ pub async fn other_layout_formats_are_refused(store: Store) {
     let kv = crate::unique_namespace(store);
     EventStore::open(kv.clone()).await.unwrap();
     assert_eq!(
-        kv.get_latest(&layout::format_key()).await.unwrap().as_deref(),
+        kv.get_latest(&layout::format_key())
+            .await
+            .unwrap()
+            .as_deref(),
         Some(layout::FORMAT)
     );
 }

@@ -345,8 +345,10 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     // forward read means the read saw every matching event
                     // from `from` on.
                     let e = NewEvent::new(TYPES[g.ty], vec![g.tags]).with_tags(pick(g.tags, &TAGS));
-                    let req = AppendRequest::new(vec![e])
-                        .condition(AppendCondition::new(q.clone(), Some(got.consistent_through)));
+                    let req = AppendRequest::new(vec![e]).condition(AppendCondition::new(
+                        q.clone(),
+                        Some(got.consistent_through),
+                    ));
                     let want = m.append(&req);
                     let ok = matches!(want, Outcome::Ok(_));
                     prop_assert_eq!(outcome(es.submit(req).await), want);

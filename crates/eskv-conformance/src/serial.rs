@@ -9,8 +9,7 @@
 
 use async_trait::async_trait;
 use eskv_core::{
-    layout, Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result,
-    ScanOptions,
+    layout, Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result, ScanOptions,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -313,7 +313,11 @@ mod id_tests {
     fn out_of_range_ids_are_rejected() {
         let max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
         assert_eq!(parse_event_id(max).unwrap(), Ulid(u128::MAX));
-        for bad in ["8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "Z0000000000000000000000000", "80000000000000000000000000"] {
+        for bad in [
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "Z0000000000000000000000000",
+            "80000000000000000000000000",
+        ] {
             match parse_event_id(bad) {
                 Err(Error::InvalidInput { message }) => {
                     assert!(message.contains(bad), "{message}")
@@ -321,8 +325,16 @@ mod id_tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        for bad in ["", "01ARZ3NDEKTSV4RRFFQ69G5FA", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "01ARZ3NDEKTSV4RRFFQ69G5FAU"] {
-            assert!(matches!(parse_event_id(bad), Err(Error::InvalidInput { .. })), "{bad}");
+        for bad in [
+            "",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAU",
+        ] {
+            assert!(
+                matches!(parse_event_id(bad), Err(Error::InvalidInput { .. })),
+                "{bad}"
+            );
         }
         assert_eq!(
             parse_event_id("01arz3ndektsv4rrffq69g5fav").unwrap(),

@@ -528,5 +528,10 @@ async fn id_entry_digest_must_match_the_event() {
     // An entry of the old 24-byte layout is reported, not misread.
     damage(&es, |t| t.put(k.clone(), entry.encode()[..24].to_vec())).await;
     let r = report(&es).await;
-    assert!(r.violations.iter().any(|v| v.message.contains("expected 28")), "{r}");
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.message.contains("expected 28")),
+        "{r}"
+    );
 }
