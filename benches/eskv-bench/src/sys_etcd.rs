@@ -448,6 +448,7 @@ fn event_rows(
         position: pos,
         append_first,
         append_last,
+        digest: layout::content_digest(&e.tags, &e.data, &e.metadata),
     };
     rows.push((layout::id_key(e.id), id.encode()));
     rows.push((layout::type_key(EVENT_TYPE, pos), Vec::new()));

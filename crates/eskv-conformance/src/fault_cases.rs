@@ -138,7 +138,7 @@ async fn writer(es: EventStore, w: u64) -> Vec<Done> {
                 let seen = es.read(&q, ReadOptions::new()).await.expect("read");
                 // Free: claim it if still free after what we read. Taken:
                 // try anyway over the whole log, which must be rejected.
-                let after = seen.events.is_empty().then_some(seen.head);
+                let after = seen.events.is_empty().then_some(seen.consistent_through);
                 let e = NewEvent::new("Claimed", vec![w as u8]).with_tags([user]);
                 (
                     "claim",
@@ -260,7 +260,7 @@ pub async fn appends_survive_injected_faults(store: Store) {
         }
     }
     assert_eq!(
-        all.head, acked_events,
+        all.consistent_through, acked_events,
         "the log holds events that were not acknowledged (duplicates or phantoms)"
     );
     for (s, n) in &stream_events {

@@ -22,6 +22,7 @@ pub mod faults;
 pub mod kv;
 pub mod limited;
 pub mod model;
+pub mod serial;
 pub mod subscriptions;
 
 use eskv_core::{KvStore, Namespaced};
@@ -104,6 +105,11 @@ macro_rules! event_suite {
                     group_commit_isolates_outcomes,
                     import_restores_exactly,
                     model_based,
+                    read_position_is_safe_to_pass_back,
+                    replay_with_other_content_is_rejected,
+                    query_item_types_are_limited,
+                    cancelled_appends_never_overlap_batches,
+                    other_layout_formats_are_refused,
                 ]
             );
         }
@@ -228,6 +234,11 @@ macro_rules! fault_suite {
                         group_commit_isolates_outcomes,
                         import_restores_exactly,
                         model_based,
+                        read_position_is_safe_to_pass_back,
+                        replay_with_other_content_is_rejected,
+                        query_item_types_are_limited,
+                        cancelled_appends_never_overlap_batches,
+                        other_layout_formats_are_refused,
                     ]
                 );
             }

@@ -420,7 +420,7 @@ impl Decider {
                 return Ok(backoff.done(events, None));
             }
             let new = self.encode(&events)?;
-            let condition = AppendCondition::new(query.clone(), Some(seen.head));
+            let condition = AppendCondition::new(query.clone(), Some(seen.consistent_through));
             match self.store.append(new, Some(condition)).await {
                 Ok(r) => return Ok(backoff.done(events, Some(r))),
                 Err(e @ Error::ConditionFailed { .. }) => backoff.conflict(e).await?,

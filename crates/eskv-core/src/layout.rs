@@ -10,7 +10,7 @@
 //! | 0x01 | `meta` (str name)           | format marker, config flags    |
 //! | 0x02 | `head`                      | last position, u64 BE          |
 //! | 0x10 | `log` (u64 position)        | event envelope                 |
-//! | 0x11 | `id` (ulid)                 | position, u64 BE               |
+//! | 0x11 | `id` (ulid)                 | [`IdEntry`]: position, append extent, content digest |
 //! | 0x20 | `stream` (str id)           | version + last position, BE    |
 //! | 0x21 | `stream_ev` (str id, u64 v) | position, u64 BE               |
 //! | 0x22 | `category` (str, u64 pos)   | empty                          |
@@ -44,7 +44,26 @@ pub fn format_key() -> Vec<u8> {
     KeyBuilder::with_raw(&[META]).str("format").finish()
 }
 /// Value of the format marker for this layout.
-pub const FORMAT: &[u8] = b"eskv-events/1";
+///
+/// History: `eskv-events/1` had 24-byte id entries without a content
+/// digest; `eskv-events/2` adds the digest (see [`IdEntry`]). A store of
+/// another format is refused at open with [`Error::IncompatibleFormat`].
+pub const FORMAT: &[u8] = b"eskv-events/2";
+
+/// The prefix every event-layout format marker starts with; the rest is
+/// the format's number.
+pub const FORMAT_PREFIX: &str = "eskv-events/";
+
+/// The format number of a marker (`eskv-events/<n>`), or `None` when the
+/// marker is not one of eskv's.
+pub fn format_number(marker: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(marker).ok()?;
+    let n = s.strip_prefix(FORMAT_PREFIX)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
 
 /// The strict-types flag.
 pub fn strict_key() -> Vec<u8> {
@@ -1047,9 +1066,10 @@ mod parser_tests {
     }
 }
 
-/// An idempotency entry: where an event is, and the extent of the append
-/// that wrote it, so a retry is recognised only when it repeats the whole
-/// append.
+/// An idempotency entry: where an event is, the extent of the append that
+/// wrote it, so a retry is recognised only when it repeats the whole
+/// append, and a digest of the event's content, so a retry is recognised
+/// only when it repeats the same events (not just the same ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdEntry {
     /// The event's position.
@@ -1058,30 +1078,43 @@ pub struct IdEntry {
     pub append_first: Position,
     /// Last position of the append that wrote it.
     pub append_last: Position,
+    /// [`content_digest`] of the event's tags, data and metadata.
+    pub digest: u32,
 }
 
+/// Length of an encoded [`IdEntry`].
+pub const ID_ENTRY_LEN: usize = 28;
+
 impl IdEntry {
-    /// Encodes as 24 bytes.
+    /// Encodes as 28 bytes: position, append start and end (u64 BE each),
+    /// digest (u32 BE).
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(24);
+        let mut v = Vec::with_capacity(ID_ENTRY_LEN);
         v.extend_from_slice(&self.position.to_be_bytes());
         v.extend_from_slice(&self.append_first.to_be_bytes());
         v.extend_from_slice(&self.append_last.to_be_bytes());
+        v.extend_from_slice(&self.digest.to_be_bytes());
         v
     }
 
-    /// Decodes 24 bytes.
+    /// Decodes 28 bytes.
     pub fn decode(v: &[u8]) -> Result<Self> {
-        if v.len() != 24 {
+        if v.len() != ID_ENTRY_LEN {
             return Err(Error::corrupt(
                 None,
-                format!("id index entry is {} bytes, expected 24", v.len()),
+                format!(
+                    "id index entry is {} bytes, expected {ID_ENTRY_LEN}",
+                    v.len()
+                ),
             ));
         }
+        let mut d = [0u8; 4];
+        d.copy_from_slice(&v[24..]);
         let e = IdEntry {
             position: parse_u64(&v[..8], "id entry position")?,
             append_first: parse_u64(&v[8..16], "id entry append start")?,
-            append_last: parse_u64(&v[16..], "id entry append end")?,
+            append_last: parse_u64(&v[16..24], "id entry append end")?,
+            digest: u32::from_be_bytes(d),
         };
         if !(e.append_first <= e.position && e.position <= e.append_last) {
             return Err(Error::corrupt(
@@ -1094,6 +1127,27 @@ impl IdEntry {
         }
         Ok(e)
     }
+}
+
+/// The digest of an event's content kept in its [`IdEntry`]: crc32c over
+/// the postcard encoding of `(tags, metadata)`, then the data's length (u64
+/// LE) and the data. Both parts are self-delimiting, so moving bytes
+/// between tags, metadata and data changes the input. Type and stream are
+/// not included: the replay check reads them from the log, and they are
+/// part of the key layout anyway.
+///
+/// crc32c (already used by the envelope, hardware-accelerated) rather than
+/// a cryptographic hash: it guards against a client re-using an id by
+/// mistake, where a 2^-32 chance of a miss is ample, not against an
+/// adversary, who could append anything under a new id anyway; and the
+/// append path also compares the stored event itself, so a collision
+/// cannot turn other content into a replay there.
+pub fn content_digest(tags: &[String], data: &[u8], metadata: &crate::event::Metadata) -> u32 {
+    // Tags and metadata are small; the payload is hashed in place.
+    let head = postcard::to_allocvec(&(tags, metadata)).unwrap_or_default();
+    let mut crc = crc32c::crc32c(&head);
+    crc = crc32c::crc32c_append(crc, &(data.len() as u64).to_le_bytes());
+    crc32c::crc32c_append(crc, data)
 }
 
 /// Encodes a projection checkpoint: read-model generation and position.

@@ -18,14 +18,14 @@
 //! let event = NewEvent::new("StudentSubscribed", br#"{"student":"s1"}"#.to_vec())
 //!     .with_tags(["course:c1", "student:s1"]);
 //! let done = store
-//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.head))))
+//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.consistent_through))))
 //!     .await?;
 //! assert_eq!(done.first_position, 1);
 //!
 //! // The same decision again now fails: the boundary has changed.
 //! let again = NewEvent::new("StudentSubscribed", b"{}".to_vec()).with_tags(["course:c1", "student:s1"]);
 //! let err = store
-//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.head))))
+//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.consistent_through))))
 //!     .await
 //!     .unwrap_err();
 //! assert!(matches!(err, eskv_core::Error::ConditionFailed { position: 1, .. }));
@@ -55,8 +55,8 @@ pub mod verify;
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent, StreamRef,
-    StreamVersion,
+    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent,
+    StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,

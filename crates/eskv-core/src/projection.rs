@@ -356,15 +356,15 @@ impl EventStore {
         let (events, head) = match filter {
             SubscriptionFilter::All => {
                 let r = self.read_all(opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Query(q) => {
                 let r = self.read(&q, opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Category(c) => {
                 let r = self.read_category(&c, opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Stream(s) => {
                 // Head first: every event at or below it is in the later read.

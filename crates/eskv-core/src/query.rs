@@ -149,8 +149,11 @@ impl Query {
 pub struct AppendCondition {
     /// Events that must not exist.
     pub fail_if_events_match: Query,
-    /// Ignore events at or before this position: normally the head returned
-    /// by the read that informed the decision.
+    /// Ignore events at or before this position: normally the
+    /// [`consistent_through`](crate::ReadResult::consistent_through) of
+    /// the read that informed the decision. Not the store's head: a read
+    /// cut short by a limit or `until` did not see everything up to the
+    /// head.
     pub after: Option<Position>,
 }
 

@@ -676,19 +676,19 @@ async fn read_page(
             let r = store
                 .read_all(ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.head)
+            page(r.events, r.consistent_through)
         }
         SubscriptionFilter::Query(q) => {
             let r = store
                 .read(q, ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.head)
+            page(r.events, r.consistent_through)
         }
         SubscriptionFilter::Category(c) => {
             let r = store
                 .read_category(c, ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.head)
+            page(r.events, r.consistent_through)
         }
         SubscriptionFilter::Stream(s) => {
             // The head is read first: every event at or below it is in

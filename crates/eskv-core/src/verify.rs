@@ -275,6 +275,8 @@ impl Positional {
 
 /// What an event's index entry must hold.
 enum Expect {
+    /// An id entry: the event's position and content digest.
+    IdEntry,
     /// A u64 position value.
     Position,
     /// An empty value.
@@ -519,7 +521,7 @@ impl Checker {
         for (i, e) in events.iter().enumerate() {
             let p = e.position;
             keys.push(layout::id_key(e.id));
-            expect.push((i, Expect::Position, "id"));
+            expect.push((i, Expect::IdEntry, "id"));
             keys.push(layout::type_key(&e.event_type, p));
             expect.push((i, Expect::Empty, "type"));
             for t in &e.tags {
@@ -551,23 +553,31 @@ impl Checker {
                     continue;
                 };
                 match ex {
-                    Expect::Position => match if *table == "id" {
-                        layout::IdEntry::decode(&v).map(|x| x.position)
-                    } else {
-                        layout::parse_u64(&v, "index entry")
-                    } {
+                    Expect::IdEntry => match layout::IdEntry::decode(&v) {
+                        Ok(x) if x.position != p => self.violation(
+                            Some(k),
+                            Some(p),
+                            format!(
+                                "the id index entry of this event points at position {} (the same id is stored twice?)",
+                                x.position
+                            ),
+                        ),
+                        Ok(x) if x.digest != layout::content_digest(&e.tags, &e.data, &e.metadata) => {
+                            self.violation(
+                                Some(k),
+                                Some(p),
+                                "the id index entry's content digest does not match the event's tags, data and metadata".into(),
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(err) => self.violation(Some(k), Some(p), corrupt_message(&err)),
+                    },
+                    Expect::Position => match layout::parse_u64(&v, "index entry") {
                         Ok(q) if q == p => {}
                         Ok(q) => self.violation(
                             Some(k),
                             Some(p),
-                            format!(
-                                "the {table} index entry of this event points at position {q}{}",
-                                if *table == "id" {
-                                    " (the same id is stored twice?)"
-                                } else {
-                                    ""
-                                }
-                            ),
+                            format!("the {table} index entry of this event points at position {q}"),
                         ),
                         Err(err) => self.violation(Some(k), Some(p), corrupt_message(&err)),
                     },

@@ -230,6 +230,7 @@ async fn stray_index_entries() {
                 position: 4,
                 append_first: 4,
                 append_last: 4,
+                digest: 0,
             }
             .encode(),
         );
@@ -523,4 +524,30 @@ async fn checkpoints_past_the_head() {
     assert!(r
         .at_key(&[0x50, 0x14])
         .any(|v| v.message.contains("subscription-state key does not parse")));
+}
+
+#[tokio::test]
+async fn id_entry_digest_must_match_the_event() {
+    let (es, all) = seeded().await;
+    let k = layout::id_key(all[0].id);
+    let mut entry = layout::IdEntry::decode(&raw(&es, &k).await).unwrap();
+    assert_eq!(
+        entry.digest,
+        layout::content_digest(&all[0].tags, &all[0].data, &all[0].metadata)
+    );
+    entry.digest ^= 1;
+    damage(&es, |t| t.put(k.clone(), entry.encode())).await;
+    let r = report(&es).await;
+    let v = only(&r);
+    assert_eq!(v.key.as_deref(), Some(&k[..]), "{r}");
+    assert!(v.message.contains("content digest"), "{r}");
+    // An entry of the old 24-byte layout is reported, not misread.
+    damage(&es, |t| t.put(k.clone(), entry.encode()[..24].to_vec())).await;
+    let r = report(&es).await;
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.message.contains("expected 28")),
+        "{r}"
+    );
 }

@@ -348,7 +348,7 @@ mod event_faults {
         );
         println!(
             "  log: head {}, {} events, {} distinct ids; integrity check: {} violations",
-            log.head,
+            log.consistent_through,
             log.events.len(),
             ids.len(),
             report.violations.len()
@@ -362,7 +362,7 @@ mod event_faults {
             (1..=acked).collect::<Vec<_>>(),
             "positions not gapless"
         );
-        assert_eq!(log.head, acked);
+        assert_eq!(log.consistent_through, acked);
         for ((w, n), pos) in &acks {
             let e = &log.events[(*pos - 1) as usize];
             assert_eq!(
