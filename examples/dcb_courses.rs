@@ -1,54 +1,49 @@
 //! The DCB course-subscription decision in a few lines of user code:
-//! read the consistency boundary, decide, append on the condition that the
-//! boundary has not changed since the read.
+//! typed events, and a decider that reads the consistency boundary, folds
+//! it, decides, and appends on the condition that the boundary has not
+//! changed since the read (re-deciding when it has).
 //!
 //! ```sh
 //! cargo run --example dcb_courses
 //! ```
 
-use eskv::{
-    AppendCondition, Error, EventStore, MemoryStore, NewEvent, Query, QueryItem, ReadOptions,
-};
+use eskv::{DecideError, DomainEvent, EventStore, MemoryStore, Query};
 use std::sync::Arc;
+
+#[derive(Debug, DomainEvent)]
+enum CourseEvent {
+    #[eskv(type = "StudentSubscribed")]
+    Subscribed {
+        #[tag("course")]
+        course: String,
+        #[tag("student")]
+        student: String,
+    },
+}
 
 async fn subscribe(
     store: &EventStore,
     course: &str,
     student: &str,
     capacity: usize,
-) -> eskv::Result<bool> {
-    let boundary = Query::item(
-        QueryItem::new()
-            .types(["StudentSubscribed"])
-            .tags([format!("course:{course}")]),
-    );
-    loop {
-        let seen = store.read(&boundary, ReadOptions::new()).await?;
-        let already = seen
-            .events
-            .iter()
-            .any(|e| e.tags.contains(&format!("student:{student}")));
-        if already || seen.events.len() >= capacity {
-            return Ok(false);
-        }
-        let event = NewEvent::new("StudentSubscribed", Vec::new())
-            .with_tags([format!("course:{course}"), format!("student:{student}")]);
-        match store
-            .append(
-                vec![event],
-                Some(AppendCondition::new(boundary.clone(), Some(seen.head))),
-            )
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(Error::ConditionFailed { .. }) => continue, // someone else decided first: decide again
-            Err(e) => return Err(e),
-        }
-    }
+) -> Result<(), DecideError<&'static str>> {
+    let boundary = Query::of(["StudentSubscribed"], [format!("course:{course}")]);
+    let fold = |taken: &mut Vec<String>, CourseEvent::Subscribed { student, .. }: &_| {
+        taken.push(student.clone())
+    };
+    let decision = store.decide(boundary, fold, |taken| match taken {
+        t if t.iter().any(|s| s == student) => Err("already subscribed"),
+        t if t.len() >= capacity => Err("course full"),
+        _ => Ok(vec![CourseEvent::Subscribed {
+            course: course.into(),
+            student: student.into(),
+        }]),
+    });
+    decision.await.map(drop)
 }
 
 #[tokio::main]
-async fn main() -> eskv::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = EventStore::open(Arc::new(MemoryStore::new())).await?;
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -58,20 +53,17 @@ async fn main() -> eskv::Result<()> {
         }));
     }
     for t in tasks {
-        let (i, admitted) = t.await.expect("task panicked");
-        println!(
-            "student s{i}: {}",
-            if admitted? {
-                "subscribed"
-            } else {
-                "course full"
-            }
-        );
+        let (i, outcome) = t.await.expect("task panicked");
+        match outcome {
+            Ok(()) => println!("student s{i}: subscribed"),
+            Err(DecideError::Rejected(why)) => println!("student s{i}: {why}"),
+            Err(e) => return Err(e.into()),
+        }
     }
     let n = store
         .read(
             &Query::of(["StudentSubscribed"], ["course:c1"]),
-            ReadOptions::new(),
+            eskv::ReadOptions::new(),
         )
         .await?
         .events

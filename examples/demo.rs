@@ -7,13 +7,12 @@
 //! cargo run --release --example demo -- my.redb # or a file of your choice
 //! ```
 
-use eskv::redb::RedbStore;
+use eskv::prelude::*;
 use eskv::{
-    AppendCondition, Error, EventStore, ExpectedVersion, NewEvent, Projection, ProjectionOptions,
-    ProjectionState, Query, QueryItem, ReadOptions, ReadStreamOptions, RecordedEvent,
+    DecideError, Decided, DomainEvent, EventStore, ExpectedVersion, NewEvent, Projection,
+    ProjectionOptions, ProjectionState, Query, QueryItem, ReadStreamOptions, RecordedEvent,
     SubscriptionFilter, SubscriptionOptions,
 };
-use std::sync::Arc;
 use std::time::Duration;
 
 const CAPACITY: usize = 3;
@@ -21,13 +20,13 @@ const CAPACITY: usize = 3;
 /// Enrolment counts per course, kept exactly once in the same store.
 struct Enrolments;
 
-#[async_trait::async_trait]
+#[eskv::async_trait]
 impl Projection for Enrolments {
     fn name(&self) -> &str {
         "enrolments"
     }
     fn filter(&self) -> SubscriptionFilter {
-        SubscriptionFilter::Query(Query::of(["StudentSubscribed"], Vec::<String>::new()))
+        SubscriptionFilter::Query(Query::types(["StudentSubscribed"]))
     }
     async fn apply(&self, e: &RecordedEvent, state: &mut ProjectionState<'_>) -> eskv::Result<()> {
         for course in e.tags.iter().filter(|t| t.starts_with("course:")) {
@@ -38,93 +37,86 @@ impl Projection for Enrolments {
     }
 }
 
-/// The DCB decision "may `student` subscribe to `course`?": read the
-/// boundary, decide, append on the condition that the boundary did not
-/// change since the read.
+/// The course events, typed: each variant's type name, tags and payload.
+#[derive(Debug, DomainEvent)]
+enum CourseEvent {
+    #[eskv(type = "CourseDefined")]
+    Defined {
+        #[tag("course")]
+        course: String,
+        capacity: usize,
+    },
+    #[eskv(type = "StudentSubscribed")]
+    Subscribed {
+        #[tag("course")]
+        course: String,
+        #[tag("student")]
+        student: String,
+    },
+}
+
+/// What the decision needs to know, folded from its boundary.
+#[derive(Default)]
+struct Seen {
+    capacity: usize,
+    taken: usize,
+    mine: usize,
+    again: bool,
+}
+
+/// The DCB decision "may `student` subscribe to `course`?": the decider
+/// reads the boundary, folds it, decides, and appends on the condition that
+/// the boundary did not change since the read — re-deciding when it did.
 async fn subscribe(
     store: &EventStore,
     course: &str,
     student: &str,
-) -> eskv::Result<Result<u64, String>> {
-    let course_tag = format!("course:{course}");
-    let student_tag = format!("student:{student}");
-    let boundary = Query::item(
-        QueryItem::new()
-            .types(["CourseDefined", "StudentSubscribed"])
-            .tags([&course_tag]),
+) -> Result<Decided<CourseEvent>, DecideError<String>> {
+    let boundary = Query::of(
+        ["CourseDefined", "StudentSubscribed"],
+        [format!("course:{course}")],
     )
     .or(QueryItem::new()
         .types(["StudentSubscribed"])
-        .tags([&student_tag]));
-    let mut retries = 0;
-    loop {
-        let seen = store.read(&boundary, ReadOptions::new()).await?;
-        let taken = seen
-            .events
-            .iter()
-            .filter(|e| e.event_type == "StudentSubscribed" && e.tags.contains(&course_tag))
-            .count();
-        let mine = seen
-            .events
-            .iter()
-            .filter(|e| e.event_type == "StudentSubscribed" && e.tags.contains(&student_tag))
-            .count();
-        let again = seen.events.iter().any(|e| {
-            e.event_type == "StudentSubscribed"
-                && e.tags.contains(&course_tag)
-                && e.tags.contains(&student_tag)
-        });
-        if again {
-            return Ok(Err(format!("{student} is already in {course}")));
+        .tags([format!("student:{student}")]));
+    let fold = |s: &mut Seen, e: &CourseEvent| match e {
+        CourseEvent::Defined { capacity, .. } => s.capacity = *capacity,
+        CourseEvent::Subscribed {
+            course: c,
+            student: st,
+        } => {
+            s.taken += usize::from(c == course);
+            s.mine += usize::from(st == student);
+            s.again |= c == course && st == student;
         }
-        if taken >= CAPACITY {
-            return Ok(Err(format!("{course} is full ({taken}/{CAPACITY})")));
-        }
-        if mine >= 2 {
-            return Ok(Err(format!("{student} already has 2 courses")));
-        }
-        let event = NewEvent::json(
-            "StudentSubscribed",
-            &serde_json::json!({"course": course, "student": student}),
-        )?
-        .with_tags([course_tag.clone(), student_tag.clone()]);
-        match store
-            .append(
-                vec![event],
-                Some(AppendCondition::new(boundary.clone(), Some(seen.head))),
-            )
-            .await
-        {
-            Ok(r) => return Ok(Ok(r.first_position)),
-            Err(Error::ConditionFailed { position, .. }) => {
-                retries += 1;
-                println!(
-                    "    · {student} → {course}: decision rejected, event {position} changed the boundary; re-deciding (retry {retries})"
-                );
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    };
+    let decision = store.decide(boundary, fold, |s| match s {
+        s if s.again => Err(format!("{student} is already in {course}")),
+        s if s.taken >= s.capacity => Err(format!("{course} is full ({}/{})", s.taken, s.capacity)),
+        s if s.mine >= 2 => Err(format!("{student} already has 2 courses")),
+        _ => Ok(vec![CourseEvent::Subscribed {
+            course: course.into(),
+            student: student.into(),
+        }]),
+    });
+    decision.await
 }
 
 #[tokio::main]
-async fn main() -> eskv::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "eskv-demo.redb".into());
     let _ = std::fs::remove_file(&path);
     println!("eskv demo on {path}\n");
 
-    let kv = Arc::new(RedbStore::open(&path).await?);
-    let store = EventStore::open(kv).await?;
+    let store = EventStore::open_redb(&path).await?;
     store
-        .register_event_types([
-            "CourseDefined",
-            "StudentSubscribed",
+        .register_event_types(CourseEvent::EVENT_TYPES.iter().copied().chain([
             "OrderPlaced",
             "OrderPaid",
             "OrderShipped",
-        ])
+        ]))
         .await?;
     store.set_strict_types(true).await?;
     println!("1. Strict event types are on; a misspelled type is refused:");
@@ -153,10 +145,11 @@ async fn main() -> eskv::Result<()> {
     for course in ["rust", "dcb"] {
         store
             .append(
-                vec![
-                    NewEvent::json("CourseDefined", &serde_json::json!({"capacity": CAPACITY}))?
-                        .with_tags([format!("course:{course}")]),
-                ],
+                vec![CourseEvent::Defined {
+                    course: course.into(),
+                    capacity: CAPACITY,
+                }
+                .to_new_event()?],
                 None,
             )
             .await?;
@@ -173,9 +166,19 @@ async fn main() -> eskv::Result<()> {
     }
     for d in deciders {
         let (course, student, r) = d.await.expect("decider panicked");
-        match r? {
-            Ok(pos) => println!("   ✔ {student} → {course} at position {pos}"),
-            Err(why) => println!("   ✘ {student} → {course} refused: {why}"),
+        match r {
+            Ok(d) => println!(
+                "   ✔ {student} → {course} at position {}{}",
+                d.appended.map_or(0, |a| a.first_position),
+                match d.attempts {
+                    1 => String::new(),
+                    n => format!(
+                        " (decided {n} times: concurrent subscriptions changed the boundary)"
+                    ),
+                }
+            ),
+            Err(DecideError::Rejected(why)) => println!("   ✘ {student} → {course} refused: {why}"),
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -262,7 +265,7 @@ async fn main() -> eskv::Result<()> {
     drop(sub);
     drop(store);
     // Reopen the file, as a restarted process would.
-    let store = EventStore::open(Arc::new(RedbStore::open(&path).await?)).await?;
+    let store = EventStore::open_redb(&path).await?;
     let mut sub = store
         .subscribe(SubscriptionOptions::named("mailer"))
         .await?;

@@ -4,6 +4,25 @@
 
 pub use eskv_core::*;
 
+/// `#[derive(DomainEvent)]` (feature `derive`, on by default): see the
+/// [`DomainEvent`](trait@DomainEvent) trait.
+#[cfg(feature = "derive")]
+pub use eskv_derive::DomainEvent;
+
+pub mod blocking;
+#[cfg(feature = "redb")]
+mod open;
+#[cfg(feature = "redb")]
+pub use open::OpenRedb;
+
+/// The traits an application usually needs in scope:
+/// `use eskv::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "redb")]
+    pub use crate::OpenRedb;
+    pub use eskv_core::{Decision, DomainEvent};
+}
+
 /// The embedded redb backend (feature `redb`, on by default).
 #[cfg(feature = "redb")]
 pub use eskv_redb as redb;

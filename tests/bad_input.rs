@@ -344,6 +344,17 @@ fn matrix(s: &Seeded) -> Vec<Case> {
             Limit,
         ),
         (
+            "condition with too many types in one item",
+            cond(
+                Query::of(
+                    (0..=l.max_types_per_query_item).map(|i| format!("T{i}")),
+                    Vec::<String>::new(),
+                ),
+                None,
+            ),
+            Limit,
+        ),
+        (
             "condition with an invalid type",
             cond(Query::of(["bad type"], Vec::<String>::new()), None),
             Invalid,
@@ -685,7 +696,7 @@ async fn edge_inputs_that_are_not_errors() {
     let es = &s.es;
     let l = Limits::default();
     let r = es.read_all(ReadOptions::after(s.head + 100)).await.unwrap();
-    assert!(r.events.is_empty() && r.head == s.head);
+    assert!(r.events.is_empty() && r.consistent_through == s.head);
     let r = es
         .read_all(ReadOptions::new().from(u64::MAX))
         .await
@@ -821,7 +832,11 @@ async fn crafted_namespaces_cannot_escape() {
     }
     for (i, (n, es, ns)) in stores.iter().enumerate() {
         let all = es.read_all(ReadOptions::new()).await.unwrap();
-        assert_eq!(all.head, i as u64 + 1, "namespace {n:?}: head");
+        assert_eq!(
+            all.consistent_through,
+            i as u64 + 1,
+            "namespace {n:?}: head"
+        );
         assert_eq!(all.events.len(), i + 1, "namespace {n:?}: events");
         assert!(all.events.iter().all(|e| e.tags == [format!("ns:{i}")]));
         assert_eq!(es.stream_info("s-1").await.unwrap().version, i as u64 + 1);

@@ -96,7 +96,10 @@ async fn soak() {
                             .await
                             .unwrap();
                         match store
-                            .append(vec![e], Some(AppendCondition::new(q, Some(seen.head))))
+                            .append(
+                                vec![e],
+                                Some(AppendCondition::new(q, Some(seen.consistent_through))),
+                            )
                             .await
                         {
                             Err(Error::ConditionFailed { .. }) => Ok(0),

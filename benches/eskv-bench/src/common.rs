@@ -56,6 +56,14 @@ impl Ev {
         Ev::new([format!("e:{n}"), format!("g:{}", n % 100)], data)
     }
 
+    /// W4r: tags that repeat, one of 1000 entity tags and one of 100 group
+    /// tags (chosen independently of the entity), so that most appends
+    /// add positions to tags that already exist.
+    pub fn repeating(n: u64, data: &Arc<[u8]>) -> Ev {
+        let g = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % 100;
+        Ev::new([format!("e:{}", n % 1000), format!("g:{g}")], data)
+    }
+
     /// W3: an event of writer `w`; its condition tag (the first) is
     /// unique in the run, so disjoint from every other writer's and from
     /// the writer's own earlier rounds.
@@ -106,6 +114,11 @@ pub trait Store {
     fn read_all(&mut self) -> Res<usize>;
     /// W7: one stream, in version order.
     fn read_stream(&mut self, stream: &str) -> Res<usize>;
+    /// DISK: the bytes the engine counts as in use in its files, where it
+    /// preallocates far more than it uses (UmaDB); `None` elsewhere.
+    fn used_bytes(&self) -> Res<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Percentile of sorted `v` (nearest rank).
@@ -145,6 +158,21 @@ pub fn rss() -> (u64, u64) {
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Bytes allocated on disk to the files under `path` (what `du` counts:
+/// 512-byte blocks, so sparse regions do not count).
+pub fn disk_allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.blocks() * 512;
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| disk_allocated(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 /// Bytes used by the files under `path`.

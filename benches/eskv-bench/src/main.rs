@@ -13,6 +13,7 @@ mod sys_eskv;
 #[cfg(feature = "etcd")]
 mod sys_etcd;
 mod sys_raw;
+mod sys_redb_tables;
 mod sys_sqlite;
 #[cfg(feature = "umadb")]
 mod sys_uma;
@@ -27,26 +28,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sys_eskv::Eskv;
 use sys_raw::RawRedb;
-use sys_sqlite::Sqlite;
+use sys_redb_tables::RedbTables;
+use sys_sqlite::{Layout, Sqlite};
 
 /// System names, in table order.
 pub const ESKV_REDB: &str = "eskv-redb";
 pub const ESKV_MEM: &str = "eskv-mem";
-pub const RAW_REDB: &str = "raw-redb";
+/// Raw redb writing eskv's own key layout (the limit of eskv's layer).
+pub const RAW_REDB: &str = "raw-redb-layout";
+/// Raw redb with the tables a redb user would write (one record per event).
+pub const RAW_REDB_TABLES: &str = "raw-redb-tables";
 pub const UMADB: &str = "umadb";
 pub const UMADB_CACHE: &str = "umadb-mmap-cache";
 pub const UMADB_SERVER: &str = "umadb-server";
-pub const SQLITE: &str = "sqlite";
+/// SQLite with each event's tags in its own row plus a (tag, position)
+/// index table: the SQLite row the targets are judged against.
+pub const SQLITE_INLINE: &str = "sqlite-tags-inline";
+/// SQLite with the tags only in a tags table, joined back on reads.
+pub const SQLITE: &str = "sqlite-tags-joined";
 pub const ESKV_ETCD: &str = "eskv-etcd";
 pub const RAW_ETCD: &str = "raw-etcd";
 pub const FSYNC: &str = "fsync-limit";
-pub const SYSTEMS: [&str; 10] = [
+pub const SYSTEMS: [&str; 12] = [
     ESKV_REDB,
     ESKV_MEM,
     RAW_REDB,
+    RAW_REDB_TABLES,
     UMADB,
     UMADB_CACHE,
     UMADB_SERVER,
+    SQLITE_INLINE,
     SQLITE,
     ESKV_ETCD,
     RAW_ETCD,
@@ -55,7 +66,7 @@ pub const SYSTEMS: [&str; 10] = [
 
 /// The workloads the etcd systems run (issue 8: writes on the 3-node
 /// loopback cluster).
-pub const ETCD_WORKLOADS: [&str; 3] = ["W1", "W2", "W4"];
+pub const ETCD_WORKLOADS: [&str; 4] = ["W1", "W2", "W4", "W4r"];
 
 /// Sizes and durations of one run.
 #[derive(Debug, Clone)]
@@ -78,7 +89,7 @@ pub struct Config {
     pub w8_window: Duration,
     pub sub_events: usize,
     pub only: Option<Vec<String>>,
-    /// Only these workloads (W1..W8, SUB).
+    /// Only these workloads (W1..W8, W4r, DISK, SUB, DIAG).
     pub workloads: Option<Vec<String>>,
     pub out: PathBuf,
     pub chart: PathBuf,
@@ -121,7 +132,7 @@ const USAGE: &str = "usage: eskv-bench [--quick] [--large] [--out FILE] [--chart
   --chart      SVG chart (default: benches/results.svg next to the default report, else the report's path with .svg)
   --dir        where the stores live (default: a temporary directory under target/)
   --systems    only these systems (names as in the report)
-  --workloads  only these workloads (W1,...,W8,SUB; for profiling)
+  --workloads  only these workloads (W1,W2,W3,W4,W4r,W5,W6,W7,DISK,W8,SUB,DIAG)
   --rounds N, --slice-ms N   interleaving rounds and each system's turn per round";
 
 fn parse_args() -> Result<Config, String> {
@@ -463,11 +474,11 @@ impl Harness {
         let handle = self.rt.handle().clone();
         let mut out: Vec<(&'static str, Box<dyn Store>)> = Vec::new();
         let mut failed = Vec::new();
-        let mut names = vec![ESKV_REDB, ESKV_MEM, RAW_REDB];
+        let mut names = vec![ESKV_REDB, ESKV_MEM, RAW_REDB, RAW_REDB_TABLES];
         if cfg!(feature = "umadb") {
             names.extend([UMADB, UMADB_CACHE]);
         }
-        names.push(SQLITE);
+        names.extend([SQLITE_INLINE, SQLITE]);
         if self.etcd_endpoints().is_some() && ETCD_WORKLOADS.contains(&tag) {
             names.extend([ESKV_ETCD, RAW_ETCD]);
         }
@@ -500,11 +511,16 @@ impl Harness {
             ESKV_REDB => Box::new(Eskv::redb(handle, &dir()?.join("eskv.redb"))?),
             ESKV_MEM => Box::new(Eskv::memory(handle)?),
             RAW_REDB => Box::new(RawRedb::open(&dir()?.join("raw.redb"))?),
+            RAW_REDB_TABLES => Box::new(RedbTables::open(&dir()?.join("tables.redb"))?),
             #[cfg(feature = "umadb")]
             UMADB => Box::new(sys_uma::Uma::open(&dir()?.join("uma.db"), false)?),
             #[cfg(feature = "umadb")]
             UMADB_CACHE => Box::new(sys_uma::Uma::open(&dir()?.join("uma.db"), true)?),
             SQLITE => Box::new(Sqlite::open(&dir()?.join("events.sqlite"))?),
+            SQLITE_INLINE => Box::new(Sqlite::open_with(
+                &dir()?.join("events.sqlite"),
+                Layout::TagsInline,
+            )?),
             #[cfg(feature = "etcd")]
             ESKV_ETCD => Box::new(Eskv::etcd(
                 handle,
@@ -580,7 +596,15 @@ impl Harness {
 
     fn close_stores(&self, tag: &str, stores: Vec<(&'static str, Box<dyn Store>)>) {
         drop(stores);
-        for s in [ESKV_REDB, RAW_REDB, UMADB, UMADB_CACHE, SQLITE] {
+        for s in [
+            ESKV_REDB,
+            RAW_REDB,
+            RAW_REDB_TABLES,
+            UMADB,
+            UMADB_CACHE,
+            SQLITE_INLINE,
+            SQLITE,
+        ] {
             self.remove(&format!("{tag}-{s}"));
         }
     }
@@ -589,13 +613,14 @@ impl Harness {
         self.cfg.wants(FSYNC).then(|| FsyncProbe::open(dir))
     }
 
-    /// W1, W2 and W4: one writer each.
+    /// W1, W2, W4 and W4r: one writer each.
     fn single_writer(&mut self) -> Res<()> {
         let data = self.data.clone();
         for (wl, unit) in [
             ("W1", Unit::AppendsPerSec),
             ("W2", Unit::AppendsPerSec),
             ("W4", Unit::EventsPerSec),
+            ("W4r", Unit::EventsPerSec),
         ] {
             if !self.cfg.runs(wl) {
                 continue;
@@ -639,6 +664,15 @@ impl Harness {
                             Ok(())
                         })
                     }),
+                    "W4r" => Box::new(move |b| {
+                        run_for(b, u64::MAX, |_| {
+                            let evs: Vec<Ev> = (0..batch as u64)
+                                .map(|i| Ev::repeating(n + i, &data))
+                                .collect();
+                            n += batch as u64;
+                            store.append_batch(&evs)
+                        })
+                    }),
                     _ => Box::new(move |b| {
                         run_for(b, u64::MAX, |_| {
                             let evs: Vec<Ev> =
@@ -659,9 +693,10 @@ impl Harness {
             self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
             let totals = self.interleave(wl, &mut turns);
             drop(turns);
-            let per_op = if wl == "W4" { batch as u64 } else { 1 };
+            let batched = wl.starts_with("W4");
+            let per_op = if batched { batch as u64 } else { 1 };
             self.record_rates(wl, totals, unit, per_op);
-            if let (Some(fs), true) = (self.results.get(wl, FSYNC).map(|c| c.value), wl == "W4") {
+            if let (Some(fs), true) = (self.results.get(wl, FSYNC).map(|c| c.value), batched) {
                 // The fsync limit in events per second at this batch size.
                 self.results.put(
                     wl,
@@ -743,7 +778,18 @@ impl Harness {
             None
         };
         let raw = if self.cfg.wants(RAW_REDB) {
-            Some(RawRedb::open(&self.dir("W3-raw-redb")?.join("raw.redb"))?)
+            Some(RawRedb::open(
+                &self.dir(&format!("W3-{RAW_REDB}"))?.join("raw.redb"),
+            )?)
+        } else {
+            None
+        };
+        let tables = if self.cfg.wants(RAW_REDB_TABLES) {
+            Some(RedbTables::open(
+                &self
+                    .dir(&format!("W3-{RAW_REDB_TABLES}"))?
+                    .join("tables.redb"),
+            )?)
         } else {
             None
         };
@@ -756,7 +802,19 @@ impl Harness {
             None
         };
         let sqlite = if self.cfg.wants(SQLITE) {
-            Some(Sqlite::open(&self.dir("W3-sqlite")?.join("events.sqlite"))?)
+            Some(Sqlite::open(
+                &self.dir(&format!("W3-{SQLITE}"))?.join("events.sqlite"),
+            )?)
+        } else {
+            None
+        };
+        let sqlite_inline = if self.cfg.wants(SQLITE_INLINE) {
+            Some(Sqlite::open_with(
+                &self
+                    .dir(&format!("W3-{SQLITE_INLINE}"))?
+                    .join("events.sqlite"),
+                Layout::TagsInline,
+            )?)
         } else {
             None
         };
@@ -775,6 +833,13 @@ impl Harness {
             let d = data.clone();
             turns.push((RAW_REDB, Box::new(move |b| s.concurrent(writers, b, &d))));
         }
+        if let Some(s) = &tables {
+            let d = data.clone();
+            turns.push((
+                RAW_REDB_TABLES,
+                Box::new(move |b| s.concurrent(writers, b, &d)),
+            ));
+        }
         #[cfg(feature = "umadb")]
         if let Some(s) = &server {
             let d = data.clone();
@@ -788,6 +853,13 @@ impl Harness {
             let d = data.clone();
             turns.push((SQLITE, Box::new(move |b| s.concurrent(writers, b, &d))));
         }
+        if let Some(s) = &sqlite_inline {
+            let d = data.clone();
+            turns.push((
+                SQLITE_INLINE,
+                Box::new(move |b| s.concurrent(writers, b, &d)),
+            ));
+        }
         if let Some(p) = probe.as_mut() {
             turns.push((
                 FSYNC,
@@ -798,12 +870,28 @@ impl Harness {
         let totals = self.interleave(wl, &mut turns);
         drop(turns);
         self.record_rates(wl, totals, Unit::AppendsPerSec, 1);
-        drop((eskv_redb, eskv_mem, raw, sqlite, probe));
+        drop((
+            eskv_redb,
+            eskv_mem,
+            raw,
+            tables,
+            sqlite,
+            sqlite_inline,
+            probe,
+        ));
         #[cfg(feature = "umadb")]
         if let Some(s) = server {
             s.stop()?;
         }
-        for s in [ESKV_REDB, RAW_REDB, UMADB_SERVER, SQLITE, "fsync"] {
+        for s in [
+            ESKV_REDB,
+            RAW_REDB,
+            RAW_REDB_TABLES,
+            UMADB_SERVER,
+            SQLITE,
+            SQLITE_INLINE,
+            "fsync",
+        ] {
             self.remove(&format!("W3-{s}"));
         }
         Ok(())
@@ -821,7 +909,7 @@ impl Harness {
         self.log(format!(
             "W5-W7: loading {n} events ({tags} tags × {per_tag} events, {streams} streams × {stream_len} events) into each system"
         ));
-        let mut stores = self.open_stores("R", &["W5", "W6", "W7"]);
+        let mut stores = self.open_stores("R", &["W5", "W6", "W7", "DISK"]);
         let data = self.data.clone();
         let chunk = 5_000u64;
         self.pb.inc_length(stores.len() as u64);
@@ -847,10 +935,33 @@ impl Harness {
             self.pb.inc(1);
         }
         for (name, e) in failed {
-            for wl in ["W5", "W6", "W7"] {
+            for wl in ["W5", "W6", "W7", "DISK"] {
                 self.fail(wl, name, e.clone());
             }
             stores.retain(|(s, _)| *s != name);
+        }
+        // DISK: the loaded stores' files while open (before any read).
+        let on_disk: Vec<&'static str> = stores
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s != ESKV_MEM)
+            .collect();
+        let disk_open: Vec<(&'static str, u64)> = on_disk
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    common::disk_allocated(&self.base.path().join(format!("R-{s}"))),
+                )
+            })
+            .collect();
+        let mut disk_used = Vec::new();
+        for (name, store) in &stores {
+            match store.used_bytes() {
+                Ok(Some(b)) => disk_used.push((*name, b)),
+                Ok(None) => {}
+                Err(e) => self.log(format!("  DISK {name}: no in-use size: {e}")),
+            }
         }
 
         if self.cfg.runs("W5") {
@@ -947,8 +1058,51 @@ impl Harness {
                 }
             }
         }
-        self.close_stores("R", stores);
+        drop(stores);
+        if self.cfg.runs("DISK") {
+            self.disk(n, &disk_open, &disk_used);
+        }
+        self.close_stores("R", Vec::new());
         Ok(())
+    }
+
+    /// DISK: the bytes on disk of each system's read data set (the same `n`
+    /// events with the same tags and streams, loaded in the same batches),
+    /// after the store is closed; `open` holds the allocated bytes measured
+    /// while it was open, right after the load.
+    fn disk(&mut self, n: u64, open: &[(&'static str, u64)], used: &[(&'static str, u64)]) {
+        self.log(format!("DISK: {}", report::describe("DISK")));
+        for &(name, open_bytes) in open {
+            let dir = self.base.path().join(format!("R-{name}"));
+            let allocated = common::disk_allocated(&dir);
+            let apparent = common::disk_usage(&dir);
+            let per = |b: u64| b as f64 / n.max(1) as f64;
+            self.record(
+                "DISK",
+                name,
+                Cell::new(allocated as f64, Unit::Bytes).note(format!(
+                    "{:.0} B/event allocated after close; {:.0} B/event apparent size; {:.0} B/event allocated while open; {n} events",
+                    per(allocated),
+                    per(apparent),
+                    per(open_bytes)
+                )),
+            );
+            self.results.put(
+                "DISK apparent",
+                name,
+                Cell::new(apparent as f64, Unit::Bytes),
+            );
+            self.results
+                .put("DISK open", name, Cell::new(open_bytes as f64, Unit::Bytes));
+        }
+        for &(name, b) in used {
+            self.log(format!(
+                "  DISK in use  {name:<17} {:.0} B/event (the engine's own count of used pages)",
+                b as f64 / n.max(1) as f64
+            ));
+            self.results
+                .put("DISK used", name, Cell::new(b as f64, Unit::Bytes));
+        }
     }
 
     /// W8: W1 and W4 as the store grows. Each system runs in a child
@@ -1319,7 +1473,7 @@ fn run(cfg: Config) -> Res<()> {
     if h.cfg.runs("DIAG") {
         h.no_fsync()?;
     }
-    if ["W5", "W6", "W7"].iter().any(|w| h.cfg.runs(w)) {
+    if ["W5", "W6", "W7", "DISK"].iter().any(|w| h.cfg.runs(w)) {
         h.reads()?;
     }
     if h.cfg.runs("W8") {

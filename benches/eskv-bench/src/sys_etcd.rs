@@ -448,6 +448,7 @@ fn event_rows(
         position: pos,
         append_first,
         append_last,
+        digest: layout::content_digest(&e.tags, &e.data, &e.metadata),
     };
     rows.push((layout::id_key(e.id), id.encode()));
     rows.push((layout::type_key(EVENT_TYPE, pos), Vec::new()));
@@ -465,7 +466,7 @@ fn event_rows(
     Ok(())
 }
 
-const NOT_MEASURED: &str = "raw etcd is measured on W1, W2 and W4 only";
+const NOT_MEASURED: &str = "raw etcd is measured on W1, W2, W4 and W4r only";
 
 impl Store for RawEtcd {
     /// W1: read the head, the id and the first row of the condition's tag

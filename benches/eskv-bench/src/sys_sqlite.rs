@@ -1,14 +1,28 @@
 //! SQLite through rusqlite: WAL, `synchronous=FULL` (fsync of the WAL on
-//! every commit), and the relational event store schema most teams would
-//! write: an events table with a global sequence and a unique
-//! (stream_id, version), and a tags table indexed by (tag, position) and by
-//! position, so that reads return each event's tags.
+//! every commit), in two relational event store schemas, both with an
+//! events table holding a global sequence and a unique
+//! (stream_id, version):
+//!
+//! - [`Layout::TagsJoined`]: the tags only in a tags table indexed by
+//!   (tag, position) and by position; reads gather each event's tags with a
+//!   `group_concat` subquery.
+//! - [`Layout::TagsInline`]: each event's tags in a `tags` column of its
+//!   row (as most teams would write it), plus a `(tag, position)` index
+//!   table (`WITHOUT ROWID`) for conditions and tag reads; reads return the
+//!   tags from the event row.
 
 use crate::common::{err, now_ms, Ev, Res, Store, EVENT_TYPE};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where an event's tags live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    TagsJoined,
+    TagsInline,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -29,6 +43,48 @@ CREATE INDEX IF NOT EXISTS event_tags_by_tag ON event_tags (tag, position);
 CREATE INDEX IF NOT EXISTS event_tags_by_position ON event_tags (position);
 ";
 
+/// The inline schema: `tags` holds the event's tags joined with the unit
+/// separator (U+001F).
+const SCHEMA_INLINE: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position    INTEGER PRIMARY KEY,   -- the global sequence
+    id          BLOB NOT NULL,
+    stream_id   TEXT,
+    version     INTEGER,
+    event_type  TEXT NOT NULL,
+    tags        TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE IF NOT EXISTS event_tags (
+    tag      TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (tag, position)
+) WITHOUT ROWID;
+";
+
+const INSERT_EVENT_INLINE: &str = "INSERT INTO events (id, stream_id, version, event_type, tags, data, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// Columns of an event, its tags from its own row.
+const EVENT_COLUMNS_INLINE: &str =
+    "e.position, e.id, e.stream_id, e.version, e.event_type, e.data, e.recorded_at, e.tags";
+
+impl Layout {
+    fn schema(self) -> &'static str {
+        match self {
+            Layout::TagsJoined => SCHEMA,
+            Layout::TagsInline => SCHEMA_INLINE,
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Layout::TagsJoined => EVENT_COLUMNS,
+            Layout::TagsInline => EVENT_COLUMNS_INLINE,
+        }
+    }
+}
+
 const INSERT_EVENT: &str = "INSERT INTO events (id, stream_id, version, event_type, data, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const INSERT_TAG: &str = "INSERT INTO event_tags (tag, position) VALUES (?1, ?2)";
 /// Columns of an event plus its tags, joined with the unit separator.
@@ -37,6 +93,7 @@ const EVENT_COLUMNS: &str = "e.position, e.id, e.stream_id, e.version, e.event_t
 pub struct Sqlite {
     conn: Connection,
     path: PathBuf,
+    layout: Layout,
 }
 
 /// An event as read back, fully materialized like the other systems'.
@@ -84,12 +141,13 @@ fn connect(path: &Path) -> Res<Connection> {
 /// Inserts one event and its tags; returns its position.
 fn insert(
     tx: &rusqlite::Transaction<'_>,
+    layout: Layout,
     ev: &Ev,
     stream: Option<(&str, u64)>,
     now: i64,
 ) -> Res<i64> {
-    tx.prepare_cached(INSERT_EVENT)
-        .and_then(|mut s| {
+    match layout {
+        Layout::TagsJoined => tx.prepare_cached(INSERT_EVENT).and_then(|mut s| {
             s.execute(params![
                 ev.id.to_be_bytes().as_slice(),
                 stream.map(|s| s.0),
@@ -98,8 +156,20 @@ fn insert(
                 &ev.data[..],
                 now
             ])
-        })
-        .map_err(err("sqlite insert event"))?;
+        }),
+        Layout::TagsInline => tx.prepare_cached(INSERT_EVENT_INLINE).and_then(|mut s| {
+            s.execute(params![
+                ev.id.to_be_bytes().as_slice(),
+                stream.map(|s| s.0),
+                stream.map(|s| s.1 as i64),
+                EVENT_TYPE,
+                ev.tags.join("\u{1f}"),
+                &ev.data[..],
+                now
+            ])
+        }),
+    }
+    .map_err(err("sqlite insert event"))?;
     let pos = tx.last_insert_rowid();
     let mut st = tx
         .prepare_cached(INSERT_TAG)
@@ -112,7 +182,7 @@ fn insert(
 }
 
 /// One W1 append on `conn`.
-fn append_cond_on(conn: &mut Connection, ev: &Ev, cond_tag: &str) -> Res<()> {
+fn append_cond_on(conn: &mut Connection, layout: Layout, ev: &Ev, cond_tag: &str) -> Res<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err("sqlite begin"))?;
@@ -123,17 +193,23 @@ fn append_cond_on(conn: &mut Connection, ev: &Ev, cond_tag: &str) -> Res<()> {
     if hit {
         return Err("sqlite: condition failed".into());
     }
-    insert(&tx, ev, None, now_ms() as i64)?;
+    insert(&tx, layout, ev, None, now_ms() as i64)?;
     tx.commit().map_err(err("sqlite commit"))
 }
 
 impl Sqlite {
     pub fn open(path: &Path) -> Res<Sqlite> {
+        Self::open_with(path, Layout::TagsJoined)
+    }
+
+    pub fn open_with(path: &Path, layout: Layout) -> Res<Sqlite> {
         let conn = connect(path)?;
-        conn.execute_batch(SCHEMA).map_err(err("sqlite schema"))?;
+        conn.execute_batch(layout.schema())
+            .map_err(err("sqlite schema"))?;
         Ok(Sqlite {
             conn,
             path: path.to_path_buf(),
+            layout,
         })
     }
 
@@ -145,7 +221,7 @@ impl Sqlite {
         let now = now_ms() as i64;
         for ev in evs {
             let stream = ev.stream.as_ref().map(|(s, v)| (s.as_str(), *v));
-            insert(&tx, ev, stream, now)?;
+            insert(&tx, self.layout, ev, stream, now)?;
         }
         tx.commit().map_err(err("sqlite commit"))
     }
@@ -174,6 +250,7 @@ impl Sqlite {
         let conns = (0..writers)
             .map(|_| connect(&self.path))
             .collect::<Res<Vec<_>>>()?;
+        let layout = self.layout;
         let start = Instant::now();
         let deadline = start + budget;
         let handles: Vec<_> = conns
@@ -185,7 +262,7 @@ impl Sqlite {
                     let mut n = 0u64;
                     while n == 0 || Instant::now() < deadline {
                         let ev = Ev::writer(w, &data);
-                        append_cond_on(&mut conn, &ev, &ev.tags[0])?;
+                        append_cond_on(&mut conn, layout, &ev, &ev.tags[0])?;
                         n += 1;
                     }
                     Ok(n)
@@ -204,7 +281,7 @@ impl Sqlite {
 
 impl Store for Sqlite {
     fn append_cond(&mut self, ev: &Ev, cond_tag: &str) -> Res<()> {
-        append_cond_on(&mut self.conn, ev, cond_tag)
+        append_cond_on(&mut self.conn, self.layout, ev, cond_tag)
     }
 
     /// W2: the stream's current version from the (stream_id, version)
@@ -223,7 +300,13 @@ impl Store for Sqlite {
         if current.unwrap_or(0) as u64 != expected {
             return Err("sqlite: wrong expected version".into());
         }
-        let pos = insert(&tx, ev, Some((stream, expected + 1)), now_ms() as i64)?;
+        let pos = insert(
+            &tx,
+            self.layout,
+            ev,
+            Some((stream, expected + 1)),
+            now_ms() as i64,
+        )?;
         tx.commit().map_err(err("sqlite commit"))?;
         Ok(pos as u64)
     }
@@ -237,21 +320,22 @@ impl Store for Sqlite {
     }
 
     fn read_tag(&mut self, tag: &str) -> Res<usize> {
+        let cols = self.layout.columns();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM event_tags t JOIN events e ON e.position = t.position WHERE t.tag = ?1 ORDER BY t.position"
+            "SELECT {cols} FROM event_tags t JOIN events e ON e.position = t.position WHERE t.tag = ?1 ORDER BY t.position"
         );
         self.query(&sql, params![tag])
     }
 
     fn read_all(&mut self) -> Res<usize> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events e ORDER BY e.position");
+        let cols = self.layout.columns();
+        let sql = format!("SELECT {cols} FROM events e ORDER BY e.position");
         self.query(&sql, [])
     }
 
     fn read_stream(&mut self, stream: &str) -> Res<usize> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = ?1 ORDER BY e.version"
-        );
+        let cols = self.layout.columns();
+        let sql = format!("SELECT {cols} FROM events e WHERE e.stream_id = ?1 ORDER BY e.version");
         self.query(&sql, params![stream])
     }
 }

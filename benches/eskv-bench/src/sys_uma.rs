@@ -23,6 +23,7 @@ pub const PAGE_CACHE_MB: usize = 1024;
 
 pub struct Uma {
     db: UmaDb,
+    mvcc: Arc<Mvcc>,
     append_lock: Mutex<()>,
 }
 
@@ -48,9 +49,10 @@ impl Uma {
                 .read_method(ReadMethod::Mmap)
                 .page_cache_max_mb(PAGE_CACHE_MB);
         }
-        let mvcc = Mvcc::new(false, opts).map_err(err("umadb open"))?;
+        let mvcc = Arc::new(Mvcc::new(false, opts).map_err(err("umadb open"))?);
         Ok(Uma {
-            db: UmaDb::from_arc(Arc::new(mvcc)),
+            db: UmaDb::from_arc(mvcc.clone()),
+            mvcc,
             append_lock: Mutex::new(()),
         })
     }
@@ -103,6 +105,18 @@ impl Store for Uma {
 
     fn read_stream(&mut self, stream: &str) -> Res<usize> {
         self.read(Some(tag_query(&stream_tag(stream))))
+    }
+
+    /// UmaDB grows its file in `posix_fallocate`d chunks (256 MiB with the
+    /// default page size); the pages below the header's next page id are
+    /// the ones it has used (free pages among them included).
+    fn used_bytes(&self) -> Res<Option<u64>> {
+        let page = self
+            .mvcc
+            .get_latest_header_page()
+            .map_err(err("umadb header"))?;
+        let header = page.as_header_node().map_err(err("umadb header"))?;
+        Ok(Some(header.next_page_id.0 * self.mvcc.page_size as u64))
     }
 }
 

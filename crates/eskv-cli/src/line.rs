@@ -33,7 +33,7 @@
 //! `EventStore::import`), so an imported store reads like its source.
 
 use base64::Engine as _;
-use eskv::{Metadata, NewEvent, RecordedEvent, Ulid};
+use eskv::{Metadata, NewEvent, RecordedEvent};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -213,9 +213,9 @@ impl EventLine {
                 extra: self.metadata.extra.clone(),
             });
         if let Some(id) = &self.id {
-            e = e.with_id(
-                Ulid::from_string(id).map_err(|err| format!("id '{id}' is not a ULID: {err}"))?,
-            );
+            // The core parser: it also rejects ids beyond the ULID range,
+            // which a lenient decoder would wrap onto another id.
+            e = e.with_id(eskv::parse_event_id(id).map_err(|err| err.to_string())?);
         }
         Ok(e)
     }
@@ -249,6 +249,7 @@ impl Digest {
 mod tests {
     use super::*;
     use eskv::StreamRef;
+    use eskv::Ulid;
 
     fn recorded(data: &[u8]) -> RecordedEvent {
         RecordedEvent {
@@ -332,6 +333,12 @@ mod tests {
         assert!(two.payload().unwrap_err().contains("at most one"));
         let bad = EventLine::parse(r#"{"type":"A","id":"nope"}"#).unwrap();
         assert!(bad.to_new_event().unwrap_err().contains("not a ULID"));
+        // Out of the ULID range: rejected, not wrapped onto 0ZZZ….
+        let over = EventLine::parse(r#"{"type":"A","id":"8ZZZZZZZZZZZZZZZZZZZZZZZZZ"}"#).unwrap();
+        assert!(over
+            .to_new_event()
+            .unwrap_err()
+            .contains("out of the ULID range"));
         let none = EventLine::parse(r#"{"type":"A"}"#).unwrap();
         assert_eq!(none.payload().unwrap(), b"{}");
     }

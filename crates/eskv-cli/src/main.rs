@@ -916,12 +916,14 @@ async fn read_into(
         limit: None,
         until: a.until,
     };
+    // Every page reads up to the head as it is now: one consistent view
+    // (events at or below it never change).
+    let head = store.head().await?;
+    opts.until = Some(opts.until.map_or(head, |u| u.min(head)));
     loop {
         let page = left.min(READ_PAGE);
         opts.limit = Some(page as usize);
         let res = fetch(store, t, opts).await?;
-        // Later pages read at the first page's head: one consistent view.
-        opts.until = Some(opts.until.map_or(res.head, |u| u.min(res.head)));
         for e in &res.events {
             p.event(e)?;
         }

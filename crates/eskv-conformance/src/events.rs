@@ -1,7 +1,7 @@
 //! Event-layer conformance cases: ordering, locking, DCB and idempotency,
 //! run through the public [`EventStore`] API on any backend.
 
-use crate::flaky::LostAck;
+use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     AppendCondition, AppendRequest, Error, EventStore, ExpectedVersion, KvStore, LogFilter,
     NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions,
@@ -260,7 +260,7 @@ pub async fn gapless_positions_under_concurrency(store: Store) {
                     cursor = e.position;
                     seen.push(e.id);
                 }
-                assert!(page.head >= cursor);
+                assert!(page.consistent_through >= cursor);
                 if finished && page.events.is_empty() {
                     return seen;
                 }
@@ -304,7 +304,7 @@ pub async fn gapless_positions_under_concurrency(store: Store) {
         .iter()
         .map(|(r, _)| r.last_position - r.first_position + 1)
         .sum();
-    assert_eq!(all.head, total);
+    assert_eq!(all.consistent_through, total);
     assert_eq!(all.events.len() as u64, total);
     for (i, e) in all.events.iter().enumerate() {
         assert_eq!(e.position, i as u64 + 1, "gap in the global log");
@@ -424,7 +424,7 @@ pub async fn dcb_condition_exactness(store: Store) {
         .read(&q(&[], &["student:s1"]), ReadOptions::new())
         .await
         .unwrap();
-    assert_eq!(r.head, 4);
+    assert_eq!(r.consistent_through, 4);
     let got = &r.events[0];
     assert_eq!(
         got.tags,
@@ -625,7 +625,10 @@ pub async fn dcb_course_subscriptions(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(boundary, Some(seen.head))),
+                        Some(AppendCondition::new(
+                            boundary,
+                            Some(seen.consistent_through),
+                        )),
                     )
                     .await
                 {
@@ -694,7 +697,10 @@ pub async fn dcb_unrelated_appends_never_conflict(store: Store) {
                 match es
                     .append(
                         vec![e],
-                        Some(AppendCondition::new(q.clone(), Some(seen.head))),
+                        Some(AppendCondition::new(
+                            q.clone(),
+                            Some(seen.consistent_through),
+                        )),
                     )
                     .await
                 {
@@ -800,8 +806,8 @@ pub async fn idempotent_appends(store: Store) {
 /// caller got "outcome unknown") is resolved by the idempotent retry: the
 /// append returns its result and the events are stored exactly once.
 pub async fn lost_acknowledgement_is_resolved(store: Store) {
-    let flaky: Store = Arc::new(LostAck::new(store, 3));
-    let es = open(flaky).await;
+    let flaky = FaultyStore::new(store, FaultConfig::lost_acks(3));
+    let es = open(Arc::new(flaky.clone())).await;
     let mut results = Vec::new();
     for i in 0..6 {
         let r = es
@@ -824,6 +830,12 @@ pub async fn lost_acknowledgement_is_resolved(store: Store) {
         assert_eq!(r.first_position, 2 * i as u64 + 1);
         assert_eq!(r.stream_version, Some(2 * i as u64 + 2));
     }
+    assert_eq!(
+        flaky.counts().ambiguous,
+        3,
+        "the case must lose acknowledgements to test anything: {}",
+        flaky.counts()
+    );
 }
 
 /// Every read takes an upper bound; folding up to it rebuilds the past.
@@ -860,7 +872,7 @@ pub async fn time_travel_reads(store: Store) {
     );
     let from_past_head = es.read_all(ReadOptions::after(10)).await.unwrap();
     assert!(from_past_head.events.is_empty());
-    assert_eq!(from_past_head.head, 10);
+    assert_eq!(from_past_head.consistent_through, 10);
 }
 
 /// Strict mode rejects unregistered types, naming the nearest registered one.
@@ -1023,7 +1035,7 @@ pub async fn bad_input_is_rejected(store: Store) {
     ));
     let all = es.read_all(ReadOptions::new()).await.unwrap();
     assert_eq!(
-        (all.head, all.events.len()),
+        (all.consistent_through, all.events.len()),
         (1, 1),
         "a rejected append wrote something"
     );
@@ -1175,4 +1187,407 @@ pub async fn import_restores_exactly(store: Store) {
         dst.import(&again).await,
         Err(Error::IdempotencyViolation { .. })
     ));
+}
+
+fn positions(events: &[eskv_core::RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+/// Issue 13, item 6: the position a read returns is safe to pass back as
+/// the `after` of a condition, also when the read was cut short by `limit`
+/// or `until`: a matching event the decision did not see always fails the
+/// append.
+pub async fn read_position_is_safe_to_pass_back(store: Store) {
+    let es = open(store).await;
+    let seat = || ev("Seat").tag("course:c1");
+    let q = Query::of(["Seat"], ["course:c1"]);
+    es.append(vec![seat()], None).await.unwrap(); // 1
+    es.append(vec![ev("Other")], None).await.unwrap(); // 2
+    es.append(vec![seat()], None).await.unwrap(); // 3
+    es.append(vec![ev("Other")], None).await.unwrap(); // 4
+
+    // Forwards, cut short by a limit or by `until`: the decision saw the
+    // event at 1 only, so the one at 3 must fail the condition.
+    for (what, opts, through) in [
+        ("limit", ReadOptions::new().limit(1), 1),
+        ("until", ReadOptions::new().until(2), 2),
+        ("from + limit", ReadOptions::new().from(1).limit(1), 1),
+    ] {
+        let seen = es.read(&q, opts).await.unwrap();
+        assert_eq!(positions(&seen.events), [1], "{what}");
+        assert_eq!(seen.consistent_through, through, "{what}");
+        let err = es
+            .append(
+                vec![seat()],
+                Some(AppendCondition::new(
+                    q.clone(),
+                    Some(seen.consistent_through),
+                )),
+            )
+            .await
+            .expect_err("a decision that saw 1 of 2 matching events committed");
+        assert!(
+            matches!(err, Error::ConditionFailed { position: 3, .. }),
+            "{what}: {err:?}"
+        );
+    }
+    // The same through the log and category reads (no query: the log
+    // itself is the boundary).
+    let seen = es.read_all(ReadOptions::new().limit(2)).await.unwrap();
+    assert_eq!(positions(&seen.events), [1, 2]);
+    assert_eq!(seen.consistent_through, 2);
+    // A paged read continues after it and misses nothing.
+    let next = es
+        .read_all(ReadOptions::after(seen.consistent_through).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(positions(&next.events), [3, 4]);
+    let err = es
+        .append(
+            vec![ev("Late")],
+            Some(AppendCondition::new(
+                Query::all(),
+                Some(seen.consistent_through),
+            )),
+        )
+        .await
+        .expect_err("read_all: a decision that saw 2 of 4 events committed");
+    assert!(
+        matches!(err, Error::ConditionFailed { position: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(es.head().await.unwrap(), 4, "a rejected append wrote");
+
+    // A complete read: passing its position back succeeds, and a second
+    // decision on the same read then fails.
+    let seen = es.read(&q, ReadOptions::new()).await.unwrap();
+    assert_eq!(positions(&seen.events), [1, 3]);
+    assert_eq!(
+        seen.consistent_through, 4,
+        "a complete read is consistent through the head"
+    );
+    let cond = AppendCondition::new(q.clone(), Some(seen.consistent_through));
+    es.append(vec![seat()], Some(cond.clone())).await.unwrap(); // 5
+    assert!(matches!(
+        es.append(vec![seat()], Some(cond)).await,
+        Err(Error::ConditionFailed { position: 5, .. })
+    ));
+
+    // Backwards: the upper end of the range read. The latest matching
+    // event was seen, so a decision on it commits unless a newer one
+    // appears; older events are not the condition's business.
+    let seen = es
+        .read(&q, ReadOptions::new().backwards().limit(1))
+        .await
+        .unwrap();
+    assert_eq!(positions(&seen.events), [5]);
+    assert_eq!(seen.consistent_through, 5);
+    // Backwards from 2: events 3 and 5 lie above what was read.
+    let below = es
+        .read(&q, ReadOptions::new().backwards().from(2))
+        .await
+        .unwrap();
+    assert_eq!(positions(&below.events), [1]);
+    assert_eq!(below.consistent_through, 2);
+    assert!(matches!(
+        es.append(
+            vec![seat()],
+            Some(AppendCondition::new(
+                q.clone(),
+                Some(below.consistent_through)
+            ))
+        )
+        .await,
+        Err(Error::ConditionFailed { position: 3, .. })
+    ));
+    es.append(
+        vec![seat()],
+        Some(AppendCondition::new(
+            q.clone(),
+            Some(seen.consistent_through),
+        )),
+    )
+    .await
+    .unwrap();
+    // limit(0) reads nothing: consistent only through the position
+    // before `from`.
+    let none = es
+        .read(&q, ReadOptions::new().from(3).limit(0))
+        .await
+        .unwrap();
+    assert!(none.events.is_empty());
+    assert_eq!(none.consistent_through, 2);
+}
+
+/// Issue 13, item 7: a replay must repeat the events' content, not only
+/// their ids, types and stream. Re-using an id with other data, tags or
+/// metadata is an `IdempotencyViolation` naming the id, and writes nothing.
+pub async fn replay_with_other_content_is_rejected(store: Store) {
+    let es = open(store).await;
+    let original = ev("A")
+        .with_tags(["k:1"])
+        .with_metadata(eskv_core::Metadata::new().correlation_id("c1"));
+    let first = es
+        .append_to_stream("rc-1", ExpectedVersion::NoStream, vec![original.clone()])
+        .await
+        .unwrap();
+    let id = original.id;
+    let mut other_data = original.clone();
+    other_data.data = b"something else".to_vec();
+    let other_tags = original.clone().with_tags(["k:2"]);
+    let no_tags = original.clone().with_tags(Vec::<String>::new());
+    let other_meta = original
+        .clone()
+        .with_metadata(eskv_core::Metadata::new().correlation_id("c2"));
+    for (what, e) in [
+        ("data", other_data),
+        ("tags", other_tags),
+        ("no tags", no_tags),
+        ("metadata", other_meta),
+    ] {
+        let r = es
+            .append_to_stream("rc-1", ExpectedVersion::Any, vec![e])
+            .await;
+        match r {
+            Err(Error::IdempotencyViolation { message }) => {
+                assert!(message.contains(&id.to_string()), "{what}: {message}");
+            }
+            other => panic!("{what}: a replay with other content gave {other:?}"),
+        }
+    }
+    // Also inside one group commit: the same id twice with other data.
+    let mut twin = original.clone();
+    twin.data = b"twin".to_vec();
+    let fresh = ev("B");
+    let mut fresh_twin = fresh.clone();
+    fresh_twin.data = b"twin".to_vec();
+    let (a, b) = tokio::join!(
+        es.append(vec![fresh.clone()], None),
+        es.append(vec![fresh_twin], None)
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "two appends of one id with different data: exactly one may commit ({a:?}, {b:?})"
+    );
+    assert_eq!(es.head().await.unwrap(), 2, "a rejected replay wrote");
+    // The exact replay still returns the original result.
+    let again = es
+        .append_to_stream("rc-1", ExpectedVersion::NoStream, vec![original])
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert!(matches!(
+        es.append_to_stream("rc-1", ExpectedVersion::Any, vec![twin])
+            .await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
+    assert_eq!(es.head().await.unwrap(), 2);
+}
+
+/// Issue 13, item 10: the types of one query item are bounded like the
+/// items of a query; too many is a typed error, for reads and conditions,
+/// and nothing is written.
+pub async fn query_item_types_are_limited(store: Store) {
+    let es = open(store).await;
+    let max = es.options().limits.max_types_per_query_item;
+    let types: Vec<String> = (0..=max).map(|i| format!("T{i}")).collect();
+    let big = Query::of(types.clone(), Vec::<String>::new());
+    match es.read(&big, ReadOptions::new()).await {
+        Err(Error::LimitExceeded { limit, actual, .. }) => {
+            assert_eq!((limit, actual), (max as u64, max as u64 + 1))
+        }
+        other => panic!("a query item with {} types: {other:?}", max + 1),
+    }
+    assert!(matches!(
+        es.read_all_filtered(&LogFilter::query(big.clone()), ReadOptions::new())
+            .await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        es.append(vec![ev("A")], Some(AppendCondition::none_match(big)))
+            .await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    // An item needing more tags than an event can carry never matches.
+    let max_tags = es.options().limits.max_tags_per_event;
+    let tags: Vec<String> = (0..=max_tags).map(|i| format!("k:{i}")).collect();
+    assert!(matches!(
+        es.read(&Query::of(["A"], tags), ReadOptions::new()).await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert_eq!(es.head().await.unwrap(), 0, "a rejected append wrote");
+    // At the limit it works.
+    let ok = Query::of(types[..max].to_vec(), Vec::<String>::new());
+    es.read(&ok, ReadOptions::new()).await.unwrap();
+    es.append(vec![ev("A")], Some(AppendCondition::none_match(ok)))
+        .await
+        .unwrap();
+}
+
+/// Issue 13, item 9: callers that give up (their futures dropped by a
+/// timeout or an abort) never let two group-commit batches run at once,
+/// and every acknowledged append is stored exactly once.
+pub async fn cancelled_appends_never_overlap_batches(store: Store) {
+    use crate::serial::BatchRecorder;
+    use std::time::Duration;
+    let recorder = Arc::new(BatchRecorder::new(store, Duration::from_millis(2)));
+    let es = open(recorder.clone()).await;
+    let mut tasks = Vec::new();
+    for t in 0..12u64 {
+        let es = es.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut sent = Vec::new();
+            for i in 0..12u64 {
+                let e = ev("C").with_tags([format!("t:{t}")]);
+                sent.push(e.id);
+                // Most calls give up after a few hundred microseconds:
+                // some before a leader takes them, some while they lead.
+                let budget = Duration::from_micros(((t * 7 + i * 13) % 9) * 150);
+                let fut = es.append(vec![e.clone()], None);
+                if i % 4 == 3 {
+                    acked.push((e.id, fut.await.expect("append without timeout")));
+                } else if let Ok(r) = tokio::time::timeout(budget, fut).await {
+                    acked.push((e.id, r.expect("append")));
+                }
+            }
+            (acked, sent)
+        }));
+    }
+    // A few whole tasks are aborted mid-flight too.
+    let mut aborted = Vec::new();
+    for _ in 0..4 {
+        let es = es.clone();
+        aborted.push(tokio::spawn(async move {
+            loop {
+                es.append(vec![ev("X")], None).await.expect("append");
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for a in &aborted {
+        a.abort();
+    }
+    let mut acked = Vec::new();
+    let mut sent = BTreeSet::new();
+    for t in tasks {
+        let (a, s) = t.await.unwrap();
+        acked.extend(a);
+        sent.extend(s);
+    }
+    for a in aborted {
+        let _ = a.await;
+    }
+    // Let batches already taken finish before reading.
+    es.append(vec![ev("Last")], None).await.unwrap();
+
+    let overlaps = recorder.overlaps();
+    assert!(
+        overlaps.is_empty(),
+        "{} of {} batches overlapped another, e.g. {:?}",
+        overlaps.len(),
+        recorder.batches(),
+        overlaps.first()
+    );
+    let all = es.read_all(ReadOptions::new()).await.unwrap();
+    let head = es.head().await.unwrap();
+    assert_eq!(
+        positions(&all.events),
+        (1..=head).collect::<Vec<_>>(),
+        "the log has gaps"
+    );
+    let mut at: HashMap<ulid::Ulid, Vec<u64>> = HashMap::new();
+    for e in &all.events {
+        at.entry(e.id).or_default().push(e.position);
+    }
+    assert!(
+        at.values().all(|p| p.len() == 1),
+        "an event is stored twice"
+    );
+    for (id, r) in &acked {
+        assert_eq!(
+            at.get(id).map(Vec::as_slice),
+            Some(&[r.first_position][..]),
+            "acknowledged append {id} is not where its answer said"
+        );
+    }
+    assert!(
+        acked.len() < sent.len(),
+        "no append was cancelled; the test did not test anything"
+    );
+}
+
+/// Issue 13, item 7: the layout is `eskv-events/2`. A store written in an
+/// older layout (id entries without content digests) is refused at open
+/// with a typed error saying how to move the data, and is not changed; a
+/// newer one is refused too; a marker that is not eskv's is corrupt.
+pub async fn other_layout_formats_are_refused(store: Store) {
+    use eskv_core::{layout, KvStoreExt};
+    async fn put_marker(kv: &Store, marker: &[u8]) {
+        // Retried: the store may inject retryable commit faults.
+        for _ in 0..100 {
+            match kv.put_one(layout::format_key(), marker.to_vec()).await {
+                Err(e) if e.is_retryable() => continue,
+                r => return r.unwrap(),
+            }
+        }
+        panic!("could not write the format marker");
+    }
+    assert_eq!(eskv_core::layout::FORMAT, b"eskv-events/2");
+    for (marker, newer) in [(&b"eskv-events/1"[..], false), (b"eskv-events/3", true)] {
+        let kv = crate::unique_namespace(store.clone());
+        put_marker(&kv, marker).await;
+        match EventStore::open(kv.clone()).await {
+            Err(e @ Error::IncompatibleFormat { .. }) => {
+                let Error::IncompatibleFormat {
+                    found, supported, ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(found.as_bytes(), marker);
+                assert_eq!(supported, "eskv-events/2");
+                let msg = e.to_string();
+                if newer {
+                    assert!(msg.contains("newer"), "{msg}");
+                } else {
+                    assert!(
+                        msg.contains("export") && msg.contains("import"),
+                        "the error must say what to do: {msg}"
+                    );
+                }
+                assert!(!e.is_retryable());
+            }
+            other => panic!("opening a store of layout {marker:?}: {other:?}"),
+        }
+        assert_eq!(
+            kv.get_latest(&layout::format_key())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(marker),
+            "a refused open changed the marker"
+        );
+        assert_eq!(
+            kv.get_latest(&layout::head_key()).await.unwrap(),
+            None,
+            "a refused open wrote"
+        );
+    }
+    let kv = crate::unique_namespace(store.clone());
+    put_marker(&kv, b"not-eskv").await;
+    assert!(matches!(
+        EventStore::open(kv).await,
+        Err(Error::Corrupt { .. })
+    ));
+    // A fresh store gets the current marker.
+    let kv = crate::unique_namespace(store);
+    EventStore::open(kv.clone()).await.unwrap();
+    assert_eq!(
+        kv.get_latest(&layout::format_key())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(layout::FORMAT)
+    );
 }

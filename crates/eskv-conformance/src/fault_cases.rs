@@ -2,6 +2,7 @@
 //! idempotent retry must resolve every failed or ambiguous commit without
 //! duplicates or losses.
 
+use crate::counting::CountingStore;
 use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::verify::verify;
 use eskv_core::{
@@ -29,6 +30,50 @@ pub fn fault_seed() -> u64 {
 /// cases: every commit fault kind at 4% each (20% of commits fail).
 pub fn faulty(store: Store) -> Store {
     FaultyStore::wrap(store, FaultConfig::uniform(fault_seed(), 0.04))
+}
+
+/// The wrapper the fault suite puts around a backend for the KV and
+/// subscription cases: the fault injector with no faults, so every rule of
+/// those suites must hold through it unchanged (it forwards every method).
+pub fn transparent(store: Store) -> Store {
+    FaultyStore::wrap(store, FaultConfig::none(fault_seed()))
+}
+
+/// The fault injector reaches the backend's own implementations of the
+/// methods with default bodies: the event layer's batched reads arrive at
+/// the backend as `read_many` (not as the default's `get_many` and
+/// `scan`), and the backend's commit notifications show through.
+pub async fn fault_wrapper_reaches_the_backends_own_methods(store: Store) {
+    let probe = CountingStore::new(store.clone());
+    let wrapped = faulty(Arc::new(probe.clone()));
+    assert_eq!(
+        wrapped.commit_watch().is_some(),
+        store.commit_watch().is_some(),
+        "the fault wrapper must show the backend's commit watch as it is"
+    );
+    let mut watch = wrapped.commit_watch();
+    let es = EventStore::open_with(wrapped, EventStoreOptions::default().max_retries(64))
+        .await
+        .expect("open through the faults");
+    for i in 0..10 {
+        let tag = format!("probe:{i}");
+        let e = NewEvent::new("Probe", vec![i as u8]).with_tags([tag.clone()]);
+        let cond = AppendCondition::none_match(Query::of(["Probe"], [tag]));
+        submit(&es, AppendRequest::new(vec![e]).condition(cond))
+            .await
+            .expect("a conditional append through the faults");
+    }
+    let c = probe.counts();
+    assert!(
+        c.read_manys >= 10,
+        "every append batch reads through read_many, which must reach the backend: {c}"
+    );
+    if let Some(w) = watch.as_mut() {
+        assert!(
+            w.has_changed().expect("watch open"),
+            "commits must be published through the wrapper's commit watch"
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -93,7 +138,7 @@ async fn writer(es: EventStore, w: u64) -> Vec<Done> {
                 let seen = es.read(&q, ReadOptions::new()).await.expect("read");
                 // Free: claim it if still free after what we read. Taken:
                 // try anyway over the whole log, which must be rejected.
-                let after = seen.events.is_empty().then_some(seen.head);
+                let after = seen.events.is_empty().then_some(seen.consistent_through);
                 let e = NewEvent::new("Claimed", vec![w as u8]).with_tags([user]);
                 (
                     "claim",
@@ -215,7 +260,7 @@ pub async fn appends_survive_injected_faults(store: Store) {
         }
     }
     assert_eq!(
-        all.head, acked_events,
+        all.consistent_through, acked_events,
         "the log holds events that were not acknowledged (duplicates or phantoms)"
     );
     for (s, n) in &stream_events {

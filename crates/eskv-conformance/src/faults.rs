@@ -20,11 +20,20 @@
 //! The same seed gives the same sequence of decisions; with concurrent
 //! commits, which commit gets which decision depends on their order.
 //! [`FaultConfig::cover_all_first`] makes the first commits go through every
-//! kind once, so a short run is guaranteed to exercise each.
+//! kind once, so a short run is guaranteed to exercise each. A
+//! [`Schedule`] replaces the draws with a fixed pattern, such as "every
+//! second acknowledgement is lost" ([`FaultConfig::lost_acks`]).
+//!
+//! The wrapper is transparent otherwise: every method of [`KvStore`] and
+//! [`KvTransaction`] is forwarded to the wrapped store, including the ones
+//! with default bodies (`read_many`, `commit_watch`), so a backend runs its
+//! own batched reads and commit notifications under faults. The
+//! `clippy::missing_trait_methods` lint on the impls makes a method added
+//! to the traits later a compile error here until it is forwarded.
 
 use async_trait::async_trait;
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
+    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result, ScanOptions,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +67,29 @@ pub struct FaultConfig {
     /// Force the first five commits with writes through every commit
     /// fault kind, in table order.
     pub cover_all_first: bool,
+    /// A fixed pattern of faults, decided before the drawn rates.
+    pub schedule: Option<Schedule>,
+}
+
+/// A deterministic fault pattern: of the commits with writes, numbered
+/// from 0 in the order they reach the wrapper, commit `n` gets `kind` when
+/// `n % every == every - 1`, for the first `times` such commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// The fault injected.
+    pub kind: FaultKind,
+    /// One commit in this many gets it (at least 1).
+    pub every: u64,
+    /// How many commits get it in all.
+    pub times: u64,
+}
+
+impl Schedule {
+    /// The fault for commit number `n`, if the pattern picks it.
+    pub fn pick(&self, n: u64) -> Option<FaultKind> {
+        let every = self.every.max(1);
+        (n % every == every - 1 && n / every < self.times).then_some(self.kind)
+    }
 }
 
 impl FaultConfig {
@@ -73,6 +105,22 @@ impl FaultConfig {
             begin_unavailable: 0.0,
             timeout_delay: Duration::from_millis(2),
             cover_all_first: false,
+            schedule: None,
+        }
+    }
+
+    /// Applies every commit but loses the acknowledgement of every second
+    /// commit with writes (reported as [`Error::CommitOutcomeUnknown`]), at
+    /// most `times` times; nothing else. The failure a networked backend
+    /// really has, made deterministic.
+    pub fn lost_acks(times: u64) -> Self {
+        FaultConfig {
+            schedule: Some(Schedule {
+                kind: FaultKind::Ambiguous,
+                every: 2,
+                times,
+            }),
+            ..Self::none(1)
         }
     }
 
@@ -216,6 +264,11 @@ impl Shared {
 
     fn decide(&self) -> Option<FaultKind> {
         let n = self.counters.commits.fetch_add(1, Ordering::SeqCst);
+        if let Some(s) = &self.config.schedule {
+            if let Some(k) = s.pick(n) {
+                return Some(k);
+            }
+        }
         if self.config.cover_all_first {
             if let Some(&k) = KINDS.get(n as usize) {
                 return Some(k);
@@ -295,9 +348,14 @@ impl FaultyStore {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl KvStore for FaultyStore {
     fn capabilities(&self) -> &Capabilities {
         self.shared.inner.capabilities()
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.shared.inner.commit_watch()
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
@@ -324,6 +382,7 @@ struct FaultyTxn {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl KvTransaction for FaultyTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key).await
@@ -335,6 +394,14 @@ impl KvTransaction for FaultyTxn {
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
         self.inner.scan(range, opts).await
+    }
+
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<ReadMany> {
+        self.inner.read_many(gets, scans).await
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -473,6 +540,76 @@ mod tests {
         txn.get(b"k1").await.unwrap();
         txn.commit().await.unwrap();
         assert_eq!(a.counts().commits, 300);
+    }
+
+    /// The wrapper hands `read_many` and `commit_watch` to the wrapped
+    /// store instead of running the trait defaults over `get_many` and
+    /// `scan` (and hiding the watch).
+    #[tokio::test]
+    async fn forwards_batched_reads_and_commit_watch() {
+        use crate::counting::CountingStore;
+        let probe = CountingStore::new(Arc::new(MemoryStore::new()));
+        let f = FaultyStore::new(Arc::new(probe.clone()), FaultConfig::none(1));
+        let mut watch = f
+            .commit_watch()
+            .expect("the memory store's commit watch must show through the wrapper");
+        let mut txn = f.begin().await.unwrap();
+        txn.put(b"a".to_vec(), b"1".to_vec());
+        let (values, rows) = txn
+            .read_many(
+                &[b"a".to_vec(), b"b".to_vec()],
+                &[(KeyRange::prefix(b""), ScanOptions::forward(None))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(values, [Some(b"1".to_vec()), None]);
+        assert_eq!(rows, [vec![(b"a".to_vec(), b"1".to_vec())]]);
+        txn.commit().await.unwrap();
+        let c = probe.counts();
+        assert_eq!(
+            (c.read_manys, c.get_manys, c.scans, c.commit_watches),
+            (1, 0, 0, 1),
+            "{c}"
+        );
+        assert!(watch.has_changed().unwrap(), "the commit was not published");
+        watch.borrow_and_update();
+    }
+
+    #[test]
+    fn schedules_pick_every_nth_commit_a_bounded_number_of_times() {
+        let s = Schedule {
+            kind: FaultKind::Ambiguous,
+            every: 2,
+            times: 3,
+        };
+        let picked: Vec<u64> = (0..10).filter(|&n| s.pick(n).is_some()).collect();
+        assert_eq!(picked, [1, 3, 5]);
+        let every_one = Schedule {
+            kind: FaultKind::Lost,
+            every: 0,
+            times: 2,
+        };
+        assert_eq!(every_one.pick(0), Some(FaultKind::Lost));
+        assert_eq!(every_one.pick(1), Some(FaultKind::Lost));
+        assert_eq!(every_one.pick(2), None);
+    }
+
+    #[tokio::test]
+    async fn lost_acks_apply_every_commit_and_lose_every_second_answer() {
+        let (f, out) = run(FaultConfig::lost_acks(2), 6).await;
+        assert_eq!(
+            out,
+            [
+                "ok:true",
+                "unknown:true",
+                "ok:true",
+                "unknown:true",
+                "ok:true",
+                "ok:true"
+            ]
+        );
+        let c = f.counts();
+        assert_eq!((c.ambiguous, c.total()), (2, 2), "{c}");
     }
 
     #[tokio::test]

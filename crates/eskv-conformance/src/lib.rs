@@ -15,12 +15,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod counting;
 pub mod events;
 pub mod fault_cases;
 pub mod faults;
-pub mod flaky;
 pub mod kv;
+pub mod limited;
 pub mod model;
+pub mod serial;
 pub mod subscriptions;
 
 use eskv_core::{KvStore, Namespaced};
@@ -103,6 +105,11 @@ macro_rules! event_suite {
                     group_commit_isolates_outcomes,
                     import_restores_exactly,
                     model_based,
+                    read_position_is_safe_to_pass_back,
+                    replay_with_other_content_is_rejected,
+                    query_item_types_are_limited,
+                    cancelled_appends_never_overlap_batches,
+                    other_layout_formats_are_refused,
                 ]
             );
         }
@@ -128,6 +135,13 @@ macro_rules! subscription_suite {
                     consumer_group_takeover,
                     exactly_once_projection,
                     snapshots,
+                    checkpoint_keys_never_collide,
+                    subscribers_survive_unavailable_reads,
+                    subscription_start_past_head_is_rejected,
+                    checkpoint_commits_do_not_wake_subscribers,
+                    projection_rebuild_large_read_model,
+                    projection_rebuild_survives_lost_acks_and_restarts,
+                    large_consumer_groups,
                 ]
             );
         }
@@ -135,11 +149,13 @@ macro_rules! subscription_suite {
 }
 
 /// Expands to the fault-injection cases: `appends_survive_injected_faults`
-/// on the backend, and the event-layer cases run through
-/// [`fault_cases::faulty`] (every commit fault kind at 4%, seeded by
-/// `ESKV_FAULT_SEED`): their invariants must hold when commits fail,
-/// conflict, time out or lose their answer. `$factory` as for
-/// [`kv_suite!`].
+/// and `fault_wrapper_reaches_the_backends_own_methods` on the backend; the
+/// event-layer cases run through [`fault_cases::faulty`] (every commit
+/// fault kind at 4%, seeded by `ESKV_FAULT_SEED`): their invariants must
+/// hold when commits fail, conflict, time out or lose their answer; and the
+/// KV and subscription cases run through [`fault_cases::transparent`] (the
+/// same wrapper injecting nothing), which must change nothing. `$factory`
+/// as for [`kv_suite!`].
 #[macro_export]
 macro_rules! fault_suite {
     ($factory:path) => {
@@ -148,10 +164,53 @@ macro_rules! fault_suite {
             $crate::__cases!(
                 $factory,
                 $crate::fault_cases,
-                [appends_survive_injected_faults]
+                [
+                    appends_survive_injected_faults,
+                    fault_wrapper_reaches_the_backends_own_methods,
+                ]
             );
             async fn faulty_store() -> $crate::fault_cases::Store {
                 $crate::fault_cases::faulty($factory().await)
+            }
+            async fn transparent_store() -> $crate::fault_cases::Store {
+                $crate::fault_cases::transparent($factory().await)
+            }
+            mod kv_through_the_wrapper {
+                use super::*;
+                $crate::__cases!(
+                    transparent_store,
+                    $crate::kv,
+                    [
+                        snapshot_isolation,
+                        read_your_own_writes,
+                        scans,
+                        validation_conflicts,
+                        write_write_conflicts,
+                        atomic_commit,
+                        concurrent_counter,
+                        namespaces_isolated,
+                        large_value,
+                        empty_keys_and_values,
+                        read_only_and_drop,
+                    ]
+                );
+            }
+            mod subscriptions_through_the_wrapper {
+                use super::*;
+                $crate::__cases!(
+                    transparent_store,
+                    $crate::subscriptions,
+                    [
+                        catch_up_then_live,
+                        wakes_across_handles,
+                        filtered_subscriptions,
+                        checkpoint_resume_is_at_least_once,
+                        dead_letters,
+                        consumer_group_takeover,
+                        exactly_once_projection,
+                        snapshots,
+                    ]
+                );
             }
             mod events_under_faults {
                 use super::*;
@@ -175,6 +234,11 @@ macro_rules! fault_suite {
                         group_commit_isolates_outcomes,
                         import_restores_exactly,
                         model_based,
+                        read_position_is_safe_to_pass_back,
+                        replay_with_other_content_is_rejected,
+                        query_item_types_are_limited,
+                        cancelled_appends_never_overlap_batches,
+                        other_layout_formats_are_refused,
                     ]
                 );
             }

@@ -47,8 +47,12 @@ enum Op {
     Read {
         items: Vec<GenItem>,
         after_back: Option<u8>,
+        until_back: Option<u8>,
         backwards: bool,
         limit: Option<u8>,
+        /// Then append under a condition built from the read, with
+        /// `after = consistent_through`.
+        decide: Option<GenEvent>,
     },
     ReadStream {
         stream: usize,
@@ -80,10 +84,19 @@ fn gen_op() -> impl Strategy<Value = Op> {
         2 => (
             proptest::collection::vec(gen_item(), 1..3),
             proptest::option::of(0u8..5),
+            proptest::option::of(0u8..5),
             any::<bool>(),
             proptest::option::of(1u8..4),
+            proptest::option::of((0usize..3, 0u8..8).prop_map(|(ty, tags)| GenEvent { ty, tags })),
         )
-            .prop_map(|(items, after_back, backwards, limit)| Op::Read { items, after_back, backwards, limit }),
+            .prop_map(|(items, after_back, until_back, backwards, limit, decide)| Op::Read {
+                items,
+                after_back,
+                until_back,
+                backwards,
+                limit,
+                decide,
+            }),
         1 => (0usize..3, any::<bool>(), proptest::option::of(1u8..4))
             .prop_map(|(stream, backwards, limit)| Op::ReadStream { stream, backwards, limit }),
     ]
@@ -249,41 +262,55 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Read {
                 items,
                 after_back,
+                until_back,
                 backwards,
                 limit,
+                decide,
             } => {
                 let q = query(&items);
                 let head = m.log.len() as u64;
                 let mut opts = ReadOptions::new();
-                if let Some(b) = after_back {
-                    opts = ReadOptions::after(head.saturating_sub(b as u64));
-                }
                 if backwards {
+                    // Down from `head - until_back`, ignoring events after
+                    // `head - after_back`.
                     opts.backwards = true;
-                    opts.from = None;
+                    opts.from = until_back.map(|u| head.saturating_sub(u as u64));
+                    opts.until = after_back.map(|b| head.saturating_sub(b as u64));
+                } else {
+                    // After `head - after_back`, up to `head - until_back`.
                     if let Some(b) = after_back {
-                        opts.until = Some(head.saturating_sub(b as u64));
+                        opts = ReadOptions::after(head.saturating_sub(b as u64));
                     }
+                    opts.until = until_back.map(|u| head.saturating_sub(u as u64));
                 }
                 opts.limit = limit.map(usize::from);
                 let got = es
                     .read(&q, opts)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(got.head, head);
-                let lo = if backwards { 1 } else { opts.from.unwrap_or(1) };
-                let hi = opts.until.unwrap_or(head);
-                let mut want: Vec<u64> = m
+                let top = opts.until.map_or(head, |u| u.min(head));
+                let (lo, hi) = if backwards {
+                    (1, opts.from.map_or(top, |f| f.min(top)))
+                } else {
+                    (opts.from.unwrap_or(1), top)
+                };
+                let matching: Vec<u64> = m
                     .log
                     .iter()
                     .enumerate()
                     .map(|(i, e)| (i as u64 + 1, e))
-                    .filter(|(p, e)| *p >= lo && *p <= hi && q.matches_parts(&e.ty, &e.tags))
+                    .filter(|(_, e)| q.matches_parts(&e.ty, &e.tags))
                     .map(|(p, _)| p)
+                    .collect();
+                let mut want: Vec<u64> = matching
+                    .iter()
+                    .copied()
+                    .filter(|p| *p >= lo && *p <= hi)
                     .collect();
                 if backwards {
                     want.reverse();
                 }
+                let cut = opts.limit.is_some_and(|l| want.len() >= l);
                 if let Some(l) = opts.limit {
                     want.truncate(l);
                 }
@@ -293,6 +320,50 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let me = &m.log[e.position as usize - 1];
                     prop_assert_eq!(&e.event_type, &me.ty);
                     prop_assert_eq!(&e.tags, &me.tags);
+                }
+                // The contract of consistent_through, from the model.
+                let through = match (backwards, cut, want.last()) {
+                    (false, true, Some(last)) => *last,
+                    _ => hi,
+                };
+                prop_assert_eq!(got.consistent_through, through);
+                prop_assert!(through <= head);
+                if !backwards {
+                    // Forwards, the read returned every matching event from
+                    // `from` through it.
+                    let complete: Vec<u64> = matching
+                        .iter()
+                        .copied()
+                        .filter(|p| *p >= lo && *p <= through)
+                        .collect();
+                    prop_assert_eq!(&complete, &got_pos);
+                }
+                if let Some(g) = decide {
+                    // A decision on this read: the append must succeed only
+                    // if no matching event exists after what the read saw
+                    // (the model's exact answer), and a success after a
+                    // forward read means the read saw every matching event
+                    // from `from` on.
+                    let e = NewEvent::new(TYPES[g.ty], vec![g.tags]).with_tags(pick(g.tags, &TAGS));
+                    let req = AppendRequest::new(vec![e]).condition(AppendCondition::new(
+                        q.clone(),
+                        Some(got.consistent_through),
+                    ));
+                    let want = m.append(&req);
+                    let ok = matches!(want, Outcome::Ok(_));
+                    prop_assert_eq!(outcome(es.submit(req).await), want);
+                    if ok && !backwards {
+                        let unseen: Vec<u64> = matching
+                            .iter()
+                            .copied()
+                            .filter(|p| *p >= lo && !got_pos.contains(p))
+                            .collect();
+                        prop_assert!(
+                            unseen.is_empty(),
+                            "a decision committed without seeing matching events {:?}",
+                            unseen
+                        );
+                    }
                 }
             }
             Op::ReadStream {

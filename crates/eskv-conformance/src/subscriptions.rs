@@ -1,6 +1,6 @@
 //! Subscription, consumer-group, projection and snapshot conformance cases.
 
-use crate::flaky::LostAck;
+use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     ConsumerGroup, Error, EventStore, ExpectedVersion, GroupOptions, HandlerOptions, KvStore,
     NewEvent, OnFailure, Projection, ProjectionOptions, ProjectionState, Query, RecordedEvent,
@@ -604,7 +604,7 @@ async fn enrolment_model(store: Store, fail_once_at: Option<u64>) -> BTreeMap<St
 pub async fn exactly_once_projection(store: Store) {
     let a: Store = crate::unique_namespace(store.clone());
     let b: Store = crate::unique_namespace(store.clone());
-    let c: Store = Arc::new(LostAck::new(crate::unique_namespace(store), 4));
+    let c: Store = FaultyStore::wrap(crate::unique_namespace(store), FaultConfig::lost_acks(4));
     let clean = enrolment_model(a, None).await;
     let with_failure = enrolment_model(b, Some(12)).await;
     let with_lost_acks = enrolment_model(c, None).await;
@@ -672,4 +672,532 @@ pub async fn snapshots(store: Store) {
         .await,
         Err(Error::InvalidInput { .. })
     ));
+}
+
+/// Waits until `done` holds, panicking with `what` after [`WAIT`]; fails
+/// early if one of `tasks` (consumer-group members) already stopped.
+async fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    tasks: &[tokio::task::JoinHandle<T>],
+    mut done: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        if let Some(t) = tasks.iter().find(|t| t.is_finished()) {
+            panic!("{what}: a member stopped early ({t:?})");
+        }
+        assert!(start.elapsed() < WAIT, "{what}: timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A handler that records positions and (for `Poison` events) fails.
+fn recorder(
+    seen: Arc<Mutex<Vec<u64>>>,
+) -> impl Fn(
+    RecordedEvent,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |e: RecordedEvent| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            if e.event_type == "Poison" {
+                return Err(Error::invalid("cannot digest poison"));
+            }
+            seen.lock().unwrap().push(e.position);
+            Ok(())
+        })
+    }
+}
+
+/// A consumer group's partition state never shares a key with a named
+/// subscription, whatever the names: named subscription `billing#0` and
+/// partition 0 of group `billing` have separate checkpoints, and so do
+/// their dead letters (issue 13).
+pub async fn checkpoint_keys_never_collide(store: Store) {
+    let es = open(store).await;
+    for i in 0..6 {
+        es.append(vec![ev(&format!("E{i}"))], None).await.unwrap();
+    }
+    es.save_checkpoint("billing#0", 6).await.unwrap();
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let opts = GroupOptions::default()
+        .partitions(1)
+        .lease_ttl(Duration::from_secs(5));
+    let g = ConsumerGroup::new(es.clone(), "billing", "m1", opts.clone()).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let member = tokio::spawn(g.run(recorder(seen.clone()), async move {
+        let _ = rx.await;
+    }));
+    es.append(vec![ev("E6")], None).await.unwrap();
+    wait_until(
+        "the group never reached event 7",
+        std::slice::from_ref(&member),
+        || seen.lock().unwrap().contains(&7),
+    )
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (1..=7).collect::<Vec<_>>(),
+        "a fresh group must start from the beginning, not from another subscription's checkpoint"
+    );
+    let _ = tx.send(());
+    member.await.unwrap().unwrap();
+    assert_eq!(
+        es.checkpoint("billing#0").await.unwrap(),
+        Some(6),
+        "the group's acknowledgements moved a named subscription's checkpoint"
+    );
+
+    // Dead letters: partition 0 of group `dlq` parks a poison event; the
+    // named subscription `dlq#0` has none.
+    es.append(vec![ev("Poison")], None).await.unwrap();
+    let poison = es.head().await.unwrap();
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let g = ConsumerGroup::new(
+        es.clone(),
+        "dlq",
+        "m1",
+        opts.handler(
+            HandlerOptions::default()
+                .max_attempts(1)
+                .on_failure(OnFailure::Park),
+        ),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let member = tokio::spawn(g.run(recorder(seen.clone()), async move {
+        let _ = rx.await;
+    }));
+    es.append(vec![ev("After")], None).await.unwrap();
+    wait_until(
+        "the group never got past the poison event",
+        std::slice::from_ref(&member),
+        || seen.lock().unwrap().contains(&(poison + 1)),
+    )
+    .await;
+    let _ = tx.send(());
+    member.await.unwrap().unwrap();
+    assert!(
+        es.parked("dlq#0").await.unwrap().is_empty(),
+        "a group partition's dead letter shows up under a named subscription"
+    );
+    let parked = es.group_parked("dlq").await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((parked[0].0, parked[0].1.event.position), (0, poison));
+    let partitions = es.group_partitions("billing").await.unwrap();
+    assert_eq!(partitions[&0].checkpoint, Some(7));
+    assert!(es.checkpoints().await.unwrap().keys().eq(["billing#0"]));
+    let fixed = |_: RecordedEvent| async { Ok::<(), Error>(()) };
+    assert_eq!(es.replay_group_parked("dlq", &fixed).await.unwrap(), 1);
+    assert!(es.group_parked("dlq").await.unwrap().is_empty());
+}
+
+/// Transient `Unavailable` reads (here: 20% of transactions fail to
+/// begin) neither stop a subscription runner nor a consumer-group member:
+/// reads are retried like appends, and every event is handled in order.
+pub async fn subscribers_survive_unavailable_reads(store: Store) {
+    let faulty = crate::faults::FaultyStore::new(
+        store,
+        crate::faults::FaultConfig::none(crate::fault_cases::fault_seed()).begin_unavailable(0.2),
+    );
+    let es = open(Arc::new(faulty.clone())).await;
+    for i in 0..30u64 {
+        es.append_to_stream(
+            &format!("acct-{}", i % 7),
+            ExpectedVersion::Any,
+            vec![ev("Flaky")],
+        )
+        .await
+        .unwrap();
+    }
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let done = Arc::new(tokio::sync::Notify::new());
+    let sub = es
+        .subscribe(
+            SubscriptionOptions::named("flaky")
+                .batch_size(4)
+                .poll(Duration::from_millis(1), Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    let handler = {
+        let seen = seen.clone();
+        let done = done.clone();
+        move |e: RecordedEvent| {
+            let seen = seen.clone();
+            let done = done.clone();
+            async move {
+                seen.lock().unwrap().push(e.position);
+                if e.position == 30 {
+                    done.notify_one();
+                }
+                Ok::<(), Error>(())
+            }
+        }
+    };
+    tokio::time::timeout(
+        WAIT,
+        sub.run(handler, HandlerOptions::default(), done.notified()),
+    )
+    .await
+    .expect("the runner stalled")
+    .expect("a transient read error stopped the subscription runner");
+    assert_eq!(*seen.lock().unwrap(), (1..=30).collect::<Vec<_>>());
+
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let g = ConsumerGroup::new(
+        es.clone(),
+        "flaky-group",
+        "m1",
+        GroupOptions::default()
+            .partitions(4)
+            .lease_ttl(Duration::from_millis(300)),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let member = tokio::spawn(g.run(recorder(seen.clone()), async move {
+        let _ = rx.await;
+    }));
+    wait_until(
+        "the group did not handle every event",
+        std::slice::from_ref(&member),
+        || seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == 30,
+    )
+    .await;
+    let _ = tx.send(());
+    member
+        .await
+        .unwrap()
+        .expect("a transient read error stopped the group member");
+    assert!(
+        faulty.counts().begin_unavailable > 10,
+        "too few faults were injected to mean anything: {}",
+        faulty.counts()
+    );
+}
+
+/// Starting after a position past the head is rejected with a typed error
+/// (as checkpoints past the head are): it would silently skip the next
+/// events appended.
+pub async fn subscription_start_past_head_is_rejected(store: Store) {
+    let es = open(store).await;
+    for _ in 0..3 {
+        es.append(vec![ev("Early")], None).await.unwrap();
+    }
+    let res = es
+        .subscribe(SubscriptionOptions::new().start(StartFrom::After(8)))
+        .await;
+    assert!(
+        matches!(res, Err(Error::InvalidInput { .. })),
+        "a start past the head was accepted: {res:?}"
+    );
+    let res = es
+        .subscribe(SubscriptionOptions::named("late").start(StartFrom::After(4)))
+        .await;
+    assert!(matches!(res, Err(Error::InvalidInput { .. })), "{res:?}");
+    // At the head is fine, and delivers the next event.
+    let mut sub = es
+        .subscribe(SubscriptionOptions::new().start(StartFrom::After(3)))
+        .await
+        .unwrap();
+    let r = es.append(vec![ev("Next")], None).await.unwrap();
+    let e = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.position, r.first_position);
+}
+
+/// Commits that append no events (checkpoints here) do not make idle
+/// subscribers read: reads stay O(commits), not O(subscribers × commits).
+/// Appends still wake every subscriber, also through another handle.
+pub async fn checkpoint_commits_do_not_wake_subscribers(store: Store) {
+    const SUBSCRIBERS: usize = 20;
+    const COMMITS: u64 = 100;
+    let counted = crate::limited::Limited::new(store);
+    let kv: Store = Arc::new(counted.clone());
+    let a = open(kv.clone()).await;
+    let b = open(kv.clone()).await;
+    a.append(vec![ev("First")], None).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        // Timers far beyond the test: only a wake-up makes them read.
+        let mut sub = a
+            .subscribe(
+                SubscriptionOptions::new()
+                    .start(StartFrom::End)
+                    .poll(Duration::from_secs(120), Duration::from_secs(120)),
+            )
+            .await
+            .unwrap();
+        waiters.push(tokio::spawn(
+            async move { sub.next().await.unwrap().position },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = counted.begins();
+    let t = std::time::Instant::now();
+    for i in 0..COMMITS {
+        b.save_checkpoint(&format!("cp-{i}"), 1).await.unwrap();
+        // Commits spaced as in a live system, so wake-ups do not coalesce.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = t.elapsed();
+    // Let the woken subscribers (if any) do their reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads = counted.begins() - before - COMMITS;
+    eprintln!(
+        "checkpoint_commits_do_not_wake_subscribers: {SUBSCRIBERS} idle subscribers, {COMMITS} checkpoint commits in {elapsed:?}: {reads} other reads ({:.2} per commit)",
+        reads as f64 / COMMITS as f64
+    );
+    assert!(
+        reads <= COMMITS + SUBSCRIBERS as u64,
+        "{reads} reads by idle subscribers for {COMMITS} checkpoint commits"
+    );
+    let writer = if kv.commit_watch().is_some() { &b } else { &a };
+    let r = writer.append(vec![ev("Second")], None).await.unwrap();
+    for w in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("an append did not wake a subscriber")
+            .unwrap();
+        assert_eq!(got, r.first_position);
+    }
+}
+
+/// One read-model key per event.
+struct Keyed;
+
+#[async_trait::async_trait]
+impl Projection for Keyed {
+    fn name(&self) -> &str {
+        "keyed"
+    }
+    async fn apply(
+        &self,
+        e: &RecordedEvent,
+        state: &mut ProjectionState<'_>,
+    ) -> eskv_core::Result<()> {
+        state.put_json(format!("k/{:08}", e.position).as_bytes(), &e.position)
+    }
+}
+
+/// Appends `n` events in appends of 10 (small enough for etcd).
+async fn append_many(es: &EventStore, n: u64) {
+    for _ in 0..n / 10 {
+        es.append((0..10).map(|_| ev("Counted")).collect(), None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Checks the read model of [`Keyed`]: one key per position `1..=n`.
+async fn check_keyed(es: &EventStore, n: u64) {
+    let rows = es.read_model("keyed").scan_prefix(b"k/").await.unwrap();
+    let got: Vec<u64> = rows
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert_eq!(got, (1..=n).collect::<Vec<_>>(), "wrong read model");
+}
+
+/// Read-model generations of projection `name` present in the store.
+async fn generations(kv: &Store, name: &str) -> std::collections::BTreeSet<u64> {
+    use eskv_core::layout::{self, StateKey};
+    let mut txn = kv.begin().await.unwrap();
+    let rows = txn
+        .scan(
+            layout::read_model_range_from(name, 0),
+            eskv_core::ScanOptions::default(),
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|(k, _)| match layout::parse_state_key(k).unwrap() {
+            StateKey::ReadModel { generation, .. } => generation,
+            other => panic!("{other:?} among read-model keys"),
+        })
+        .collect()
+}
+
+/// Rebuilding a projection whose read model has more keys than a
+/// transaction may hold (here 1,100 keys, 128 operations per transaction,
+/// as on etcd), while a live runner applies new events and a writer
+/// appends them: readers always see a complete model that only grows (the
+/// old generation until the new one has caught up, then the new one), and
+/// the old generation is deleted in batches.
+pub async fn projection_rebuild_large_read_model(store: Store) {
+    const EVENTS: u64 = 1_100;
+    const MORE: u64 = 200;
+    let kv: Store = Arc::new(crate::limited::Limited::new(store).max_ops(128));
+    let es = open(kv.clone()).await;
+    append_many(&es, EVENTS).await;
+    let opts = ProjectionOptions::default().batch_size(50);
+    assert_eq!(es.catch_up_projection(&Keyed, &opts).await.unwrap(), EVENTS);
+    check_keyed(&es, EVENTS).await;
+    let before = generations(&kv, "keyed").await;
+    assert_eq!(before.len(), 1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let es = es.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let model = es.read_model("keyed");
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                seen.push(model.scan_prefix(b"k/").await.unwrap().len() as u64);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+    let (stop_runner, runner_stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let es = es.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            es.run_projection(&Keyed, opts, async move {
+                let _ = runner_stopped.await;
+            })
+            .await
+        })
+    };
+    let writer = {
+        let es = es.clone();
+        tokio::spawn(async move { append_many(&es, MORE).await })
+    };
+    let rebuilt = es.rebuild_projection(&Keyed, &opts, |_, _| {}).await;
+    writer.await.unwrap();
+    assert!(rebuilt.expect("rebuild failed") >= EVENTS);
+    tokio::time::timeout(WAIT, async {
+        while es.projection_checkpoint("keyed").await.unwrap() != Some(EVENTS + MORE) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the live runner did not catch up after the rebuild");
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    let _ = stop_runner.send(());
+    runner.await.unwrap().unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|&n| n >= EVENTS) && seen.windows(2).all(|w| w[0] <= w[1]),
+        "a reader saw a partial or shrinking read model during the rebuild: {:?}",
+        seen.windows(2)
+            .find(|w| w[0] > w[1] || w[1] < EVENTS)
+            .or(seen
+                .first()
+                .filter(|&&n| n < EVENTS)
+                .map(std::slice::from_ref))
+    );
+    check_keyed(&es, EVENTS + MORE).await;
+    let after = generations(&kv, "keyed").await;
+    assert_eq!(after.len(), 1, "generations left behind: {after:?}");
+    assert_ne!(after, before, "the rebuild did not switch generations");
+}
+
+/// A rebuild whose commit acknowledgements get lost, and one that is
+/// killed half-way, leave exactly one generation: the live one, complete.
+pub async fn projection_rebuild_survives_lost_acks_and_restarts(store: Store) {
+    const EVENTS: u64 = 300;
+    let small: Store = Arc::new(crate::limited::Limited::new(store).max_ops(128));
+    let lossy: Store = FaultyStore::wrap(small.clone(), FaultConfig::lost_acks(u64::MAX));
+    let es = open(lossy.clone()).await;
+    append_many(&es, EVENTS).await;
+    let opts = ProjectionOptions::default().batch_size(40);
+    assert_eq!(es.catch_up_projection(&Keyed, &opts).await.unwrap(), EVENTS);
+    for round in 0..3 {
+        let r = es.rebuild_projection(&Keyed, &opts, |_, _| {}).await;
+        assert_eq!(r.unwrap(), EVENTS, "round {round}");
+        check_keyed(&es, EVENTS).await;
+        let g = generations(&small, "keyed").await;
+        assert_eq!(g.len(), 1, "round {round}: generations left behind: {g:?}");
+    }
+    // Kill a rebuild after its first batch; the next rebuild (or clean-up)
+    // finds and deletes what it left.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let killed = {
+        let es = es.clone();
+        let opts = opts.clone();
+        let mut tx = Some(tx);
+        tokio::spawn(async move {
+            es.rebuild_projection(&Keyed, &opts, move |_, _| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            })
+            .await
+        })
+    };
+    let _ = rx.await;
+    killed.abort();
+    let _ = killed.await;
+    check_keyed(&es, EVENTS).await;
+    assert_eq!(
+        es.rebuild_projection(&Keyed, &opts, |_, _| {})
+            .await
+            .unwrap(),
+        EVENTS
+    );
+    check_keyed(&es, EVENTS).await;
+    let g = generations(&small, "keyed").await;
+    assert_eq!(
+        g.len(),
+        1,
+        "after a killed rebuild: generations left: {g:?}"
+    );
+}
+
+/// Consumer groups with more partitions than a transaction may hold
+/// operations (300 partitions, 128 operations, as on etcd) rebalance and
+/// release in transactions sized to the backend.
+pub async fn large_consumer_groups(store: Store) {
+    const PARTITIONS: u32 = 300;
+    let kv: Store = Arc::new(crate::limited::Limited::new(store).max_ops(128));
+    let es = open(kv).await;
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let opts = GroupOptions::default()
+        .partitions(PARTITIONS)
+        .lease_ttl(Duration::from_secs(3));
+    let mut members = Vec::new();
+    let mut stops = Vec::new();
+    for m in ["m1", "m2"] {
+        let g = ConsumerGroup::new(es.clone(), "big", m, opts.clone()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        members.push(tokio::spawn(g.run(recorder(seen.clone()), async move {
+            let _ = rx.await;
+        })));
+        stops.push(tx);
+    }
+    // Events without a stream are partitioned by event id: spread wide.
+    for _ in 0..6 {
+        es.append((0..10).map(|_| ev("Spread")).collect(), None)
+            .await
+            .unwrap();
+    }
+    wait_until("the group did not handle every event", &members, || {
+        seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == 60
+    })
+    .await;
+    for s in stops {
+        let _ = s.send(());
+    }
+    for m in members {
+        tokio::time::timeout(WAIT, m)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a member of a large group failed");
+    }
+    // Both released their leases on the way out.
+    let left = es.group_partitions("big").await.unwrap();
+    assert!(
+        left.values().all(|p| p.owner.is_none()),
+        "leases left after release: {}",
+        left.values().filter(|p| p.owner.is_some()).count()
+    );
 }

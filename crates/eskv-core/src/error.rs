@@ -173,6 +173,20 @@ pub enum Error {
         outcome_unknown: bool,
     },
 
+    /// The store holds data in an event layout this version of eskv does
+    /// not read (an older or newer `eskv-events/<n>` format). Nothing was
+    /// read or changed; `advice` says how to move the data.
+    #[error("the store holds event layout '{found}', but this eskv reads '{supported}': {advice}")]
+    IncompatibleFormat {
+        /// The format marker found in the store.
+        found: String,
+        /// The format this eskv reads and writes.
+        supported: String,
+        /// What to do, for example export with the old version and import
+        /// with this one.
+        advice: String,
+    },
+
     /// A backend failure with no semantic mapping.
     #[error("{backend} error: {source}")]
     Backend {
@@ -293,6 +307,15 @@ impl Error {
                 path: path.clone(),
                 message: message.clone(),
                 outcome_unknown: *outcome_unknown,
+            },
+            Error::IncompatibleFormat {
+                found,
+                supported,
+                advice,
+            } => Error::IncompatibleFormat {
+                found: found.clone(),
+                supported: supported.clone(),
+                advice: advice.clone(),
             },
             Error::Backend { backend, source } => Error::Backend {
                 backend,

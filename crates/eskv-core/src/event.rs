@@ -151,6 +151,32 @@ impl NewEvent {
     }
 }
 
+/// Parses an event id written as a 26-character ULID (Crockford base32,
+/// either case), the way every id given as text must be parsed.
+///
+/// Rejects, as [`Error::InvalidInput`], anything that is not exactly a
+/// ULID, including ids beyond the 128-bit range (a first character above
+/// `7`, such as `8ZZZZZZZZZZZZZZZZZZZZZZZZZ`): a lenient decoder drops the
+/// overflowing bits and turns that id into `0ZZZ…`, so two different ids
+/// would name the same event.
+pub fn parse_event_id(s: &str) -> Result<Ulid> {
+    let id = Ulid::from_string(s).map_err(|e| {
+        Error::invalid(format!(
+            "event id {s:?} is not a ULID ({e}): give 26 characters of Crockford base32, for example {}",
+            Ulid::nil()
+        ))
+    })?;
+    // The decoder keeps the low 128 of the 130 bits 26 characters carry;
+    // only a text that prints back as itself named this id.
+    if !id.to_string().eq_ignore_ascii_case(s) {
+        return Err(Error::invalid(format!(
+            "event id {s:?} is out of the ULID range: the first character must be 0 to 7 (the largest id is {})",
+            Ulid(u128::MAX)
+        )));
+    }
+    Ok(id)
+}
+
 /// The stream an event was appended to, and its version there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamRef {
@@ -275,5 +301,57 @@ pub trait EventPayload: Serialize + DeserializeOwned {
     /// The tags to store. Default: none.
     fn tags(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn out_of_range_ids_are_rejected() {
+        let max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        assert_eq!(parse_event_id(max).unwrap(), Ulid(u128::MAX));
+        for bad in [
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "Z0000000000000000000000000",
+            "80000000000000000000000000",
+        ] {
+            match parse_event_id(bad) {
+                Err(Error::InvalidInput { message }) => {
+                    assert!(message.contains(bad), "{message}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for bad in [
+            "",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAU",
+        ] {
+            assert!(
+                matches!(parse_event_id(bad), Err(Error::InvalidInput { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_event_id("01arz3ndektsv4rrffq69g5fav").unwrap(),
+            parse_event_id("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap()
+        );
+    }
+
+    proptest! {
+        /// Whatever parses is the id the text spells: it prints back as the
+        /// same text (up to case), so two texts never name one id.
+        #[test]
+        fn accepted_ids_round_trip(s in "[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}") {
+            if let Ok(id) = parse_event_id(&s) {
+                prop_assert_eq!(id.to_string(), s.to_ascii_uppercase());
+            } else {
+                prop_assert!(!('0'..='7').contains(&s.chars().next().unwrap()));
+            }
+        }
     }
 }

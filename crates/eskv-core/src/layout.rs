@@ -10,14 +10,14 @@
 //! | 0x01 | `meta` (str name)           | format marker, config flags    |
 //! | 0x02 | `head`                      | last position, u64 BE          |
 //! | 0x10 | `log` (u64 position)        | event envelope                 |
-//! | 0x11 | `id` (ulid)                 | position, u64 BE               |
+//! | 0x11 | `id` (ulid)                 | [`IdEntry`]: position, append extent, content digest |
 //! | 0x20 | `stream` (str id)           | version + last position, BE    |
 //! | 0x21 | `stream_ev` (str id, u64 v) | position, u64 BE               |
 //! | 0x22 | `category` (str, u64 pos)   | empty                          |
 //! | 0x30 | `type` (str type, u64 pos)  | empty                          |
 //! | 0x31 | `tag` (str tag, u64 pos)    | postcard (type, tags)          |
 //! | 0x40 | `registry` (str type)       | empty                          |
-//! | 0x50 | `sub` (reserved for subscriptions and projections)          ||
+//! | 0x50 | `sub` (family str, …): subscription state; see [`StateKey`] ||
 //!
 //! The values of the index entries (`id`, `stream_ev`, `category`, `type`,
 //! `tag`) are sealed: the value above is followed by a crc32c of the key and
@@ -54,7 +54,26 @@ pub fn format_key() -> Vec<u8> {
     KeyBuilder::with_raw(&[META]).str("format").finish()
 }
 /// Value of the format marker for this layout.
-pub const FORMAT: &[u8] = b"eskv-events/1";
+///
+/// History: `eskv-events/1` had 24-byte id entries without a content
+/// digest; `eskv-events/2` adds the digest (see [`IdEntry`]). A store of
+/// another format is refused at open with [`Error::IncompatibleFormat`].
+pub const FORMAT: &[u8] = b"eskv-events/2";
+
+/// The prefix every event-layout format marker starts with; the rest is
+/// the format's number.
+pub const FORMAT_PREFIX: &str = "eskv-events/";
+
+/// The format number of a marker (`eskv-events/<n>`), or `None` when the
+/// marker is not one of eskv's.
+pub fn format_number(marker: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(marker).ok()?;
+    let n = s.strip_prefix(FORMAT_PREFIX)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
 
 /// The strict-types flag.
 pub fn strict_key() -> Vec<u8> {
@@ -349,15 +368,525 @@ pub fn category_of(stream: &str) -> &str {
     stream.split_once('-').map_or(stream, |(c, _)| c)
 }
 
-/// Key prefix reserved for subscription state, followed by `sub` tuple.
-pub fn subscription_key(kind: &str, name: &str) -> KeyBuilder {
-    KeyBuilder::with_raw(&[SUBSCRIPTIONS]).str(kind).str(name)
+// ---------------------------------------------------------------------------
+// Subscription state (table 0x50). Every key is the table tag, a family
+// string, then the family's elements; each family has its encoders here,
+// and `parse_state_key` parses any of them strictly (the integrity checker
+// uses it). Names are tuple strings, so no name can reach another family or
+// another name's keys, whatever characters it holds.
+//
+// | family                  | elements after the family             | value                        |
+// |-------------------------|---------------------------------------|------------------------------|
+// | `checkpoint`            | name                                  | position, u64 BE             |
+// | `group-checkpoint`      | group, partition                      | position, u64 BE             |
+// | `dead-letter`           | name, position                        | postcard dead letter         |
+// | `group-dead-letter`     | group, partition, position            | postcard dead letter         |
+// | `lease`                 | group, partition                      | postcard lease               |
+// | `member`                | group, member                         | postcard expiry              |
+// | `projection-checkpoint` | name                                  | generation, position (16 B)  |
+// | `projection-rebuild`    | name                                  | [`ProjectionRebuild`] (32 B) |
+// | `read-model`            | name, generation, then raw user bytes | the user's                   |
+// | `snapshot`              | `stream`, id / `query`, bytes / `named`, name | postcard snapshot    |
+// ---------------------------------------------------------------------------
+
+const F_CHECKPOINT: &str = "checkpoint";
+const F_GROUP_CHECKPOINT: &str = "group-checkpoint";
+const F_DEAD_LETTER: &str = "dead-letter";
+const F_GROUP_DEAD_LETTER: &str = "group-dead-letter";
+const F_LEASE: &str = "lease";
+const F_MEMBER: &str = "member";
+const F_PROJECTION_CHECKPOINT: &str = "projection-checkpoint";
+const F_PROJECTION_REBUILD: &str = "projection-rebuild";
+const F_READ_MODEL: &str = "read-model";
+const F_SNAPSHOT: &str = "snapshot";
+
+/// Who a checkpoint or a dead-letter list belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consumer<'a> {
+    /// A named subscription.
+    Named(&'a str),
+    /// One partition of a consumer group.
+    Partition {
+        /// The group's name.
+        group: &'a str,
+        /// The partition.
+        partition: u32,
+    },
 }
 
-/// Prefix of every subscription-state key of one kind (checkpoints,
-/// leases, dead letters, projections, snapshots).
-pub fn subscription_kind_prefix(kind: &str) -> Vec<u8> {
-    KeyBuilder::with_raw(&[SUBSCRIPTIONS]).str(kind).finish()
+/// The owned form of [`Consumer`], as parsed from a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ConsumerId {
+    /// A named subscription.
+    Named(String),
+    /// One partition of a consumer group.
+    Partition {
+        /// The group's name.
+        group: String,
+        /// The partition.
+        partition: u32,
+    },
+}
+
+impl ConsumerId {
+    /// The borrowed form.
+    pub fn as_consumer(&self) -> Consumer<'_> {
+        match self {
+            ConsumerId::Named(n) => Consumer::Named(n),
+            ConsumerId::Partition { group, partition } => Consumer::Partition {
+                group,
+                partition: *partition,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Consumer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Consumer::Named(n) => write!(f, "subscription '{n}'"),
+            Consumer::Partition { group, partition } => {
+                write!(f, "partition {partition} of group '{group}'")
+            }
+        }
+    }
+}
+
+/// What a snapshot key names (see `SnapshotKey` in the projection module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotOf<'a> {
+    /// The state of one stream.
+    Stream(&'a str),
+    /// The state of a DCB query, by its encoding.
+    Query(&'a [u8]),
+    /// Anything else, by name.
+    Named(&'a str),
+}
+
+/// Any subscription-state key, parsed (see [`parse_state_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StateKey {
+    /// A checkpoint.
+    Checkpoint(ConsumerId),
+    /// A parked event.
+    DeadLetter {
+        /// Whose list it is on.
+        consumer: ConsumerId,
+        /// The event's position.
+        position: Position,
+    },
+    /// A partition lease.
+    Lease {
+        /// The group.
+        group: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// A group member's registration.
+    Member {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
+    /// A projection's live generation and checkpoint.
+    ProjectionCheckpoint {
+        /// The projection.
+        name: String,
+    },
+    /// A projection's rebuild in progress.
+    ProjectionRebuild {
+        /// The projection.
+        name: String,
+    },
+    /// A read-model value of one generation of a projection.
+    ReadModel {
+        /// The projection.
+        name: String,
+        /// The generation.
+        generation: u64,
+        /// The user's key.
+        key: Vec<u8>,
+    },
+    /// A snapshot of a stream.
+    StreamSnapshot(String),
+    /// A snapshot of a DCB query (its encoding).
+    QuerySnapshot(Vec<u8>),
+    /// A named snapshot.
+    NamedSnapshot(String),
+}
+
+impl StateKey {
+    /// The key's bytes; `parse_state_key(&k.encode())` gives `k` back.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            StateKey::Checkpoint(c) => checkpoint_key(c.as_consumer()),
+            StateKey::DeadLetter { consumer, position } => {
+                dead_letter_key(consumer.as_consumer(), *position)
+            }
+            StateKey::Lease { group, partition } => lease_key(group, *partition),
+            StateKey::Member { group, member } => member_key(group, member),
+            StateKey::ProjectionCheckpoint { name } => projection_checkpoint_key(name),
+            StateKey::ProjectionRebuild { name } => projection_rebuild_key(name),
+            StateKey::ReadModel {
+                name,
+                generation,
+                key,
+            } => [read_model_prefix(name, *generation).as_slice(), key].concat(),
+            StateKey::StreamSnapshot(s) => snapshot_key(SnapshotOf::Stream(s)),
+            StateKey::QuerySnapshot(q) => snapshot_key(SnapshotOf::Query(q)),
+            StateKey::NamedSnapshot(n) => snapshot_key(SnapshotOf::Named(n)),
+        }
+    }
+}
+
+fn family(f: &str) -> KeyBuilder {
+    KeyBuilder::with_raw(&[SUBSCRIPTIONS]).str(f)
+}
+
+fn consumer_builder(c: Consumer<'_>, named: &str, grouped: &str) -> KeyBuilder {
+    match c {
+        Consumer::Named(n) => family(named).str(n),
+        Consumer::Partition { group, partition } => {
+            family(grouped).str(group).u64(u64::from(partition))
+        }
+    }
+}
+
+/// The checkpoint of a named subscription or of a group partition.
+pub fn checkpoint_key(c: Consumer<'_>) -> Vec<u8> {
+    consumer_builder(c, F_CHECKPOINT, F_GROUP_CHECKPOINT).finish()
+}
+
+/// Every named subscription's checkpoint (not group partitions').
+pub fn checkpoint_range() -> KeyRange {
+    KeyRange::children(&family(F_CHECKPOINT).finish())
+}
+
+/// Every partition checkpoint of `group`.
+pub fn group_checkpoint_range(group: &str) -> KeyRange {
+    KeyRange::children(&family(F_GROUP_CHECKPOINT).str(group).finish())
+}
+
+/// A parked event of a named subscription or of a group partition.
+pub fn dead_letter_key(c: Consumer<'_>, position: Position) -> Vec<u8> {
+    consumer_builder(c, F_DEAD_LETTER, F_GROUP_DEAD_LETTER)
+        .u64(position)
+        .finish()
+}
+
+/// Every parked event of one consumer, by position.
+pub fn dead_letter_range(c: Consumer<'_>) -> KeyRange {
+    KeyRange::children(&consumer_builder(c, F_DEAD_LETTER, F_GROUP_DEAD_LETTER).finish())
+}
+
+/// Every parked event of every partition of `group`.
+pub fn group_dead_letter_range(group: &str) -> KeyRange {
+    KeyRange::children(&family(F_GROUP_DEAD_LETTER).str(group).finish())
+}
+
+/// The lease of partition `partition` of `group`.
+pub fn lease_key(group: &str, partition: u32) -> Vec<u8> {
+    family(F_LEASE)
+        .str(group)
+        .u64(u64::from(partition))
+        .finish()
+}
+
+/// Every partition lease of `group`.
+pub fn lease_range(group: &str) -> KeyRange {
+    KeyRange::children(&family(F_LEASE).str(group).finish())
+}
+
+/// The registration of `member` in `group`.
+pub fn member_key(group: &str, member: &str) -> Vec<u8> {
+    family(F_MEMBER).str(group).str(member).finish()
+}
+
+/// Every member registration of `group`.
+pub fn member_range(group: &str) -> KeyRange {
+    KeyRange::children(&family(F_MEMBER).str(group).finish())
+}
+
+/// A projection's live read-model generation and checkpoint (value:
+/// [`projection_checkpoint_value`]).
+pub fn projection_checkpoint_key(name: &str) -> Vec<u8> {
+    family(F_PROJECTION_CHECKPOINT).str(name).finish()
+}
+
+/// A projection's rebuild in progress (value: [`ProjectionRebuild`]).
+pub fn projection_rebuild_key(name: &str) -> Vec<u8> {
+    family(F_PROJECTION_REBUILD).str(name).finish()
+}
+
+/// The prefix of every read-model key of generation `generation` of
+/// projection `name`; the user's key bytes follow it as they are. The
+/// generation integer is self-delimiting, so one generation's prefix never
+/// starts another's.
+pub fn read_model_prefix(name: &str, generation: u64) -> Vec<u8> {
+    family(F_READ_MODEL).str(name).u64(generation).finish()
+}
+
+/// Every read-model key of one generation.
+pub fn read_model_generation_range(name: &str, generation: u64) -> KeyRange {
+    KeyRange::prefix(&read_model_prefix(name, generation))
+}
+
+/// Every read-model key of every generation of projection `name` from
+/// generation `from` on, in generation order (for finding leftover
+/// generations).
+pub fn read_model_range_from(name: &str, from: u64) -> KeyRange {
+    let all = KeyRange::children(&family(F_READ_MODEL).str(name).finish());
+    KeyRange {
+        start: Bound::Included(read_model_prefix(name, from)),
+        end: all.end,
+    }
+}
+
+/// A snapshot's key.
+pub fn snapshot_key(of: SnapshotOf<'_>) -> Vec<u8> {
+    let b = family(F_SNAPSHOT);
+    match of {
+        SnapshotOf::Stream(s) => b.str("stream").str(s).finish(),
+        SnapshotOf::Query(q) => b.str("query").bytes(q).finish(),
+        SnapshotOf::Named(n) => b.str("named").str(n).finish(),
+    }
+}
+
+fn partition_of(v: u64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::corrupt(None, format!("partition {v} exceeds u32")))
+}
+
+/// Parses any subscription-state key strictly: the family must be known,
+/// its elements present and nothing after them (except a read-model key's
+/// user bytes). Whatever it accepts re-encodes to the same bytes.
+pub fn parse_state_key(key: &[u8]) -> Result<StateKey> {
+    let mut r = strict_reader(key, SUBSCRIPTIONS, "subscription-state")?;
+    let f = r.str()?;
+    let k = match f.as_str() {
+        F_CHECKPOINT => StateKey::Checkpoint(ConsumerId::Named(r.str()?)),
+        F_GROUP_CHECKPOINT => StateKey::Checkpoint(ConsumerId::Partition {
+            group: r.str()?,
+            partition: partition_of(r.u64()?)?,
+        }),
+        F_DEAD_LETTER => StateKey::DeadLetter {
+            consumer: ConsumerId::Named(r.str()?),
+            position: r.u64()?,
+        },
+        F_GROUP_DEAD_LETTER => StateKey::DeadLetter {
+            consumer: ConsumerId::Partition {
+                group: r.str()?,
+                partition: partition_of(r.u64()?)?,
+            },
+            position: r.u64()?,
+        },
+        F_LEASE => StateKey::Lease {
+            group: r.str()?,
+            partition: partition_of(r.u64()?)?,
+        },
+        F_MEMBER => StateKey::Member {
+            group: r.str()?,
+            member: r.str()?,
+        },
+        F_PROJECTION_CHECKPOINT => StateKey::ProjectionCheckpoint { name: r.str()? },
+        F_PROJECTION_REBUILD => StateKey::ProjectionRebuild { name: r.str()? },
+        F_READ_MODEL => {
+            let name = r.str()?;
+            let generation = r.u64()?;
+            let prefix = read_model_prefix(&name, generation);
+            // The reader accepts only canonical elements, so the key starts
+            // with exactly this prefix; the rest is the user's.
+            let user = key.get(prefix.len()..).filter(|_| key.starts_with(&prefix));
+            let Some(user) = user else {
+                return Err(Error::corrupt(None, "malformed read-model key"));
+            };
+            return Ok(StateKey::ReadModel {
+                name,
+                generation,
+                key: user.to_vec(),
+            });
+        }
+        F_SNAPSHOT => match r.str()?.as_str() {
+            "stream" => StateKey::StreamSnapshot(r.str()?),
+            "query" => StateKey::QuerySnapshot(r.bytes()?),
+            "named" => StateKey::NamedSnapshot(r.str()?),
+            other => {
+                return Err(Error::corrupt(
+                    None,
+                    format!("unknown snapshot kind {other:?}"),
+                ))
+            }
+        },
+        other => {
+            return Err(Error::corrupt(
+                None,
+                format!("unknown subscription-state family {other:?}"),
+            ))
+        }
+    };
+    finished(&r, k, "subscription-state")
+}
+
+/// A rebuild in progress: the generation being built, how far it is, and
+/// the id of the rebuild that owns it (so a retried or restarted rebuild
+/// can tell its own record from a stale one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionRebuild {
+    /// The generation being built.
+    pub generation: u64,
+    /// The position up to which it has applied the log.
+    pub position: Position,
+    /// The rebuild's id.
+    pub id: Ulid,
+}
+
+impl ProjectionRebuild {
+    /// Encodes as 32 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(&self.generation.to_be_bytes());
+        v.extend_from_slice(&self.position.to_be_bytes());
+        v.extend_from_slice(&self.id.to_bytes());
+        v
+    }
+
+    /// Decodes 32 bytes.
+    pub fn decode(v: &[u8]) -> Result<Self> {
+        if v.len() != 32 {
+            return Err(Error::corrupt(
+                None,
+                format!(
+                    "projection rebuild record is {} bytes, expected 32",
+                    v.len()
+                ),
+            ));
+        }
+        let id: [u8; 16] = v[16..]
+            .try_into()
+            .map_err(|_| Error::corrupt(None, "projection rebuild id"))?;
+        Ok(ProjectionRebuild {
+            generation: parse_u64(&v[..8], "rebuild generation")?,
+            position: parse_u64(&v[8..16], "rebuild position")?,
+            id: Ulid::from_bytes(id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod state_key_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("billing".to_string()),
+            Just("billing#0".to_string()),
+            Just("a\0".to_string()),
+            ".{0,6}",
+        ]
+    }
+
+    fn consumer() -> impl Strategy<Value = ConsumerId> {
+        prop_oneof![
+            name().prop_map(ConsumerId::Named),
+            (name(), any::<u32>())
+                .prop_map(|(group, partition)| ConsumerId::Partition { group, partition }),
+        ]
+    }
+
+    fn state_key() -> impl Strategy<Value = StateKey> {
+        prop_oneof![
+            consumer().prop_map(StateKey::Checkpoint),
+            (consumer(), any::<u64>())
+                .prop_map(|(consumer, position)| StateKey::DeadLetter { consumer, position }),
+            (name(), any::<u32>())
+                .prop_map(|(group, partition)| StateKey::Lease { group, partition }),
+            (name(), name()).prop_map(|(group, member)| StateKey::Member { group, member }),
+            name().prop_map(|name| StateKey::ProjectionCheckpoint { name }),
+            name().prop_map(|name| StateKey::ProjectionRebuild { name }),
+            (
+                name(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..8)
+            )
+                .prop_map(|(name, generation, key)| StateKey::ReadModel {
+                    name,
+                    generation,
+                    key
+                }),
+            name().prop_map(StateKey::StreamSnapshot),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(StateKey::QuerySnapshot),
+            name().prop_map(StateKey::NamedSnapshot),
+        ]
+    }
+
+    #[test]
+    fn families_are_distinct_for_lookalike_names() {
+        // Issue 13: "billing#0" was both a subscription and a partition.
+        let named = checkpoint_key(Consumer::Named("billing#0"));
+        let part = checkpoint_key(Consumer::Partition {
+            group: "billing",
+            partition: 0,
+        });
+        assert_ne!(named, part);
+        assert!(!checkpoint_range().contains(&part));
+        assert!(group_checkpoint_range("billing").contains(&part));
+        assert!(!group_checkpoint_range("billing").contains(&named));
+        let dn = dead_letter_key(Consumer::Named("billing#0"), 3);
+        let dp = dead_letter_key(
+            Consumer::Partition {
+                group: "billing",
+                partition: 0,
+            },
+            3,
+        );
+        assert_ne!(dn, dp);
+        assert!(!dead_letter_range(Consumer::Named("billing#0")).contains(&dp));
+        assert!(group_dead_letter_range("billing").contains(&dp));
+        // A name continuing with an escaped NUL is not a child of the name.
+        assert!(!lease_range("a").contains(&lease_key("a\0", 1)));
+        assert!(!read_model_range_from("a", 0).contains(&read_model_prefix("a\0", 1)));
+        assert!(read_model_range_from("a", 2).contains(&read_model_prefix("a", 300)));
+        assert!(!read_model_range_from("a", 2).contains(&read_model_prefix("a", 1)));
+        assert!(read_model_generation_range("a", 1)
+            .contains(&[read_model_prefix("a", 1), vec![0xff]].concat()));
+        assert!(!read_model_generation_range("a", 1).contains(&read_model_prefix("a", 256)));
+        let r = ProjectionRebuild {
+            generation: 4,
+            position: 9,
+            id: Ulid(77),
+        };
+        assert_eq!(ProjectionRebuild::decode(&r.encode()).unwrap(), r);
+        assert!(ProjectionRebuild::decode(&[0; 31]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn state_keys_roundtrip_and_never_collide(a in state_key(), b in state_key()) {
+            let ka = a.encode();
+            prop_assert_eq!(parse_state_key(&ka).unwrap(), a.clone());
+            // Injective: different keys have different bytes.
+            if a != b {
+                prop_assert_ne!(ka, b.encode());
+            }
+        }
+
+        #[test]
+        fn state_parser_is_canonical_on_arbitrary_bytes(
+            k in state_key(),
+            cut in any::<prop::sample::Index>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..6),
+        ) {
+            // Truncated or extended real keys: whatever parses re-encodes
+            // to the very same bytes.
+            let mut key = k.encode();
+            key.truncate(cut.index(key.len() + 1));
+            key.extend_from_slice(&junk);
+            if let Ok(p) = parse_state_key(&key) {
+                prop_assert_eq!(p.encode(), key);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -669,9 +1198,10 @@ mod parser_tests {
     }
 }
 
-/// An idempotency entry: where an event is, and the extent of the append
-/// that wrote it, so a retry is recognised only when it repeats the whole
-/// append.
+/// An idempotency entry: where an event is, the extent of the append that
+/// wrote it, so a retry is recognised only when it repeats the whole
+/// append, and a digest of the event's content, so a retry is recognised
+/// only when it repeats the same events (not just the same ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdEntry {
     /// The event's position.
@@ -680,30 +1210,43 @@ pub struct IdEntry {
     pub append_first: Position,
     /// Last position of the append that wrote it.
     pub append_last: Position,
+    /// [`content_digest`] of the event's tags, data and metadata.
+    pub digest: u32,
 }
 
+/// Length of an encoded [`IdEntry`].
+pub const ID_ENTRY_LEN: usize = 28;
+
 impl IdEntry {
-    /// Encodes as 24 bytes.
+    /// Encodes as 28 bytes: position, append start and end (u64 BE each),
+    /// digest (u32 BE).
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(24);
+        let mut v = Vec::with_capacity(ID_ENTRY_LEN);
         v.extend_from_slice(&self.position.to_be_bytes());
         v.extend_from_slice(&self.append_first.to_be_bytes());
         v.extend_from_slice(&self.append_last.to_be_bytes());
+        v.extend_from_slice(&self.digest.to_be_bytes());
         v
     }
 
-    /// Decodes 24 bytes.
+    /// Decodes 28 bytes.
     pub fn decode(v: &[u8]) -> Result<Self> {
-        if v.len() != 24 {
+        if v.len() != ID_ENTRY_LEN {
             return Err(Error::corrupt(
                 None,
-                format!("id index entry is {} bytes, expected 24", v.len()),
+                format!(
+                    "id index entry is {} bytes, expected {ID_ENTRY_LEN}",
+                    v.len()
+                ),
             ));
         }
+        let mut d = [0u8; 4];
+        d.copy_from_slice(&v[24..]);
         let e = IdEntry {
             position: parse_u64(&v[..8], "id entry position")?,
             append_first: parse_u64(&v[8..16], "id entry append start")?,
-            append_last: parse_u64(&v[16..], "id entry append end")?,
+            append_last: parse_u64(&v[16..24], "id entry append end")?,
+            digest: u32::from_be_bytes(d),
         };
         if !(e.append_first <= e.position && e.position <= e.append_last) {
             return Err(Error::corrupt(
@@ -716,6 +1259,27 @@ impl IdEntry {
         }
         Ok(e)
     }
+}
+
+/// The digest of an event's content kept in its [`IdEntry`]: crc32c over
+/// the postcard encoding of `(tags, metadata)`, then the data's length (u64
+/// LE) and the data. Both parts are self-delimiting, so moving bytes
+/// between tags, metadata and data changes the input. Type and stream are
+/// not included: the replay check reads them from the log, and they are
+/// part of the key layout anyway.
+///
+/// crc32c (already used by the envelope, hardware-accelerated) rather than
+/// a cryptographic hash: it guards against a client re-using an id by
+/// mistake, where a 2^-32 chance of a miss is ample, not against an
+/// adversary, who could append anything under a new id anyway; and the
+/// append path also compares the stored event itself, so a collision
+/// cannot turn other content into a replay there.
+pub fn content_digest(tags: &[String], data: &[u8], metadata: &crate::event::Metadata) -> u32 {
+    // Tags and metadata are small; the payload is hashed in place.
+    let head = postcard::to_allocvec(&(tags, metadata)).unwrap_or_default();
+    let mut crc = crc32c::crc32c(&head);
+    crc = crc32c::crc32c_append(crc, &(data.len() as u64).to_le_bytes());
+    crc32c::crc32c_append(crc, data)
 }
 
 /// Encodes a projection checkpoint: read-model generation and position.

@@ -18,14 +18,14 @@
 //! let event = NewEvent::new("StudentSubscribed", br#"{"student":"s1"}"#.to_vec())
 //!     .with_tags(["course:c1", "student:s1"]);
 //! let done = store
-//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.head))))
+//!     .append(vec![event], Some(AppendCondition::new(query.clone(), Some(seen.consistent_through))))
 //!     .await?;
 //! assert_eq!(done.first_position, 1);
 //!
 //! // The same decision again now fails: the boundary has changed.
 //! let again = NewEvent::new("StudentSubscribed", b"{}".to_vec()).with_tags(["course:c1", "student:s1"]);
 //! let err = store
-//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.head))))
+//!     .append(vec![again], Some(AppendCondition::new(query, Some(seen.consistent_through))))
 //!     .await
 //!     .unwrap_err();
 //! assert!(matches!(err, eskv_core::Error::ConditionFailed { position: 1, .. }));
@@ -34,9 +34,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod event;
+mod event_serde;
 pub mod kv;
 pub mod layout;
 pub mod memory;
@@ -45,13 +47,16 @@ pub mod projection;
 pub mod query;
 pub mod store;
 pub mod subscription;
+pub mod testing;
 pub mod tuple;
+pub mod typed;
 pub mod verify;
 
+pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent, StreamRef,
-    StreamVersion,
+    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent,
+    StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
@@ -70,7 +75,19 @@ pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,
     PartitionKey, StartFrom, Subscription, SubscriptionFilter, SubscriptionOptions,
 };
+pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use ulid::Ulid;
+
+/// The `async_trait` attribute, for implementing [`Projection`] and
+/// [`EventHandler`] without adding the crate yourself.
+pub use async_trait::async_trait;
+
+/// Re-exports for `#[derive(eskv::DomainEvent)]`; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::typed::derive_support::{tag, tags};
+    pub use serde;
+}
 
 /// Renders a key for messages: printable ASCII as is, other bytes as `\xNN`,
 /// cut after 64 bytes.

@@ -22,6 +22,34 @@ use std::future::Future;
 use std::time::Duration;
 
 /// A read model maintained from the log.
+///
+/// Implement it with the re-exported [`async_trait`](crate::async_trait)
+/// attribute:
+///
+/// ```
+/// use eskv_core::{async_trait, EventStore, MemoryStore, NewEvent, Projection, ProjectionState, RecordedEvent};
+///
+/// /// Counts events per type.
+/// struct TypeCounts;
+///
+/// #[async_trait]
+/// impl Projection for TypeCounts {
+///     fn name(&self) -> &str {
+///         "type-counts"
+///     }
+///     async fn apply(&self, e: &RecordedEvent, state: &mut ProjectionState<'_>) -> eskv_core::Result<()> {
+///         let n: u64 = state.get_json(e.event_type.as_bytes()).await?.unwrap_or(0);
+///         state.put_json(e.event_type.as_bytes(), &(n + 1))
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv_core::Result<()> {
+/// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+/// store.append(vec![NewEvent::new("Ping", vec![]), NewEvent::new("Ping", vec![])], None).await?;
+/// store.catch_up_projection(&TypeCounts, &eskv_core::ProjectionOptions::default()).await?;
+/// assert_eq!(store.read_model("type-counts").get_json::<u64>(b"Ping").await?, Some(2));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Projection: Send + Sync {
     /// Unique name; keys its checkpoint and its read-model namespace.
@@ -106,18 +134,36 @@ impl ProjectionState<'_> {
     }
 }
 
-/// The read model of generation `gen`. A rebuild moves to a fresh
-/// generation in the same transaction that resets the checkpoint, so
-/// readers and runners switch atomically and the old generation is deleted
-/// behind them.
+/// The read model of generation `gen`. Readers and the live runner use
+/// the generation named by the projection's checkpoint; a rebuild fills a
+/// fresh generation beside it and switches the checkpoint to it once it has
+/// caught up (see [`EventStore::rebuild_projection`]).
 fn model_prefix(name: &str, gen: u64) -> Vec<u8> {
-    layout::subscription_key("projection", name)
-        .u64(gen)
-        .finish()
+    layout::read_model_prefix(name, gen)
 }
 
 fn projection_checkpoint_key(name: &str) -> Vec<u8> {
-    layout::subscription_key("projection-checkpoint", name).finish()
+    layout::projection_checkpoint_key(name)
+}
+
+/// Reads a projection's rebuild record, if a rebuild is in progress.
+async fn read_rebuild(
+    txn: &mut dyn KvTransaction,
+    name: &str,
+) -> Result<Option<layout::ProjectionRebuild>> {
+    txn.get(&layout::projection_rebuild_key(name))
+        .await?
+        .map(|v| layout::ProjectionRebuild::decode(&v))
+        .transpose()
+}
+
+/// What one rebuild batch did.
+enum RebuildStep {
+    /// Applied events up to this position to the new generation.
+    Applied(Position),
+    /// Caught up with the live generation and switched readers and the
+    /// live runner to the new one, at this position.
+    Switched(Position),
 }
 
 /// Reads a projection's checkpoint: `(generation, position)`.
@@ -241,26 +287,55 @@ impl EventStore {
 
     /// Applies one batch after the projection's checkpoint, exactly once.
     /// Returns the new checkpoint, or `None` if there was nothing to apply.
+    ///
+    /// A batch the backend refuses as too large
+    /// ([`Error::LimitExceeded`], for example more than etcd's 128
+    /// operations) is retried with half as many events, down to one.
     pub async fn project_batch<P: Projection + ?Sized>(
         &self,
         p: &P,
         opts: &ProjectionOptions,
     ) -> Result<Option<Position>> {
+        let mut limit = opts.batch_size.max(1);
+        self.with_batch_retries(p.name(), opts, &mut limit, |l| self.try_project_batch(p, l))
+            .await
+    }
+
+    /// Runs one batch attempt `f(limit)` with the store's retry policy for
+    /// transient errors, the handler policy for failing batches, and
+    /// halving of `limit` for batches too large for the backend.
+    async fn with_batch_retries<T, F, Fut>(
+        &self,
+        name: &str,
+        opts: &ProjectionOptions,
+        limit: &mut usize,
+        mut f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut delay = opts.handler.backoff;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match retry(self.options().max_retries, || {
-                self.try_project_batch(p, opts.batch_size.max(1))
-            })
-            .await
-            {
+            let l = *limit;
+            match retry(self.options().max_retries, || f(l)).await {
                 Ok(r) => return Ok(r),
+                Err(Error::LimitExceeded { .. }) if l > 1 => {
+                    *limit = l / 2;
+                    attempt -= 1;
+                    tracing::debug!(
+                        projection = name,
+                        batch = *limit,
+                        "projection batch too large for one transaction; halving it"
+                    );
+                }
                 Err(e)
                     if attempt < opts.handler.max_attempts
                         && !matches!(e, Error::Corrupt { .. }) =>
                 {
-                    tracing::debug!(projection = p.name(), attempt, error = %e, "projection batch failed, retrying");
+                    tracing::debug!(projection = name, attempt, error = %e, "projection batch failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2).min(opts.handler.max_backoff);
                 }
@@ -269,27 +344,27 @@ impl EventStore {
         }
     }
 
-    async fn try_project_batch<P: Projection + ?Sized>(
+    /// The events of `filter` after `cp`, at most `limit`, and the position
+    /// up to which they cover the log.
+    async fn projection_page(
         &self,
-        p: &P,
+        filter: SubscriptionFilter,
+        cp: Position,
         limit: usize,
-    ) -> Result<Option<Position>> {
-        let cp_key = projection_checkpoint_key(p.name());
-        let mut txn = self.kv().begin().await?;
-        let (gen, cp) = read_checkpoint(&mut *txn, p.name()).await?;
+    ) -> Result<(Vec<RecordedEvent>, Position)> {
         let opts = ReadOptions::after(cp).limit(limit);
-        let (events, head) = match p.filter() {
+        let (events, head) = match filter {
             SubscriptionFilter::All => {
                 let r = self.read_all(opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Query(q) => {
                 let r = self.read(&q, opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Category(c) => {
                 let r = self.read_category(&c, opts).await?;
-                (r.events, r.head)
+                (r.events, r.consistent_through)
             }
             SubscriptionFilter::Stream(s) => {
                 // Head first: every event at or below it is in the later read.
@@ -314,6 +389,18 @@ impl EventStore {
         } else {
             events.last().map_or(cp, |e| e.position)
         };
+        Ok((events, next))
+    }
+
+    async fn try_project_batch<P: Projection + ?Sized>(
+        &self,
+        p: &P,
+        limit: usize,
+    ) -> Result<Option<Position>> {
+        let cp_key = projection_checkpoint_key(p.name());
+        let mut txn = self.kv().begin().await?;
+        let (gen, cp) = read_checkpoint(&mut *txn, p.name()).await?;
+        let (events, next) = self.projection_page(p.filter(), cp, limit).await?;
         if next == cp {
             return Ok(None);
         }
@@ -375,6 +462,7 @@ impl EventStore {
     {
         tokio::pin!(shutdown);
         let mut head_rx = self.watch_head();
+        crate::subscription::relay_commits(self);
         let mut idle = opts.poll_min;
         loop {
             let step = tokio::select! {
@@ -396,48 +484,263 @@ impl EventStore {
     }
 
     /// Rebuilds the projection from the start of the log, reporting
-    /// `(position, target)` after each batch. The switch is atomic: one
-    /// transaction moves the projection to a fresh, empty read-model
-    /// generation with its checkpoint at 0, so readers see the new model
-    /// from then on (partly rebuilt until this returns) and a live runner
-    /// either finished its batch before the switch or conflicts and
-    /// continues in the new generation. The old generation is then deleted.
+    /// `(position, target)` after each batch, and returns its checkpoint
+    /// once it has caught up with the head seen at the call.
+    ///
+    /// The new read model is built in a fresh generation beside the live
+    /// one. Readers ([`read_model`](Self::read_model)) and a live runner
+    /// keep using the old generation, complete and current, until the new
+    /// one has caught up with it; the batch that catches up also switches
+    /// the projection's checkpoint to the new generation, in one
+    /// transaction, so readers never see a partial model. The old
+    /// generation is then deleted (see
+    /// [`clean_up_projection`](Self::clean_up_projection)).
+    ///
+    /// Every step is safe to retry: a lost commit acknowledgement is
+    /// resolved by re-reading the rebuild's record, which carries the
+    /// rebuild's id. A rebuild that is interrupted (its process killed)
+    /// leaves a record and a partial generation; the next rebuild replaces
+    /// it and deletes what it left. A rebuild superseded by a concurrent
+    /// one fails with [`Error::InvalidInput`].
     pub async fn rebuild_projection<P: Projection + ?Sized>(
         &self,
         p: &P,
         opts: &ProjectionOptions,
         mut progress: impl FnMut(Position, Position) + Send,
     ) -> Result<Position> {
-        crate::subscription::validate_name(p.name())?;
-        let cp_key = projection_checkpoint_key(p.name());
-        let old_gen = retry(self.options().max_retries, || async {
+        let name = p.name();
+        crate::subscription::validate_name(name)?;
+        // Leftovers of earlier rebuilds first, while nothing is being built.
+        self.clean_up_projection(name).await?;
+        let id = ulid::Ulid::generate();
+        let gen = self.begin_rebuild(name, id).await?;
+        let target = self.head().await?;
+        let mut limit = opts.batch_size.max(1);
+        loop {
+            let step = self
+                .with_batch_retries(name, opts, &mut limit, |l| {
+                    self.try_rebuild_batch(p, l, gen, id)
+                })
+                .await?;
+            match step {
+                RebuildStep::Applied(pos) => progress(pos.min(target), target),
+                RebuildStep::Switched(pos) => {
+                    progress(pos.min(target), target);
+                    break;
+                }
+            }
+        }
+        self.clean_up_projection(name).await?;
+        // The new generation is live now: bring it up to the target.
+        self.catch_up_to(p, opts, target, &mut progress).await
+    }
+
+    /// Starts a rebuild: records a fresh generation, above every generation
+    /// the projection has (live, being rebuilt, or left over), as being
+    /// built from position 0 by rebuild `id`. Returns the generation.
+    async fn begin_rebuild(&self, name: &str, id: ulid::Ulid) -> Result<u64> {
+        let key = layout::projection_rebuild_key(name);
+        retry(self.options().max_retries, || async {
             let mut txn = self.kv().begin().await?;
-            let (gen, _) = read_checkpoint(&mut *txn, p.name()).await?;
-            txn.validate(cp_key.clone());
+            let (live, _) = read_checkpoint(&mut *txn, name).await?;
+            let current = read_rebuild(&mut *txn, name).await?;
+            if let Some(r) = current.filter(|r| r.id == id) {
+                // Our own record: an earlier attempt committed, but its
+                // acknowledgement was lost.
+                return Ok(r.generation);
+            }
+            if let Some(r) = current {
+                tracing::info!(
+                    projection = name,
+                    generation = r.generation,
+                    position = r.position,
+                    "replacing an unfinished rebuild"
+                );
+            }
+            let highest = txn
+                .scan(
+                    layout::read_model_range_from(name, 0),
+                    ScanOptions::backward(Some(1)),
+                )
+                .await?
+                .first()
+                .map(|(k, _)| match layout::parse_state_key(k)? {
+                    layout::StateKey::ReadModel { generation, .. } => Ok(generation),
+                    other => Err(Error::corrupt(
+                        None,
+                        format!("{other:?} found among read-model keys"),
+                    )),
+                })
+                .transpose()?;
+            let gen = live
+                .max(current.map_or(0, |r| r.generation))
+                .max(highest.unwrap_or(0))
+                .checked_add(1)
+                .ok_or_else(|| Error::corrupt(None, "read-model generations exhausted"))?;
             txn.put(
-                cp_key.clone(),
-                layout::projection_checkpoint_value(gen + 1, 0),
+                key.clone(),
+                layout::ProjectionRebuild {
+                    generation: gen,
+                    position: 0,
+                    id,
+                }
+                .encode(),
             );
             txn.commit().await?;
             Ok(gen)
         })
-        .await?;
-        let old = model_prefix(p.name(), old_gen);
-        loop {
-            let mut txn = self.kv().begin().await?;
-            let rows = txn
-                .scan(KeyRange::prefix(&old), ScanOptions::forward(Some(512)))
-                .await?;
-            if rows.is_empty() {
-                break;
+        .await
+    }
+
+    /// One batch of rebuild `id` into generation `gen`; switches to it when
+    /// it has caught up with the live generation.
+    async fn try_rebuild_batch<P: Projection + ?Sized>(
+        &self,
+        p: &P,
+        limit: usize,
+        gen: u64,
+        id: ulid::Ulid,
+    ) -> Result<RebuildStep> {
+        let name = p.name();
+        let cp_key = projection_checkpoint_key(name);
+        let rebuild_key = layout::projection_rebuild_key(name);
+        let mut txn = self.kv().begin().await?;
+        let vals = txn.get_many(&[cp_key.clone(), rebuild_key.clone()]).await?;
+        let (live_gen, live_pos) = vals[0]
+            .as_deref()
+            .map_or(Ok((0, 0)), layout::parse_projection_checkpoint)?;
+        let record = vals[1]
+            .as_deref()
+            .map(layout::ProjectionRebuild::decode)
+            .transpose()?;
+        let pos = match record {
+            Some(r) if r.id == id => r.position,
+            // The switch committed, but its acknowledgement was lost.
+            _ if live_gen == gen => return Ok(RebuildStep::Switched(live_pos)),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "the rebuild of projection '{name}' into generation {gen} was superseded by \
+                     another rebuild; only the latest rebuild finishes"
+                )))
             }
-            for (k, _) in rows {
-                txn.delete(k);
-            }
-            txn.commit().await?;
+        };
+        let (events, next) = self.projection_page(p.filter(), pos, limit).await?;
+        let mut state = ProjectionState {
+            txn: &mut *txn,
+            prefix: model_prefix(name, gen),
+        };
+        for e in &events {
+            p.apply(e, &mut state).await?;
         }
-        let target = self.head().await?;
-        self.catch_up_to(p, opts, target, &mut progress).await
+        // `next` comes from a read after this transaction's snapshot, so a
+        // short page reaches at least the live checkpoint read above.
+        let step = if next >= live_pos {
+            txn.validate(cp_key.clone());
+            txn.put(cp_key, layout::projection_checkpoint_value(gen, next));
+            txn.delete(rebuild_key);
+            RebuildStep::Switched(next)
+        } else {
+            txn.put(
+                rebuild_key,
+                layout::ProjectionRebuild {
+                    generation: gen,
+                    position: next,
+                    id,
+                }
+                .encode(),
+            );
+            RebuildStep::Applied(next)
+        };
+        txn.commit().await?;
+        Ok(step)
+    }
+
+    /// Deletes every read-model generation of projection `name` that is
+    /// neither live nor being rebuilt: the old generation after a rebuild,
+    /// and whatever an interrupted or superseded rebuild left. Deletes in
+    /// transactions sized to the backend
+    /// ([`max_ops_per_txn`](crate::Capabilities::max_ops_per_txn)), each
+    /// retried on transient errors, so it works on etcd and can simply be
+    /// run again after a crash. Returns how many keys it deleted.
+    /// [`rebuild_projection`](Self::rebuild_projection) runs it before and
+    /// after rebuilding.
+    pub async fn clean_up_projection(&self, name: &str) -> Result<u64> {
+        crate::subscription::validate_name(name)?;
+        // Two operations go to validating the checkpoint and the rebuild
+        // record: a generation that is garbage at the snapshot stays so.
+        let batch = self
+            .kv()
+            .capabilities()
+            .max_ops_per_txn
+            .map_or(1024, |n| n.saturating_sub(2))
+            .clamp(1, 1024);
+        let cp_key = projection_checkpoint_key(name);
+        let rebuild_key = layout::projection_rebuild_key(name);
+        let mut from = 0;
+        let mut deleted = 0;
+        loop {
+            let step = retry(self.options().max_retries, || async {
+                let mut txn = self.kv().begin().await?;
+                let (live, _) = read_checkpoint(&mut *txn, name).await?;
+                let building = read_rebuild(&mut *txn, name).await?.map(|r| r.generation);
+                let mut at = from;
+                loop {
+                    let first = txn
+                        .scan(
+                            layout::read_model_range_from(name, at),
+                            ScanOptions::forward(Some(1)),
+                        )
+                        .await?;
+                    let Some((k, _)) = first.first() else {
+                        return Ok(None);
+                    };
+                    let gen = match layout::parse_state_key(k)? {
+                        layout::StateKey::ReadModel { generation, .. } => generation,
+                        other => {
+                            return Err(Error::corrupt(
+                                None,
+                                format!("{other:?} found among read-model keys"),
+                            ))
+                        }
+                    };
+                    if gen == live || Some(gen) == building {
+                        match gen.checked_add(1) {
+                            Some(g) => at = g,
+                            None => return Ok(None),
+                        }
+                        continue;
+                    }
+                    let rows = txn
+                        .scan(
+                            layout::read_model_generation_range(name, gen),
+                            ScanOptions::forward(Some(batch)),
+                        )
+                        .await?;
+                    let n = rows.len() as u64;
+                    for (k, _) in rows {
+                        txn.delete(k);
+                    }
+                    txn.validate(cp_key.clone());
+                    txn.validate(rebuild_key.clone());
+                    txn.commit().await?;
+                    return Ok(Some((gen, n)));
+                }
+            })
+            .await?;
+            match step {
+                None => return Ok(deleted),
+                Some((gen, n)) => {
+                    tracing::debug!(
+                        projection = name,
+                        generation = gen,
+                        keys = n,
+                        "deleted old read-model keys"
+                    );
+                    deleted += n;
+                    from = gen;
+                }
+            }
+        }
     }
 }
 
@@ -454,17 +757,14 @@ pub enum SnapshotKey {
 
 impl SnapshotKey {
     fn key(&self) -> Result<Vec<u8>> {
-        let b = layout::subscription_key("snapshot", "");
         Ok(match self {
-            SnapshotKey::Stream(s) => b.str("stream").str(s).finish(),
-            SnapshotKey::Named(n) => b.str("named").str(n).finish(),
-            SnapshotKey::Query(q) => b
-                .str("query")
-                .bytes(
-                    &postcard::to_allocvec(q)
-                        .map_err(|e| Error::invalid(format!("cannot encode query: {e}")))?,
-                )
-                .finish(),
+            SnapshotKey::Stream(s) => layout::snapshot_key(layout::SnapshotOf::Stream(s)),
+            SnapshotKey::Named(n) => layout::snapshot_key(layout::SnapshotOf::Named(n)),
+            SnapshotKey::Query(q) => {
+                let q = postcard::to_allocvec(q)
+                    .map_err(|e| Error::invalid(format!("cannot encode query: {e}")))?;
+                layout::snapshot_key(layout::SnapshotOf::Query(&q))
+            }
         })
     }
 }

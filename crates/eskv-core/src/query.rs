@@ -87,6 +87,37 @@ impl Query {
         Query::item(QueryItem::new().types(types).tags(tags))
     }
 
+    /// Events of any of `types`, whatever their tags. `Query::types(["A"])`
+    /// is `Query::of(["A"], [])` with the element type of the empty list
+    /// spelled out for you (an empty array literal cannot be inferred when
+    /// both `&str` and `String` arrays are accepted).
+    ///
+    /// ```
+    /// use eskv_core::Query;
+    /// assert_eq!(Query::types(["A", "B"]), Query::of(["A", "B"], Vec::<String>::new()));
+    /// ```
+    pub fn types<I, S>(types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Query::item(QueryItem::new().types(types))
+    }
+
+    /// Events of any type carrying all of `tags`.
+    ///
+    /// ```
+    /// use eskv_core::Query;
+    /// assert_eq!(Query::tags(["course:c1"]), Query::of(Vec::<String>::new(), ["course:c1"]));
+    /// ```
+    pub fn tags<I, S>(tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Query::item(QueryItem::new().tags(tags))
+    }
+
     /// Adds an item (OR).
     pub fn or(mut self, item: QueryItem) -> Self {
         self.items.push(item);
@@ -118,8 +149,11 @@ impl Query {
 pub struct AppendCondition {
     /// Events that must not exist.
     pub fail_if_events_match: Query,
-    /// Ignore events at or before this position: normally the head returned
-    /// by the read that informed the decision.
+    /// Ignore events at or before this position: normally the
+    /// [`consistent_through`](crate::ReadResult::consistent_through) of
+    /// the read that informed the decision. Not the store's head: a read
+    /// cut short by a limit or `until` did not see everything up to the
+    /// head.
     pub after: Option<Position>,
 }
 

@@ -59,6 +59,10 @@ pub struct Limits {
     pub max_stream_id_len: usize,
     /// Most items in a query. Default 64.
     pub max_query_items: usize,
+    /// Most types in one query item. Default 64. Each type of an item
+    /// without tags is one index scan, so this bounds a query's reads
+    /// together with `max_query_items`.
+    pub max_types_per_query_item: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +76,7 @@ impl Default for Limits {
             max_type_len: 128,
             max_stream_id_len: 256,
             max_query_items: 64,
+            max_types_per_query_item: 64,
         }
     }
 }
@@ -309,14 +314,54 @@ impl LogFilter {
     }
 }
 
-/// Events plus the head position of the snapshot they were read at. Pass
-/// `head` as the `after` of an [`AppendCondition`] built from this read.
+/// Events, plus the position through which the read is consistent: pass
+/// [`consistent_through`](Self::consistent_through) as the `after` of an
+/// [`AppendCondition`] built from this read (same query), and the append
+/// fails if any matching event exists that the read did not return.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadResult {
     /// The events, in the requested order.
     pub events: Vec<RecordedEvent>,
-    /// The store's head at the read's snapshot.
-    pub head: Position,
+    /// The position up to which this read reflects the log, so that
+    /// passing it back as a condition's `after` is always safe.
+    ///
+    /// **Forwards**: every matching event at positions `from ..=
+    /// consistent_through` is in `events`, and none after it is. It is the
+    /// store's head at the read's snapshot, capped by `until`, unless
+    /// `limit` cut the read short (as many events returned as the limit
+    /// allows): then it is the position of the last event returned (with
+    /// `limit(0)`, the position before `from`). Matching events the read
+    /// did not reach are thus all after it, and a condition with this
+    /// `after` fails on them. Continue a paged read with
+    /// `ReadOptions::after(consistent_through)`.
+    ///
+    /// **Backwards**: the upper end of the range read: the snapshot's
+    /// head, capped by `from` and `until`. `events` are the latest
+    /// matching events at or below it (all of them unless `limit` cut the
+    /// read); a condition with this `after` fails on any matching event
+    /// above it. Matching events below those returned are not seen by the
+    /// decision and not checked by the condition either (a condition only
+    /// looks after `after`); read forwards when a decision needs them.
+    ///
+    /// Never above the snapshot's head; for an unbounded read it is the
+    /// head.
+    pub consistent_through: Position,
+}
+
+/// [`ReadResult::consistent_through`] of a read with `opts` at a snapshot
+/// whose head is `head`, which returned `events`.
+fn consistent_through(opts: ReadOptions, head: Position, events: &[RecordedEvent]) -> Position {
+    let top = opts.until.map_or(head, |u| u.min(head));
+    if opts.backwards {
+        return opts.from.map_or(top, |f| f.min(top));
+    }
+    match opts.limit {
+        Some(l) if events.len() >= l => events
+            .last()
+            .map_or(opts.from.unwrap_or(1).saturating_sub(1), |e| e.position)
+            .min(top),
+        _ => top,
+    }
 }
 
 /// A stream's state.
@@ -368,9 +413,14 @@ struct Inner {
     kv: Arc<dyn KvStore>,
     opts: EventStoreOptions,
     queue: Mutex<VecDeque<Pending>>,
-    leader: tokio::sync::Mutex<()>,
+    /// Held by the task running a batch, for as long as it runs: one
+    /// batch at a time per store.
+    leader: Arc<tokio::sync::Mutex<()>>,
     known_types: RwLock<HashSet<String>>,
     head_tx: watch::Sender<Position>,
+    /// True while a commit relay runs for this handle (see
+    /// `subscription::relay_commits`).
+    relay_running: std::sync::atomic::AtomicBool,
 }
 
 /// Per-batch state while a group commit is built.
@@ -427,9 +477,14 @@ impl EventStore {
 
     /// Opens the event store on `kv`.
     ///
-    /// Fails with [`Error::Corrupt`] when the store holds a different
-    /// layout format. On a store opened read-only (whose commits fail with
-    /// [`Error::ReadOnly`]) nothing is written, not even the format marker.
+    /// Fails with [`Error::IncompatibleFormat`] when the store was written
+    /// in another event layout (`eskv-events/<n>`, see
+    /// [`layout::FORMAT`]): export it with the eskv version that wrote it
+    /// and import the export with this one. Fails with [`Error::Corrupt`]
+    /// when the format marker is not an eskv one at all. Nothing is
+    /// written in either case. On a store opened read-only (whose commits
+    /// fail with [`Error::ReadOnly`]) nothing is written, not even the
+    /// format marker.
     pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
@@ -438,16 +493,7 @@ impl EventStore {
                 .await?;
             match vals[0].as_deref() {
                 Some(f) if f == layout::FORMAT => {}
-                Some(f) => {
-                    return Err(Error::corrupt(
-                        None,
-                        format!(
-                            "the store holds event layout {:?}; this eskv reads {:?}",
-                            String::from_utf8_lossy(f),
-                            String::from_utf8_lossy(layout::FORMAT)
-                        ),
-                    ))
-                }
+                Some(f) => return Err(format_error(f)),
                 None => {
                     txn.put(layout::format_key(), layout::FORMAT.to_vec());
                     match txn.commit().await {
@@ -469,9 +515,10 @@ impl EventStore {
                 kv,
                 opts,
                 queue: Mutex::new(VecDeque::new()),
-                leader: tokio::sync::Mutex::new(()),
+                leader: Arc::new(tokio::sync::Mutex::new(())),
                 known_types: RwLock::new(HashSet::new()),
                 head_tx,
+                relay_running: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -491,6 +538,21 @@ impl EventStore {
     /// seen; poll [`head`](Self::head) for those.
     pub fn watch_head(&self) -> watch::Receiver<Position> {
         self.inner.head_tx.subscribe()
+    }
+
+    /// The head watch's sender, for the commit relay.
+    pub(crate) fn head_sender(&self) -> &watch::Sender<Position> {
+        &self.inner.head_tx
+    }
+
+    /// Publishes a head read elsewhere (by the commit relay).
+    pub(crate) fn publish_head(&self, head: Position) {
+        self.inner.publish_head(head)
+    }
+
+    /// Set while the commit relay runs.
+    pub(crate) fn relay_running(&self) -> &std::sync::atomic::AtomicBool {
+        &self.inner.relay_running
     }
 
     /// Appends `events` under an optional DCB condition.
@@ -529,18 +591,24 @@ impl EventStore {
             tokio::select! {
                 biased;
                 res = &mut rx => return res.unwrap_or_else(|_| Err(batch_lost())),
-                guard = self.inner.leader.lock() => {
+                guard = self.inner.leader.clone().lock_owned() => {
                     let batch = self.inner.take_batch();
                     if batch.is_empty() {
                         // Another leader took ours; its answer is coming.
                         drop(guard);
                         return rx.await.unwrap_or_else(|_| Err(batch_lost()));
                     }
-                    // Run in its own task so a cancelled caller never
-                    // abandons the other appends of the batch.
+                    // The batch runs in its own task, which also holds the
+                    // leader lock until the batch is done: a cancelled
+                    // caller neither abandons the other appends of the
+                    // batch nor lets a second batch start beside it. This
+                    // caller's own answer comes through `rx`, like every
+                    // other waiter's.
                     let inner = self.inner.clone();
-                    let _ = tokio::spawn(async move { inner.run_batch(batch).await }).await;
-                    drop(guard);
+                    tokio::spawn(async move {
+                        inner.run_batch(batch).await;
+                        drop(guard);
+                    });
                 }
             }
         }
@@ -670,6 +738,20 @@ impl EventStore {
             ));
         }
         for item in &mut q.items {
+            if item.types.len() > l.max_types_per_query_item {
+                return Err(Error::limit(
+                    "types in one query item (split the item into several items with fewer types each)",
+                    l.max_types_per_query_item,
+                    item.types.len(),
+                ));
+            }
+            if item.tags.len() > l.max_tags_per_event {
+                return Err(Error::limit(
+                    "tags in one query item (an item matches only events carrying all its tags, and an event carries at most max_tags_per_event)",
+                    l.max_tags_per_event,
+                    item.tags.len(),
+                ));
+            }
             item.types.sort();
             item.types.dedup();
             item.tags.sort();
@@ -721,11 +803,21 @@ impl EventStore {
             if found.iter().any(Option::is_some) {
                 let mut replay = true;
                 for ((e, f), k) in events.iter().zip(&found).zip(&id_keys) {
+                    let mut tags = e.tags.clone();
+                    tags.sort();
+                    tags.dedup();
                     let at = match f {
-                        Some(v) => Some(IdEntry::decode(layout::open_index_value(k, v)?)?.position),
+                        Some(v) => {
+                            let x = IdEntry::decode(layout::open_index_value(k, v)?)?;
+                            Some((x.position, x.digest))
+                        }
                         None => None,
                     };
-                    replay &= at == Some(e.position);
+                    replay &= at
+                        == Some((
+                            e.position,
+                            layout::content_digest(&tags, &e.data, &e.metadata),
+                        ));
                 }
                 if replay {
                     return Ok(head);
@@ -832,8 +924,10 @@ impl EventStore {
         read_head(&mut *txn).await
     }
 
-    /// DCB read: the events matching `query`, plus the head at the read's
-    /// snapshot.
+    /// DCB read: the events matching `query`, plus the position through
+    /// which the read is consistent
+    /// ([`ReadResult::consistent_through`]), to pass back as the `after`
+    /// of a condition on the same query.
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
@@ -844,13 +938,16 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let positions = find_positions(&mut *txn, &q, lo, hi, opts.backwards, opts.limit).await?;
         let events = load_events(&mut *txn, &positions).await?;
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads the global log.
@@ -877,8 +974,8 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((mut lo, mut hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let want = opts.limit.unwrap_or(usize::MAX);
@@ -914,7 +1011,10 @@ impl EventStore {
                 break;
             }
         }
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads a category: the events of every stream whose id, up to its
@@ -926,8 +1026,8 @@ impl EventStore {
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
-                head,
             });
         };
         let positions = scan_index(
@@ -941,7 +1041,10 @@ impl EventStore {
         )
         .await?;
         let events = load_events(&mut *txn, &positions).await?;
-        Ok(ReadResult { events, head })
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
     }
 
     /// Reads a stream by version.
@@ -1189,6 +1292,36 @@ impl std::fmt::Display for ImportMarker {
     }
 }
 
+/// The error for a store whose format marker is not [`layout::FORMAT`].
+fn format_error(found: &[u8]) -> Error {
+    let supported = String::from_utf8_lossy(layout::FORMAT).into_owned();
+    let (Some(n), Some(ours)) = (
+        layout::format_number(found),
+        layout::format_number(layout::FORMAT),
+    ) else {
+        return Error::corrupt(
+            None,
+            format!(
+                "the event layout marker holds {:?}, which is not an eskv layout (this eskv reads {supported:?}); is this an eskv event store?",
+                String::from_utf8_lossy(found)
+            ),
+        );
+    };
+    let advice = if n < ours {
+        "it was written by an older eskv. Export it with that version \
+         (`eskv --store <url> export --out events.jsonl`), then import the export into a \
+         new, empty store with this version (`eskv --store <new url> import --in events.jsonl`). \
+         The store was not changed"
+    } else {
+        "it was written by a newer eskv; open it with that version. The store was not changed"
+    };
+    Error::IncompatibleFormat {
+        found: String::from_utf8_lossy(found).into_owned(),
+        supported,
+        advice: advice.to_string(),
+    }
+}
+
 fn stream_info(stream_id: String, meta: Option<StreamMeta>) -> StreamInfo {
     StreamInfo {
         stream_id,
@@ -1415,7 +1548,7 @@ impl Inner {
             if let Some(after) = c.after {
                 if after > batch.head {
                     return Ok(Err(Error::invalid(format!(
-                        "condition's after ({after}) is past the head ({}); pass the head returned by your read",
+                        "condition's after ({after}) is past the head ({}); pass the consistent_through of the read your decision used",
                         batch.head
                     ))));
                 }
@@ -1436,32 +1569,26 @@ impl Inner {
         let mut version = meta.map_or(0, |m| m.version);
         let stream = req.stream.as_ref().map(|(s, _)| s.as_str());
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.events.len() * 6);
+        let last = first + req.events.len() as u64 - 1;
+        let mut entries = Vec::with_capacity(req.events.len());
         for (i, e) in req.events.iter().enumerate() {
             let pos = first + i as u64;
             let sref = stream.map(|s| {
                 version += 1;
                 (s, version)
             });
-            event_rows(
+            entries.push(event_rows(
                 &mut rows,
                 pos,
                 e,
                 batch.now_ms,
                 sref,
-                (first, first + req.events.len() as u64 - 1),
-            )?;
+                (first, last),
+            )?);
         }
-        let last = first + req.events.len() as u64 - 1;
-        for (i, e) in req.events.iter().enumerate() {
-            batch.appended.push((first + i as u64, e));
-            batch.ids.insert(
-                e.id,
-                IdEntry {
-                    position: first + i as u64,
-                    append_first: first,
-                    append_last: last,
-                },
-            );
+        for (e, entry) in req.events.iter().zip(entries) {
+            batch.appended.push((entry.position, e));
+            batch.ids.insert(e.id, entry);
         }
         if let Some(s) = stream {
             let m = StreamMeta {
@@ -1520,7 +1647,7 @@ impl Inner {
         let positions: Vec<Position> = entries.iter().map(|e| e.position).collect();
         let stored = load_events(txn, &positions).await?;
         let want_stream = req.stream.as_ref().map(|(s, _)| s.as_str());
-        for (e, s) in req.events.iter().zip(&stored) {
+        for ((e, s), entry) in req.events.iter().zip(&stored).zip(&entries) {
             let got_stream = s.stream.as_ref().map(|r| r.stream_id.as_str());
             if s.event_type != e.event_type || got_stream != want_stream {
                 return violation(format!(
@@ -1530,6 +1657,27 @@ impl Inner {
                     got_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
                     e.event_type,
                     want_stream.map_or("no stream".to_string(), |x| format!("stream '{x}'")),
+                ));
+            }
+            // Same ids, type and stream: the content must match too, or
+            // the new data would be dropped in silence. The digest is what
+            // the id entry holds; the stored event (already loaded) is
+            // compared as well, so a digest collision cannot pass.
+            let differs: Vec<&str> = [
+                ("data", s.data != e.data),
+                ("tags", s.tags != e.tags),
+                ("metadata", s.metadata != e.metadata),
+                ("content digest", entry.digest != digest_of(e)),
+            ]
+            .into_iter()
+            .filter_map(|(what, d)| d.then_some(what))
+            .collect();
+            if !differs.is_empty() {
+                return violation(format!(
+                    "event id {} was already appended (at position {}) with other {}; a retry must repeat the same events, and a new event needs a new id",
+                    e.id,
+                    entry.position,
+                    differs.join(", "),
                 ));
             }
         }
@@ -1587,8 +1735,14 @@ impl Inner {
     }
 }
 
+/// The digest of `e`'s content kept in its id entry.
+fn digest_of(e: &NewEvent) -> u32 {
+    layout::content_digest(&e.tags, &e.data, &e.metadata)
+}
+
 /// The rows one event adds to the layout (log, id, type, tags, stream
 /// index, category). The one place that knows an event's index entries.
+/// Returns the event's id entry.
 fn event_rows(
     rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
     pos: Position,
@@ -1596,7 +1750,7 @@ fn event_rows(
     recorded_at_ms: u64,
     stream: Option<(&str, u64)>,
     (append_first, append_last): (Position, Position),
-) -> Result<()> {
+) -> Result<IdEntry> {
     let start = rows.len();
     rows.push((
         layout::log_key(pos),
@@ -1606,6 +1760,7 @@ fn event_rows(
         position: pos,
         append_first,
         append_last,
+        digest: digest_of(e),
     };
     rows.push((layout::id_key(e.id), id.encode()));
     rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
@@ -1626,7 +1781,7 @@ fn event_rows(
     for (k, v) in &mut rows[start + 1..] {
         *v = layout::seal_index_value(k, std::mem::take(v));
     }
-    Ok(())
+    Ok(id)
 }
 
 async fn registered_types(txn: &mut dyn KvTransaction) -> Result<Vec<String>> {
@@ -1774,7 +1929,10 @@ async fn read_forward(
     }
     let positions: Vec<Position> = all.into_iter().take(want).collect();
     let events = load_events(txn, &positions).await?;
-    Ok(ReadResult { events, head })
+    Ok(ReadResult {
+        consistent_through: consistent_through(opts, head, &events),
+        events,
+    })
 }
 
 /// Positions in `[lo, hi]` of events matching `query`, in the requested

@@ -9,24 +9,33 @@
 //! cursor" can never miss a later commit.
 //!
 //! Waiting for new events: appends made through the same [`EventStore`]
-//! (or its clones) wake subscribers at once through a watch channel. On
-//! backends shared by several processes ([`Capabilities::single_process`]
-//! is false) subscribers also poll with adaptive backoff, from
+//! (or its clones) wake subscribers at once through a watch channel; on
+//! embedded backends, appends through other handles over the same KV store
+//! do too, through one relay task per handle that reads the head after
+//! each commit and wakes subscribers only when it moved (commits that
+//! append nothing, such as checkpoints, wake nobody). On backends shared by
+//! several processes ([`Capabilities::single_process`] is false)
+//! subscribers also poll with adaptive backoff, from
 //! [`SubscriptionOptions::poll_min`] doubling to
 //! [`SubscriptionOptions::poll_max`] while idle.
+//!
+//! Reads are retried on transient errors ([`Error::is_retryable`]) with the
+//! store's retry policy, the one appends use, so subscribers and group
+//! members ride out short unavailability.
 //!
 //! [`Capabilities::single_process`]: crate::Capabilities::single_process
 
 use crate::error::{BoxError, Error, Result};
 use crate::event::{Position, RecordedEvent};
-use crate::kv::ScanOptions;
-use crate::layout;
+use crate::kv::{KeyRange, KvPair, KvTransaction, ScanOptions};
+use crate::layout::{self, Consumer, ConsumerId};
 use crate::query::Query;
 use crate::store::{retry, EventStore, ReadOptions, ReadStreamOptions};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -146,9 +155,12 @@ pub struct Subscription {
     /// Next stream version to read (stream filter only).
     next_version: u64,
     buffer: VecDeque<RecordedEvent>,
+    /// The head, published by appends through this handle and by the
+    /// commit relay (see [`relay_commits`]) for appends through others.
     head_rx: watch::Receiver<Position>,
-    /// Commits on the KV store itself (any handle), when it can tell.
-    kv_rx: Option<watch::Receiver<u64>>,
+    /// True when the head watch sees every append (embedded backend with
+    /// commit notifications): the poll timer is then only a safety net.
+    watched: bool,
     poll: Duration,
 }
 
@@ -178,10 +190,22 @@ impl EventStore {
             }
             SubscriptionFilter::All => {}
         }
+        let retries = self.options().max_retries;
         let start = match opts.start {
             StartFrom::Beginning => 0,
-            StartFrom::After(p) => p,
-            StartFrom::End => self.head().await?,
+            StartFrom::After(p) => {
+                let head = retry(retries, || self.head()).await?;
+                if p > head {
+                    return Err(Error::invalid(format!(
+                        "cannot start a subscription after position {p}: the head is {head}, \
+                         so the next {} events appended would be skipped; start at or before \
+                         the head (StartFrom::End starts at it)",
+                        p - head
+                    )));
+                }
+                p
+            }
+            StartFrom::End => retry(retries, || self.head()).await?,
             StartFrom::Checkpoint => match &opts.name {
                 Some(n) => self.checkpoint(n).await?.unwrap_or(0),
                 None => return Err(Error::invalid(
@@ -191,15 +215,17 @@ impl EventStore {
         };
         let next_version = match &opts.filter {
             SubscriptionFilter::Stream(s) if start > 0 => {
-                self.stream_version_after(s, start).await?
+                retry(retries, || self.stream_version_after(s, start)).await?
             }
             _ => 1,
         };
+        let head_rx = self.watch_head();
+        relay_commits(self);
         Ok(Subscription {
             store: self.clone(),
             poll: opts.poll_min,
-            head_rx: self.watch_head(),
-            kv_rx: self.kv().commit_watch(),
+            head_rx,
+            watched: self.kv().capabilities().single_process && self.kv().commit_watch().is_some(),
             opts,
             delivered: start,
             scanned: start,
@@ -211,18 +237,26 @@ impl EventStore {
     /// The stored checkpoint of a named subscription.
     pub async fn checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_name(name)?;
-        let mut txn = self.kv().begin().await?;
-        txn.get(&checkpoint_key(name))
-            .await?
-            .map(|v| layout::parse_u64(&v, "checkpoint"))
-            .transpose()
+        self.consumer_checkpoint(Consumer::Named(name)).await
+    }
+
+    pub(crate) async fn consumer_checkpoint(&self, c: Consumer<'_>) -> Result<Option<Position>> {
+        let key = layout::checkpoint_key(c);
+        retry(self.options().max_retries, || async {
+            let mut txn = self.kv().begin().await?;
+            txn.get(&key)
+                .await?
+                .map(|v| layout::parse_u64(&v, "checkpoint"))
+                .transpose()
+        })
+        .await
     }
 
     /// Stores `position` as the checkpoint of `name`. Checkpoints only move
     /// forward (a lower position is ignored) and never past the head.
     pub async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         validate_name(name)?;
-        let key = checkpoint_key(name);
+        let key = layout::checkpoint_key(Consumer::Named(name));
         retry(self.options().max_retries, || async {
             let mut txn = self.kv().begin().await?;
             let vals = txn.get_many(&[key.clone(), layout::head_key()]).await?;
@@ -247,55 +281,101 @@ impl EventStore {
         .await
     }
 
-    /// Every stored checkpoint, by name.
+    /// Every stored checkpoint of a named subscription, by name. Consumer
+    /// groups keep theirs apart (see [`group_partitions`](Self::group_partitions)).
     pub async fn checkpoints(&self) -> Result<BTreeMap<String, Position>> {
-        let mut txn = self.kv().begin().await?;
-        let range = crate::kv::KeyRange::children(&layout::subscription_kind_prefix("checkpoint"));
+        let rows = self.scan_all(layout::checkpoint_range()).await?;
         let mut out = BTreeMap::new();
-        for (k, v) in txn.scan(range, ScanOptions::default()).await? {
-            let mut r = crate::tuple::KeyReader::new(&k);
-            r.skip_raw(1)?;
-            r.str()?;
-            out.insert(r.str()?, layout::parse_u64(&v, "checkpoint")?);
+        for (k, v) in rows {
+            match layout::parse_state_key(&k)? {
+                layout::StateKey::Checkpoint(ConsumerId::Named(n)) => {
+                    out.insert(n, layout::parse_u64(&v, "checkpoint")?);
+                }
+                other => {
+                    return Err(Error::corrupt(
+                        None,
+                        format!("{other:?} found among subscription checkpoints"),
+                    ))
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Every row of `range`, read in pages in one snapshot, retried on
+    /// transient errors.
+    async fn scan_all(&self, range: KeyRange) -> Result<Vec<KvPair>> {
+        retry(self.options().max_retries, || async {
+            let mut txn = self.kv().begin().await?;
+            txn.scan(range.clone(), ScanOptions::default()).await
+        })
+        .await
     }
 
     /// Events parked in the dead-letter list of subscription `name`.
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
         validate_name(name)?;
-        let mut txn = self.kv().begin().await?;
-        let rows = txn
-            .scan(
-                crate::kv::KeyRange::children(&dead_letter_prefix(name)),
-                ScanOptions::default(),
-            )
-            .await?;
+        Ok(self
+            .parked_in(layout::dead_letter_range(Consumer::Named(name)))
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Events parked by any partition of consumer group `group`, with
+    /// their partition, in partition then position order.
+    pub async fn group_parked(&self, group: &str) -> Result<Vec<(u32, ParkedEvent)>> {
+        validate_name(group)?;
+        let mut out = Vec::new();
+        for (c, p) in self
+            .parked_in(layout::group_dead_letter_range(group))
+            .await?
+        {
+            if let ConsumerId::Partition { partition, .. } = c {
+                out.push((partition, p));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn parked_in(&self, range: KeyRange) -> Result<Vec<(ConsumerId, ParkedEvent)>> {
+        let rows = self.scan_all(range).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
-            let mut r = crate::tuple::KeyReader::new(&k);
-            r.skip_raw(1)?;
-            r.str()?;
-            r.str()?;
-            let pos = r.u64()?;
+            let layout::StateKey::DeadLetter { consumer, position } = layout::parse_state_key(&k)?
+            else {
+                return Err(Error::corrupt(
+                    None,
+                    "a non-dead-letter key among dead letters",
+                ));
+            };
             let rec: DeadLetter = postcard::from_bytes(&v).map_err(|e| {
-                Error::corrupt(Some(pos), format!("dead-letter entry does not decode: {e}"))
+                Error::corrupt(
+                    Some(position),
+                    format!("dead-letter entry does not decode: {e}"),
+                )
             })?;
-            let event = self
-                .read_all(ReadOptions::new().from(pos).limit(1))
-                .await?
-                .events
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    Error::corrupt(Some(pos), "a parked event is missing from the log")
-                })?;
-            out.push(ParkedEvent {
-                event,
-                error: rec.error,
-                attempts: rec.attempts,
-                parked_at_ms: rec.parked_at_ms,
-            });
+            let event = retry(self.options().max_retries, || {
+                self.read_all(ReadOptions::new().from(position).limit(1))
+            })
+            .await?
+            .events
+            .into_iter()
+            .next()
+            .filter(|e| e.position == position)
+            .ok_or_else(|| {
+                Error::corrupt(Some(position), "a parked event is missing from the log")
+            })?;
+            out.push((
+                consumer,
+                ParkedEvent {
+                    event,
+                    error: rec.error,
+                    attempts: rec.attempts,
+                    parked_at_ms: rec.parked_at_ms,
+                },
+            ));
         }
         Ok(out)
     }
@@ -303,10 +383,38 @@ impl EventStore {
     /// Runs `handler` again on every parked event of `name`; events it now
     /// handles are removed from the list. Returns how many were removed.
     pub async fn replay_parked<H: EventHandler>(&self, name: &str, handler: &H) -> Result<usize> {
+        let parked = self.parked(name).await?;
+        let c = Consumer::Named(name);
+        self.replay(parked.into_iter().map(|p| (c, p)), handler)
+            .await
+    }
+
+    /// As [`replay_parked`](Self::replay_parked), for every partition of
+    /// consumer group `group`.
+    pub async fn replay_group_parked<H: EventHandler>(
+        &self,
+        group: &str,
+        handler: &H,
+    ) -> Result<usize> {
+        let parked = self.group_parked(group).await?;
+        self.replay(
+            parked
+                .into_iter()
+                .map(|(partition, p)| (Consumer::Partition { group, partition }, p)),
+            handler,
+        )
+        .await
+    }
+
+    async fn replay<'a, H: EventHandler>(
+        &self,
+        parked: impl Iterator<Item = (Consumer<'a>, ParkedEvent)>,
+        handler: &H,
+    ) -> Result<usize> {
         let mut fixed = 0;
-        for p in self.parked(name).await? {
+        for (c, p) in parked {
             if handler.handle(&p.event).await.is_ok() {
-                let key = dead_letter_key(name, p.event.position);
+                let key = layout::dead_letter_key(c, p.event.position);
                 retry(self.options().max_retries, || async {
                     let mut txn = self.kv().begin().await?;
                     txn.delete(key.clone());
@@ -318,6 +426,107 @@ impl EventStore {
         }
         Ok(fixed)
     }
+
+    /// The state of every partition of consumer group `group` that has
+    /// any: its lease holder and its checkpoint.
+    pub async fn group_partitions(&self, group: &str) -> Result<BTreeMap<u32, PartitionState>> {
+        validate_name(group)?;
+        let (leases, checkpoints) = retry(self.options().max_retries, || async {
+            let mut txn = self.kv().begin().await?;
+            let leases = txn
+                .scan(layout::lease_range(group), ScanOptions::default())
+                .await?;
+            let cps = txn
+                .scan(
+                    layout::group_checkpoint_range(group),
+                    ScanOptions::default(),
+                )
+                .await?;
+            Ok((leases, cps))
+        })
+        .await?;
+        let mut out: BTreeMap<u32, PartitionState> = BTreeMap::new();
+        for (k, v) in leases {
+            if let layout::StateKey::Lease { partition, .. } = layout::parse_state_key(&k)? {
+                let lease: Lease = postcard::from_bytes(&v).map_err(|e| {
+                    Error::corrupt(
+                        None,
+                        format!("lease of partition {partition} does not decode: {e}"),
+                    )
+                })?;
+                let s = out.entry(partition).or_default();
+                s.owner = Some(lease.owner);
+                s.lease_expires_ms = Some(lease.expires_ms);
+            }
+        }
+        for (k, v) in checkpoints {
+            if let layout::StateKey::Checkpoint(ConsumerId::Partition { partition, .. }) =
+                layout::parse_state_key(&k)?
+            {
+                out.entry(partition).or_default().checkpoint =
+                    Some(layout::parse_u64(&v, "checkpoint")?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`EventStore::group_partitions`] reports about one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionState {
+    /// The member holding its lease (possibly expired), if any.
+    pub owner: Option<String>,
+    /// When that lease expires (ms since the Unix epoch).
+    pub lease_expires_ms: Option<u64>,
+    /// The position up to which the partition has been handled.
+    pub checkpoint: Option<Position>,
+}
+
+/// Keeps in-process subscribers of `store` awake to appends made through
+/// other handles over the same KV store, without waking them for every
+/// commit: one task per handle turns commit notifications
+/// ([`KvStore::commit_watch`](crate::KvStore::commit_watch)) into head
+/// reads, and publishes the head only when it moved. Subscribers wait on
+/// the head, so checkpoint, lease and projection commits cost one head
+/// read per handle instead of one page read per subscriber. The task ends
+/// when the handle has no head watchers left.
+pub(crate) fn relay_commits(store: &EventStore) {
+    let Some(mut commits) = store.kv().commit_watch() else {
+        return;
+    };
+    if store.relay_running().swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        store.relay_running().store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    match retry(store.options().max_retries, || store.head()).await {
+                        Ok(head) => store.publish_head(head),
+                        // The subscribers' own timers are the safety net.
+                        Err(e) => tracing::debug!(error = %e, "commit relay could not read the head"),
+                    }
+                }
+                _ = store.head_sender().closed() => {
+                    store.relay_running().store(false, Ordering::SeqCst);
+                    // A watcher that arrived after `closed` saw the flag
+                    // still set and relies on this task: carry on for it,
+                    // unless another relay has started meanwhile.
+                    if store.head_sender().receiver_count() == 0
+                        || store.relay_running().swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 impl Subscription {
@@ -384,23 +593,13 @@ impl Subscription {
         if *self.head_rx.borrow_and_update() > self.scanned {
             return Ok(());
         }
-        let single = self.store.kv().capabilities().single_process;
-        // Embedded backends are woken by the watch channels; the slow timer
-        // is only a safety net there.
-        let sleep = if single {
+        // Embedded backends are woken through the head watch (appends
+        // through this handle, or the commit relay for other handles); the
+        // slow timer is only a safety net there.
+        let sleep = if self.watched {
             self.opts.poll_max
         } else {
             self.poll
-        };
-        let kv_changed = async {
-            match self.kv_rx.as_mut() {
-                Some(rx) => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
         };
         tokio::select! {
             r = self.head_rx.changed() => {
@@ -408,7 +607,6 @@ impl Subscription {
                     tokio::time::sleep(sleep).await;
                 }
             }
-            _ = kv_changed => {}
             _ = tokio::time::sleep(sleep) => {
                 self.poll = self.poll.saturating_mul(2).min(self.opts.poll_max);
             }
@@ -417,66 +615,24 @@ impl Subscription {
     }
 
     /// Reads the next page after the cursor. Returns true if it buffered
-    /// anything.
+    /// anything. Transient read errors are retried with the store's retry
+    /// policy (the one appends use), so a subscriber rides out short
+    /// unavailability; only an exhausted budget or a permanent error stops
+    /// it.
     async fn fill(&mut self) -> Result<bool> {
         let limit = self.opts.batch_size.max(1);
         let after = self.scanned;
-        let (events, head) = match &self.opts.filter {
-            SubscriptionFilter::All => {
-                let r = self
-                    .store
-                    .read_all(ReadOptions::after(after).limit(limit))
-                    .await?;
-                (r.events, r.head)
-            }
-            SubscriptionFilter::Query(q) => {
-                let r = self
-                    .store
-                    .read(q, ReadOptions::after(after).limit(limit))
-                    .await?;
-                (r.events, r.head)
-            }
-            SubscriptionFilter::Category(c) => {
-                let r = self
-                    .store
-                    .read_category(c, ReadOptions::after(after).limit(limit))
-                    .await?;
-                (r.events, r.head)
-            }
-            SubscriptionFilter::Stream(s) => {
-                // The head is read first: every event at or below it is in
-                // the (later) stream read.
-                let head = self.store.head().await?;
-                let evs = self
-                    .store
-                    .read_stream(
-                        s,
-                        ReadStreamOptions::new()
-                            .from_version(self.next_version)
-                            .limit(limit),
-                    )
-                    .await?;
-                if let Some(last) = evs.last() {
-                    self.next_version = last
-                        .stream
-                        .as_ref()
-                        .map_or(self.next_version, |r| r.version + 1);
-                }
-                let full = evs.len() == limit;
-                let evs: Vec<RecordedEvent> =
-                    evs.into_iter().filter(|e| e.position > after).collect();
-                if full && evs.is_empty() {
-                    // Old events before the start position: keep paging.
-                    return Ok(false);
-                }
-                let head = if full {
-                    evs.last().map_or(after, |e| e.position)
-                } else {
-                    head
-                };
-                (evs, head)
-            }
-        };
+        let next_version = self.next_version;
+        let page = retry(self.store.options().max_retries, || {
+            read_page(&self.store, &self.opts.filter, after, next_version, limit)
+        })
+        .await?;
+        self.next_version = page.next_version;
+        if page.old_only {
+            // Only stream events before the start: keep paging.
+            return Ok(false);
+        }
+        let Page { events, head, .. } = page;
         let got = !events.is_empty();
         // A short page means everything up to the read's head was examined.
         self.scanned = if events.len() < limit {
@@ -489,6 +645,85 @@ impl Subscription {
     }
 }
 
+/// One page read by a subscription.
+struct Page {
+    events: Vec<RecordedEvent>,
+    /// Everything up to here was examined (when the page is short).
+    head: Position,
+    /// Next stream version to read (stream filter only).
+    next_version: u64,
+    /// A full page of stream events at or before the cursor, none after.
+    old_only: bool,
+}
+
+/// Reads the page after `after` for `filter`; no side effects, so it can be
+/// retried.
+async fn read_page(
+    store: &EventStore,
+    filter: &SubscriptionFilter,
+    after: Position,
+    next_version: u64,
+    limit: usize,
+) -> Result<Page> {
+    let page = |events, head| Page {
+        events,
+        head,
+        next_version,
+        old_only: false,
+    };
+    Ok(match filter {
+        SubscriptionFilter::All => {
+            let r = store
+                .read_all(ReadOptions::after(after).limit(limit))
+                .await?;
+            page(r.events, r.consistent_through)
+        }
+        SubscriptionFilter::Query(q) => {
+            let r = store
+                .read(q, ReadOptions::after(after).limit(limit))
+                .await?;
+            page(r.events, r.consistent_through)
+        }
+        SubscriptionFilter::Category(c) => {
+            let r = store
+                .read_category(c, ReadOptions::after(after).limit(limit))
+                .await?;
+            page(r.events, r.consistent_through)
+        }
+        SubscriptionFilter::Stream(s) => {
+            // The head is read first: every event at or below it is in
+            // the (later) stream read.
+            let head = store.head().await?;
+            let evs = store
+                .read_stream(
+                    s,
+                    ReadStreamOptions::new()
+                        .from_version(next_version)
+                        .limit(limit),
+                )
+                .await?;
+            let next_version = evs
+                .last()
+                .and_then(|e| e.stream.as_ref())
+                .map_or(next_version, |r| r.version + 1);
+            let full = evs.len() == limit;
+            let evs: Vec<RecordedEvent> = evs.into_iter().filter(|e| e.position > after).collect();
+            let old_only = full && evs.is_empty();
+            let head = if full {
+                evs.last().map_or(after, |e| e.position)
+            } else {
+                head
+            };
+            Page {
+                events: evs,
+                head,
+                next_version,
+                old_only,
+            }
+        }
+    })
+}
+
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
         return Err(Error::invalid(format!(
@@ -496,20 +731,6 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn checkpoint_key(name: &str) -> Vec<u8> {
-    layout::subscription_key("checkpoint", name).finish()
-}
-
-fn dead_letter_prefix(name: &str) -> Vec<u8> {
-    layout::subscription_key("dead-letter", name).finish()
-}
-
-fn dead_letter_key(name: &str, pos: Position) -> Vec<u8> {
-    layout::subscription_key("dead-letter", name)
-        .u64(pos)
-        .finish()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -535,6 +756,37 @@ pub struct ParkedEvent {
 /// Processes one event. Implemented for async closures
 /// `Fn(RecordedEvent) -> impl Future<Output = Result<(), E>>` (they get
 /// their own copy of the event, so the future may keep it).
+///
+/// A handler with state implements it with the re-exported
+/// [`async_trait`](crate::async_trait) attribute:
+///
+/// ```
+/// use eskv_core::{async_trait, error::BoxError, EventHandler, EventStore, HandlerOptions, MemoryStore, NewEvent, RecordedEvent, SubscriptionOptions};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// struct Mailer { sent: Arc<AtomicU64> }
+///
+/// #[async_trait]
+/// impl EventHandler for Mailer {
+///     async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+///         if event.event_type == "Welcome" {
+///             self.sent.fetch_add(1, Ordering::SeqCst);
+///         }
+///         Ok(())
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv_core::Result<()> {
+/// let store = EventStore::open(Arc::new(MemoryStore::new())).await?;
+/// store.append(vec![NewEvent::new("Welcome", vec![])], None).await?;
+/// let sent = Arc::new(AtomicU64::new(0));
+/// let sub = store.subscribe(SubscriptionOptions::named("mailer")).await?;
+/// let done = { let sent = sent.clone(); async move { while sent.load(Ordering::SeqCst) < 1 { tokio::task::yield_now().await } } };
+/// sub.run(Mailer { sent: sent.clone() }, HandlerOptions::default(), done).await?;
+/// assert_eq!(sent.load(Ordering::SeqCst), 1);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait EventHandler: Send + Sync {
     /// Handles `event`; an error triggers the retry policy.
@@ -613,7 +865,7 @@ impl HandlerOptions {
 /// handled, `Ok(false)` if parked.
 async fn handle_with_retries<H: EventHandler + ?Sized>(
     store: &EventStore,
-    name: Option<&str>,
+    consumer: Option<Consumer<'_>>,
     handler: &H,
     opts: &HandlerOptions,
     event: &RecordedEvent,
@@ -629,8 +881,8 @@ async fn handle_with_retries<H: EventHandler + ?Sized>(
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2).min(opts.max_backoff);
             }
-            Err(e) => match (opts.on_failure, name) {
-                (OnFailure::Park, Some(name)) => {
+            Err(e) => match (opts.on_failure, consumer) {
+                (OnFailure::Park, Some(consumer)) => {
                     tracing::warn!(position = event.position, error = %e, "parking event");
                     let rec = DeadLetter {
                         error: e.to_string(),
@@ -639,7 +891,7 @@ async fn handle_with_retries<H: EventHandler + ?Sized>(
                     };
                     let value =
                         postcard::to_allocvec(&rec).map_err(|e| Error::backend("eskv", e))?;
-                    let key = dead_letter_key(name, event.position);
+                    let key = layout::dead_letter_key(consumer, event.position);
                     retry(store.options().max_retries, || async {
                         let mut txn = store.kv().begin().await?;
                         txn.put(key.clone(), value.clone());
@@ -686,7 +938,8 @@ impl Subscription {
                 b = self.next_batch(self.opts.batch_size.max(1)) => b?,
             };
             for e in &batch {
-                handle_with_retries(&self.store, name.as_deref(), &handler, &opts, e).await?;
+                let consumer = name.as_deref().map(Consumer::Named);
+                handle_with_retries(&self.store, consumer, &handler, &opts, e).await?;
             }
             if let (Some(_), Some(last)) = (&name, batch.last()) {
                 self.ack(last.position).await?;
@@ -840,28 +1093,45 @@ impl ConsumerGroup {
         })
     }
 
-    fn partition_name(&self, p: u32) -> String {
-        format!("{}#{p}", self.group)
+    fn consumer(&self, partition: u32) -> Consumer<'_> {
+        Consumer::Partition {
+            group: &self.group,
+            partition,
+        }
     }
 
     fn lease_key(&self, p: u32) -> Vec<u8> {
-        layout::subscription_key("lease", &self.group)
-            .u64(p as u64)
-            .finish()
+        layout::lease_key(&self.group, p)
     }
 
     fn member_key(&self, m: &str) -> Vec<u8> {
-        layout::subscription_key("member", &self.group)
-            .str(m)
-            .finish()
+        layout::member_key(&self.group, m)
+    }
+
+    /// Writes plus validations one transaction may carry on this backend.
+    fn txn_budget(&self) -> usize {
+        self.store
+            .kv()
+            .capabilities()
+            .max_ops_per_txn
+            .unwrap_or(usize::MAX)
+            .max(2)
     }
 
     /// One membership round: renew our membership, count live members, keep
     /// a fair share of partitions, release extras, claim free or expired
     /// ones. Returns the partitions we own.
+    ///
+    /// Lease writes are split into transactions of at most the backend's
+    /// [`max_ops_per_txn`](crate::Capabilities::max_ops_per_txn) operations
+    /// (etcd allows 128): the first also renews the membership and plans the
+    /// round; each later one re-reads its leases, so it renews or releases
+    /// only leases still ours and claims only leases still free.
     async fn rebalance(&self) -> Result<Vec<u32>> {
         let ttl = self.opts.lease_ttl.as_millis().min(u64::MAX as u128) as u64;
-        retry(self.store.options().max_retries, || async {
+        let budget = self.txn_budget();
+        let retries = self.store.options().max_retries;
+        let (rest, mut owned) = retry(retries, || async {
             let now = now_ms();
             let mut txn = self.store.kv().begin().await?;
             txn.put(
@@ -870,65 +1140,115 @@ impl ConsumerGroup {
                     .map_err(|e| Error::backend("eskv", e))?,
             );
             let members = txn
-                .scan(
-                    crate::kv::KeyRange::children(
-                        &layout::subscription_key("member", &self.group).finish(),
-                    ),
-                    ScanOptions::default(),
-                )
+                .scan(layout::member_range(&self.group), ScanOptions::default())
                 .await?;
-            let mut live = 1; // ourselves
-            for (k, v) in &members {
-                let expires: u64 = postcard::from_bytes(v).unwrap_or(0);
-                if *k != self.member_key(&self.member) && expires > now {
-                    live += 1;
-                }
-            }
-            let fair = self.opts.partitions.div_ceil(live) as usize;
-            let keys: Vec<Vec<u8>> = (0..self.opts.partitions)
-                .map(|p| self.lease_key(p))
-                .collect();
-            let leases = txn.get_many(&keys).await?;
+            let me = self.member_key(&self.member);
+            let live = 1 + members
+                .iter()
+                .filter(|(k, v)| *k != me && postcard::from_bytes::<u64>(v).unwrap_or(0) > now)
+                .count();
+            let fair = self.opts.partitions.div_ceil(live as u32) as usize;
+            let leases = self.read_leases(&mut *txn).await?;
             let mut mine = Vec::new();
             let mut free = Vec::new();
-            for (p, v) in leases.iter().enumerate() {
-                let lease: Option<Lease> = v.as_deref().and_then(|b| postcard::from_bytes(b).ok());
-                match lease {
-                    Some(l) if l.owner == self.member => mine.push(p as u32),
+            for p in 0..self.opts.partitions {
+                match leases.get(&p) {
+                    Some(l) if l.owner == self.member => mine.push(p),
                     Some(l) if l.expires_ms > now => {}
-                    _ => free.push(p as u32),
+                    _ => free.push(p),
                 }
             }
-            while mine.len() > fair {
-                if let Some(p) = mine.pop() {
-                    txn.delete(self.lease_key(p));
+            // Releases first (others may claim them), then renewals, then
+            // claims.
+            let keep = mine.len().min(fair);
+            let mut plan: Vec<(u32, LeaseAction)> = mine[keep..]
+                .iter()
+                .map(|&p| (p, LeaseAction::Release))
+                .collect();
+            plan.extend(mine[..keep].iter().map(|&p| (p, LeaseAction::Renew)));
+            plan.extend(
+                free.iter()
+                    .take(fair - keep)
+                    .map(|&p| (p, LeaseAction::Claim)),
+            );
+            // One operation went to the membership.
+            let now_n = plan.len().min(budget - 1);
+            let value = self.lease_value(now, ttl)?;
+            let mut owned = Vec::new();
+            for &(p, a) in &plan[..now_n] {
+                match a {
+                    LeaseAction::Release => txn.delete(self.lease_key(p)),
+                    LeaseAction::Renew | LeaseAction::Claim => {
+                        txn.put(self.lease_key(p), value.clone());
+                        owned.push(p);
+                    }
                 }
-            }
-            for p in free {
-                if mine.len() >= fair {
-                    break;
-                }
-                mine.push(p);
-            }
-            mine.sort_unstable();
-            let lease = Lease {
-                owner: self.member.clone(),
-                expires_ms: now.saturating_add(ttl),
-            };
-            let value = postcard::to_allocvec(&lease).map_err(|e| Error::backend("eskv", e))?;
-            for p in &mine {
-                txn.put(self.lease_key(*p), value.clone());
             }
             txn.commit().await?;
-            Ok(mine)
+            Ok((plan[now_n..].to_vec(), owned))
         })
-        .await
+        .await?;
+        for chunk in rest.chunks(budget) {
+            let got = retry(retries, || async {
+                let now = now_ms();
+                let mut txn = self.store.kv().begin().await?;
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|&(p, _)| self.lease_key(p)).collect();
+                let current = txn.get_many(&keys).await?;
+                let value = self.lease_value(now, ttl)?;
+                let mut owned = Vec::new();
+                for (&(p, a), v) in chunk.iter().zip(current) {
+                    let lease: Option<Lease> =
+                        v.as_deref().and_then(|b| postcard::from_bytes(b).ok());
+                    let ours = lease.as_ref().is_some_and(|l| l.owner == self.member);
+                    let free = lease.as_ref().is_none_or(|l| l.expires_ms <= now);
+                    match a {
+                        LeaseAction::Release if ours => txn.delete(self.lease_key(p)),
+                        LeaseAction::Renew | LeaseAction::Claim if ours || free => {
+                            txn.put(self.lease_key(p), value.clone());
+                            owned.push(p);
+                        }
+                        _ => {}
+                    }
+                }
+                txn.commit().await?;
+                Ok(owned)
+            })
+            .await?;
+            owned.extend(got);
+        }
+        owned.sort_unstable();
+        Ok(owned)
+    }
+
+    fn lease_value(&self, now: u64, ttl: u64) -> Result<Vec<u8>> {
+        let lease = Lease {
+            owner: self.member.clone(),
+            expires_ms: now.saturating_add(ttl),
+        };
+        postcard::to_allocvec(&lease).map_err(|e| Error::backend("eskv", e))
+    }
+
+    /// Every stored lease of the group, by partition (undecodable leases
+    /// count as free).
+    async fn read_leases(&self, txn: &mut dyn KvTransaction) -> Result<BTreeMap<u32, Lease>> {
+        let rows = txn
+            .scan(layout::lease_range(&self.group), ScanOptions::default())
+            .await?;
+        let mut out = BTreeMap::new();
+        for (k, v) in rows {
+            if let layout::StateKey::Lease { partition, .. } = layout::parse_state_key(&k)? {
+                if let Ok(l) = postcard::from_bytes::<Lease>(&v) {
+                    out.insert(partition, l);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Stores a partition checkpoint if we still hold its lease (fencing:
     /// a member that lost its lease cannot move the checkpoint).
     async fn ack_partition(&self, p: u32, position: Position) -> Result<bool> {
-        let key = checkpoint_key(&self.partition_name(p));
+        let key = layout::checkpoint_key(self.consumer(p));
         let lease_key = self.lease_key(p);
         retry(self.store.options().max_retries, || async {
             let mut txn = self.store.kv().begin().await?;
@@ -1025,20 +1345,44 @@ impl ConsumerGroup {
         result
     }
 
+    /// Gives up every lease we hold and our membership, in transactions
+    /// sized to the backend (see [`rebalance`](Self::rebalance)).
     async fn release(&self) -> Result<()> {
-        let mut txn = self.store.kv().begin().await?;
-        let keys: Vec<Vec<u8>> = (0..self.opts.partitions)
-            .map(|p| self.lease_key(p))
-            .collect();
-        let leases = txn.get_many(&keys).await?;
-        for (p, v) in leases.iter().enumerate() {
-            let lease: Option<Lease> = v.as_deref().and_then(|b| postcard::from_bytes(b).ok());
-            if lease.is_some_and(|l| l.owner == self.member) {
-                txn.delete(self.lease_key(p as u32));
-            }
+        let budget = self.txn_budget();
+        let retries = self.store.options().max_retries;
+        let ours: Vec<u32> = retry(retries, || async {
+            let mut txn = self.store.kv().begin().await?;
+            Ok(self
+                .read_leases(&mut *txn)
+                .await?
+                .into_iter()
+                .filter(|(_, l)| l.owner == self.member)
+                .map(|(p, _)| p)
+                .collect())
+        })
+        .await?;
+        for chunk in ours.chunks(budget) {
+            retry(retries, || async {
+                let mut txn = self.store.kv().begin().await?;
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|&p| self.lease_key(p)).collect();
+                let current = txn.get_many(&keys).await?;
+                for (k, v) in keys.into_iter().zip(current) {
+                    let lease: Option<Lease> =
+                        v.as_deref().and_then(|b| postcard::from_bytes(b).ok());
+                    if lease.is_some_and(|l| l.owner == self.member) {
+                        txn.delete(k);
+                    }
+                }
+                txn.commit().await
+            })
+            .await?;
         }
-        txn.delete(self.member_key(&self.member));
-        txn.commit().await
+        retry(retries, || async {
+            let mut txn = self.store.kv().begin().await?;
+            txn.delete(self.member_key(&self.member));
+            txn.commit().await
+        })
+        .await
     }
 
     async fn run_partition<H: EventHandler>(
@@ -1046,11 +1390,13 @@ impl ConsumerGroup {
         p: u32,
         handler: Arc<H>,
     ) -> Result<()> {
-        let name = self.partition_name(p);
+        let consumer = self.consumer(p);
+        let start = self.store.consumer_checkpoint(consumer).await?.unwrap_or(0);
         let mut sub = self
             .store
             .subscribe(
-                SubscriptionOptions::named(name.clone())
+                SubscriptionOptions::new()
+                    .start(StartFrom::After(start))
                     .filter(self.opts.filter.clone())
                     .batch_size(self.opts.batch_size),
             )
@@ -1061,7 +1407,7 @@ impl ConsumerGroup {
                 if self.opts.partition_key.partition(e, self.opts.partitions) == p {
                     handle_with_retries(
                         &self.store,
-                        Some(&name),
+                        Some(consumer),
                         handler.as_ref(),
                         &self.opts.handler,
                         e,
@@ -1077,6 +1423,14 @@ impl ConsumerGroup {
             }
         }
     }
+}
+
+/// What a rebalance does with one partition's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseAction {
+    Release,
+    Renew,
+    Claim,
 }
 
 struct AbortOnDrop(HashMap<u32, tokio::task::JoinHandle<Result<()>>>);

@@ -37,9 +37,10 @@
 //!   ([`layout::open_index_value`]), reported once, by its table's pass;
 //! - **registry and meta**: keys parse, the format marker is this layout's,
 //!   and no import was left unfinished ([`crate::layout::import_key`]);
-//! - **subscriptions** (`0x50`): keys start with `(kind, name)`;
-//!   subscription and projection checkpoints, and parked (dead-letter)
-//!   events, are not past the head;
+//! - **subscriptions** (`0x50`): every key parses as one of the layout's
+//!   subscription-state families ([`layout::parse_state_key`]);
+//!   subscription, group-partition and projection checkpoints, rebuild
+//!   records and parked (dead-letter) events are not past the head;
 //! - **stray keys**: any key outside the layout's tables (keys under the
 //!   nested-namespace prefix `n` are skipped: they belong to other stores).
 //!
@@ -297,6 +298,8 @@ impl Positional {
 
 /// What an event's index entry must hold.
 enum Expect {
+    /// An id entry: the event's position and content digest.
+    IdEntry,
     /// A u64 position value.
     Position,
     /// An empty value.
@@ -332,21 +335,6 @@ fn range_text(from: Position, to: Position) -> String {
     } else {
         format!("positions {from}..={to} are")
     }
-}
-
-/// Splits a subscription key into kind, name and the rest. Kinds and names
-/// never contain NUL (subscription names are validated), so each ends at
-/// its first `0x00`: read-model keys append raw user bytes right after the
-/// name, which may begin with the tuple codec's escape byte `0xFF`.
-fn subscription_parts(key: &[u8]) -> Option<(&str, &str, &[u8])> {
-    fn plain_str(b: &[u8]) -> Option<(&str, &[u8])> {
-        let body = b.strip_prefix(&[0x02])?;
-        let end = body.iter().position(|&c| c == 0)?;
-        Some((std::str::from_utf8(&body[..end]).ok()?, &body[end + 1..]))
-    }
-    let (kind, rest) = plain_str(key.get(1..)?)?;
-    let (name, rest) = plain_str(rest)?;
-    Some((kind, name, rest))
 }
 
 impl Checker<'_> {
@@ -569,7 +557,7 @@ impl Checker<'_> {
         for (i, e) in events.iter().enumerate() {
             let p = e.position;
             keys.push(layout::id_key(e.id));
-            expect.push((i, Expect::Position, "id"));
+            expect.push((i, Expect::IdEntry, "id"));
             keys.push(layout::type_key(&e.event_type, p));
             expect.push((i, Expect::Empty, "type"));
             for t in &e.tags {
@@ -606,23 +594,31 @@ impl Checker<'_> {
                     continue;
                 };
                 match ex {
-                    Expect::Position => match if *table == "id" {
-                        layout::IdEntry::decode(v).map(|x| x.position)
-                    } else {
-                        layout::parse_u64(v, "index entry")
-                    } {
+                    Expect::IdEntry => match layout::IdEntry::decode(v) {
+                        Ok(x) if x.position != p => self.violation(
+                            Some(k),
+                            Some(p),
+                            format!(
+                                "the id index entry of this event points at position {} (the same id is stored twice?)",
+                                x.position
+                            ),
+                        ),
+                        Ok(x) if x.digest != layout::content_digest(&e.tags, &e.data, &e.metadata) => {
+                            self.violation(
+                                Some(k),
+                                Some(p),
+                                "the id index entry's content digest does not match the event's tags, data and metadata".into(),
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(err) => self.violation(Some(k), Some(p), corrupt_message(&err)),
+                    },
+                    Expect::Position => match layout::parse_u64(v, "index entry") {
                         Ok(q) if q == p => {}
                         Ok(q) => self.violation(
                             Some(k),
                             Some(p),
-                            format!(
-                                "the {table} index entry of this event points at position {q}{}",
-                                if *table == "id" {
-                                    " (the same id is stored twice?)"
-                                } else {
-                                    ""
-                                }
-                            ),
+                            format!("the {table} index entry of this event points at position {q}"),
                         ),
                         Err(err) => self.violation(Some(k), Some(p), corrupt_message(&err)),
                     },
@@ -1013,13 +1009,14 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Subscription state (`0x50`): every key starts with a `(kind, name)`
-    /// tuple; subscription and projection checkpoints (`("checkpoint",
-    /// name)`, `("projection-checkpoint", name)`, u64 values) and parked
-    /// events (`("dead-letter", name, position)`) must not be past the head.
-    /// Other kinds (leases, members, read models, snapshots) are only
-    /// checked for their prefix: their values are their owners' business.
+    /// Subscription state (`0x50`): every key parses as one of the
+    /// layout's state families ([`layout::parse_state_key`]); checkpoints
+    /// (of named subscriptions, group partitions and projections), parked
+    /// events and rebuild records decode and are not past the head. Leases,
+    /// members, read-model values and snapshots are only checked for their
+    /// keys: their values are their owners' business.
     async fn subscriptions(&mut self, txn: &mut dyn KvTransaction, head: Head) -> Result<()> {
+        use layout::{ConsumerId, StateKey};
         let head = match head {
             Head::At(h) => Some(h),
             Head::Missing => Some(0),
@@ -1028,50 +1025,62 @@ impl Checker<'_> {
         let mut pager = Pager::new(layout::subscription_range(), PAGE);
         while let Some(rows) = self.page(&mut pager, txn).await? {
             for (k, v) in rows {
-                let Some((kind, name, rest)) = subscription_parts(&k) else {
-                    self.violation(
-                        Some(&k),
-                        None,
-                        "subscription key does not parse: expected a (kind, name, …) tuple".into(),
-                    );
-                    continue;
+                let parsed = match layout::parse_state_key(&k) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.violation(
+                            Some(&k),
+                            None,
+                            format!(
+                                "subscription-state key does not parse ({})",
+                                corrupt_message(&e)
+                            ),
+                        );
+                        continue;
+                    }
                 };
-                let mut r = crate::tuple::KeyReader::new(rest);
-                let (what, pos) = match kind {
-                    "checkpoint" | "projection-checkpoint" if r.is_empty() => {
-                        let parsed = if kind == "checkpoint" {
-                            layout::parse_u64(&v, "checkpoint")
-                        } else {
-                            layout::parse_projection_checkpoint(&v).map(|(_, p)| p)
-                        };
-                        match parsed {
-                            Ok(p) => (format!("{kind} of '{name}'"), p),
+                let owner = |c: &ConsumerId| c.as_consumer().to_string();
+                let (what, pos) = match &parsed {
+                    StateKey::Checkpoint(c) => match layout::parse_u64(&v, "checkpoint") {
+                        Ok(p) => (format!("checkpoint of {}", owner(c)), p),
+                        Err(e) => {
+                            self.violation(Some(&k), None, corrupt_message(&e));
+                            continue;
+                        }
+                    },
+                    StateKey::ProjectionCheckpoint { name } => {
+                        match layout::parse_projection_checkpoint(&v) {
+                            Ok((_, p)) => (format!("projection-checkpoint of '{name}'"), p),
                             Err(e) => {
                                 self.violation(Some(&k), None, corrupt_message(&e));
                                 continue;
                             }
                         }
                     }
-                    "dead-letter" => match r.u64() {
-                        Ok(p) if r.is_empty() => (format!("parked event of '{name}'"), p),
-                        _ => {
-                            self.violation(
-                                Some(&k),
-                                None,
-                                format!("dead-letter key of '{name}' does not end in one position"),
-                            );
-                            continue;
+                    StateKey::ProjectionRebuild { name } => {
+                        match layout::ProjectionRebuild::decode(&v) {
+                            Ok(r) => (
+                                format!(
+                                    "rebuild of projection '{name}' (generation {})",
+                                    r.generation
+                                ),
+                                r.position,
+                            ),
+                            Err(e) => {
+                                self.violation(Some(&k), None, corrupt_message(&e));
+                                continue;
+                            }
                         }
-                    },
-                    "checkpoint" | "projection-checkpoint" => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!("{kind} key of '{name}' has trailing elements"),
-                        );
-                        continue;
                     }
-                    _ => continue,
+                    StateKey::DeadLetter { consumer, position } => {
+                        (format!("parked event of {}", owner(consumer)), *position)
+                    }
+                    StateKey::Lease { .. }
+                    | StateKey::Member { .. }
+                    | StateKey::ReadModel { .. }
+                    | StateKey::StreamSnapshot(_)
+                    | StateKey::QuerySnapshot(_)
+                    | StateKey::NamedSnapshot(_) => continue,
                 };
                 if let Some(h) = head {
                     if pos > h {

@@ -248,6 +248,7 @@ async fn stray_index_entries() {
                     position: 4,
                     append_first: 4,
                     append_last: 4,
+                    digest: 0,
                 }
                 .encode(),
             ),
@@ -490,11 +491,9 @@ async fn checkpoints_past_the_head() {
     es.save_checkpoint("mailer", 5).await.unwrap();
     // Subscription state the checker must accept as is: a dead letter at a
     // real position, a lease, and raw read-model bytes of a projection.
-    let parked = layout::subscription_key("dead-letter", "mailer")
-        .u64(3)
-        .finish();
-    let lease = layout::subscription_key("lease", "g").u64(0).finish();
-    let mut model = layout::subscription_key("projection", "totals").finish();
+    let parked = layout::dead_letter_key(layout::Consumer::Named("mailer"), 3);
+    let lease = layout::lease_key("g", 0);
+    let mut model = layout::read_model_prefix("totals", 0);
     model.extend_from_slice(b"\xff raw user key");
     damage(&es, |t| {
         t.put(parked, b"{}".to_vec());
@@ -505,33 +504,77 @@ async fn checkpoints_past_the_head() {
     let r = report(&es).await;
     assert!(r.is_clean(), "{r}");
 
-    let ahead = layout::subscription_key("checkpoint", "late").finish();
-    let proj = layout::subscription_key("projection-checkpoint", "totals").finish();
-    let dead = layout::subscription_key("dead-letter", "mailer")
-        .u64(9)
-        .finish();
-    let garbled = layout::subscription_key("checkpoint", "bad").finish();
+    let ahead = layout::checkpoint_key(layout::Consumer::Named("late"));
+    let part = layout::checkpoint_key(layout::Consumer::Partition {
+        group: "g",
+        partition: 7,
+    });
+    let proj = layout::projection_checkpoint_key("totals");
+    let dead = layout::dead_letter_key(
+        layout::Consumer::Partition {
+            group: "g",
+            partition: 1,
+        },
+        9,
+    );
+    let garbled = layout::checkpoint_key(layout::Consumer::Named("bad"));
+    let mut trailing = layout::checkpoint_key(layout::Consumer::Named("x"));
+    trailing.extend_from_slice(&[0x14]);
     damage(&es, |t| {
         t.put(ahead.clone(), layout::u64_value(6));
+        t.put(part.clone(), layout::u64_value(8));
         t.put(proj.clone(), layout::projection_checkpoint_value(0, 40));
         t.put(dead.clone(), Vec::new());
         t.put(garbled.clone(), vec![1]);
+        t.put(trailing.clone(), layout::u64_value(1));
         t.put(vec![0x50, 0x14], Vec::new());
     })
     .await;
     let r = report(&es).await;
-    assert_eq!(r.violations.len(), 5, "{r}");
+    assert_eq!(r.violations.len(), 7, "{r}");
     assert!(r
         .at_key(&ahead)
         .any(|v| v.position == Some(6) && v.message.contains("past the head (5)")));
+    assert!(r
+        .at_key(&part)
+        .any(|v| v.message.contains("partition 7 of group 'g'")));
     assert!(r
         .at_key(&proj)
         .any(|v| v.message.contains("projection-checkpoint")));
     assert!(r.at_key(&dead).any(|v| v.message.contains("parked event")));
     assert!(r.at_key(&garbled).any(|v| v.message.contains("1 bytes")));
     assert!(r
+        .at_key(&trailing)
+        .any(|v| v.message.contains("does not parse")));
+    assert!(r
         .at_key(&[0x50, 0x14])
-        .any(|v| v.message.contains("(kind, name, …)")));
+        .any(|v| v.message.contains("subscription-state key does not parse")));
+}
+
+#[tokio::test]
+async fn id_entry_digest_must_match_the_event() {
+    let (es, all) = seeded().await;
+    let k = layout::id_key(all[0].id);
+    let mut entry = layout::IdEntry::decode(&raw(&es, &k).await).unwrap();
+    assert_eq!(
+        entry.digest,
+        layout::content_digest(&all[0].tags, &all[0].data, &all[0].metadata)
+    );
+    entry.digest ^= 1;
+    damage(&es, |t| t.put(k.clone(), entry.encode())).await;
+    let r = report(&es).await;
+    let v = only(&r);
+    assert_eq!(v.key.as_deref(), Some(&k[..]), "{r}");
+    assert!(v.message.contains("content digest"), "{r}");
+    // An entry of the old 24-byte layout is reported, not misread.
+    damage(&es, |t| t.put(k.clone(), entry.encode()[..24].to_vec())).await;
+    let r = report(&es).await;
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.message.contains("expected 28")),
+        "{r}"
+    );
 }
 
 /// An import that began and did not finish is damage, with the count it

@@ -84,6 +84,11 @@
 //! | `backend` | [`EtcdStore`] and its transaction |
 //!
 //! [etcd]: https://etcd.io
+//! [`KvStore::begin`]: eskv_core::KvStore::begin
+//! [`Error::Conflict`]: eskv_core::Error::Conflict
+//! [`Error::CommitOutcomeUnknown`]: eskv_core::Error::CommitOutcomeUnknown
+//! [`Error::LimitExceeded`]: eskv_core::Error::LimitExceeded
+//! [`Capabilities`]: eskv_core::Capabilities
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

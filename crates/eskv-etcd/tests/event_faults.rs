@@ -182,6 +182,7 @@ mod event_faults {
     }
 
     #[async_trait::async_trait]
+    #[deny(clippy::missing_trait_methods)]
     impl KvStore for Counting {
         fn capabilities(&self) -> &eskv_core::Capabilities {
             self.inner.capabilities()
@@ -192,9 +193,13 @@ mod event_faults {
                 stats: self.stats.clone(),
             }))
         }
+        fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            self.inner.commit_watch()
+        }
     }
 
     #[async_trait::async_trait]
+    #[deny(clippy::missing_trait_methods)]
     impl KvTransaction for CountingTxn {
         async fn get(&mut self, key: &[u8]) -> eskv_core::Result<Option<Vec<u8>>> {
             self.stats.read(self.inner.get(key).await)
@@ -208,6 +213,13 @@ mod event_faults {
             opts: eskv_core::ScanOptions,
         ) -> eskv_core::Result<Vec<eskv_core::KvPair>> {
             self.stats.read(self.inner.scan(range, opts).await)
+        }
+        async fn read_many(
+            &mut self,
+            gets: &[Vec<u8>],
+            scans: &[(eskv_core::KeyRange, eskv_core::ScanOptions)],
+        ) -> eskv_core::Result<eskv_core::ReadMany> {
+            self.stats.read(self.inner.read_many(gets, scans).await)
         }
         fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
             self.inner.put(key, value)
@@ -336,7 +348,7 @@ mod event_faults {
         );
         println!(
             "  log: head {}, {} events, {} distinct ids; integrity check: {} violations",
-            log.head,
+            log.consistent_through,
             log.events.len(),
             ids.len(),
             report.violations.len()
@@ -350,7 +362,7 @@ mod event_faults {
             (1..=acked).collect::<Vec<_>>(),
             "positions not gapless"
         );
-        assert_eq!(log.head, acked);
+        assert_eq!(log.consistent_through, acked);
         for ((w, n), pos) in &acks {
             let e = &log.events[(*pos - 1) as usize];
             assert_eq!(

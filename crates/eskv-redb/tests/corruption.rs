@@ -304,10 +304,29 @@ async fn damaged_eskv_file_is_refused_or_detected() {
                 eprintln!("{name}: refused by the backend: {m}")
             }
             Err(other) => panic!("{name}: unexpected error kind {other:?}"),
-            Ok((report, n)) => {
-                // If redb recovered a consistent older state, it must verify.
-                assert!(report.is_clean(), "{name}: {report}");
+            Ok((report, n)) if report.is_clean() => {
+                // redb recovered a consistent older state, or the damage
+                // hit free space.
                 eprintln!("{name}: opened; {n} events, verify clean");
+            }
+            Ok((report, n)) => {
+                // redb does not checksum the pages of a cleanly closed
+                // file, so damage inside a leaf (here index entries) opens
+                // without complaint; then the checker must find it, and
+                // say where it is. Which page the fixed offsets hit
+                // depends on the value sizes (id entries grew to 28 bytes
+                // in eskv-events/2).
+                assert!(
+                    report
+                        .violations
+                        .iter()
+                        .all(|v| v.key.is_some() || v.position.is_some()),
+                    "{name}: damage found but not located: {report}"
+                );
+                eprintln!(
+                    "{name}: opened; {n} events, damage detected: {} violation(s)",
+                    report.violations.len()
+                );
             }
         }
     }
@@ -384,8 +403,8 @@ async fn non_eskv_redb_files_are_refused() {
     }
     let kv: Arc<dyn KvStore> = Arc::new(reopen(&layout_path).await.unwrap());
     match EventStore::open(kv).await {
-        Err(Error::Corrupt { message, .. }) => assert!(message.contains("eskv-events/99")),
-        other => panic!("expected Corrupt, got {other:?}"),
+        Err(Error::IncompatibleFormat { found, .. }) => assert_eq!(found, "eskv-events/99"),
+        other => panic!("expected IncompatibleFormat, got {other:?}"),
     }
 }
 

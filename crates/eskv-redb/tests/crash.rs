@@ -123,7 +123,7 @@ async fn child_task(es: EventStore, out: Arc<Mutex<std::io::Stdout>>, task: u64,
             let after = if rng.below(2) == 0 {
                 match es.read(&q, ReadOptions::new()).await {
                     Ok(r) if !r.events.is_empty() => continue, // taken
-                    Ok(r) => Some(r.head),
+                    Ok(r) => Some(r.consistent_through),
                     Err(e) => {
                         say(&out, format!("ERR {key} read: {e}"));
                         std::process::exit(3);
@@ -326,7 +326,7 @@ async fn check_round(
     assert!(report.is_clean(), "round {round}: {report}");
 
     let all = es.read_all(ReadOptions::new()).await.expect("read log");
-    let head = all.head;
+    let head = all.consistent_through;
     assert!(
         head >= *last_head,
         "round {round}: head went back from {last_head} to {head}"

@@ -21,7 +21,15 @@
 //!
 //! - **Snapshots.** [`KvStore::begin`] starts an optimistic TiKV
 //!   transaction, which takes its start timestamp from PD (one round trip).
-//!   Every read runs at that timestamp: snapshot isolation.
+//!   Every read runs at that timestamp: snapshot isolation. Each read runs
+//!   in its own read-only snapshot at that timestamp, dropped when it
+//!   returns, because tikv-client caches everything a transaction (or a
+//!   snapshot) reads until it ends.
+//! - **Scans** are planned so that each request reads about one page from
+//!   about one region, although tikv-client sends a request's whole limit
+//!   to every region its range overlaps: after a first small request, the
+//!   plan narrows each request's key range to a window estimated to hold
+//!   one page (see `docs/DESIGN.md`, "Long scans on TiKV").
 //! - **Buffered writes** live in an [`eskv_core::WriteBuffer`] until commit.
 //!   tikv-client can buffer writes itself, but its scan merge lets a buffered
 //!   key past a limit-truncated snapshot page jump the queue; the shared
@@ -44,6 +52,31 @@
 //!   with a known outcome is rolled back explicitly so its prewrite locks do
 //!   not wait for their TTL.
 //!
+//! # Garbage collection
+//!
+//! TiKV keeps every version of every key until PD's GC safe point passes
+//! it, and on a cluster without TiDB nothing moves the safe point: the
+//! versions of the keys eskv rewrites constantly (the head on every append,
+//! stream metadata, checkpoints, leases) pile up forever.
+//! [`TikvStore::spawn_gc`] runs a background task that every 10 minutes
+//! (by default) sets the safe point to PD's time less a lifetime (default
+//! 10 minutes, [`DEFAULT_GC_LIFETIME`]); [`TikvStore::collect_garbage`]
+//! runs one round. Neither runs unless called: the safe point is
+//! cluster-wide, so only the owner of the cluster may move it (never do on
+//! a cluster managed by TiDB, which runs its own GC).
+//!
+//! ```no_run
+//! # use eskv_tikv::{GcOptions, TikvOptions, TikvStore};
+//! # async fn f() -> eskv_core::Result<()> {
+//! let store = TikvStore::connect(TikvOptions::new(["127.0.0.1:2379"])).await?;
+//! let _gc = store.spawn_gc(GcOptions::default())?; // stops when dropped
+//! # Ok(()) }
+//! ```
+//!
+//! Once this process runs GC, its transactions older than the lifetime
+//! (less the request timeout) fail with a retryable [`Error::Conflict`]
+//! instead of reading a snapshot whose versions may be gone.
+//!
 //! # Errors
 //!
 //! Every native error goes through one mapping function:
@@ -53,7 +86,8 @@
 //! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`Error::Conflict`] |
 //! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`Error::Conflict`] ("key already exists") |
 //! | `UndeterminedError` | [`Error::CommitOutcomeUnknown`] |
-//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff | [`Error::Unavailable`] (during commit: [`Error::CommitOutcomeUnknown`], since the primary may have been committed) |
+//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`Error::Unavailable`] (during commit: [`Error::CommitOutcomeUnknown`], since the primary may have been committed) |
+//! | gRPC status `Internal` | [`Error::Backend`] (during commit: [`Error::CommitOutcomeUnknown`]) |
 //! | anything else | [`Error::Backend`] |
 //!
 //! Every call is wrapped in `tokio::time::timeout`: tikv-client can hang for
@@ -81,10 +115,14 @@ use tikv_client::{
     BoundRange, CheckLevel, Config, Key, Transaction, TransactionClient, TransactionOptions,
 };
 
-const BACKEND: &str = "tikv";
+mod gc;
+mod paging;
+pub use gc::{GcOptions, GcOutcome, DEFAULT_GC_LIFETIME, MIN_GC_LIFETIME};
+use paging::SCAN_PAGE;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-/// Rows fetched per scan request; longer scans page through the range.
-const SCAN_PAGE: usize = 256;
+const BACKEND: &str = "tikv";
 
 /// Largest value eskv writes to TiKV. TiKV's default `raft-entry-max-size`
 /// is 8 MiB and its gRPC responses are capped at 10 MiB by default; 4 MiB
@@ -219,6 +257,10 @@ struct RawStore {
     endpoints: String,
     key_prefix: Option<String>,
     request_timeout: Duration,
+    /// The shortest GC lifetime this process has collected with, in
+    /// milliseconds; 0 while it has not run GC. Transactions older than it
+    /// refuse to read (see [`gc`]).
+    gc_lifetime_ms: Arc<AtomicU64>,
 }
 
 /// Where an error happened; decides how connection trouble is reported.
@@ -236,6 +278,9 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Other,
+    /// A server-side or protocol failure (gRPC `Internal`): a definite
+    /// error while reading, but a lost answer while committing.
+    Internal,
     Unavailable,
     AlreadyExists,
     Conflict,
@@ -271,12 +316,18 @@ fn classify(e: &tikv_client::Error) -> Kind {
         // or our own lock rolled back by another transaction: retryable.
         T::ResolveLockError(_) | T::TxnNotFound(_) => Kind::Conflict,
         T::Grpc(_) | T::Io(_) | T::Canceled(_) | T::Channel(_) => Kind::Unavailable,
+        // tonic reports a connection lost mid-call (reset, closed by the
+        // peer, an h2 error) as a status, `Unknown` or `Internal`, rather
+        // than as a transport error; tikv-client only marks a commit
+        // undetermined for the latter (`Committer::commit_primary`).
         T::GrpcAPI(status) => match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
+            | tonic::Code::Unknown
             | tonic::Code::Aborted
             | tonic::Code::ResourceExhausted => Kind::Unavailable,
+            tonic::Code::Internal => Kind::Internal,
             _ => Kind::Other,
         },
         // Region and leader errors are retried by the client's own backoff;
@@ -305,17 +356,22 @@ fn map_err(e: tikv_client::Error, phase: Phase, endpoints: &str) -> Error {
         (Kind::AlreadyExists, _) => Error::conflict(format!(
             "TiKV reports that a key the transaction inserts already exists: {e}"
         )),
-        (Kind::Unavailable, Phase::Commit) => Error::CommitOutcomeUnknown {
+        (Kind::Unavailable | Kind::Internal, Phase::Commit) => Error::CommitOutcomeUnknown {
             backend: BACKEND,
             message: format!(
-                "connection to TiKV failed during commit ({e}); PD endpoints {endpoints}"
+                "connection to TiKV failed during commit ({e}); the commit may or may not \
+                 have been applied; PD endpoints {endpoints}"
             ),
         },
-        (Kind::Unavailable, _) | (Kind::Other, Phase::Connect) => Error::Unavailable {
-            backend: BACKEND,
-            message: format!("cannot reach the TiKV cluster through PD endpoints {endpoints}: {e}"),
-        },
-        (Kind::Other, _) => Error::backend(BACKEND, e),
+        (Kind::Unavailable, _) | (Kind::Other | Kind::Internal, Phase::Connect) => {
+            Error::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "cannot reach the TiKV cluster through PD endpoints {endpoints}: {e}"
+                ),
+            }
+        }
+        (Kind::Other | Kind::Internal, _) => Error::backend(BACKEND, e),
     }
 }
 
@@ -403,6 +459,7 @@ impl TikvStore {
             endpoints,
             key_prefix: options.key_prefix.clone(),
             request_timeout: options.request_timeout,
+            gc_lifetime_ms: Arc::new(AtomicU64::new(0)),
         });
         let (view, prefix): (Arc<dyn KvStore>, _) = match &options.key_prefix {
             Some(p) => {
@@ -418,6 +475,111 @@ impl TikvStore {
     /// The raw key prefix of the configured namespace, if any.
     pub fn prefix(&self) -> Option<&[u8]> {
         self.prefix.as_deref()
+    }
+
+    /// Runs one round of MVCC garbage collection: sets the cluster's GC safe
+    /// point to PD's current time less `lifetime`, after resolving the
+    /// locks older than it (tikv-client's `TransactionClient::gc`). TiKV
+    /// then drops every version older than the safe point, keeping, per
+    /// key, the newest one at or before it (unless it is a deletion).
+    ///
+    /// Without this (or TiDB, which runs its own GC), TiKV keeps every
+    /// version forever, and the keys eskv rewrites on every append or
+    /// acknowledgement (the head, stream metadata, checkpoints, leases)
+    /// grow without bound. [`spawn_gc`](Self::spawn_gc) runs it
+    /// periodically.
+    ///
+    /// **The safe point is cluster-wide**, not per key prefix: run GC only
+    /// on a cluster whose every user tolerates `lifetime` (never on one
+    /// managed by TiDB, which runs its own GC), and give every process the
+    /// same lifetime. From the first call on, a transaction of this store
+    /// older than `lifetime` (less the request timeout) fails its reads and
+    /// commit with a retryable [`Error::Conflict`] rather than read a
+    /// snapshot GC may have removed.
+    ///
+    /// Fails with [`Error::InvalidInput`] for a lifetime under
+    /// [`MIN_GC_LIFETIME`] or twice the request timeout, and with
+    /// [`Error::Unavailable`] when PD or TiKV cannot be reached.
+    pub async fn collect_garbage(&self, lifetime: Duration) -> Result<GcOutcome> {
+        let raw = &self.raw;
+        gc::check_lifetime(lifetime, raw.request_timeout)?;
+        // Guard this process's transactions before anything is collected.
+        let ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let _ = raw
+            .gc_lifetime_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+                (cur == 0 || ms < cur).then_some(ms)
+            });
+        let now = timed(
+            "reading PD's time",
+            Phase::Read,
+            raw.request_timeout,
+            &raw.endpoints,
+            raw.client.current_timestamp(),
+        )
+        .await?;
+        let Some(safe_point) = gc::safe_point(&now, lifetime) else {
+            return Err(Error::invalid(format!(
+                "GC lifetime {lifetime:?} reaches back before PD's clock started"
+            )));
+        };
+        use tikv_client::TimestampExt;
+        let outcome = GcOutcome {
+            safe_point: safe_point.version(),
+            safe_point_ms: safe_point.physical,
+            advanced: false,
+        };
+        // Resolving every old lock of the cluster may take longer than one
+        // request; it must finish within the lifetime.
+        let advanced = timed(
+            "a GC round",
+            Phase::Read,
+            lifetime.max(raw.request_timeout),
+            &raw.endpoints,
+            raw.client.gc(safe_point),
+        )
+        .await?;
+        tracing::debug!(
+            backend = BACKEND,
+            safe_point = outcome.safe_point,
+            advanced,
+            "GC round finished"
+        );
+        Ok(GcOutcome {
+            advanced,
+            ..outcome
+        })
+    }
+
+    /// Runs [`collect_garbage`](Self::collect_garbage) with
+    /// `options.lifetime` now and then every `options.interval`, on a Tokio
+    /// task, until the returned [`GcTask`] is dropped or stopped. A failed
+    /// round is logged (`tracing` warning) and retried at the next
+    /// interval. Read the caveats of `collect_garbage` first: the safe
+    /// point is cluster-wide.
+    ///
+    /// Fails with [`Error::InvalidInput`] for a lifetime that
+    /// `collect_garbage` would refuse, a zero interval, or when called
+    /// outside a Tokio runtime.
+    pub fn spawn_gc(&self, options: GcOptions) -> Result<GcTask> {
+        gc::check_lifetime(options.lifetime, self.raw.request_timeout)?;
+        if options.interval.is_zero() {
+            return Err(Error::invalid("GC interval must not be zero"));
+        }
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::invalid("spawn_gc must be called within a Tokio runtime"))?;
+        let store = self.clone();
+        let handle = rt.spawn(async move {
+            let mut tick = tokio::time::interval(options.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.collect_garbage(options.lifetime).await {
+                    tracing::warn!(backend = BACKEND, error = %e, "GC round failed");
+                }
+            }
+        });
+        Ok(GcTask { handle })
     }
 
     /// Deletes every key of this store's namespace, in transactions of a few
@@ -447,7 +609,29 @@ impl TikvStore {
     }
 }
 
+/// The background GC task of [`TikvStore::spawn_gc`]. Dropping it stops
+/// the task (a round in progress is abandoned; the next one, by any
+/// process, redoes it).
+#[derive(Debug)]
+pub struct GcTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl GcTask {
+    /// Stops the task.
+    pub fn stop(self) {}
+}
+
+impl Drop for GcTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+// The public store is a wrapper over `view`: it forwards every method,
+// defaults included, and the lint keeps it that way.
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl KvStore for TikvStore {
     fn capabilities(&self) -> &Capabilities {
         self.view.capabilities()
@@ -455,6 +639,10 @@ impl KvStore for TikvStore {
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
         self.view.begin().await
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.view.commit_watch()
     }
 }
 
@@ -467,6 +655,8 @@ impl KvStore for RawStore {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
         use tracing::Instrument;
         let options = TransactionOptions::new_optimistic().drop_check(CheckLevel::None);
+        // Before the timestamp is asked for, so the age never undercounts.
+        let started = Instant::now();
         let txn = timed(
             "beginning a transaction",
             Phase::Read,
@@ -477,21 +667,42 @@ impl KvStore for RawStore {
         .instrument(begin_span(BACKEND))
         .await?;
         Ok(Box::new(TikvTxn {
+            client: self.client.clone(),
+            start: txn.start_timestamp(),
             txn,
             buf: WriteBuffer::new(),
             caps: self.caps.clone(),
             endpoints: self.endpoints.clone(),
             timeout: self.request_timeout,
+            stride: None,
+            started,
+            gc_lifetime_ms: self.gc_lifetime_ms.clone(),
         }))
     }
 }
 
+/// One eskv transaction. Reads never go through `txn`: tikv-client keeps
+/// every row a transaction reads in its buffer until the transaction ends
+/// (`Buffer::update_cache`), so a long scan in one transaction would hold
+/// the whole range in memory. Each read runs in a fresh read-only
+/// [`tikv_client::Snapshot`] at the transaction's start timestamp instead
+/// (the same snapshot, by MVCC), which is dropped, with its cache, as soon
+/// as the read returns. `txn` only carries the writes and locks at commit.
 struct TikvTxn {
+    client: TransactionClient,
+    start: tikv_client::Timestamp,
     txn: Transaction,
     buf: WriteBuffer,
     caps: Capabilities,
     endpoints: String,
     timeout: Duration,
+    /// The key density seen by the last scan, to size the next one's
+    /// windows (see [`paging`]).
+    stride: Option<paging::Stride>,
+    /// Just before the start timestamp was asked for.
+    started: Instant,
+    /// The store's GC lifetime, if it runs GC (see [`gc`]).
+    gc_lifetime_ms: Arc<AtomicU64>,
 }
 
 fn pair(p: tikv_client::KvPair) -> KvPair {
@@ -507,9 +718,34 @@ fn bound(b: Bound<Vec<u8>>) -> Bound<Key> {
     }
 }
 
+/// Fails when a transaction started `started` ago may see a snapshot that
+/// GC with the lifetime in `gc_lifetime_ms` removed.
+fn check_age(started: Instant, gc_lifetime_ms: &AtomicU64, slack: Duration) -> Result<()> {
+    let ms = gc_lifetime_ms.load(Ordering::SeqCst);
+    let lifetime = (ms > 0).then(|| Duration::from_millis(ms));
+    let age = started.elapsed();
+    match lifetime {
+        Some(l) if gc::snapshot_too_old(age, Some(l), slack) => Err(gc::too_old_error(age, l)),
+        _ => Ok(()),
+    }
+}
+
 impl TikvTxn {
-    /// Reads up to `limit` snapshot rows of `range` (all if `None`), paging
-    /// through the range `SCAN_PAGE` rows at a time.
+    fn check_age(&self) -> Result<()> {
+        check_age(self.started, &self.gc_lifetime_ms, self.timeout)
+    }
+
+    /// A read-only view at the transaction's snapshot, for one read.
+    fn snapshot(&self) -> tikv_client::Snapshot {
+        self.client.snapshot(
+            self.start.clone(),
+            TransactionOptions::new_optimistic().drop_check(CheckLevel::None),
+        )
+    }
+
+    /// Reads up to `limit` snapshot rows of `range` (all if `None`), in
+    /// requests planned by [`paging::ScanPlan`]: each reads about one page
+    /// from about one region, in its own snapshot.
     async fn scan_snapshot(
         &mut self,
         range: &KeyRange,
@@ -517,39 +753,26 @@ impl TikvTxn {
         limit: Option<usize>,
     ) -> Result<Vec<KvPair>> {
         let mut out: Vec<KvPair> = Vec::new();
-        let mut r = range.clone();
-        loop {
-            let want = match limit {
-                Some(l) => (l - out.len()).min(SCAN_PAGE),
-                None => SCAN_PAGE,
-            };
-            if want == 0 || r.is_empty() {
-                return Ok(out);
-            }
-            let br = BoundRange::new(bound(r.start.clone()), bound(r.end.clone()));
-            let txn = &mut self.txn;
+        let mut plan = paging::ScanPlan::new(range.clone(), reverse, limit, self.stride.take());
+        while let Some(req) = plan.next_request() {
+            self.check_age()?;
+            let br = BoundRange::new(bound(req.range.start.clone()), bound(req.range.end.clone()));
+            let mut snap = self.snapshot();
+            let want = req.limit as u32;
             let fetch = async move {
                 let rows: Vec<tikv_client::KvPair> = if reverse {
-                    txn.scan_reverse(br, want as u32).await?.collect()
+                    snap.scan_reverse(br, want).await?.collect()
                 } else {
-                    txn.scan(br, want as u32).await?.collect()
+                    snap.scan(br, want).await?.collect()
                 };
                 Ok(rows.into_iter().map(pair).collect::<Vec<KvPair>>())
             };
             let page = timed("a scan", Phase::Read, self.timeout, &self.endpoints, fetch).await?;
-            let done = page.len() < want;
-            if let Some((last, _)) = page.last() {
-                if reverse {
-                    r.end = Bound::Excluded(last.clone());
-                } else {
-                    r.start = Bound::Excluded(last.clone());
-                }
-            }
+            plan.record(&req, &page);
             out.extend(page);
-            if done {
-                return Ok(out);
-            }
         }
+        self.stride = plan.stride().cloned();
+        Ok(out)
     }
 }
 
@@ -562,12 +785,15 @@ impl KvTransaction for TikvTxn {
         if key.is_empty() {
             return Ok(None);
         }
+        self.check_age()?;
+        let mut snap = self.snapshot();
+        let key = key.to_vec();
         timed(
             "a get",
             Phase::Read,
             self.timeout,
             &self.endpoints,
-            self.txn.get(key.to_vec()),
+            async move { snap.get(key).await },
         )
         .await
     }
@@ -581,8 +807,9 @@ impl KvTransaction for TikvTxn {
         let fetched: HashMap<Vec<u8>, Vec<u8>> = if missing.is_empty() {
             HashMap::new()
         } else {
-            let txn = &mut self.txn;
-            let fetch = async move { Ok(txn.batch_get(missing).await?.map(pair).collect()) };
+            self.check_age()?;
+            let mut snap = self.snapshot();
+            let fetch = async move { Ok(snap.batch_get(missing).await?.map(pair).collect()) };
             timed(
                 "a batch get",
                 Phase::Read,
@@ -634,12 +861,18 @@ impl KvTransaction for TikvTxn {
             caps,
             endpoints,
             timeout,
+            started,
+            gc_lifetime_ms,
+            ..
         } = *self;
         traced_commit(BACKEND, buf.writes().len(), async move {
             buf.check_limits(&caps)?;
             if buf.is_empty() {
                 return Ok(());
             }
+            // A write-write conflict with a deletion older than the safe
+            // point would go unseen: GC drops such deletions.
+            check_age(started, &gc_lifetime_ms, timeout)?;
             let (writes, validated) = buf.into_parts()?;
             // Move the buffered writes into tikv-client's buffer. These calls
             // touch only the local buffer of an optimistic transaction.
@@ -832,6 +1065,48 @@ mod tests {
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
     }
 
+    /// A connection lost mid-RPC reaches tikv-client as a gRPC status with
+    /// code `Unknown` or `Internal` (hyper/h2 failures inside tonic), not
+    /// as a transport error, so tikv-client does not mark the commit
+    /// undetermined itself. During commit the primary may have been
+    /// committed: the outcome is unknown, never a definite failure.
+    #[test]
+    fn lost_connection_statuses_during_commit_are_unknown_outcomes() {
+        for status in [
+            tonic::Status::unknown("transport error: connection reset"),
+            tonic::Status::internal("h2 protocol error: stream no longer needed"),
+        ] {
+            let code = status.code();
+            let e = map(T::GrpcAPI(status.clone()), Phase::Commit);
+            assert!(
+                matches!(
+                    e,
+                    Error::CommitOutcomeUnknown {
+                        backend: "tikv",
+                        ..
+                    }
+                ),
+                "{code:?} during commit: {e:?}"
+            );
+            assert!(e.is_retryable());
+            // Nested the way the client collects per-region results.
+            let e = map(
+                T::ExtractedErrors(vec![abort_key_error(), T::GrpcAPI(status.clone())]),
+                Phase::Commit,
+            );
+            assert!(
+                matches!(e, Error::CommitOutcomeUnknown { .. }),
+                "{code:?} nested during commit: {e:?}"
+            );
+        }
+        // Outside a commit nothing was written: an unknown status is the
+        // cluster being unreachable, an internal one a server error.
+        let e = map(T::GrpcAPI(tonic::Status::unknown("reset")), Phase::Read);
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        let e = map(T::GrpcAPI(tonic::Status::internal("bug")), Phase::Read);
+        assert!(matches!(e, Error::Backend { .. }), "{e:?}");
+    }
+
     #[test]
     fn the_rest_is_a_backend_error() {
         let e = map(abort_key_error(), Phase::Commit);
@@ -871,6 +1146,27 @@ mod tests {
             timeout_err("a commit", Phase::Commit, Duration::from_secs(2), EP),
             Error::CommitOutcomeUnknown { .. }
         ));
+    }
+
+    #[test]
+    fn transactions_older_than_the_gc_lifetime_refuse_to_run() {
+        let slack = Duration::from_secs(2);
+        let lifetime = AtomicU64::new(0);
+        let old = Instant::now()
+            .checked_sub(Duration::from_secs(61))
+            .expect("the monotonic clock has run for a minute");
+        // No GC from this process: any age is fine.
+        assert!(check_age(old, &lifetime, slack).is_ok());
+        lifetime.store(60_000, Ordering::SeqCst);
+        let e = check_age(old, &lifetime, slack).unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(check_age(Instant::now(), &lifetime, slack).is_ok());
+        // Within the slack of the lifetime counts as too old.
+        let almost = Instant::now()
+            .checked_sub(Duration::from_secs(59))
+            .expect("the monotonic clock has run for a minute");
+        assert!(check_age(almost, &lifetime, slack).is_err());
     }
 
     #[test]

@@ -27,13 +27,19 @@ mod cluster {
         store: TikvStore,
     }
 
+    /// Forwards every method, defaults included, so the suite sees the
+    /// store's own `commit_watch` (its transactions are the store's own).
     #[async_trait::async_trait]
+    #[deny(clippy::missing_trait_methods)]
     impl KvStore for CleanupOnDrop {
         fn capabilities(&self) -> &eskv_core::Capabilities {
             self.store.capabilities()
         }
         async fn begin(&self) -> eskv_core::Result<Box<dyn eskv_core::KvTransaction>> {
             self.store.begin().await
+        }
+        fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            self.store.commit_watch()
         }
     }
 

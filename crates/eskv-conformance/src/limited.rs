@@ -1,0 +1,138 @@
+//! A store wrapper that declares (and enforces) a smaller transaction limit
+//! than its backend, and counts the transactions it starts.
+//!
+//! With [`Limited::max_ops`] set to 128 it makes the in-memory and redb
+//! backends behave like etcd (`--max-txn-ops` 128) for the event layer:
+//! the capability is declared, so code that sizes its transactions from
+//! [`Capabilities`] can be tested, and a commit with more writes plus
+//! validations than that fails with [`Error::LimitExceeded`], as etcd
+//! would. Commit notifications ([`KvStore::commit_watch`]) are passed on.
+//!
+//! [`Error::LimitExceeded`]: eskv_core::Error::LimitExceeded
+
+use async_trait::async_trait;
+use eskv_core::{
+    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions, WriteBuffer,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The wrapper. Cheap to clone; clones share the counters.
+#[derive(Clone)]
+pub struct Limited {
+    inner: Arc<dyn KvStore>,
+    caps: Capabilities,
+    begins: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limited")
+            .field("caps", &self.caps)
+            .field("begins", &self.begins())
+            .finish()
+    }
+}
+
+impl Limited {
+    /// Wraps `inner` unchanged (only counting transactions).
+    pub fn new(inner: Arc<dyn KvStore>) -> Self {
+        let caps = inner.capabilities().clone();
+        Limited {
+            inner,
+            caps,
+            begins: Arc::default(),
+        }
+    }
+
+    /// Declares and enforces at most `n` writes plus validations per
+    /// transaction (or the backend's own limit, if smaller).
+    pub fn max_ops(mut self, n: usize) -> Self {
+        let n = self.caps.max_ops_per_txn.map_or(n, |m| m.min(n));
+        self.caps = self.caps.with_max_ops_per_txn(n);
+        self
+    }
+
+    /// Transactions started so far (each read of the event layer starts
+    /// one).
+    pub fn begins(&self) -> u64 {
+        self.begins.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl KvStore for Limited {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.commit_watch()
+    }
+
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+        self.begins.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(LimitedTxn {
+            inner: self.inner.begin().await?,
+            caps: self.caps.clone(),
+            shadow: WriteBuffer::new(),
+        }))
+    }
+}
+
+struct LimitedTxn {
+    inner: Box<dyn KvTransaction>,
+    caps: Capabilities,
+    /// The same writes and validations, for counting.
+    shadow: WriteBuffer,
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl KvTransaction for LimitedTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        self.inner.scan(range, opts).await
+    }
+    async fn read_many(
+        &mut self,
+        gets: &[Vec<u8>],
+        scans: &[(KeyRange, ScanOptions)],
+    ) -> Result<eskv_core::ReadMany> {
+        self.inner.read_many(gets, scans).await
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.shadow.put(key.clone(), Vec::new());
+        self.inner.put(key, value)
+    }
+    fn delete(&mut self, key: Vec<u8>) {
+        self.shadow.delete(key.clone());
+        self.inner.delete(key)
+    }
+    fn validate(&mut self, key: Vec<u8>) {
+        self.shadow.validate(key.clone());
+        self.inner.validate(key)
+    }
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let LimitedTxn {
+            inner,
+            caps,
+            shadow,
+        } = *self;
+        // Only the operation count is this wrapper's business; the
+        // backend checks its own value and byte limits.
+        let ops_only = Capabilities::unlimited(caps.backend);
+        let ops_only = match caps.max_ops_per_txn {
+            Some(n) => ops_only.with_max_ops_per_txn(n),
+            None => ops_only,
+        };
+        shadow.check_limits(&ops_only)?;
+        inner.commit().await
+    }
+}

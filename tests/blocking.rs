@@ -1,0 +1,156 @@
+//! The blocking facade from plain `#[test]`s (no async anywhere), on memory
+//! and on a redb file, including several threads sharing one store.
+
+use eskv::blocking::EventStore;
+use eskv::{
+    Boundary, DecideError, DecideOptions, Decision, DomainEvent, ExpectedVersion, Query,
+    ReadOptions, ReadStreamOptions,
+};
+
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+enum Ev {
+    Placed {
+        #[tag("order")]
+        order: String,
+    },
+    Seat {
+        #[tag("room")]
+        room: String,
+        #[tag("person")]
+        person: String,
+    },
+}
+
+struct Place(&'static str);
+impl Decision for Place {
+    type Event = Ev;
+    type State = bool;
+    type Error = &'static str;
+    fn boundary(&self) -> Boundary {
+        Boundary::Stream(format!("order-{}", self.0))
+    }
+    fn evolve(&self, placed: &mut bool, _: &Ev) {
+        *placed = true;
+    }
+    fn decide(&self, &placed: &bool) -> Result<Vec<Ev>, &'static str> {
+        if placed {
+            return Err("already placed");
+        }
+        Ok(vec![Ev::Placed {
+            order: self.0.into(),
+        }])
+    }
+}
+
+fn exercise(store: &EventStore) {
+    let placed = Ev::Placed { order: "1".into() }.to_new_event().unwrap();
+    let r = store
+        .append_to_stream("order-1", ExpectedVersion::NoStream, vec![placed])
+        .unwrap();
+    assert_eq!(r.stream_version, Some(1));
+    let again = store.append_to_stream(
+        "order-1",
+        ExpectedVersion::NoStream,
+        vec![Ev::Placed { order: "1".into() }.to_new_event().unwrap()],
+    );
+    assert!(matches!(
+        again,
+        Err(eskv::Error::WrongExpectedVersion { .. })
+    ));
+    store
+        .append(
+            vec![Ev::Placed { order: "2".into() }.to_new_event().unwrap()],
+            None,
+        )
+        .unwrap();
+    assert_eq!(store.head().unwrap(), 2);
+    let order2 = store
+        .read(&Query::tags(["order:2"]), ReadOptions::new())
+        .unwrap();
+    assert_eq!(order2.events.len(), 1);
+    assert_eq!(
+        store
+            .read_stream("order-1", ReadStreamOptions::new())
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.read_all(ReadOptions::new()).unwrap().events.len(), 2);
+
+    // Stream decision via a command, and via closures.
+    let d = store.execute(&Place("3"), DecideOptions::new()).unwrap();
+    assert_eq!(d.appended.unwrap().stream_version, Some(1));
+    let again = store.execute(&Place("3"), DecideOptions::new());
+    assert!(matches!(
+        again,
+        Err(DecideError::Rejected("already placed"))
+    ));
+    let r = store.decide_stream(
+        "order-3",
+        |n: &mut u32, _: &Ev| *n += 1,
+        |&n| {
+            Ok::<_, ()>(vec![Ev::Placed {
+                order: format!("3.{n}"),
+            }])
+        },
+    );
+    assert_eq!(r.unwrap().appended.unwrap().stream_version, Some(2));
+}
+
+/// Four threads, five seats each wanted, three seats: exactly three win.
+fn threads_share_one_store(store: &EventStore) {
+    let wins: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..5)
+                        .filter(|i| {
+                            store
+                                .decide(
+                                    Query::of(["Seat"], ["room:r1"]),
+                                    |n: &mut usize, _: &Ev| *n += 1,
+                                    |&n| {
+                                        if n >= 3 {
+                                            return Err("full");
+                                        }
+                                        Ok(vec![Ev::Seat {
+                                            room: "r1".into(),
+                                            person: format!("p{t}-{i}"),
+                                        }])
+                                    },
+                                )
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 3);
+    let seats = store
+        .read(&Query::of(["Seat"], ["room:r1"]), ReadOptions::new())
+        .unwrap();
+    assert_eq!(seats.events.len(), 3);
+}
+
+#[test]
+fn blocking_store_in_memory() {
+    let store = EventStore::memory().unwrap();
+    exercise(&store);
+    threads_share_one_store(&store);
+}
+
+#[test]
+fn blocking_store_on_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.redb");
+    {
+        let store = EventStore::open_redb(&path).unwrap();
+        exercise(&store);
+        threads_share_one_store(&store);
+    }
+    // Reopened, the events are there.
+    let store = EventStore::open_redb(&path).unwrap();
+    assert_eq!(store.head().unwrap(), 7);
+}
