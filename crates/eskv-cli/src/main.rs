@@ -288,7 +288,15 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// The last panic's message and place, for the internal-error report.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn main() -> ExitCode {
+    // The hook only remembers the message: a panic inside a backend (redb
+    // trusts page contents and can panic on a damaged page) is caught and
+    // reported as `Corrupt` there, and the store must then close normally,
+    // or a readable file could be left needing a repair. A panic that
+    // reaches `main` is reported below as an internal error (exit 101).
     std::panic::set_hook(Box::new(|info| {
         let p = info.payload();
         let msg = p
@@ -300,12 +308,8 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let _ = writeln!(
-            io::stderr(),
-            "error: internal error in eskv (please report it): {}{at}",
-            one_line(&msg)
-        );
-        std::process::exit(101);
+        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("{}{at}", one_line(&msg)));
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -322,9 +326,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let res = rt.block_on(run(cli));
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(cli))));
     // Close stores before the process exits.
     rt.shutdown_timeout(Duration::from_secs(5));
+    let Ok(res) = res else {
+        let msg = LAST_PANIC
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| "unknown panic".into());
+        let _ = writeln!(
+            io::stderr(),
+            "error: internal error in eskv (please report it): {msg}"
+        );
+        return ExitCode::from(101);
+    };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(e),

@@ -743,6 +743,20 @@ pub async fn checkpoint_keys_never_collide(store: Store) {
         (1..=7).collect::<Vec<_>>(),
         "a fresh group must start from the beginning, not from another subscription's checkpoint"
     );
+    // The handler sees an event before its checkpoint commits: wait for
+    // the checkpoint, so that shutting down does not cut the ack short.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let parts = es.group_partitions("billing").await.unwrap();
+        if parts.get(&0).and_then(|p| p.checkpoint) == Some(7) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition 0 of group 'billing' never checkpointed event 7: {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = tx.send(());
     member.await.unwrap().unwrap();
     assert_eq!(

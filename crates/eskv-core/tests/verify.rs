@@ -555,19 +555,30 @@ async fn checkpoints_past_the_head() {
 async fn id_entry_digest_must_match_the_event() {
     let (es, all) = seeded().await;
     let k = layout::id_key(all[0].id);
-    let mut entry = layout::IdEntry::decode(&raw(&es, &k).await).unwrap();
+    let stored = raw(&es, &k).await;
+    let mut entry =
+        layout::IdEntry::decode(layout::open_index_value(&k, &stored).unwrap()).unwrap();
     assert_eq!(
         entry.digest,
         layout::content_digest(&all[0].tags, &all[0].data, &all[0].metadata)
     );
     entry.digest ^= 1;
-    damage(&es, |t| t.put(k.clone(), entry.encode())).await;
+    damage(&es, |t| {
+        t.put(k.clone(), layout::seal_index_value(&k, entry.encode()))
+    })
+    .await;
     let r = report(&es).await;
     let v = only(&r);
     assert_eq!(v.key.as_deref(), Some(&k[..]), "{r}");
     assert!(v.message.contains("content digest"), "{r}");
     // An entry of the old 24-byte layout is reported, not misread.
-    damage(&es, |t| t.put(k.clone(), entry.encode()[..24].to_vec())).await;
+    damage(&es, |t| {
+        t.put(
+            k.clone(),
+            layout::seal_index_value(&k, entry.encode()[..24].to_vec()),
+        )
+    })
+    .await;
     let r = report(&es).await;
     assert!(
         r.violations
