@@ -4,7 +4,7 @@
 use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     AppendCondition, AppendRequest, Error, EventStore, ExpectedVersion, KvStore, LogFilter,
-    NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions,
+    NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions, RecordedEvent,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -1589,5 +1589,87 @@ pub async fn other_layout_formats_are_refused(store: Store) {
             .unwrap()
             .as_deref(),
         Some(layout::FORMAT)
+    );
+}
+
+/// Backwards reads with a limit on a backend whose reverse scans cost
+/// O(range) (etcd sorts the whole range to answer a descending read):
+/// the event layer reads "the last N" through forward windows instead,
+/// sends no reverse scan with a limit, and returns exactly what a reverse
+/// scan returns (issue 13, item 20).
+pub async fn backwards_reads_avoid_costly_reverse_scans(store: Store) {
+    let store = crate::unique_namespace(store);
+    let costly = crate::limited::Limited::new(store.clone()).costly_reverse_scans();
+    let plain = EventStore::open(store).await.unwrap();
+    let windowed = EventStore::open(Arc::new(costly.clone())).await.unwrap();
+    // 300 events over 3 streams of one category; a sparse tag on every
+    // 37th, so index windows have to grow.
+    for i in 0..300u64 {
+        let mut e = ev(if i % 2 == 0 { "Even" } else { "Odd" });
+        if i % 37 == 0 {
+            e = e.tag("rare:x");
+        }
+        plain
+            .append_to_stream(&format!("acct-{}", i % 3), ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    let positions = |evs: &[RecordedEvent]| evs.iter().map(|e| e.position).collect::<Vec<_>>();
+    let before = costly.reverse_scans();
+    for limit in [1usize, 5, 64, 150, 400] {
+        let back = ReadOptions::new().backwards().limit(limit);
+        let from = ReadOptions::new().backwards().from(200).limit(limit);
+        for opts in [back, from] {
+            let a = plain.read_all(opts).await.unwrap();
+            let b = windowed.read_all(opts).await.unwrap();
+            assert_eq!(
+                positions(&b.events),
+                positions(&a.events),
+                "read_all {opts:?}"
+            );
+            assert_eq!(
+                b.consistent_through, a.consistent_through,
+                "read_all {opts:?}"
+            );
+            for q in [
+                Query::of(["Odd"], Vec::<String>::new()),
+                Query::of(Vec::<String>::new(), ["rare:x"]),
+            ] {
+                let a = plain.read(&q, opts).await.unwrap();
+                let b = windowed.read(&q, opts).await.unwrap();
+                assert_eq!(
+                    positions(&b.events),
+                    positions(&a.events),
+                    "read {q:?} {opts:?}"
+                );
+            }
+            let a = plain.read_category("acct", opts).await.unwrap();
+            let b = windowed.read_category("acct", opts).await.unwrap();
+            assert_eq!(
+                positions(&b.events),
+                positions(&a.events),
+                "category {opts:?}"
+            );
+        }
+        let s = ReadStreamOptions::new().backwards().limit(limit);
+        let a = plain.read_stream("acct-1", s).await.unwrap();
+        let b = windowed.read_stream("acct-1", s).await.unwrap();
+        assert_eq!(positions(&b), positions(&a), "read_stream {limit}");
+        assert!(!a.is_empty());
+        let s = s.from_version(40);
+        let a = plain.read_stream("acct-1", s).await.unwrap();
+        let b = windowed.read_stream("acct-1", s).await.unwrap();
+        assert_eq!(positions(&b), positions(&a), "read_stream from 40, {limit}");
+    }
+    let none = ReadStreamOptions::new().backwards().limit(3);
+    assert!(windowed
+        .read_stream("acct-9", none)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        costly.reverse_scans() - before,
+        0,
+        "a backend with costly reverse scans was sent reverse scans with a limit"
     );
 }

@@ -106,6 +106,7 @@ macro_rules! event_suite {
                     import_restores_exactly,
                     model_based,
                     read_position_is_safe_to_pass_back,
+                    backwards_reads_avoid_costly_reverse_scans,
                     replay_with_other_content_is_rejected,
                     query_item_types_are_limited,
                     cancelled_appends_never_overlap_batches,

@@ -23,6 +23,7 @@ pub struct Limited {
     inner: Arc<dyn KvStore>,
     caps: Capabilities,
     begins: Arc<AtomicU64>,
+    reverse_scans: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Limited {
@@ -42,7 +43,21 @@ impl Limited {
             inner,
             caps,
             begins: Arc::default(),
+            reverse_scans: Arc::default(),
         }
+    }
+
+    /// Declares that reverse scans cost O(range), as etcd's do, so that
+    /// the event layer avoids them; [`Limited::reverse_scans`] counts the
+    /// ones it still sends.
+    pub fn costly_reverse_scans(mut self) -> Self {
+        self.caps = self.caps.with_cheap_reverse_scans(false);
+        self
+    }
+
+    /// Reverse scans with a limit sent so far.
+    pub fn reverse_scans(&self) -> u64 {
+        self.reverse_scans.load(Ordering::SeqCst)
     }
 
     /// Declares and enforces at most `n` writes plus validations per
@@ -77,6 +92,7 @@ impl KvStore for Limited {
             inner: self.inner.begin().await?,
             caps: self.caps.clone(),
             shadow: WriteBuffer::new(),
+            reverse_scans: self.reverse_scans.clone(),
         }))
     }
 }
@@ -86,6 +102,7 @@ struct LimitedTxn {
     caps: Capabilities,
     /// The same writes and validations, for counting.
     shadow: WriteBuffer,
+    reverse_scans: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -98,6 +115,9 @@ impl KvTransaction for LimitedTxn {
         self.inner.get_many(keys).await
     }
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        if opts.reverse && opts.limit.is_some() {
+            self.reverse_scans.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.scan(range, opts).await
     }
     async fn read_many(
@@ -105,6 +125,12 @@ impl KvTransaction for LimitedTxn {
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
     ) -> Result<eskv_core::ReadMany> {
+        let reverse = scans
+            .iter()
+            .filter(|(_, o)| o.reverse && o.limit.is_some())
+            .count();
+        self.reverse_scans
+            .fetch_add(reverse as u64, Ordering::SeqCst);
         self.inner.read_many(gets, scans).await
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -124,6 +150,7 @@ impl KvTransaction for LimitedTxn {
             inner,
             caps,
             shadow,
+            ..
         } = *self;
         // Only the operation count is this wrapper's business; the
         // backend checks its own value and byte limits.

@@ -81,6 +81,11 @@ pub struct Capabilities {
     /// notification sees every commit (embedded backends). False for shared
     /// servers, where other processes append and readers must poll.
     pub single_process: bool,
+    /// True when a reverse scan with a limit costs O(limit). False where it
+    /// costs O(range) (etcd sorts the whole range to answer a descending
+    /// read): the event layer then reads "the last N" as forward scans of
+    /// position windows below the top, so it still costs O(N).
+    pub cheap_reverse_scans: bool,
 }
 
 impl Capabilities {
@@ -92,6 +97,7 @@ impl Capabilities {
             max_ops_per_txn: None,
             max_txn_bytes: None,
             single_process: false,
+            cheap_reverse_scans: true,
         }
     }
 
@@ -116,6 +122,12 @@ impl Capabilities {
     /// Marks the backend as single-process (embedded).
     pub fn with_single_process(mut self, yes: bool) -> Self {
         self.single_process = yes;
+        self
+    }
+
+    /// Declares whether reverse scans with a limit cost O(limit).
+    pub fn with_cheap_reverse_scans(mut self, yes: bool) -> Self {
+        self.cheap_reverse_scans = yes;
         self
     }
 }

@@ -30,7 +30,7 @@
 use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
-use crate::kv::{KvPair, KvStore, KvTransaction, ScanOptions};
+use crate::kv::{Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ScanOptions};
 use crate::layout::{self, IdEntry, Index, StreamMeta};
 use crate::query::{AppendCondition, Query, QueryItem};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -942,7 +942,15 @@ impl EventStore {
                 events: Vec::new(),
             });
         };
-        let positions = find_positions(&mut *txn, &q, lo, hi, opts.backwards, opts.limit).await?;
+        let positions = find_positions(
+            &mut *txn,
+            &q,
+            lo,
+            hi,
+            Order::new(opts.backwards, self.inner.kv.capabilities()),
+            opts.limit,
+        )
+        .await?;
         let events = load_events(&mut *txn, &positions).await?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
@@ -982,15 +990,15 @@ impl EventStore {
         let mut events = Vec::new();
         let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
         while events.len() < want && lo <= hi {
-            let rows = txn
-                .scan(
-                    layout::log_range(lo, hi),
-                    ScanOptions {
-                        limit: Some(page),
-                        reverse: opts.backwards,
-                    },
-                )
-                .await?;
+            let rows = scan_page(
+                &mut *txn,
+                layout::log_range,
+                lo,
+                hi,
+                page,
+                Order::new(opts.backwards, self.inner.kv.capabilities()),
+            )
+            .await?;
             let n = rows.len();
             for (k, v) in rows {
                 let pos = layout::parse_log_key(&k)?;
@@ -1035,7 +1043,7 @@ impl EventStore {
             Index::Category(category),
             lo,
             hi,
-            opts.backwards,
+            Order::new(opts.backwards, self.inner.kv.capabilities()),
             opts.limit,
             |_| Ok(true),
         )
@@ -1068,20 +1076,38 @@ impl EventStore {
         let until = opts.until.unwrap_or(Position::MAX);
         let mut positions = Vec::new();
         let want = opts.limit.unwrap_or(usize::MAX);
-        let rows = txn
-            .scan(
-                layout::stream_event_range(stream, lo, hi),
-                ScanOptions {
-                    // Positions grow with versions, so `until` only trims.
-                    limit: if opts.until.is_some() && opts.backwards {
-                        None
-                    } else {
-                        opts.limit
+        // Positions grow with versions, so `until` only trims.
+        let limit = if opts.until.is_some() && opts.backwards {
+            None
+        } else {
+            opts.limit
+        };
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        let rows = match limit {
+            Some(page) if order == Order::BackwardByWindows => {
+                // Versions are dense: the window below the stream's last
+                // version holds exactly the events asked for.
+                let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
+                    return Ok(Vec::new());
+                };
+                let hi = hi.min(meta.version);
+                if lo > hi {
+                    return Ok(Vec::new());
+                }
+                let range = |a, b| layout::stream_event_range(stream, a, b);
+                scan_page(&mut *txn, range, lo, hi, page, order).await?
+            }
+            _ => {
+                txn.scan(
+                    layout::stream_event_range(stream, lo, hi),
+                    ScanOptions {
+                        limit,
+                        reverse: opts.backwards,
                     },
-                    reverse: opts.backwards,
-                },
-            )
-            .await?;
+                )
+                .await?
+            }
+        };
         for (k, v) in rows {
             let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
             if pos > until {
@@ -1850,9 +1876,15 @@ async fn condition_hit(
             }
             if found.is_none() && full {
                 if let Some(last) = last {
-                    found = scan_index(txn, index, last + 1, batch.head0, false, Some(1), |v| {
-                        probe_keeps(index, item, v)
-                    })
+                    found = scan_index(
+                        txn,
+                        index,
+                        last + 1,
+                        batch.head0,
+                        Order::Forward,
+                        Some(1),
+                        |v| probe_keeps(index, item, v),
+                    )
                     .await?
                     .first()
                     .copied();
@@ -1919,9 +1951,15 @@ async fn read_forward(
         }
         if full && kept < want {
             if let Some(last) = last {
-                let more = scan_index(txn, index, last + 1, hi, false, Some(want - kept), |v| {
-                    probe_keeps(index, item, v)
-                })
+                let more = scan_index(
+                    txn,
+                    index,
+                    last + 1,
+                    hi,
+                    Order::Forward,
+                    Some(want - kept),
+                    |v| probe_keeps(index, item, v),
+                )
                 .await?;
                 all.extend(more);
             }
@@ -1944,9 +1982,10 @@ async fn find_positions(
     query: &Query,
     lo: Position,
     hi: Position,
-    backwards: bool,
+    order: Order,
     limit: Option<usize>,
 ) -> Result<Vec<Position>> {
+    let backwards = order.backwards();
     if lo > hi {
         return Ok(Vec::new());
     }
@@ -1961,7 +2000,7 @@ async fn find_positions(
     }
     let mut all: BTreeSet<Position> = BTreeSet::new();
     for item in &query.items {
-        for p in item_positions(txn, item, lo, hi, backwards, limit).await? {
+        for p in item_positions(txn, item, lo, hi, order, limit).await? {
             all.insert(p);
         }
     }
@@ -1978,7 +2017,7 @@ async fn item_positions(
     item: &QueryItem,
     lo: Position,
     hi: Position,
-    backwards: bool,
+    order: Order,
     limit: Option<usize>,
 ) -> Result<Vec<Position>> {
     match item.tags.first() {
@@ -1986,19 +2025,91 @@ async fn item_positions(
             let mut out = Vec::new();
             for t in &item.types {
                 out.extend(
-                    scan_index(txn, Index::Type(t), lo, hi, backwards, limit, |_| Ok(true)).await?,
+                    scan_index(txn, Index::Type(t), lo, hi, order, limit, |_| Ok(true)).await?,
                 );
             }
             Ok(out)
         }
         Some(first) => {
-            scan_index(txn, Index::Tag(first), lo, hi, backwards, limit, |v| {
+            scan_index(txn, Index::Tag(first), lo, hi, order, limit, |v| {
                 let (t, tags) = layout::parse_tag_entry(v)?;
                 Ok(item.matches_parts(&t, &tags))
             })
             .await
         }
     }
+}
+
+/// Which way a positional scan runs, and how a backwards page is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Forward,
+    /// A reverse scan with a limit.
+    Backward,
+    /// Forward scans of windows below the top (see [`scan_page`]).
+    BackwardByWindows,
+}
+
+impl Order {
+    fn new(backwards: bool, caps: &Capabilities) -> Order {
+        match (backwards, caps.cheap_reverse_scans) {
+            (false, _) => Order::Forward,
+            (true, true) => Order::Backward,
+            (true, false) => Order::BackwardByWindows,
+        }
+    }
+
+    fn backwards(self) -> bool {
+        self != Order::Forward
+    }
+}
+
+/// One page of the positional range `range_of(lo, hi)`: its first `page`
+/// rows, or backwards its last `page` rows, highest first.
+///
+/// Where reverse scans cost O(range) (`Capabilities::cheap_reverse_scans`
+/// false: etcd sorts
+/// the whole range to answer a descending read), the last rows come from
+/// forward scans of windows below `hi`, `page` positions wide and doubling
+/// until they hold a page: O(page) rows read for a dense range (the log, a
+/// stream's versions), and a few windows for a sparse index.
+async fn scan_page(
+    txn: &mut dyn KvTransaction,
+    range_of: impl Fn(u64, u64) -> KeyRange,
+    lo: u64,
+    hi: u64,
+    page: usize,
+    order: Order,
+) -> Result<Vec<KvPair>> {
+    if order != Order::BackwardByWindows {
+        return txn
+            .scan(
+                range_of(lo, hi),
+                ScanOptions {
+                    limit: Some(page),
+                    reverse: order.backwards(),
+                },
+            )
+            .await;
+    }
+    let mut out: Vec<KvPair> = Vec::new();
+    let mut top = hi;
+    let mut width = (page as u64).max(1);
+    loop {
+        let bottom = top.saturating_sub(width - 1).max(lo);
+        let mut rows = txn
+            .scan(range_of(bottom, top), ScanOptions::default())
+            .await?;
+        rows.reverse();
+        out.extend(rows);
+        if out.len() >= page || bottom <= lo {
+            break;
+        }
+        top = bottom - 1;
+        width = width.saturating_mul(2);
+    }
+    out.truncate(page);
+    Ok(out)
 }
 
 /// Scans one positional index over `[lo, hi]` in pages, keeping entries
@@ -2008,23 +2119,16 @@ async fn scan_index(
     index: Index<'_>,
     mut lo: Position,
     mut hi: Position,
-    backwards: bool,
+    order: Order,
     limit: Option<usize>,
     mut keep: impl FnMut(&[u8]) -> Result<bool>,
 ) -> Result<Vec<Position>> {
     let want = limit.unwrap_or(usize::MAX);
     let page = limit.map_or(1024, |l| l.clamp(16, 1024));
     let mut out = Vec::new();
+    let backwards = order.backwards();
     while out.len() < want && lo <= hi {
-        let rows = txn
-            .scan(
-                index.range(lo, hi),
-                ScanOptions {
-                    limit: Some(page),
-                    reverse: backwards,
-                },
-            )
-            .await?;
+        let rows = scan_page(txn, |a, b| index.range(a, b), lo, hi, page, order).await?;
         let n = rows.len();
         for (k, v) in rows {
             let pos = index.parse_position(&k)?;

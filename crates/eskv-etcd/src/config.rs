@@ -137,6 +137,9 @@ impl EtcdOptions {
             // Written keys plus validated keys: etcd checks compares and
             // puts separately, so this is conservative.
             .with_max_ops_per_txn(self.max_txn_ops)
+            // etcd answers a descending range by loading and sorting all of
+            // it, whatever the limit.
+            .with_cheap_reverse_scans(false)
     }
 
     pub(crate) fn endpoint_list(&self) -> String {
@@ -152,6 +155,10 @@ mod tests {
     fn capabilities_follow_server_limits() {
         let c = EtcdOptions::new(["127.0.0.1:2379"]).capabilities();
         assert_eq!(c.max_ops_per_txn, Some(128));
+        assert!(
+            !c.cheap_reverse_scans,
+            "etcd sorts a whole range to read it backwards"
+        );
         let v = c.max_value_size.unwrap();
         assert!((1 << 20..DEFAULT_MAX_REQUEST_BYTES).contains(&v), "{v}");
         assert!(c.max_txn_bytes.unwrap() < DEFAULT_MAX_REQUEST_BYTES);
