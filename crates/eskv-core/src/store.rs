@@ -409,7 +409,7 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     kv: Arc<dyn KvStore>,
     opts: EventStoreOptions,
     queue: Mutex<VecDeque<Pending>>,
@@ -553,6 +553,17 @@ impl EventStore {
     /// Set while the commit relay runs.
     pub(crate) fn relay_running(&self) -> &std::sync::atomic::AtomicBool {
         &self.inner.relay_running
+    }
+
+    /// A reference that does not keep the store open (for background
+    /// tasks: the store closes when the application drops its handles).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The store behind `weak`, while any handle is left.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<EventStore> {
+        weak.upgrade().map(|inner| EventStore { inner })
     }
 
     /// Appends `events` under an optional DCB condition.

@@ -498,11 +498,18 @@ pub(crate) fn relay_commits(store: &EventStore) {
     if store.relay_running().swap(true, Ordering::SeqCst) {
         return;
     }
-    let store = store.clone();
+    // The task holds the store weakly: it must not keep a file open after
+    // the application dropped every handle (reopening it would then find
+    // it locked). It ends when the store is gone or has no head watchers.
+    let weak = store.downgrade();
     tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 changed = commits.changed() => {
+                    let Some(store) = EventStore::upgrade(&weak) else {
+                        return;
+                    };
                     if changed.is_err() {
                         store.relay_running().store(false, Ordering::SeqCst);
                         return;
@@ -513,15 +520,20 @@ pub(crate) fn relay_commits(store: &EventStore) {
                         Err(e) => tracing::debug!(error = %e, "commit relay could not read the head"),
                     }
                 }
-                _ = store.head_sender().closed() => {
-                    store.relay_running().store(false, Ordering::SeqCst);
-                    // A watcher that arrived after `closed` saw the flag
-                    // still set and relies on this task: carry on for it,
-                    // unless another relay has started meanwhile.
-                    if store.head_sender().receiver_count() == 0
-                        || store.relay_running().swap(true, Ordering::SeqCst)
-                    {
+                _ = tick.tick() => {
+                    let Some(store) = EventStore::upgrade(&weak) else {
                         return;
+                    };
+                    if store.head_sender().receiver_count() == 0 {
+                        store.relay_running().store(false, Ordering::SeqCst);
+                        // A watcher that arrived meanwhile saw the flag
+                        // still set and relies on this task: carry on for
+                        // it, unless another relay has started.
+                        if store.head_sender().receiver_count() == 0
+                            || store.relay_running().swap(true, Ordering::SeqCst)
+                        {
+                            return;
+                        }
                     }
                 }
             }

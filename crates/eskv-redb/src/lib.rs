@@ -144,6 +144,12 @@ pub struct RedbOptions {
     /// Open an existing store without writing to it (see the crate docs).
     /// Default: false.
     pub read_only: bool,
+    /// How long opening waits for a file held by another handle before it
+    /// fails with [`Error::StoreLocked`]. Default: 2 s, which covers a
+    /// handle of this process that is still closing (a group commit's
+    /// task finishing after its appends were answered); `Duration::ZERO`
+    /// fails at once.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for RedbOptions {
@@ -153,6 +159,7 @@ impl Default for RedbOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             max_batch: 1024,
             quick_repair: true,
+            lock_wait: std::time::Duration::from_secs(2),
             read_only: false,
         }
     }
@@ -175,6 +182,12 @@ impl RedbOptions {
     /// [`RedbOptions::quick_repair`]).
     pub fn quick_repair(mut self, on: bool) -> Self {
         self.quick_repair = on;
+        self
+    }
+
+    /// Sets how long opening waits for a file held by another handle.
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 
@@ -492,9 +505,25 @@ impl RedbStore {
                     .map_err(|e| s.open_error(e))
             })
         };
-        tokio::task::spawn_blocking(move || Self::open_blocking(path, options, opener))
+        let wait = options.lock_wait;
+        let opener: Arc<Opener> = Arc::new(opener);
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            let (path, options, opener) = (path.clone(), options.clone(), opener.clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                Self::open_blocking(path, options, Box::new(move |s: &Shared| opener(s)))
+            })
             .await
-            .map_err(|e| Error::backend(BACKEND, e))?
+            .map_err(|e| Error::backend(BACKEND, e))?;
+            match opened {
+                Err(Error::StoreLocked { .. }) if started.elapsed() + pause < wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Opens the existing store at `path` read-only: nothing is ever
