@@ -42,7 +42,7 @@ fn lock_wait() -> Duration {
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
         StoreUrl::Memory => Ok(EventStore::open(Arc::new(MemoryStore::new())).await?),
-        StoreUrl::Redb { path } => open_redb(path, access).await,
+        StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
         StoreUrl::Tikv { endpoints, prefix } => open_tikv(endpoints, prefix.as_deref()).await,
         StoreUrl::Etcd { endpoints, prefix } => open_etcd(endpoints, prefix.as_deref()).await,
     }
@@ -52,9 +52,9 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
 /// reported as `Ok(None)` instead of being waited for.
 pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStore>> {
     #[cfg(feature = "redb")]
-    if let StoreUrl::Redb { path } = url {
+    if let StoreUrl::Redb { path, cache } = url {
         check_exists(path, access)?;
-        return match open_redb_once(path, access).await {
+        return match open_redb_once(path, *cache, access).await {
             Ok(s) => Ok(Some(s)),
             Err(eskv::Error::StoreLocked { .. }) => Ok(None),
             Err(e) => Err(redb_context(e, path)),
@@ -66,7 +66,7 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
 /// The size in bytes of the file behind `url`, for file-based stores.
 pub fn file_size(url: &StoreUrl) -> Option<u64> {
     match url {
-        StoreUrl::Redb { path } => std::fs::metadata(path).ok().map(|m| m.len()),
+        StoreUrl::Redb { path, .. } => std::fs::metadata(path).ok().map(|m| m.len()),
         _ => None,
     }
 }
@@ -118,22 +118,34 @@ fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
 }
 
 #[cfg(feature = "redb")]
-async fn open_redb_once(path: &std::path::Path, access: Access) -> eskv::Result<EventStore> {
-    let kv = match access {
-        Access::Existing => eskv::redb::RedbStore::open_read_only(path).await?,
-        Access::Create => eskv::redb::RedbStore::open(path).await?,
-    };
+async fn open_redb_once(
+    path: &std::path::Path,
+    cache: Option<usize>,
+    access: Access,
+) -> eskv::Result<EventStore> {
+    let mut options = eskv::redb::RedbOptions::default()
+        // This tool waits for a held file itself (--lock-timeout).
+        .lock_wait(Duration::ZERO)
+        .read_only(matches!(access, Access::Existing));
+    if let Some(c) = cache {
+        options = options.cache_size(c);
+    }
+    let kv = eskv::redb::RedbStore::open_with(path, options).await?;
     EventStore::open(Arc::new(kv)).await
 }
 
 #[cfg(feature = "redb")]
-async fn open_redb(path: &std::path::Path, access: Access) -> Result<EventStore> {
+async fn open_redb(
+    path: &std::path::Path,
+    cache: Option<usize>,
+    access: Access,
+) -> Result<EventStore> {
     check_exists(path, access)?;
     let start = std::time::Instant::now();
     let wait = lock_wait();
     let mut pause = Duration::from_millis(5);
     loop {
-        match open_redb_once(path, access).await {
+        match open_redb_once(path, cache, access).await {
             Ok(s) => return Ok(s),
             Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < wait => {
                 tokio::time::sleep(pause).await;
@@ -151,7 +163,7 @@ async fn open_redb(path: &std::path::Path, access: Access) -> Result<EventStore>
 }
 
 #[cfg(not(feature = "redb"))]
-async fn open_redb(_: &std::path::Path, _: Access) -> Result<EventStore> {
+async fn open_redb(_: &std::path::Path, _: Option<usize>, _: Access) -> Result<EventStore> {
     Err(not_built("redb"))
 }
 

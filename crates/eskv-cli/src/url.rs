@@ -2,7 +2,7 @@
 //!
 //! | form | meaning |
 //! | --- | --- |
-//! | `redb:PATH` | an embedded redb file (created on first write) |
+//! | `redb:PATH` | an embedded redb file (created on first write); `redb:PATH?cache=64MiB` sets redb's page cache (bytes, KiB, MiB or GiB; default 64 MiB) |
 //! | `memory:` | an empty in-memory store that lives as long as the process |
 //! | `tikv://PD[,PD...][/PREFIX]` | a TiKV cluster through its PD endpoints |
 //! | `etcd://HOST[,HOST...][/PREFIX]` | an etcd cluster |
@@ -43,6 +43,9 @@ pub enum StoreUrl {
     Redb {
         /// The file.
         path: PathBuf,
+        /// redb's page cache in bytes (`?cache=64MiB`); the backend's
+        /// default when absent.
+        cache: Option<usize>,
     },
     /// A fresh in-memory store (gone when the process exits).
     Memory,
@@ -111,7 +114,13 @@ impl FromStr for StoreUrl {
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreUrl::Redb { path } => write!(f, "redb:{}", path.display()),
+            StoreUrl::Redb { path, cache } => {
+                write!(f, "redb:{}", path.display())?;
+                if let Some(c) = cache {
+                    write!(f, "?cache={c}")?;
+                }
+                Ok(())
+            }
             StoreUrl::Memory => f.write_str("memory:"),
             StoreUrl::Tikv { endpoints, prefix } | StoreUrl::Etcd { endpoints, prefix } => {
                 write!(f, "{}://{}", self.backend(), endpoints.join(","))?;
@@ -122,6 +131,27 @@ impl fmt::Display for StoreUrl {
             }
         }
     }
+}
+
+/// A byte count such as `67108864`, `64MiB`, `512KiB` or `1GiB`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let bad = || {
+        format!(
+            "cache={s:?} is not a size; write bytes or a number with KiB, MiB or GiB, for example cache=64MiB"
+        )
+    };
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let mult: usize = match unit {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 fn parse(s: &str) -> Result<StoreUrl, String> {
@@ -140,8 +170,13 @@ fn parse(s: &str) -> Result<StoreUrl, String> {
             if rest.chars().any(char::is_control) {
                 return Err("the path contains a control character".into());
             }
+            let (path, cache) = match rest.rsplit_once("?cache=") {
+                Some((path, size)) if !path.is_empty() => (path, Some(parse_size(size)?)),
+                _ => (rest, None),
+            };
             Ok(StoreUrl::Redb {
-                path: PathBuf::from(rest),
+                path: PathBuf::from(path),
+                cache,
             })
         }
         "memory" => {
@@ -246,17 +281,46 @@ mod tests {
     }
 
     #[test]
+    fn redb_cache_size() {
+        assert_eq!(
+            ok("redb:./e.redb?cache=64MiB"),
+            StoreUrl::Redb {
+                path: "./e.redb".into(),
+                cache: Some(64 << 20)
+            }
+        );
+        assert_eq!(
+            ok("redb:e.redb?cache=4096"),
+            StoreUrl::Redb {
+                path: "e.redb".into(),
+                cache: Some(4096)
+            }
+        );
+        let u = ok("redb:e.redb?cache=1GiB");
+        assert_eq!(u.to_string().parse::<StoreUrl>().unwrap(), u);
+        for bad in [
+            "redb:e.redb?cache=",
+            "redb:e.redb?cache=64MB",
+            "redb:e.redb?cache=x",
+        ] {
+            assert!(err(bad).contains("not a size"), "{bad}: {}", err(bad));
+        }
+    }
+
+    #[test]
     fn accepted_forms() {
         assert_eq!(
             ok("redb:./events.redb"),
             StoreUrl::Redb {
-                path: "./events.redb".into()
+                path: "./events.redb".into(),
+                cache: None
             }
         );
         assert_eq!(
             ok("redb:/tmp/a b.redb"),
             StoreUrl::Redb {
-                path: "/tmp/a b.redb".into()
+                path: "/tmp/a b.redb".into(),
+                cache: None
             }
         );
         assert_eq!(ok("memory:"), StoreUrl::Memory);

@@ -1697,3 +1697,21 @@ fn damaged_pages_are_reported_never_internal_errors() {
         "no damaged page was noticed: {codes:?}"
     );
 }
+
+/// The store URL sets redb's page cache (issue 13, item 16); a size that
+/// does not parse is bad usage (exit 2) and creates nothing.
+#[test]
+fn redb_cache_size_in_the_store_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = "redb:c.redb?cache=16MiB";
+    seed(d, s);
+    assert!(d.join("c.redb").exists(), "the path stops before ?cache=");
+    let out = ok(d, &["--store", s, "read"], None);
+    assert!(out.contains("CourseDefined"), "{out}");
+    ok(d, &["--store", "redb:c.redb?cache=1GiB", "check"], None);
+    let r = run(d, &["--store", "redb:n.redb?cache=64MB", "info"], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not a size"), "{}", r.stderr);
+    assert!(!d.join("n.redb").exists());
+}
