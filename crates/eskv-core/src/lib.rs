@@ -45,11 +45,13 @@ pub mod memory;
 pub mod oracle;
 pub mod projection;
 pub mod query;
+mod retry;
 pub mod store;
 pub mod subscription;
 pub mod testing;
 pub mod tuple;
 pub mod typed;
+pub mod validate;
 pub mod verify;
 
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};

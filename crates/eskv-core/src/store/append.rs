@@ -1,0 +1,224 @@
+//! Appends: the public calls, and the validation and cost estimate that
+//! run before a request joins the group-commit queue.
+
+use super::options::{AppendRequest, AppendResult};
+use super::{batch_lost, Cost, EventStore, Pending, KEY_OVERHEAD};
+use crate::error::{Error, ExpectedVersion, Result};
+use crate::event::NewEvent;
+use crate::query::{AppendCondition, Query};
+use crate::validate::{validate_stream_id, validate_tag, validate_type};
+use std::collections::HashSet;
+use tokio::sync::oneshot;
+
+impl EventStore {
+    /// Appends `events` under an optional DCB condition.
+    pub async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        condition: Option<AppendCondition>,
+    ) -> Result<AppendResult> {
+        let mut req = AppendRequest::new(events);
+        req.condition = condition;
+        self.submit(req).await
+    }
+
+    /// Appends `events` to `stream` if its version matches `expected`.
+    pub async fn append_to_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.submit(AppendRequest::new(events).stream(stream, expected))
+            .await
+    }
+
+    /// Runs one append request. Concurrent calls are grouped into one KV
+    /// transaction; each keeps its own outcome.
+    pub async fn submit(&self, mut req: AppendRequest) -> Result<AppendResult> {
+        let cost = self.prepare(&mut req)?;
+        let (reply, mut rx) = oneshot::channel();
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Pending { req, cost, reply });
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut rx => return res.unwrap_or_else(|_| Err(batch_lost())),
+                guard = self.inner.leader.clone().lock_owned() => {
+                    let batch = self.inner.take_batch();
+                    if batch.is_empty() {
+                        // Another leader took ours; its answer is coming.
+                        drop(guard);
+                        return rx.await.unwrap_or_else(|_| Err(batch_lost()));
+                    }
+                    // The batch runs in its own task, which also holds the
+                    // leader lock until the batch is done: a cancelled
+                    // caller neither abandons the other appends of the
+                    // batch nor lets a second batch start beside it. This
+                    // caller's own answer comes through `rx`, like every
+                    // other waiter's.
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        inner.run_batch(batch).await;
+                        drop(guard);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Validates and canonicalizes an append; nothing is written on error.
+    pub(super) fn prepare(&self, req: &mut AppendRequest) -> Result<Cost> {
+        let l = &self.inner.opts.limits;
+        let caps = self.inner.kv.capabilities();
+        if req.events.is_empty() {
+            return Err(Error::invalid("an append needs at least one event"));
+        }
+        if req.events.len() > l.max_events_per_append {
+            return Err(Error::limit(
+                "events in one append",
+                l.max_events_per_append,
+                req.events.len(),
+            ));
+        }
+        let mut ids = HashSet::with_capacity(req.events.len());
+        let mut total = 0usize;
+        let mut cost = Cost { ops: 2, bytes: 16 };
+        for e in &mut req.events {
+            e.canonicalize();
+            validate_type(&e.event_type, l)?;
+            if e.tags.len() > l.max_tags_per_event {
+                return Err(Error::limit(
+                    format!("tags on event {}", e.id),
+                    l.max_tags_per_event,
+                    e.tags.len(),
+                ));
+            }
+            for t in &e.tags {
+                validate_tag(t, l)?;
+            }
+            let size = e.data.len() + e.metadata.byte_len();
+            if size > l.max_event_bytes {
+                return Err(Error::limit(
+                    format!("bytes in event {}", e.id),
+                    l.max_event_bytes,
+                    size,
+                ));
+            }
+            total += size;
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(format!(
+                    "event id {} appears twice in one append; every event needs its own id",
+                    e.id
+                )));
+            }
+            // Upper bounds of what `event_rows` writes for this event; each
+            // key may also carry a namespace prefix (KEY_OVERHEAD).
+            let stream_len = req.stream.as_ref().map_or(0, |(s, _)| s.len());
+            let tags_len: usize = e.tags.iter().map(|t| t.len() + 4).sum();
+            let envelope = size + e.event_type.len() + tags_len + stream_len + 96;
+            if let Some(max) = caps.max_value_size {
+                if envelope > max {
+                    return Err(Error::limit(
+                        format!("bytes of one stored event on the {} backend", caps.backend),
+                        max,
+                        envelope,
+                    ));
+                }
+            }
+            let rows = 3 + e.tags.len() + if req.stream.is_some() { 2 } else { 0 };
+            let keys = 48 + e.event_type.len() + tags_len + 2 * stream_len + rows * KEY_OVERHEAD;
+            let tag_values = e.tags.len() * (e.event_type.len() + tags_len + 8);
+            cost.ops += rows;
+            cost.bytes += envelope + keys + tag_values + 64;
+        }
+        if total > l.max_append_bytes {
+            return Err(Error::limit(
+                "bytes in one append",
+                l.max_append_bytes,
+                total,
+            ));
+        }
+        if let Some((stream, expected)) = &req.stream {
+            validate_stream_id(stream, l)?;
+            if *expected == ExpectedVersion::Exact(0) {
+                return Err(Error::invalid(
+                    "expected version 0 does not exist: versions start at 1; use ExpectedVersion::NoStream for a new stream",
+                ));
+            }
+            cost.ops += 1;
+            cost.bytes += stream.len() + 32 + KEY_OVERHEAD;
+        }
+        if let Some(c) = &mut req.condition {
+            self.validate_query(&mut c.fail_if_events_match)?;
+        }
+        if let Some(max) = caps.max_ops_per_txn {
+            if cost.ops > max {
+                return Err(Error::limit(
+                    format!(
+                        "key operations for this append on the {} backend (split it into smaller appends)",
+                        caps.backend
+                    ),
+                    max,
+                    cost.ops,
+                ));
+            }
+        }
+        if let Some(max) = caps.max_txn_bytes {
+            if cost.bytes > max {
+                return Err(Error::limit(
+                    format!("bytes for this append on the {} backend", caps.backend),
+                    max,
+                    cost.bytes,
+                ));
+            }
+        }
+        Ok(cost)
+    }
+
+    pub(super) fn validate_query(&self, q: &mut Query) -> Result<()> {
+        let l = &self.inner.opts.limits;
+        if q.items.is_empty() {
+            return Err(Error::invalid(
+                "a query needs at least one item; use Query::all() to match every event",
+            ));
+        }
+        if q.items.len() > l.max_query_items {
+            return Err(Error::limit(
+                "items in one query",
+                l.max_query_items,
+                q.items.len(),
+            ));
+        }
+        for item in &mut q.items {
+            if item.types.len() > l.max_types_per_query_item {
+                return Err(Error::limit(
+                    "types in one query item (split the item into several items with fewer types each)",
+                    l.max_types_per_query_item,
+                    item.types.len(),
+                ));
+            }
+            if item.tags.len() > l.max_tags_per_event {
+                return Err(Error::limit(
+                    "tags in one query item (an item matches only events carrying all its tags, and an event carries at most max_tags_per_event)",
+                    l.max_tags_per_event,
+                    item.tags.len(),
+                ));
+            }
+            item.types.sort();
+            item.types.dedup();
+            item.tags.sort();
+            item.tags.dedup();
+            for t in &item.types {
+                validate_type(t, l)?;
+            }
+            for t in &item.tags {
+                validate_tag(t, l)?;
+            }
+        }
+        Ok(())
+    }
+}

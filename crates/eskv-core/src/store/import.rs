@@ -1,0 +1,266 @@
+//! Import: bulk loading of recorded events into an empty store, with a
+//! marker that makes an interrupted import visible.
+
+use super::batch::event_rows;
+use super::read::{read_head, read_stream_meta};
+use super::EventStore;
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, Position, RecordedEvent};
+use crate::layout::{self, IdEntry, StreamMeta};
+use crate::retry::retry;
+use crate::validate::{validate_stream_id, validate_tag, validate_type};
+use std::collections::HashSet;
+
+impl EventStore {
+    /// Writes events exactly as they were recorded elsewhere, for restores
+    /// and migrations: ids, positions, stream versions, metadata and
+    /// recorded times are kept. The events must continue this store's log
+    /// (the first at head + 1, consecutive) and each stream's versions.
+    /// One transaction: all or nothing. Returns the new head.
+    pub async fn import(&self, events: &[RecordedEvent]) -> Result<Position> {
+        let l = &self.inner.opts.limits;
+        let mut ids = HashSet::with_capacity(events.len());
+        for e in events {
+            validate_type(&e.event_type, l)?;
+            for t in &e.tags {
+                validate_tag(t, l)?;
+            }
+            if let Some(s) = &e.stream {
+                validate_stream_id(&s.stream_id, l)?;
+            }
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(format!(
+                    "event id {} appears twice in the import",
+                    e.id
+                )));
+            }
+        }
+        let Some(first) = events.first() else {
+            return self.head().await;
+        };
+        let kv = &self.inner.kv;
+        let head = retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            let head = read_head(&mut *txn).await?;
+            // Ids first: an import whose commit was applied but reported
+            // unknown finds every id at its position and is a replay.
+            let id_keys: Vec<Vec<u8>> = events.iter().map(|e| layout::id_key(e.id)).collect();
+            let found = txn.get_many(&id_keys).await?;
+            if found.iter().any(Option::is_some) {
+                let mut replay = true;
+                for ((e, f), k) in events.iter().zip(&found).zip(&id_keys) {
+                    let mut tags = e.tags.clone();
+                    tags.sort();
+                    tags.dedup();
+                    let at = match f {
+                        Some(v) => {
+                            let x = IdEntry::decode(layout::open_index_value(k, v)?)?;
+                            Some((x.position, x.digest))
+                        }
+                        None => None,
+                    };
+                    replay &= at
+                        == Some((
+                            e.position,
+                            layout::content_digest(&tags, &e.data, &e.metadata),
+                        ));
+                }
+                if replay {
+                    return Ok(head);
+                }
+                let (e, _) = events
+                    .iter()
+                    .zip(&found)
+                    .find(|(_, f)| f.is_some())
+                    .unwrap_or((first, &None));
+                return Err(Error::IdempotencyViolation {
+                    message: format!("event id {} already exists in the target store", e.id),
+                });
+            }
+            if first.position != head + 1 {
+                return Err(Error::invalid(format!(
+                    "the import starts at position {}, but this store's next position is {}",
+                    first.position,
+                    head + 1
+                )));
+            }
+            let mut versions: std::collections::HashMap<&str, u64> =
+                std::collections::HashMap::new();
+            let mut rows = Vec::with_capacity(events.len() * 6);
+            for (i, e) in events.iter().enumerate() {
+                let pos = head + 1 + i as u64;
+                if e.position != pos {
+                    return Err(Error::invalid(format!(
+                        "import positions must be consecutive: expected {pos}, found {}",
+                        e.position
+                    )));
+                }
+                let sref = match &e.stream {
+                    Some(s) => {
+                        let cur = match versions.get(s.stream_id.as_str()) {
+                            Some(v) => *v,
+                            None => read_stream_meta(&mut *txn, &s.stream_id)
+                                .await?
+                                .map_or(0, |m| m.version),
+                        };
+                        if s.version != cur + 1 {
+                            return Err(Error::invalid(format!(
+                                "event {pos} has version {} of stream '{}', expected {}",
+                                s.version,
+                                s.stream_id,
+                                cur + 1
+                            )));
+                        }
+                        versions.insert(&s.stream_id, s.version);
+                        Some((s.stream_id.as_str(), s.version))
+                    }
+                    None => None,
+                };
+                let mut tags = e.tags.clone();
+                tags.sort();
+                tags.dedup();
+                let new = NewEvent {
+                    id: e.id,
+                    event_type: e.event_type.clone(),
+                    tags,
+                    data: e.data.clone(),
+                    metadata: e.metadata.clone(),
+                };
+                event_rows(
+                    &mut rows,
+                    pos,
+                    &new,
+                    e.recorded_at_ms,
+                    sref,
+                    (head + 1, head + events.len() as u64),
+                )?;
+            }
+            let last = head + events.len() as u64;
+            for (s, v) in &versions {
+                let last_position = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.stream.as_ref().is_some_and(|r| r.stream_id == *s))
+                    .map_or(last, |e| e.position);
+                rows.push((
+                    layout::stream_key(s),
+                    StreamMeta {
+                        version: *v,
+                        last_position,
+                    }
+                    .encode(),
+                ));
+            }
+            for (k, v) in rows {
+                txn.put(k, v);
+            }
+            txn.put(layout::head_key(), layout::u64_value(last));
+            txn.validate(layout::head_key());
+            txn.commit().await?;
+            Ok(last)
+        })
+        .await?;
+        self.inner.publish_head(head);
+        Ok(head)
+    }
+
+    /// Marks an import as in progress (see [`layout::import_key`]), before
+    /// its first [`import`](Self::import). `expected_events` is the number
+    /// of events the import is to write, when known. Until
+    /// [`finish_import`](Self::finish_import), [`crate::verify`] reports the
+    /// store as damaged, so that an import cut short (a crash, a kill) is
+    /// never taken for a complete store.
+    pub async fn begin_import(&self, expected_events: Option<u64>) -> Result<()> {
+        let kv = &self.inner.kv;
+        let value = expected_events.map_or_else(Vec::new, layout::u64_value);
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            txn.put(layout::import_key(), value.clone());
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// Removes the mark of [`begin_import`](Self::begin_import): the import
+    /// is complete.
+    pub async fn finish_import(&self) -> Result<()> {
+        let kv = &self.inner.kv;
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            txn.delete(layout::import_key());
+            txn.commit().await
+        })
+        .await
+    }
+
+    /// The mark of an import that began and has not finished, if any.
+    pub async fn import_in_progress(&self) -> Result<Option<ImportMarker>> {
+        let mut txn = self.inner.kv.begin().await?;
+        txn.get(&layout::import_key())
+            .await?
+            .map(|v| ImportMarker::decode(&v))
+            .transpose()
+    }
+}
+
+/// An import that began and has not finished: the value of
+/// [`layout::import_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportMarker {
+    /// How many events the import was to write, when it said.
+    pub expected_events: Option<u64>,
+}
+
+impl ImportMarker {
+    /// Decodes the marker's value: empty, or the expected count (u64 BE).
+    pub fn decode(v: &[u8]) -> Result<Self> {
+        Ok(ImportMarker {
+            expected_events: if v.is_empty() {
+                None
+            } else {
+                Some(layout::parse_u64(v, "import marker")?)
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for ImportMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an import into this store did not finish")?;
+        if let Some(n) = self.expected_events {
+            write!(f, " (it was to write {n} events)")?;
+        }
+        f.write_str("; the store holds only part of it: remove the store and run the import again")
+    }
+}
+
+/// The error for a store whose format marker is not [`layout::FORMAT`].
+pub(super) fn format_error(found: &[u8]) -> Error {
+    let supported = String::from_utf8_lossy(layout::FORMAT).into_owned();
+    let (Some(n), Some(ours)) = (
+        layout::format_number(found),
+        layout::format_number(layout::FORMAT),
+    ) else {
+        return Error::corrupt(
+            None,
+            format!(
+                "the event layout marker holds {:?}, which is not an eskv layout (this eskv reads {supported:?}); is this an eskv event store?",
+                String::from_utf8_lossy(found)
+            ),
+        );
+    };
+    let advice = if n < ours {
+        "it was written by an older eskv. Export it with that version \
+         (`eskv --store <url> export --out events.jsonl`), then import the export into a \
+         new, empty store with this version (`eskv --store <new url> import --in events.jsonl`). \
+         The store was not changed"
+    } else {
+        "it was written by a newer eskv; open it with that version. The store was not changed"
+    };
+    Error::IncompatibleFormat {
+        found: String::from_utf8_lossy(found).into_owned(),
+        supported,
+        advice: advice.to_string(),
+    }
+}

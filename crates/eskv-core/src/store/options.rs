@@ -1,0 +1,347 @@
+//! Options, requests and results of the event store's public calls.
+
+use crate::error::ExpectedVersion;
+use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
+use crate::query::{AppendCondition, Query};
+
+/// Size and count limits checked before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Most bytes of data plus metadata in one event. Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// Most bytes of data plus metadata in one append. Default 16 MiB.
+    pub max_append_bytes: usize,
+    /// Most events in one append. Default 10,000.
+    pub max_events_per_append: usize,
+    /// Most tags on one event. Default 32.
+    pub max_tags_per_event: usize,
+    /// Longest tag, in bytes. Default 256.
+    pub max_tag_len: usize,
+    /// Longest event type, in bytes. Default 128.
+    pub max_type_len: usize,
+    /// Longest stream id, in bytes. Default 256.
+    pub max_stream_id_len: usize,
+    /// Most items in a query. Default 64.
+    pub max_query_items: usize,
+    /// Most types in one query item. Default 64. Each type of an item
+    /// without tags is one index scan, so this bounds a query's reads
+    /// together with `max_query_items`.
+    pub max_types_per_query_item: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 1 << 20,
+            max_append_bytes: 16 << 20,
+            max_events_per_append: 10_000,
+            max_tags_per_event: 32,
+            max_tag_len: 256,
+            max_type_len: 128,
+            max_stream_id_len: 256,
+            max_query_items: 64,
+            max_types_per_query_item: 64,
+        }
+    }
+}
+
+/// Options for [`EventStore::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EventStoreOptions {
+    /// Input limits.
+    pub limits: Limits,
+    /// Most appends one group commit may carry. Default 256.
+    pub max_batch: usize,
+    /// How often a batch is retried after a retryable KV error (conflict
+    /// with another process, unknown commit outcome). Default 32.
+    pub max_retries: u32,
+}
+
+impl Default for EventStoreOptions {
+    fn default() -> Self {
+        EventStoreOptions {
+            limits: Limits::default(),
+            max_batch: 256,
+            max_retries: 32,
+        }
+    }
+}
+
+impl EventStoreOptions {
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the largest group-commit batch (1 disables batching).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Sets the retry budget.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// One append: events, optionally to a stream with an expected version,
+/// optionally with a DCB condition. Both checks may be combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The events, stored atomically at consecutive positions.
+    pub events: Vec<NewEvent>,
+    /// Target stream and expected version.
+    pub stream: Option<(String, ExpectedVersion)>,
+    /// DCB condition.
+    pub condition: Option<AppendCondition>,
+}
+
+impl AppendRequest {
+    /// An unconditional append of `events`.
+    pub fn new(events: Vec<NewEvent>) -> Self {
+        AppendRequest {
+            events,
+            stream: None,
+            condition: None,
+        }
+    }
+
+    /// Appends to `stream`, expecting `expected`.
+    pub fn stream(mut self, stream: impl Into<String>, expected: ExpectedVersion) -> Self {
+        self.stream = Some((stream.into(), expected));
+        self
+    }
+
+    /// Adds a DCB condition.
+    pub fn condition(mut self, condition: AppendCondition) -> Self {
+        self.condition = Some(condition);
+        self
+    }
+}
+
+/// What an append did. A replayed (idempotent) append returns the original
+/// result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AppendResult {
+    /// Position of the first event.
+    pub first_position: Position,
+    /// Position of the last event; the store's head right after the append.
+    pub last_position: Position,
+    /// The stream's version after the append, for stream appends.
+    pub stream_version: Option<StreamVersion>,
+}
+
+impl AppendResult {
+    /// Positions of the appended events.
+    pub fn positions(&self) -> std::ops::RangeInclusive<Position> {
+        self.first_position..=self.last_position
+    }
+}
+
+/// Options for reads by position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// First position to consider (inclusive). Default: the start when
+    /// reading forwards, the head when reading backwards.
+    pub from: Option<Position>,
+    /// Read in descending position order.
+    pub backwards: bool,
+    /// Return at most this many events.
+    pub limit: Option<usize>,
+    /// Ignore events after this position (time travel: fold up to `until`
+    /// to get the state as it was there).
+    pub until: Option<Position>,
+}
+
+impl ReadOptions {
+    /// Read everything, forwards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start strictly after `pos` (forwards).
+    pub fn after(pos: Position) -> Self {
+        ReadOptions {
+            from: Some(pos.saturating_add(1)),
+            ..Self::default()
+        }
+    }
+
+    /// Starts at `pos` (inclusive).
+    pub fn from(mut self, pos: Position) -> Self {
+        self.from = Some(pos);
+        self
+    }
+
+    /// Reads backwards.
+    pub fn backwards(mut self) -> Self {
+        self.backwards = true;
+        self
+    }
+
+    /// Limits the count.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Ignores events after `pos`.
+    pub fn until(mut self, pos: Position) -> Self {
+        self.until = Some(pos);
+        self
+    }
+}
+
+/// Options for [`EventStore::read_stream`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStreamOptions {
+    /// First version to return (inclusive). Default: 1 forwards, the last
+    /// version backwards.
+    pub from_version: Option<StreamVersion>,
+    /// Read in descending version order.
+    pub backwards: bool,
+    /// Return at most this many events.
+    pub limit: Option<usize>,
+    /// Ignore events after this global position (time travel).
+    pub until: Option<Position>,
+}
+
+impl ReadStreamOptions {
+    /// The whole stream, forwards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts at version `v`.
+    pub fn from_version(mut self, v: StreamVersion) -> Self {
+        self.from_version = Some(v);
+        self
+    }
+
+    /// Reads backwards.
+    pub fn backwards(mut self) -> Self {
+        self.backwards = true;
+        self
+    }
+
+    /// Limits the count.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Ignores events after global position `pos`.
+    pub fn until(mut self, pos: Position) -> Self {
+        self.until = Some(pos);
+        self
+    }
+}
+
+/// Filters for [`EventStore::read_all_filtered`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only events matching this query (types and tags).
+    pub query: Option<Query>,
+    /// Only events of streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+}
+
+impl LogFilter {
+    /// Events matching `query`.
+    pub fn query(query: Query) -> Self {
+        LogFilter {
+            query: Some(query),
+            stream_prefix: None,
+        }
+    }
+
+    /// Events of streams whose id starts with `prefix`.
+    pub fn stream_prefix(prefix: impl Into<String>) -> Self {
+        LogFilter {
+            query: None,
+            stream_prefix: Some(prefix.into()),
+        }
+    }
+
+    /// True when `e` passes the filter.
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        self.query.as_ref().is_none_or(|q| q.matches(e))
+            && self.stream_prefix.as_ref().is_none_or(|p| {
+                e.stream
+                    .as_ref()
+                    .is_some_and(|s| s.stream_id.starts_with(p.as_str()))
+            })
+    }
+}
+
+/// Events, plus the position through which the read is consistent: pass
+/// [`consistent_through`](Self::consistent_through) as the `after` of an
+/// [`AppendCondition`] built from this read (same query), and the append
+/// fails if any matching event exists that the read did not return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The events, in the requested order.
+    pub events: Vec<RecordedEvent>,
+    /// The position up to which this read reflects the log, so that
+    /// passing it back as a condition's `after` is always safe.
+    ///
+    /// **Forwards**: every matching event at positions `from ..=
+    /// consistent_through` is in `events`, and none after it is. It is the
+    /// store's head at the read's snapshot, capped by `until`, unless
+    /// `limit` cut the read short (as many events returned as the limit
+    /// allows): then it is the position of the last event returned (with
+    /// `limit(0)`, the position before `from`). Matching events the read
+    /// did not reach are thus all after it, and a condition with this
+    /// `after` fails on them. Continue a paged read with
+    /// `ReadOptions::after(consistent_through)`.
+    ///
+    /// **Backwards**: the upper end of the range read: the snapshot's
+    /// head, capped by `from` and `until`. `events` are the latest
+    /// matching events at or below it (all of them unless `limit` cut the
+    /// read); a condition with this `after` fails on any matching event
+    /// above it. Matching events below those returned are not seen by the
+    /// decision and not checked by the condition either (a condition only
+    /// looks after `after`); read forwards when a decision needs them.
+    ///
+    /// Never above the snapshot's head; for an unbounded read it is the
+    /// head.
+    pub consistent_through: Position,
+}
+
+/// [`ReadResult::consistent_through`] of a read with `opts` at a snapshot
+/// whose head is `head`, which returned `events`.
+pub(super) fn consistent_through(
+    opts: ReadOptions,
+    head: Position,
+    events: &[RecordedEvent],
+) -> Position {
+    let top = opts.until.map_or(head, |u| u.min(head));
+    if opts.backwards {
+        return opts.from.map_or(top, |f| f.min(top));
+    }
+    match opts.limit {
+        Some(l) if events.len() >= l => events
+            .last()
+            .map_or(opts.from.unwrap_or(1).saturating_sub(1), |e| e.position)
+            .min(top),
+        _ => top,
+    }
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamInfo {
+    /// Stream id.
+    pub stream_id: String,
+    /// True when the stream has events.
+    pub exists: bool,
+    /// Current version (0 when it does not exist).
+    pub version: StreamVersion,
+    /// Position of its last event.
+    pub last_position: Option<Position>,
+}

@@ -1,0 +1,602 @@
+//! Read paths: the log, categories, streams and DCB queries, over
+//! positional indexes read in pages.
+
+use super::batch::{condition_probes, probe_keeps};
+use super::options::{
+    consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+};
+use super::EventStore;
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::event::{Position, RecordedEvent, StreamVersion};
+use crate::kv::{Capabilities, KeyRange, KvPair, KvTransaction, ScanOptions};
+use crate::layout::{self, Index, StreamMeta};
+use crate::query::{Query, QueryItem};
+use crate::validate::validate_stream_id;
+use std::collections::BTreeSet;
+
+impl EventStore {
+    /// The last assigned position (0 when the store is empty).
+    pub async fn head(&self) -> Result<Position> {
+        let mut txn = self.inner.kv.begin().await?;
+        read_head(&mut *txn).await
+    }
+
+    /// DCB read: the events matching `query`, plus the position through
+    /// which the read is consistent
+    /// ([`ReadResult::consistent_through`]), to pass back as the `after`
+    /// of a condition on the same query.
+    pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
+        let mut q = query.clone();
+        self.validate_query(&mut q)?;
+        let mut txn = self.inner.kv.begin().await?;
+        if !opts.backwards && !q.is_all() && opts.limit != Some(0) {
+            return read_forward(&mut *txn, &q, opts).await;
+        }
+        let head = read_head(&mut *txn).await?;
+        let Some((lo, hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
+                events: Vec::new(),
+            });
+        };
+        let positions = find_positions(
+            &mut *txn,
+            &q,
+            lo,
+            hi,
+            Order::new(opts.backwards, self.inner.kv.capabilities()),
+            opts.limit,
+        )
+        .await?;
+        let events = load_events(&mut *txn, &positions).await?;
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
+    }
+
+    /// Reads the global log.
+    pub async fn read_all(&self, opts: ReadOptions) -> Result<ReadResult> {
+        self.read_all_filtered(&LogFilter::default(), opts).await
+    }
+
+    /// Reads the global log, keeping only events that pass `filter`. A
+    /// query filter uses the type and tag indexes; a stream prefix is
+    /// checked on each event.
+    pub async fn read_all_filtered(
+        &self,
+        filter: &LogFilter,
+        opts: ReadOptions,
+    ) -> Result<ReadResult> {
+        if let Some(q) = &filter.query {
+            let mut q = q.clone();
+            self.validate_query(&mut q)?;
+            if filter.stream_prefix.is_none() {
+                return self.read(&q, opts).await;
+            }
+        }
+        let mut txn = self.inner.kv.begin().await?;
+        let head = read_head(&mut *txn).await?;
+        let Some((mut lo, mut hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
+                events: Vec::new(),
+            });
+        };
+        let want = opts.limit.unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+        while events.len() < want && lo <= hi {
+            let rows = scan_page(
+                &mut *txn,
+                layout::log_range,
+                lo,
+                hi,
+                page,
+                Order::new(opts.backwards, self.inner.kv.capabilities()),
+            )
+            .await?;
+            let n = rows.len();
+            for (k, v) in rows {
+                let pos = layout::parse_log_key(&k)?;
+                let e = envelope::decode(&v, pos)?;
+                if opts.backwards {
+                    hi = pos.saturating_sub(1);
+                } else {
+                    lo = pos + 1;
+                }
+                if filter.matches(&e) {
+                    events.push(e);
+                    if events.len() == want {
+                        break;
+                    }
+                }
+            }
+            if n < page || (opts.backwards && hi == 0) {
+                break;
+            }
+        }
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
+    }
+
+    /// Reads a category: the events of every stream whose id, up to its
+    /// first `-`, is `category` (like EventStoreDB's `$ce-` streams, but
+    /// from an index, without copying events).
+    pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
+        validate_stream_id(category, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let head = read_head(&mut *txn).await?;
+        let Some((lo, hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
+                events: Vec::new(),
+            });
+        };
+        let positions = scan_index(
+            &mut *txn,
+            Index::Category(category),
+            lo,
+            hi,
+            Order::new(opts.backwards, self.inner.kv.capabilities()),
+            opts.limit,
+            |_| Ok(true),
+        )
+        .await?;
+        let events = load_events(&mut *txn, &positions).await?;
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
+    }
+
+    /// Reads a stream by version.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        opts: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        // The stream index alone bounds the read (no metadata round trip):
+        // versions run 1..=n, so an open upper bound stops at the last.
+        let (lo, hi) = if opts.backwards {
+            (1, opts.from_version.unwrap_or(StreamVersion::MAX))
+        } else {
+            (opts.from_version.unwrap_or(1).max(1), StreamVersion::MAX)
+        };
+        if lo > hi || opts.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let until = opts.until.unwrap_or(Position::MAX);
+        let mut positions = Vec::new();
+        let want = opts.limit.unwrap_or(usize::MAX);
+        // Positions grow with versions, so `until` only trims.
+        let limit = if opts.until.is_some() && opts.backwards {
+            None
+        } else {
+            opts.limit
+        };
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        let rows = match limit {
+            Some(page) if order == Order::BackwardByWindows => {
+                // Versions are dense: the window below the stream's last
+                // version holds exactly the events asked for.
+                let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
+                    return Ok(Vec::new());
+                };
+                let hi = hi.min(meta.version);
+                if lo > hi {
+                    return Ok(Vec::new());
+                }
+                let range = |a, b| layout::stream_event_range(stream, a, b);
+                scan_page(&mut *txn, range, lo, hi, page, order).await?
+            }
+            _ => {
+                txn.scan(
+                    layout::stream_event_range(stream, lo, hi),
+                    ScanOptions {
+                        limit,
+                        reverse: opts.backwards,
+                    },
+                )
+                .await?
+            }
+        };
+        for (k, v) in rows {
+            let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
+            if pos > until {
+                if opts.backwards {
+                    continue;
+                }
+                break;
+            }
+            positions.push(pos);
+            if positions.len() == want {
+                break;
+            }
+        }
+        load_events(&mut *txn, &positions).await
+    }
+
+    /// The first version of `stream` whose event lies after global position
+    /// `after` (the stream's version + 1 if none does). A binary search
+    /// over the stream index: O(log n) reads, for resuming stream readers
+    /// from a position.
+    pub async fn stream_version_after(
+        &self,
+        stream: &str,
+        after: Position,
+    ) -> Result<StreamVersion> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
+            return Ok(1);
+        };
+        if meta.last_position <= after {
+            return Ok(meta.version + 1);
+        }
+        // Invariant: position(lo - 1) <= after < position(hi).
+        let (mut lo, mut hi) = (1u64, meta.version);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let key = layout::stream_event_key(stream, mid);
+            let pos = txn.get(&key).await?.ok_or_else(|| {
+                Error::corrupt(
+                    None,
+                    format!("stream '{stream}' has no index entry for version {mid}"),
+                )
+            })?;
+            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")?
+                > after
+            {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// A stream's version and last position.
+    pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
+        validate_stream_id(stream, &self.inner.opts.limits)?;
+        let mut txn = self.inner.kv.begin().await?;
+        let meta = read_stream_meta(&mut *txn, stream).await?;
+        Ok(stream_info(stream.to_owned(), meta))
+    }
+
+    /// Lists streams whose id starts with `prefix`, in id order, at most
+    /// `limit`, starting after stream id `after` (for paging).
+    pub async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
+        let mut txn = self.inner.kv.begin().await?;
+        let rows = txn
+            .scan(
+                layout::stream_list_range(prefix, after),
+                ScanOptions::forward(Some(limit)),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                Ok(stream_info(
+                    layout::parse_stream_key(&k)?,
+                    Some(StreamMeta::decode(&v)?),
+                ))
+            })
+            .collect()
+    }
+}
+
+pub(super) fn stream_info(stream_id: String, meta: Option<StreamMeta>) -> StreamInfo {
+    StreamInfo {
+        stream_id,
+        exists: meta.is_some(),
+        version: meta.map_or(0, |m| m.version),
+        last_position: meta.map(|m| m.last_position),
+    }
+}
+
+pub(super) async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
+    txn.get(&layout::head_key())
+        .await?
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
+}
+
+pub(super) async fn read_stream_meta(
+    txn: &mut dyn KvTransaction,
+    stream: &str,
+) -> Result<Option<StreamMeta>> {
+    txn.get(&layout::stream_key(stream))
+        .await?
+        .map(|v| StreamMeta::decode(&v))
+        .transpose()
+}
+
+/// The inclusive position range a read covers, or `None` when empty.
+pub(super) fn bounds(opts: ReadOptions, head: Position) -> Option<(Position, Position)> {
+    if opts.limit == Some(0) {
+        return None;
+    }
+    let top = opts.until.map_or(head, |u| u.min(head));
+    let (lo, hi) = if opts.backwards {
+        (1, opts.from.map_or(top, |f| f.min(top)))
+    } else {
+        (opts.from.unwrap_or(1).max(1), top)
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// A forward DCB read in two calls to the backend: the head together with
+/// the first page of every index probe, then the events (more pages only
+/// for probes whose first page was full).
+pub(super) async fn read_forward(
+    txn: &mut dyn KvTransaction,
+    query: &Query,
+    opts: ReadOptions,
+) -> Result<ReadResult> {
+    let lo = opts.from.unwrap_or(1).max(1);
+    let top = opts.until.unwrap_or(Position::MAX);
+    let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+    let probes = condition_probes(query);
+    let scans: Vec<(crate::kv::KeyRange, ScanOptions)> = probes
+        .iter()
+        .map(|(index, _)| (index.range(lo, top), ScanOptions::forward(Some(page))))
+        .collect();
+    let (vals, pages) = if lo > top {
+        (txn.get_many(&[layout::head_key()]).await?, Vec::new())
+    } else {
+        txn.read_many(&[layout::head_key()], &scans).await?
+    };
+    let head = vals
+        .into_iter()
+        .next()
+        .flatten()
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
+    let hi = top.min(head);
+    let want = opts.limit.unwrap_or(usize::MAX);
+    let mut all: BTreeSet<Position> = BTreeSet::new();
+    for ((index, item), rows) in probes.into_iter().zip(pages) {
+        let full = rows.len() >= page;
+        let mut kept = 0usize;
+        let mut last = None;
+        for (k, v) in &rows {
+            let pos = index.parse_position(k)?;
+            let v = layout::open_index_value(k, v)?;
+            last = Some(pos);
+            if pos <= hi && kept < want && probe_keeps(index, item, v)? {
+                all.insert(pos);
+                kept += 1;
+            }
+        }
+        if full && kept < want {
+            if let Some(last) = last {
+                let more = scan_index(
+                    txn,
+                    index,
+                    last + 1,
+                    hi,
+                    Order::Forward,
+                    Some(want - kept),
+                    |v| probe_keeps(index, item, v),
+                )
+                .await?;
+                all.extend(more);
+            }
+        }
+    }
+    let positions: Vec<Position> = all.into_iter().take(want).collect();
+    let events = load_events(txn, &positions).await?;
+    Ok(ReadResult {
+        consistent_through: consistent_through(opts, head, &events),
+        events,
+    })
+}
+
+/// Positions in `[lo, hi]` of events matching `query`, in the requested
+/// order, at most `limit`. Cost: O(matching index entries) per item; an
+/// item with tags scans the index of its first tag and checks type and the
+/// other tags on the index entry itself.
+pub(super) async fn find_positions(
+    txn: &mut dyn KvTransaction,
+    query: &Query,
+    lo: Position,
+    hi: Position,
+    order: Order,
+    limit: Option<usize>,
+) -> Result<Vec<Position>> {
+    let backwards = order.backwards();
+    if lo > hi {
+        return Ok(Vec::new());
+    }
+    if query.is_all() {
+        let n = (hi - lo + 1) as usize;
+        let take = limit.map_or(n, |l| l.min(n)) as u64;
+        return Ok(if backwards {
+            (hi + 1 - take..=hi).rev().collect()
+        } else {
+            (lo..lo + take).collect()
+        });
+    }
+    let mut all: BTreeSet<Position> = BTreeSet::new();
+    for item in &query.items {
+        for p in item_positions(txn, item, lo, hi, order, limit).await? {
+            all.insert(p);
+        }
+    }
+    let n = limit.unwrap_or(usize::MAX);
+    Ok(if backwards {
+        all.into_iter().rev().take(n).collect()
+    } else {
+        all.into_iter().take(n).collect()
+    })
+}
+
+pub(super) async fn item_positions(
+    txn: &mut dyn KvTransaction,
+    item: &QueryItem,
+    lo: Position,
+    hi: Position,
+    order: Order,
+    limit: Option<usize>,
+) -> Result<Vec<Position>> {
+    match item.tags.first() {
+        None => {
+            let mut out = Vec::new();
+            for t in &item.types {
+                out.extend(
+                    scan_index(txn, Index::Type(t), lo, hi, order, limit, |_| Ok(true)).await?,
+                );
+            }
+            Ok(out)
+        }
+        Some(first) => {
+            scan_index(txn, Index::Tag(first), lo, hi, order, limit, |v| {
+                let (t, tags) = layout::parse_tag_entry(v)?;
+                Ok(item.matches_parts(&t, &tags))
+            })
+            .await
+        }
+    }
+}
+
+/// Which way a positional scan runs, and how a backwards page is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    Forward,
+    /// A reverse scan with a limit.
+    Backward,
+    /// Forward scans of windows below the top (see [`scan_page`]).
+    BackwardByWindows,
+}
+
+impl Order {
+    pub(super) fn new(backwards: bool, caps: &Capabilities) -> Order {
+        match (backwards, caps.cheap_reverse_scans) {
+            (false, _) => Order::Forward,
+            (true, true) => Order::Backward,
+            (true, false) => Order::BackwardByWindows,
+        }
+    }
+
+    pub(super) fn backwards(self) -> bool {
+        self != Order::Forward
+    }
+}
+
+/// One page of the positional range `range_of(lo, hi)`: its first `page`
+/// rows, or backwards its last `page` rows, highest first.
+///
+/// Where reverse scans cost O(range) (`Capabilities::cheap_reverse_scans`
+/// false: etcd sorts
+/// the whole range to answer a descending read), the last rows come from
+/// forward scans of windows below `hi`, `page` positions wide and doubling
+/// until they hold a page: O(page) rows read for a dense range (the log, a
+/// stream's versions), and a few windows for a sparse index.
+pub(super) async fn scan_page(
+    txn: &mut dyn KvTransaction,
+    range_of: impl Fn(u64, u64) -> KeyRange,
+    lo: u64,
+    hi: u64,
+    page: usize,
+    order: Order,
+) -> Result<Vec<KvPair>> {
+    if order != Order::BackwardByWindows {
+        return txn
+            .scan(
+                range_of(lo, hi),
+                ScanOptions {
+                    limit: Some(page),
+                    reverse: order.backwards(),
+                },
+            )
+            .await;
+    }
+    let mut out: Vec<KvPair> = Vec::new();
+    let mut top = hi;
+    let mut width = (page as u64).max(1);
+    loop {
+        let bottom = top.saturating_sub(width - 1).max(lo);
+        let mut rows = txn
+            .scan(range_of(bottom, top), ScanOptions::default())
+            .await?;
+        rows.reverse();
+        out.extend(rows);
+        if out.len() >= page || bottom <= lo {
+            break;
+        }
+        top = bottom - 1;
+        width = width.saturating_mul(2);
+    }
+    out.truncate(page);
+    Ok(out)
+}
+
+/// Scans one positional index over `[lo, hi]` in pages, keeping entries
+/// whose value passes `keep`, until `limit` are kept.
+pub(super) async fn scan_index(
+    txn: &mut dyn KvTransaction,
+    index: Index<'_>,
+    mut lo: Position,
+    mut hi: Position,
+    order: Order,
+    limit: Option<usize>,
+    mut keep: impl FnMut(&[u8]) -> Result<bool>,
+) -> Result<Vec<Position>> {
+    let want = limit.unwrap_or(usize::MAX);
+    let page = limit.map_or(1024, |l| l.clamp(16, 1024));
+    let mut out = Vec::new();
+    let backwards = order.backwards();
+    while out.len() < want && lo <= hi {
+        let rows = scan_page(txn, |a, b| index.range(a, b), lo, hi, page, order).await?;
+        let n = rows.len();
+        for (k, v) in rows {
+            let pos = index.parse_position(&k)?;
+            if backwards {
+                hi = pos.saturating_sub(1);
+            } else {
+                lo = pos + 1;
+            }
+            if keep(layout::open_index_value(&k, &v)?)? {
+                out.push(pos);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+        if n < page || (backwards && hi == 0) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Loads events by position, in the given order.
+pub(super) async fn load_events(
+    txn: &mut dyn KvTransaction,
+    positions: &[Position],
+) -> Result<Vec<RecordedEvent>> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Vec<u8>> = positions.iter().map(|&p| layout::log_key(p)).collect();
+    let vals = txn.get_many(&keys).await?;
+    positions
+        .iter()
+        .zip(vals)
+        .map(|(&p, v)| match v {
+            Some(v) => envelope::decode(&v, p),
+            None => Err(Error::corrupt(
+                Some(p),
+                "an index points at this position but the log has no event there",
+            )),
+        })
+        .collect()
+}
