@@ -6,8 +6,8 @@
 
 use crate::error::{Error, Result};
 use crate::kv::{
-    begin_span, scan_span, traced_commit, Capabilities, KeyRange, KvPair, KvStore, KvTransaction,
-    ScanOptions, WriteBuffer,
+    BufferedTxn, Capabilities, KeyRange, KvPair, KvSnapshot, KvStore, KvTransaction, ScanOptions,
+    WriteSet,
 };
 use crate::oracle::{CommitOracle, Snapshot};
 use async_trait::async_trait;
@@ -69,134 +69,91 @@ impl KvStore for MemoryStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
-        let _span = begin_span("memory").entered();
-        let (snapshot, view) = self.inner.oracle.snapshot(|| {
-            self.inner
-                .data
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        });
-        Ok(Box::new(MemoryTxn {
-            store: self.inner.clone(),
-            snapshot,
-            view,
-            buf: WriteBuffer::new(),
-        }))
+        BufferedTxn::begin(&self.inner.caps, async {
+            let (snapshot, view) = self.inner.oracle.snapshot(|| {
+                self.inner
+                    .data
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            });
+            Ok(MemorySnapshot {
+                store: self.inner.clone(),
+                snapshot,
+                view,
+            })
+        })
+        .await
     }
 }
 
-struct MemoryTxn {
+/// A transaction's snapshot: an O(1) clone of the map.
+struct MemorySnapshot {
     store: Arc<Inner>,
     snapshot: Snapshot,
     view: Map,
-    buf: WriteBuffer,
-}
-
-impl MemoryTxn {
-    fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
-        match self.buf.lookup(key) {
-            Some(v) => v.map(<[u8]>::to_vec),
-            None => self.view.get(key).cloned(),
-        }
-    }
 }
 
 #[async_trait]
-impl KvTransaction for MemoryTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.read(key))
-    }
-
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(keys.iter().map(|k| self.read(k)).collect())
+impl KvSnapshot for MemorySnapshot {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(keys.iter().map(|k| self.view.get(k).cloned()).collect())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
-        let _span = scan_span("memory", opts).entered();
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fetch = self.buf.overfetch(&range, opts.limit);
         let iter = self.view.range::<_, [u8]>(range.as_bounds());
-        let rows: Vec<KvPair> = if opts.reverse {
-            let it = iter.rev().map(|(k, v)| (k.clone(), v.clone()));
-            match fetch {
-                Some(n) => it.take(n).collect(),
-                None => it.collect(),
-            }
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        let rows = if opts.reverse {
+            iter.rev()
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         } else {
-            let it = iter.map(|(k, v)| (k.clone(), v.clone()));
-            match fetch {
-                Some(n) => it.take(n).collect(),
-                None => it.collect(),
-            }
+            iter.take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         };
-        Ok(self.buf.merge_scan(&range, opts, rows))
+        Ok(rows)
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.buf.put(key, value)
-    }
-
-    fn delete(&mut self, key: Vec<u8>) {
-        self.buf.delete(key)
-    }
-
-    fn validate(&mut self, key: Vec<u8>) {
-        self.buf.validate(key)
-    }
-
-    async fn commit(self: Box<Self>) -> Result<()> {
-        let MemoryTxn {
-            store,
-            snapshot,
-            buf,
-            ..
-        } = *self;
-        let n = buf.writes().len();
-        traced_commit("memory", n, async move {
-            buf.check_limits(&store.caps)?;
-            if buf.is_empty() {
-                return Ok(());
-            }
-            let (writes, validated) = buf.into_parts()?;
-            let _guard = store.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let keys = writes
-                .keys()
-                .map(Vec::as_slice)
-                .chain(validated.iter().map(Vec::as_slice));
-            if let Some(k) = store
-                .oracle
-                .first_conflict(snapshot.seq(), keys, &HashSet::new())
-            {
-                return Err(Error::conflict(format!(
-                    "key {} was changed by a transaction that committed after this one's snapshot",
-                    crate::display_key(&k)
-                )));
-            }
-            if writes.is_empty() {
-                return Ok(());
-            }
-            let mut next = store.data.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let mut keys = Vec::with_capacity(writes.len());
-            for (k, v) in writes {
-                match v {
-                    Some(v) => {
-                        next.insert(k.clone(), v);
-                    }
-                    None => {
-                        next.remove(&k);
-                    }
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+        let MemorySnapshot {
+            store, snapshot, ..
+        } = self;
+        let _guard = store.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = writes
+            .keys()
+            .map(Vec::as_slice)
+            .chain(validated.iter().map(Vec::as_slice));
+        if let Some(k) = store
+            .oracle
+            .first_conflict(snapshot.seq(), keys, &HashSet::new())
+        {
+            return Err(Error::conflict(format!(
+                "key {} was changed by a transaction that committed after this one's snapshot",
+                crate::display_key(&k)
+            )));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut next = store.data.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut keys = Vec::with_capacity(writes.len());
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    next.insert(k.clone(), v);
                 }
-                keys.push(k);
+                None => {
+                    next.remove(&k);
+                }
             }
-            let seq = store.oracle.publish(keys, || {
-                *store.data.write().unwrap_or_else(|p| p.into_inner()) = next;
-            });
-            store.commits.send_replace(seq);
-            Ok(())
-        })
-        .await
+            keys.push(k);
+        }
+        let seq = store.oracle.publish(keys, || {
+            *store.data.write().unwrap_or_else(|p| p.into_inner()) = next;
+        });
+        store.commits.send_replace(seq);
+        Ok(())
     }
 }

@@ -9,10 +9,10 @@ use crate::proto::{
 };
 use crate::{BACKEND, REQUEST_HEADROOM, SCAN_PAGE};
 use async_trait::async_trait;
-use eskv_core::kv::{begin_span, scan_span, traced_commit};
+use eskv_core::kv::remote::ClusterView;
+use eskv_core::kv::{BufferedTxn, KvSnapshot, WriteSet};
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Namespaced, Result, ScanOptions,
-    WriteBuffer,
+    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -24,15 +24,14 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct EtcdStore {
     raw: Arc<RawStore>,
-    view: Arc<dyn KvStore>,
-    prefix: Option<Arc<[u8]>>,
+    view: ClusterView,
 }
 
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.raw.endpoints)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.view.prefix())
             .finish_non_exhaustive()
     }
 }
@@ -98,30 +97,20 @@ impl EtcdStore {
             max_txn_ops: options.max_txn_ops,
             max_request_bytes: options.max_request_bytes,
         });
-        let (view, prefix): (Arc<dyn KvStore>, _) = match &options.key_prefix {
-            Some(p) => {
-                let ns = Namespaced::new(raw.clone(), p);
-                let prefix: Arc<[u8]> = ns.prefix().into();
-                (Arc::new(ns), Some(prefix))
-            }
-            None => (raw.clone(), None),
-        };
-        Ok(EtcdStore { raw, view, prefix })
+        let view = ClusterView::new(raw.clone(), options.key_prefix.as_deref());
+        Ok(EtcdStore { raw, view })
     }
 
     /// The raw key prefix of the configured namespace, if any.
     pub fn prefix(&self) -> Option<&[u8]> {
-        self.prefix.as_deref()
+        self.view.prefix()
     }
 
     /// Deletes every key of this store's namespace in one request and
     /// returns how many were deleted. Refuses to run without a key prefix.
     pub async fn clear_namespace(&self) -> Result<u64> {
-        let Some(prefix) = &self.prefix else {
-            return Err(Error::invalid(
-                "clear_namespace needs a key prefix; refusing to delete every key of the cluster",
-            ));
-        };
+        // One DeleteRange: cheaper than the generic `Namespaced::clear`.
+        let prefix = self.view.namespace_to_clear()?.prefix();
         let end = eskv_core::tuple::prefix_successor(prefix).unwrap_or_else(|| vec![0]);
         let resp = timed(
             "deleting a namespace",
@@ -143,11 +132,11 @@ impl EtcdStore {
 #[async_trait]
 impl KvStore for EtcdStore {
     fn capabilities(&self) -> &Capabilities {
-        self.view.capabilities()
+        self.view.store().capabilities()
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
-        self.view.begin().await
+        self.view.store().begin().await
     }
 }
 
@@ -158,24 +147,26 @@ impl KvStore for RawStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
-        let _span = begin_span(BACKEND).entered();
-        Ok(Box::new(EtcdTxn {
-            kv: self.kv.clone(),
-            caps: self.caps.clone(),
-            endpoints: self.endpoints.clone(),
-            timeout: self.timeout,
-            max_txn_ops: self.max_txn_ops,
-            max_request_bytes: self.max_request_bytes,
-            pin: None,
-            seen: HashMap::new(),
-            buf: WriteBuffer::new(),
-        }))
+        BufferedTxn::begin(&self.caps, async {
+            Ok(EtcdSnapshot {
+                kv: self.kv.clone(),
+                endpoints: self.endpoints.clone(),
+                timeout: self.timeout,
+                max_txn_ops: self.max_txn_ops,
+                max_request_bytes: self.max_request_bytes,
+                pin: None,
+                seen: HashMap::new(),
+            })
+        })
+        .await
     }
 }
 
-struct EtcdTxn {
+/// A transaction's snapshot: reads pinned to the revision of the first
+/// read, and the `mod_revision` of every key read, which the commit's
+/// compares defend.
+struct EtcdSnapshot {
     kv: EtcdClient,
-    caps: Capabilities,
     endpoints: String,
     timeout: Duration,
     max_txn_ops: usize,
@@ -184,7 +175,6 @@ struct EtcdTxn {
     pin: Option<i64>,
     /// `mod_revision` at the pin of every key read so far (0: absent).
     seen: HashMap<Vec<u8>, i64>,
-    buf: WriteBuffer,
 }
 
 /// The smallest key after `k`.
@@ -211,7 +201,7 @@ fn etcd_range(range: &KeyRange) -> Option<(Vec<u8>, Vec<u8>)> {
     (start < end).then_some((start, end))
 }
 
-impl EtcdTxn {
+impl EtcdSnapshot {
     /// A read at the pin (at the newest revision before the first read).
     fn at_pin(&self, req: RangeRequest) -> RangeRequest {
         RangeRequest {
@@ -354,28 +344,12 @@ impl EtcdTxn {
         Ok(out)
     }
 
-    /// The keys of `keys` that the write buffer does not answer, sorted and
-    /// without duplicates.
-    fn unbuffered(&self, keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    /// `keys` sorted and without duplicates: each is read once.
+    fn unique(keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
         keys.iter()
-            .filter(|k| !k.is_empty() && self.buf.lookup(k).is_none())
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .collect()
-    }
-
-    /// The values of `keys`: from the write buffer, else from `fetched`.
-    fn merge_gets(
-        &self,
-        keys: &[Vec<u8>],
-        fetched: &HashMap<Vec<u8>, Option<Vec<u8>>>,
-    ) -> Vec<Option<Vec<u8>>> {
-        keys.iter()
-            .map(|k| match self.buf.lookup(k) {
-                Some(v) => v.map(<[u8]>::to_vec),
-                None => fetched.get(k).cloned().flatten(),
-            })
             .collect()
     }
 
@@ -387,14 +361,13 @@ impl EtcdTxn {
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
     ) -> Result<Option<eskv_core::ReadMany>> {
-        let missing = self.unbuffered(gets);
+        let missing = Self::unique(gets);
         // Every scan must be answered by one ranged get: a limit of at most
         // one page, so the response is complete or the limit is reached.
         let mut plans = Vec::with_capacity(scans.len());
         for (range, opts) in scans {
-            let fetch = self.buf.overfetch(range, opts.limit);
-            match fetch {
-                Some(l) if l <= SCAN_PAGE => plans.push(if range.is_empty() || l == 0 {
+            match opts.limit {
+                Some(l) if l <= SCAN_PAGE => plans.push(if l == 0 {
                     None
                 } else {
                     etcd_range(range).map(|r| (r, l, opts.reverse))
@@ -425,9 +398,12 @@ impl EtcdTxn {
             let v = self.record_get(&k, r.as_ref().and_then(|r| r.as_range()));
             fetched.insert(k, v);
         }
-        let values = self.merge_gets(gets, &fetched);
+        let values = gets
+            .iter()
+            .map(|k| fetched.get(k).cloned().flatten())
+            .collect();
         let mut rows_out = Vec::with_capacity(scans.len());
-        for ((range, opts), plan) in scans.iter().zip(&plans) {
+        for plan in &plans {
             let mut rows = Vec::new();
             if plan.is_some() {
                 if let Some(r) = responses.next() {
@@ -437,20 +413,20 @@ impl EtcdTxn {
                     }
                 }
             }
-            rows_out.push(self.buf.merge_scan(range, *opts, rows));
+            rows_out.push(rows);
         }
         Ok(Some((values, rows_out)))
     }
 }
 
 #[async_trait]
-impl KvTransaction for EtcdTxn {
+impl KvSnapshot for EtcdSnapshot {
     async fn read_many(
         &mut self,
-        gets: &[Vec<u8>],
-        scans: &[(KeyRange, ScanOptions)],
+        gets: Vec<Vec<u8>>,
+        scans: Vec<(KeyRange, ScanOptions)>,
     ) -> Result<eskv_core::ReadMany> {
-        if let Some(r) = self.read_many_in_one_txn(gets, scans).await? {
+        if let Some(r) = self.read_many_in_one_txn(&gets, &scans).await? {
             return Ok(r);
         }
         let values = if gets.is_empty() {
@@ -460,190 +436,144 @@ impl KvTransaction for EtcdTxn {
         };
         let mut rows = Vec::with_capacity(scans.len());
         for (r, o) in scans {
-            rows.push(self.scan(r.clone(), *o).await?);
+            rows.push(self.scan(r, o).await?);
         }
         Ok((values, rows))
     }
 
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.buf.lookup(key) {
-            return Ok(v.map(<[u8]>::to_vec));
-        }
-        if key.is_empty() {
-            return Ok(None);
-        }
-        let req = self.at_pin(RangeRequest::key(key.to_vec()));
-        let kv = &self.kv;
-        let resp = timed("a get", Phase::Read, self.timeout, &self.endpoints, || {
-            kv.range(req.clone())
-        })
-        .await?;
-        self.pin_from(resp.header.as_ref())?;
-        Ok(self.record_get(key, Some(&resp)))
-    }
-
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        let missing = self.unbuffered(keys);
-        let values = self.fetch(&missing, false).await?;
-        let fetched: HashMap<Vec<u8>, Option<Vec<u8>>> = missing.into_iter().zip(values).collect();
-        Ok(self.merge_gets(keys, &fetched))
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        let unique = Self::unique(&keys);
+        let values = self.fetch(&unique, false).await?;
+        let fetched: HashMap<Vec<u8>, Option<Vec<u8>>> = unique.into_iter().zip(values).collect();
+        Ok(keys
+            .iter()
+            .map(|k| fetched.get(k).cloned().flatten())
+            .collect())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
-        use tracing::Instrument;
-        let span = scan_span(BACKEND, opts);
-        if range.is_empty() {
-            return Ok(Vec::new());
+        self.scan_snapshot(&range, opts.reverse, opts.limit).await
+    }
+
+    async fn commit(mut self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+        let checked: BTreeSet<Vec<u8>> = writes
+            .keys()
+            .cloned()
+            .chain(validated.into_iter().filter(|k| !k.is_empty()))
+            .collect();
+
+        // etcd holds the compares and the operations each to
+        // --max-txn-ops, and the whole request to --max-request-bytes:
+        // checked before anything is sent.
+        let compare_count = if self.pin.is_some() { checked.len() } else { 0 };
+        let ops = writes.len().max(compare_count);
+        if ops > self.max_txn_ops {
+            return Err(Error::LimitExceeded {
+                what: "operations (compares or writes) in one etcd transaction".into(),
+                limit: self.max_txn_ops as u64,
+                actual: ops as u64,
+            });
         }
-        let fetch = self.buf.overfetch(&range, opts.limit);
-        let rows = self
-            .scan_snapshot(&range, opts.reverse, fetch)
-            .instrument(span)
-            .await?;
-        Ok(self.buf.merge_scan(&range, opts, rows))
-    }
+        let request_bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum::<usize>()
+            + if self.pin.is_some() {
+                checked.iter().map(|k| 2 * k.len() + 32).sum::<usize>()
+            } else {
+                0
+            };
+        let max_bytes = self.max_request_bytes - REQUEST_HEADROOM;
+        if request_bytes > max_bytes {
+            return Err(Error::LimitExceeded {
+                what: "bytes in one etcd transaction request".into(),
+                limit: max_bytes as u64,
+                actual: request_bytes as u64,
+            });
+        }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.buf.put(key, value)
-    }
-
-    fn delete(&mut self, key: Vec<u8>) {
-        self.buf.delete(key)
-    }
-
-    fn validate(&mut self, key: Vec<u8>) {
-        self.buf.validate(key)
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        let writes = self.buf.writes().len();
-        traced_commit(BACKEND, writes, async move {
-            self.buf.check_limits(&self.caps)?;
-            if self.buf.is_empty() {
-                return Ok(());
-            }
-            let buf = std::mem::take(&mut self.buf);
-            let (writes, validated) = buf.into_parts()?;
-            let checked: BTreeSet<Vec<u8>> = writes
-                .keys()
+        // Compares: only a transaction that read has a snapshot to
+        // defend. Keys it never read get their pinned state first.
+        let mut compare = Vec::new();
+        if let Some(pin) = self.pin {
+            let unknown: Vec<Vec<u8>> = checked
+                .iter()
+                .filter(|k| !self.seen.contains_key(*k))
                 .cloned()
-                .chain(validated.into_iter().filter(|k| !k.is_empty()))
                 .collect();
-
-            // etcd holds the compares and the operations each to
-            // --max-txn-ops, and the whole request to --max-request-bytes:
-            // checked before anything is sent.
-            let compare_count = if self.pin.is_some() { checked.len() } else { 0 };
-            let ops = writes.len().max(compare_count);
-            if ops > self.max_txn_ops {
-                return Err(Error::LimitExceeded {
-                    what: "operations (compares or writes) in one etcd transaction".into(),
-                    limit: self.max_txn_ops as u64,
-                    actual: ops as u64,
-                });
+            if !unknown.is_empty() {
+                self.fetch(&unknown, true).await?;
             }
-            let request_bytes: usize = writes
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
-                .sum::<usize>()
-                + if self.pin.is_some() {
-                    checked.iter().map(|k| 2 * k.len() + 32).sum::<usize>()
-                } else {
-                    0
-                };
-            let max_bytes = self.max_request_bytes - REQUEST_HEADROOM;
-            if request_bytes > max_bytes {
-                return Err(Error::LimitExceeded {
-                    what: "bytes in one etcd transaction request".into(),
-                    limit: max_bytes as u64,
-                    actual: request_bytes as u64,
-                });
+            for k in &checked {
+                let rev = self.seen.get(k).copied().unwrap_or(0);
+                debug_assert!(rev <= pin);
+                compare.push(Compare::mod_revision(k.clone(), CompareResult::Equal, rev));
             }
+        }
 
-            // Compares: only a transaction that read has a snapshot to
-            // defend. Keys it never read get their pinned state first.
-            let mut compare = Vec::new();
-            if let Some(pin) = self.pin {
-                let unknown: Vec<Vec<u8>> = checked
-                    .iter()
-                    .filter(|k| !self.seen.contains_key(*k))
-                    .cloned()
-                    .collect();
-                if !unknown.is_empty() {
-                    self.fetch(&unknown, true).await?;
-                }
-                for k in &checked {
-                    let rev = self.seen.get(k).copied().unwrap_or(0);
-                    debug_assert!(rev <= pin);
-                    compare.push(Compare::mod_revision(k.clone(), CompareResult::Equal, rev));
-                }
-            }
-
-            let success: Vec<RequestOp> = writes
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => RequestOp::put(k, v),
-                    None => RequestOp::delete(k),
+        let success: Vec<RequestOp> = writes
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => RequestOp::put(k, v),
+                None => RequestOp::delete(k),
+            })
+            .collect();
+        // On failure, read the compared keys back to name the culprit.
+        let compared: Vec<&Vec<u8>> = match self.pin {
+            Some(_) => checked.iter().collect(),
+            None => Vec::new(),
+        };
+        let failure: Vec<RequestOp> = compared
+            .iter()
+            .map(|k| {
+                RequestOp::range(RangeRequest {
+                    keys_only: true,
+                    ..RangeRequest::key(k.to_vec())
                 })
-                .collect();
-            // On failure, read the compared keys back to name the culprit.
-            let compared: Vec<&Vec<u8>> = match self.pin {
-                Some(_) => checked.iter().collect(),
-                None => Vec::new(),
-            };
-            let failure: Vec<RequestOp> = compared
-                .iter()
-                .map(|k| {
-                    RequestOp::range(RangeRequest {
-                        keys_only: true,
-                        ..RangeRequest::key(k.to_vec())
-                    })
+            })
+            .collect();
+        let txn = TxnRequest {
+            compare,
+            success,
+            failure,
+        };
+        let kv = &self.kv;
+        let resp = timed(
+            "a commit",
+            Phase::Commit,
+            self.timeout,
+            &self.endpoints,
+            || kv.txn(txn.clone()),
+        )
+        .await?;
+        if resp.succeeded {
+            return Ok(());
+        }
+        let culprit = compared
+            .into_iter()
+            .zip(&resp.responses)
+            .find_map(|(k, r)| {
+                let now = r
+                    .as_range()
+                    .and_then(|g| g.kvs.first())
+                    .map_or(0, |kv| kv.mod_revision);
+                let then = self.seen.get(k).copied().unwrap_or(0);
+                (now != then).then(|| {
+                    let what = match (then, now) {
+                        (0, _) => "created",
+                        (_, 0) => "deleted",
+                        _ => "changed",
+                    };
+                    format!(
+                        "key {} was {what} after this transaction's snapshot (revision {})",
+                        eskv_core::display_key(k),
+                        self.pin.unwrap_or(0)
+                    )
                 })
-                .collect();
-            let txn = TxnRequest {
-                compare,
-                success,
-                failure,
-            };
-            let kv = &self.kv;
-            let resp = timed(
-                "a commit",
-                Phase::Commit,
-                self.timeout,
-                &self.endpoints,
-                || kv.txn(txn.clone()),
-            )
-            .await?;
-            if resp.succeeded {
-                return Ok(());
-            }
-            let culprit = compared
-                .into_iter()
-                .zip(&resp.responses)
-                .find_map(|(k, r)| {
-                    let now = r
-                        .as_range()
-                        .and_then(|g| g.kvs.first())
-                        .map_or(0, |kv| kv.mod_revision);
-                    let then = self.seen.get(k).copied().unwrap_or(0);
-                    (now != then).then(|| {
-                        let what = match (then, now) {
-                            (0, _) => "created",
-                            (_, 0) => "deleted",
-                            _ => "changed",
-                        };
-                        format!(
-                            "key {} was {what} after this transaction's snapshot (revision {})",
-                            eskv_core::display_key(k),
-                            self.pin.unwrap_or(0)
-                        )
-                    })
-                });
-            Err(Error::conflict(culprit.unwrap_or_else(|| {
-                "a key read or written by this transaction changed after its snapshot".into()
-            })))
-        })
-        .await
+            });
+        Err(Error::conflict(culprit.unwrap_or_else(|| {
+            "a key read or written by this transaction changed after its snapshot".into()
+        })))
     }
 }
 

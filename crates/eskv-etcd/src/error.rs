@@ -2,22 +2,13 @@
 //! timeouts and resending that decide which error a caller sees.
 use crate::client::ClientError;
 use crate::BACKEND;
+use eskv_core::kv::remote::timeout_error;
+pub(crate) use eskv_core::kv::remote::Phase;
 use eskv_core::Error;
 use std::future::Future;
 use std::time::Duration;
 
 type Result<T> = std::result::Result<T, Error>;
-
-/// Where an error happened; decides how connection trouble is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Connecting and probing: every network failure means "unreachable".
-    Connect,
-    /// Reading: nothing was written.
-    Read,
-    /// Sending the commit `Txn`: a lost answer leaves the outcome unknown.
-    Commit,
-}
 
 /// The one place where etcd client errors become eskv errors.
 pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
@@ -86,24 +77,6 @@ pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
     }
 }
 
-/// The error for a call that did not finish within its timeout.
-pub(crate) fn timeout_err(what: &str, phase: Phase, timeout: Duration, endpoints: &str) -> Error {
-    let message = format!(
-        "{what} got no answer within {timeout:?} from etcd at {endpoints}; \
-         check that the cluster is running, reachable and has a leader"
-    );
-    match phase {
-        Phase::Commit => Error::CommitOutcomeUnknown {
-            backend: BACKEND,
-            message,
-        },
-        _ => Error::Unavailable {
-            backend: BACKEND,
-            message,
-        },
-    }
-}
-
 /// True when the request never left this process: the TCP connection to
 /// the endpoint the client picked was refused. Such a call is safe to send
 /// again, even a commit; the client's balancer then picks another endpoint.
@@ -151,7 +124,7 @@ where
                 tokio::time::sleep(pause).await;
             }
             Ok(Err(e)) => return Err(map_err(e, phase, endpoints)),
-            Err(_) => return Err(timeout_err(what, phase, timeout, endpoints)),
+            Err(_) => return Err(timeout_error(BACKEND, what, phase, timeout, endpoints)),
         }
     }
 }
@@ -225,7 +198,13 @@ mod tests {
             Error::Unavailable { .. }
         ));
         assert!(matches!(
-            timeout_err("a commit", Phase::Commit, Duration::from_secs(1), EP),
+            timeout_error(
+                BACKEND,
+                "a commit",
+                Phase::Commit,
+                Duration::from_secs(1),
+                EP
+            ),
             Error::CommitOutcomeUnknown { .. }
         ));
     }

@@ -18,8 +18,9 @@
 //! - **Snapshots** are redb read transactions (MVCC, never blocked by the
 //!   writer), registered with a [`CommitOracle`] under the commit number
 //!   they see.
-//! - **Writes** are buffered in a [`WriteBuffer`] and sent at commit to one
-//!   dedicated writer thread.
+//! - **Writes** are buffered by the core's [`BufferedTxn`] (which also
+//!   answers reads of this transaction's own writes) and sent at commit to
+//!   one dedicated writer thread.
 //! - **Group commit.** The writer thread drains every commit request that
 //!   is waiting, checks each against the oracle (and against the requests
 //!   admitted before it in the same batch), applies the admitted ones in one
@@ -67,10 +68,10 @@
 #![deny(missing_docs)]
 
 use async_trait::async_trait;
-use eskv_core::kv::{begin_span, scan_span, traced_commit, ReadMany, WriteSet};
+use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, WriteSet};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions, WriteBuffer,
+    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
 };
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
@@ -813,24 +814,25 @@ impl KvStore for RedbStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
-        let _span = begin_span(BACKEND).entered();
-        let shared = &self.inner.shared;
-        let db = shared.db()?;
-        let (snapshot, table) = self.inner.oracle.snapshot(|| {
-            shared.call(|| {
-                let r = db.begin_read().map_err(|e| shared.map_err(e))?;
-                r.open_table(DATA).map_err(|e| shared.map_err(e))
+        BufferedTxn::begin(&self.inner.caps, async {
+            let shared = &self.inner.shared;
+            let db = shared.db()?;
+            let (snapshot, table) = self.inner.oracle.snapshot(|| {
+                shared.call(|| {
+                    let r = db.begin_read().map_err(|e| shared.map_err(e))?;
+                    r.open_table(DATA).map_err(|e| shared.map_err(e))
+                })
+            });
+            Ok(RedbSnapshot {
+                store: self.inner.clone(),
+                snapshot,
+                view: Arc::new(View {
+                    table: table?,
+                    _db: db,
+                }),
             })
-        });
-        Ok(Box::new(RedbTxn {
-            store: self.inner.clone(),
-            snapshot,
-            view: Arc::new(View {
-                table: table?,
-                _db: db,
-            }),
-            buf: WriteBuffer::new(),
-        }))
+        })
+        .await
     }
 }
 
@@ -843,14 +845,15 @@ struct View {
     _db: Arc<Db>,
 }
 
-struct RedbTxn {
+/// A transaction's snapshot: a redb read transaction's table, read on the
+/// blocking pool, and the oracle's snapshot its commit is checked against.
+struct RedbSnapshot {
     store: Arc<Inner>,
     snapshot: Snapshot,
     view: Arc<View>,
-    buf: WriteBuffer,
 }
 
-impl RedbTxn {
+impl RedbSnapshot {
     /// Runs a read against the snapshot on the blocking pool.
     async fn read<R: Send + 'static>(
         &self,
@@ -909,152 +912,64 @@ fn get_one(s: &Shared, t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
 }
 
 #[async_trait]
-impl KvTransaction for RedbTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.buf.lookup(key) {
-            return Ok(v.map(<[u8]>::to_vec));
-        }
-        let key = key.to_vec();
-        self.read(move |s, t| get_one(s, t, &key)).await
-    }
-
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        let missing: Vec<Vec<u8>> = keys
-            .iter()
-            .filter(|k| self.buf.lookup(k).is_none())
-            .cloned()
-            .collect();
-        let mut fetched = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.read(move |s, t| {
-                missing
-                    .iter()
-                    .map(|k| get_one(s, t, k))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .await?
-        }
-        .into_iter();
-        Ok(keys
-            .iter()
-            .map(|k| match self.buf.lookup(k) {
-                Some(v) => v.map(<[u8]>::to_vec),
-                None => fetched.next().flatten(),
-            })
-            .collect())
+impl KvSnapshot for RedbSnapshot {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read(move |s, t| keys.iter().map(|k| get_one(s, t, k)).collect())
+            .await
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
-        let span = scan_span(BACKEND, opts);
-        if range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fetch = self.buf.overfetch(&range, opts.limit);
-        let r = range.clone();
-        let rows = self
-            .read(move |s, t| {
-                let _g = span.entered();
-                scan_rows(s, t, &r, opts.reverse, fetch)
-            })
-            .await?;
-        Ok(self.buf.merge_scan(&range, opts, rows))
+        let span = tracing::Span::current();
+        self.read(move |s, t| {
+            let _g = span.entered();
+            scan_rows(s, t, &range, opts.reverse, opts.limit)
+        })
+        .await
     }
 
     /// All gets and scans in one hop to the blocking pool.
     async fn read_many(
         &mut self,
-        gets: &[Vec<u8>],
-        scans: &[(KeyRange, ScanOptions)],
+        gets: Vec<Vec<u8>>,
+        scans: Vec<(KeyRange, ScanOptions)>,
     ) -> Result<ReadMany> {
-        let missing: Vec<Vec<u8>> = gets
-            .iter()
-            .filter(|k| self.buf.lookup(k).is_none())
-            .cloned()
-            .collect();
-        let plan: Vec<(KeyRange, bool, Option<usize>)> = scans
-            .iter()
-            .map(|(r, o)| (r.clone(), o.reverse, self.buf.overfetch(r, o.limit)))
-            .collect();
-        let (fetched, rows) = self
-            .read(move |s, t| {
-                let values = missing
-                    .iter()
-                    .map(|k| get_one(s, t, k))
-                    .collect::<Result<Vec<_>>>()?;
-                let rows = plan
-                    .iter()
-                    .map(|(r, reverse, fetch)| {
-                        if r.is_empty() {
-                            Ok(Vec::new())
-                        } else {
-                            scan_rows(s, t, r, *reverse, *fetch)
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((values, rows))
-            })
-            .await?;
-        let mut fetched = fetched.into_iter();
-        let values = gets
-            .iter()
-            .map(|k| match self.buf.lookup(k) {
-                Some(v) => v.map(<[u8]>::to_vec),
-                None => fetched.next().flatten(),
-            })
-            .collect();
-        let rows = scans
-            .iter()
-            .zip(rows)
-            .map(|((r, o), rows)| self.buf.merge_scan(r, *o, rows))
-            .collect();
-        Ok((values, rows))
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.buf.put(key, value)
-    }
-
-    fn delete(&mut self, key: Vec<u8>) {
-        self.buf.delete(key)
-    }
-
-    fn validate(&mut self, key: Vec<u8>) {
-        self.buf.validate(key)
-    }
-
-    async fn commit(self: Box<Self>) -> Result<()> {
-        let RedbTxn {
-            store,
-            snapshot,
-            buf,
-            view,
-        } = *self;
-        drop(view);
-        traced_commit(BACKEND, buf.writes().len(), async move {
-            buf.check_limits(&store.caps)?;
-            if buf.is_empty() {
-                return Ok(());
-            }
-            let (writes, validated) = buf.into_parts()?;
-            if store.shared.read_only {
-                return Err(Error::ReadOnly { backend: BACKEND });
-            }
-            let (reply, rx) = oneshot::channel();
-            store
-                .writer
-                .as_ref()
-                .ok_or_else(writer_gone)?
-                .send(CommitRequest {
-                    snapshot,
-                    writes,
-                    validated,
-                    reply,
-                })
-                .map_err(|_| writer_gone())?;
-            rx.await.map_err(|_| writer_gone())?
+        self.read(move |s, t| {
+            let values = gets
+                .iter()
+                .map(|k| get_one(s, t, k))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = scans
+                .iter()
+                .map(|(r, o)| scan_rows(s, t, r, o.reverse, o.limit))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((values, rows))
         })
         .await
+    }
+
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+        let RedbSnapshot {
+            store,
+            snapshot,
+            view,
+        } = self;
+        drop(view);
+        if store.shared.read_only {
+            return Err(Error::ReadOnly { backend: BACKEND });
+        }
+        let (reply, rx) = oneshot::channel();
+        store
+            .writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(CommitRequest {
+                snapshot,
+                writes,
+                validated,
+                reply,
+            })
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
     }
 }
 
