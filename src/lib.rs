@@ -10,10 +10,13 @@ pub use eskv_core::*;
 pub use eskv_derive::DomainEvent;
 
 pub mod blocking;
-#[cfg(feature = "redb")]
 mod open;
+pub mod url;
+
 #[cfg(feature = "redb")]
 pub use open::OpenRedb;
+pub use open::{open, open_url, OpenOptions};
+pub use url::StoreUrl;
 
 /// The traits an application usually needs in scope:
 /// `use eskv::prelude::*;`.

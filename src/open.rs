@@ -1,9 +1,127 @@
-//! One-line opening of a store on a redb file.
+//! Opening a store in one line: from a URL on any backend ([`open`]), or
+//! on a redb file ([`OpenRedb`]).
 
-use eskv_core::{EventStore, Result};
+use crate::url::StoreUrl;
+use eskv_core::{Error, EventStore, MemoryStore, Result};
+#[cfg(feature = "redb")]
 use std::future::Future;
+#[cfg(feature = "redb")]
 use std::path::Path;
 use std::sync::Arc;
+
+/// Opens the event store behind a store URL: `redb:PATH` (created on
+/// first use; `?cache=SIZE` sets redb's page cache), `memory:`,
+/// `etcd://HOST:PORT[,...][/PREFIX]` or `tikv://PD:PORT[,...][/PREFIX]`
+/// (see [`crate::url`]). Each backend needs its feature (`redb` is on by
+/// default).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let url = format!("redb:{}", dir.path().join("events.redb").display());
+/// let store = eskv::open(&url).await?;
+/// assert_eq!(store.head().await?, 0);
+///
+/// let err = eskv::open("events.redb").await.unwrap_err();
+/// assert!(err.to_string().contains("redb:PATH"), "{err}");
+/// # Ok(()) }
+/// ```
+pub async fn open(url: &str) -> Result<EventStore> {
+    let url: StoreUrl = url.parse().map_err(|e| Error::invalid(format!("{e}")))?;
+    open_url(&url, &OpenOptions::default()).await
+}
+
+/// How [`open_url`] opens a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Open a redb file read-only: it must exist, its bytes are never
+    /// changed, and appends fail with [`Error::ReadOnly`]. Remote stores
+    /// ignore it.
+    pub read_only: bool,
+    /// How long to wait for a redb file that another handle of this
+    /// process is still closing (redb's own default when `None`).
+    pub redb_lock_wait: Option<std::time::Duration>,
+}
+
+impl OpenOptions {
+    /// Opens read-only (see [`OpenOptions::read_only`]).
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.read_only = yes;
+        self
+    }
+
+    /// Sets [`OpenOptions::redb_lock_wait`].
+    pub fn redb_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.redb_lock_wait = Some(wait);
+        self
+    }
+}
+
+/// Opens the store behind a parsed URL with `options`.
+pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStore> {
+    match url {
+        StoreUrl::Memory => EventStore::open(Arc::new(MemoryStore::new())).await,
+        StoreUrl::Redb { path, cache } => {
+            #[cfg(feature = "redb")]
+            {
+                let mut o = eskv_redb::RedbOptions::default().read_only(options.read_only);
+                if let Some(c) = cache {
+                    o = o.cache_size(*c);
+                }
+                if let Some(w) = options.redb_lock_wait {
+                    o = o.lock_wait(w);
+                }
+                let kv = eskv_redb::RedbStore::open_with(path, o).await?;
+                EventStore::open(Arc::new(kv)).await
+            }
+            #[cfg(not(feature = "redb"))]
+            {
+                let _ = (path, cache, options);
+                Err(not_built("redb"))
+            }
+        }
+        StoreUrl::Etcd { endpoints, prefix } => {
+            #[cfg(feature = "etcd")]
+            {
+                let mut o = eskv_etcd::EtcdOptions::new(endpoints.iter().cloned());
+                if let Some(p) = prefix {
+                    o = o.key_prefix(p);
+                }
+                EventStore::open(Arc::new(eskv_etcd::EtcdStore::connect(o).await?)).await
+            }
+            #[cfg(not(feature = "etcd"))]
+            {
+                let _ = (endpoints, prefix);
+                Err(not_built("etcd"))
+            }
+        }
+        StoreUrl::Tikv { endpoints, prefix } => {
+            #[cfg(feature = "tikv")]
+            {
+                let mut o = eskv_tikv::TikvOptions::new(endpoints.iter().cloned());
+                if let Some(p) = prefix {
+                    o = o.key_prefix(p);
+                }
+                EventStore::open(Arc::new(eskv_tikv::TikvStore::connect(o).await?)).await
+            }
+            #[cfg(not(feature = "tikv"))]
+            {
+                let _ = (endpoints, prefix);
+                Err(not_built("tikv"))
+            }
+        }
+    }
+}
+
+/// The error for a URL whose backend this build left out.
+#[allow(dead_code)]
+fn not_built(backend: &str) -> Error {
+    Error::invalid(format!(
+        "this build of eskv has no {backend} backend; enable the `{backend}` feature of the eskv crate"
+    ))
+}
 
 /// Opens an [`EventStore`] on a redb file in one line (feature `redb`):
 /// `EventStore::open_redb(path)`. Bring it into scope with
@@ -20,6 +138,7 @@ use std::sync::Arc;
 /// assert_eq!(store.head().await?, 0);
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "redb")]
 pub trait OpenRedb: Sized {
     /// Opens (or creates) the redb file at `path` with default options and
     /// an event store on it. For redb options use
@@ -28,6 +147,7 @@ pub trait OpenRedb: Sized {
     fn open_redb(path: impl AsRef<Path>) -> impl Future<Output = Result<Self>> + Send;
 }
 
+#[cfg(feature = "redb")]
 impl OpenRedb for EventStore {
     fn open_redb(path: impl AsRef<Path>) -> impl Future<Output = Result<Self>> + Send {
         let path = path.as_ref().to_path_buf();

@@ -14,4 +14,5 @@ pub mod line;
 pub mod open;
 pub mod spec;
 pub mod transfer;
-pub mod url;
+/// Store URLs, from the library (`eskv::url`).
+pub use eskv::url;

@@ -1,9 +1,8 @@
 //! Opening an [`EventStore`] from a [`StoreUrl`].
 
 use crate::url::StoreUrl;
-use anyhow::{anyhow, bail, Context as _, Result};
-use eskv::{EventStore, MemoryStore};
-use std::sync::Arc;
+use anyhow::{bail, Context as _, Result};
+use eskv::{EventStore, OpenOptions};
 use std::time::Duration;
 
 /// Whether opening may create a store that does not exist yet.
@@ -38,20 +37,30 @@ fn lock_wait() -> Duration {
     Duration::from_millis(LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Opens the store behind `url`.
+/// Opens the store behind `url`: the library's [`eskv::open_url`], with
+/// the checks and waits of a command-line tool around a redb file, and the
+/// endpoints named when a cluster cannot be reached.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
-        StoreUrl::Memory => Ok(EventStore::open(Arc::new(MemoryStore::new())).await?),
         StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
-        StoreUrl::Tikv { endpoints, prefix } => open_tikv(endpoints, prefix.as_deref()).await,
-        StoreUrl::Etcd { endpoints, prefix } => open_etcd(endpoints, prefix.as_deref()).await,
+        StoreUrl::Memory => Ok(eskv::open_url(url, &OpenOptions::default()).await?),
+        StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
+            eskv::open_url(url, &OpenOptions::default())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to {} at {}",
+                        url.backend(),
+                        endpoints.join(",")
+                    )
+                })
+        }
     }
 }
 
 /// Tries once: like [`open`], but a redb file held by another process is
 /// reported as `Ok(None)` instead of being waited for.
 pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStore>> {
-    #[cfg(feature = "redb")]
     if let StoreUrl::Redb { path, cache } = url {
         check_exists(path, access)?;
         return match open_redb_once(path, *cache, access).await {
@@ -71,7 +80,6 @@ pub fn file_size(url: &StoreUrl) -> Option<u64> {
     }
 }
 
-#[cfg_attr(not(feature = "redb"), allow(dead_code))]
 fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
     if access != Access::Existing {
         if path.is_dir() {
@@ -106,7 +114,6 @@ fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
 }
 
 /// Names the file, unless the error already does.
-#[cfg(feature = "redb")]
 fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     let named = e.to_string().contains(&path.display().to_string());
     let e = anyhow::Error::new(e);
@@ -117,24 +124,22 @@ fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     }
 }
 
-#[cfg(feature = "redb")]
 async fn open_redb_once(
     path: &std::path::Path,
     cache: Option<usize>,
     access: Access,
 ) -> eskv::Result<EventStore> {
-    let mut options = eskv::redb::RedbOptions::default()
+    let url = StoreUrl::Redb {
+        path: path.to_path_buf(),
+        cache,
+    };
+    let options = OpenOptions::default()
         // This tool waits for a held file itself (--lock-timeout).
-        .lock_wait(Duration::ZERO)
+        .redb_lock_wait(Duration::ZERO)
         .read_only(matches!(access, Access::Existing));
-    if let Some(c) = cache {
-        options = options.cache_size(c);
-    }
-    let kv = eskv::redb::RedbStore::open_with(path, options).await?;
-    EventStore::open(Arc::new(kv)).await
+    eskv::open_url(&url, &options).await
 }
 
-#[cfg(feature = "redb")]
 async fn open_redb(
     path: &std::path::Path,
     cache: Option<usize>,
@@ -160,50 +165,4 @@ async fn open_redb(
             Err(e) => return Err(redb_context(e, path)),
         }
     }
-}
-
-#[cfg(not(feature = "redb"))]
-async fn open_redb(_: &std::path::Path, _: Option<usize>, _: Access) -> Result<EventStore> {
-    Err(not_built("redb"))
-}
-
-#[cfg(feature = "tikv")]
-async fn open_tikv(endpoints: &[String], prefix: Option<&str>) -> Result<EventStore> {
-    let mut opts = eskv::tikv::TikvOptions::new(endpoints.iter().cloned());
-    if let Some(p) = prefix {
-        opts = opts.key_prefix(p);
-    }
-    let kv = eskv::tikv::TikvStore::connect(opts)
-        .await
-        .with_context(|| format!("cannot connect to TiKV at {}", endpoints.join(",")))?;
-    Ok(EventStore::open(Arc::new(kv)).await?)
-}
-
-#[cfg(not(feature = "tikv"))]
-async fn open_tikv(_: &[String], _: Option<&str>) -> Result<EventStore> {
-    Err(not_built("tikv"))
-}
-
-#[cfg(feature = "etcd")]
-async fn open_etcd(endpoints: &[String], prefix: Option<&str>) -> Result<EventStore> {
-    let mut opts = eskv::etcd::EtcdOptions::new(endpoints.iter().cloned());
-    if let Some(p) = prefix {
-        opts = opts.key_prefix(p);
-    }
-    let kv = eskv::etcd::EtcdStore::connect(opts)
-        .await
-        .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
-    Ok(EventStore::open(Arc::new(kv)).await?)
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &[String], _: Option<&str>) -> Result<EventStore> {
-    Err(not_built("etcd"))
-}
-
-#[allow(dead_code)]
-fn not_built(backend: &str) -> anyhow::Error {
-    anyhow!(
-        "this eskv was built without the {backend} backend; rebuild it with `--features {backend}`"
-    )
 }

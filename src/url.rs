@@ -1,4 +1,5 @@
-//! Store URLs: what `--store`, `copy --from` and `copy --to` accept.
+//! Store URLs: one string that names a store on any backend, as
+//! [`open`](crate::open), the `eskv` CLI's `--store` and the server accept.
 //!
 //! | form | meaning |
 //! | --- | --- |
@@ -13,7 +14,7 @@
 //! stores can share one cluster.
 //!
 //! ```
-//! use eskv_cli::url::StoreUrl;
+//! use eskv::url::StoreUrl;
 //! let url: StoreUrl = "tikv://pd1:2379,pd2/orders".parse().unwrap();
 //! assert_eq!(
 //!     url,
