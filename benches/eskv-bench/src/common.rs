@@ -194,3 +194,25 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The rows eskv writes for one event (with `append` the positions of the
+/// append it belongs to), from the library's own layout, so the raw peers
+/// that write eskv's keys write exactly them.
+pub fn layout_rows(
+    rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    pos: u64,
+    append: (u64, u64),
+    ev: &Ev,
+    now: u64,
+    stream: Option<(&str, u64)>,
+) -> Res<()> {
+    let e = eskv::NewEvent {
+        id: eskv::Ulid(ev.id),
+        event_type: EVENT_TYPE.to_string(),
+        tags: ev.tags.to_vec(),
+        data: ev.data.to_vec(),
+        metadata: Default::default(),
+    };
+    eskv::layout::event_rows(rows, pos, &e, now, stream, append).map_err(err("encode"))?;
+    Ok(())
+}

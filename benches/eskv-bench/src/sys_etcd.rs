@@ -8,9 +8,10 @@
 //! harness panics and unwinds), and a watchdog shell kills them if this
 //! process dies without unwinding.
 
-use crate::common::{err, now_ms, Ev, Res, Store, EVENT_TYPE};
-use eskv::layout::{self, IdEntry, Index, StreamMeta};
-use eskv::{envelope, KeyRange, MemoryStore, Namespaced, NewEvent, Ulid};
+use crate::common::layout_rows;
+use crate::common::{err, now_ms, Ev, Res, Store};
+use eskv::layout::{self, Index, StreamMeta};
+use eskv::{KeyRange, MemoryStore, Namespaced, Ulid};
 use eskv_etcd::proto::{
     Compare, CompareResult, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
@@ -416,54 +417,12 @@ impl RawEtcd {
             let last = head + evs.len() as u64;
             let mut rows = Vec::with_capacity(evs.len() * 5 + 1);
             for (i, ev) in evs.iter().enumerate() {
-                event_rows(&mut rows, first + i as u64, (first, last), ev, now, None)?;
+                layout_rows(&mut rows, first + i as u64, (first, last), ev, now, None)?;
             }
             rows.push((layout::head_key(), layout::u64_value(last)));
             Ok(rows)
         })
     }
-}
-
-/// The rows one event adds, as eskv's layout defines them.
-fn event_rows(
-    rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    pos: u64,
-    (append_first, append_last): (u64, u64),
-    ev: &Ev,
-    now: u64,
-    stream: Option<(&str, u64)>,
-) -> Res<()> {
-    let e = NewEvent {
-        id: Ulid(ev.id),
-        event_type: EVENT_TYPE.to_string(),
-        tags: ev.tags.to_vec(),
-        data: ev.data.to_vec(),
-        metadata: Default::default(),
-    };
-    rows.push((
-        layout::log_key(pos),
-        envelope::encode_new(pos, &e, now, stream).map_err(err("encode"))?,
-    ));
-    let id = IdEntry {
-        position: pos,
-        append_first,
-        append_last,
-        digest: layout::content_digest(&e.tags, &e.data, &e.metadata),
-    };
-    rows.push((layout::id_key(e.id), id.encode()));
-    rows.push((layout::type_key(EVENT_TYPE, pos), Vec::new()));
-    let entry = layout::tag_entry_value(EVENT_TYPE, &e.tags).map_err(err("encode"))?;
-    for t in &e.tags {
-        rows.push((layout::tag_key(t, pos), entry.clone()));
-    }
-    if let Some((s, v)) = stream {
-        rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
-        rows.push((
-            layout::category_key(layout::category_of(s), pos),
-            Vec::new(),
-        ));
-    }
-    Ok(())
 }
 
 const NOT_MEASURED: &str = "raw etcd is measured on W1, W2, W4 and W4r only";
@@ -485,7 +444,7 @@ impl Store for RawEtcd {
                 }
                 let pos = head + 1;
                 let mut rows = Vec::with_capacity(6);
-                event_rows(&mut rows, pos, (pos, pos), ev, now_ms(), None)?;
+                layout_rows(&mut rows, pos, (pos, pos), ev, now_ms(), None)?;
                 rows.push((layout::head_key(), layout::u64_value(pos)));
                 Ok(rows)
             },
@@ -514,7 +473,7 @@ impl Store for RawEtcd {
                 pos = head + 1;
                 let mut rows = Vec::with_capacity(9);
                 let sref = Some((stream, expected + 1));
-                event_rows(&mut rows, pos, (pos, pos), ev, now_ms(), sref)?;
+                layout_rows(&mut rows, pos, (pos, pos), ev, now_ms(), sref)?;
                 rows.push((
                     layout::stream_key(stream),
                     StreamMeta {

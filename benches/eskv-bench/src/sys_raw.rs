@@ -4,9 +4,10 @@
 //! The limit of eskv's layer over its engine: no group commit queue, no
 //! oracle, no async hops, no decoding of what it reads.
 
-use crate::common::{err, now_ms, Ev, Res, Store, EVENT_TYPE};
+use crate::common::layout_rows;
+use crate::common::{err, now_ms, Ev, Res, Store};
 use eskv::layout::{self, Index, StreamMeta};
-use eskv::{envelope, NewEvent, Ulid};
+use eskv::Ulid;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,43 +18,6 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("eskv_data");
 pub struct RawRedb {
     db: Arc<Database>,
     durable: bool,
-}
-
-type Rows = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The rows one event adds, as eskv's layout defines them.
-fn event_rows(
-    rows: &mut Rows,
-    pos: u64,
-    ev: &Ev,
-    now: u64,
-    stream: Option<(&str, u64)>,
-) -> Res<()> {
-    let e = NewEvent {
-        id: Ulid(ev.id),
-        event_type: EVENT_TYPE.to_string(),
-        tags: ev.tags.to_vec(),
-        data: ev.data.to_vec(),
-        metadata: Default::default(),
-    };
-    rows.push((
-        layout::log_key(pos),
-        envelope::encode_new(pos, &e, now, stream).map_err(err("encode"))?,
-    ));
-    rows.push((layout::id_key(e.id), layout::u64_value(pos)));
-    rows.push((layout::type_key(EVENT_TYPE, pos), Vec::new()));
-    let entry = layout::tag_entry_value(EVENT_TYPE, &e.tags).map_err(err("encode"))?;
-    for t in &e.tags {
-        rows.push((layout::tag_key(t, pos), entry.clone()));
-    }
-    if let Some((s, v)) = stream {
-        rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
-        rows.push((
-            layout::category_key(layout::category_of(s), pos),
-            Vec::new(),
-        ));
-    }
-    Ok(())
 }
 
 fn get_u64(t: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Res<Option<u64>> {
@@ -72,7 +36,10 @@ fn append_cond_on(db: &Database, durable: bool, ev: &Ev, cond_tag: &str) -> Res<
     {
         let mut t = w.open_table(DATA).map_err(err("redb table"))?;
         let head = get_u64(&t, &layout::head_key())?.unwrap_or(0);
-        if get_u64(&t, &layout::id_key(Ulid(ev.id)))?.is_some() {
+        if t.get(layout::id_key(Ulid(ev.id)).as_slice())
+            .map_err(err("redb get"))?
+            .is_some()
+        {
             return Err("raw redb: duplicate id".into());
         }
         let range = Index::Tag(cond_tag).range(1, head.max(1));
@@ -84,7 +51,14 @@ fn append_cond_on(db: &Database, durable: bool, ev: &Ev, cond_tag: &str) -> Res<
             return Err("raw redb: condition failed".into());
         }
         let mut rows = Vec::with_capacity(6);
-        event_rows(&mut rows, head + 1, ev, now_ms(), None)?;
+        layout_rows(
+            &mut rows,
+            head + 1,
+            (head + 1, head + 1),
+            ev,
+            now_ms(),
+            None,
+        )?;
         rows.push((layout::head_key(), layout::u64_value(head + 1)));
         for (k, v) in &rows {
             t.insert(k.as_slice(), v.as_slice())
@@ -143,7 +117,14 @@ impl RawRedb {
             for (i, ev) in evs.iter().enumerate() {
                 let pos = head + 1 + i as u64;
                 let stream = ev.stream.as_ref().map(|(s, v)| (s.as_str(), *v));
-                event_rows(&mut rows, pos, ev, now, stream)?;
+                layout_rows(
+                    &mut rows,
+                    pos,
+                    (head + 1, head + evs.len() as u64),
+                    ev,
+                    now,
+                    stream,
+                )?;
                 if let Some((s, v)) = stream {
                     metas.insert(
                         s,
@@ -218,7 +199,10 @@ impl Store for RawRedb {
         {
             let mut t = w.open_table(DATA).map_err(err("redb table"))?;
             let head = get_u64(&t, &layout::head_key())?.unwrap_or(0);
-            if get_u64(&t, &layout::id_key(Ulid(ev.id)))?.is_some() {
+            if t.get(layout::id_key(Ulid(ev.id)).as_slice())
+                .map_err(err("redb get"))?
+                .is_some()
+            {
                 return Err("raw redb: duplicate id".into());
             }
             let meta = match t
@@ -233,7 +217,14 @@ impl Store for RawRedb {
             }
             pos = head + 1;
             let mut rows = Vec::with_capacity(9);
-            event_rows(&mut rows, pos, ev, now_ms(), Some((stream, expected + 1)))?;
+            layout_rows(
+                &mut rows,
+                pos,
+                (pos, pos),
+                ev,
+                now_ms(),
+                Some((stream, expected + 1)),
+            )?;
             rows.push((
                 layout::stream_key(stream),
                 StreamMeta {

@@ -30,7 +30,7 @@
 //! from every event to its entries, finds it.
 
 use crate::error::{Error, Result};
-use crate::event::Position;
+use crate::event::{NewEvent, Position};
 use crate::kv::KeyRange;
 use crate::tuple::{prefix_successor, KeyBuilder, KeyReader};
 use std::ops::Bound;
@@ -1301,4 +1301,45 @@ pub fn parse_projection_checkpoint(v: &[u8]) -> Result<(u64, Position)> {
         parse_u64(&v[..8], "projection generation")?,
         parse_u64(&v[8..], "projection checkpoint")?,
     ))
+}
+
+/// The rows one event adds to the layout (log, id, type, tags, stream
+/// index, category). The one place that knows an event's index entries.
+/// Returns the event's id entry.
+pub fn event_rows(
+    rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    pos: Position,
+    e: &NewEvent,
+    recorded_at_ms: u64,
+    stream: Option<(&str, u64)>,
+    (append_first, append_last): (Position, Position),
+) -> Result<IdEntry> {
+    let start = rows.len();
+    rows.push((
+        log_key(pos),
+        crate::envelope::encode_new(pos, e, recorded_at_ms, stream)?,
+    ));
+    let id = IdEntry {
+        position: pos,
+        append_first,
+        append_last,
+        digest: content_digest(&e.tags, &e.data, &e.metadata),
+    };
+    rows.push((id_key(e.id), id.encode()));
+    rows.push((type_key(&e.event_type, pos), Vec::new()));
+    if !e.tags.is_empty() {
+        let entry = tag_entry_value(&e.event_type, &e.tags)?;
+        for t in &e.tags {
+            rows.push((tag_key(t, pos), entry.clone()));
+        }
+    }
+    if let Some((s, v)) = stream {
+        rows.push((stream_event_key(s, v), u64_value(pos)));
+        rows.push((category_key(category_of(s), pos), Vec::new()));
+    }
+    // Every row after the log entry is an index entry: seal it.
+    for (k, v) in &mut rows[start + 1..] {
+        *v = seal_index_value(k, std::mem::take(v));
+    }
+    Ok(id)
 }

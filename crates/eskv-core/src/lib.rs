@@ -35,13 +35,16 @@
 #![deny(missing_docs)]
 
 pub mod decide;
+#[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod envelope;
 pub mod error;
 pub mod event;
 mod event_serde;
 pub mod kv;
+#[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod layout;
 pub mod memory;
+#[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod oracle;
 pub mod projection;
 pub mod query;
@@ -49,6 +52,7 @@ mod retry;
 pub mod store;
 pub mod subscription;
 pub mod testing;
+#[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod tuple;
 pub mod typed;
 pub mod validate;

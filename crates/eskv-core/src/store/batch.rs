@@ -6,11 +6,10 @@ use super::options::{AppendRequest, AppendResult};
 use super::read::{load_events, scan_index, Order};
 use super::types::registered_types;
 use super::Inner;
-use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position};
 use crate::kv::{KvPair, KvTransaction, ScanOptions};
-use crate::layout::{self, IdEntry, Index, StreamMeta};
+use crate::layout::{self, event_rows, IdEntry, Index, StreamMeta};
 use crate::query::{Query, QueryItem};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -432,50 +431,6 @@ impl Inner {
 /// The digest of `e`'s content kept in its id entry.
 pub(super) fn digest_of(e: &NewEvent) -> u32 {
     layout::content_digest(&e.tags, &e.data, &e.metadata)
-}
-
-/// The rows one event adds to the layout (log, id, type, tags, stream
-/// index, category). The one place that knows an event's index entries.
-/// Returns the event's id entry.
-pub(super) fn event_rows(
-    rows: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    pos: Position,
-    e: &NewEvent,
-    recorded_at_ms: u64,
-    stream: Option<(&str, u64)>,
-    (append_first, append_last): (Position, Position),
-) -> Result<IdEntry> {
-    let start = rows.len();
-    rows.push((
-        layout::log_key(pos),
-        envelope::encode_new(pos, e, recorded_at_ms, stream)?,
-    ));
-    let id = IdEntry {
-        position: pos,
-        append_first,
-        append_last,
-        digest: digest_of(e),
-    };
-    rows.push((layout::id_key(e.id), id.encode()));
-    rows.push((layout::type_key(&e.event_type, pos), Vec::new()));
-    if !e.tags.is_empty() {
-        let entry = layout::tag_entry_value(&e.event_type, &e.tags)?;
-        for t in &e.tags {
-            rows.push((layout::tag_key(t, pos), entry.clone()));
-        }
-    }
-    if let Some((s, v)) = stream {
-        rows.push((layout::stream_event_key(s, v), layout::u64_value(pos)));
-        rows.push((
-            layout::category_key(layout::category_of(s), pos),
-            Vec::new(),
-        ));
-    }
-    // Every row after the log entry is an index entry: seal it.
-    for (k, v) in &mut rows[start + 1..] {
-        *v = layout::seal_index_value(k, std::mem::take(v));
-    }
-    Ok(id)
 }
 
 /// The first position at or after `lo` of an event matching `query`, as

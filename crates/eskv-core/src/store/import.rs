@@ -1,11 +1,11 @@
 //! Import: bulk loading of recorded events into an empty store, with a
 //! marker that makes an interrupted import visible.
 
-use super::batch::event_rows;
 use super::read::{read_head, read_stream_meta};
 use super::EventStore;
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, Position, RecordedEvent};
+use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
 use crate::retry::retry;
 use crate::validate::{validate_stream_id, validate_tag, validate_type};
