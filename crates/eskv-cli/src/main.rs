@@ -972,7 +972,7 @@ async fn tail(url: &StoreUrl, a: TailArgs, out: &mut Out) -> Result<()> {
         return Ok(());
     }
     let follow = async {
-        if matches!(url, StoreUrl::Redb { .. }) {
+        if matches!(url, StoreUrl::Redb { .. } | StoreUrl::Fjall { .. }) {
             tail_poll(url, &t, a.from, &mut left, out).await
         } else {
             tail_subscribe(url, &t, a.from, &mut left, out).await

@@ -12,7 +12,10 @@ pub enum Access {
     /// The store must exist (commands that only look: `read`, `check`...).
     /// For redb this means the file must exist and not be empty; it is
     /// opened read-only, so its bytes are never changed (it may be a
-    /// read-only file), and nothing is created.
+    /// read-only file), and nothing is created. For fjall the directory
+    /// must hold a store; it is opened normally (a read-only fjall open
+    /// copies the whole store, too slow for `tail`'s polls), so fjall's
+    /// recovery may trim a torn journal tail, and nothing else is written.
     Existing,
     /// Create the store on first use (`append`, `import`, `copy --to`...).
     Create,
@@ -43,6 +46,7 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
         StoreUrl::Memory => Ok(EventStore::open(Arc::new(MemoryStore::new())).await?),
         StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
+        StoreUrl::Fjall { path, cache } => open_fjall(path, *cache, access).await,
         StoreUrl::Tikv { endpoints, prefix } => open_tikv(endpoints, prefix.as_deref()).await,
         StoreUrl::Etcd { endpoints, prefix } => open_etcd(endpoints, prefix.as_deref()).await,
     }
@@ -60,6 +64,15 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
             Err(e) => Err(redb_context(e, path)),
         };
     }
+    #[cfg(feature = "fjall")]
+    if let StoreUrl::Fjall { path, cache } = url {
+        check_fjall_exists(path, access)?;
+        return match open_fjall_once(path, *cache).await {
+            Ok(s) => Ok(Some(s)),
+            Err(eskv::Error::StoreLocked { .. }) => Ok(None),
+            Err(e) => Err(redb_context(e, path)),
+        };
+    }
     open(url, access).await.map(Some)
 }
 
@@ -67,8 +80,90 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
 pub fn file_size(url: &StoreUrl) -> Option<u64> {
     match url {
         StoreUrl::Redb { path, .. } => std::fs::metadata(path).ok().map(|m| m.len()),
+        StoreUrl::Fjall { path, .. } => dir_size(path).ok(),
         _ => None,
     }
+}
+
+/// Bytes on disk under a directory (allocated blocks: fjall preallocates
+/// its journal as a sparse file).
+fn dir_size(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            allocated(&m)
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(m) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
+
+#[cfg_attr(not(feature = "fjall"), allow(dead_code))]
+fn check_fjall_exists(path: &std::path::Path, access: Access) -> Result<()> {
+    if access == Access::Existing && !path.join("version").is_file() {
+        bail!(
+            "no eskv store at '{}': it is not a fjall store directory (append or import creates one)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "fjall")]
+async fn open_fjall_once(path: &std::path::Path, cache: Option<usize>) -> eskv::Result<EventStore> {
+    // This tool waits for a held store itself (--lock-timeout).
+    let mut options = eskv::fjall::FjallOptions::default().lock_wait(Duration::ZERO);
+    if let Some(c) = cache {
+        options = options.cache_size(c as u64);
+    }
+    let kv = eskv::fjall::FjallStore::open_with(path, options).await?;
+    EventStore::open(Arc::new(kv)).await
+}
+
+#[cfg(feature = "fjall")]
+async fn open_fjall(
+    path: &std::path::Path,
+    cache: Option<usize>,
+    access: Access,
+) -> Result<EventStore> {
+    check_fjall_exists(path, access)?;
+    let start = std::time::Instant::now();
+    let wait = lock_wait();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match open_fjall_once(path, cache).await {
+            Ok(s) => return Ok(s),
+            Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < wait => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e @ eskv::Error::StoreLocked { .. }) => {
+                bail!(
+                    "{e} (waited {}s; a fjall store has one user at a time; --lock-timeout SECONDS waits longer)",
+                    wait.as_secs_f64()
+                )
+            }
+            Err(e) => return Err(redb_context(e, path)),
+        }
+    }
+}
+
+#[cfg(not(feature = "fjall"))]
+async fn open_fjall(_: &std::path::Path, _: Option<usize>, _: Access) -> Result<EventStore> {
+    Err(not_built("fjall"))
 }
 
 #[cfg_attr(not(feature = "redb"), allow(dead_code))]
@@ -106,7 +201,7 @@ fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
 }
 
 /// Names the file, unless the error already does.
-#[cfg(feature = "redb")]
+#[cfg(any(feature = "redb", feature = "fjall"))]
 fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     let named = e.to_string().contains(&path.display().to_string());
     let e = anyhow::Error::new(e);
