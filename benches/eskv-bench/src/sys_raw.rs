@@ -22,7 +22,7 @@ pub struct RawRedb {
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The rows one event adds, as eskv's layout defines them.
-fn event_rows(
+pub(crate) fn event_rows(
     rows: &mut Rows,
     pos: u64,
     ev: &Ev,
