@@ -824,12 +824,17 @@ impl Harness {
             None
         };
         let eskv_fjall = if self.cfg.wants(ESKV_FJALL) {
-            Some(Eskv::fjall(&handle, &self.dir("W3-eskv-fjall")?.join("eskv"))?)
+            Some(Eskv::fjall(
+                &handle,
+                &self.dir("W3-eskv-fjall")?.join("eskv"),
+            )?)
         } else {
             None
         };
         let raw_fjall = if self.cfg.wants(RAW_FJALL) {
-            Some(RawFjall::open(&self.dir(&format!("W3-{RAW_FJALL}"))?.join("raw"))?)
+            Some(RawFjall::open(
+                &self.dir(&format!("W3-{RAW_FJALL}"))?.join("raw"),
+            )?)
         } else {
             None
         };

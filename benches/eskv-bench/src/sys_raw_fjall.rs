@@ -87,11 +87,7 @@ impl RawFjall {
             return Err("raw fjall: duplicate id".into());
         }
         let range = Index::Tag(cond_tag).range(1, head.max(1));
-        if tx
-            .range::<&[u8], _>(ks, range.as_bounds())
-            .next()
-            .is_some()
-        {
+        if tx.range::<&[u8], _>(ks, range.as_bounds()).next().is_some() {
             return Err("raw fjall: condition failed".into());
         }
         let mut rows = Vec::with_capacity(6);
@@ -167,7 +163,8 @@ impl RawFjall {
                             let ev = Ev::writer(w, &data);
                             while let Outcome::Conflict =
                                 self.try_append_cond(&ev, &ev.tags[0].clone())?
-                            {}
+                            {
+                            }
                             n += 1;
                         }
                         Ok(n)

@@ -847,14 +847,25 @@ fn fjall_stores_round_trip_through_the_cli() {
     let r = fails(d, &["--store", &f, "read"], None);
     assert!(r.stderr.contains("no eskv store"), "{}", r.stderr);
     assert!(!d.join("events").exists());
-    let v: Value =
-        serde_json::from_str(&ok(d, &["copy", "--from", &a, "--to", &f], None)).unwrap();
+    let v: Value = serde_json::from_str(&ok(d, &["copy", "--from", &a, "--to", &f], None)).unwrap();
     assert_eq!(v["verified"], true);
     assert_eq!(
         ok(d, &["--store", &a, "export"], None),
         ok(d, &["--store", &f, "export"], None)
     );
-    ok(d, &["--store", &f, "append", "--type", "CourseDefined", "--data", "{}"], None);
+    ok(
+        d,
+        &[
+            "--store",
+            &f,
+            "append",
+            "--type",
+            "CourseDefined",
+            "--data",
+            "{}",
+        ],
+        None,
+    );
     let v: Value = serde_json::from_str(&ok(d, &["--store", &f, "check", "--json"], None)).unwrap();
     assert_eq!(v["clean"], true);
     assert_eq!(v["events"], 6);
@@ -864,8 +875,22 @@ fn fjall_stores_round_trip_through_the_cli() {
     // A directory of other files is refused, and left as it was.
     std::fs::create_dir(d.join("other")).unwrap();
     std::fs::write(d.join("other/notes.txt"), b"x").unwrap();
-    let r = fails(d, &["--store", "fjall:other", "append", "--type", "CourseDefined"], None);
-    assert!(r.stderr.contains("neither empty nor a fjall database"), "{}", r.stderr);
+    let r = fails(
+        d,
+        &[
+            "--store",
+            "fjall:other",
+            "append",
+            "--type",
+            "CourseDefined",
+        ],
+        None,
+    );
+    assert!(
+        r.stderr.contains("neither empty nor a fjall database"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read_dir(d.join("other")).unwrap().count(), 1);
 }
 

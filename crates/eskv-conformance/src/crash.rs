@@ -19,10 +19,10 @@
 //! - `ESKV_CRASH_SEED`: replay a run (the seed is printed).
 
 use eskv_core::verify::verify;
+use eskv_core::KvStore;
 use eskv_core::{
     AppendCondition, Error, EventStore, ExpectedVersion, NewEvent, Query, ReadOptions, Ulid,
 };
-use eskv_core::KvStore;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};

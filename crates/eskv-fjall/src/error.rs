@@ -95,12 +95,14 @@ impl Shared {
                      (migrate the store with a tool for that fjall version first)"
                 ),
             ),
-            fjall::Error::JournalRecovery(r) => damaged(format!("its journal does not replay ({r})")),
-            fjall::Error::Storage(s) => damaged(format!("a table does not read ({s:?})")),
-            fjall::Error::Decompress(c) => damaged(format!("a journal entry does not decompress ({c:?})")),
-            fjall::Error::InvalidTrailer | fjall::Error::InvalidTag(_) => {
-                damaged(format!("{e:?}"))
+            fjall::Error::JournalRecovery(r) => {
+                damaged(format!("its journal does not replay ({r})"))
             }
+            fjall::Error::Storage(s) => damaged(format!("a table does not read ({s:?})")),
+            fjall::Error::Decompress(c) => {
+                damaged(format!("a journal entry does not decompress ({c:?})"))
+            }
+            fjall::Error::InvalidTrailer | fjall::Error::InvalidTag(_) => damaged(format!("{e:?}")),
             fjall::Error::Unrecoverable => damaged("fjall cannot recover it (see its log)".into()),
             other => Error::backend(BACKEND, format!("{path}: {other}")),
         }

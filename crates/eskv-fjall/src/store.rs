@@ -219,13 +219,14 @@ impl Shared {
             None if !fresh => {
                 return Err(Error::corrupt(
                     None,
-                    format!("{} is an eskv store without its format marker", path.display()),
+                    format!(
+                        "{} is an eskv store without its format marker",
+                        path.display()
+                    ),
                 ))
             }
             None => {
-                let mut b = db
-                    .batch()
-                    .durability(Some(fjall::PersistMode::SyncAll));
+                let mut b = db.batch().durability(Some(fjall::PersistMode::SyncAll));
                 b.insert(&meta, FORMAT_KEY, FORMAT);
                 b.commit().map_err(|e| self.open_error(e))?;
             }
@@ -241,7 +242,10 @@ impl Shared {
 fn not_eskv(path: &Path) -> Error {
     Error::corrupt(
         None,
-        format!("{} is a fjall database but not an eskv store", path.display()),
+        format!(
+            "{} is a fjall database but not an eskv store",
+            path.display()
+        ),
     )
 }
 
@@ -249,7 +253,8 @@ fn not_eskv(path: &Path) -> Error {
 /// opening never litters a directory that is something else), and a path
 /// that is not a directory.
 fn refuse_foreign_directory(path: &Path) -> Result<()> {
-    let io = |e: std::io::Error| Error::backend(BACKEND, format!("cannot open {}: {e}", path.display()));
+    let io =
+        |e: std::io::Error| Error::backend(BACKEND, format!("cannot open {}: {e}", path.display()));
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
@@ -282,7 +287,8 @@ fn refuse_foreign_directory(path: &Path) -> Result<()> {
 /// holding a shared lock on fjall's lock file, so that fjall's recovery
 /// (which writes) runs on the copy and the original is never written.
 fn read_only_copy(path: &Path) -> Result<ReadOnlyCopy> {
-    let io = |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
+    let io =
+        |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
     if !path.join(FJALL_MARKER).exists() {
         return Err(Error::backend(
             BACKEND,

@@ -54,7 +54,9 @@ impl View {
         if limit == 0 || range.is_empty() {
             return Ok(out);
         }
-        let iter = self.snap.range::<&[u8], _>(&self.db.data, range.as_bounds());
+        let iter = self
+            .snap
+            .range::<&[u8], _>(&self.db.data, range.as_bounds());
         let mut push = |g: fjall::Guard| -> Result<bool> {
             let (k, v) = g.into_inner().map_err(|e| s.map_err(e))?;
             out.push((k.to_vec(), v.to_vec()));
@@ -199,7 +201,11 @@ impl KvTransaction for FjallTxn {
         drop(view);
         traced_commit(BACKEND, buf.writes().len(), async move {
             buf.check_limits(&store.caps)?;
-            if let Some(k) = buf.writes().keys().find(|k| k.len() > crate::store::MAX_KEY) {
+            if let Some(k) = buf
+                .writes()
+                .keys()
+                .find(|k| k.len() > crate::store::MAX_KEY)
+            {
                 return Err(Error::LimitExceeded {
                     what: "a fjall key (bytes)".into(),
                     limit: crate::store::MAX_KEY as u64,

@@ -56,9 +56,11 @@ fn tables(dir: &Path) -> Vec<PathBuf> {
 /// tables on disk, the rest in the journal.
 async fn build(path: &Path) {
     let options = FjallOptions::default().max_memtable_size(1 << 20);
-    let es = EventStore::open(Arc::new(FjallStore::open_with(path, options).await.unwrap()))
-        .await
-        .unwrap();
+    let es = EventStore::open(Arc::new(
+        FjallStore::open_with(path, options).await.unwrap(),
+    ))
+    .await
+    .unwrap();
     for i in 0..300u64 {
         let events = (0..10u64)
             .map(|j| {
@@ -109,10 +111,14 @@ fn check_error(
         Ok(_) => {}
         Err(Error::Corrupt { message, .. }) => {
             if !message.contains(store) && message.contains("fjall") {
-                bad.push(format!("{store}: {what}: Corrupt without the store: {message}"));
+                bad.push(format!(
+                    "{store}: {what}: Corrupt without the store: {message}"
+                ));
             }
         }
-        Err(e) => bad.push(format!("{store}: {what}: expected Error::Corrupt, got {e:?}")),
+        Err(e) => bad.push(format!(
+            "{store}: {what}: expected Error::Corrupt, got {e:?}"
+        )),
     }
 }
 
@@ -127,7 +133,10 @@ async fn damaged_tables_are_corrupt_and_never_make_the_store_unreadable() {
     // Four places in each of up to four tables (the first and last pairs:
     // oldest and newest data): data blocks, index, trailer.
     let picked: Vec<&PathBuf> = if tables.len() > 4 {
-        [0, 1, tables.len() - 2, tables.len() - 1].iter().map(|&i| &tables[i]).collect()
+        [0, 1, tables.len() - 2, tables.len() - 1]
+            .iter()
+            .map(|&i| &tables[i])
+            .collect()
     } else {
         tables.iter().collect()
     };
@@ -164,7 +173,12 @@ async fn damaged_tables_are_corrupt_and_never_make_the_store_unreadable() {
                     Err(e) => check_error("event store open", &Err::<(), _>(e), &n, &mut bad),
                     Ok(es) => {
                         check_error("verify", &verify(&es).await, &n, &mut bad);
-                        check_error("read_all", &es.read_all(ReadOptions::new()).await, &n, &mut bad);
+                        check_error(
+                            "read_all",
+                            &es.read_all(ReadOptions::new()).await,
+                            &n,
+                            &mut bad,
+                        );
                         let e = NewEvent::new("Late", b"{}".to_vec());
                         check_error("append", &es.append(vec![e], None).await, &n, &mut bad);
                         copy(&p, &c); // the process dies here
@@ -179,7 +193,9 @@ async fn damaged_tables_are_corrupt_and_never_make_the_store_unreadable() {
             }
             if before.is_ok() && crashed.exists() {
                 if let Err(e) = export(&crashed).await {
-                    lost.push(format!("{name}: exported before, unreadable after a crash: {e}"));
+                    lost.push(format!(
+                        "{name}: exported before, unreadable after a crash: {e}"
+                    ));
                 }
             }
             let _ = std::fs::remove_dir_all(&path);
@@ -208,7 +224,9 @@ async fn a_changed_value_in_an_acknowledged_journal_batch_is_refused() {
         for i in 0..10u8 {
             let mut p = payload.clone();
             p[0] = i;
-            es.append(vec![NewEvent::new("Tick", p)], None).await.unwrap();
+            es.append(vec![NewEvent::new("Tick", p)], None)
+                .await
+                .unwrap();
         }
     }
     // Change one byte inside the payload of the fifth event (an
@@ -228,13 +246,19 @@ async fn a_changed_value_in_an_acknowledged_journal_batch_is_refused() {
     std::fs::write(&jnl, &bytes).unwrap();
     match FjallStore::open(&path).await {
         Err(Error::Corrupt { message, .. }) => {
-            assert!(message.contains("store") && message.contains("journal"), "{message}")
+            assert!(
+                message.contains("store") && message.contains("journal"),
+                "{message}"
+            )
         }
         Ok(kv) => {
             // Not silently dropped: the batch and the five after it.
             let es = EventStore::open(Arc::new(kv)).await.unwrap();
             let all = es.read_all(ReadOptions::new()).await;
-            panic!("a damaged journal opened: {:?}", all.map(|r| r.events.len()));
+            panic!(
+                "a damaged journal opened: {:?}",
+                all.map(|r| r.events.len())
+            );
         }
         Err(e) => panic!("expected Corrupt, got {e}"),
     }
@@ -256,7 +280,9 @@ async fn directories_that_are_not_eskv_stores_are_refused() {
     // A fjall database of someone else's.
     let foreign = dir.path().join("foreign");
     {
-        let db = eskv_fjall::fjall::Database::builder(&foreign).open().unwrap();
+        let db = eskv_fjall::fjall::Database::builder(&foreign)
+            .open()
+            .unwrap();
         let ks = db
             .keyspace("items", eskv_fjall::fjall::KeyspaceCreateOptions::default)
             .unwrap();

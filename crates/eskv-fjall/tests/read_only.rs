@@ -58,7 +58,11 @@ async fn read_only_opens_never_write_and_share_the_store() {
         other => panic!("expected StoreLocked, got {other:?}"),
     }
     drop((a, b));
-    assert_eq!(contents(&path), before, "a read-only open changed the store");
+    assert_eq!(
+        contents(&path),
+        before,
+        "a read-only open changed the store"
+    );
     // Readers gone: a writer opens again.
     FjallStore::open(&path).await.unwrap();
 }
@@ -124,7 +128,10 @@ async fn read_only_open_of_nothing_or_a_foreign_directory_fails_typed() {
         matches!(&missing, Err(Error::Backend { .. })),
         "{missing:?}"
     );
-    assert!(!dir.path().join("missing").exists(), "created by a read-only open");
+    assert!(
+        !dir.path().join("missing").exists(),
+        "created by a read-only open"
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

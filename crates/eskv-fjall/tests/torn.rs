@@ -138,7 +138,10 @@ async fn check_image(
         }
         explained += n as u64;
     }
-    assert_eq!(explained, all.consistent_through, "{name}: events nobody appended");
+    assert_eq!(
+        explained, all.consistent_through,
+        "{name}: events nobody appended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +165,10 @@ async fn torn_journal_tails_leave_a_consistent_store() {
             // sectors.
             let size = 40 + (i as usize * 397) % 3000;
             let events: Vec<NewEvent> = (0..n)
-                .map(|j| NewEvent::new("Tick", vec![(i + j) as u8 | 1; size]).with_tags([format!("t:{i}")]))
+                .map(|j| {
+                    NewEvent::new("Tick", vec![(i + j) as u8 | 1; size])
+                        .with_tags([format!("t:{i}")])
+                })
                 .collect();
             let ids = events.iter().map(|e| e.id).collect();
             let r = if i % 2 == 0 {
@@ -206,7 +212,7 @@ async fn torn_journal_tails_leave_a_consistent_store() {
                 let mut s = from - from % 512;
                 while s < to {
                     let e = (s + 512).min(to);
-                    if xorshift(&mut rng) % 2 == 0 {
+                    if xorshift(&mut rng).is_multiple_of(2) {
                         let lo = s.max(from);
                         image[lo..e].copy_from_slice(&full[lo..e]);
                     }
