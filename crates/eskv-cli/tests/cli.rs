@@ -422,7 +422,7 @@ fn bad_store_urls_name_the_accepted_forms() {
         assert_eq!(r.code, 2, "{url}");
         assert!(
             r.stderr
-                .contains("accepted forms: redb:PATH, memory:, tikv://"),
+                .contains("accepted forms: redb:PATH, fjall:PATH, memory:, tikv://"),
             "{}",
             r.stderr
         );
