@@ -34,6 +34,15 @@ pub use eskv_redb as redb;
 #[doc(inline)]
 pub use eskv_redb::RedbStore;
 
+/// The embedded fjall backend (feature `fjall`): a log-structured store
+/// whose commit is one journal append.
+#[cfg(feature = "fjall")]
+pub use eskv_fjall as fjall;
+
+#[cfg(feature = "fjall")]
+#[doc(inline)]
+pub use eskv_fjall::FjallStore;
+
 /// The TiKV backend (feature `tikv`).
 #[cfg(feature = "tikv")]
 pub use eskv_tikv as tikv;

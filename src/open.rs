@@ -9,8 +9,8 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens the event store behind a store URL: `redb:PATH` (created on
-/// first use; `?cache=SIZE` sets redb's page cache), `memory:`,
+/// Opens the event store behind a store URL: `redb:PATH` or `fjall:PATH`
+/// (created on first use; `?cache=SIZE` sets the page cache), `memory:`,
 /// `etcd://HOST:PORT[,...][/PREFIX]` or `tikv://PD:PORT[,...][/PREFIX]`
 /// (see [`crate::url`]). Each backend needs its feature (`redb` is on by
 /// default).
@@ -36,13 +36,15 @@ pub async fn open(url: &str) -> Result<EventStore> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OpenOptions {
-    /// Open a redb file read-only: it must exist, its bytes are never
-    /// changed, and appends fail with [`Error::ReadOnly`]. Remote stores
-    /// ignore it.
+    /// Open an embedded store read-only: it must exist, its bytes are
+    /// never changed, and appends fail with [`Error::ReadOnly`] (a fjall
+    /// store is copied to a private directory for this, since its
+    /// recovery writes). Remote stores ignore it.
     pub read_only: bool,
-    /// How long to wait for a redb file that another handle of this
-    /// process is still closing (redb's own default when `None`).
-    pub redb_lock_wait: Option<std::time::Duration>,
+    /// How long to wait for an embedded store (redb, fjall) that another
+    /// handle of this process is still closing (the backend's default
+    /// when `None`).
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 impl OpenOptions {
@@ -52,9 +54,9 @@ impl OpenOptions {
         self
     }
 
-    /// Sets [`OpenOptions::redb_lock_wait`].
-    pub fn redb_lock_wait(mut self, wait: std::time::Duration) -> Self {
-        self.redb_lock_wait = Some(wait);
+    /// Sets [`OpenOptions::lock_wait`].
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = Some(wait);
         self
     }
 }
@@ -70,7 +72,7 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
                 if let Some(c) = cache {
                     o = o.cache_size(*c);
                 }
-                if let Some(w) = options.redb_lock_wait {
+                if let Some(w) = options.lock_wait {
                     o = o.lock_wait(w);
                 }
                 let kv = eskv_redb::RedbStore::open_with(path, o).await?;
@@ -80,6 +82,25 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
             {
                 let _ = (path, cache, options);
                 Err(not_built("redb"))
+            }
+        }
+        StoreUrl::Fjall { path, cache } => {
+            #[cfg(feature = "fjall")]
+            {
+                let mut o = eskv_fjall::FjallOptions::default().read_only(options.read_only);
+                if let Some(c) = cache {
+                    o = o.cache_size(*c as u64);
+                }
+                if let Some(w) = options.lock_wait {
+                    o = o.lock_wait(w);
+                }
+                let kv = eskv_fjall::FjallStore::open_with(path, o).await?;
+                EventStore::open(Arc::new(kv)).await
+            }
+            #[cfg(not(feature = "fjall"))]
+            {
+                let _ = (path, cache, options);
+                Err(not_built("fjall"))
             }
         }
         StoreUrl::Etcd { endpoints, prefix } => {

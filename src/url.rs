@@ -4,6 +4,7 @@
 //! | form | meaning |
 //! | --- | --- |
 //! | `redb:PATH` | an embedded redb file (created on first write); `redb:PATH?cache=64MiB` sets redb's page cache (bytes, KiB, MiB or GiB; default 64 MiB) |
+//! | `fjall:PATH` | an embedded fjall store: a directory (created on first write); `fjall:PATH?cache=64MiB` sets fjall's block cache (default 64 MiB) |
 //! | `memory:` | an empty in-memory store that lives as long as the process |
 //! | `tikv://PD[,PD...][/PREFIX]` | a TiKV cluster through its PD endpoints |
 //! | `etcd://HOST[,HOST...][/PREFIX]` | an etcd cluster |
@@ -32,7 +33,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The forms a store URL may take, for error messages and help.
-pub const ACCEPTED_FORMS: &str = "redb:PATH, memory:, tikv://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]";
+pub const ACCEPTED_FORMS: &str = "redb:PATH, fjall:PATH, memory:, tikv://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]";
 
 /// The port used when an endpoint has none (PD's and etcd's client port).
 pub const DEFAULT_PORT: u16 = 2379;
@@ -45,6 +46,14 @@ pub enum StoreUrl {
         /// The file.
         path: PathBuf,
         /// redb's page cache in bytes (`?cache=64MiB`); the backend's
+        /// default when absent.
+        cache: Option<usize>,
+    },
+    /// An embedded fjall store (a directory).
+    Fjall {
+        /// The directory.
+        path: PathBuf,
+        /// fjall's block cache in bytes (`?cache=64MiB`); the backend's
         /// default when absent.
         cache: Option<usize>,
     },
@@ -67,10 +76,11 @@ pub enum StoreUrl {
 }
 
 impl StoreUrl {
-    /// The backend's name: `redb`, `memory`, `tikv` or `etcd`.
+    /// The backend's name: `redb`, `fjall`, `memory`, `tikv` or `etcd`.
     pub fn backend(&self) -> &'static str {
         match self {
             StoreUrl::Redb { .. } => "redb",
+            StoreUrl::Fjall { .. } => "fjall",
             StoreUrl::Memory => "memory",
             StoreUrl::Tikv { .. } => "tikv",
             StoreUrl::Etcd { .. } => "etcd",
@@ -115,8 +125,8 @@ impl FromStr for StoreUrl {
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreUrl::Redb { path, cache } => {
-                write!(f, "redb:{}", path.display())?;
+            StoreUrl::Redb { path, cache } | StoreUrl::Fjall { path, cache } => {
+                write!(f, "{}:{}", self.backend(), path.display())?;
                 if let Some(c) = cache {
                     write!(f, "?cache={c}")?;
                 }
@@ -164,9 +174,12 @@ fn parse(s: &str) -> Result<StoreUrl, String> {
         });
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "redb" => {
+        scheme @ ("redb" | "fjall") => {
             if rest.is_empty() {
-                return Err("redb: needs a file path, for example redb:./events.redb".into());
+                return Err(match scheme {
+                    "redb" => "redb: needs a file path, for example redb:./events.redb".into(),
+                    _ => "fjall: needs a directory path, for example fjall:./events".into(),
+                });
             }
             if rest.chars().any(char::is_control) {
                 return Err("the path contains a control character".into());
@@ -175,9 +188,10 @@ fn parse(s: &str) -> Result<StoreUrl, String> {
                 Some((path, size)) if !path.is_empty() => (path, Some(parse_size(size)?)),
                 _ => (rest, None),
             };
-            Ok(StoreUrl::Redb {
-                path: PathBuf::from(path),
-                cache,
+            let path = PathBuf::from(path);
+            Ok(match scheme {
+                "redb" => StoreUrl::Redb { path, cache },
+                _ => StoreUrl::Fjall { path, cache },
             })
         }
         "memory" => {
@@ -309,6 +323,23 @@ mod tests {
     }
 
     #[test]
+    fn fjall_directories() {
+        assert_eq!(
+            ok("fjall:./events?cache=256MiB"),
+            StoreUrl::Fjall {
+                path: "./events".into(),
+                cache: Some(256 << 20)
+            }
+        );
+        let u = ok("FJALL:/var/lib/app/events");
+        assert_eq!(u.backend(), "fjall");
+        assert_eq!(u.to_string(), "fjall:/var/lib/app/events");
+        assert_eq!(u.to_string().parse::<StoreUrl>().unwrap(), u);
+        assert!(err("fjall:").contains("needs a directory path"));
+        assert!(err("fjall:e?cache=1TB").contains("not a size"));
+    }
+
+    #[test]
     fn accepted_forms() {
         assert_eq!(
             ok("redb:./events.redb"),
@@ -391,7 +422,7 @@ mod tests {
         /// Parsing never panics, errors are one line, and a parsed URL
         /// displays as a URL that parses back to the same value.
         #[test]
-        fn parse_is_total_and_display_round_trips(s in "\\PC{0,40}|(redb|memory|tikv|etcd|TIKV):[/\\[\\]:a-z0-9,.\\-]{0,30}") {
+        fn parse_is_total_and_display_round_trips(s in "\\PC{0,40}|(redb|fjall|memory|tikv|etcd|TIKV):[/\\[\\]:a-z0-9,.\\-]{0,30}") {
             match s.parse::<StoreUrl>() {
                 Ok(url) => {
                     let again: StoreUrl = url.to_string().parse().expect("display parses");

@@ -160,6 +160,29 @@ pub fn rss() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Context switches (voluntary and involuntary) of every live thread of
+/// this process so far, from `/proc/self/task/*/status`; 0 where there is
+/// no `/proc`. Threads that exited no longer count.
+pub fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Bytes allocated on disk to the files under `path` (what `du` counts:
 /// 512-byte blocks, so sparse regions do not count).
 pub fn disk_allocated(path: &std::path::Path) -> u64 {

@@ -13,6 +13,7 @@ mod sys_eskv;
 #[cfg(feature = "etcd")]
 mod sys_etcd;
 mod sys_raw;
+mod sys_raw_fjall;
 mod sys_redb_tables;
 mod sys_sqlite;
 #[cfg(feature = "umadb")]
@@ -28,16 +29,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sys_eskv::Eskv;
 use sys_raw::RawRedb;
+use sys_raw_fjall::RawFjall;
 use sys_redb_tables::RedbTables;
 use sys_sqlite::{Layout, Sqlite};
 
 /// System names, in table order.
 pub const ESKV_REDB: &str = "eskv-redb";
+/// eskv on its fjall backend (an LSM-tree directory).
+pub const ESKV_FJALL: &str = "eskv-fjall";
 pub const ESKV_MEM: &str = "eskv-mem";
 /// Raw redb writing eskv's own key layout (the limit of eskv's layer).
 pub const RAW_REDB: &str = "raw-redb-layout";
 /// Raw redb with the tables a redb user would write (one record per event).
 pub const RAW_REDB_TABLES: &str = "raw-redb-tables";
+/// Raw fjall writing eskv's own key layout (the limit of eskv's layer on
+/// fjall).
+pub const RAW_FJALL: &str = "raw-fjall-layout";
 pub const UMADB: &str = "umadb";
 pub const UMADB_CACHE: &str = "umadb-mmap-cache";
 pub const UMADB_SERVER: &str = "umadb-server";
@@ -49,11 +56,13 @@ pub const SQLITE: &str = "sqlite-tags-joined";
 pub const ESKV_ETCD: &str = "eskv-etcd";
 pub const RAW_ETCD: &str = "raw-etcd";
 pub const FSYNC: &str = "fsync-limit";
-pub const SYSTEMS: [&str; 12] = [
+pub const SYSTEMS: [&str; 14] = [
     ESKV_REDB,
+    ESKV_FJALL,
     ESKV_MEM,
     RAW_REDB,
     RAW_REDB_TABLES,
+    RAW_FJALL,
     UMADB,
     UMADB_CACHE,
     UMADB_SERVER,
@@ -474,7 +483,14 @@ impl Harness {
         let handle = self.rt.handle().clone();
         let mut out: Vec<(&'static str, Box<dyn Store>)> = Vec::new();
         let mut failed = Vec::new();
-        let mut names = vec![ESKV_REDB, ESKV_MEM, RAW_REDB, RAW_REDB_TABLES];
+        let mut names = vec![
+            ESKV_REDB,
+            ESKV_FJALL,
+            ESKV_MEM,
+            RAW_REDB,
+            RAW_REDB_TABLES,
+            RAW_FJALL,
+        ];
         if cfg!(feature = "umadb") {
             names.extend([UMADB, UMADB_CACHE]);
         }
@@ -509,6 +525,8 @@ impl Harness {
         let dir = || self.dir(&format!("{tag}-{name}"));
         Ok(match name {
             ESKV_REDB => Box::new(Eskv::redb(handle, &dir()?.join("eskv.redb"))?),
+            ESKV_FJALL => Box::new(Eskv::fjall(handle, &dir()?.join("eskv"))?),
+            RAW_FJALL => Box::new(RawFjall::open(&dir()?.join("raw"))?),
             ESKV_MEM => Box::new(Eskv::memory(handle)?),
             RAW_REDB => Box::new(RawRedb::open(&dir()?.join("raw.redb"))?),
             RAW_REDB_TABLES => Box::new(RedbTables::open(&dir()?.join("tables.redb"))?),
@@ -598,8 +616,10 @@ impl Harness {
         drop(stores);
         for s in [
             ESKV_REDB,
+            ESKV_FJALL,
             RAW_REDB,
             RAW_REDB_TABLES,
+            RAW_FJALL,
             UMADB,
             UMADB_CACHE,
             SQLITE_INLINE,
@@ -639,11 +659,14 @@ impl Harness {
             let batch = self.cfg.w4_batch;
             let streams = self.cfg.w2_streams;
             let mut turns: Vec<(&'static str, Turn<'_>)> = Vec::new();
+            // Context switches of the whole process during each system's
+            // turns, per operation (W1 and W2: per single append).
+            let switches: Rc<RefCell<Vec<(&'static str, u64)>>> = Rc::default();
             for (name, store) in stores.iter_mut() {
                 let data = data.clone();
                 let mut n = 0u64;
                 let mut state = vec![(0u64, 0u64); streams as usize];
-                let turn: Turn<'_> = match wl {
+                let mut turn: Turn<'_> = match wl {
                     "W1" => Box::new(move |b| {
                         run_for(b, u64::MAX, |_| {
                             let ev = Ev::plain(n, &data);
@@ -682,7 +705,19 @@ impl Harness {
                         })
                     }),
                 };
-                turns.push((*name, turn));
+                let (counted, name) = (switches.clone(), *name);
+                let counting: Turn<'_> = Box::new(move |b| {
+                    let before = common::context_switches();
+                    let r = turn(b);
+                    let spent = common::context_switches().saturating_sub(before);
+                    let mut c = counted.borrow_mut();
+                    match c.iter_mut().find(|(s, _)| *s == name) {
+                        Some((_, total)) => *total += spent,
+                        None => c.push((name, spent)),
+                    }
+                    r
+                });
+                turns.push((name, counting));
             }
             if let Some(p) = probe.as_mut() {
                 turns.push((
@@ -693,6 +728,22 @@ impl Harness {
             self.pb.inc_length((turns.len() * self.cfg.rounds) as u64);
             let totals = self.interleave(wl, &mut turns);
             drop(turns);
+            if !wl.starts_with("W4") {
+                let per_op: Vec<String> = switches
+                    .borrow()
+                    .iter()
+                    .filter_map(|(s, spent)| {
+                        let ops = totals.iter().find(|(n, _)| n == s)?.1.as_ref().ok()?.0;
+                        Some(format!("{s} {:.1}", *spent as f64 / ops.max(1) as f64))
+                    })
+                    .collect();
+                let line = format!(
+                    "{wl}: context switches per append (the whole process, voluntary + involuntary): {}",
+                    per_op.join(", ")
+                );
+                self.log(format!("  {line}"));
+                self.notes.push(line);
+            }
             let batched = wl.starts_with("W4");
             let per_op = if batched { batch as u64 } else { 1 };
             self.record_rates(wl, totals, unit, per_op);
@@ -772,6 +823,21 @@ impl Harness {
         } else {
             None
         };
+        let eskv_fjall = if self.cfg.wants(ESKV_FJALL) {
+            Some(Eskv::fjall(
+                &handle,
+                &self.dir("W3-eskv-fjall")?.join("eskv"),
+            )?)
+        } else {
+            None
+        };
+        let raw_fjall = if self.cfg.wants(RAW_FJALL) {
+            Some(RawFjall::open(
+                &self.dir(&format!("W3-{RAW_FJALL}"))?.join("raw"),
+            )?)
+        } else {
+            None
+        };
         let eskv_mem = if self.cfg.wants(ESKV_MEM) {
             Some(Eskv::memory(&handle)?)
         } else {
@@ -825,6 +891,14 @@ impl Harness {
             let d = data.clone();
             turns.push((ESKV_REDB, Box::new(move |b| s.concurrent(writers, b, &d))));
         }
+        if let Some(s) = &eskv_fjall {
+            let d = data.clone();
+            turns.push((ESKV_FJALL, Box::new(move |b| s.concurrent(writers, b, &d))));
+        }
+        if let Some(s) = &raw_fjall {
+            let d = data.clone();
+            turns.push((RAW_FJALL, Box::new(move |b| s.concurrent(writers, b, &d))));
+        }
         if let Some(s) = &eskv_mem {
             let d = data.clone();
             turns.push((ESKV_MEM, Box::new(move |b| s.concurrent(writers, b, &d))));
@@ -872,6 +946,8 @@ impl Harness {
         self.record_rates(wl, totals, Unit::AppendsPerSec, 1);
         drop((
             eskv_redb,
+            eskv_fjall,
+            raw_fjall,
             eskv_mem,
             raw,
             tables,
@@ -885,8 +961,10 @@ impl Harness {
         }
         for s in [
             ESKV_REDB,
+            ESKV_FJALL,
             RAW_REDB,
             RAW_REDB_TABLES,
+            RAW_FJALL,
             UMADB_SERVER,
             SQLITE,
             SQLITE_INLINE,
@@ -1111,7 +1189,7 @@ impl Harness {
     /// earlier workloads).
     fn growth(&mut self) -> Res<()> {
         self.log(format!("W8: {}", report::describe("W8")));
-        let mut systems: Vec<&'static str> = vec![ESKV_REDB, RAW_REDB];
+        let mut systems: Vec<&'static str> = vec![ESKV_REDB, ESKV_FJALL, RAW_REDB, RAW_FJALL];
         if cfg!(feature = "umadb") {
             systems.push(UMADB);
         }
@@ -1230,7 +1308,9 @@ impl Harness {
         w1(&mut big, slice, (largest / 40).max(1))?;
         w4(&mut big, slice, (largest / 4000).max(1))?;
         let (_, peak) = rss();
-        let disk = common::disk_usage(
+        // Allocated blocks, as DISK counts them: fjall preallocates its
+        // journal as a 64 MiB sparse file.
+        let disk = common::disk_allocated(
             &self
                 .base
                 .path()

@@ -1,8 +1,8 @@
 //! Results, the markdown report, the targets and the SVG chart.
 
 use crate::{
-    Config, ESKV_ETCD, ESKV_MEM, ESKV_REDB, FSYNC, RAW_ETCD, RAW_REDB, RAW_REDB_TABLES, SQLITE,
-    SQLITE_INLINE, SYSTEMS, UMADB, UMADB_CACHE, UMADB_SERVER,
+    Config, ESKV_ETCD, ESKV_FJALL, ESKV_MEM, ESKV_REDB, FSYNC, RAW_ETCD, RAW_FJALL, RAW_REDB,
+    RAW_REDB_TABLES, SQLITE, SQLITE_INLINE, SYSTEMS, UMADB, UMADB_CACHE, UMADB_SERVER,
 };
 use std::fmt::Write as _;
 use std::path::Path;
@@ -305,7 +305,12 @@ const MAIN_WORKLOADS: [(&str, &str); 8] = [
 /// eskv-redb relative to `peer` on `workload`: above 1 means eskv is
 /// faster (throughput ratio, or inverse latency ratio for W7).
 fn ratio(r: &Results, workload: &str, peer: &str) -> Option<f64> {
-    let e = r.value(workload, ESKV_REDB)?;
+    ratio_of(r, ESKV_REDB, workload, peer)
+}
+
+/// `system` relative to `peer` on `workload`, as [`ratio`].
+fn ratio_of(r: &Results, system: &str, workload: &str, peer: &str) -> Option<f64> {
+    let e = r.value(workload, system)?;
     let p = r.value(workload, peer)?;
     if workload == "W7" {
         Some(p / e)
@@ -431,6 +436,29 @@ pub fn targets(r: &Results) -> Vec<Target> {
         UMADB_CACHE,
         1.0,
     );
+    // eskv on fjall: the layer's own cost over fjall doing the same key
+    // writes, and what users would otherwise pick (issue 15).
+    for (wl, peer, what, thr) in [
+        ("W1", RAW_FJALL, "raw fjall (eskv's layout)", 0.9),
+        ("W2", RAW_FJALL, "raw fjall (eskv's layout)", 0.9),
+        ("W4", RAW_FJALL, "raw fjall (eskv's layout)", 0.9),
+        ("W1", SQLITE_INLINE, "SQLite, tags inline", 1.0),
+        ("W2", SQLITE_INLINE, "SQLite, tags inline", 1.0),
+        ("W4", SQLITE_INLINE, "SQLite, tags inline", 1.0),
+        ("W5", SQLITE_INLINE, "SQLite, tags inline", 1.0),
+        ("W6", SQLITE_INLINE, "SQLite, tags inline", 1.0),
+        ("W1", UMADB_CACHE, "UmaDB with its page cache on", 1.0),
+        ("W2", UMADB_CACHE, "UmaDB with its page cache on", 1.0),
+        ("W4", UMADB_CACHE, "UmaDB with its page cache on", 1.0),
+        ("W5", UMADB_CACHE, "UmaDB with its page cache on", 1.0),
+        ("W6", UMADB_CACHE, "UmaDB with its page cache on", 1.0),
+    ] {
+        t.push(Target {
+            what: format!("eskv-fjall {wl} ≥ {thr:.1} × {what}"),
+            ratio: ratio_of(r, ESKV_FJALL, wl, peer),
+            threshold: thr,
+        });
+    }
     let sizes = w8_label_sizes(r);
     if let (Some(first), Some(last)) = (sizes.first(), sizes.last()) {
         for w in ["W1", "W4"] {
@@ -696,6 +724,45 @@ pub fn markdown(
         let _ = writeln!(w);
     }
 
+    // eskv on fjall against the same peers.
+    if MAIN_WORKLOADS
+        .iter()
+        .any(|(wl, _)| r.get(wl, ESKV_FJALL).is_some())
+    {
+        let _ = writeln!(w, "\n### eskv-fjall relative to each peer, same run\n");
+        let _ = writeln!(
+            w,
+            "eskv-fjall ÷ peer, as above. `vs {RAW_FJALL}` is the layer's own cost on fjall.\n"
+        );
+        let peers = [
+            RAW_FJALL,
+            ESKV_REDB,
+            RAW_REDB,
+            UMADB,
+            UMADB_CACHE,
+            UMADB_SERVER,
+            SQLITE_INLINE,
+            SQLITE,
+            FSYNC,
+        ];
+        let _ = write!(w, "| workload |");
+        for p in peers {
+            let _ = write!(w, " vs {p} |");
+        }
+        let _ = write!(w, "\n|---|");
+        for _ in peers {
+            let _ = write!(w, "---:|");
+        }
+        let _ = writeln!(w);
+        for (wl, _) in MAIN_WORKLOADS {
+            let _ = write!(w, "| {wl} |");
+            for p in peers {
+                let _ = write!(w, " {} |", fmt_ratio(ratio_of(r, ESKV_FJALL, wl, p)));
+            }
+            let _ = writeln!(w);
+        }
+    }
+
     // Bytes on disk.
     if SYSTEMS.iter().any(|s| r.get("DISK", s).is_some()) {
         let n = cfg.read_events().max(1) as f64;
@@ -955,9 +1022,11 @@ pub fn markdown(
     let _ = writeln!(w, "\n## Systems\n");
     for (s, d) in [
         (ESKV_REDB, "eskv on `RedbStore` with its defaults: `Durability::Immediate` (fsync per group commit), one writer thread that batches concurrent commits."),
+        (ESKV_FJALL, "eskv on `FjallStore` (fjall 3, an LSM-tree) with its defaults: `Durability::Immediate` (one journal append and one `fdatasync` per group commit), one writer thread that batches concurrent commits through the commit oracle, 64 MiB block cache, 16 MiB memtable."),
         (ESKV_MEM, "eskv on `MemoryStore`: the ceiling of the event layer's own cost, no I/O."),
         (RAW_REDB, "redb 4 used directly with eskv's own key layout in one table: for each append, one write transaction doing the same key and value writes as eskv's layout (log, id, type, one per tag, stream index, category, stream meta, head), the same reads (head, id, stream meta, the condition's tag-index scan) and one fsync. Its reads are the same scans as eskv's, copying keys and values without decoding them. The limit of eskv's layer over its engine; the raw redb targets are judged against it."),
         (RAW_REDB_TABLES, "redb 4 used directly the way a redb user would write an event store: an `events` table `u64 position → record` (id, type, time, stream and version, tags, data in one length-prefixed record), a `tags` multimap `tag → position`, a `streams` table `(stream, version) → position` and a `meta` table with the head. One write transaction and one fsync per append; W1's condition is one multimap lookup, W2's expected version the last `(stream, _)` key. Reads decode each record into owned fields. No id index. W3: 64 threads sharing the database."),
+        (RAW_FJALL, "fjall 3 used directly with eskv's own key layout in one keyspace: for each append, one optimistic transaction (`OptimisticTxDatabase`) doing the same reads and key and value writes as eskv's layout, committed with `PersistMode::SyncData`. The limit of eskv's layer over fjall. W3: 64 threads, each append retried on conflict (every append writes the head)."),
         (UMADB, "UmaDB 0.7 embedded (`umadb-core`, `UmaDb::from_arc` over `Mvcc`) with its default storage options (file I/O reads, no page cache). Appends go through a mutex: embedded UmaDB's `append` takes no writer lock. It issues 2 fsyncs per commit."),
         (UMADB_CACHE, "the same with memory-mapped reads and a 1 GiB page cache (`ReadMethod::Mmap`, `page_cache_max_mb(1024)`)."),
         (UMADB_SERVER, "UmaDB 0.7's gRPC server (`umadb-server`, started in this process on 127.0.0.1, default storage options) with 64 `umadb-client` connections: its writer thread batches concurrent appends into one commit. W3 only."),

@@ -1,4 +1,5 @@
-//! eskv, on redb (durable: one fsync per group commit) and in memory.
+//! eskv, on redb and on fjall (durable: one fsync per group commit) and in
+//! memory.
 
 use crate::common::{err, now_ms, Ev, Res, Store, EVENT_TYPE};
 use eskv::redb::{RedbOptions, RedbStore};
@@ -45,6 +46,16 @@ impl Eskv {
         let kv = rt
             .block_on(RedbStore::open_with(p, opts))
             .map_err(err("open eskv-redb"))?;
+        Self::on(rt, Arc::new(kv))
+    }
+
+    /// eskv on a fjall directory at `path`, with eskv-fjall's defaults
+    /// (`Durability::Immediate`: one fdatasync per group commit).
+    pub fn fjall(rt: &Handle, path: &Path) -> Res<Eskv> {
+        let p = path.to_path_buf();
+        let kv = rt
+            .block_on(eskv::fjall::FjallStore::open(p))
+            .map_err(err("open eskv-fjall"))?;
         Self::on(rt, Arc::new(kv))
     }
 

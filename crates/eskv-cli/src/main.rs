@@ -25,6 +25,7 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 const AFTER_HELP: &str = "\
 Store URLs (--store, or the ESKV_STORE environment variable):
   redb:PATH                                  an embedded file (the default: redb:./events.redb)
+  fjall:PATH                                 an embedded fjall store, a directory
   memory:                                    an empty in-memory store, gone at exit
   tikv://HOST:PORT[,HOST:PORT...][/PREFIX]   a TiKV cluster, by its PD endpoints
   etcd://HOST:PORT[,HOST:PORT...][/PREFIX]   an etcd cluster
@@ -48,7 +49,7 @@ Exit codes (errors are one line on stderr):
 #[derive(Debug, Parser)]
 #[command(name = "eskv", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Store URL: redb:PATH, memory:, tikv://HOST:PORT[,...][/PREFIX] or
+    /// Store URL: redb:PATH, fjall:PATH, memory:, tikv://HOST:PORT[,...][/PREFIX] or
     /// etcd://HOST:PORT[,...][/PREFIX].
     #[arg(
         long,
@@ -972,7 +973,7 @@ async fn tail(url: &StoreUrl, a: TailArgs, out: &mut Out) -> Result<()> {
         return Ok(());
     }
     let follow = async {
-        if matches!(url, StoreUrl::Redb { .. }) {
+        if matches!(url, StoreUrl::Redb { .. } | StoreUrl::Fjall { .. }) {
             tail_poll(url, &t, a.from, &mut left, out).await
         } else {
             tail_subscribe(url, &t, a.from, &mut left, out).await
@@ -1044,7 +1045,7 @@ async fn tail_subscribe(
     }
 }
 
-/// Polling tail for redb: the file has one user at a time, so it is
+/// Polling tail for redb and fjall: the store has one user at a time, so it is
 /// opened briefly for every poll and other processes can append between
 /// polls.
 async fn tail_poll(

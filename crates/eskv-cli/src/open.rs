@@ -42,7 +42,9 @@ fn lock_wait() -> Duration {
 /// endpoints named when a cluster cannot be reached.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
-        StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
+        StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => {
+            open_embedded(url, path, access).await
+        }
         StoreUrl::Memory => Ok(eskv::open_url(url, &OpenOptions::default()).await?),
         StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
             eskv::open_url(url, &OpenOptions::default())
@@ -58,15 +60,15 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     }
 }
 
-/// Tries once: like [`open`], but a redb file held by another process is
-/// reported as `Ok(None)` instead of being waited for.
+/// Tries once: like [`open`], but an embedded store held by another
+/// process is reported as `Ok(None)` instead of being waited for.
 pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStore>> {
-    if let StoreUrl::Redb { path, cache } = url {
-        check_exists(path, access)?;
-        return match open_redb_once(path, *cache, access).await {
+    if let StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } = url {
+        check_exists(url, path, access)?;
+        return match open_embedded_once(url, access).await {
             Ok(s) => Ok(Some(s)),
             Err(eskv::Error::StoreLocked { .. }) => Ok(None),
-            Err(e) => Err(redb_context(e, path)),
+            Err(e) => Err(path_context(e, path)),
         };
     }
     open(url, access).await.map(Some)
@@ -76,11 +78,47 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
 pub fn file_size(url: &StoreUrl) -> Option<u64> {
     match url {
         StoreUrl::Redb { path, .. } => std::fs::metadata(path).ok().map(|m| m.len()),
+        StoreUrl::Fjall { path, .. } => dir_size(path).ok(),
         _ => None,
     }
 }
 
-fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
+/// Bytes on disk under a directory (allocated blocks: fjall preallocates
+/// its journal as a sparse file).
+fn dir_size(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            allocated(&m)
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(m) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
+
+fn check_exists(url: &StoreUrl, path: &std::path::Path, access: Access) -> Result<()> {
+    if matches!(url, StoreUrl::Fjall { .. }) {
+        if access == Access::Existing && !path.join("version").is_file() {
+            bail!(
+                "no eskv store at '{}': it is not a fjall store directory (append or import creates one)",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
     if access != Access::Existing {
         if path.is_dir() {
             bail!(
@@ -114,7 +152,7 @@ fn check_exists(path: &std::path::Path, access: Access) -> Result<()> {
 }
 
 /// Names the file, unless the error already does.
-fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
+fn path_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     let named = e.to_string().contains(&path.display().to_string());
     let e = anyhow::Error::new(e);
     if named {
@@ -124,45 +162,44 @@ fn redb_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     }
 }
 
-async fn open_redb_once(
-    path: &std::path::Path,
-    cache: Option<usize>,
-    access: Access,
-) -> eskv::Result<EventStore> {
-    let url = StoreUrl::Redb {
-        path: path.to_path_buf(),
-        cache,
-    };
+async fn open_embedded_once(url: &StoreUrl, access: Access) -> eskv::Result<EventStore> {
     let options = OpenOptions::default()
-        // This tool waits for a held file itself (--lock-timeout).
-        .redb_lock_wait(Duration::ZERO)
-        .read_only(matches!(access, Access::Existing));
-    eskv::open_url(&url, &options).await
+        // This tool waits for a held store itself (--lock-timeout).
+        .lock_wait(Duration::ZERO)
+        // A read-only redb open never changes the file; a read-only fjall
+        // open copies the whole store (its recovery writes), too costly
+        // for every `tail` poll, so fjall opens normally.
+        .read_only(matches!(access, Access::Existing) && matches!(url, StoreUrl::Redb { .. }));
+    eskv::open_url(url, &options).await
 }
 
-async fn open_redb(
+async fn open_embedded(
+    url: &StoreUrl,
     path: &std::path::Path,
-    cache: Option<usize>,
     access: Access,
 ) -> Result<EventStore> {
-    check_exists(path, access)?;
+    check_exists(url, path, access)?;
     let start = std::time::Instant::now();
     let wait = lock_wait();
     let mut pause = Duration::from_millis(5);
     loop {
-        match open_redb_once(path, cache, access).await {
+        match open_embedded_once(url, access).await {
             Ok(s) => return Ok(s),
             Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < wait => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
             Err(e @ eskv::Error::StoreLocked { .. }) => {
+                let holders = match url {
+                    StoreUrl::Fjall { .. } => "a fjall store has one user at a time",
+                    _ => "a redb file has one writer or any number of readers at a time",
+                };
                 bail!(
-                    "{e} (waited {}s; a redb file has one writer or any number of readers at a time; --lock-timeout SECONDS waits longer)",
+                    "{e} (waited {}s; {holders}; --lock-timeout SECONDS waits longer)",
                     wait.as_secs_f64()
                 )
             }
-            Err(e) => return Err(redb_context(e, path)),
+            Err(e) => return Err(path_context(e, path)),
         }
     }
 }

@@ -422,7 +422,7 @@ fn bad_store_urls_name_the_accepted_forms() {
         assert_eq!(r.code, 2, "{url}");
         assert!(
             r.stderr
-                .contains("accepted forms: redb:PATH, memory:, tikv://"),
+                .contains("accepted forms: redb:PATH, fjall:PATH, memory:, tikv://"),
             "{}",
             r.stderr
         );
@@ -835,6 +835,63 @@ fn tail_stops_cleanly_on_ctrl_c() {
         .unwrap();
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(err, "");
+}
+
+#[test]
+fn fjall_stores_round_trip_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, f) = (store("a.redb"), "fjall:events".to_string());
+    seed(d, &a);
+    // Looking at a store that does not exist creates nothing.
+    let r = fails(d, &["--store", &f, "read"], None);
+    assert!(r.stderr.contains("no eskv store"), "{}", r.stderr);
+    assert!(!d.join("events").exists());
+    let v: Value = serde_json::from_str(&ok(d, &["copy", "--from", &a, "--to", &f], None)).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(
+        ok(d, &["--store", &a, "export"], None),
+        ok(d, &["--store", &f, "export"], None)
+    );
+    ok(
+        d,
+        &[
+            "--store",
+            &f,
+            "append",
+            "--type",
+            "CourseDefined",
+            "--data",
+            "{}",
+        ],
+        None,
+    );
+    let v: Value = serde_json::from_str(&ok(d, &["--store", &f, "check", "--json"], None)).unwrap();
+    assert_eq!(v["clean"], true);
+    assert_eq!(v["events"], 6);
+    let v: Value = serde_json::from_str(&ok(d, &["--store", &f, "info", "--json"], None)).unwrap();
+    assert_eq!(v["backend"], "fjall");
+    assert!(v["file_size"].as_u64().unwrap() > 0);
+    // A directory of other files is refused, and left as it was.
+    std::fs::create_dir(d.join("other")).unwrap();
+    std::fs::write(d.join("other/notes.txt"), b"x").unwrap();
+    let r = fails(
+        d,
+        &[
+            "--store",
+            "fjall:other",
+            "append",
+            "--type",
+            "CourseDefined",
+        ],
+        None,
+    );
+    assert!(
+        r.stderr.contains("neither empty nor a fjall database"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_dir(d.join("other")).unwrap().count(), 1);
 }
 
 #[test]

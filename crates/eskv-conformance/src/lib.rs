@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod counting;
+pub mod crash;
 pub mod events;
 pub mod fault_cases;
 pub mod faults;

@@ -1,0 +1,182 @@
+//! Transactions: reads at a fjall snapshot, writes buffered until commit.
+
+use crate::error::BACKEND;
+use crate::store::{Db, Inner, Shared};
+use crate::writer::CommitRequest;
+use async_trait::async_trait;
+use eskv_core::kv::{KvSnapshot, ReadMany, WriteSet};
+use eskv_core::oracle::Snapshot;
+use eskv_core::{Error, KeyRange, KvPair, Result, ScanOptions};
+use fjall::Readable;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Reads that may return more rows than this run on the blocking pool;
+/// smaller ones (every point read, the event layer's pages and probes)
+/// run where they are called: they are served from the memtable, the
+/// block cache or one `pread`, and a hop to another thread would cost
+/// more than the read.
+const INLINE_ROWS: usize = 1024;
+
+/// A snapshot, and the database it reads (kept so that a reopen after an
+/// I/O failure waits until no snapshot uses the old one).
+pub(crate) struct View {
+    pub(crate) snap: fjall::Snapshot,
+    pub(crate) db: Arc<Db>,
+}
+
+/// A transaction's snapshot: fjall's snapshot of the data, and the
+/// oracle's snapshot its commit is checked against.
+pub(crate) struct FjallSnapshot {
+    pub(crate) store: Arc<Inner>,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) view: Arc<View>,
+}
+
+impl View {
+    fn get(&self, s: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .snap
+            .get(&self.db.data, key)
+            .map_err(|e| s.map_err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` rows of `range`, in scan order.
+    fn scan(
+        &self,
+        s: &Shared,
+        range: &KeyRange,
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<KvPair>> {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 || range.is_empty() {
+            return Ok(out);
+        }
+        let iter = self
+            .snap
+            .range::<&[u8], _>(&self.db.data, range.as_bounds());
+        let mut push = |g: fjall::Guard| -> Result<bool> {
+            let (k, v) = g.into_inner().map_err(|e| s.map_err(e))?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            for g in iter.rev() {
+                if !push(g)? {
+                    break;
+                }
+            }
+        } else {
+            for g in iter {
+                if !push(g)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl FjallSnapshot {
+    /// Runs a read against the snapshot: here when it is small, on the
+    /// blocking pool when it may be large (see [`INLINE_ROWS`]).
+    async fn read<R: Send + 'static>(
+        &self,
+        small: bool,
+        f: impl FnOnce(&Shared, &View) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let shared = self.store.shared.clone();
+        if small {
+            return shared.call(|| f(&shared, &self.view));
+        }
+        let view = self.view.clone();
+        tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view)))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?
+    }
+}
+
+fn is_small(limit: Option<usize>) -> bool {
+    limit.is_some_and(|l| l <= INLINE_ROWS)
+}
+
+#[async_trait]
+impl KvSnapshot for FjallSnapshot {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+        let (values, _) = self.read_many(keys, Vec::new()).await?;
+        Ok(values)
+    }
+
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+        let span = tracing::Span::current();
+        self.read(is_small(opts.limit), move |s, v| {
+            let _g = span.entered();
+            v.scan(s, &range, opts.reverse, opts.limit)
+        })
+        .await
+    }
+
+    /// All gets and scans in one call (one hop to the blocking pool when
+    /// any of them may be large).
+    async fn read_many(
+        &mut self,
+        gets: Vec<Vec<u8>>,
+        scans: Vec<(KeyRange, ScanOptions)>,
+    ) -> Result<ReadMany> {
+        let small = gets.len() <= INLINE_ROWS && scans.iter().all(|(_, o)| is_small(o.limit));
+        self.read(small, move |s, v| {
+            let values = gets
+                .iter()
+                .map(|k| v.get(s, k))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = scans
+                .iter()
+                .map(|(r, o)| v.scan(s, r, o.reverse, o.limit))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((values, rows))
+        })
+        .await
+    }
+
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+        let FjallSnapshot {
+            store,
+            snapshot,
+            view,
+        } = self;
+        drop(view);
+        if let Some(k) = writes.keys().find(|k| k.len() > crate::store::MAX_KEY) {
+            return Err(Error::LimitExceeded {
+                what: "a fjall key (bytes)".into(),
+                limit: crate::store::MAX_KEY as u64,
+                actual: k.len() as u64,
+            });
+        }
+        if store.shared.read_only() {
+            return Err(Error::ReadOnly { backend: BACKEND });
+        }
+        let (reply, rx) = oneshot::channel();
+        store
+            .writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(CommitRequest {
+                snapshot,
+                writes,
+                validated,
+                reply,
+            })
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+}
+
+pub(crate) fn writer_gone() -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        message: "the fjall writer thread stopped; reopen the store".into(),
+    }
+}
