@@ -1596,7 +1596,7 @@ pub async fn other_layout_formats_are_refused(store: Store) {
 /// O(range) (etcd sorts the whole range to answer a descending read):
 /// the event layer reads "the last N" through forward windows instead,
 /// sends no reverse scan with a limit, and returns exactly what a reverse
-/// scan returns (issue 13, item 20).
+/// scan returns.
 pub async fn backwards_reads_avoid_costly_reverse_scans(store: Store) {
     let store = crate::unique_namespace(store);
     let costly = crate::limited::Limited::new(store.clone()).costly_reverse_scans();

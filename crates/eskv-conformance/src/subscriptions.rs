@@ -715,7 +715,7 @@ fn recorder(
 /// A consumer group's partition state never shares a key with a named
 /// subscription, whatever the names: named subscription `billing#0` and
 /// partition 0 of group `billing` have separate checkpoints, and so do
-/// their dead letters (issue 13).
+/// their dead letters.
 pub async fn checkpoint_keys_never_collide(store: Store) {
     let es = open(store).await;
     for i in 0..6 {
