@@ -10,6 +10,7 @@
 //! | `bench [ARGS]` | the benchmark harness (full run by default; `--quick` for a smoke run); writes `BENCHMARKS.md` |
 //! | `tikv-test` | the TiKV conformance suite against the cluster in `PD_ADDRS` |
 //! | `soak [SECONDS]` | 16 writers and 4 live subscribers on redb for SECONDS (default 600) |
+//! | `protos` | regenerates `crates/eskv-server/src/proto/` from the server's `.proto` files (commit the result) |
 //! | `fuzz [SECONDS]` | every cargo-fuzz target in `fuzz/` for SECONDS each (default 60; needs nightly and cargo-fuzz) |
 //!
 //! # What the tests need, and where it comes from
@@ -18,8 +19,9 @@
 //!   cluster on 127.0.0.1. When it is missing, `ci` installs Debian's
 //!   `etcd-server` with apt if it runs as root; otherwise it prints the
 //!   command to run and stops (a skipped suite never counts as a pass).
-//! - **`protoc`**, only for the benchmark harness's UmaDB peers (their
-//!   build script compiles UmaDB's `.proto`). eskv itself needs no
+//! - **`protoc`**, only for the UmaDB client crates that the benchmark
+//!   harness and the server's tests use (their build script compiles
+//!   UmaDB's `.proto`). eskv itself needs no
 //!   `protoc`. Every cargo command started here gets `PROTOC` pointing at
 //!   the binary from the `protoc-bin-vendored` crate, unless `PROTOC` is
 //!   already set.
@@ -41,7 +43,8 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     if std::env::var_os("PROTOC").is_none() {
-        // Only the benchmark harness's UmaDB peers compile `.proto` files.
+        // Only the UmaDB client crates (bench peers, server tests) compile
+        // `.proto` files.
         if let Ok(p) = protoc_bin_vendored::protoc_bin_path() {
             cmd.env("PROTOC", p);
         }
@@ -222,6 +225,13 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Regenerates the server's checked-in gRPC code. The generator is its own
+/// small crate, so xtask itself stays quick to build.
+fn protos() -> Result<(), String> {
+    cargo_run(&["run", "-p", "eskv-server-codegen"])?;
+    cargo_run(&["fmt", "-p", "eskv-server"])
+}
+
 fn main() -> ExitCode {
     // Run from the workspace root, wherever `cargo xtask` was invoked.
     if let Some(root) = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
@@ -238,8 +248,9 @@ fn main() -> ExitCode {
         "tikv-test" => tikv_test(),
         "soak" => soak(rest),
         "fuzz" => fuzz(rest),
+        "protos" => protos(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]|protos>");
             return ExitCode::from(2);
         }
     };
