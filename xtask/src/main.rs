@@ -5,7 +5,7 @@
 //!
 //! | task | what it does |
 //! |---|---|
-//! | `ci` | installs what the tests need (below), then format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), doc tests, `cargo doc` with warnings denied, a type check of the `fuzz/` workspace, and a `--quick` benchmark smoke run |
+//! | `ci` | installs what the tests need (below), then format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), the official UmaDB and KurrentDB Python clients against `eskv serve` (a virtual environment with `umadb` and `kurrentdbclient` from PyPI), doc tests, `cargo doc` with warnings denied, a type check of the `fuzz/` workspace, and a `--quick` benchmark smoke run |
 //! | `test` | every test and doc test, without the lint steps |
 //! | `bench [ARGS]` | the benchmark harness (full run by default; `--quick` for a smoke run); writes `BENCHMARKS.md` |
 //! | `tikv-test` | the TiKV conformance suite against the cluster in `PD_ADDRS` |
@@ -140,6 +140,49 @@ fn bench(args: &[String]) -> Result<(), String> {
     run(&mut cmd)
 }
 
+/// The Python clients' versions the server is tested against.
+const PYTHON_CLIENTS: [&str; 2] = ["umadb==0.7.8", "kurrentdbclient==1.3.5"];
+
+/// Runs the official Python clients of UmaDB and KurrentDB against
+/// `eskv serve`: a virtual environment under the target directory, the
+/// clients from PyPI, then `crates/eskv-server/tests/python/clients.py`.
+fn python_clients() -> Result<(), String> {
+    cargo_run(&["build", "-p", "eskv-cli"])?;
+    let target = std::path::PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    );
+    let venv = target.join("python-clients");
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        if run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).is_err() {
+            // Debian splits venv out of python3.
+            if !(is_root() && on_path("apt-get")) {
+                return Err(
+                    "the Python client tests need `python3 -m venv`; install python3-venv".into(),
+                );
+            }
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            run(Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "python3-venv",
+                ]))?;
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+    }
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PYTHON_CLIENTS))?;
+    run(Command::new(&python)
+        .arg("crates/eskv-server/tests/python/clients.py")
+        .arg(target.join("debug").join("eskv"))
+        .arg("crates/eskv-server/tests/tls"))
+}
+
 fn ci() -> Result<(), String> {
     ensure_etcd()?;
     cargo_run(&["fmt", "--all", "--", "--check"])?;
@@ -152,6 +195,7 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     test()?;
+    python_clients()?;
     // Rustdoc warnings (broken links, bad code blocks) fail the run.
     run(cargo()
         .env("RUSTDOCFLAGS", "-D warnings")

@@ -6,7 +6,7 @@
 //! | `Streams.Append` | a stream append with the expected revision (revision `r` is version `r + 1`) |
 //! | `Streams.Read` | stream and `$all` reads both ways; catch-up subscriptions with filters and checkpoints |
 //! | `Streams.Delete`, `Streams.Tombstone` | `UNIMPLEMENTED`: not supported yet |
-//! | `Streams.BatchAppend` | `UNIMPLEMENTED`, not advertised, so clients use `Append` |
+//! | `Streams.BatchAppend` | appends by correlation id, each like `Append` (see `kurrent_batch`) |
 //! | `ServerFeatures.GetSupportedMethods` | what is served here |
 //! | `Gossip.Read` | this server, as the one live leader |
 
@@ -23,8 +23,8 @@ use crate::proto::event_store::client::server_features::{
 };
 use crate::proto::event_store::client::streams::streams_server::{Streams, StreamsServer};
 use crate::proto::event_store::client::streams::{
-    append_req, append_resp, read_req, read_resp, AppendReq, AppendResp, DeleteReq, DeleteResp,
-    ReadReq, ReadResp, TombstoneReq, TombstoneResp,
+    append_req, append_resp, read_req, read_resp, AppendReq, AppendResp, BatchAppendReq,
+    BatchAppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp, TombstoneReq, TombstoneResp,
 };
 use crate::proto::event_store::client::{self as shared, Empty};
 use eskv_core::{Error, EventStore, ExpectedVersion, ReadOptions, ReadStreamOptions};
@@ -154,7 +154,7 @@ fn success(version: Option<u64>, position: Option<u64>) -> AppendResp {
 }
 
 /// Whether `version` (0: no stream) satisfies `expected`.
-fn satisfies(expected: ExpectedVersion, version: u64) -> bool {
+pub(crate) fn satisfies(expected: ExpectedVersion, version: u64) -> bool {
     match expected {
         ExpectedVersion::Any => true,
         ExpectedVersion::NoStream => version == 0,
@@ -168,6 +168,24 @@ const NOT_YET: &str = "deleting and tombstoning streams is not supported yet by 
 #[tonic::async_trait]
 impl Streams for StreamsService {
     type ReadStream = Pin<Box<dyn futures::Stream<Item = Result<ReadResp, Status>> + Send>>;
+    type BatchAppendStream =
+        Pin<Box<dyn futures::Stream<Item = Result<BatchAppendResp, Status>> + Send>>;
+
+    async fn batch_append(
+        &self,
+        req: Request<Streaming<BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        let store = self.store(&req).await?;
+        let (tx, rx) = mpsc::channel(self.shared.limits.stream_buffer);
+        let shared = self.shared.clone();
+        tokio::spawn(crate::kurrent_batch::run(
+            store,
+            req.into_inner(),
+            tx,
+            move || shared.shutting_down(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn append(
         &self,
@@ -632,6 +650,7 @@ impl ServerFeatures for FeaturesService {
             methods: vec![
                 m(streams, "read", &["position", "events"]),
                 m(streams, "append", &[]),
+                m(streams, "batchappend", &[]),
                 m(
                     "event_store.client.server_features.serverfeatures",
                     "getsupportedmethods",

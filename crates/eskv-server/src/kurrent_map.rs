@@ -54,8 +54,23 @@ fn wire_id(id: Ulid, structured: bool) -> shared::Uuid {
 
 /// A proposed message as an eskv event.
 pub(crate) fn new_event(m: append_req::ProposedMessage) -> Result<NewEvent, Status> {
-    let id = event_id(m.id)?;
-    let mut meta = m.metadata;
+    proposed(m.id, m.metadata, m.custom_metadata, m.data)
+}
+
+/// A batch append's proposed message as an eskv event.
+pub(crate) fn new_batch_event(
+    m: crate::proto::event_store::client::streams::batch_append_req::ProposedMessage,
+) -> Result<NewEvent, Status> {
+    proposed(m.id, m.metadata, m.custom_metadata, m.data)
+}
+
+fn proposed(
+    id: Option<shared::Uuid>,
+    mut meta: HashMap<String, String>,
+    custom_metadata: Vec<u8>,
+    data: Vec<u8>,
+) -> Result<NewEvent, Status> {
+    let id = event_id(id)?;
     let event_type = meta.remove("type").ok_or_else(|| {
         Status::invalid_argument(format!(
             "event {} has no \"type\" in its metadata",
@@ -66,17 +81,17 @@ pub(crate) fn new_event(m: append_req::ProposedMessage) -> Result<NewEvent, Stat
     if let Some(ct) = meta.remove("content-type") {
         extra.insert(CONTENT_TYPE.to_owned(), ct);
     }
-    if !m.custom_metadata.is_empty() {
+    if !custom_metadata.is_empty() {
         extra.insert(
             CUSTOM_METADATA.to_owned(),
-            base64::engine::general_purpose::STANDARD.encode(&m.custom_metadata),
+            base64::engine::general_purpose::STANDARD.encode(&custom_metadata),
         );
     }
     Ok(NewEvent {
         id,
         event_type,
         tags: Vec::new(),
-        data: m.data,
+        data,
         metadata: Metadata {
             extra,
             ..Metadata::default()

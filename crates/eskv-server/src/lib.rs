@@ -29,7 +29,7 @@
 //!   subscriptions to a stream or `$all` with filters on stream name or
 //!   event type (prefixes or regular expressions) and checkpoints. `Delete`
 //!   and `Tombstone` answer `UNIMPLEMENTED` (not supported yet);
-//!   `BatchAppend` is not advertised, so clients use `Append`.
+//!   `BatchAppend` (which the Python client uses) appends like `Append`.
 //! - `ServerFeatures.GetSupportedMethods` and `Gossip.Read`, which KurrentDB
 //!   clients call when they connect.
 //! - `grpc.health.v1.Health`.
@@ -54,6 +54,7 @@ mod dcb_map;
 mod error;
 mod ids;
 mod kurrent;
+mod kurrent_batch;
 mod kurrent_map;
 mod proto;
 mod server;

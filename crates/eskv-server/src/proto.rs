@@ -1,10 +1,16 @@
 //! The gRPC messages and service traits, generated from `proto/` by
 //! `cargo xtask protos` and checked in (so building needs no `protoc`).
-#![allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+#![allow(missing_docs, dead_code, clippy::all, clippy::pedantic, rustdoc::all)]
 
 pub mod umadb {
     pub mod v1 {
         include!("proto/umadb.v1.rs");
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        include!("proto/google.rpc.rs");
     }
 }
 

@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = crate_dir.join("src").join("proto");
     std::fs::create_dir_all(&out)?;
     let umadb: Vec<PathBuf> = vec![proto.join("umadb/v1/umadb.proto")];
-    let kurrent: Vec<PathBuf> = ["shared", "streams", "serverfeatures", "gossip"]
+    let kurrent: Vec<PathBuf> = ["shared", "status", "streams", "serverfeatures", "gossip"]
         .iter()
         .map(|f| proto.join("kurrent").join(format!("{f}.proto")))
         .collect();

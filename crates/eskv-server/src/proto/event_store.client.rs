@@ -42,3 +42,60 @@ pub struct AllStreamPosition {
     #[prost(uint64, tag = "2")]
     pub prepare_position: u64,
 }
+/// Error details of a batch append (packed in google.rpc.Status.details).
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WrongExpectedVersion {
+    #[prost(
+        oneof = "wrong_expected_version::CurrentStreamRevisionOption",
+        tags = "1, 2"
+    )]
+    pub current_stream_revision_option: ::core::option::Option<
+        wrong_expected_version::CurrentStreamRevisionOption,
+    >,
+    #[prost(
+        oneof = "wrong_expected_version::ExpectedStreamPositionOption",
+        tags = "3, 4, 5, 6"
+    )]
+    pub expected_stream_position_option: ::core::option::Option<
+        wrong_expected_version::ExpectedStreamPositionOption,
+    >,
+}
+/// Nested message and enum types in `WrongExpectedVersion`.
+pub mod wrong_expected_version {
+    #[allow(clippy::all)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum CurrentStreamRevisionOption {
+        #[prost(uint64, tag = "1")]
+        CurrentStreamRevision(u64),
+        #[prost(message, tag = "2")]
+        CurrentNoStream(()),
+    }
+    #[allow(clippy::all)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum ExpectedStreamPositionOption {
+        #[prost(uint64, tag = "3")]
+        ExpectedStreamPosition(u64),
+        #[prost(message, tag = "4")]
+        ExpectedAny(()),
+        #[prost(message, tag = "5")]
+        ExpectedStreamExists(()),
+        #[prost(message, tag = "6")]
+        ExpectedNoStream(()),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AccessDenied {}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MaximumAppendSizeExceeded {
+    #[prost(uint32, tag = "1")]
+    pub max_append_size: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BadRequest {
+    #[prost(string, tag = "1")]
+    pub message: ::prost::alloc::string::String,
+}

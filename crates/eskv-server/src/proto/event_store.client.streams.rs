@@ -629,6 +629,139 @@ pub mod tombstone_resp {
         NoPosition(super::super::Empty),
     }
 }
+/// A batch append: requests sharing a correlation id form one append,
+/// complete when one says is_final; each append gets one response.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BatchAppendReq {
+    #[prost(message, optional, tag = "1")]
+    pub correlation_id: ::core::option::Option<super::Uuid>,
+    #[prost(message, optional, tag = "2")]
+    pub options: ::core::option::Option<batch_append_req::Options>,
+    #[prost(message, repeated, tag = "3")]
+    pub proposed_messages: ::prost::alloc::vec::Vec<batch_append_req::ProposedMessage>,
+    #[prost(bool, tag = "4")]
+    pub is_final: bool,
+}
+/// Nested message and enum types in `BatchAppendReq`.
+pub mod batch_append_req {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct Options {
+        #[prost(message, optional, tag = "1")]
+        pub stream_identifier: ::core::option::Option<super::super::StreamIdentifier>,
+        #[prost(oneof = "options::ExpectedStreamPosition", tags = "2, 3, 4, 5")]
+        pub expected_stream_position: ::core::option::Option<
+            options::ExpectedStreamPosition,
+        >,
+        #[prost(oneof = "options::DeadlineOption", tags = "6, 7")]
+        pub deadline_option: ::core::option::Option<options::DeadlineOption>,
+    }
+    /// Nested message and enum types in `Options`.
+    pub mod options {
+        #[allow(clippy::all)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+        pub enum ExpectedStreamPosition {
+            #[prost(uint64, tag = "2")]
+            StreamPosition(u64),
+            #[prost(message, tag = "3")]
+            NoStream(()),
+            #[prost(message, tag = "4")]
+            Any(()),
+            #[prost(message, tag = "5")]
+            StreamExists(()),
+        }
+        #[allow(clippy::all)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+        pub enum DeadlineOption {
+            #[prost(message, tag = "6")]
+            Deadline21100(::prost_types::Timestamp),
+            #[prost(message, tag = "7")]
+            Deadline(::prost_types::Duration),
+        }
+    }
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct ProposedMessage {
+        #[prost(message, optional, tag = "1")]
+        pub id: ::core::option::Option<super::super::Uuid>,
+        #[prost(map = "string, string", tag = "2")]
+        pub metadata: ::std::collections::HashMap<
+            ::prost::alloc::string::String,
+            ::prost::alloc::string::String,
+        >,
+        #[prost(bytes = "vec", tag = "3")]
+        pub custom_metadata: ::prost::alloc::vec::Vec<u8>,
+        #[prost(bytes = "vec", tag = "4")]
+        pub data: ::prost::alloc::vec::Vec<u8>,
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BatchAppendResp {
+    #[prost(message, optional, tag = "1")]
+    pub correlation_id: ::core::option::Option<super::Uuid>,
+    #[prost(message, optional, tag = "4")]
+    pub stream_identifier: ::core::option::Option<super::StreamIdentifier>,
+    #[prost(oneof = "batch_append_resp::Result", tags = "2, 3")]
+    pub result: ::core::option::Option<batch_append_resp::Result>,
+    #[prost(oneof = "batch_append_resp::ExpectedStreamPosition", tags = "5, 6, 7, 8")]
+    pub expected_stream_position: ::core::option::Option<
+        batch_append_resp::ExpectedStreamPosition,
+    >,
+}
+/// Nested message and enum types in `BatchAppendResp`.
+pub mod batch_append_resp {
+    #[allow(clippy::all)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct Success {
+        #[prost(oneof = "success::CurrentRevisionOption", tags = "1, 2")]
+        pub current_revision_option: ::core::option::Option<
+            success::CurrentRevisionOption,
+        >,
+        #[prost(oneof = "success::PositionOption", tags = "3, 4")]
+        pub position_option: ::core::option::Option<success::PositionOption>,
+    }
+    /// Nested message and enum types in `Success`.
+    pub mod success {
+        #[allow(clippy::all)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+        pub enum CurrentRevisionOption {
+            #[prost(uint64, tag = "1")]
+            CurrentRevision(u64),
+            #[prost(message, tag = "2")]
+            NoStream(()),
+        }
+        #[allow(clippy::all)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+        pub enum PositionOption {
+            #[prost(message, tag = "3")]
+            Position(super::super::super::AllStreamPosition),
+            #[prost(message, tag = "4")]
+            NoPosition(()),
+        }
+    }
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Result {
+        #[prost(message, tag = "2")]
+        Error(super::super::super::super::google::rpc::Status),
+        #[prost(message, tag = "3")]
+        Success(Success),
+    }
+    #[allow(clippy::all)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum ExpectedStreamPosition {
+        #[prost(uint64, tag = "5")]
+        StreamPosition(u64),
+        #[prost(message, tag = "6")]
+        NoStream(()),
+        #[prost(message, tag = "7")]
+        Any(()),
+        #[prost(message, tag = "8")]
+        StreamExists(()),
+    }
+}
 /// Generated server implementations.
 pub mod streams_server {
     #![allow(
@@ -664,6 +797,19 @@ pub mod streams_server {
             &self,
             request: tonic::Request<super::TombstoneReq>,
         ) -> std::result::Result<tonic::Response<super::TombstoneResp>, tonic::Status>;
+        /// Server streaming response type for the BatchAppend method.
+        type BatchAppendStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BatchAppendResp, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        async fn batch_append(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::BatchAppendReq>>,
+        ) -> std::result::Result<
+            tonic::Response<Self::BatchAppendStream>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct StreamsServer<T> {
@@ -914,6 +1060,54 @@ pub mod streams_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/event_store.client.streams.Streams/BatchAppend" => {
+                    #[allow(non_camel_case_types)]
+                    struct BatchAppendSvc<T: Streams>(pub Arc<T>);
+                    impl<
+                        T: Streams,
+                    > tonic::server::StreamingService<super::BatchAppendReq>
+                    for BatchAppendSvc<T> {
+                        type Response = super::BatchAppendResp;
+                        type ResponseStream = T::BatchAppendStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::BatchAppendReq>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Streams>::batch_append(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BatchAppendSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
