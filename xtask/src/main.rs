@@ -10,6 +10,7 @@
 //! | `bench [ARGS]` | the benchmark harness (full run by default; `--quick` for a smoke run); writes `BENCHMARKS.md` |
 //! | `tikv-test` | the TiKV conformance suite against the cluster in `PD_ADDRS` |
 //! | `soak [SECONDS]` | 16 writers and 4 live subscribers on redb for SECONDS (default 600) |
+//! | `python-clients` | only the Python client run of `ci` |
 //! | `protos` | regenerates `crates/eskv-server/src/proto/` from the server's `.proto` files (commit the result) |
 //! | `fuzz [SECONDS]` | every cargo-fuzz target in `fuzz/` for SECONDS each (default 60; needs nightly and cargo-fuzz) |
 //!
@@ -293,8 +294,9 @@ fn main() -> ExitCode {
         "soak" => soak(rest),
         "fuzz" => fuzz(rest),
         "protos" => protos(),
+        "python-clients" => python_clients(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]|protos>");
+            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]|protos|python-clients>");
             return ExitCode::from(2);
         }
     };
