@@ -10,7 +10,9 @@
 
 use crate::context::{Denied, Shared, SubscriptionSlot, Waker};
 use crate::dcb_map::{self, sequenced, tracking_of, tracking_tag};
-use crate::error::{dcb_integrity, dcb_invalid, dcb_status, dcb_unauthenticated, dcb_unavailable};
+use crate::error::{
+    dcb_exhausted, dcb_integrity, dcb_invalid, dcb_status, dcb_unauthenticated, dcb_unavailable,
+};
 use crate::proto::umadb::v1 as pb;
 use crate::proto::umadb::v1::dcb_server::Dcb;
 use eskv_core::{AppendCondition, Error, EventStore, Query, QueryItem, ReadOptions};
@@ -38,7 +40,7 @@ impl DcbService {
 
     fn slot<T>(&self, req: &Request<T>) -> Result<SubscriptionSlot, Status> {
         self.shared.subscription_slot(req.remote_addr()).ok_or_else(|| {
-            dcb_unavailable(format!(
+            dcb_exhausted(format!(
                 "this connection already has {} open subscriptions (the server's limit); close one or open another connection",
                 self.shared.limits.max_subscriptions_per_connection
             ))

@@ -87,6 +87,11 @@ pub(crate) fn dcb_unavailable(message: impl Into<String>) -> Status {
     dcb(Code::Unavailable, ErrorType::Io, message.into())
 }
 
+/// Over a per-connection limit.
+pub(crate) fn dcb_exhausted(message: impl Into<String>) -> Status {
+    dcb(Code::ResourceExhausted, ErrorType::Io, message.into())
+}
+
 /// Unauthenticated, as UmaDB's clients recognise it.
 pub(crate) fn dcb_unauthenticated() -> Status {
     dcb(
