@@ -154,26 +154,27 @@ fn python_clients() -> Result<(), String> {
     );
     let venv = target.join("python-clients");
     let python = venv.join("bin").join("python");
-    if !python.is_file() {
-        if run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).is_err() {
-            // Debian splits venv out of python3.
-            if !(is_root() && on_path("apt-get")) {
-                return Err(
-                    "the Python client tests need `python3 -m venv`; install python3-venv".into(),
-                );
-            }
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            run(Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "python3-venv",
-                ]))?;
-            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    let make_venv = || run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    if !python.is_file() && make_venv().is_err() {
+        // Debian splits venv (ensurepip) out of python3; a failed attempt
+        // leaves a venv without pip behind.
+        let _ = std::fs::remove_dir_all(&venv);
+        if !(is_root() && on_path("apt-get")) {
+            return Err(
+                "the Python client tests need `python3 -m venv`; install python3-venv".into(),
+            );
         }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3-venv",
+            ]))?;
+        make_venv()?;
     }
     run(Command::new(&python)
         .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])

@@ -173,7 +173,7 @@ pub(crate) async fn run(
             continue;
         };
         let options = options.unwrap_or_default();
-        let exp = options.expected_stream_position.clone();
+        let exp = options.expected_stream_position;
         let mut resp = BatchAppendResp {
             correlation_id: req.correlation_id,
             result: None,

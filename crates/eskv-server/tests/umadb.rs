@@ -56,15 +56,15 @@ fn query(types: &[&str], tags: &[&str]) -> DcbQuery {
 }
 
 /// The parts of an event a client can compare (DcbEvent has no `==`).
-fn parts(
-    e: &DcbEvent,
-) -> (
+type Parts = (
     String,
     Vec<String>,
     Vec<u8>,
     Option<Uuid>,
     Vec<(String, String)>,
-) {
+);
+
+fn parts(e: &DcbEvent) -> Parts {
     (
         e.event_type.clone(),
         e.tags.clone(),
