@@ -12,15 +12,10 @@
 
 use crate::context::{Denied, Shared, Waker};
 use crate::error::{kurrent_status, kurrent_unauthenticated};
+use crate::kurrent_cluster::{FeaturesService, GossipService};
 use crate::kurrent_map::{self as map, Filter};
-use crate::proto::event_store::client::gossip::{
-    self,
-    gossip_server::{Gossip, GossipServer},
-};
-use crate::proto::event_store::client::server_features::{
-    server_features_server::{ServerFeatures, ServerFeaturesServer},
-    SupportedMethod, SupportedMethods,
-};
+use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
+use crate::proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::event_store::client::streams::streams_server::{Streams, StreamsServer};
 use crate::proto::event_store::client::streams::{
     append_req, append_resp, read_req, read_resp, AppendReq, AppendResp, BatchAppendReq,
@@ -37,16 +32,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 type Tx = mpsc::Sender<Result<ReadResp, Status>>;
 
-/// The version reported to clients; they pick protocol features by it.
-const SERVER_VERSION: &str = "24.10.0";
-
 pub(crate) struct StreamsService {
     shared: Arc<Shared>,
 }
-
-pub(crate) struct FeaturesService;
-
-pub(crate) struct GossipService;
 
 /// Adds the KurrentDB services to `router`.
 pub(crate) fn add_services(
@@ -202,11 +190,23 @@ impl Streams for StreamsService {
         };
         let stream = map::stream_name(opts.stream_identifier)?;
         let expected = expected(opts.expected_stream_revision);
-        let max = store.options().limits.max_events_per_append;
+        let limits = &store.options().limits;
+        let (max, max_bytes) = (limits.max_events_per_append, limits.max_append_bytes);
         let mut events = Vec::new();
+        let mut bytes = 0usize;
         while let Some(m) = input.next().await.transpose()? {
             match m.content {
-                Some(append_req::Content::ProposedMessage(p)) => events.push(map::new_event(p)?),
+                Some(append_req::Content::ProposedMessage(p)) => {
+                    bytes += p.data.len() + p.custom_metadata.len();
+                    if bytes > max_bytes {
+                        return Err(kurrent_status(&Error::LimitExceeded {
+                            what: "bytes in one append".into(),
+                            limit: max_bytes as u64,
+                            actual: bytes as u64,
+                        }));
+                    }
+                    events.push(map::new_event(p)?)
+                }
                 _ => {
                     return Err(Status::invalid_argument(
                         "only proposed events may follow an append's options",
@@ -632,60 +632,4 @@ fn checkpoint(p: u64) -> Result<ReadResp, Status> {
         prepare_position: p,
         timestamp: Some(now()),
     }))
-}
-
-#[tonic::async_trait]
-impl ServerFeatures for FeaturesService {
-    async fn get_supported_methods(
-        &self,
-        _: Request<Empty>,
-    ) -> Result<Response<SupportedMethods>, Status> {
-        let m = |service: &str, method: &str, features: &[&str]| SupportedMethod {
-            method_name: method.into(),
-            service_name: service.into(),
-            features: features.iter().map(|f| (*f).into()).collect(),
-        };
-        let streams = "event_store.client.streams.streams";
-        Ok(Response::new(SupportedMethods {
-            methods: vec![
-                m(streams, "read", &["position", "events"]),
-                m(streams, "append", &[]),
-                m(streams, "batchappend", &[]),
-                m(
-                    "event_store.client.server_features.serverfeatures",
-                    "getsupportedmethods",
-                    &[],
-                ),
-                m("event_store.client.gossip.gossip", "read", &[]),
-            ],
-            event_store_server_version: SERVER_VERSION.into(),
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl Gossip for GossipService {
-    async fn read(&self, req: Request<Empty>) -> Result<Response<gossip::ClusterInfo>, Status> {
-        let addr = req.local_addr();
-        let now_ticks = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| (d.as_nanos() / 100) as i64);
-        let member = gossip::MemberInfo {
-            instance_id: Some(shared::Uuid {
-                value: Some(shared::uuid::Value::String(crate::ids::uuid_text(
-                    eskv_core::Ulid(1),
-                ))),
-            }),
-            time_stamp: now_ticks,
-            state: gossip::member_info::VNodeState::Leader as i32,
-            is_alive: true,
-            http_end_point: addr.map(|a| gossip::EndPoint {
-                address: a.ip().to_string(),
-                port: u32::from(a.port()),
-            }),
-        };
-        Ok(Response::new(gossip::ClusterInfo {
-            members: vec![member],
-        }))
-    }
 }

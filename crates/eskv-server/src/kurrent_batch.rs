@@ -26,6 +26,8 @@ const MAX_OPEN: usize = 1024;
 struct Open {
     options: Option<batch_append_req::Options>,
     events: Vec<NewEvent>,
+    /// Payload bytes so far.
+    bytes: usize,
 }
 
 fn expected(e: &Option<Expected>) -> ExpectedVersion {
@@ -144,6 +146,7 @@ pub(crate) async fn run(
         let entry = open.entry(key.clone()).or_insert(Open {
             options: None,
             events: Vec::new(),
+            bytes: 0,
         });
         if req.options.is_some() {
             entry.options = req.options;
@@ -151,25 +154,38 @@ pub(crate) async fn run(
         let mut bad = None;
         for m in req.proposed_messages {
             match map::new_batch_event(m) {
-                Ok(e) => entry.events.push(e),
+                Ok(e) => {
+                    entry.bytes += e.data.len();
+                    entry.events.push(e)
+                }
                 Err(s) => {
                     bad = Some(s);
                     break;
                 }
             }
         }
-        let max = store.options().limits.max_events_per_append;
-        if entry.events.len() > max {
+        let limits = &store.options().limits;
+        let bytes = entry.bytes;
+        if entry.events.len() > limits.max_events_per_append {
             bad = Some(kurrent_status(&Error::LimitExceeded {
                 what: "events in one append".into(),
-                limit: max as u64,
+                limit: limits.max_events_per_append as u64,
                 actual: entry.events.len() as u64,
+            }));
+        } else if bytes > limits.max_append_bytes {
+            bad = Some(kurrent_status(&Error::LimitExceeded {
+                what: "bytes in one append".into(),
+                limit: limits.max_append_bytes as u64,
+                actual: bytes as u64,
             }));
         }
         if !req.is_final && bad.is_none() {
             continue;
         }
-        let Some(Open { options, events }) = open.remove(&key) else {
+        let Some(Open {
+            options, events, ..
+        }) = open.remove(&key)
+        else {
             continue;
         };
         let options = options.unwrap_or_default();

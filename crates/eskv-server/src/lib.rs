@@ -55,6 +55,7 @@ mod error;
 mod ids;
 mod kurrent;
 mod kurrent_batch;
+mod kurrent_cluster;
 mod kurrent_map;
 mod proto;
 mod server;
