@@ -194,3 +194,88 @@ pub(crate) fn chunks(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the store keeps of an appended event (tags canonical).
+    fn stored(e: NewEvent, position: u64) -> RecordedEvent {
+        let mut tags = e.tags;
+        tags.sort();
+        tags.dedup();
+        RecordedEvent {
+            position,
+            id: e.id,
+            event_type: e.event_type,
+            tags,
+            data: e.data,
+            metadata: e.metadata,
+            recorded_at_ms: 0,
+            stream: None,
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-c]{1,3}",
+            Just("$eskv.umadb.tags".to_string()),
+            Just("correlation_id".to_string())
+        ]
+    }
+
+    proptest! {
+        /// Any UmaDB event reads back exactly as written: tags in the
+        /// client's order with duplicates, metadata pairs in order with
+        /// duplicate and reserved-looking keys, the UUID or its absence.
+        #[test]
+        fn umadb_events_round_trip(
+            tags in proptest::collection::vec("[a-d]{1,2}", 0..5),
+            metadata in proptest::collection::vec((text(), "[ -~]{0,4}"), 0..5),
+            uuid in proptest::option::of(any::<u128>()),
+            data in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let sent = pb::Event {
+                event_type: "T".into(),
+                tags,
+                data,
+                uuid: uuid.map_or(String::new(), |u| uuid_text(Ulid(u))),
+                metadata: metadata
+                    .into_iter()
+                    .map(|(key, value)| pb::MetadataEntry { key, value })
+                    .collect(),
+            };
+            let back = sequenced(stored(new_event(sent.clone()).unwrap(), 7));
+            prop_assert_eq!(back.position, 7);
+            prop_assert_eq!(back.event, Some(sent));
+            prop_assert_eq!(back.tracking_info, None);
+        }
+    }
+
+    #[test]
+    fn tracking_rides_on_the_event_and_stays_hidden() {
+        let sent = pb::Event {
+            event_type: "T".into(),
+            tags: vec!["x".into()],
+            ..Default::default()
+        };
+        let mut e = new_event(sent.clone()).unwrap();
+        let t = pb::TrackingInfo {
+            source: "up".into(),
+            position: 9,
+        };
+        attach_tracking(&mut e, &t);
+        let back = sequenced(stored(e, 1));
+        assert_eq!(back.tracking_info, Some(t));
+        assert_eq!(back.event.unwrap().tags, ["x"]);
+        let forged = pb::Event {
+            tags: vec![tracking_tag("up")],
+            ..sent
+        };
+        assert!(
+            new_event(forged).is_err(),
+            "clients cannot forge tracking tags"
+        );
+    }
+}

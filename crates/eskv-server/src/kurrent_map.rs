@@ -229,3 +229,106 @@ impl Filter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Ids (either UUID form), content type and custom metadata bytes
+        /// read back byte for byte; revisions are versions - 1.
+        #[test]
+        fn kurrent_events_round_trip(
+            id in any::<u128>(),
+            structured in any::<bool>(),
+            content_type in prop_oneof![Just("application/json".to_string()), "[a-z/+.-]{0,20}"],
+            custom in proptest::collection::vec(any::<u8>(), 0..32),
+            data in proptest::collection::vec(any::<u8>(), 0..32),
+            version in 1u64..1000,
+        ) {
+            let wire = wire_id(Ulid(id), structured);
+            let sent = append_req::ProposedMessage {
+                id: Some(wire.clone()),
+                metadata: HashMap::from([
+                    ("type".to_owned(), "OrderPlaced".to_owned()),
+                    ("content-type".to_owned(), content_type.clone()),
+                ]),
+                custom_metadata: custom.clone(),
+                data: data.clone(),
+            };
+            let e = new_event(sent).unwrap();
+            prop_assert_eq!(e.id, Ulid(id));
+            let recorded = RecordedEvent {
+                position: 42,
+                id: e.id,
+                event_type: e.event_type,
+                tags: e.tags,
+                data: e.data,
+                metadata: e.metadata,
+                recorded_at_ms: 1_000,
+                stream: Some(eskv_core::StreamRef { stream_id: "order-1".into(), version }),
+            };
+            let Some(read_resp::Content::Event(read)) = read_resp(recorded, structured).content else {
+                panic!("not an event");
+            };
+            let got = read.event.unwrap();
+            prop_assert_eq!(got.id, Some(wire));
+            prop_assert_eq!(got.stream_revision, version - 1);
+            prop_assert_eq!(got.commit_position, 42);
+            prop_assert_eq!(got.custom_metadata, custom);
+            prop_assert_eq!(got.data, data);
+            prop_assert_eq!(got.metadata.get("content-type"), Some(&content_type));
+            prop_assert_eq!(got.metadata.get("type").map(String::as_str), Some("OrderPlaced"));
+            prop_assert_eq!(got.metadata.get("created").map(String::as_str), Some("10000000"));
+        }
+    }
+
+    #[test]
+    fn filters_match_prefixes_and_lookahead_regexes() {
+        use read_req::options::FilterOptions;
+        let e = |t: &str, s: &str| RecordedEvent {
+            position: 1,
+            id: Ulid(1),
+            event_type: t.into(),
+            tags: vec![],
+            data: vec![],
+            metadata: Metadata::default(),
+            recorded_at_ms: 0,
+            stream: Some(eskv_core::StreamRef {
+                stream_id: s.into(),
+                version: 1,
+            }),
+        };
+        let f = |filter| {
+            Filter::new(FilterOptions {
+                filter: Some(filter),
+                window: None,
+                checkpoint_interval_multiplier: 0,
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let expr = |regex: &str, prefix: &[&str]| filter_options::Expression {
+            regex: regex.into(),
+            prefix: prefix.iter().map(|p| p.to_string()).collect(),
+        };
+        let by_type = f(filter_options::Filter::EventType(expr(
+            "",
+            &["Order", "Pay"],
+        )));
+        assert!(by_type.matches(&e("OrderPlaced", "x-1")));
+        assert!(by_type.matches(&e("PaymentTaken", "x-1")));
+        assert!(!by_type.matches(&e("Shipped", "order-1")));
+        let exclude = f(filter_options::Filter::EventType(expr(r"^(?!\$).*", &[])));
+        assert!(exclude.matches(&e("OrderPlaced", "x")));
+        assert!(!exclude.matches(&e("$metadata", "x")));
+        let by_stream = f(filter_options::Filter::StreamIdentifier(expr(
+            "^order-[0-9]+$",
+            &[],
+        )));
+        assert!(by_stream.matches(&e("A", "order-12")));
+        assert!(!by_stream.matches(&e("A", "order-x")));
+        assert_eq!(by_stream.checkpoint_every, 32);
+    }
+}
