@@ -3,7 +3,7 @@
 
 use crate::open::{self, Access};
 use crate::url::StoreUrl;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use eskv_server::{Credential, Server, ServerConfig, ServerLimits, TlsConfig};
 use std::io::Write as _;
@@ -87,7 +87,7 @@ impl ServeArgs {
         }
         if let Some(k) = &self.api_key {
             if k.is_empty() {
-                bail!("--api-key must not be empty");
+                return Err(bad("--api-key must not be empty"));
             }
             config = config.credential(Credential::token(k.clone(), None));
         }
@@ -98,12 +98,17 @@ impl ServeArgs {
                 match Credential::parse_line(line) {
                     Ok(Some(c)) => config = config.credential(c),
                     Ok(None) => {}
-                    Err(e) => bail!("{}:{}: {e}", path.display(), i + 1),
+                    Err(e) => return Err(bad(format!("{}:{}: {e}", path.display(), i + 1))),
                 }
             }
         }
         Ok(config)
     }
+}
+
+/// Bad input (exit code 2).
+fn bad(message: impl Into<String>) -> anyhow::Error {
+    eskv::Error::invalid(message.into()).into()
 }
 
 fn init_logs(format: LogFormat) {

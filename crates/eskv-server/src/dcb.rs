@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// For logs.
+const PROTOCOL: &str = "umadb";
+
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 /// The DCB service.
@@ -33,7 +36,10 @@ impl DcbService {
     async fn store<T>(&self, req: &Request<T>) -> Result<EventStore, Status> {
         match self.shared.store_for(req.metadata()).await {
             Ok(s) => Ok(s),
-            Err(Denied::Unauthenticated) => Err(dcb_unauthenticated()),
+            Err(Denied::Unauthenticated) => {
+                crate::error::log_unauthenticated(req.remote_addr(), PROTOCOL);
+                Err(dcb_unauthenticated())
+            }
             Err(Denied::Store(e)) => Err(dcb_status(&e)),
         }
     }

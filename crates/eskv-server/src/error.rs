@@ -47,6 +47,22 @@ fn dcb(code: Code, kind: ErrorType, message: String) -> Status {
     Status::with_details(code, message, details.into())
 }
 
+/// Logs failures that are the server's or the store's, not the client's.
+fn log_server_side(code: Code, e: &Error) {
+    if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+        tracing::warn!(error = %e, code = ?code, "request failed on the server side");
+    }
+}
+
+/// Logs a refused request without valid credentials (never the header).
+pub(crate) fn log_unauthenticated(peer: Option<std::net::SocketAddr>, protocol: &str) {
+    tracing::warn!(
+        ?peer,
+        protocol,
+        "refused a request without valid credentials"
+    );
+}
+
 /// An eskv error as UmaDB's clients expect it.
 pub(crate) fn dcb_status(e: &Error) -> Status {
     let (code, kind) = match e {
@@ -61,6 +77,7 @@ pub(crate) fn dcb_status(e: &Error) -> Status {
         Error::IncompatibleFormat { .. } => (Code::Internal, ErrorType::Internal),
         _ => (Code::Internal, ErrorType::Io),
     };
+    log_server_side(code, e);
     dcb(code, kind, e.to_string())
 }
 
@@ -116,6 +133,7 @@ pub(crate) fn kurrent_status(e: &Error) -> Status {
         Error::Unavailable { .. } | Error::StoreLocked { .. } => Code::Unavailable,
         _ => Code::Internal,
     };
+    log_server_side(code, e);
     Status::new(code, e.to_string())
 }
 

@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// For logs.
+const PROTOCOL: &str = "kurrentdb";
+
 type Tx = mpsc::Sender<Result<ReadResp, Status>>;
 
 pub(crate) struct StreamsService {
@@ -66,7 +69,10 @@ impl StreamsService {
     async fn store<T>(&self, req: &Request<T>) -> Result<EventStore, Status> {
         match self.shared.store_for(req.metadata()).await {
             Ok(s) => Ok(s),
-            Err(Denied::Unauthenticated) => Err(kurrent_unauthenticated()),
+            Err(Denied::Unauthenticated) => {
+                crate::error::log_unauthenticated(req.remote_addr(), PROTOCOL);
+                Err(kurrent_unauthenticated())
+            }
             Err(Denied::Store(e)) => Err(kurrent_status(&e)),
         }
     }
