@@ -296,6 +296,26 @@ async fn kurrentdb_client_appends_reads_and_subscribes() {
     let live = next_event(&mut sub).await;
     assert_eq!((live.revision, live.event_type.as_str()), (1, "OrderPaid"));
 
+    // Resuming: a stream subscription from revision r starts after it; a
+    // $all subscription from position p starts after p.
+    let mut resumed = a
+        .subscribe_to_stream(
+            "order-1",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Position(1)),
+        )
+        .await;
+    assert_eq!(next_event(&mut resumed).await.revision, 2);
+    let mut resumed_all = a
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(Position {
+                commit: 4,
+                prepare: 4,
+            })),
+        )
+        .await;
+    assert_eq!(next_event(&mut resumed_all).await.position.commit, 5);
+    drop((resumed, resumed_all));
+
     // $all with a server-side filter on the event type prefix: only
     // matching events, plus checkpoints.
     let filter = SubscriptionFilter::on_event_type().add_prefix("OrderPa");
