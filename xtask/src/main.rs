@@ -5,11 +5,13 @@
 //!
 //! | task | what it does |
 //! |---|---|
-//! | `ci` | installs what the tests need (below), then format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), doc tests, `cargo doc` with warnings denied, a type check of the `fuzz/` workspace, and a `--quick` benchmark smoke run |
+//! | `ci` | installs what the tests need (below), then format check, clippy `-D warnings`, every test (the etcd tests start their own cluster), the official UmaDB and KurrentDB Python clients against `eskv serve` (a virtual environment with `umadb` and `kurrentdbclient` from PyPI), doc tests, `cargo doc` with warnings denied, a type check of the `fuzz/` workspace, and a `--quick` benchmark smoke run |
 //! | `test` | every test and doc test, without the lint steps |
 //! | `bench [ARGS]` | the benchmark harness (full run by default; `--quick` for a smoke run); writes `BENCHMARKS.md` |
 //! | `tikv-test` | the TiKV conformance suite against the cluster in `PD_ADDRS` |
 //! | `soak [SECONDS]` | 16 writers and 4 live subscribers on redb for SECONDS (default 600) |
+//! | `python-clients` | only the Python client run of `ci` |
+//! | `protos` | regenerates `crates/eskv-server/src/proto/` from the server's `.proto` files (commit the result) |
 //! | `fuzz [SECONDS]` | every cargo-fuzz target in `fuzz/` for SECONDS each (default 60; needs nightly and cargo-fuzz) |
 //!
 //! # What the tests need, and where it comes from
@@ -18,8 +20,9 @@
 //!   cluster on 127.0.0.1. When it is missing, `ci` installs Debian's
 //!   `etcd-server` with apt if it runs as root; otherwise it prints the
 //!   command to run and stops (a skipped suite never counts as a pass).
-//! - **`protoc`**, only for the benchmark harness's UmaDB peers (their
-//!   build script compiles UmaDB's `.proto`). eskv itself needs no
+//! - **`protoc`**, only for the UmaDB client crates that the benchmark
+//!   harness and the server's tests use (their build script compiles
+//!   UmaDB's `.proto`). eskv itself needs no
 //!   `protoc`. Every cargo command started here gets `PROTOC` pointing at
 //!   the binary from the `protoc-bin-vendored` crate, unless `PROTOC` is
 //!   already set.
@@ -41,7 +44,8 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     if std::env::var_os("PROTOC").is_none() {
-        // Only the benchmark harness's UmaDB peers compile `.proto` files.
+        // Only the UmaDB client crates (bench peers, server tests) compile
+        // `.proto` files.
         if let Ok(p) = protoc_bin_vendored::protoc_bin_path() {
             cmd.env("PROTOC", p);
         }
@@ -137,6 +141,50 @@ fn bench(args: &[String]) -> Result<(), String> {
     run(&mut cmd)
 }
 
+/// The Python clients' versions the server is tested against.
+const PYTHON_CLIENTS: [&str; 2] = ["umadb==0.7.8", "kurrentdbclient==1.3.5"];
+
+/// Runs the official Python clients of UmaDB and KurrentDB against
+/// `eskv serve`: a virtual environment under the target directory, the
+/// clients from PyPI, then `crates/eskv-server/tests/python/clients.py`.
+fn python_clients() -> Result<(), String> {
+    cargo_run(&["build", "-p", "eskv-cli"])?;
+    let target = std::path::PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    );
+    let venv = target.join("python-clients");
+    let python = venv.join("bin").join("python");
+    let make_venv = || run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    if !python.is_file() && make_venv().is_err() {
+        // Debian splits venv (ensurepip) out of python3; a failed attempt
+        // leaves a venv without pip behind.
+        let _ = std::fs::remove_dir_all(&venv);
+        if !(is_root() && on_path("apt-get")) {
+            return Err(
+                "the Python client tests need `python3 -m venv`; install python3-venv".into(),
+            );
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3-venv",
+            ]))?;
+        make_venv()?;
+    }
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PYTHON_CLIENTS))?;
+    run(Command::new(&python)
+        .arg("crates/eskv-server/tests/python/clients.py")
+        .arg(target.join("debug").join("eskv"))
+        .arg("crates/eskv-server/tests/tls"))
+}
+
 fn ci() -> Result<(), String> {
     ensure_etcd()?;
     cargo_run(&["fmt", "--all", "--", "--check"])?;
@@ -149,6 +197,7 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     test()?;
+    python_clients()?;
     // Rustdoc warnings (broken links, bad code blocks) fail the run.
     run(cargo()
         .env("RUSTDOCFLAGS", "-D warnings")
@@ -222,6 +271,13 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Regenerates the server's checked-in gRPC code. The generator is its own
+/// small crate, so xtask itself stays quick to build.
+fn protos() -> Result<(), String> {
+    cargo_run(&["run", "-p", "eskv-server-codegen"])?;
+    cargo_run(&["fmt", "-p", "eskv-server"])
+}
+
 fn main() -> ExitCode {
     // Run from the workspace root, wherever `cargo xtask` was invoked.
     if let Some(root) = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
@@ -238,8 +294,10 @@ fn main() -> ExitCode {
         "tikv-test" => tikv_test(),
         "soak" => soak(rest),
         "fuzz" => fuzz(rest),
+        "protos" => protos(),
+        "python-clients" => python_clients(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci|test|bench [--quick]|tikv-test|soak [SECONDS]|fuzz [SECONDS]|protos|python-clients>");
             return ExitCode::from(2);
         }
     };

@@ -12,6 +12,7 @@
 
 pub mod line;
 pub mod open;
+pub mod serve;
 pub mod spec;
 pub mod transfer;
 /// Store URLs, from the library (`eskv::url`).

@@ -117,6 +117,15 @@ enum Command {
         #[arg(long = "in", value_name = "FILE")]
         input: Option<PathBuf>,
     },
+    /// Serve the store over gRPC to UmaDB and KurrentDB clients until
+    /// SIGTERM or Ctrl-C.
+    ///
+    /// Speaks UmaDB's DCB protocol (umadb.v1.DCB) and KurrentDB's streams
+    /// protocol (with its server-features and gossip calls), plus gRPC
+    /// health, on one port. On SIGTERM/SIGINT it refuses new appends,
+    /// ends subscriptions, finishes the requests in flight, then closes
+    /// the store.
+    Serve(eskv_cli::serve::ServeArgs),
     /// Copy a whole store into an empty one (for example redb to TiKV),
     /// then verify counts and checksums.
     Copy {
@@ -316,8 +325,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // A server uses every core; the other commands need little.
+    let workers = match cli.command {
+        Command::Serve(_) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        _ => 2,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -513,6 +527,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export { out: file } => export(&url, file, &mut out).await?,
         Command::Import { input } => import(&url, input, &mut out).await?,
         Command::Copy { from, to } => copy(&parse_url(&from)?, &parse_url(&to)?, &mut out).await?,
+        Command::Serve(a) => eskv_cli::serve::serve(&url, a).await?,
     }
     out.flush()?;
     Ok(())

@@ -1,0 +1,143 @@
+//! Every eskv error and every protocol-level refusal becomes a gRPC status
+//! here, once per protocol, so both protocols' clients get the error kinds
+//! they already understand.
+
+use crate::proto::umadb::v1::{error_response::ErrorType, ErrorResponse};
+use eskv_core::Error;
+use prost::Message as _;
+use tonic::{Code, Status};
+
+/// Errors of the server itself (not of a request).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key cannot be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(String),
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The one answer to a request without valid credentials: the same for
+/// every cause, naming nothing about the store.
+const UNAUTHENTICATED: &str = "missing or invalid credentials";
+
+/// The status for a UmaDB client: the gRPC code, plus UmaDB's
+/// `ErrorResponse` as the status details, from which UmaDB's clients pick
+/// their error kind (a failed condition is their integrity error).
+fn dcb(code: Code, kind: ErrorType, message: String) -> Status {
+    let details = ErrorResponse {
+        message: message.clone(),
+        error_type: kind as i32,
+    }
+    .encode_to_vec();
+    Status::with_details(code, message, details.into())
+}
+
+/// Logs failures that are the server's or the store's, not the client's.
+fn log_server_side(code: Code, e: &Error) {
+    if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+        tracing::warn!(error = %e, code = ?code, "request failed on the server side");
+    }
+}
+
+/// Logs a refused request without valid credentials (never the header).
+pub(crate) fn log_unauthenticated(peer: Option<std::net::SocketAddr>, protocol: &str) {
+    tracing::warn!(
+        ?peer,
+        protocol,
+        "refused a request without valid credentials"
+    );
+}
+
+/// An eskv error as UmaDB's clients expect it.
+pub(crate) fn dcb_status(e: &Error) -> Status {
+    let (code, kind) = match e {
+        Error::ConditionFailed { .. }
+        | Error::IdempotencyViolation { .. }
+        | Error::WrongExpectedVersion { .. } => (Code::FailedPrecondition, ErrorType::Integrity),
+        Error::InvalidInput { .. }
+        | Error::LimitExceeded { .. }
+        | Error::UnknownEventType { .. } => (Code::InvalidArgument, ErrorType::InvalidArgument),
+        Error::Corrupt { .. } => (Code::DataLoss, ErrorType::Corruption),
+        Error::Unavailable { .. } | Error::StoreLocked { .. } => (Code::Unavailable, ErrorType::Io),
+        Error::IncompatibleFormat { .. } => (Code::Internal, ErrorType::Internal),
+        _ => (Code::Internal, ErrorType::Io),
+    };
+    log_server_side(code, e);
+    dcb(code, kind, e.to_string())
+}
+
+/// A malformed UmaDB request.
+pub(crate) fn dcb_invalid(message: impl Into<String>) -> Status {
+    dcb(
+        Code::InvalidArgument,
+        ErrorType::InvalidArgument,
+        message.into(),
+    )
+}
+
+/// A UmaDB request that breaks a data rule (UmaDB's integrity error).
+pub(crate) fn dcb_integrity(message: impl Into<String>) -> Status {
+    dcb(
+        Code::FailedPrecondition,
+        ErrorType::Integrity,
+        message.into(),
+    )
+}
+
+/// The server is shutting down or over a limit.
+pub(crate) fn dcb_unavailable(message: impl Into<String>) -> Status {
+    dcb(Code::Unavailable, ErrorType::Io, message.into())
+}
+
+/// Over a per-connection limit.
+pub(crate) fn dcb_exhausted(message: impl Into<String>) -> Status {
+    dcb(Code::ResourceExhausted, ErrorType::Io, message.into())
+}
+
+/// Unauthenticated, as UmaDB's clients recognise it.
+pub(crate) fn dcb_unauthenticated() -> Status {
+    dcb(
+        Code::Unauthenticated,
+        ErrorType::Authentication,
+        UNAUTHENTICATED.into(),
+    )
+}
+
+/// An eskv error as KurrentDB's clients expect it. (A wrong expected
+/// version is not an error status there: it is an append response.)
+pub(crate) fn kurrent_status(e: &Error) -> Status {
+    let code = match e {
+        Error::InvalidInput { .. }
+        | Error::LimitExceeded { .. }
+        | Error::UnknownEventType { .. } => Code::InvalidArgument,
+        Error::ConditionFailed { .. }
+        | Error::IdempotencyViolation { .. }
+        | Error::WrongExpectedVersion { .. } => Code::FailedPrecondition,
+        Error::NotFound { .. } => Code::NotFound,
+        Error::Corrupt { .. } => Code::DataLoss,
+        Error::Unavailable { .. } | Error::StoreLocked { .. } => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    log_server_side(code, e);
+    Status::new(code, e.to_string())
+}
+
+/// Unauthenticated, as KurrentDB's clients recognise it (access denied).
+pub(crate) fn kurrent_unauthenticated() -> Status {
+    Status::unauthenticated(UNAUTHENTICATED)
+}

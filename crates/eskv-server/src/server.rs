@@ -1,0 +1,178 @@
+//! Binding, serving, and graceful shutdown.
+
+use crate::config::ServerConfig;
+use crate::context::Shared;
+use crate::dcb::DcbService;
+use crate::error::ServerError;
+use crate::proto::umadb::v1::dcb_server::DcbServer;
+use eskv_core::EventStore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// An eskv store served over gRPC: UmaDB's `umadb.v1.DCB`, KurrentDB's
+/// streams, server-features and gossip services, and gRPC health
+/// (`grpc.health.v1.Health`).
+#[derive(Debug)]
+pub struct Server {
+    store: EventStore,
+    config: ServerConfig,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds `config.listen` (port 0 picks a free port; see
+    /// [`local_addr`](Self::local_addr)). The store stays open for as long
+    /// as the server runs, and is closed when it returns, unless the
+    /// caller keeps a handle.
+    pub async fn bind(store: EventStore, config: ServerConfig) -> Result<Self, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Server {
+            store,
+            config,
+            listener,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: new
+    /// appends are refused (`UNAVAILABLE`, nothing written), live
+    /// subscriptions end with `UNAVAILABLE`, health turns `NOT_SERVING`,
+    /// and the call returns once the requests in flight (appends included)
+    /// have finished.
+    pub async fn serve_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let addr = self.local_addr();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(self.store, &self.config, stop_rx));
+        let limits = &self.config.limits;
+        let max = limits.max_message_bytes;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<DcbServer<DcbService>>().await;
+        crate::kurrent::set_serving(&health).await;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.config.tls {
+            // tonic's TLS uses rustls' process-wide crypto provider; when
+            // the application has not installed one (and its dependencies
+            // enable more than one), use ring. An installed one is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let read = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+            };
+            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .map_err(|e| {
+                    ServerError::Tls(format!(
+                        "certificate {} or key {}: {e}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    ))
+                })?;
+        }
+        let dcb = DcbServer::new(DcbService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let router = builder.add_service(health_service).add_service(dcb);
+        let router = crate::kurrent::add_services(router, &shared);
+        tracing::info!(%addr, tls = self.config.tls.is_some(), auth = !self.config.credentials.is_empty(), "eskv server listening");
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new appends, ending subscriptions, finishing requests in flight");
+            let _ = stop_tx.send(true);
+            health.set_not_serving::<DcbServer<DcbService>>().await;
+            crate::kurrent::set_not_serving(&health).await;
+            // Keep the sender alive until the transport has drained.
+            std::mem::forget(stop_tx);
+        };
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
+            .await?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+
+    /// Serves in a background task; the handle stops it.
+    pub fn spawn(self) -> ServerHandle {
+        let addr = self.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve_until(async {
+            let _ = rx.await;
+        }));
+        ServerHandle {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+}
+
+/// A server running in the background ([`Server::spawn`]).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C); on other platforms, on Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,425 @@
+//! The official KurrentDB Rust client (`kurrentdb`), unchanged, against a
+//! real eskv server on 127.0.0.1 over a redb file, with a
+//! `kurrentdb://host:port?tls=false` connection string.
+
+use eskv_core::EventStore;
+use eskv_server::{Credential, Server, ServerConfig, ServerHandle};
+use kurrentdb::{
+    AppendToStreamOptions, Client, CurrentRevision, DeleteStreamOptions, EventData, Position,
+    ReadAllOptions, ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions,
+    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn redb_store(dir: &tempfile::TempDir) -> EventStore {
+    let kv = eskv_redb::RedbStore::open(dir.path().join("events.redb"))
+        .await
+        .unwrap();
+    EventStore::open(Arc::new(kv)).await.unwrap()
+}
+
+async fn start(store: EventStore, config: ServerConfig) -> ServerHandle {
+    Server::bind(store, config).await.unwrap().spawn()
+}
+
+fn local() -> ServerConfig {
+    ServerConfig::new("127.0.0.1:0".parse().unwrap())
+}
+
+fn client(h: &ServerHandle, user: Option<&str>) -> Client {
+    let auth = user.map_or(String::new(), |u| format!("{u}@"));
+    let url = format!(
+        "kurrentdb://{auth}127.0.0.1:{}?tls=false",
+        h.local_addr().port()
+    );
+    Client::new(url.parse().unwrap()).unwrap()
+}
+
+fn ev(t: &str, n: u32) -> EventData {
+    EventData::json(t, &serde_json::json!({ "n": n }))
+        .unwrap()
+        .id(Uuid::new_v4())
+}
+
+/// What the client returned for one event (its `RecordedEvent` is not
+/// `Clone`).
+#[derive(Debug)]
+struct Got {
+    id: Uuid,
+    stream_id: String,
+    revision: u64,
+    event_type: String,
+    data: Vec<u8>,
+    metadata: std::collections::HashMap<String, String>,
+    custom_metadata: Vec<u8>,
+    is_json: bool,
+    position: Position,
+}
+
+impl Got {
+    fn of(e: &kurrentdb::RecordedEvent) -> Self {
+        Got {
+            id: e.id,
+            stream_id: e.stream_id().to_owned(),
+            revision: e.revision,
+            event_type: e.event_type.clone(),
+            data: e.data.to_vec(),
+            metadata: e.metadata.clone(),
+            custom_metadata: e.custom_metadata.to_vec(),
+            is_json: e.is_json,
+            position: e.position,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.data).unwrap()
+    }
+}
+
+async fn read_stream(c: &Client, s: &str, opts: &ReadStreamOptions) -> Vec<Got> {
+    let mut r = c.read_stream(s, opts).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = r.next().await.unwrap() {
+        out.push(Got::of(e.get_original_event()));
+    }
+    out
+}
+
+async fn read_all(c: &Client, opts: &ReadAllOptions) -> Vec<Got> {
+    let mut r = c.read_all(opts).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = r.next().await.unwrap() {
+        out.push(Got::of(e.get_original_event()));
+    }
+    out
+}
+
+async fn next_event(sub: &mut kurrentdb::Subscription) -> Got {
+    let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap();
+    Got::of(e.get_original_event())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kurrentdb_client_appends_reads_and_subscribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(redb_store(&dir).await, local()).await;
+    let a = client(&server, None);
+    let b = client(&server, None);
+
+    // Expected revisions: revisions count from 0.
+    let first = ev("OrderPlaced", 1).metadata(b"\x00raw custom bytes\xff".to_vec().into());
+    let first_id = Uuid::new_v4();
+    let first = first.id(first_id);
+    let w = a
+        .append_to_stream(
+            "order-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![first.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.next_expected_version, 0);
+    assert_eq!(w.position.commit, 1);
+    let w = a
+        .append_to_stream(
+            "order-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::StreamRevision(0)),
+            vec![ev("OrderPaid", 2), ev("OrderShipped", 3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.next_expected_version, 2);
+    // A stale writer gets the wrong-expected-version error, with the
+    // stream's actual revision.
+    match b
+        .append_to_stream(
+            "order-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::StreamRevision(0)),
+            vec![ev("OrderCancelled", 4)],
+        )
+        .await
+    {
+        Err(kurrentdb::Error::WrongExpectedVersion { current, expected }) => {
+            assert_eq!(current, CurrentRevision::Current(2));
+            assert_eq!(expected, StreamState::StreamRevision(0));
+        }
+        other => panic!("expected a wrong expected version, got {other:?}"),
+    }
+    assert!(matches!(
+        b.append_to_stream(
+            "order-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![ev("OrderPlaced", 5)],
+        )
+        .await,
+        Err(kurrentdb::Error::WrongExpectedVersion {
+            current: CurrentRevision::Current(2),
+            ..
+        })
+    ));
+    assert!(matches!(
+        b.append_to_stream(
+            "order-2",
+            &AppendToStreamOptions::default().stream_state(StreamState::StreamExists),
+            vec![ev("OrderPlaced", 6)],
+        )
+        .await,
+        Err(kurrentdb::Error::WrongExpectedVersion {
+            current: CurrentRevision::NoStream,
+            ..
+        })
+    ));
+    // An idempotent retry: the same event id and content again, with the
+    // same expected revision, succeeds without writing twice.
+    let retry = a
+        .append_to_stream(
+            "order-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![first.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(retry.next_expected_version, 0);
+    b.append_to_stream(
+        "order-2",
+        &AppendToStreamOptions::default(),
+        vec![ev("OrderPlaced", 7)],
+    )
+    .await
+    .unwrap();
+
+    // Reads both ways; ids, content type and custom metadata byte-exact.
+    let fwd = read_stream(&a, "order-1", &ReadStreamOptions::default()).await;
+    assert_eq!(
+        fwd.iter()
+            .map(|e| (e.revision, e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        [(0, "OrderPlaced"), (1, "OrderPaid"), (2, "OrderShipped")]
+    );
+    assert_eq!(fwd[0].id, first_id);
+    assert!(fwd[0].is_json);
+    assert_eq!(&fwd[0].custom_metadata[..], b"\x00raw custom bytes\xff");
+    assert_eq!(
+        fwd[0].metadata.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(fwd[0].json(), serde_json::json!({"n": 1}));
+    let back = read_stream(
+        &a,
+        "order-1",
+        &ReadStreamOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(2),
+    )
+    .await;
+    assert_eq!(back.iter().map(|e| e.revision).collect::<Vec<_>>(), [2, 1]);
+    let from1 = read_stream(
+        &a,
+        "order-1",
+        &ReadStreamOptions::default().position(StreamPosition::Position(1)),
+    )
+    .await;
+    assert_eq!(from1.iter().map(|e| e.revision).collect::<Vec<_>>(), [1, 2]);
+    let missing = a
+        .read_stream("nope", &ReadStreamOptions::default())
+        .await
+        .unwrap()
+        .next()
+        .await;
+    assert!(
+        matches!(missing, Err(kurrentdb::Error::ResourceNotFound)),
+        "{missing:?}"
+    );
+    let binary = EventData::binary("Blob", vec![1u8, 2, 3].into()).id(Uuid::new_v4());
+    a.append_to_stream("blob-1", &AppendToStreamOptions::default(), vec![binary])
+        .await
+        .unwrap();
+    let blob = read_stream(&a, "blob-1", &ReadStreamOptions::default()).await;
+    assert!(!blob[0].is_json);
+    assert_eq!(&blob[0].data[..], [1, 2, 3]);
+
+    let all = read_all(&a, &ReadAllOptions::default()).await;
+    assert_eq!(
+        all.iter().map(|e| e.position.commit).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let all_back = read_all(
+        &a,
+        &ReadAllOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(2),
+    )
+    .await;
+    assert_eq!(
+        all_back
+            .iter()
+            .map(|e| e.position.commit)
+            .collect::<Vec<_>>(),
+        [5, 4]
+    );
+    let from3 = read_all(
+        &a,
+        &ReadAllOptions::default().position(StreamPosition::Position(Position {
+            commit: 3,
+            prepare: 3,
+        })),
+    )
+    .await;
+    assert_eq!(
+        from3.iter().map(|e| e.position.commit).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+
+    // Catch-up subscription to a stream: history, then another client's
+    // append, live.
+    let mut sub = a
+        .subscribe_to_stream(
+            "order-2",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
+        .await;
+    assert_eq!(next_event(&mut sub).await.event_type, "OrderPlaced");
+    b.append_to_stream(
+        "order-2",
+        &AppendToStreamOptions::default().stream_state(StreamState::StreamRevision(0)),
+        vec![ev("OrderPaid", 8)],
+    )
+    .await
+    .unwrap();
+    let live = next_event(&mut sub).await;
+    assert_eq!((live.revision, live.event_type.as_str()), (1, "OrderPaid"));
+
+    // Resuming: a stream subscription from revision r starts after it; a
+    // $all subscription from position p starts after p.
+    let mut resumed = a
+        .subscribe_to_stream(
+            "order-1",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Position(1)),
+        )
+        .await;
+    assert_eq!(next_event(&mut resumed).await.revision, 2);
+    let mut resumed_all = a
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(Position {
+                commit: 4,
+                prepare: 4,
+            })),
+        )
+        .await;
+    assert_eq!(next_event(&mut resumed_all).await.position.commit, 5);
+    drop((resumed, resumed_all));
+
+    // $all with a server-side filter on the event type prefix: only
+    // matching events, plus checkpoints.
+    let filter = SubscriptionFilter::on_event_type().add_prefix("OrderPa");
+    let mut all_sub = a
+        .subscribe_to_all(&SubscribeToAllOptions::default().filter(filter))
+        .await;
+    let mut got = Vec::new();
+    let mut checkpoints = 0;
+    while got.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(10), all_sub.next_subscription_event())
+            .await
+            .expect("subscription events within 10 s")
+            .unwrap();
+        match e {
+            SubscriptionEvent::EventAppeared(e) => {
+                got.push(e.get_original_event().event_type.clone())
+            }
+            SubscriptionEvent::Checkpoint(_) => checkpoints += 1,
+            SubscriptionEvent::CaughtUp(_) => {
+                b.append_to_stream(
+                    "order-3",
+                    &AppendToStreamOptions::default(),
+                    vec![ev("OrderPaid", 9)],
+                )
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got, ["OrderPaid", "OrderPaid", "OrderPaid"]);
+    assert!(
+        checkpoints >= 1,
+        "a filtered $all subscription sends checkpoints"
+    );
+
+    // Stream-name prefix filter on $all.
+    let by_stream = SubscriptionFilter::on_stream_name().add_prefix("blob-");
+    let mut blob_sub = a
+        .subscribe_to_all(&SubscribeToAllOptions::default().filter(by_stream))
+        .await;
+    assert_eq!(next_event(&mut blob_sub).await.stream_id, "blob-1");
+
+    // Deleting is not supported yet, and says so.
+    match a
+        .delete_stream("order-1", &DeleteStreamOptions::default())
+        .await
+    {
+        Err(kurrentdb::Error::UnsupportedFeature) => {}
+        other => panic!("expected unsupported, got {other:?}"),
+    }
+    drop((sub, all_sub, blob_sub));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_credentials_authenticate_and_pick_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = local()
+        .credential(Credential::basic("alice", "pw-a", Some("tenant-a")))
+        .credential(Credential::basic("bob", "pw-b", Some("tenant-b")));
+    let server = start(redb_store(&dir).await, config).await;
+    for user in [None, Some("alice:wrong"), Some("mallory:pw-a")] {
+        let c = client(&server, user);
+        let r = c
+            .append_to_stream("x-1", &AppendToStreamOptions::default(), vec![ev("X", 0)])
+            .await;
+        assert!(
+            matches!(r, Err(kurrentdb::Error::AccessDenied)),
+            "{user:?}: {r:?}"
+        );
+    }
+    let alice = client(&server, Some("alice:pw-a"));
+    let bob = client(&server, Some("bob:pw-b"));
+    alice
+        .append_to_stream(
+            "account-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![ev("Opened", 1)],
+        )
+        .await
+        .unwrap();
+    // Bob's tenant has no such stream: he cannot read alice's events, and
+    // his "new stream" append does not collide with hers.
+    let r = bob
+        .read_stream("account-1", &ReadStreamOptions::default())
+        .await
+        .unwrap()
+        .next()
+        .await;
+    assert!(
+        matches!(r, Err(kurrentdb::Error::ResourceNotFound)),
+        "{r:?}"
+    );
+    assert!(read_all(&bob, &ReadAllOptions::default()).await.is_empty());
+    bob.append_to_stream(
+        "account-1",
+        &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+        vec![ev("Opened", 2)],
+    )
+    .await
+    .unwrap();
+    let mine = read_all(&alice, &ReadAllOptions::default()).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].json()["n"], 1);
+    server.shutdown().await.unwrap();
+}
