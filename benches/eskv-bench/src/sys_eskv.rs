@@ -176,6 +176,7 @@ impl Store for Eskv {
                     stream_id: s.clone(),
                     version: *v,
                 }),
+                personal: None,
             })
             .collect();
         self.rt

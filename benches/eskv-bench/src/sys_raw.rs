@@ -35,6 +35,7 @@ fn event_rows(
         tags: ev.tags.to_vec(),
         data: ev.data.to_vec(),
         metadata: Default::default(),
+        personal: None,
     };
     rows.push((
         layout::log_key(pos),

@@ -349,6 +349,7 @@ impl Importer {
             metadata: event.metadata,
             recorded_at_ms,
             stream: stream.map(|(stream_id, version)| StreamRef { stream_id, version }),
+            personal: None,
         });
         self.next += 1;
         Ok(())

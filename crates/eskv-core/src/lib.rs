@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crypto;
 pub mod decide;
 pub mod envelope;
 pub mod error;
@@ -41,6 +42,7 @@ pub mod event;
 mod event_serde;
 pub mod kv;
 pub mod layout;
+pub mod lifecycle;
 pub mod memory;
 pub mod oracle;
 pub mod projection;
@@ -54,12 +56,14 @@ pub mod typed;
 pub mod validate;
 pub mod verify;
 
+pub use crypto::StoreKey;
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent,
-    StreamRef, StreamVersion,
+    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
+    RecordedEvent, StreamRef, StreamVersion,
 };
+pub use lifecycle::Retention;
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
     ScanOptions, WriteBuffer,
@@ -70,8 +74,8 @@ pub use projection::{
 };
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
-    AppendRequest, AppendResult, EventStore, EventStoreOptions, ImportMarker, Limits, LogFilter,
-    ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    AppendRequest, AppendResult, CompactReport, EventStore, EventStoreOptions, ForgetOutcome,
+    ImportMarker, Limits, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,

@@ -28,6 +28,12 @@ impl EventStore {
             if let Some(s) = &e.stream {
                 validate_stream_id(&s.stream_id, l)?;
             }
+            if e.personal.is_some() {
+                return Err(Error::invalid(format!(
+                    "event {} has a personal part; import does not carry personal data yet: append such events with NewEvent::with_personal_data",
+                    e.id
+                )));
+            }
             if !ids.insert(e.id) {
                 return Err(Error::invalid(format!(
                     "event id {} appears twice in the import",
@@ -125,13 +131,14 @@ impl EventStore {
                     tags,
                     data: e.data.clone(),
                     metadata: e.metadata.clone(),
+                    personal: None,
                 };
                 event_rows(
                     &mut rows,
                     pos,
                     &new,
                     e.recorded_at_ms,
-                    sref,
+                    (sref, None),
                     (head + 1, head + events.len() as u64),
                 )?;
             }
