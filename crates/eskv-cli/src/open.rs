@@ -25,6 +25,35 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(LOCK_WAIT.as_millis() as u64);
 
+static STORE_KEY: std::sync::Mutex<Option<eskv::StoreKey>> = std::sync::Mutex::new(None);
+
+/// Sets the store key (for personal data) every [`open`] passes on.
+pub fn set_store_key(key: Option<eskv::StoreKey>) {
+    *STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()) = key;
+}
+
+/// Parses a store key written as 64 hexadecimal digits.
+pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("a store key is 64 hexadecimal digits (32 bytes); this one has {} characters", hex.len());
+    }
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(eskv::StoreKey::from_bytes(bytes))
+}
+
+/// The event store options every open uses.
+fn store_options() -> eskv::EventStoreOptions {
+    let mut o = eskv::EventStoreOptions::default();
+    if let Some(k) = STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        o = o.store_key(k);
+    }
+    o
+}
+
 /// Sets how long [`open`] waits for a redb file held by another process
 /// (default [`LOCK_WAIT`]).
 pub fn set_lock_wait(wait: Duration) {
@@ -34,14 +63,15 @@ pub fn set_lock_wait(wait: Duration) {
     );
 }
 
-fn lock_wait() -> Duration {
+/// How long opens wait for a redb file another process holds.
+pub fn lock_wait() -> Duration {
     Duration::from_millis(LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Opens the store behind `url`.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
-        StoreUrl::Memory => Ok(EventStore::open(Arc::new(MemoryStore::new())).await?),
+        StoreUrl::Memory => Ok(EventStore::open_with(Arc::new(MemoryStore::new()), store_options()).await?),
         StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
         StoreUrl::Tikv { endpoints, prefix } => open_tikv(endpoints, prefix.as_deref()).await,
         StoreUrl::Etcd { endpoints, prefix } => open_etcd(endpoints, prefix.as_deref()).await,
@@ -131,7 +161,7 @@ async fn open_redb_once(
         options = options.cache_size(c);
     }
     let kv = eskv::redb::RedbStore::open_with(path, options).await?;
-    EventStore::open(Arc::new(kv)).await
+    EventStore::open_with(Arc::new(kv), store_options()).await
 }
 
 #[cfg(feature = "redb")]
@@ -176,7 +206,7 @@ async fn open_tikv(endpoints: &[String], prefix: Option<&str>) -> Result<EventSt
     let kv = eskv::tikv::TikvStore::connect(opts)
         .await
         .with_context(|| format!("cannot connect to TiKV at {}", endpoints.join(",")))?;
-    Ok(EventStore::open(Arc::new(kv)).await?)
+    Ok(EventStore::open_with(Arc::new(kv), store_options()).await?)
 }
 
 #[cfg(not(feature = "tikv"))]
@@ -193,7 +223,7 @@ async fn open_etcd(endpoints: &[String], prefix: Option<&str>) -> Result<EventSt
     let kv = eskv::etcd::EtcdStore::connect(opts)
         .await
         .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
-    Ok(EventStore::open(Arc::new(kv)).await?)
+    Ok(EventStore::open_with(Arc::new(kv), store_options()).await?)
 }
 
 #[cfg(not(feature = "etcd"))]

@@ -1715,3 +1715,49 @@ fn redb_cache_size_in_the_store_url() {
     assert!(r.stderr.contains("not a size"), "{}", r.stderr);
     assert!(!d.join("n.redb").exists());
 }
+
+#[test]
+fn delete_compact_and_forget_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("life.redb");
+    let payload = "x".repeat(2000);
+    let lines: String = (0..300)
+        .map(|_| format!("{{\"type\":\"Big\",\"data_text\":\"{payload}\"}}\n"))
+        .collect();
+    ok(d, &["--store", &s, "append", "--stream", "bulk-1"], Some(&lines));
+    ok(
+        d,
+        &["--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "1"],
+        None,
+    );
+    ok(d, &["--store", &s, "delete-stream", "bulk-1", "--expected", "300"], None);
+    let again = fails(d, &["--store", &s, "delete-stream", "bulk-1"], None);
+    assert_eq!(again.code, 3, "{}", again.stderr);
+    let out = json_lines(&ok(d, &["--store", &s, "--json", "compact"], None));
+    assert_eq!(out[0]["events_removed"], 300);
+    let file = &out[0]["file"];
+    assert!(
+        file["bytes_after"].as_u64().unwrap() * 2 < file["bytes_before"].as_u64().unwrap(),
+        "{file}"
+    );
+    let log = json_lines(&ok(d, &["--store", &s, "read"], None));
+    let types: Vec<&str> = log.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Kept", "$stream-deleted"]);
+    assert_eq!(log[0]["position"], 301, "positions are kept");
+    ok(d, &["--store", &s, "check"], None);
+    ok(d, &["--store", &s, "delete-stream", "keep-1", "--tombstone"], None);
+    let closed = fails(
+        d,
+        &["--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "2"],
+        None,
+    );
+    assert_eq!(closed.code, 3);
+    assert!(closed.stderr.contains("tombstoned"), "{}", closed.stderr);
+    ok(d, &["--store", &s, "retention", "other-1", "--max-count", "5", "--expected", "no-stream"], None);
+    let unknown = fails(d, &["--store", &s, "forget", "user-9"], None);
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("user-9"), "{}", unknown.stderr);
+    let bad_key = fails(d, &["--store", &s, "--store-key", "abc", "read"], None);
+    assert_eq!(bad_key.code, 2, "{}", bad_key.stderr);
+}
