@@ -101,7 +101,7 @@ impl EventStore {
                 validate_tag(t, l)?;
             }
             if let Some(p) = &e.personal {
-                validate_tag(&crate::lifecycle::subject_tag(p.subject()), l)?;
+                crate::validate::validate_subject(p.subject(), l)?;
                 if self.inner.opts.store_key.is_none() {
                     return Err(super::live::no_store_key());
                 }

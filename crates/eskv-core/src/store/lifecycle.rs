@@ -16,7 +16,7 @@ use crate::kv::KvTransaction;
 use crate::layout::{self, IdEntry, StreamMeta};
 use crate::lifecycle::{stream_tag, subject_tag, system_types, Retention, StreamLife};
 use crate::retry::retry;
-use crate::validate::{validate_stream_id, validate_tag};
+use crate::validate::{validate_stream_id, validate_subject};
 use ulid::Ulid;
 
 /// What [`EventStore::forget`] did.
@@ -212,7 +212,7 @@ impl EventStore {
     /// Errors: [`Error::UnknownSubject`] when no personal data of
     /// `subject` was ever stored.
     pub async fn forget(&self, subject: &str) -> Result<ForgetOutcome> {
-        validate_tag(&subject_tag(subject), &self.inner.opts.limits)?;
+        validate_subject(subject, &self.inner.opts.limits)?;
         let id = Ulid::generate();
         let kv = &self.inner.kv;
         let outcome = retry(self.inner.opts.max_retries, || async {
