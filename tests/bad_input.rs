@@ -15,10 +15,9 @@
 use eskv::verify::verify;
 use eskv::{
     AppendCondition, AppendRequest, Error, EventStore, EventStoreOptions, ExpectedVersion,
-    KeyRange, KvStore, Retention, StoreKey,
-    KvStoreExt, Limits, Metadata, Namespaced, NewEvent, Query, QueryItem, ReadOptions,
-    ReadStreamOptions, RecordedEvent, ScanOptions, SnapshotKey, StartFrom, SubscriptionFilter,
-    SubscriptionOptions, Ulid,
+    KeyRange, KvStore, KvStoreExt, Limits, Metadata, Namespaced, NewEvent, Query, QueryItem,
+    ReadOptions, ReadStreamOptions, RecordedEvent, Retention, ScanOptions, SnapshotKey, StartFrom,
+    StoreKey, SubscriptionFilter, SubscriptionOptions, Ulid,
 };
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -669,60 +668,114 @@ fn matrix(s: &Seeded) -> Vec<Case> {
     ));
 
     // ---- lifecycle: retention, deletion, forgetting, store keys --------
-    c.push(case("forget an unknown subject", UnknownSubject, |es| async move {
-        es.forget("user-never-stored").await
-    }));
-    c.push(case("forget an invalid subject", Invalid, |es| async move {
-        es.forget("user\n1").await
-    }));
+    c.push(case(
+        "forget an unknown subject",
+        UnknownSubject,
+        |es| async move { es.forget("user-never-stored").await },
+    ));
+    c.push(case(
+        "forget an invalid subject",
+        Invalid,
+        |es| async move { es.forget("user\n1").await },
+    ));
     c.push(case("truncate beyond the head", Invalid, |es| async move {
-        es.set_retention("order-1", Retention::new().truncate_before(4), ExpectedVersion::Any)
-            .await
+        es.set_retention(
+            "order-1",
+            Retention::new().truncate_before(4),
+            ExpectedVersion::Any,
+        )
+        .await
     }));
-    c.push(case("retention keeping no event", Invalid, |es| async move {
-        es.set_retention("order-1", Retention::new().max_count(0), ExpectedVersion::Any)
+    c.push(case(
+        "retention keeping no event",
+        Invalid,
+        |es| async move {
+            es.set_retention(
+                "order-1",
+                Retention::new().max_count(0),
+                ExpectedVersion::Any,
+            )
             .await
-    }));
-    c.push(case("stale retention revision", WrongVersion, |es| async move {
-        es.set_retention("order-1", Retention::new().max_count(1), ExpectedVersion::Exact(3))
+        },
+    ));
+    c.push(case(
+        "stale retention revision",
+        WrongVersion,
+        |es| async move {
+            es.set_retention(
+                "order-1",
+                Retention::new().max_count(1),
+                ExpectedVersion::Exact(3),
+            )
             .await
-    }));
-    for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(1)] {
+        },
+    ));
+    for expected in [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+    ] {
         c.push(case(
             format!("write to a tombstoned stream expecting {expected}"),
             Tombstoned,
             move |es| async move {
-                es.append_to_stream("closed-1", expected, vec![ev("A")]).await
+                es.append_to_stream("closed-1", expected, vec![ev("A")])
+                    .await
             },
         ));
     }
-    c.push(case("retention on a tombstoned stream", Tombstoned, |es| async move {
-        es.set_retention("closed-1", Retention::new().max_count(1), ExpectedVersion::Any)
+    c.push(case(
+        "retention on a tombstoned stream",
+        Tombstoned,
+        |es| async move {
+            es.set_retention(
+                "closed-1",
+                Retention::new().max_count(1),
+                ExpectedVersion::Any,
+            )
             .await
-    }));
-    c.push(case("tombstone a tombstoned stream", Tombstoned, |es| async move {
-        es.tombstone_stream("closed-1", ExpectedVersion::Any).await
-    }));
-    c.push(case("delete a stream that never existed", NotFound, |es| async move {
-        es.delete_stream("never-1", ExpectedVersion::Any).await
-    }));
-    c.push(case("delete with a wrong expected version", WrongVersion, |es| async move {
-        es.delete_stream("order-1", ExpectedVersion::Exact(1)).await
-    }));
+        },
+    ));
+    c.push(case(
+        "tombstone a tombstoned stream",
+        Tombstoned,
+        |es| async move { es.tombstone_stream("closed-1", ExpectedVersion::Any).await },
+    ));
+    c.push(case(
+        "delete a stream that never existed",
+        NotFound,
+        |es| async move { es.delete_stream("never-1", ExpectedVersion::Any).await },
+    ));
+    c.push(case(
+        "delete with a wrong expected version",
+        WrongVersion,
+        |es| async move { es.delete_stream("order-1", ExpectedVersion::Exact(1)).await },
+    ));
     c.push(case("a wrong store key", WrongStoreKey, |es| async move {
         let opts = EventStoreOptions::default().store_key(StoreKey::from_bytes([6; 32]));
         EventStore::open_with(es.kv().clone(), opts).await
     }));
-    c.push(case("personal data without a store key", WrongStoreKey, |es| async move {
-        let keyless = EventStore::open(es.kv().clone()).await?;
-        keyless
-            .append(vec![ev("A").with_personal_data("user-1", b"Ada".to_vec())], None)
-            .await
-    }));
-    c.push(case("personal data of an invalid subject", Invalid, |es| async move {
-        es.append(vec![ev("A").with_personal_data("", b"Ada".to_vec())], None)
-            .await
-    }));
+    c.push(case(
+        "personal data without a store key",
+        WrongStoreKey,
+        |es| async move {
+            let keyless = EventStore::open(es.kv().clone()).await?;
+            keyless
+                .append(
+                    vec![ev("A").with_personal_data("user-1", b"Ada".to_vec())],
+                    None,
+                )
+                .await
+        },
+    ));
+    c.push(case(
+        "personal data of an invalid subject",
+        Invalid,
+        |es| async move {
+            es.append(vec![ev("A").with_personal_data("", b"Ada".to_vec())], None)
+                .await
+        },
+    ));
     c
 }
 

@@ -5,8 +5,8 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use eskv::{
-    AppendCondition, AppendRequest, EventStore, ExpectedVersion, LogFilter, Query, ReadOptions, ReadStreamOptions,
-    RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
+    AppendCondition, AppendRequest, EventStore, ExpectedVersion, LogFilter, Query, ReadOptions,
+    ReadStreamOptions, RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
 };
 use eskv_cli::line::{Digest, EventLine, MetaLine};
 use eskv_cli::open::{self, Access};
@@ -73,7 +73,13 @@ struct Cli {
     lock_timeout: u64,
     /// The store key for personal data (64 hex digits): needed to append
     /// or read the personal parts of events.
-    #[arg(long, global = true, env = "ESKV_STORE_KEY", hide_env_values = true, value_name = "HEX")]
+    #[arg(
+        long,
+        global = true,
+        env = "ESKV_STORE_KEY",
+        hide_env_values = true,
+        value_name = "HEX"
+    )]
     store_key: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -553,7 +559,9 @@ fn parse_url(s: &str) -> Result<StoreUrl> {
 async fn run(cli: Cli) -> Result<()> {
     open::set_lock_wait(Duration::from_secs(cli.lock_timeout));
     if let Some(k) = &cli.store_key {
-        open::set_store_key(Some(open::parse_store_key(k).map_err(|e| usage(e.to_string()))?));
+        open::set_store_key(Some(
+            open::parse_store_key(k).map_err(|e| usage(e.to_string()))?,
+        ));
     }
     let url = parse_url(&cli.store)?;
     let mut out = Out::new(cli.json);

@@ -36,7 +36,10 @@ pub fn set_store_key(key: Option<eskv::StoreKey>) {
 pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("a store key is 64 hexadecimal digits (32 bytes); this one has {} characters", hex.len());
+        bail!(
+            "a store key is 64 hexadecimal digits (32 bytes); this one has {} characters",
+            hex.len()
+        );
     }
     let mut bytes = [0u8; 32];
     for (i, b) in bytes.iter_mut().enumerate() {
@@ -71,7 +74,9 @@ pub fn lock_wait() -> Duration {
 /// Opens the store behind `url`.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     match url {
-        StoreUrl::Memory => Ok(EventStore::open_with(Arc::new(MemoryStore::new()), store_options()).await?),
+        StoreUrl::Memory => {
+            Ok(EventStore::open_with(Arc::new(MemoryStore::new()), store_options()).await?)
+        }
         StoreUrl::Redb { path, cache } => open_redb(path, *cache, access).await,
         StoreUrl::Tikv { endpoints, prefix } => open_tikv(endpoints, prefix.as_deref()).await,
         StoreUrl::Etcd { endpoints, prefix } => open_etcd(endpoints, prefix.as_deref()).await,

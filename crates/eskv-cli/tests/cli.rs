@@ -1725,13 +1725,30 @@ fn delete_compact_and_forget_from_the_command_line() {
     let lines: String = (0..300)
         .map(|_| format!("{{\"type\":\"Big\",\"data_text\":\"{payload}\"}}\n"))
         .collect();
-    ok(d, &["--store", &s, "append", "--stream", "bulk-1"], Some(&lines));
     ok(
         d,
-        &["--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "1"],
+        &["--store", &s, "append", "--stream", "bulk-1"],
+        Some(&lines),
+    );
+    ok(
+        d,
+        &[
+            "--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "1",
+        ],
         None,
     );
-    ok(d, &["--store", &s, "delete-stream", "bulk-1", "--expected", "300"], None);
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "delete-stream",
+            "bulk-1",
+            "--expected",
+            "300",
+        ],
+        None,
+    );
     let again = fails(d, &["--store", &s, "delete-stream", "bulk-1"], None);
     assert_eq!(again.code, 3, "{}", again.stderr);
     let out = json_lines(&ok(d, &["--store", &s, "--json", "compact"], None));
@@ -1746,15 +1763,34 @@ fn delete_compact_and_forget_from_the_command_line() {
     assert_eq!(types, ["Kept", "$stream-deleted"]);
     assert_eq!(log[0]["position"], 301, "positions are kept");
     ok(d, &["--store", &s, "check"], None);
-    ok(d, &["--store", &s, "delete-stream", "keep-1", "--tombstone"], None);
+    ok(
+        d,
+        &["--store", &s, "delete-stream", "keep-1", "--tombstone"],
+        None,
+    );
     let closed = fails(
         d,
-        &["--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "2"],
+        &[
+            "--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "2",
+        ],
         None,
     );
     assert_eq!(closed.code, 3);
     assert!(closed.stderr.contains("tombstoned"), "{}", closed.stderr);
-    ok(d, &["--store", &s, "retention", "other-1", "--max-count", "5", "--expected", "no-stream"], None);
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "retention",
+            "other-1",
+            "--max-count",
+            "5",
+            "--expected",
+            "no-stream",
+        ],
+        None,
+    );
     let unknown = fails(d, &["--store", &s, "forget", "user-9"], None);
     assert_eq!(unknown.code, 2);
     assert!(unknown.stderr.contains("user-9"), "{}", unknown.stderr);

@@ -10,9 +10,8 @@
 
 use eskv_core::lifecycle::system_types;
 use eskv_core::{
-    AppendCondition, Error, EventStore, EventStoreOptions, ExpectedVersion, ForgetOutcome,
-    KvStore, NewEvent, Query, ReadOptions, ReadStreamOptions, RecordedEvent, Retention,
-    StoreKey, Ulid,
+    AppendCondition, Error, EventStore, EventStoreOptions, ExpectedVersion, ForgetOutcome, KvStore,
+    NewEvent, Query, ReadOptions, ReadStreamOptions, RecordedEvent, Retention, StoreKey, Ulid,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -148,7 +147,10 @@ fn same(got: &RecordedEvent, pos: u64, want: &MEvent, m: &Model) -> Result<(), T
     prop_assert_eq!(got.position, pos);
     prop_assert_eq!(&got.event_type, &want.ty);
     prop_assert_eq!(&got.tags, &want.tags);
-    let stream = got.stream.as_ref().map(|s| (s.stream_id.clone(), s.version));
+    let stream = got
+        .stream
+        .as_ref()
+        .map(|s| (s.stream_id.clone(), s.version));
     prop_assert_eq!(&stream, &want.stream);
     match (&got.personal, &want.personal) {
         (None, None) => {}
@@ -156,7 +158,11 @@ fn same(got: &RecordedEvent, pos: u64, want: &MEvent, m: &Model) -> Result<(), T
             prop_assert_eq!(p.subject(), subject.as_str());
             let erased = *generation <= m.subjects[subject].forgotten_upto;
             if erased {
-                prop_assert!(p.is_erased(), "forgotten personal part still readable at {}", pos);
+                prop_assert!(
+                    p.is_erased(),
+                    "forgotten personal part still readable at {}",
+                    pos
+                );
                 prop_assert_eq!(p.bytes(), None);
             } else {
                 prop_assert_eq!(p.bytes(), Some(bytes.as_slice()));
@@ -294,17 +300,25 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for i in 0..n {
                     let mut e = NewEvent::new("E", vec![i as u8]).with_tags(tags.clone());
                     if let Some(s) = personal {
-                        e = e.with_personal_data(SUBJECTS[s], format!("secret {}", m.log.len() + i));
+                        e = e
+                            .with_personal_data(SUBJECTS[s], format!("secret {}", m.log.len() + i));
                     }
                     events.push(e);
                 }
                 let got = match stream {
-                    Some(s) => es.append_to_stream(STREAMS[s], ExpectedVersion::Any, events.clone()).await,
+                    Some(s) => {
+                        es.append_to_stream(STREAMS[s], ExpectedVersion::Any, events.clone())
+                            .await
+                    }
                     None => es.append(events.clone(), None).await,
                 };
                 if let Some(s) = stream {
                     if m.stream(STREAMS[s]).tomb {
-                        prop_assert!(matches!(got, Err(Error::StreamTombstoned { .. })), "{:?}", got);
+                        prop_assert!(
+                            matches!(got, Err(Error::StreamTombstoned { .. })),
+                            "{:?}",
+                            got
+                        );
                         continue;
                     }
                 }
@@ -324,7 +338,11 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         (STREAMS[s].to_owned(), st.version)
                     });
                     let personal = e.personal.as_ref().map(|p| {
-                        (p.subject().to_owned(), p.bytes().unwrap_or_default().to_vec(), generation.unwrap_or(0))
+                        (
+                            p.subject().to_owned(),
+                            p.bytes().unwrap_or_default().to_vec(),
+                            generation.unwrap_or(0),
+                        )
                     });
                     m.log.push(MEvent {
                         id: e.id,
@@ -349,10 +367,16 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(b) = truncate_back {
                     r = r.truncate_before((st.version + 1).saturating_sub(b).max(1));
                 }
-                let expected = st.revision.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                let expected = st
+                    .revision
+                    .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                 let got = es.set_retention(s, r.clone(), expected).await;
                 if st.tomb {
-                    prop_assert!(matches!(got, Err(Error::StreamTombstoned { .. })), "{:?}", got);
+                    prop_assert!(
+                        matches!(got, Err(Error::StreamTombstoned { .. })),
+                        "{:?}",
+                        got
+                    );
                     continue;
                 }
                 got.map_err(fail)?;
@@ -366,14 +390,22 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let stale = es
                     .set_retention(s, Retention::new(), ExpectedVersion::NoStream)
                     .await;
-                prop_assert!(matches!(stale, Err(Error::WrongExpectedVersion { .. })), "{:?}", stale);
+                prop_assert!(
+                    matches!(stale, Err(Error::WrongExpectedVersion { .. })),
+                    "{:?}",
+                    stale
+                );
             }
             Op::Delete(i) => {
                 let s = STREAMS[i];
                 let st = m.stream(s).clone();
                 let got = es.delete_stream(s, ExpectedVersion::Any).await;
                 if st.tomb {
-                    prop_assert!(matches!(got, Err(Error::StreamTombstoned { .. })), "{:?}", got);
+                    prop_assert!(
+                        matches!(got, Err(Error::StreamTombstoned { .. })),
+                        "{:?}",
+                        got
+                    );
                 } else if st.absent() {
                     prop_assert!(matches!(got, Err(Error::NotFound { .. })), "{:?}", got);
                 } else {
@@ -389,7 +421,11 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let st = m.stream(s).clone();
                 let got = es.tombstone_stream(s, ExpectedVersion::Any).await;
                 if st.tomb {
-                    prop_assert!(matches!(got, Err(Error::StreamTombstoned { .. })), "{:?}", got);
+                    prop_assert!(
+                        matches!(got, Err(Error::StreamTombstoned { .. })),
+                        "{:?}",
+                        got
+                    );
                 } else {
                     got.map_err(fail)?;
                     let ms = m.stream(s);
@@ -403,20 +439,32 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let subject = SUBJECTS[i];
                 let got = es.forget(subject).await;
                 match m.subjects.get_mut(subject) {
-                    None => prop_assert!(matches!(got, Err(Error::UnknownSubject { .. })), "{:?}", got),
+                    None => prop_assert!(
+                        matches!(got, Err(Error::UnknownSubject { .. })),
+                        "{:?}",
+                        got
+                    ),
                     Some(sub) if sub.generation <= sub.forgotten_upto => {
                         prop_assert_eq!(got.map_err(fail)?, ForgetOutcome::AlreadyForgotten)
                     }
                     Some(sub) => {
                         sub.forgotten_upto = sub.generation;
                         let pos = m.log.len() as u64 + 1;
-                        prop_assert_eq!(got.map_err(fail)?, ForgetOutcome::Forgotten { position: pos });
-                        m.system(system_types::SUBJECT_FORGOTTEN, format!("$subject:{subject}"));
+                        prop_assert_eq!(
+                            got.map_err(fail)?,
+                            ForgetOutcome::Forgotten { position: pos }
+                        );
+                        m.system(
+                            system_types::SUBJECT_FORGOTTEN,
+                            format!("$subject:{subject}"),
+                        );
                     }
                 }
             }
             Op::ReuseId(i) => {
-                let users: Vec<usize> = (0..m.log.len()).filter(|j| !m.log[*j].id.is_nil()).collect();
+                let users: Vec<usize> = (0..m.log.len())
+                    .filter(|j| !m.log[*j].id.is_nil())
+                    .collect();
                 if users.is_empty() {
                     continue;
                 }
@@ -431,7 +479,11 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let r = got.map_err(fail)?;
                     prop_assert_eq!(r.first_position, holder as u64 + 1);
                 } else if m.live(&m.log[holder]) {
-                    prop_assert!(matches!(got, Err(Error::IdempotencyViolation { .. })), "{:?}", got);
+                    prop_assert!(
+                        matches!(got, Err(Error::IdempotencyViolation { .. })),
+                        "{:?}",
+                        got
+                    );
                 } else {
                     // The id of a released event is free again.
                     let r = got.map_err(fail)?;
@@ -459,7 +511,9 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 match hit {
                     Some(p) => prop_assert!(
                         matches!(got, Err(Error::ConditionFailed { position, .. }) if position == p),
-                        "condition should fail at {}: {:?}", p, got
+                        "condition should fail at {}: {:?}",
+                        p,
+                        got
                     ),
                     None => {
                         got.map_err(fail)?;
@@ -483,7 +537,11 @@ async fn run_case(es: EventStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
     check(&es, &m).await?;
     let report = eskv_core::verify::verify(&es).await.map_err(fail)?;
     prop_assert!(report.is_clean(), "verify after compaction: {}", report);
-    prop_assert_eq!(report.head, m.log.len() as u64, "positions are never reused");
+    prop_assert_eq!(
+        report.head,
+        m.log.len() as u64,
+        "positions are never reused"
+    );
     Ok(())
 }
 

@@ -94,7 +94,13 @@ pub(crate) fn check_key(key: &StoreKey, stored: &[u8]) -> Result<()> {
     let ok = stored.len() > 24 && {
         let mut nonce = [0u8; 24];
         nonce.copy_from_slice(&stored[..24]);
-        open_with(&key.cipher(), &nonce, &stored[24..], b"eskv-store-key-check").as_deref()
+        open_with(
+            &key.cipher(),
+            &nonce,
+            &stored[24..],
+            b"eskv-store-key-check",
+        )
+        .as_deref()
             == Some(CHECK_TEXT)
     };
     if ok {

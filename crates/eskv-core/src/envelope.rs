@@ -77,11 +77,9 @@ pub fn encode(e: &RecordedEvent) -> Result<Vec<u8>> {
         None => None,
         Some(p) => match &p.content {
             PersonalContent::Sealed(s) => Some((p.subject(), s)),
-            _ => {
-                return Err(Error::invalid(
-                    "only a sealed personal part can be stored; append the event to have it encrypted",
-                ))
-            }
+            _ => return Err(Error::invalid(
+                "only a sealed personal part can be stored; append the event to have it encrypted",
+            )),
         },
     };
     encode_sealed(e.position, &new, e.recorded_at_ms, stream, personal)

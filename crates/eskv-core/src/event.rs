@@ -253,7 +253,11 @@ impl NewEvent {
     ///
     /// [`EventStoreOptions::store_key`]: crate::EventStoreOptions::store_key
     /// [`EventStore::forget`]: crate::EventStore::forget
-    pub fn with_personal_data(mut self, subject: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+    pub fn with_personal_data(
+        mut self,
+        subject: impl Into<String>,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Self {
         self.personal = Some(PersonalData::new(subject, bytes));
         self
     }

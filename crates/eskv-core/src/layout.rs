@@ -381,7 +381,9 @@ pub fn parse_subject_key(key: &[u8]) -> Result<String> {
 /// The store-key check: a known text sealed under the application's
 /// store key, so a wrong key is refused at open instead of failing later.
 pub fn store_key_check_key() -> Vec<u8> {
-    KeyBuilder::with_raw(&[META]).str("store_key_check").finish()
+    KeyBuilder::with_raw(&[META])
+        .str("store_key_check")
+        .finish()
 }
 
 /// Encodes a u64 value.

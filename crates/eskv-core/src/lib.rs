@@ -63,11 +63,11 @@ pub use event::{
     parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
     RecordedEvent, StreamRef, StreamVersion,
 };
-pub use lifecycle::Retention;
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
     ScanOptions, WriteBuffer,
 };
+pub use lifecycle::Retention;
 pub use memory::MemoryStore;
 pub use projection::{
     Projection, ProjectionOptions, ProjectionState, ReadModel, Snapshot, SnapshotKey,

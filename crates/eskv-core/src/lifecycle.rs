@@ -75,7 +75,10 @@ pub(crate) struct StreamLife {
 impl StreamLife {
     pub(crate) fn decode(v: &[u8]) -> Result<Self> {
         postcard::from_bytes(v).map_err(|e| {
-            Error::corrupt(None, format!("stream lifecycle record does not decode: {e}"))
+            Error::corrupt(
+                None,
+                format!("stream lifecycle record does not decode: {e}"),
+            )
         })
     }
 

@@ -47,8 +47,8 @@ mod options;
 mod read;
 mod types;
 
-use import::format_error;
 pub use compact::CompactReport;
+use import::format_error;
 pub use import::ImportMarker;
 pub use lifecycle::ForgetOutcome;
 pub use options::{

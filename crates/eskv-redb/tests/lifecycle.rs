@@ -50,11 +50,20 @@ async fn forgotten_plaintext_and_key_are_gone_from_the_file() {
         .unwrap()
         .unwrap();
     let before = es.read_all(ReadOptions::new()).await.unwrap().events;
-    assert_eq!(before[0].personal.as_ref().unwrap().bytes(), Some(&secret[..]));
+    assert_eq!(
+        before[0].personal.as_ref().unwrap().bytes(),
+        Some(&secret[..])
+    );
     drop(es);
     let file = std::fs::read(&path).unwrap();
-    assert!(!contains(&file, secret), "personal data is stored encrypted only");
-    assert!(contains(&file, b"public-7"), "non-personal data is in clear");
+    assert!(
+        !contains(&file, secret),
+        "personal data is stored encrypted only"
+    );
+    assert!(
+        contains(&file, b"public-7"),
+        "non-personal data is in clear"
+    );
     // The wrapped key's ciphertext (past its generation and nonce).
     let key_bytes = &wrapped[wrapped.len() - 32..];
     assert!(contains(&file, key_bytes), "the wrapped key is in the file");
@@ -65,17 +74,28 @@ async fn forgotten_plaintext_and_key_are_gone_from_the_file() {
     let after = es.read_all(ReadOptions::new()).await.unwrap().events;
     assert_eq!(after.len(), before.len() + 1, "the log stays gapless");
     for (a, b) in after.iter().zip(&before) {
-        assert_eq!((a.position, &a.event_type, &a.tags, &a.data), (b.position, &b.event_type, &b.tags, &b.data));
+        assert_eq!(
+            (a.position, &a.event_type, &a.tags, &a.data),
+            (b.position, &b.event_type, &b.tags, &b.data)
+        );
         assert_eq!(a.stream, b.stream);
     }
-    assert!(after[..20].iter().all(|e| e.personal.as_ref().unwrap().is_erased()));
-    assert_eq!(after[20].personal.as_ref().unwrap().bytes(), Some(&b"bob"[..]));
+    assert!(after[..20]
+        .iter()
+        .all(|e| e.personal.as_ref().unwrap().is_erased()));
+    assert_eq!(
+        after[20].personal.as_ref().unwrap().bytes(),
+        Some(&b"bob"[..])
+    );
     drop(es);
     let report = eskv_redb::compact_file(&path).await.unwrap();
     assert!(report.bytes_after <= report.bytes_before);
     let file = std::fs::read(&path).unwrap();
     assert!(!contains(&file, secret));
-    assert!(!contains(&file, key_bytes), "the destroyed key is gone from the file");
+    assert!(
+        !contains(&file, key_bytes),
+        "the destroyed key is gone from the file"
+    );
     let es = open(&path).await;
     let v = eskv_core::verify::verify(&es).await.unwrap();
     assert!(v.is_clean(), "{v}");
@@ -95,10 +115,16 @@ async fn deleted_events_give_space_back() {
             .await
             .unwrap();
     }
-    es.append_to_stream("keep-1", ExpectedVersion::Any, vec![NewEvent::new("Small", b"s".to_vec())])
+    es.append_to_stream(
+        "keep-1",
+        ExpectedVersion::Any,
+        vec![NewEvent::new("Small", b"s".to_vec())],
+    )
+    .await
+    .unwrap();
+    es.delete_stream("bulk-1", ExpectedVersion::Exact(1000))
         .await
         .unwrap();
-    es.delete_stream("bulk-1", ExpectedVersion::Exact(1000)).await.unwrap();
     let mut reports = 0;
     let report = es.compact_with_progress(|_| reports += 1).await.unwrap();
     assert_eq!(report.events_removed, 1000);
@@ -118,5 +144,8 @@ async fn deleted_events_give_space_back() {
     assert!(v.is_clean(), "{v}");
     // Held by a handle: the file compaction waits for it to close.
     let held = eskv_redb::compact_file(&path).await;
-    assert!(matches!(held, Err(eskv_core::Error::StoreLocked { .. })), "{held:?}");
+    assert!(
+        matches!(held, Err(eskv_core::Error::StoreLocked { .. })),
+        "{held:?}"
+    );
 }

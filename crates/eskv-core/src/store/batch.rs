@@ -2,19 +2,19 @@
 //! (idempotency, expected version, condition, types) against the batch's
 //! snapshot and the requests before it, then written.
 
+use super::live::Live;
 use super::options::{AppendRequest, AppendResult};
 use super::read::{load_events, scan_index, Order};
 use super::types::registered_types;
 use super::Inner;
+use crate::crypto::{self, SubjectKey, SubjectRecord};
 use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
+use crate::event::SealedPersonal;
 use crate::event::{NewEvent, Position};
 use crate::kv::{KvPair, KvTransaction, ScanOptions};
-use crate::crypto::{self, SubjectKey, SubjectRecord};
-use crate::event::SealedPersonal;
 use crate::layout::{self, IdEntry, Index, StreamMeta};
 use crate::lifecycle::StreamLife;
-use super::live::Live;
 use crate::query::{Query, QueryItem};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -572,6 +572,9 @@ pub(super) fn digest_of(e: &NewEvent) -> u32 {
     layout::content_digest(&e.tags, &e.data, &e.metadata)
 }
 
+/// A sealed personal part and its subject, as the envelope stores them.
+pub(super) type SealedRef<'a> = (&'a str, &'a SealedPersonal);
+
 /// The rows one event adds to the layout (log, id, type, tags, stream
 /// index, category). The one place that knows an event's index entries.
 /// Returns the event's id entry.
@@ -580,7 +583,7 @@ pub(super) fn event_rows(
     pos: Position,
     e: &NewEvent,
     recorded_at_ms: u64,
-    (stream, personal): (Option<(&str, u64)>, Option<(&str, &SealedPersonal)>),
+    (stream, personal): (Option<(&str, u64)>, Option<SealedRef<'_>>),
     (append_first, append_last): (Position, Position),
 ) -> Result<IdEntry> {
     let start = rows.len();
@@ -661,7 +664,8 @@ pub(super) async fn condition_hit(
                 last = Some(pos);
                 // Probe rows come from the snapshot: they can only be at
                 // or below the snapshot's head.
-                if pos <= batch.head0 && probe_keeps(index, item, layout::open_index_value(k, v)?)? {
+                if pos <= batch.head0 && probe_keeps(index, item, layout::open_index_value(k, v)?)?
+                {
                     candidates.push(pos);
                 }
             }

@@ -109,7 +109,11 @@ impl EventStore {
     async fn compact_step(&self, stream: &str) -> Result<Step> {
         let caps = self.inner.kv.capabilities();
         // Room for the lifecycle record and the removal runs.
-        let ops_budget = caps.max_ops_per_txn.unwrap_or(8192).saturating_sub(8).max(8);
+        let ops_budget = caps
+            .max_ops_per_txn
+            .unwrap_or(8192)
+            .saturating_sub(8)
+            .max(8);
         let bytes_budget = caps.max_txn_bytes.unwrap_or(32 << 20) / 2;
         retry(self.inner.opts.max_retries, || async {
             let mut txn = self.inner.kv.begin().await?;
@@ -136,7 +140,9 @@ impl EventStore {
                 .await?;
             let positions = rows
                 .iter()
-                .map(|(k, v)| layout::parse_u64(layout::open_index_value(k, v)?, "stream index entry"))
+                .map(|(k, v)| {
+                    layout::parse_u64(layout::open_index_value(k, v)?, "stream index entry")
+                })
                 .collect::<Result<Vec<Position>>>()?;
             let events = load_events(&mut *txn, &positions).await?;
             let now = now_ms();
@@ -148,7 +154,9 @@ impl EventStore {
                     break;
                 }
                 let cost = 6 + e.tags.len();
-                let size = 128 + e.event_type.len() + e.tags.iter().map(|t| 2 * t.len() + 8).sum::<usize>();
+                let size = 128
+                    + e.event_type.len()
+                    + e.tags.iter().map(|t| 2 * t.len() + 8).sum::<usize>();
                 if !removed.is_empty() && (ops + cost > ops_budget || bytes + size > bytes_budget) {
                     budget_hit = true;
                     break;
@@ -163,18 +171,22 @@ impl EventStore {
             let more = budget_hit || (removed.len() == events.len() && events.len() == STEP_PAGE);
             let next_version = last.stream.as_ref().map_or(start, |s| s.version + 1);
             let id_keys: Vec<Vec<u8>> = removed.iter().map(|e| layout::id_key(e.id)).collect();
-            let log_keys: Vec<Vec<u8>> = removed.iter().map(|e| layout::log_key(e.position)).collect();
+            let log_keys: Vec<Vec<u8>> = removed
+                .iter()
+                .map(|e| layout::log_key(e.position))
+                .collect();
             let ids = txn.get_many(&id_keys).await?;
             let logs = txn.get_many(&log_keys).await?;
             let mut step = Step {
                 events: removed.len() as u64,
                 ..Step::default()
             };
-            let mut delete = |txn: &mut dyn crate::kv::KvTransaction, k: Vec<u8>, value_len: usize| {
-                step.keys += 1;
-                step.bytes += (k.len() + value_len) as u64;
-                txn.delete(k);
-            };
+            let mut delete =
+                |txn: &mut dyn crate::kv::KvTransaction, k: Vec<u8>, value_len: usize| {
+                    step.keys += 1;
+                    step.bytes += (k.len() + value_len) as u64;
+                    txn.delete(k);
+                };
             for ((e, id), log) in removed.iter().zip(ids).zip(logs) {
                 let p = e.position;
                 delete(&mut *txn, layout::log_key(p), log.map_or(0, |v| v.len()));
@@ -186,15 +198,32 @@ impl EventStore {
                         delete(&mut *txn, k, v.len());
                     }
                 }
-                delete(&mut *txn, layout::type_key(&e.event_type, p), layout::SEAL_LEN);
-                let tag_value = e.event_type.len() + e.tags.iter().map(|t| t.len() + 1).sum::<usize>();
+                delete(
+                    &mut *txn,
+                    layout::type_key(&e.event_type, p),
+                    layout::SEAL_LEN,
+                );
+                let tag_value =
+                    e.event_type.len() + e.tags.iter().map(|t| t.len() + 1).sum::<usize>();
                 for t in &e.tags {
-                    delete(&mut *txn, layout::tag_key(t, p), tag_value + layout::SEAL_LEN);
+                    delete(
+                        &mut *txn,
+                        layout::tag_key(t, p),
+                        tag_value + layout::SEAL_LEN,
+                    );
                 }
                 if let Some(s) = &e.stream {
-                    delete(&mut *txn, layout::stream_event_key(&s.stream_id, s.version), 12);
+                    delete(
+                        &mut *txn,
+                        layout::stream_event_key(&s.stream_id, s.version),
+                        12,
+                    );
                     let category = layout::category_of(&s.stream_id);
-                    delete(&mut *txn, layout::category_key(category, p), layout::SEAL_LEN);
+                    delete(
+                        &mut *txn,
+                        layout::category_key(category, p),
+                        layout::SEAL_LEN,
+                    );
                 }
             }
             // Removal runs: consecutive positions share one record.

@@ -77,7 +77,11 @@ impl EventStore {
     /// `ExpectedVersion::NoStream`, `Any` or `Exact(v)`. Appends a
     /// `$stream-deleted` event; returns its position. A stream with no
     /// live events is [`Error::NotFound`].
-    pub async fn delete_stream(&self, stream: &str, expected: ExpectedVersion) -> Result<AppendResult> {
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
         self.change_stream(stream, Change::Delete(expected)).await
     }
 
@@ -90,7 +94,8 @@ impl EventStore {
         stream: &str,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
-        self.change_stream(stream, Change::Tombstone(expected)).await
+        self.change_stream(stream, Change::Tombstone(expected))
+            .await
     }
 
     async fn change_stream(&self, stream: &str, change: Change<'_>) -> Result<AppendResult> {

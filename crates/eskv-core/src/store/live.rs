@@ -174,11 +174,14 @@ impl<'a> Live<'a> {
             };
             let opened = match self.subjects.get(p.subject()).cloned().flatten() {
                 Some(k) if k.generation == sealed.generation => {
-                    let plain = crypto::open_part(&k, e.id, p.subject(), sealed)
-                        .map_err(|err| match err {
-                            Error::Corrupt { message, .. } => Error::corrupt(Some(e.position), message),
+                    let plain = crypto::open_part(&k, e.id, p.subject(), sealed).map_err(
+                        |err| match err {
+                            Error::Corrupt { message, .. } => {
+                                Error::corrupt(Some(e.position), message)
+                            }
                             other => other,
-                        })?;
+                        },
+                    )?;
                     PersonalContent::Plain(plain)
                 }
                 // Forgotten (the record is gone or holds a newer key).

@@ -2,10 +2,10 @@
 //! positional indexes read in pages.
 
 use super::batch::{condition_probes, probe_keeps};
+use super::live::Live;
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
 };
-use super::live::Live;
 use super::EventStore;
 use crate::envelope;
 use crate::error::{Error, Result};
@@ -48,7 +48,15 @@ impl EventStore {
             });
         };
         let order = Order::new(opts.backwards, self.inner.kv.capabilities());
-        let events = read_live(&mut *txn, Source::Query(&q), (lo, hi), order, opts.limit, &mut live).await?;
+        let events = read_live(
+            &mut *txn,
+            Source::Query(&q),
+            (lo, hi),
+            order,
+            opts.limit,
+            &mut live,
+        )
+        .await?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
             events,
@@ -534,7 +542,9 @@ pub(super) async fn read_forward(
         if positions.len() == want && last < hi {
             let more = Some(want - events.len());
             let order = Order::Forward;
-            events.extend(read_live(txn, Source::Query(query), (last + 1, hi), order, more, live).await?);
+            events.extend(
+                read_live(txn, Source::Query(query), (last + 1, hi), order, more, live).await?,
+            );
         }
     }
     Ok(ReadResult {
