@@ -1797,3 +1797,65 @@ fn delete_compact_and_forget_from_the_command_line() {
     let bad_key = fails(d, &["--store", &s, "--store-key", "abc", "read"], None);
     assert_eq!(bad_key.code, 2, "{}", bad_key.stderr);
 }
+
+#[test]
+fn exports_of_stores_with_removals_import_with_their_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("src.redb");
+    for i in 0..4 {
+        let stream = if i % 2 == 0 { "gone-1" } else { "kept-1" };
+        ok(
+            d,
+            &[
+                "--store", &s, "append", "--type", "E", "--stream", stream, "--data", "1",
+            ],
+            None,
+        );
+    }
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "retention",
+            "kept-1",
+            "--truncate-before",
+            "2",
+        ],
+        None,
+    );
+    ok(d, &["--store", &s, "delete-stream", "gone-1"], None);
+    ok(d, &["--store", &s, "compact"], None);
+    ok(d, &["--store", &s, "export", "--out", "x.jsonl"], None);
+    let t = store("dst.redb");
+    ok(d, &["--store", &t, "import", "--in", "x.jsonl"], None);
+    let a = ok(d, &["--store", &s, "read"], None);
+    let b = ok(d, &["--store", &t, "read"], None);
+    assert_eq!(a, b, "the same events at the same positions");
+    let positions: Vec<u64> = json_lines(&b)
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [4, 5, 6]);
+    ok(d, &["--store", &t, "check"], None);
+    // The stream continues where it was.
+    let r = json_lines(&ok(
+        d,
+        &[
+            "--store",
+            &t,
+            "append",
+            "--type",
+            "E",
+            "--stream",
+            "kept-1",
+            "--expected",
+            "2",
+            "--data",
+            "1",
+        ],
+        None,
+    ));
+    assert_eq!(r[0]["stream_version"], 3, "{r:?}");
+}
