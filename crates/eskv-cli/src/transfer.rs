@@ -398,7 +398,7 @@ impl Importer {
 
     /// One atomic import of consecutive events.
     async fn write(&self, chunk: &[RecordedEvent]) -> Result<()> {
-        self.store.import(chunk).await.map_err(|e| {
+        self.store.import_after_removals(chunk).await.map_err(|e| {
             anyhow::Error::new(e).context(format!(
                 "cannot import the events at positions {}..={}",
                 chunk[0].position,

@@ -18,6 +18,20 @@ impl EventStore {
     /// (the first at head + 1, consecutive) and each stream's versions.
     /// One transaction: all or nothing. Returns the new head.
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<Position> {
+        self.import_events(events, false).await
+    }
+
+    /// Like [`import`](Self::import), for the export of a store that had
+    /// removals (retention, deletion, compaction): the first event may lie
+    /// beyond head + 1, and a stream may start at a version above 1. The
+    /// positions skipped stay holes, recorded as removals (so `verify`
+    /// accepts them), and a stream's skipped first versions stay released.
+    /// The events themselves must still be consecutive.
+    pub async fn import_after_removals(&self, events: &[RecordedEvent]) -> Result<Position> {
+        self.import_events(events, true).await
+    }
+
+    async fn import_events(&self, events: &[RecordedEvent], holes: bool) -> Result<Position> {
         let l = &self.inner.opts.limits;
         let mut ids = HashSet::with_capacity(events.len());
         for e in events {
@@ -86,7 +100,7 @@ impl EventStore {
                     message: format!("event id {} already exists in the target store", e.id),
                 });
             }
-            if first.position <= head {
+            if first.position <= head || (!holes && first.position != head + 1) {
                 return Err(Error::invalid(format!(
                     "the import starts at position {}, but this store's next position is {}",
                     first.position,
@@ -122,7 +136,10 @@ impl EventStore {
                                 .await?
                                 .map_or(0, |m| m.version),
                         };
-                        if cur == 0 && s.version > 1 && !versions.contains_key(s.stream_id.as_str())
+                        if holes
+                            && cur == 0
+                            && s.version > 1
+                            && !versions.contains_key(s.stream_id.as_str())
                         {
                             // The stream's first versions were removed in
                             // the source: they stay released.
