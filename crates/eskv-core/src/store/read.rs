@@ -117,21 +117,27 @@ impl EventStore {
             )
             .await?;
             let n = rows.len();
-            let mut decoded = Vec::with_capacity(n);
-            for (k, v) in rows {
-                let pos = layout::parse_log_key(&k)?;
-                decoded.push(envelope::decode(&v, pos)?);
-                if opts.backwards {
-                    hi = pos.saturating_sub(1);
-                } else {
-                    lo = pos + 1;
+            // Decoded no further than needed: a read of N events never
+            // touches (nor fails on) the rows after them.
+            let mut rows = rows.into_iter().peekable();
+            while events.len() < want && rows.peek().is_some() {
+                let need = want - events.len();
+                let mut decoded = Vec::new();
+                for (k, v) in rows.by_ref().take(need) {
+                    let pos = layout::parse_log_key(&k)?;
+                    decoded.push(envelope::decode(&v, pos)?);
+                    if opts.backwards {
+                        hi = pos.saturating_sub(1);
+                    } else {
+                        lo = pos + 1;
+                    }
                 }
-            }
-            for e in live.retain(&mut *txn, decoded).await? {
-                if filter.matches(&e) {
-                    events.push(e);
-                    if events.len() == want {
-                        break;
+                for e in live.retain(&mut *txn, decoded).await? {
+                    if filter.matches(&e) {
+                        events.push(e);
+                        if events.len() == want {
+                            break;
+                        }
                     }
                 }
             }
