@@ -147,6 +147,15 @@ impl LogPager {
                 );
             }
             self.next = e.position + 1;
+            // Never lose personal data in silence: the line format has no
+            // place for it yet (an erased part has nothing left to lose).
+            if let Some(p) = e.personal.as_ref().filter(|p| !p.is_erased()) {
+                bail!(
+                    "the event at position {} has personal data (data subject '{}'); export and copy do not carry personal data yet, so they stop here rather than drop it",
+                    e.position,
+                    p.subject()
+                );
+            }
         }
         if events.is_empty() {
             // The rest up to the head was removed.

@@ -1796,6 +1796,55 @@ fn delete_compact_and_forget_from_the_command_line() {
     assert!(unknown.stderr.contains("user-9"), "{}", unknown.stderr);
     let bad_key = fails(d, &["--store", &s, "--store-key", "abc", "read"], None);
     assert_eq!(bad_key.code, 2, "{}", bad_key.stderr);
+    // Personal data through the CLI's store key; export refuses to drop it.
+    let key = "ab".repeat(32);
+    let p = store("personal.redb");
+    // Written through the library (the CLI appends no personal data).
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let kv = eskv::redb::RedbStore::open(d.join("personal.redb"))
+            .await
+            .unwrap();
+        let mut bytes = [0u8; 32];
+        bytes.fill(0xab);
+        let opts = eskv::EventStoreOptions::default().store_key(eskv::StoreKey::from_bytes(bytes));
+        let es = eskv::EventStore::open_with(std::sync::Arc::new(kv), opts)
+            .await
+            .unwrap();
+        es.append(
+            vec![eskv::NewEvent::new("Registered", b"{}".to_vec())
+                .with_personal_data("user-1", b"Ada".to_vec())],
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let no_key = fails(d, &["--store", &p, "read"], None);
+    assert!(no_key.stderr.contains("store key"), "{}", no_key.stderr);
+    let refused = fails(
+        d,
+        &[
+            "--store",
+            &p,
+            "--store-key",
+            &key,
+            "export",
+            "--out",
+            "p.jsonl",
+        ],
+        None,
+    );
+    assert!(
+        refused.stderr.contains("personal data"),
+        "{}",
+        refused.stderr
+    );
+    let forgot = json_lines(&ok(
+        d,
+        &["--store", &p, "--store-key", &key, "forget", "user-1"],
+        None,
+    ));
+    assert_eq!(forgot[0]["forgotten"], true);
+    ok(d, &["--store", &p, "export", "--out", "p.jsonl"], None);
 }
 
 #[test]
