@@ -2,7 +2,7 @@
 //! on a redb file ([`OpenRedb`]).
 
 use crate::url::StoreUrl;
-use eskv_core::{Error, EventStore, MemoryStore, Result};
+use eskv_core::{Error, EventStore, EventStoreOptions, MemoryStore, Result};
 #[cfg(feature = "redb")]
 use std::future::Future;
 #[cfg(feature = "redb")]
@@ -33,9 +33,12 @@ pub async fn open(url: &str) -> Result<EventStore> {
 }
 
 /// How [`open_url`] opens a store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct OpenOptions {
+    /// The event store's own options (limits, retries, the store key for
+    /// personal data...).
+    pub store: EventStoreOptions,
     /// Open an embedded store read-only: it must exist, its bytes are
     /// never changed, and appends fail with [`Error::ReadOnly`] (a fjall
     /// store is copied to a private directory for this, since its
@@ -48,6 +51,12 @@ pub struct OpenOptions {
 }
 
 impl OpenOptions {
+    /// Sets the event store's options (see [`OpenOptions::store`]).
+    pub fn store(mut self, options: EventStoreOptions) -> Self {
+        self.store = options;
+        self
+    }
+
     /// Opens read-only (see [`OpenOptions::read_only`]).
     pub fn read_only(mut self, yes: bool) -> Self {
         self.read_only = yes;
@@ -64,7 +73,9 @@ impl OpenOptions {
 /// Opens the store behind a parsed URL with `options`.
 pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStore> {
     match url {
-        StoreUrl::Memory => EventStore::open(Arc::new(MemoryStore::new())).await,
+        StoreUrl::Memory => {
+            EventStore::open_with(Arc::new(MemoryStore::new()), options.store.clone()).await
+        }
         StoreUrl::Redb { path, cache } => {
             #[cfg(feature = "redb")]
             {
@@ -76,7 +87,7 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
                     o = o.lock_wait(w);
                 }
                 let kv = eskv_redb::RedbStore::open_with(path, o).await?;
-                EventStore::open(Arc::new(kv)).await
+                EventStore::open_with(Arc::new(kv), options.store.clone()).await
             }
             #[cfg(not(feature = "redb"))]
             {
@@ -95,7 +106,7 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
                     o = o.lock_wait(w);
                 }
                 let kv = eskv_fjall::FjallStore::open_with(path, o).await?;
-                EventStore::open(Arc::new(kv)).await
+                EventStore::open_with(Arc::new(kv), options.store.clone()).await
             }
             #[cfg(not(feature = "fjall"))]
             {
@@ -110,7 +121,11 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
                 if let Some(p) = prefix {
                     o = o.key_prefix(p);
                 }
-                EventStore::open(Arc::new(eskv_etcd::EtcdStore::connect(o).await?)).await
+                EventStore::open_with(
+                    Arc::new(eskv_etcd::EtcdStore::connect(o).await?),
+                    options.store.clone(),
+                )
+                .await
             }
             #[cfg(not(feature = "etcd"))]
             {
@@ -125,7 +140,11 @@ pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStor
                 if let Some(p) = prefix {
                     o = o.key_prefix(p);
                 }
-                EventStore::open(Arc::new(eskv_tikv::TikvStore::connect(o).await?)).await
+                EventStore::open_with(
+                    Arc::new(eskv_tikv::TikvStore::connect(o).await?),
+                    options.store.clone(),
+                )
+                .await
             }
             #[cfg(not(feature = "tikv"))]
             {

@@ -14,10 +14,10 @@
 
 use eskv::verify::verify;
 use eskv::{
-    AppendCondition, AppendRequest, Error, EventStore, ExpectedVersion, KeyRange, KvStore,
-    KvStoreExt, Limits, Metadata, Namespaced, NewEvent, Query, QueryItem, ReadOptions,
-    ReadStreamOptions, RecordedEvent, ScanOptions, SnapshotKey, StartFrom, SubscriptionFilter,
-    SubscriptionOptions, Ulid,
+    AppendCondition, AppendRequest, Error, EventStore, EventStoreOptions, ExpectedVersion,
+    KeyRange, KvStore, KvStoreExt, Limits, Metadata, Namespaced, NewEvent, Query, QueryItem,
+    ReadOptions, ReadStreamOptions, RecordedEvent, Retention, ScanOptions, SnapshotKey, StartFrom,
+    StoreKey, SubscriptionFilter, SubscriptionOptions, Ulid,
 };
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -36,6 +36,10 @@ enum Want {
     ConditionFailed,
     Idempotency,
     UnknownType,
+    UnknownSubject,
+    Tombstoned,
+    WrongStoreKey,
+    NotFound,
 }
 
 fn kind(e: &Error) -> Option<Want> {
@@ -46,6 +50,12 @@ fn kind(e: &Error) -> Option<Want> {
         Error::ConditionFailed { .. } => Want::ConditionFailed,
         Error::IdempotencyViolation { .. } => Want::Idempotency,
         Error::UnknownEventType { .. } => Want::UnknownType,
+        Error::UnknownSubject { subject } if !subject.is_empty() => Want::UnknownSubject,
+        Error::StreamTombstoned { stream } if !stream.is_empty() => Want::Tombstoned,
+        Error::WrongStoreKey { message } if message.contains("EventStoreOptions::store_key") => {
+            Want::WrongStoreKey
+        }
+        Error::NotFound { .. } => Want::NotFound,
         _ => return None,
     })
 }
@@ -118,7 +128,12 @@ async fn seeded() -> Seeded {
     let kv = eskv::redb::RedbStore::open(dir.path().join("bad.redb"))
         .await
         .unwrap();
-    let es = EventStore::open(Arc::new(kv)).await.unwrap();
+    let es = EventStore::open_with(
+        Arc::new(kv),
+        EventStoreOptions::default().store_key(StoreKey::from_bytes([5; 32])),
+    )
+    .await
+    .unwrap();
     es.register_event_types(["Placed", "Paid", "Seed", "A"])
         .await
         .unwrap();
@@ -137,8 +152,15 @@ async fn seeded() -> Seeded {
         .await
         .unwrap();
     let events = es.read_all(ReadOptions::new()).await.unwrap().events;
+    // A tombstoned stream (positions 5 and 6) for the lifecycle cases.
+    es.append_to_stream("closed-1", ExpectedVersion::NoStream, vec![ev("A")])
+        .await
+        .unwrap();
+    es.tombstone_stream("closed-1", ExpectedVersion::Exact(1))
+        .await
+        .unwrap();
     Seeded {
-        head: 4,
+        head: 6,
         es,
         events,
         _dir: dir,
@@ -641,6 +663,116 @@ fn matrix(s: &Seeded) -> Vec<Case> {
                 data: vec![],
             };
             es.save_snapshot(&SnapshotKey::Named("s".into()), &snap)
+                .await
+        },
+    ));
+
+    // ---- lifecycle: retention, deletion, forgetting, store keys --------
+    c.push(case(
+        "forget an unknown subject",
+        UnknownSubject,
+        |es| async move { es.forget("user-never-stored").await },
+    ));
+    c.push(case(
+        "forget an invalid subject",
+        Invalid,
+        |es| async move { es.forget("user\n1").await },
+    ));
+    c.push(case("truncate beyond the head", Invalid, |es| async move {
+        es.set_retention(
+            "order-1",
+            Retention::new().truncate_before(4),
+            ExpectedVersion::Any,
+        )
+        .await
+    }));
+    c.push(case(
+        "retention keeping no event",
+        Invalid,
+        |es| async move {
+            es.set_retention(
+                "order-1",
+                Retention::new().max_count(0),
+                ExpectedVersion::Any,
+            )
+            .await
+        },
+    ));
+    c.push(case(
+        "stale retention revision",
+        WrongVersion,
+        |es| async move {
+            es.set_retention(
+                "order-1",
+                Retention::new().max_count(1),
+                ExpectedVersion::Exact(3),
+            )
+            .await
+        },
+    ));
+    for expected in [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+    ] {
+        c.push(case(
+            format!("write to a tombstoned stream expecting {expected}"),
+            Tombstoned,
+            move |es| async move {
+                es.append_to_stream("closed-1", expected, vec![ev("A")])
+                    .await
+            },
+        ));
+    }
+    c.push(case(
+        "retention on a tombstoned stream",
+        Tombstoned,
+        |es| async move {
+            es.set_retention(
+                "closed-1",
+                Retention::new().max_count(1),
+                ExpectedVersion::Any,
+            )
+            .await
+        },
+    ));
+    c.push(case(
+        "tombstone a tombstoned stream",
+        Tombstoned,
+        |es| async move { es.tombstone_stream("closed-1", ExpectedVersion::Any).await },
+    ));
+    c.push(case(
+        "delete a stream that never existed",
+        NotFound,
+        |es| async move { es.delete_stream("never-1", ExpectedVersion::Any).await },
+    ));
+    c.push(case(
+        "delete with a wrong expected version",
+        WrongVersion,
+        |es| async move { es.delete_stream("order-1", ExpectedVersion::Exact(1)).await },
+    ));
+    c.push(case("a wrong store key", WrongStoreKey, |es| async move {
+        let opts = EventStoreOptions::default().store_key(StoreKey::from_bytes([6; 32]));
+        EventStore::open_with(es.kv().clone(), opts).await
+    }));
+    c.push(case(
+        "personal data without a store key",
+        WrongStoreKey,
+        |es| async move {
+            let keyless = EventStore::open(es.kv().clone()).await?;
+            keyless
+                .append(
+                    vec![ev("A").with_personal_data("user-1", b"Ada".to_vec())],
+                    None,
+                )
+                .await
+        },
+    ));
+    c.push(case(
+        "personal data of an invalid subject",
+        Invalid,
+        |es| async move {
+            es.append(vec![ev("A").with_personal_data("", b"Ada".to_vec())], None)
                 .await
         },
     ));

@@ -228,6 +228,7 @@ proptest! {
                 metadata: meta,
                 recorded_at_ms: ms,
                 stream: stream.clone().map(|(stream_id, version)| StreamRef { stream_id, version }),
+                personal: None,
             };
             let line = serde_json::to_string(&rec).unwrap();
             let back: RecordedEvent = serde_json::from_str(&line).unwrap();
@@ -251,6 +252,7 @@ fn recorded_event_serializes_like_the_cli_export() {
             stream_id: "order-1".into(),
             version: 2,
         }),
+        personal: None,
     };
     let line = serde_json::to_string(&e).unwrap();
     assert_eq!(

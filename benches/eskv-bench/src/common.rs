@@ -235,7 +235,8 @@ pub fn layout_rows(
         tags: ev.tags.to_vec(),
         data: ev.data.to_vec(),
         metadata: Default::default(),
+        personal: None,
     };
-    eskv::layout::event_rows(rows, pos, &e, now, stream, append).map_err(err("encode"))?;
+    eskv::layout::event_rows(rows, pos, &e, now, (stream, None), append).map_err(err("encode"))?;
     Ok(())
 }

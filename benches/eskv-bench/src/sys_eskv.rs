@@ -187,6 +187,7 @@ impl Store for Eskv {
                     stream_id: s.clone(),
                     version: *v,
                 }),
+                personal: None,
             })
             .collect();
         self.rt

@@ -264,6 +264,7 @@ mod tests {
                 stream_id: "order-1".into(),
                 version: 2,
             }),
+            personal: None,
         }
     }
 

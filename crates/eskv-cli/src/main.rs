@@ -5,8 +5,8 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use eskv::{
-    AppendCondition, AppendRequest, EventStore, LogFilter, Query, ReadOptions, ReadStreamOptions,
-    RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
+    AppendCondition, AppendRequest, EventStore, ExpectedVersion, LogFilter, Query, ReadOptions,
+    ReadStreamOptions, RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
 };
 use eskv_cli::line::{Digest, EventLine, MetaLine};
 use eskv_cli::open::{self, Access};
@@ -40,8 +40,9 @@ Exit codes (errors are one line on stderr):
   2    bad usage or bad input: unknown flag, missing argument, bad store URL,
        query or expected version, invalid --data, or events the store refuses
        (bad type or tag, unknown type in strict mode, over a limit)
-  3    append rejected by the store's state: wrong expected version, DCB
-       condition failed, or ids reused
+  3    rejected by the store's state: wrong expected version, DCB
+       condition failed, ids reused, a tombstoned stream, or deleting a
+       stream that does not exist
   4    check found damage or an unfinished import (the report is on stdout)
   101  internal error (a bug in eskv: please report it)";
 
@@ -71,8 +72,48 @@ struct Cli {
         value_name = "SECONDS"
     )]
     lock_timeout: u64,
+    /// The store key for personal data (64 hex digits): needed to append
+    /// or read the personal parts of events.
+    #[arg(
+        long,
+        global = true,
+        env = "ESKV_STORE_KEY",
+        hide_env_values = true,
+        value_name = "HEX"
+    )]
+    store_key: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// The stream.
+    stream: String,
+    /// Keep only the last N events.
+    #[arg(long, value_name = "N")]
+    max_count: Option<u64>,
+    /// Keep only events younger than this (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_age: Option<Duration>,
+    /// Release every version below V.
+    #[arg(long, value_name = "V")]
+    truncate_before: Option<u64>,
+    /// Expected metadata revision: any, no-stream (never set), or a number.
+    #[arg(long, default_value = "any", value_parser = parse_expected)]
+    expected: ExpectedVersion,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// The stream.
+    stream: String,
+    /// Expected stream version: any, exists, or a number.
+    #[arg(long, default_value = "any", value_parser = parse_expected)]
+    expected: ExpectedVersion,
+    /// Never allow the stream to be written again.
+    #[arg(long)]
+    tombstone: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +146,22 @@ enum Command {
     /// Check the store's integrity; exit code 0 when clean, 4 with a report
     /// when not.
     Check,
+    /// Remove what retention, deletion and tombstones released, reporting
+    /// events and bytes removed; on redb then return the space to the file
+    /// system (once no other process holds the file).
+    Compact,
+    /// Set a stream's retention: events outside it stop being returned at
+    /// once, and `compact` removes them.
+    Retention(RetentionArgs),
+    /// Soft-delete a stream (it reads as absent and can be recreated; its
+    /// version continues), or with --tombstone close it for good.
+    DeleteStream(DeleteArgs),
+    /// Forget a data subject: destroy the key of its personal data, so it
+    /// reads as erased everywhere from now on.
+    Forget {
+        /// The data subject id given to with_personal_data.
+        subject: String,
+    },
     /// Write the whole store as JSON lines (a backup).
     Export {
         /// Write to this file instead of stdout.
@@ -427,10 +484,14 @@ fn store_error_code(e: &eskv::Error) -> Option<u8> {
     match e {
         eskv::Error::WrongExpectedVersion { .. }
         | eskv::Error::ConditionFailed { .. }
-        | eskv::Error::IdempotencyViolation { .. } => Some(3),
+        | eskv::Error::IdempotencyViolation { .. }
+        | eskv::Error::StreamTombstoned { .. }
+        | eskv::Error::NotFound { .. } => Some(3),
         eskv::Error::InvalidInput { .. }
         | eskv::Error::LimitExceeded { .. }
-        | eskv::Error::UnknownEventType { .. } => Some(2),
+        | eskv::Error::UnknownEventType { .. }
+        | eskv::Error::UnknownSubject { .. }
+        | eskv::Error::WrongStoreKey { .. } => Some(2),
         _ => None,
     }
 }
@@ -512,6 +573,11 @@ fn parse_url(s: &str) -> Result<StoreUrl> {
 
 async fn run(cli: Cli) -> Result<()> {
     open::set_lock_wait(Duration::from_secs(cli.lock_timeout));
+    if let Some(k) = &cli.store_key {
+        open::set_store_key(Some(
+            open::parse_store_key(k).map_err(|e| usage(e.to_string()))?,
+        ));
+    }
     let url = parse_url(&cli.store)?;
     let mut out = Out::new(cli.json);
     match cli.command {
@@ -524,6 +590,35 @@ async fn run(cli: Cli) -> Result<()> {
             types(&url, action.unwrap_or(TypesAction::List), &mut out).await?
         }
         Command::Check => check(&url, &mut out).await?,
+        Command::Compact => compact(&url, &mut out).await?,
+        Command::Retention(a) => {
+            let store = open::open(&url, Access::Create).await?;
+            let mut r = eskv::Retention::new();
+            r.max_count = a.max_count;
+            r.max_age = a.max_age;
+            r.truncate_before = a.truncate_before;
+            let done = store.set_retention(&a.stream, r, a.expected).await?;
+            out.value(&json!({ "stream": a.stream, "position": done.first_position }))?;
+        }
+        Command::DeleteStream(a) => {
+            let store = open::open(&url, Access::Create).await?;
+            let done = if a.tombstone {
+                store.tombstone_stream(&a.stream, a.expected).await?
+            } else {
+                store.delete_stream(&a.stream, a.expected).await?
+            };
+            out.value(&json!({ "stream": a.stream, "position": done.first_position, "tombstoned": a.tombstone }))?;
+        }
+        Command::Forget { subject } => {
+            let store = open::open(&url, Access::Create).await?;
+            let v = match store.forget(&subject).await? {
+                eskv::ForgetOutcome::Forgotten { position } => {
+                    json!({ "subject": subject, "forgotten": true, "position": position })
+                }
+                _ => json!({ "subject": subject, "forgotten": true, "already": true }),
+            };
+            out.value(&v)?;
+        }
         Command::Export { out: file } => export(&url, file, &mut out).await?,
         Command::Import { input } => import(&url, input, &mut out).await?,
         Command::Copy { from, to } => copy(&parse_url(&from)?, &parse_url(&to)?, &mut out).await?,
@@ -1320,6 +1415,62 @@ async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
     }
 }
 
+/// `eskv compact`: removes released rows (with progress), then on redb
+/// closes the store and compacts the file.
+async fn compact(url: &StoreUrl, out: &mut Out) -> Result<()> {
+    let store = open::open(url, Access::Create).await?;
+    let pb = spinner("compacting", "events removed");
+    let report = store
+        .compact_with_progress(|r| pb.set_position(r.events_removed))
+        .await;
+    pb.finish_and_clear();
+    let report = report?;
+    drop(store);
+    let mut file = serde_json::Value::Null;
+    #[cfg(feature = "redb")]
+    if let StoreUrl::Redb { path, .. } = url {
+        // The store is closed; wait for other handles like every open does.
+        let start = std::time::Instant::now();
+        let f = loop {
+            match eskv::redb::compact_file(path).await {
+                Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < open::lock_wait() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
+        file = json!({
+            "bytes_before": f.bytes_before,
+            "bytes_after": f.bytes_after,
+            "bytes_returned": f.bytes_reclaimed(),
+        });
+    }
+    if out.json {
+        out.value(&json!({
+            "streams_examined": report.streams_examined,
+            "events_removed": report.events_removed,
+            "keys_removed": report.keys_removed,
+            "bytes_reclaimed": report.bytes_reclaimed,
+            "transactions": report.transactions,
+            "file": file,
+        }))?;
+    } else {
+        out.line(&format!(
+            "removed {} {} ({} keys, {} bytes) from {} streams in {} transactions",
+            report.events_removed,
+            events_word(report.events_removed),
+            report.keys_removed,
+            report.bytes_reclaimed,
+            report.streams_examined,
+            report.transactions
+        ))?;
+        if let Some(b) = file.get("bytes_returned") {
+            out.line(&format!("file: {} bytes returned to the file system", b))?;
+        }
+    }
+    Ok(())
+}
+
 // ------------------------------------------------- export, import, copy
 
 /// "event" or "events".
@@ -1467,6 +1618,9 @@ async fn read_export(
     let mut trailer_seen = false;
     let mut digest = Digest::default();
     let mut any = false;
+    // The last position seen: positions increase, and may skip the holes
+    // removals left in the source.
+    let mut last = 0u64;
     for (i, l) in reader.lines().enumerate() {
         let n = i + 1;
         let l = l.with_context(|| format!("cannot read {name}"))?;
@@ -1492,13 +1646,15 @@ async fn read_export(
                 header = Some(h);
             }
             ExportLine::Event(e) => {
-                if e.position != Some(digest.events + 1) {
+                let in_order = e.position.is_some_and(|p| p > last)
+                    && header.as_ref().is_none_or(|h| e.position <= Some(h.head));
+                if !in_order {
                     bail!(
-                        "{name} line {n}: expected the event at position {}, found {}; import needs every event of the log in position order (the output of `eskv export`)",
-                        digest.events + 1,
+                        "{name} line {n}: expected an event after position {last}, found {}; import needs the events of the log in position order (the output of `eskv export`)",
                         e.position.map_or("none".to_owned(), |p| p.to_string())
                     );
                 }
+                last = e.position.unwrap_or(last);
                 digest.add(&e.to_json());
                 if let Some(imp) = importer.as_deref_mut() {
                     imp.push(&e)
@@ -1530,9 +1686,10 @@ async fn read_export(
                 h.head
             );
         }
-        if h.head != digest.events {
+        // Fewer events than the head: holes left by removals.
+        if digest.events > h.head {
             bail!(
-                "{name} is inconsistent: its header promises {} events, it holds {}",
+                "{name} is inconsistent: its header promises at most {} events, it holds {}",
                 h.head,
                 digest.events
             );

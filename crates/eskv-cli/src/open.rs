@@ -24,6 +24,38 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(LOCK_WAIT.as_millis() as u64);
 
+static STORE_KEY: std::sync::Mutex<Option<eskv::StoreKey>> = std::sync::Mutex::new(None);
+
+/// Sets the store key (for personal data) every [`open`] passes on.
+pub fn set_store_key(key: Option<eskv::StoreKey>) {
+    *STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()) = key;
+}
+
+/// Parses a store key written as 64 hexadecimal digits.
+pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "a store key is 64 hexadecimal digits (32 bytes); this one has {} characters",
+            hex.len()
+        );
+    }
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(eskv::StoreKey::from_bytes(bytes))
+}
+
+/// The event store options every open uses.
+fn store_options() -> eskv::EventStoreOptions {
+    let mut o = eskv::EventStoreOptions::default();
+    if let Some(k) = STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        o = o.store_key(k);
+    }
+    o
+}
+
 /// Sets how long [`open`] waits for a redb file held by another process
 /// (default [`LOCK_WAIT`]).
 pub fn set_lock_wait(wait: Duration) {
@@ -33,7 +65,8 @@ pub fn set_lock_wait(wait: Duration) {
     );
 }
 
-fn lock_wait() -> Duration {
+/// How long opens wait for a redb file another process holds.
+pub fn lock_wait() -> Duration {
     Duration::from_millis(LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
@@ -45,9 +78,11 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
         StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => {
             open_embedded(url, path, access).await
         }
-        StoreUrl::Memory => Ok(eskv::open_url(url, &OpenOptions::default()).await?),
+        StoreUrl::Memory => {
+            Ok(eskv::open_url(url, &OpenOptions::default().store(store_options())).await?)
+        }
         StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
-            eskv::open_url(url, &OpenOptions::default())
+            eskv::open_url(url, &OpenOptions::default().store(store_options()))
                 .await
                 .with_context(|| {
                     format!(
@@ -164,6 +199,7 @@ fn path_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
 
 async fn open_embedded_once(url: &StoreUrl, access: Access) -> eskv::Result<EventStore> {
     let options = OpenOptions::default()
+        .store(store_options())
         // This tool waits for a held store itself (--lock-timeout).
         .lock_wait(Duration::ZERO)
         // A read-only redb open never changes the file; a read-only fjall

@@ -121,7 +121,9 @@ impl LogPager {
         }
     }
 
-    /// The next page; empty at the end. Fails if the log has a gap.
+    /// The next page; empty at the end. Positions may skip the holes that
+    /// removals (retention, deletion, compaction) left; the pager never
+    /// returns a position twice or out of order.
     pub async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
         if self.next > self.head {
             return Ok(Vec::new());
@@ -137,21 +139,27 @@ impl LogPager {
             .await?
             .events;
         for e in &events {
-            if e.position != self.next {
+            if e.position < self.next {
                 bail!(
-                    "the source log has a gap: expected position {}, found {} (run `eskv check` on it)",
-                    self.next,
-                    e.position
+                    "the source log returned position {} after {} (run `eskv check` on it)",
+                    e.position,
+                    self.next - 1
                 );
             }
-            self.next += 1;
+            self.next = e.position + 1;
+            // Never lose personal data in silence: the line format has no
+            // place for it yet (an erased part has nothing left to lose).
+            if let Some(p) = e.personal.as_ref().filter(|p| !p.is_erased()) {
+                bail!(
+                    "the event at position {} has personal data (data subject '{}'); export and copy do not carry personal data yet, so they stop here rather than drop it",
+                    e.position,
+                    p.subject()
+                );
+            }
         }
         if events.is_empty() {
-            bail!(
-                "the source log ends at position {} but its head is {} (run `eskv check` on it)",
-                self.next - 1,
-                self.head
-            );
+            // The rest up to the head was removed.
+            self.next = self.head + 1;
         }
         Ok(events)
     }
@@ -212,8 +220,11 @@ pub struct Importer {
     marked: bool,
     /// Events written to the store.
     written: u64,
-    /// The position the next event must have.
+    /// The lowest position the next event may have (higher: a hole left
+    /// by a removal in the source).
     next: u64,
+    /// Events pushed so far.
+    pushed: u64,
     /// Events not yet written.
     run: Vec<RecordedEvent>,
     digest: Digest,
@@ -245,6 +256,7 @@ impl Importer {
             marked: false,
             written: 0,
             next: 1,
+            pushed: 0,
             run: Vec::new(),
             digest: Digest::default(),
             strict: false,
@@ -301,7 +313,7 @@ impl Importer {
 
     /// Events pushed so far.
     pub fn count(&self) -> u64 {
-        self.next - 1
+        self.pushed
     }
 
     /// Adds the next event; writes buffered events when a run ends.
@@ -309,11 +321,16 @@ impl Importer {
         let position = line.position.ok_or_else(|| {
             anyhow!("the event has no \"position\"; import reads the output of `eskv export` (or `eskv read --json` over the whole log)")
         })?;
-        if position != self.next {
+        if position < self.next {
             bail!(
-                "expected the event at position {}, found position {position}; events must come in position order without gaps",
+                "expected an event at position {} or later, found position {position}; events must come in position order",
                 self.next
             );
+        }
+        if position > self.next {
+            // A hole (events removed in the source): each import call
+            // writes consecutive positions, and records the hole.
+            self.flush().await?;
         }
         if line.id.is_none() {
             bail!("the event at position {position} has no \"id\"");
@@ -349,8 +366,10 @@ impl Importer {
             metadata: event.metadata,
             recorded_at_ms,
             stream: stream.map(|(stream_id, version)| StreamRef { stream_id, version }),
+            personal: None,
         });
-        self.next += 1;
+        self.next = position + 1;
+        self.pushed += 1;
         Ok(())
     }
 
@@ -388,7 +407,7 @@ impl Importer {
 
     /// One atomic import of consecutive events.
     async fn write(&self, chunk: &[RecordedEvent]) -> Result<()> {
-        self.store.import(chunk).await.map_err(|e| {
+        self.store.import_after_removals(chunk).await.map_err(|e| {
             anyhow::Error::new(e).context(format!(
                 "cannot import the events at positions {}..={}",
                 chunk[0].position,

@@ -1772,3 +1772,196 @@ fn redb_cache_size_in_the_store_url() {
     assert!(r.stderr.contains("not a size"), "{}", r.stderr);
     assert!(!d.join("n.redb").exists());
 }
+
+#[test]
+fn delete_compact_and_forget_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("life.redb");
+    let payload = "x".repeat(2000);
+    let lines: String = (0..300)
+        .map(|_| format!("{{\"type\":\"Big\",\"data_text\":\"{payload}\"}}\n"))
+        .collect();
+    ok(
+        d,
+        &["--store", &s, "append", "--stream", "bulk-1"],
+        Some(&lines),
+    );
+    ok(
+        d,
+        &[
+            "--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "1",
+        ],
+        None,
+    );
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "delete-stream",
+            "bulk-1",
+            "--expected",
+            "300",
+        ],
+        None,
+    );
+    let again = fails(d, &["--store", &s, "delete-stream", "bulk-1"], None);
+    assert_eq!(again.code, 3, "{}", again.stderr);
+    let out = json_lines(&ok(d, &["--store", &s, "--json", "compact"], None));
+    assert_eq!(out[0]["events_removed"], 300);
+    let file = &out[0]["file"];
+    assert!(
+        file["bytes_after"].as_u64().unwrap() * 2 < file["bytes_before"].as_u64().unwrap(),
+        "{file}"
+    );
+    let log = json_lines(&ok(d, &["--store", &s, "read"], None));
+    let types: Vec<&str> = log.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Kept", "$stream-deleted"]);
+    assert_eq!(log[0]["position"], 301, "positions are kept");
+    ok(d, &["--store", &s, "check"], None);
+    ok(
+        d,
+        &["--store", &s, "delete-stream", "keep-1", "--tombstone"],
+        None,
+    );
+    let closed = fails(
+        d,
+        &[
+            "--store", &s, "append", "--type", "Kept", "--stream", "keep-1", "--data", "2",
+        ],
+        None,
+    );
+    assert_eq!(closed.code, 3);
+    assert!(closed.stderr.contains("tombstoned"), "{}", closed.stderr);
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "retention",
+            "other-1",
+            "--max-count",
+            "5",
+            "--expected",
+            "no-stream",
+        ],
+        None,
+    );
+    let unknown = fails(d, &["--store", &s, "forget", "user-9"], None);
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("user-9"), "{}", unknown.stderr);
+    let bad_key = fails(d, &["--store", &s, "--store-key", "abc", "read"], None);
+    assert_eq!(bad_key.code, 2, "{}", bad_key.stderr);
+    // Personal data through the CLI's store key; export refuses to drop it.
+    let key = "ab".repeat(32);
+    let p = store("personal.redb");
+    // Written through the library (the CLI appends no personal data).
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let kv = eskv::redb::RedbStore::open(d.join("personal.redb"))
+            .await
+            .unwrap();
+        let mut bytes = [0u8; 32];
+        bytes.fill(0xab);
+        let opts = eskv::EventStoreOptions::default().store_key(eskv::StoreKey::from_bytes(bytes));
+        let es = eskv::EventStore::open_with(std::sync::Arc::new(kv), opts)
+            .await
+            .unwrap();
+        es.append(
+            vec![eskv::NewEvent::new("Registered", b"{}".to_vec())
+                .with_personal_data("user-1", b"Ada".to_vec())],
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let no_key = fails(d, &["--store", &p, "read"], None);
+    assert!(no_key.stderr.contains("store key"), "{}", no_key.stderr);
+    let refused = fails(
+        d,
+        &[
+            "--store",
+            &p,
+            "--store-key",
+            &key,
+            "export",
+            "--out",
+            "p.jsonl",
+        ],
+        None,
+    );
+    assert!(
+        refused.stderr.contains("personal data"),
+        "{}",
+        refused.stderr
+    );
+    let forgot = json_lines(&ok(
+        d,
+        &["--store", &p, "--store-key", &key, "forget", "user-1"],
+        None,
+    ));
+    assert_eq!(forgot[0]["forgotten"], true);
+    ok(d, &["--store", &p, "export", "--out", "p.jsonl"], None);
+}
+
+#[test]
+fn exports_of_stores_with_removals_import_with_their_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("src.redb");
+    for i in 0..4 {
+        let stream = if i % 2 == 0 { "gone-1" } else { "kept-1" };
+        ok(
+            d,
+            &[
+                "--store", &s, "append", "--type", "E", "--stream", stream, "--data", "1",
+            ],
+            None,
+        );
+    }
+    ok(
+        d,
+        &[
+            "--store",
+            &s,
+            "retention",
+            "kept-1",
+            "--truncate-before",
+            "2",
+        ],
+        None,
+    );
+    ok(d, &["--store", &s, "delete-stream", "gone-1"], None);
+    ok(d, &["--store", &s, "compact"], None);
+    ok(d, &["--store", &s, "export", "--out", "x.jsonl"], None);
+    let t = store("dst.redb");
+    ok(d, &["--store", &t, "import", "--in", "x.jsonl"], None);
+    let a = ok(d, &["--store", &s, "read"], None);
+    let b = ok(d, &["--store", &t, "read"], None);
+    assert_eq!(a, b, "the same events at the same positions");
+    let positions: Vec<u64> = json_lines(&b)
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [4, 5, 6]);
+    ok(d, &["--store", &t, "check"], None);
+    // The stream continues where it was.
+    let r = json_lines(&ok(
+        d,
+        &[
+            "--store",
+            &t,
+            "append",
+            "--type",
+            "E",
+            "--stream",
+            "kept-1",
+            "--expected",
+            "2",
+            "--data",
+            "1",
+        ],
+        None,
+    ));
+    assert_eq!(r[0]["stream_version"], 3, "{r:?}");
+}

@@ -21,6 +21,8 @@ pub mod events;
 pub mod fault_cases;
 pub mod faults;
 pub mod kv;
+pub mod lifecycle;
+pub mod lifecycle_model;
 pub mod limited;
 pub mod model;
 pub mod serial;
@@ -112,6 +114,18 @@ macro_rules! event_suite {
                     query_item_types_are_limited,
                     cancelled_appends_never_overlap_batches,
                     other_layout_formats_are_refused,
+                ]
+            );
+            $crate::__cases!(
+                $factory,
+                $crate::lifecycle,
+                [
+                    retention_releases_events_everywhere,
+                    delete_and_tombstone,
+                    max_age_releases_old_events,
+                    forgotten_personal_data_reads_as_erased,
+                    subscriptions_skip_removed_events,
+                    lifecycle_model_based,
                 ]
             );
         }

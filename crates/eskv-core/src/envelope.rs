@@ -2,7 +2,14 @@
 //!
 //! ```text
 //! [format version: 1 byte = 1][crc32c of body: 4 bytes LE][body: postcard]
+//! [format version: 1 byte = 2][crc32c of the rest][body: postcard][personal part: postcard]
 //! ```
+//!
+//! Format 2 is written only for events with a personal part (issue 17): the
+//! version-1 body followed by `(subject, sealed part)`, the part encrypted
+//! under the subject's key (see [`crate::crypto`]). Every other event is
+//! still format 1, so a store that never holds personal data is laid out
+//! exactly as before.
 //!
 //! The body carries the event's own position, so a value copied to the
 //! wrong key is detected as well as a flipped bit. Decoding never panics and
@@ -10,12 +17,17 @@
 //! [`Error::Corrupt`] naming the position.
 
 use crate::error::{Error, Result};
-use crate::event::{Metadata, NewEvent, Position, RecordedEvent, StreamRef};
+use crate::event::{
+    Metadata, NewEvent, PersonalContent, PersonalData, Position, RecordedEvent, SealedPersonal,
+    StreamRef,
+};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 /// Current envelope format.
 pub const FORMAT_V1: u8 = 1;
+/// Envelope format of events with a personal part.
+pub const FORMAT_V2: u8 = 2;
 const HEADER: usize = 5;
 
 #[derive(Serialize)]
@@ -58,9 +70,19 @@ pub fn encode(e: &RecordedEvent) -> Result<Vec<u8>> {
         tags: e.tags.clone(),
         data: e.data.clone(),
         metadata: e.metadata.clone(),
+        personal: None,
     };
     let stream = e.stream.as_ref().map(|s| (s.stream_id.as_str(), s.version));
-    encode_new(e.position, &new, e.recorded_at_ms, stream)
+    let personal = match &e.personal {
+        None => None,
+        Some(p) => match &p.content {
+            PersonalContent::Sealed(s) => Some((p.subject(), s)),
+            _ => return Err(Error::invalid(
+                "only a sealed personal part can be stored; append the event to have it encrypted",
+            )),
+        },
+    };
+    encode_sealed(e.position, &new, e.recorded_at_ms, stream, personal)
 }
 
 /// Encodes an event being appended at `position`, without copying it.
@@ -69,6 +91,17 @@ pub fn encode_new(
     e: &NewEvent,
     recorded_at_ms: u64,
     stream: Option<(&str, u64)>,
+) -> Result<Vec<u8>> {
+    encode_sealed(position, e, recorded_at_ms, stream, None)
+}
+
+/// [`encode_new`] with the event's personal part, already sealed.
+pub(crate) fn encode_sealed(
+    position: Position,
+    e: &NewEvent,
+    recorded_at_ms: u64,
+    stream: Option<(&str, u64)>,
+    personal: Option<(&str, &SealedPersonal)>,
 ) -> Result<Vec<u8>> {
     let body = Body {
         position,
@@ -97,9 +130,18 @@ pub fn encode_new(
         + 4 * e.metadata.extra.len()
         + stream.map_or(0, |(s, _)| s.len());
     let mut out = Vec::with_capacity(capacity);
-    out.extend_from_slice(&[FORMAT_V1, 0, 0, 0, 0]);
+    let version = if personal.is_some() {
+        FORMAT_V2
+    } else {
+        FORMAT_V1
+    };
+    out.extend_from_slice(&[version, 0, 0, 0, 0]);
     let mut out = postcard::to_extend(&body, out)
         .map_err(|err| Error::invalid(format!("cannot encode event: {err}")))?;
+    if let Some(p) = personal {
+        out = postcard::to_extend(&p, out)
+            .map_err(|err| Error::invalid(format!("cannot encode event: {err}")))?;
+    }
     let crc = crc32c::crc32c(&out[HEADER..]);
     out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -114,7 +156,7 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
             bytes.len()
         )));
     }
-    if bytes[0] != FORMAT_V1 {
+    if bytes[0] != FORMAT_V1 && bytes[0] != FORMAT_V2 {
         return Err(bad(format!("unknown event envelope format {}", bytes[0])));
     }
     let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -126,6 +168,14 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
     }
     let (body, rest): (OwnedBody, _) = postcard::take_from_bytes(&bytes[HEADER..])
         .map_err(|e| bad(format!("event envelope does not decode: {e}")))?;
+    let (personal, rest) = if bytes[0] == FORMAT_V2 {
+        let ((subject, sealed), rest): ((String, SealedPersonal), _) =
+            postcard::take_from_bytes(rest)
+                .map_err(|e| bad(format!("personal part does not decode: {e}")))?;
+        (Some(PersonalData::sealed(subject, sealed)), rest)
+    } else {
+        (None, rest)
+    };
     if !rest.is_empty() {
         return Err(bad(format!(
             "{} trailing bytes after the event envelope",
@@ -153,6 +203,7 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
         stream: body
             .stream
             .map(|(stream_id, version)| StreamRef { stream_id, version }),
+        personal,
     })
 }
 
@@ -174,6 +225,7 @@ mod tests {
                 stream_id: "course-c1".into(),
                 version: 3,
             }),
+            personal: None,
         }
     }
 

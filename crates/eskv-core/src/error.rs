@@ -112,6 +112,30 @@ pub enum Error {
         message: String,
     },
 
+    /// The stream was tombstoned: it can never be written again (nor its
+    /// retention changed). Nothing was written.
+    #[error("stream '{stream}' was tombstoned and can never be written again; write to a new stream id (a soft delete, EventStore::delete_stream, lets a stream be recreated)")]
+    StreamTombstoned {
+        /// The stream.
+        stream: String,
+    },
+
+    /// `forget` named a data subject this store holds no personal data of.
+    #[error("no personal data of data subject '{subject}' was ever stored here (check the subject id: it must be the one given to NewEvent::with_personal_data)")]
+    UnknownSubject {
+        /// The subject.
+        subject: String,
+    },
+
+    /// Personal data cannot be read or written with the store key given
+    /// (wrong key, or none given for a store that holds personal data).
+    /// Nothing was written.
+    #[error("store key: {message}")]
+    WrongStoreKey {
+        /// What is wrong, and what to do.
+        message: String,
+    },
+
     /// Strict mode rejected an event type that is not registered.
     #[error("unknown event type '{event_type}'{}; register it first or fix the name", match .nearest { Some(n) => format!(" (did you mean '{n}'?)"), None => String::new() })]
     UnknownEventType {
@@ -278,6 +302,15 @@ impl Error {
                 after: *after,
             },
             Error::IdempotencyViolation { message } => Error::IdempotencyViolation {
+                message: message.clone(),
+            },
+            Error::StreamTombstoned { stream } => Error::StreamTombstoned {
+                stream: stream.clone(),
+            },
+            Error::UnknownSubject { subject } => Error::UnknownSubject {
+                subject: subject.clone(),
+            },
+            Error::WrongStoreKey { message } => Error::WrongStoreKey {
                 message: message.clone(),
             },
             Error::UnknownEventType {

@@ -77,6 +77,108 @@ pub struct NewEvent {
     pub data: Vec<u8>,
     /// Metadata.
     pub metadata: Metadata,
+    /// The personal part, belonging to a data subject: stored encrypted
+    /// under the subject's key, erased for good by
+    /// [`EventStore::forget`](crate::EventStore::forget).
+    pub personal: Option<PersonalData>,
+}
+
+/// The personal part of an event: bytes that belong to one data subject
+/// (a person), kept apart from the event's other data so that they can be
+/// forgotten (crypto-shredding) while the event stays in the log.
+///
+/// The subject id names the person in the store; use a surrogate id
+/// (`user-123`), not personal data itself, since it is stored in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PersonalData {
+    subject: String,
+    pub(crate) content: PersonalContent,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum PersonalContent {
+    Plain(Vec<u8>),
+    Erased,
+    /// As stored; the read path opens it before an application sees it.
+    Sealed(SealedPersonal),
+}
+
+/// A personal part as stored: encrypted under generation `generation` of
+/// its subject's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[doc(hidden)] // Internal: the stored form, for the event layout.
+pub struct SealedPersonal {
+    pub generation: u64,
+    pub nonce: [u8; 24],
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl PersonalData {
+    /// `bytes` belonging to data subject `subject`.
+    pub fn new(subject: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        PersonalData {
+            subject: subject.into(),
+            content: PersonalContent::Plain(bytes.into()),
+        }
+    }
+
+    /// A personal part whose subject was forgotten.
+    pub fn erased(subject: impl Into<String>) -> Self {
+        PersonalData {
+            subject: subject.into(),
+            content: PersonalContent::Erased,
+        }
+    }
+
+    pub(crate) fn sealed(subject: String, sealed: SealedPersonal) -> Self {
+        PersonalData {
+            subject,
+            content: PersonalContent::Sealed(sealed),
+        }
+    }
+
+    /// The data subject.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The bytes, or `None` when the subject was forgotten.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.content {
+            PersonalContent::Plain(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// True when the subject was forgotten and the bytes are gone.
+    pub fn is_erased(&self) -> bool {
+        !matches!(self.content, PersonalContent::Plain(_))
+    }
+
+    /// Decodes the bytes as JSON; `None` when erased.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.bytes().map(Json::decode).transpose()
+    }
+
+    pub(crate) fn byte_len(&self) -> usize {
+        self.subject.len() + self.bytes().map_or(0, <[u8]>::len)
+    }
+}
+
+impl std::fmt::Debug for PersonalData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never prints the bytes: logs are no place for personal data.
+        let state = match &self.content {
+            PersonalContent::Plain(b) => format!("{} bytes", b.len()),
+            PersonalContent::Erased => "erased".into(),
+            PersonalContent::Sealed(_) => "sealed".into(),
+        };
+        f.debug_struct("PersonalData")
+            .field("subject", &self.subject)
+            .field("content", &state)
+            .finish()
+    }
 }
 
 impl NewEvent {
@@ -88,6 +190,7 @@ impl NewEvent {
             tags: Vec::new(),
             data: data.into(),
             metadata: Metadata::default(),
+            personal: None,
         }
     }
 
@@ -140,6 +243,23 @@ impl NewEvent {
     /// Sets the metadata.
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Marks `bytes` as the personal part of this event, belonging to data
+    /// subject `subject`: stored encrypted under the subject's key (the
+    /// store needs [`EventStoreOptions::store_key`]), and erased for good
+    /// by [`EventStore::forget`]. Keep the rest of the event free of
+    /// personal data.
+    ///
+    /// [`EventStoreOptions::store_key`]: crate::EventStoreOptions::store_key
+    /// [`EventStore::forget`]: crate::EventStore::forget
+    pub fn with_personal_data(
+        mut self,
+        subject: impl Into<String>,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.personal = Some(PersonalData::new(subject, bytes));
         self
     }
 
@@ -205,6 +325,9 @@ pub struct RecordedEvent {
     pub recorded_at_ms: u64,
     /// The stream and version, for stream appends.
     pub stream: Option<StreamRef>,
+    /// The personal part, if the event has one: its bytes, or marked
+    /// erased once its subject was forgotten.
+    pub personal: Option<PersonalData>,
 }
 
 impl RecordedEvent {

@@ -272,6 +272,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             metadata: line.metadata.into(),
             recorded_at_ms,
             stream,
+            personal: None,
         })
     }
 }

@@ -11,13 +11,16 @@
 //! | 0x02 | `head`                      | last position, u64 BE          |
 //! | 0x10 | `log` (u64 position)        | event envelope                 |
 //! | 0x11 | `id` (ulid)                 | [`IdEntry`]: position, append extent, content digest |
+//! | 0x12 | `removed` (u64 first)       | last position of a run removed by compaction, sealed |
 //! | 0x20 | `stream` (str id)           | version + last position, BE    |
 //! | 0x21 | `stream_ev` (str id, u64 v) | position, u64 BE               |
 //! | 0x22 | `category` (str, u64 pos)   | empty                          |
+//! | 0x23 | `stream_life` (str id)      | postcard retention, deletion, tombstone |
 //! | 0x30 | `type` (str type, u64 pos)  | empty                          |
 //! | 0x31 | `tag` (str tag, u64 pos)    | postcard (type, tags)          |
 //! | 0x40 | `registry` (str type)       | empty                          |
 //! | 0x50 | `sub` (family str, …): subscription state; see [`StateKey`] ||
+//! | 0x60 | `subject` (str subject)     | postcard wrapped per-subject key (or its erasure) |
 //!
 //! The values of the index entries (`id`, `stream_ev`, `category`, `type`,
 //! `tag`) are sealed: the value above is followed by a crc32c of the key and
@@ -40,14 +43,17 @@ const META: u8 = 0x01;
 const HEAD: u8 = 0x02;
 const LOG: u8 = 0x10;
 const ID: u8 = 0x11;
+const REMOVED: u8 = 0x12;
 const STREAM: u8 = 0x20;
 const STREAM_EV: u8 = 0x21;
 const CATEGORY: u8 = 0x22;
+const STREAM_LIFE: u8 = 0x23;
 const TYPE: u8 = 0x30;
 const TAG: u8 = 0x31;
 const REGISTRY: u8 = 0x40;
 /// Tag byte reserved for subscription and projection state.
 pub const SUBSCRIPTIONS: u8 = 0x50;
+const SUBJECT: u8 = 0x60;
 
 /// The format marker key and its value.
 pub fn format_key() -> Vec<u8> {
@@ -302,7 +308,82 @@ pub fn open_index_value<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
 /// True for keys of the tables whose values are sealed
 /// ([`seal_index_value`]).
 pub fn is_sealed_index_key(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&(ID | STREAM_EV | CATEGORY | TYPE | TAG)))
+    matches!(
+        key.first(),
+        Some(&(ID | REMOVED | STREAM_EV | CATEGORY | TYPE | TAG))
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle tables (issue 17): what compaction removed, each stream's
+// retention, and the per-subject keys of personal data. New tables only:
+// a store that never used them is laid out exactly as before.
+// ---------------------------------------------------------------------------
+
+/// A run of positions removed by compaction, keyed by its first position;
+/// its value is the run's last position (u64 BE, sealed). The integrity
+/// checker accepts a hole in the log exactly where such a run says so.
+pub fn removed_key(first: Position) -> Vec<u8> {
+    KeyBuilder::with_raw(&[REMOVED]).u64(first).finish()
+}
+
+/// Every removal record.
+pub fn removed_range() -> KeyRange {
+    table_range(REMOVED)
+}
+
+/// Parses a removal record's key strictly.
+pub fn parse_removed_key(key: &[u8]) -> Result<Position> {
+    let mut r = strict_reader(key, REMOVED, "removed")?;
+    let p = r.u64()?;
+    finished(&r, p, "removed")
+}
+
+/// A stream's lifecycle record (retention, deletion, tombstone, how far
+/// compaction got); see `crate::lifecycle::StreamLife`.
+pub fn stream_life_key(stream: &str) -> Vec<u8> {
+    KeyBuilder::with_raw(&[STREAM_LIFE]).str(stream).finish()
+}
+
+/// Every stream lifecycle record, optionally only those after `after`.
+pub fn stream_life_range(after: Option<&str>) -> KeyRange {
+    let mut r = table_range(STREAM_LIFE);
+    if let Some(a) = after {
+        r.start = Bound::Excluded(stream_life_key(a));
+    }
+    r
+}
+
+/// Parses a stream lifecycle key strictly.
+pub fn parse_stream_life_key(key: &[u8]) -> Result<String> {
+    let mut r = strict_reader(key, STREAM_LIFE, "stream_life")?;
+    let s = r.str()?;
+    finished(&r, s, "stream_life")
+}
+
+/// The key record of a data subject (see `crate::crypto`).
+pub fn subject_key(subject: &str) -> Vec<u8> {
+    KeyBuilder::with_raw(&[SUBJECT]).str(subject).finish()
+}
+
+/// Every subject key record.
+pub fn subject_range() -> KeyRange {
+    table_range(SUBJECT)
+}
+
+/// Parses a subject key strictly.
+pub fn parse_subject_key(key: &[u8]) -> Result<String> {
+    let mut r = strict_reader(key, SUBJECT, "subject")?;
+    let s = r.str()?;
+    finished(&r, s, "subject")
+}
+
+/// The store-key check: a known text sealed under the application's
+/// store key, so a wrong key is refused at open instead of failing later.
+pub fn store_key_check_key() -> Vec<u8> {
+    KeyBuilder::with_raw(&[META])
+        .str("store_key_check")
+        .finish()
 }
 
 /// Encodes a u64 value.
@@ -910,24 +991,30 @@ pub fn table_name(tag: u8) -> Option<&'static str> {
         TAG => "tag",
         REGISTRY => "registry",
         SUBSCRIPTIONS => "sub",
+        REMOVED => "removed",
+        STREAM_LIFE => "stream_life",
+        SUBJECT => "subject",
         _ => return None,
     })
 }
 
 /// Every tag byte the layout uses, ascending.
-pub fn table_tags() -> [u8; 11] {
+pub fn table_tags() -> [u8; 14] {
     [
         META,
         HEAD,
         LOG,
         ID,
+        REMOVED,
         STREAM,
         STREAM_EV,
         CATEGORY,
+        STREAM_LIFE,
         TYPE,
         TAG,
         REGISTRY,
         SUBSCRIPTIONS,
+        SUBJECT,
     ]
 }
 
@@ -1303,6 +1390,9 @@ pub fn parse_projection_checkpoint(v: &[u8]) -> Result<(u64, Position)> {
     ))
 }
 
+/// A sealed personal part and its subject, as the envelope stores them.
+pub type SealedRef<'a> = (&'a str, &'a crate::event::SealedPersonal);
+
 /// The rows one event adds to the layout (log, id, type, tags, stream
 /// index, category). The one place that knows an event's index entries.
 /// Returns the event's id entry.
@@ -1311,13 +1401,13 @@ pub fn event_rows(
     pos: Position,
     e: &NewEvent,
     recorded_at_ms: u64,
-    stream: Option<(&str, u64)>,
+    (stream, personal): (Option<(&str, u64)>, Option<SealedRef<'_>>),
     (append_first, append_last): (Position, Position),
 ) -> Result<IdEntry> {
     let start = rows.len();
     rows.push((
         log_key(pos),
-        crate::envelope::encode_new(pos, e, recorded_at_ms, stream)?,
+        crate::envelope::encode_sealed(pos, e, recorded_at_ms, stream, personal)?,
     ));
     let id = IdEntry {
         position: pos,

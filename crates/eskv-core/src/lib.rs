@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crypto;
 pub mod decide;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod envelope;
@@ -43,6 +44,7 @@ mod event_serde;
 pub mod kv;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod layout;
+pub mod lifecycle;
 pub mod memory;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod oracle;
@@ -58,24 +60,26 @@ pub mod typed;
 pub mod validate;
 pub mod verify;
 
+pub use crypto::StoreKey;
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, Position, RecordedEvent,
-    StreamRef, StreamVersion,
+    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
+    RecordedEvent, StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
     ScanOptions, WriteBuffer,
 };
+pub use lifecycle::Retention;
 pub use memory::MemoryStore;
 pub use projection::{
     Projection, ProjectionOptions, ProjectionState, ReadModel, Snapshot, SnapshotKey,
 };
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
-    AppendRequest, AppendResult, EventStore, EventStoreOptions, ImportMarker, Limits, LogFilter,
-    ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    AppendRequest, AppendResult, CompactReport, EventStore, EventStoreOptions, ForgetOutcome,
+    ImportMarker, Limits, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,

@@ -38,14 +38,19 @@ use tokio::sync::{oneshot, watch};
 
 mod append;
 mod batch;
+mod compact;
 mod group_commit;
 mod import;
+mod lifecycle;
+mod live;
 mod options;
 mod read;
 mod types;
 
+pub use compact::CompactReport;
 use import::format_error;
 pub use import::ImportMarker;
+pub use lifecycle::ForgetOutcome;
 pub use options::{
     AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, ReadOptions, ReadResult,
     ReadStreamOptions, StreamInfo,
@@ -118,19 +123,41 @@ impl EventStore {
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             let vals = txn
-                .get_many(&[layout::format_key(), layout::head_key()])
+                .get_many(&[
+                    layout::format_key(),
+                    layout::head_key(),
+                    layout::store_key_check_key(),
+                ])
                 .await?;
+            let mut write = false;
             match vals[0].as_deref() {
                 Some(f) if f == layout::FORMAT => {}
                 Some(f) => return Err(format_error(f)),
                 None => {
                     txn.put(layout::format_key(), layout::FORMAT.to_vec());
-                    match txn.commit().await {
-                        // A read-only store is read as it is: an empty
-                        // store, never initialised.
-                        Ok(()) | Err(Error::ReadOnly { .. }) => {}
-                        Err(e) => return Err(e),
+                    write = true;
+                }
+            }
+            // A wrong store key is refused here, before anything is
+            // written with it; the first open with a key records its check.
+            if let Some(key) = &opts.store_key {
+                match vals[2].as_deref() {
+                    Some(check) => crate::crypto::check_key(key, check)?,
+                    None => {
+                        txn.put(
+                            layout::store_key_check_key(),
+                            crate::crypto::check_value(key),
+                        );
+                        write = true;
                     }
+                }
+            }
+            if write {
+                match txn.commit().await {
+                    // A read-only store is read as it is: an empty
+                    // store, never initialised.
+                    Ok(()) | Err(Error::ReadOnly { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             vals[1]

@@ -76,3 +76,20 @@ pub fn validate_stream_id(s: &str, l: &Limits) -> Result<()> {
     }
     Ok(())
 }
+
+/// Data subject ids (personal data): 1 byte or more, without control
+/// characters, short enough that the `$subject:` tag of its system events
+/// is a valid tag.
+pub fn validate_subject(s: &str, l: &Limits) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(
+            "a data subject id must not be empty: give the id of the person the personal data belongs to (for example 'user-123')",
+        ));
+    }
+    validate_tag(&crate::lifecycle::subject_tag(s), l).map_err(|e| match e {
+        Error::InvalidInput { .. } => Error::invalid(format!(
+            "data subject id {s:?} contains a control character"
+        )),
+        other => other,
+    })
+}

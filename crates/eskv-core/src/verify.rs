@@ -106,6 +106,8 @@ pub struct VerifyReport {
     pub violations: Vec<Violation>,
     /// Violations found beyond [`MAX_VIOLATIONS`], counted but not kept.
     pub omitted: u64,
+    /// Positions removed by compaction (recorded holes, not damage).
+    pub removed: u64,
 }
 
 impl VerifyReport {
@@ -180,9 +182,12 @@ async fn check_kv(
     let mut c = Checker {
         report: VerifyReport::default(),
         progress,
+        removed: Vec::new(),
+        lives: std::collections::HashMap::new(),
     };
     let txn = &mut *txn;
     c.meta(txn).await?;
+    c.lifecycle(txn).await?;
     let head = c.head(txn).await?;
     c.log(txn, head).await?;
     c.ids(txn).await?;
@@ -320,6 +325,78 @@ struct StreamGroup {
 struct Checker<'a> {
     report: VerifyReport,
     progress: Option<&'a mut (dyn FnMut(u64) + Send)>,
+    /// Runs of positions compaction removed, ascending by first position.
+    removed: Vec<(Position, Position)>,
+    /// Lifecycle records by stream.
+    lives: std::collections::HashMap<String, crate::lifecycle::StreamLife>,
+}
+
+impl Checker<'_> {
+    /// Reads the removal runs and lifecycle records (both small: one row
+    /// per run and per stream with retention) before the passes that
+    /// need them.
+    async fn lifecycle(&mut self, txn: &mut dyn KvTransaction) -> Result<()> {
+        let mut pager = Pager::new(layout::removed_range(), PAGE);
+        while let Some(rows) = self.page(&mut pager, txn).await? {
+            for (k, v) in rows {
+                let run = layout::parse_removed_key(&k).and_then(|first| {
+                    let last = layout::parse_u64(layout::open_index_value(&k, &v)?, "removal run")?;
+                    Ok((first, last))
+                });
+                match run {
+                    Ok((first, last)) if first <= last => {
+                        self.report.removed += last - first + 1;
+                        self.removed.push((first, last));
+                    }
+                    Ok((first, last)) => self.violation(
+                        Some(&k),
+                        Some(first),
+                        format!("removal run {first}..={last} ends before it starts"),
+                    ),
+                    Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
+                }
+            }
+        }
+        let mut pager = Pager::new(layout::stream_life_range(None), PAGE);
+        while let Some(rows) = self.page(&mut pager, txn).await? {
+            for (k, v) in rows {
+                match layout::parse_stream_life_key(&k)
+                    .and_then(|s| Ok((s, crate::lifecycle::StreamLife::decode(&v)?)))
+                {
+                    Ok((s, l)) => {
+                        self.lives.insert(s, l);
+                    }
+                    Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when every position of `[from, to]` was removed by compaction.
+    fn removed_range(&self, from: Position, to: Position) -> bool {
+        let mut next = from;
+        for &(a, b) in &self.removed {
+            if b < next {
+                continue;
+            }
+            if a > next {
+                return false;
+            }
+            next = b + 1;
+            if next > to {
+                return true;
+            }
+        }
+        next > to
+    }
+
+    /// The first version of `stream` that compaction kept.
+    fn first_kept_version(&self, stream: &str) -> u64 {
+        self.lives
+            .get(stream)
+            .map_or(1, |l| l.compacted_before.max(1))
+    }
 }
 
 fn corrupt_message(e: &crate::Error) -> String {
@@ -504,7 +581,7 @@ impl Checker<'_> {
                     self.violation(Some(&k), Some(0), "positions start at 1".into());
                     continue;
                 }
-                if pos > next {
+                if pos > next && !self.removed_range(next, pos - 1) {
                     self.violation(
                         None,
                         Some(next),
@@ -527,7 +604,7 @@ impl Checker<'_> {
         }
         let last = next - 1;
         match head {
-            Head::At(h) if last < h => self.violation(
+            Head::At(h) if last < h && !self.removed_range(last + 1, h) => self.violation(
                 Some(&layout::head_key()),
                 Some(last + 1),
                 format!(
@@ -595,6 +672,10 @@ impl Checker<'_> {
                 };
                 match ex {
                     Expect::IdEntry => match layout::IdEntry::decode(v) {
+                        // A released event's id may be appended again: the
+                        // entry then belongs to the later event.
+                        Ok(x) if x.position > p
+                            && e.stream.as_ref().is_some_and(|s| self.lives.contains_key(&s.stream_id)) => {}
                         Ok(x) if x.position != p => self.violation(
                             Some(k),
                             Some(p),
@@ -761,9 +842,11 @@ impl Checker<'_> {
                     if let Some(g) = group.take() {
                         self.finish_stream(txn, &mut metas, g).await?;
                     }
+                    // Versions below the compacted edge were removed.
+                    let kept = self.first_kept_version(&s);
                     group = Some(StreamGroup {
                         stream: s.clone(),
-                        version: 0,
+                        version: kept - 1,
                         last_position: 0,
                     });
                 }
@@ -835,7 +918,14 @@ impl Checker<'_> {
             }
         };
         let what = match StreamMeta::decode(v) {
-            Ok(m) => format!("version {}", m.version),
+            Ok(m) => {
+                // Every version removed by compaction: no entries left.
+                let stream = layout::parse_stream_meta_key(k).unwrap_or_default();
+                if self.first_kept_version(&stream) > m.version {
+                    return;
+                }
+                format!("version {}", m.version)
+            }
             Err(e) => corrupt_message(&e),
         };
         self.violation(

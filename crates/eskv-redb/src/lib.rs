@@ -67,6 +67,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod compact_file;
+pub use compact_file::{compact_file, FileCompaction};
+
 use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, WriteSet};
 use eskv_core::oracle::{CommitOracle, Snapshot};

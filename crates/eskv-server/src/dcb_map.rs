@@ -65,6 +65,7 @@ pub(crate) fn new_event(e: pb::Event) -> Result<NewEvent, Status> {
             extra,
             ..Metadata::default()
         },
+        personal: None,
     })
 }
 
@@ -214,6 +215,7 @@ mod tests {
             metadata: e.metadata,
             recorded_at_ms: 0,
             stream: None,
+            personal: None,
         }
     }
 

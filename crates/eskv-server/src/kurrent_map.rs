@@ -96,6 +96,7 @@ fn proposed(
             extra,
             ..Metadata::default()
         },
+        personal: None,
     })
 }
 
@@ -268,6 +269,7 @@ mod tests {
                 metadata: e.metadata,
                 recorded_at_ms: 1_000,
                 stream: Some(eskv_core::StreamRef { stream_id: "order-1".into(), version }),
+                personal: None,
             };
             let Some(read_resp::Content::Event(read)) = read_resp(recorded, structured).content else {
                 panic!("not an event");
@@ -299,6 +301,7 @@ mod tests {
                 stream_id: s.into(),
                 version: 1,
             }),
+            personal: None,
         };
         let f = |filter| {
             Filter::new(FilterOptions {

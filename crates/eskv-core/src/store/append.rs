@@ -100,7 +100,15 @@ impl EventStore {
             for t in &e.tags {
                 validate_tag(t, l)?;
             }
-            let size = e.data.len() + e.metadata.byte_len();
+            if let Some(p) = &e.personal {
+                crate::validate::validate_subject(p.subject(), l)?;
+                if self.inner.opts.store_key.is_none() {
+                    return Err(super::live::no_store_key());
+                }
+            }
+            // A personal part grows by its nonce and tag when sealed.
+            let personal = e.personal.as_ref().map_or(0, |p| p.byte_len() + 48);
+            let size = e.data.len() + e.metadata.byte_len() + personal;
             if size > l.max_event_bytes {
                 return Err(Error::limit(
                     format!("bytes in event {}", e.id),
@@ -129,7 +137,10 @@ impl EventStore {
                     ));
                 }
             }
-            let rows = 3 + e.tags.len() + if req.stream.is_some() { 2 } else { 0 };
+            let rows = 3
+                + e.tags.len()
+                + if req.stream.is_some() { 2 } else { 0 }
+                + usize::from(e.personal.is_some());
             let keys = 48 + e.event_type.len() + tags_len + 2 * stream_len + rows * KEY_OVERHEAD;
             let tag_values = e.tags.len() * (e.event_type.len() + tags_len + 8);
             cost.ops += rows;

@@ -2,14 +2,18 @@
 //! (idempotency, expected version, condition, types) against the batch's
 //! snapshot and the requests before it, then written.
 
+use super::live::Live;
 use super::options::{AppendRequest, AppendResult};
 use super::read::{load_events, scan_index, Order};
 use super::types::registered_types;
 use super::Inner;
+use crate::crypto::{self, SubjectKey, SubjectRecord};
+use crate::envelope;
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position};
 use crate::kv::{KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, event_rows, IdEntry, Index, StreamMeta};
+use crate::lifecycle::StreamLife;
 use crate::query::{Query, QueryItem};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +32,21 @@ pub(super) struct Batch<'a> {
     streams: HashMap<String, StreamMeta>,
     /// Events appended by earlier requests of this batch, with positions.
     appended: Vec<(Position, &'a NewEvent)>,
+    /// Subject keys read or created by this batch (`None`: unusable, the
+    /// record was read but no store key opens it).
+    subjects: HashMap<String, SubjectKey>,
+}
+
+/// The data subjects of a request's personal parts.
+fn subjects_of(req: &AppendRequest) -> Vec<&str> {
+    let mut v: Vec<&str> = req
+        .events
+        .iter()
+        .filter_map(|e| e.personal.as_ref().map(|p| p.subject()))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// How many index entries a condition probe reads in the batch's one read.
@@ -90,6 +109,10 @@ pub(super) struct Prefetched {
     ids: Vec<Option<Vec<u8>>>,
     /// Its stream's head, when it appends to a stream.
     stream_meta: Option<Vec<u8>>,
+    /// Its stream's lifecycle record, when it appends to a stream.
+    stream_life: Option<Vec<u8>>,
+    /// The key record of each data subject of its personal parts.
+    subjects: Vec<Option<Vec<u8>>>,
     /// The first page of each of its condition's index probes.
     probes: Vec<Vec<KvPair>>,
 }
@@ -107,7 +130,9 @@ impl Inner {
             keys.extend(req.events.iter().map(|e| layout::id_key(e.id)));
             if let Some((s, _)) = &req.stream {
                 keys.push(layout::stream_key(s));
+                keys.push(layout::stream_life_key(s));
             }
+            keys.extend(subjects_of(req).into_iter().map(layout::subject_key));
         }
         // ...and the first page of every condition probe.
         let mut scans = Vec::new();
@@ -139,14 +164,17 @@ impl Inner {
                 .map_or(0, |d| d.as_millis() as u64),
             ids: HashMap::new(),
             streams: HashMap::new(),
+            subjects: HashMap::new(),
         };
         let mut results = Vec::with_capacity(reqs.len());
         for req in reqs {
             let ids: Vec<Option<Vec<u8>>> = vals.by_ref().take(req.events.len()).collect();
-            let stream_meta = match &req.stream {
-                Some(_) => vals.next().flatten(),
-                None => None,
+            let (stream_meta, stream_life) = match &req.stream {
+                Some(_) => (vals.next().flatten(), vals.next().flatten()),
+                None => (None, None),
             };
+            let subjects: Vec<Option<Vec<u8>>> =
+                vals.by_ref().take(subjects_of(req).len()).collect();
             let probes: Vec<Vec<KvPair>> = match &req.condition {
                 Some(c) => probe_rows
                     .by_ref()
@@ -157,6 +185,8 @@ impl Inner {
             let prefetched = Prefetched {
                 ids,
                 stream_meta,
+                stream_life,
+                subjects,
                 probes,
             };
             results.push(self.apply(&mut *txn, &mut batch, req, prefetched).await?);
@@ -186,9 +216,16 @@ impl Inner {
         let Prefetched {
             ids,
             stream_meta: meta,
+            stream_life,
+            subjects,
             probes,
         } = prefetched;
-        let found: Vec<Option<IdEntry>> = req
+        let life = stream_life
+            .as_deref()
+            .map(StreamLife::decode)
+            .transpose()?
+            .unwrap_or_default();
+        let mut found: Vec<Option<IdEntry>> = req
             .events
             .iter()
             .zip(ids)
@@ -207,9 +244,23 @@ impl Inner {
             None => None,
         };
 
+        // Idempotency sees only live events: the id of a released event
+        // is free again (its entry is overwritten, and compaction keeps
+        // an entry that no longer points at the event it removes).
+        if found.iter().any(Option::is_some) {
+            self.forget_released_ids(txn, &mut found).await?;
+        }
         // Idempotency: the same ids again is a replay of the original.
         if found.iter().any(Option::is_some) {
             return self.replay(txn, req, &found).await;
+        }
+
+        if let Some((stream, _)) = &req.stream {
+            if life.tombstoned {
+                return Ok(Verdict::Rejected(Error::StreamTombstoned {
+                    stream: stream.clone(),
+                }));
+            }
         }
 
         if batch.strict {
@@ -220,10 +271,13 @@ impl Inner {
 
         if let Some((stream, expected)) = &req.stream {
             let actual = meta.map(|m| m.version);
+            // A soft-deleted stream reads as absent, so `NoStream` accepts
+            // it; its version continues, so `Exact` compares the real one.
+            let absent = life.reads_absent(actual.unwrap_or(0));
             let ok = match *expected {
                 ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => actual.is_none(),
-                ExpectedVersion::StreamExists => actual.is_some(),
+                ExpectedVersion::NoStream => absent,
+                ExpectedVersion::StreamExists => !absent,
                 ExpectedVersion::Exact(v) => actual == Some(v),
             };
             if !ok {
@@ -255,6 +309,42 @@ impl Inner {
             }
         }
 
+        // Personal parts: sealed under their subjects' keys (a subject
+        // seen for the first time, or forgotten before, gets a new key).
+        let mut sealed = Vec::with_capacity(req.events.len());
+        if req.events.iter().any(|e| e.personal.is_some()) {
+            let Some(store_key) = self.opts.store_key.as_ref() else {
+                return Ok(Verdict::Rejected(super::live::no_store_key()));
+            };
+            for (subject, rec) in subjects_of(req).into_iter().zip(subjects) {
+                if batch.subjects.contains_key(subject) {
+                    continue;
+                }
+                let rec = rec.as_deref().map(SubjectRecord::decode).transpose()?;
+                let key = match &rec {
+                    Some(r) => crypto::unwrap_subject_key(store_key, subject, r)?,
+                    None => None,
+                };
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let generation = rec.map_or(1, |r| r.generation + 1);
+                        let (k, r) = crypto::new_subject_key(store_key, subject, generation);
+                        txn.put(layout::subject_key(subject), r.encode());
+                        k
+                    }
+                };
+                batch.subjects.insert(subject.to_owned(), key);
+            }
+            for e in &req.events {
+                sealed.push(e.personal.as_ref().and_then(|p| {
+                    let plain = p.bytes()?;
+                    let key = batch.subjects.get(p.subject())?;
+                    Some(crypto::seal_part(key, e.id, p.subject(), plain))
+                }));
+            }
+        }
+
         // Encode everything first; then buffer the writes.
         let first = batch.head + 1;
         let mut version = meta.map_or(0, |m| m.version);
@@ -268,12 +358,17 @@ impl Inner {
                 version += 1;
                 (s, version)
             });
+            let personal = e
+                .personal
+                .as_ref()
+                .zip(sealed.get(i).and_then(Option::as_ref))
+                .map(|(p, s)| (p.subject(), s));
             entries.push(event_rows(
                 &mut rows,
                 pos,
                 e,
                 batch.now_ms,
-                sref,
+                (sref, personal),
                 (first, last),
             )?);
         }
@@ -428,6 +523,49 @@ impl Inner {
     }
 }
 
+/// The lowest live position among `positions` (ascending).
+async fn first_live(
+    txn: &mut dyn KvTransaction,
+    live: &mut Live<'_>,
+    positions: &[Position],
+) -> Result<Option<Position>> {
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    let loaded = load_events(txn, positions).await?;
+    Ok(live
+        .live_only(txn, loaded)
+        .await?
+        .iter()
+        .map(|e| e.position)
+        .min())
+}
+
+impl Inner {
+    /// Drops the id entries of `found` whose events were released: their
+    /// ids are free again.
+    async fn forget_released_ids(
+        &self,
+        txn: &mut dyn KvTransaction,
+        found: &mut [Option<IdEntry>],
+    ) -> Result<()> {
+        let positions: Vec<Position> = found.iter().flatten().map(|e| e.position).collect();
+        let loaded = load_events(txn, &positions).await?;
+        let alive: std::collections::HashSet<Position> = Live::new(None)
+            .live_only(txn, loaded)
+            .await?
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        for f in found.iter_mut() {
+            if f.is_some_and(|e| !alive.contains(&e.position)) {
+                *f = None;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The digest of `e`'s content kept in its id entry.
 pub(super) fn digest_of(e: &NewEvent) -> u32 {
     layout::content_digest(&e.tags, &e.data, &e.metadata)
@@ -445,42 +583,66 @@ pub(super) async fn condition_hit(
     probes: Vec<Vec<KvPair>>,
 ) -> Result<Option<Position>> {
     let mut hit: Option<Position> = None;
+    let mut live = Live::new(None);
     if query.is_all() {
-        if batch.head0 >= lo {
-            hit = Some(lo);
+        // The first live event of the log at or after `lo`.
+        let mut from = lo;
+        while hit.is_none() && from <= batch.head0 {
+            let rows = txn
+                .scan(
+                    layout::log_range(from, batch.head0),
+                    ScanOptions::forward(Some(PROBE_PAGE)),
+                )
+                .await?;
+            let Some((k, _)) = rows.last() else { break };
+            from = layout::parse_log_key(k)? + 1;
+            let events = rows
+                .iter()
+                .map(|(k, v)| envelope::decode(v, layout::parse_log_key(k)?))
+                .collect::<Result<Vec<_>>>()?;
+            hit = live
+                .live_only(txn, events)
+                .await?
+                .first()
+                .map(|e| e.position);
         }
     } else {
         for ((index, item), rows) in condition_probes(query).into_iter().zip(probes) {
             let full = rows.len() >= PROBE_PAGE;
             let mut last = None;
-            let mut found = None;
+            let mut candidates = Vec::new();
             for (k, v) in &rows {
                 let pos = index.parse_position(k)?;
                 last = Some(pos);
-                if probe_keeps(index, item, layout::open_index_value(k, v)?)? {
-                    found = Some(pos);
+                // Probe rows come from the snapshot: they can only be at
+                // or below the snapshot's head.
+                if pos <= batch.head0 && probe_keeps(index, item, layout::open_index_value(k, v)?)?
+                {
+                    candidates.push(pos);
+                }
+            }
+            // DCB conditions see only live events: a released match is
+            // skipped, and the probe reads on past it.
+            let mut found = first_live(txn, &mut live, &candidates).await?;
+            while found.is_none() && full {
+                let Some(l) = last else { break };
+                let more = scan_index(
+                    txn,
+                    index,
+                    l + 1,
+                    batch.head0,
+                    Order::Forward,
+                    Some(PROBE_PAGE),
+                    |v| probe_keeps(index, item, v),
+                )
+                .await?;
+                found = first_live(txn, &mut live, &more).await?;
+                if more.len() < PROBE_PAGE {
                     break;
                 }
+                last = more.last().copied();
             }
-            if found.is_none() && full {
-                if let Some(last) = last {
-                    found = scan_index(
-                        txn,
-                        index,
-                        last + 1,
-                        batch.head0,
-                        Order::Forward,
-                        Some(1),
-                        |v| probe_keeps(index, item, v),
-                    )
-                    .await?
-                    .first()
-                    .copied();
-                }
-            }
-            // Probe rows come from the snapshot: they can only be at or
-            // below the snapshot's head.
-            if let Some(p) = found.filter(|p| *p <= batch.head0) {
+            if let Some(p) = found {
                 hit = Some(hit.map_or(p, |h| h.min(p)));
             }
         }

@@ -18,15 +18,38 @@ impl EventStore {
     /// (the first at head + 1, consecutive) and each stream's versions.
     /// One transaction: all or nothing. Returns the new head.
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<Position> {
+        self.import_events(events, false).await
+    }
+
+    /// Like [`import`](Self::import), for the export of a store that had
+    /// removals (retention, deletion, compaction): the first event may lie
+    /// beyond head + 1, and a stream may start at a version above 1. The
+    /// positions skipped stay holes, recorded as removals (so `verify`
+    /// accepts them), and a stream's skipped first versions stay released.
+    /// The events themselves must still be consecutive.
+    pub async fn import_after_removals(&self, events: &[RecordedEvent]) -> Result<Position> {
+        self.import_events(events, true).await
+    }
+
+    async fn import_events(&self, events: &[RecordedEvent], holes: bool) -> Result<Position> {
         let l = &self.inner.opts.limits;
         let mut ids = HashSet::with_capacity(events.len());
         for e in events {
-            validate_type(&e.event_type, l)?;
+            // eskv's own lifecycle events come back as they were.
+            if !crate::lifecycle::system_types::is_system(&e.event_type) {
+                validate_type(&e.event_type, l)?;
+            }
             for t in &e.tags {
                 validate_tag(t, l)?;
             }
             if let Some(s) = &e.stream {
                 validate_stream_id(&s.stream_id, l)?;
+            }
+            if e.personal.is_some() {
+                return Err(Error::invalid(format!(
+                    "event {} has a personal part; import does not carry personal data yet: append such events with NewEvent::with_personal_data",
+                    e.id
+                )));
             }
             if !ids.insert(e.id) {
                 return Err(Error::invalid(format!(
@@ -77,18 +100,28 @@ impl EventStore {
                     message: format!("event id {} already exists in the target store", e.id),
                 });
             }
-            if first.position != head + 1 {
+            if first.position <= head || (!holes && first.position != head + 1) {
                 return Err(Error::invalid(format!(
                     "the import starts at position {}, but this store's next position is {}",
                     first.position,
                     head + 1
                 )));
             }
+            let mut rows = Vec::with_capacity(events.len() * 6);
+            // Positions skipped (removed in the source) stay holes, recorded
+            // as removals so `verify` accepts them.
+            let base = first.position - 1;
+            if base > head {
+                let k = layout::removed_key(head + 1);
+                rows.push((
+                    k.clone(),
+                    layout::seal_index_value(&k, layout::u64_value(base)),
+                ));
+            }
             let mut versions: std::collections::HashMap<&str, u64> =
                 std::collections::HashMap::new();
-            let mut rows = Vec::with_capacity(events.len() * 6);
             for (i, e) in events.iter().enumerate() {
-                let pos = head + 1 + i as u64;
+                let pos = base + 1 + i as u64;
                 if e.position != pos {
                     return Err(Error::invalid(format!(
                         "import positions must be consecutive: expected {pos}, found {}",
@@ -103,7 +136,20 @@ impl EventStore {
                                 .await?
                                 .map_or(0, |m| m.version),
                         };
-                        if s.version != cur + 1 {
+                        if holes
+                            && cur == 0
+                            && s.version > 1
+                            && !versions.contains_key(s.stream_id.as_str())
+                        {
+                            // The stream's first versions were removed in
+                            // the source: they stay released.
+                            let life = crate::lifecycle::StreamLife {
+                                truncate_before: s.version,
+                                compacted_before: s.version,
+                                ..Default::default()
+                            };
+                            rows.push((layout::stream_life_key(&s.stream_id), life.encode()));
+                        } else if s.version != cur + 1 {
                             return Err(Error::invalid(format!(
                                 "event {pos} has version {} of stream '{}', expected {}",
                                 s.version,
@@ -125,17 +171,18 @@ impl EventStore {
                     tags,
                     data: e.data.clone(),
                     metadata: e.metadata.clone(),
+                    personal: None,
                 };
                 event_rows(
                     &mut rows,
                     pos,
                     &new,
                     e.recorded_at_ms,
-                    sref,
-                    (head + 1, head + events.len() as u64),
+                    (sref, None),
+                    (base + 1, base + events.len() as u64),
                 )?;
             }
-            let last = head + events.len() as u64;
+            let last = base + events.len() as u64;
             for (s, v) in &versions {
                 let last_position = events
                     .iter()

@@ -46,7 +46,7 @@ impl Default for Limits {
     }
 }
 
-/// Options for [`EventStore::open_with`].
+/// Options for [`EventStore::open_with`](crate::EventStore::open_with).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EventStoreOptions {
@@ -57,6 +57,10 @@ pub struct EventStoreOptions {
     /// How often a batch is retried after a retryable KV error (conflict
     /// with another process, unknown commit outcome). Default 32.
     pub max_retries: u32,
+    /// The application's key for personal data
+    /// ([`NewEvent::with_personal_data`]): needed to append or read
+    /// personal parts; a wrong one is refused at open.
+    pub store_key: Option<crate::crypto::StoreKey>,
 }
 
 impl Default for EventStoreOptions {
@@ -65,6 +69,7 @@ impl Default for EventStoreOptions {
             limits: Limits::default(),
             max_batch: 256,
             max_retries: 32,
+            store_key: None,
         }
     }
 }
@@ -79,6 +84,12 @@ impl EventStoreOptions {
     /// Sets the largest group-commit batch (1 disables batching).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
+        self
+    }
+
+    /// Sets the store key for personal data (crypto-shredding).
+    pub fn store_key(mut self, key: crate::crypto::StoreKey) -> Self {
+        self.store_key = Some(key);
         self
     }
 
@@ -197,7 +208,7 @@ impl ReadOptions {
     }
 }
 
-/// Options for [`EventStore::read_stream`].
+/// Options for [`EventStore::read_stream`](crate::EventStore::read_stream).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadStreamOptions {
     /// First version to return (inclusive). Default: 1 forwards, the last
@@ -242,7 +253,7 @@ impl ReadStreamOptions {
     }
 }
 
-/// Filters for [`EventStore::read_all_filtered`].
+/// Filters for [`EventStore::read_all_filtered`](crate::EventStore::read_all_filtered).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogFilter {
     /// Only events matching this query (types and tags).
@@ -344,4 +355,19 @@ pub struct StreamInfo {
     pub version: StreamVersion,
     /// Position of its last event.
     pub last_position: Option<Position>,
+    /// Soft-deleted (or truncated past its last event): reads as absent,
+    /// `exists` is false, and the next append continues at `version + 1`.
+    pub deleted: bool,
+    /// Tombstoned: never writable again.
+    pub tombstoned: bool,
+    /// The stream's retention.
+    pub retention: crate::lifecycle::Retention,
+    /// Revision of its retention metadata (`None`: never set), the
+    /// expected version of [`EventStore::set_retention`].
+    ///
+    /// [`EventStore::set_retention`]: crate::EventStore::set_retention
+    pub metadata_revision: Option<u64>,
+    /// The first version a read can return (versions below it were
+    /// released by retention or deletion).
+    pub first_version: StreamVersion,
 }

@@ -2,6 +2,7 @@
 //! positional indexes read in pages.
 
 use super::batch::{condition_probes, probe_keeps};
+use super::live::Live;
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
 };
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{Position, RecordedEvent, StreamVersion};
 use crate::kv::{Capabilities, KeyRange, KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, Index, StreamMeta};
+use crate::lifecycle::StreamLife;
 use crate::query::{Query, QueryItem};
 use crate::validate::validate_stream_id;
 use std::collections::BTreeSet;
@@ -29,9 +31,14 @@ impl EventStore {
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
+        if q.is_all() {
+            // Every event: the log itself, which skips removed positions.
+            return self.read_log(&LogFilter::default(), opts).await;
+        }
         let mut txn = self.inner.kv.begin().await?;
-        if !opts.backwards && !q.is_all() && opts.limit != Some(0) {
-            return read_forward(&mut *txn, &q, opts).await;
+        let mut live = self.live();
+        if !opts.backwards && opts.limit != Some(0) {
+            return read_forward(&mut *txn, &q, opts, &mut live).await;
         }
         let head = read_head(&mut *txn).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
@@ -40,20 +47,25 @@ impl EventStore {
                 events: Vec::new(),
             });
         };
-        let positions = find_positions(
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        let events = read_live(
             &mut *txn,
-            &q,
-            lo,
-            hi,
-            Order::new(opts.backwards, self.inner.kv.capabilities()),
+            Source::Query(&q),
+            (lo, hi),
+            order,
             opts.limit,
+            &mut live,
         )
         .await?;
-        let events = load_events(&mut *txn, &positions).await?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
             events,
         })
+    }
+
+    /// The read filter of this store (see [`Live`]).
+    pub(crate) fn live(&self) -> Live<'_> {
+        Live::new(self.inner.opts.store_key.as_ref())
     }
 
     /// Reads the global log.
@@ -76,6 +88,12 @@ impl EventStore {
                 return self.read(&q, opts).await;
             }
         }
+        self.read_log(filter, opts).await
+    }
+
+    /// The log, page by page, through the read filter, keeping what passes
+    /// `filter` (checked on each event).
+    async fn read_log(&self, filter: &LogFilter, opts: ReadOptions) -> Result<ReadResult> {
         let mut txn = self.inner.kv.begin().await?;
         let head = read_head(&mut *txn).await?;
         let Some((mut lo, mut hi)) = bounds(opts, head) else {
@@ -87,6 +105,7 @@ impl EventStore {
         let want = opts.limit.unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+        let mut live = self.live();
         while events.len() < want && lo <= hi {
             let rows = scan_page(
                 &mut *txn,
@@ -98,18 +117,27 @@ impl EventStore {
             )
             .await?;
             let n = rows.len();
-            for (k, v) in rows {
-                let pos = layout::parse_log_key(&k)?;
-                let e = envelope::decode(&v, pos)?;
-                if opts.backwards {
-                    hi = pos.saturating_sub(1);
-                } else {
-                    lo = pos + 1;
+            // Decoded no further than needed: a read of N events never
+            // touches (nor fails on) the rows after them.
+            let mut rows = rows.into_iter().peekable();
+            while events.len() < want && rows.peek().is_some() {
+                let need = want - events.len();
+                let mut decoded = Vec::new();
+                for (k, v) in rows.by_ref().take(need) {
+                    let pos = layout::parse_log_key(&k)?;
+                    decoded.push(envelope::decode(&v, pos)?);
+                    if opts.backwards {
+                        hi = pos.saturating_sub(1);
+                    } else {
+                        lo = pos + 1;
+                    }
                 }
-                if filter.matches(&e) {
-                    events.push(e);
-                    if events.len() == want {
-                        break;
+                for e in live.retain(&mut *txn, decoded).await? {
+                    if filter.matches(&e) {
+                        events.push(e);
+                        if events.len() == want {
+                            break;
+                        }
                     }
                 }
             }
@@ -136,17 +164,10 @@ impl EventStore {
                 events: Vec::new(),
             });
         };
-        let positions = scan_index(
-            &mut *txn,
-            Index::Category(category),
-            lo,
-            hi,
-            Order::new(opts.backwards, self.inner.kv.capabilities()),
-            opts.limit,
-            |_| Ok(true),
-        )
-        .await?;
-        let events = load_events(&mut *txn, &positions).await?;
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        let mut live = self.live();
+        let source = Source::Index(Index::Category(category));
+        let events = read_live(&mut *txn, source, (lo, hi), order, opts.limit, &mut live).await?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
             events,
@@ -172,54 +193,46 @@ impl EventStore {
             return Ok(Vec::new());
         }
         let until = opts.until.unwrap_or(Position::MAX);
-        let mut positions = Vec::new();
-        let want = opts.limit.unwrap_or(usize::MAX);
-        // Positions grow with versions, so `until` only trims.
-        let limit = if opts.until.is_some() && opts.backwards {
-            None
-        } else {
-            opts.limit
-        };
         let order = Order::new(opts.backwards, self.inner.kv.capabilities());
-        let rows = match limit {
-            Some(page) if order == Order::BackwardByWindows => {
-                // Versions are dense: the window below the stream's last
-                // version holds exactly the events asked for.
-                let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
-                    return Ok(Vec::new());
-                };
-                let hi = hi.min(meta.version);
-                if lo > hi {
-                    return Ok(Vec::new());
-                }
-                let range = |a, b| layout::stream_event_range(stream, a, b);
-                scan_page(&mut *txn, range, lo, hi, page, order).await?
-            }
-            _ => {
-                txn.scan(
-                    layout::stream_event_range(stream, lo, hi),
-                    ScanOptions {
-                        limit,
-                        reverse: opts.backwards,
-                    },
-                )
-                .await?
-            }
-        };
-        for (k, v) in rows {
-            let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
-            if pos > until {
-                if opts.backwards {
-                    continue;
-                }
+        let mut live = self.live();
+        let mut out = Vec::new();
+        let (mut lo, mut hi) = (lo, hi);
+        // Released events are a prefix of the versions: when a page comes
+        // back with some dropped, the next one starts at the first live
+        // version (forwards) or stops there (backwards).
+        loop {
+            let want = opts.limit.map_or(usize::MAX, |l| l - out.len());
+            let positions =
+                stream_positions(&mut *txn, stream, (lo, hi), opts, order, want, until).await?;
+            let n = positions.len();
+            let loaded = load_events(&mut *txn, &positions).await?;
+            let edge = loaded
+                .last()
+                .and_then(|e| e.stream.as_ref())
+                .map(|r| r.version);
+            let kept = live.retain(&mut *txn, loaded).await?;
+            let dropped = kept.len() < n;
+            out.extend(kept);
+            let (Some(edge), true, true) = (edge, dropped, n == want) else {
                 break;
-            }
-            positions.push(pos);
-            if positions.len() == want {
+            };
+            let Some((version, life)) = live.stream_state(&mut *txn, stream).await? else {
                 break;
+            };
+            let first = life.first_live(version);
+            if opts.backwards {
+                hi = edge.saturating_sub(1);
+                if hi < first.max(lo) {
+                    break;
+                }
+            } else {
+                lo = (edge + 1).max(first);
+                if lo > version {
+                    break;
+                }
             }
         }
-        load_events(&mut *txn, &positions).await
+        Ok(out)
     }
 
     /// The first version of `stream` whose event lies after global position
@@ -239,8 +252,14 @@ impl EventStore {
         if meta.last_position <= after {
             return Ok(meta.version + 1);
         }
+        // Versions below the compacted edge have no index entries: the
+        // search starts there (any earlier version was removed anyway).
+        let floor = match self.live().stream_state(&mut *txn, stream).await? {
+            Some((_, life)) => life.compacted_before.max(1),
+            None => 1,
+        };
         // Invariant: position(lo - 1) <= after < position(hi).
-        let (mut lo, mut hi) = (1u64, meta.version);
+        let (mut lo, mut hi) = (floor.min(meta.version), meta.version);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let key = layout::stream_event_key(stream, mid);
@@ -265,8 +284,10 @@ impl EventStore {
     pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
-        let meta = read_stream_meta(&mut *txn, stream).await?;
-        Ok(stream_info(stream.to_owned(), meta))
+        let vals = txn
+            .get_many(&[layout::stream_key(stream), layout::stream_life_key(stream)])
+            .await?;
+        stream_info_of(stream.to_owned(), vals[0].as_deref(), vals[1].as_deref())
     }
 
     /// Lists streams whose id starts with `prefix`, in id order, at most
@@ -284,24 +305,150 @@ impl EventStore {
                 ScanOptions::forward(Some(limit)),
             )
             .await?;
+        let lives: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|(k, _)| Ok(layout::stream_life_key(&layout::parse_stream_key(k)?)))
+            .collect::<Result<_>>()?;
+        let lives = txn.get_many(&lives).await?;
         rows.into_iter()
-            .map(|(k, v)| {
-                Ok(stream_info(
-                    layout::parse_stream_key(&k)?,
-                    Some(StreamMeta::decode(&v)?),
-                ))
+            .zip(lives)
+            .map(|((k, v), life)| {
+                stream_info_of(layout::parse_stream_key(&k)?, Some(&v), life.as_deref())
             })
             .collect()
     }
 }
 
-pub(super) fn stream_info(stream_id: String, meta: Option<StreamMeta>) -> StreamInfo {
-    StreamInfo {
-        stream_id,
-        exists: meta.is_some(),
-        version: meta.map_or(0, |m| m.version),
-        last_position: meta.map(|m| m.last_position),
+/// Positions of the versions `[lo, hi]` of `stream` in the read's order,
+/// at most `want`, none after `until`.
+async fn stream_positions(
+    txn: &mut dyn KvTransaction,
+    stream: &str,
+    (lo, hi): (StreamVersion, StreamVersion),
+    opts: ReadStreamOptions,
+    order: Order,
+    want: usize,
+    until: Position,
+) -> Result<Vec<Position>> {
+    let mut positions = Vec::new();
+    // Positions grow with versions, so `until` only trims.
+    let limit = if opts.until.is_some() && opts.backwards {
+        None
+    } else {
+        Some(want).filter(|w| *w != usize::MAX)
+    };
+    let rows = match limit {
+        Some(page) if order == Order::BackwardByWindows => {
+            // Versions are dense: the window below the stream's last
+            // version holds exactly the events asked for.
+            let Some(meta) = read_stream_meta(txn, stream).await? else {
+                return Ok(Vec::new());
+            };
+            let hi = hi.min(meta.version);
+            if lo > hi {
+                return Ok(Vec::new());
+            }
+            let range = |a, b| layout::stream_event_range(stream, a, b);
+            scan_page(txn, range, lo, hi, page, order).await?
+        }
+        _ => {
+            txn.scan(
+                layout::stream_event_range(stream, lo, hi),
+                ScanOptions {
+                    limit,
+                    reverse: opts.backwards,
+                },
+            )
+            .await?
+        }
+    };
+    for (k, v) in rows {
+        let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
+        if pos > until {
+            if opts.backwards {
+                continue;
+            }
+            break;
+        }
+        positions.push(pos);
+        if positions.len() == want {
+            break;
+        }
     }
+    Ok(positions)
+}
+
+/// Where [`read_live`] finds positions.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'q> {
+    Query(&'q Query),
+    Index(Index<'q>),
+}
+
+/// Live events of `source` in `[lo, hi]`, in `order`, at most `limit`:
+/// pages of positions, loaded and passed through [`Live::retain`], until
+/// the limit is met or the range is exhausted. A page with released events
+/// is followed by another, so a full page is never cut short by a removal
+/// (subscribers take a short page for "caught up").
+pub(super) async fn read_live(
+    txn: &mut dyn KvTransaction,
+    source: Source<'_>,
+    (mut lo, mut hi): (Position, Position),
+    order: Order,
+    limit: Option<usize>,
+    live: &mut Live<'_>,
+) -> Result<Vec<RecordedEvent>> {
+    let mut out = Vec::new();
+    while lo <= hi {
+        let want = limit.map(|l| l - out.len());
+        let positions = match source {
+            Source::Query(q) => find_positions(txn, q, lo, hi, order, want).await?,
+            Source::Index(i) => scan_index(txn, i, lo, hi, order, want, |_| Ok(true)).await?,
+        };
+        let Some(&last) = positions.last() else {
+            break;
+        };
+        let n = positions.len();
+        let loaded = load_events(txn, &positions).await?;
+        out.extend(live.retain(txn, loaded).await?);
+        match want {
+            Some(w) if n >= w && out.len() < limit.unwrap_or(0) => {}
+            _ => break,
+        }
+        if order.backwards() {
+            if last <= lo {
+                break;
+            }
+            hi = last - 1;
+        } else {
+            lo = last + 1;
+        }
+    }
+    Ok(out)
+}
+
+/// A stream's state from its metadata and lifecycle record.
+pub(super) fn stream_info_of(
+    stream_id: String,
+    meta: Option<&[u8]>,
+    life: Option<&[u8]>,
+) -> Result<StreamInfo> {
+    let meta = meta.map(StreamMeta::decode).transpose()?;
+    let life = life.map(StreamLife::decode).transpose()?;
+    let version = meta.map_or(0, |m| m.version);
+    let l = life.clone().unwrap_or_default();
+    let absent = l.reads_absent(version);
+    Ok(StreamInfo {
+        stream_id,
+        exists: meta.is_some() && !absent,
+        version,
+        last_position: meta.map(|m| m.last_position),
+        deleted: meta.is_some() && absent && !l.tombstoned,
+        tombstoned: l.tombstoned,
+        retention: l.retention(),
+        metadata_revision: life.map(|l| l.revision),
+        first_version: l.first_live(version),
+    })
 }
 
 pub(super) async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
@@ -341,6 +488,7 @@ pub(super) async fn read_forward(
     txn: &mut dyn KvTransaction,
     query: &Query,
     opts: ReadOptions,
+    live: &mut Live<'_>,
 ) -> Result<ReadResult> {
     let lo = opts.from.unwrap_or(1).max(1);
     let top = opts.until.unwrap_or(Position::MAX);
@@ -393,7 +541,18 @@ pub(super) async fn read_forward(
         }
     }
     let positions: Vec<Position> = all.into_iter().take(want).collect();
-    let events = load_events(txn, &positions).await?;
+    let loaded = load_events(txn, &positions).await?;
+    let mut events = live.retain(txn, loaded).await?;
+    // Released events dropped from a full page: read on past it.
+    if let (Some(&last), true) = (positions.last(), events.len() < positions.len()) {
+        if positions.len() == want && last < hi {
+            let more = Some(want - events.len());
+            let order = Order::Forward;
+            events.extend(
+                read_live(txn, Source::Query(query), (last + 1, hi), order, more, live).await?,
+            );
+        }
+    }
     Ok(ReadResult {
         consistent_through: consistent_through(opts, head, &events),
         events,
