@@ -1077,6 +1077,7 @@ async fn tail_poll(
                                     .limit(READ_PAGE as usize),
                             )
                             .await?
+                            .events
                     }
                     _ => {
                         fetch(

@@ -51,6 +51,7 @@ pub mod subscription;
 pub mod testing;
 pub mod tuple;
 pub mod typed;
+pub mod upcast;
 pub mod validate;
 pub mod verify;
 
@@ -71,7 +72,7 @@ pub use projection::{
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
     AppendRequest, AppendResult, EventStore, EventStoreOptions, ImportMarker, Limits, LogFilter,
-    ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    ReadOptions, ReadResult, ReadStreamOptions, StreamInfo, StreamRead,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,
@@ -79,6 +80,7 @@ pub use subscription::{
 };
 pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use ulid::Ulid;
+pub use upcast::{Upcasters, SCHEMA_VERSION_KEY};
 
 /// The `async_trait` attribute, for implementing [`Projection`] and
 /// [`EventHandler`] without adding the crate yourself.

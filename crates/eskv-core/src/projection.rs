@@ -836,6 +836,7 @@ impl EventStore {
                 let from = self.stream_version_after(s, after).await?;
                 self.read_stream(s, ReadStreamOptions::new().from_version(from))
                     .await?
+                    .events
             }
             SnapshotKey::Query(q) => self.read(q, ReadOptions::after(after)).await?.events,
             SnapshotKey::Named(_) => Vec::new(),

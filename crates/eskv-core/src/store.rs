@@ -41,6 +41,7 @@ mod batch;
 mod group_commit;
 mod import;
 mod options;
+mod paged;
 mod read;
 mod types;
 
@@ -48,7 +49,7 @@ use import::format_error;
 pub use import::ImportMarker;
 pub use options::{
     AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, ReadOptions, ReadResult,
-    ReadStreamOptions, StreamInfo,
+    ReadStreamOptions, StreamInfo, StreamRead,
 };
 
 /// Bytes allowed per key for a namespace prefix in size estimates.
@@ -113,8 +114,10 @@ impl EventStore {
     /// when the format marker is not an eskv one at all. Nothing is
     /// written in either case. On a store opened read-only (whose commits
     /// fail with [`Error::ReadOnly`]) nothing is written, not even the
-    /// format marker.
+    /// format marker. Upcasters with a gap in their versions are
+    /// [`Error::InvalidInput`].
     pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
+        opts.upcasters.validate()?;
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             let vals = txn

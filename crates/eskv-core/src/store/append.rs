@@ -90,6 +90,7 @@ impl EventStore {
         for e in &mut req.events {
             e.canonicalize();
             validate_type(&e.event_type, l)?;
+            self.inner.opts.upcasters.stamp(e)?;
             if e.tags.len() > l.max_tags_per_event {
                 return Err(Error::limit(
                     format!("tags on event {}", e.id),

@@ -4,6 +4,7 @@
 use super::batch::{condition_probes, probe_keeps};
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    StreamRead,
 };
 use super::EventStore;
 use crate::envelope;
@@ -27,6 +28,11 @@ impl EventStore {
     /// ([`ReadResult::consistent_through`]), to pass back as the `after`
     /// of a condition on the same query.
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
+        let r = self.read_stored(query, opts).await?;
+        self.decoded_result(r)
+    }
+
+    async fn read_stored(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
         let mut txn = self.inner.kv.begin().await?;
@@ -69,11 +75,16 @@ impl EventStore {
         filter: &LogFilter,
         opts: ReadOptions,
     ) -> Result<ReadResult> {
+        let r = self.read_all_stored(filter, opts).await?;
+        self.decoded_result(r)
+    }
+
+    async fn read_all_stored(&self, filter: &LogFilter, opts: ReadOptions) -> Result<ReadResult> {
         if let Some(q) = &filter.query {
             let mut q = q.clone();
             self.validate_query(&mut q)?;
             if filter.stream_prefix.is_none() {
-                return self.read(&q, opts).await;
+                return self.read_stored(&q, opts).await;
             }
         }
         let mut txn = self.inner.kv.begin().await?;
@@ -146,33 +157,47 @@ impl EventStore {
             |_| Ok(true),
         )
         .await?;
-        let events = load_events(&mut *txn, &positions).await?;
+        let events = self.decoded(load_events(&mut *txn, &positions).await?)?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
             events,
         })
     }
 
-    /// Reads a stream by version.
-    pub async fn read_stream(
-        &self,
-        stream: &str,
-        opts: ReadStreamOptions,
-    ) -> Result<Vec<RecordedEvent>> {
+    /// Reads a stream by version: its events, its version, and the
+    /// position the read is consistent through (see [`StreamRead`]), all
+    /// from one snapshot.
+    ///
+    /// ```
+    /// use eskv_core::{EventStore, ExpectedVersion, MemoryStore, NewEvent, ReadStreamOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// store.append(vec![NewEvent::new("Other", vec![])], None).await?;
+    /// store.append_to_stream("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("Placed", vec![])]).await?;
+    ///
+    /// let read = store.read_stream("order-1", ReadStreamOptions::new()).await?;
+    /// assert_eq!((read.len(), read.version, read.consistent_through), (1, 1, 2));
+    /// // The version is what an append decided on this read expects.
+    /// store.append_to_stream("order-1", ExpectedVersion::Exact(read.version), vec![NewEvent::new("Paid", vec![])]).await?;
+    /// for event in &read {
+    ///     assert_eq!(event.event_type, "Placed");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
-        // The stream index alone bounds the read (no metadata round trip):
-        // versions run 1..=n, so an open upper bound stops at the last.
+        // The stream index bounds the read: versions run 1..=n, so an open
+        // upper bound stops at the last. The head and the stream's
+        // metadata come in the same round trip as the first scan.
         let (lo, hi) = if opts.backwards {
             (1, opts.from_version.unwrap_or(StreamVersion::MAX))
         } else {
             (opts.from_version.unwrap_or(1).max(1), StreamVersion::MAX)
         };
-        if lo > hi || opts.limit == Some(0) {
-            return Ok(Vec::new());
-        }
+        let keys = [layout::head_key(), layout::stream_key(stream)];
         let until = opts.until.unwrap_or(Position::MAX);
-        let mut positions = Vec::new();
         let want = opts.limit.unwrap_or(usize::MAX);
         // Positions grow with versions, so `until` only trims.
         let limit = if opts.until.is_some() && opts.backwards {
@@ -181,31 +206,44 @@ impl EventStore {
             opts.limit
         };
         let order = Order::new(opts.backwards, self.inner.kv.capabilities());
-        let rows = match limit {
-            Some(page) if order == Order::BackwardByWindows => {
-                // Versions are dense: the window below the stream's last
-                // version holds exactly the events asked for.
-                let Some(meta) = read_stream_meta(&mut *txn, stream).await? else {
-                    return Ok(Vec::new());
-                };
-                let hi = hi.min(meta.version);
-                if lo > hi {
-                    return Ok(Vec::new());
-                }
+        let (vals, rows) = if lo > hi || opts.limit == Some(0) {
+            (txn.get_many(&keys).await?, Vec::new())
+        } else if limit.is_some() && order == Order::BackwardByWindows {
+            // Versions are dense: the window below the stream's last
+            // version holds exactly the events asked for.
+            let vals = txn.get_many(&keys).await?;
+            let last = match &vals[1] {
+                Some(v) => StreamMeta::decode(v)?.version,
+                None => 0,
+            };
+            let hi = hi.min(last);
+            let rows = if lo > hi {
+                Vec::new()
+            } else {
                 let range = |a, b| layout::stream_event_range(stream, a, b);
-                scan_page(&mut *txn, range, lo, hi, page, order).await?
-            }
-            _ => {
-                txn.scan(
-                    layout::stream_event_range(stream, lo, hi),
-                    ScanOptions {
-                        limit,
-                        reverse: opts.backwards,
-                    },
-                )
-                .await?
-            }
+                scan_page(&mut *txn, range, lo, hi, limit.unwrap_or(1), order).await?
+            };
+            (vals, rows)
+        } else {
+            let scan = ScanOptions {
+                limit,
+                reverse: opts.backwards,
+            };
+            let (vals, mut pages) = txn
+                .read_many(&keys, &[(layout::stream_event_range(stream, lo, hi), scan)])
+                .await?;
+            (vals, pages.pop().unwrap_or_default())
         };
+        let mut vals = vals.into_iter();
+        let head = vals
+            .next()
+            .flatten()
+            .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
+        let version = match vals.next().flatten() {
+            Some(v) => StreamMeta::decode(&v)?.version,
+            None => 0,
+        };
+        let mut positions = Vec::new();
         for (k, v) in rows {
             let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
             if pos > until {
@@ -219,7 +257,18 @@ impl EventStore {
                 break;
             }
         }
-        load_events(&mut *txn, &positions).await
+        let top = opts.until.map_or(head, |u| u.min(head));
+        let consistent_through = match (opts.backwards, opts.limit) {
+            (false, Some(l)) if positions.len() >= l => {
+                positions.last().map_or(top, |&p| p.min(top))
+            }
+            _ => top,
+        };
+        Ok(StreamRead {
+            events: self.decoded(load_events(&mut *txn, &positions).await?)?,
+            version,
+            consistent_through,
+        })
     }
 
     /// The first version of `stream` whose event lies after global position
@@ -292,6 +341,23 @@ impl EventStore {
                 ))
             })
             .collect()
+    }
+}
+
+impl EventStore {
+    /// The one step between the stored events and what every read path
+    /// returns (stream, log, category and DCB reads, and through them
+    /// paged reads, subscriptions, projections and deciders): upcasting to
+    /// each type's current schema version.
+    pub(super) fn decoded(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+        self.inner.opts.upcasters.upcast_all(events)
+    }
+
+    fn decoded_result(&self, r: ReadResult) -> Result<ReadResult> {
+        Ok(ReadResult {
+            events: self.decoded(r.events)?,
+            consistent_through: r.consistent_through,
+        })
     }
 }
 
