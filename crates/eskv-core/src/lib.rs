@@ -42,6 +42,7 @@ mod event_serde;
 pub mod kv;
 pub mod layout;
 pub mod memory;
+pub mod observe;
 pub mod oracle;
 pub mod projection;
 pub mod query;

@@ -58,7 +58,7 @@ const KEY_OVERHEAD: usize = 64;
 struct Pending {
     req: AppendRequest,
     cost: Cost,
-    reply: oneshot::Sender<Result<AppendResult>>,
+    reply: oneshot::Sender<group_commit::Answer>,
 }
 
 /// KV operations and bytes an append will need, to size group commits

@@ -529,6 +529,18 @@ impl Subscription {
         }
         let Page { events, head, .. } = page;
         let got = !events.is_empty();
+        if let Some(last) = events.last() {
+            let lag = head.saturating_sub(last.position);
+            let _span = tracing::debug_span!(
+                "eskv.subscription",
+                name = self.opts.name.as_deref(),
+                position = last.position,
+                lag,
+                count = events.len(),
+            )
+            .entered();
+            crate::observe::subscription_lag(self.opts.name.as_deref(), lag);
+        }
         // A short page means everything up to the read's head was examined.
         self.scanned = if events.len() < limit {
             head.max(after)

@@ -27,6 +27,12 @@ impl EventStore {
     /// which the read is consistent
     /// ([`ReadResult::consistent_through`]), to pass back as the `after`
     /// of a condition on the same query.
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "query", count)
+    )]
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let r = self.read_stored(query, opts).await?;
         self.decoded_result(r)
@@ -70,6 +76,12 @@ impl EventStore {
     /// Reads the global log, keeping only events that pass `filter`. A
     /// query filter uses the type and tag indexes; a stream prefix is
     /// checked on each event.
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "log", count)
+    )]
     pub async fn read_all_filtered(
         &self,
         filter: &LogFilter,
@@ -137,6 +149,12 @@ impl EventStore {
     /// Reads a category: the events of every stream whose id, up to its
     /// first `-`, is `category` (like EventStoreDB's `$ce-` streams, but
     /// from an index, without copying events).
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "category", count)
+    )]
     pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
         validate_stream_id(category, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
@@ -185,6 +203,12 @@ impl EventStore {
     /// }
     /// # Ok(()) }
     /// ```
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "stream", count)
+    )]
     pub async fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
@@ -350,6 +374,7 @@ impl EventStore {
     /// paged reads, subscriptions, projections and deciders): upcasting to
     /// each type's current schema version.
     pub(super) fn decoded(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+        tracing::Span::current().record("count", events.len());
         self.inner.opts.upcasters.upcast_all(events)
     }
 
