@@ -32,12 +32,15 @@ impl Write for Captured {
     }
 }
 
+/// A metric's name and labels.
+type MetricId = (String, Vec<(String, String)>);
+
 /// What the recorder saw so far. Its snapshots drain it (counters are
 /// swapped to 0), so they are summed here.
 struct Seen {
     snap: Snapshotter,
     /// (name, labels) -> counter total, last gauge value, histogram values.
-    values: Mutex<HashMap<(String, Vec<(String, String)>), DebugValue>>,
+    values: Mutex<HashMap<MetricId, DebugValue>>,
 }
 
 impl Seen {

@@ -96,7 +96,7 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Path};
 /// assert_eq!((Account::schema_version_of("Deposited"), Account::schema_version_of("Closed")), (2, 1));
 ///
 /// let old = RecordedEvent {
-///     position: 7, id: eskv::Ulid::new(), event_type: "Deposited".into(), tags: vec![],
+///     position: 7, id: eskv::Ulid::generate(), event_type: "Deposited".into(), tags: vec![],
 ///     data: br#"{"amount":5}"#.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None,
 /// };
 /// assert!(matches!(Account::from_recorded(&old), Err(DecodeError::OldVersion { found: 1, expected: 2, .. })));
