@@ -48,7 +48,7 @@ impl Default for Limits {
     }
 }
 
-/// Options for [`EventStore::open_with`].
+/// Options for [`EventStore::open_with`](crate::EventStore::open_with).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EventStoreOptions {
@@ -246,7 +246,7 @@ impl ReadOptions {
     }
 }
 
-/// Options for [`EventStore::read_stream`].
+/// Options for [`EventStore::read_stream`](crate::EventStore::read_stream).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadStreamOptions {
     /// First version to return (inclusive). Default: 1 forwards, the last
@@ -291,7 +291,7 @@ impl ReadStreamOptions {
     }
 }
 
-/// Filters for [`EventStore::read_all_filtered`].
+/// Filters for [`EventStore::read_all_filtered`](crate::EventStore::read_all_filtered).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogFilter {
     /// Only events matching this query (types and tags).
