@@ -1,16 +1,19 @@
 //! A bank account written the eskv way: typed events with
 //! `#[derive(DomainEvent)]`, stream deciders that keep the balance from
-//! going negative under concurrent withdrawals, and a subscription that
-//! prints a statement line for every event.
+//! going negative under concurrent withdrawals, a subscription consumed as
+//! a `futures::Stream` that prints a statement line for every event, and an
+//! event type at schema version 2 whose version-1 events (written by "last
+//! year's program") are upcast on every read.
 //!
 //! ```sh
 //! cargo run --example bank
 //! ```
 
 use eskv::{
-    DecideError, DomainEvent, EventStore, HandlerOptions, MemoryStore, OnFailure, RecordedEvent,
-    SubscriptionFilter, SubscriptionOptions,
+    DecideError, DomainEvent, EventStore, EventStoreOptions, ExpectedVersion, MemoryStore,
+    NewEvent, SubscriptionFilter, SubscriptionOptions,
 };
+use futures::StreamExt;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,8 +24,9 @@ enum BankEvent {
         #[tag("owner")]
         owner: String,
     },
-    #[eskv(type = "MoneyDeposited")]
-    Deposited { amount: u64 },
+    /// Version 2 added the memo; version 1 events read as "no memo".
+    #[eskv(type = "MoneyDeposited", version = 2)]
+    Deposited { amount: u64, memo: String },
     #[eskv(type = "MoneyWithdrawn")]
     Withdrawn { amount: u64 },
 }
@@ -55,7 +59,7 @@ struct Account {
 fn evolve(a: &mut Account, e: &BankEvent) {
     match e {
         BankEvent::Opened { .. } => a.open = true,
-        BankEvent::Deposited { amount } => a.balance += amount,
+        BankEvent::Deposited { amount, .. } => a.balance += amount,
         BankEvent::Withdrawn { amount } => a.balance -= amount,
     }
 }
@@ -78,7 +82,10 @@ async fn open(store: &EventStore, id: &str, owner: &str) -> Outcome {
 async fn deposit(store: &EventStore, id: &str, amount: u64) -> Outcome {
     store
         .decide_stream(&format!("account-{id}"), evolve, |a| match a.open {
-            true => Ok(vec![BankEvent::Deposited { amount }]),
+            true => Ok(vec![BankEvent::Deposited {
+                amount,
+                memo: "counter".into(),
+            }]),
             false => Err(BankError::NoSuchAccount),
         })
         .await
@@ -102,37 +109,78 @@ async fn withdraw(store: &EventStore, id: &str, amount: u64) -> Outcome {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = EventStore::open(Arc::new(MemoryStore::new())).await?;
+    let kv = Arc::new(MemoryStore::new());
 
-    // A statement printer: a subscription on the `account` category that
-    // decodes each event into `BankEvent`.
+    // Last year's program: deposits without a memo (schema version 1).
+    let old = EventStore::open(kv.clone()).await?;
+    old.append_to_stream(
+        "account-a0",
+        ExpectedVersion::NoStream,
+        vec![
+            NewEvent::json("AccountOpened", &serde_json::json!({"owner": "bob"}))?
+                .with_tags(["owner:bob"]),
+            NewEvent::json("MoneyDeposited", &serde_json::json!({"amount": 40}))?,
+        ],
+    )
+    .await?;
+    drop(old);
+
+    // Today's program registers the upcaster from version 1: every read
+    // path (streams, the log, queries, subscriptions, deciders) sees
+    // version 2.
+    let options = EventStoreOptions::default().upcast_json("MoneyDeposited", 1, |mut v| {
+        v["memo"] = "no memo".into();
+        Ok(v)
+    });
+    let store = EventStore::open_with(kv, options).await?;
+
+    // A statement printer: a subscription on the `account` category,
+    // consumed as a Stream, that decodes each event into `BankEvent` and
+    // acknowledges it. `next()` on the pinned subscription is
+    // `StreamExt::next`, cancellation-safe inside `select!`.
     let statement = store
         .subscribe(
             SubscriptionOptions::named("statement")
                 .filter(SubscriptionFilter::Category("account".into())),
         )
         .await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let printer = tokio::spawn(statement.run(
-        |e: RecordedEvent| async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let printer = tokio::spawn(async move {
+        let mut events = std::pin::pin!(statement);
+        loop {
+            let e = tokio::select! {
+                _ = &mut stopped => return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(()),
+                e = events.next() => e.expect("a subscription is live")?,
+            };
             let line = match e.to_typed::<BankEvent>()? {
                 BankEvent::Opened { owner } => format!("opened for {owner}"),
-                BankEvent::Deposited { amount } => format!("+{amount}"),
+                BankEvent::Deposited { amount, memo } => format!("+{amount} ({memo})"),
                 BankEvent::Withdrawn { amount } => format!("-{amount}"),
             };
-            let stream = e.stream.map(|s| format!("{} v{}", s.stream_id, s.version));
+            let stream = e
+                .stream
+                .as_ref()
+                .map(|s| format!("{} v{}", s.stream_id, s.version));
             println!(
                 "   statement #{}: {} {line}",
                 e.position,
                 stream.unwrap_or_default()
             );
-            Ok::<_, eskv::DecodeError>(())
-        },
-        HandlerOptions::default().on_failure(OnFailure::Stop),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+            events.ack(e.position).await?;
+        }
+    });
+
+    // The old account's deposit reads back at version 2.
+    deposit(&store, "a0", 2).await?;
+    let a0 = store.read_stream("account-a0", Default::default()).await?;
+    assert_eq!(a0[1].schema_version(), 2);
+    assert_eq!(
+        a0[1].to_typed::<BankEvent>()?,
+        BankEvent::Deposited {
+            amount: 40,
+            memo: "no memo".into()
+        }
+    );
 
     open(&store, "a1", "ann").await?;
     deposit(&store, "a1", 100).await?;
@@ -166,7 +214,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let _ = stop.send(());
-    printer.await??;
+    printer.await?.map_err(|e| e.to_string())?;
     println!("balance left: {}", 100 - paid);
     Ok(())
 }

@@ -27,7 +27,7 @@ async fn subscribe(
     student: &str,
     capacity: usize,
 ) -> Result<(), DecideError<&'static str>> {
-    let boundary = Query::of(["StudentSubscribed"], [format!("course:{course}")]);
+    let boundary = Query::of(["StudentSubscribed"], vec![format!("course:{course}")]);
     let fold = |taken: &mut Vec<String>, CourseEvent::Subscribed { student, .. }: &_| {
         taken.push(student.clone())
     };

@@ -74,7 +74,7 @@ async fn subscribe(
 ) -> Result<Decided<CourseEvent>, DecideError<String>> {
     let boundary = Query::of(
         ["CourseDefined", "StudentSubscribed"],
-        [format!("course:{course}")],
+        vec![format!("course:{course}")],
     )
     .or(QueryItem::new()
         .types(["StudentSubscribed"])

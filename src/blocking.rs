@@ -26,7 +26,7 @@
 use eskv_core::{
     AppendCondition, AppendResult, DecideError, DecideOptions, Decided, Decision, DomainEvent,
     Error, ExpectedVersion, KvStore, MemoryStore, NewEvent, Query, ReadOptions, ReadResult,
-    ReadStreamOptions, RecordedEvent, Result,
+    ReadStreamOptions, Result, StreamRead,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -150,7 +150,7 @@ impl EventStore {
     }
 
     /// Reads a stream. See [`eskv_core::EventStore::read_stream`].
-    pub fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<Vec<RecordedEvent>> {
+    pub fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
         self.block_on(self.inner.read_stream(stream, opts))
     }
 

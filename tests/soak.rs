@@ -90,7 +90,7 @@ async fn soak() {
                         .await
                         .map(|_| 2),
                     _ => {
-                        let q = Query::of(["Soaked"], [tag]);
+                        let q = Query::of(["Soaked"], vec![tag]);
                         let seen = store
                             .read(&q, eskv::ReadOptions::new().backwards().limit(1))
                             .await

@@ -128,6 +128,18 @@ fn workspace_has(member: &str) -> bool {
 
 fn test() -> Result<(), String> {
     cargo_run(&["test", "--workspace", "--all-targets"])?;
+    // The `metrics` feature's test and example (a real recorder).
+    cargo_run(&[
+        "test",
+        "-p",
+        "eskv",
+        "--features",
+        "metrics",
+        "--test",
+        "observability",
+        "--example",
+        "observability",
+    ])?;
     cargo_run(&["test", "--workspace", "--doc"])
 }
 
@@ -191,6 +203,17 @@ fn ci() -> Result<(), String> {
     cargo_run(&[
         "clippy",
         "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo_run(&[
+        "clippy",
+        "-p",
+        "eskv",
+        "--features",
+        "metrics",
         "--all-targets",
         "--",
         "-D",

@@ -1188,6 +1188,7 @@ async fn tail_poll(
                                     .limit(READ_PAGE as usize),
                             )
                             .await?
+                            .events
                     }
                     _ => {
                         fetch(

@@ -59,6 +59,7 @@ struct Counters {
     scans: AtomicU64,
     read_manys: AtomicU64,
     commits: AtomicU64,
+    largest_read: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -87,6 +88,12 @@ impl CountingStore {
             inner,
             counters: Arc::default(),
         }
+    }
+
+    /// The most rows (scanned pairs plus values got) one call returned
+    /// since the store was made: what a bounded-memory reader may hold.
+    pub fn largest_read(&self) -> u64 {
+        self.counters.largest_read.load(Ordering::SeqCst)
     }
 
     /// Calls counted so far.
@@ -131,6 +138,14 @@ struct CountingTxn {
     counters: Arc<Counters>,
 }
 
+impl CountingTxn {
+    fn saw(&self, rows: usize) {
+        self.counters
+            .largest_read
+            .fetch_max(rows as u64, Ordering::SeqCst);
+    }
+}
+
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl KvTransaction for CountingTxn {
@@ -141,12 +156,16 @@ impl KvTransaction for CountingTxn {
 
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         bump(&self.counters.get_manys);
-        self.inner.get_many(keys).await
+        let vals = self.inner.get_many(keys).await?;
+        self.saw(vals.len());
+        Ok(vals)
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
         bump(&self.counters.scans);
-        self.inner.scan(range, opts).await
+        let rows = self.inner.scan(range, opts).await?;
+        self.saw(rows.len());
+        Ok(rows)
     }
 
     async fn read_many(
@@ -155,7 +174,9 @@ impl KvTransaction for CountingTxn {
         scans: &[(KeyRange, ScanOptions)],
     ) -> Result<ReadMany> {
         bump(&self.counters.read_manys);
-        self.inner.read_many(gets, scans).await
+        let (vals, pages) = self.inner.read_many(gets, scans).await?;
+        self.saw(vals.len() + pages.iter().map(Vec::len).sum::<usize>());
+        Ok((vals, pages))
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {

@@ -123,7 +123,7 @@ async fn child_task(es: EventStore, out: Arc<Mutex<std::io::Stdout>>, task: u64,
             // Uniqueness: claim a user name shared by 5 consecutive rounds
             // and by all four tasks, only if nobody holds it.
             let user = format!("user:{}-{}", round / 5, rng.below(24));
-            let q = Query::of(["Claimed"], [user.clone()]);
+            let q = Query::of(["Claimed"], vec![user.clone()]);
             let after = if rng.below(2) == 0 {
                 match es.read(&q, ReadOptions::new()).await {
                     Ok(r) if !r.events.is_empty() => continue, // taken

@@ -359,7 +359,7 @@ pub async fn dcb_condition_exactness(store: Store) {
     .await
     .unwrap();
 
-    let q = |types: &[&str], tags: &[&str]| Query::of(types.iter().copied(), tags.iter().copied());
+    let q = |types: &[&str], tags: &[&str]| Query::of(types, tags);
     let positions =
         |r: eskv_core::ReadResult| r.events.iter().map(|e| e.position).collect::<Vec<_>>();
     // Reads: types ORed within an item, tags ANDed, items ORed.
@@ -544,7 +544,7 @@ pub async fn dcb_uniqueness(store: Store) {
             NewEvent::new("UsernameClaimed", name.as_bytes().to_vec()).with_tags([tag.clone()]),
             Some(AppendCondition::none_match(Query::of(
                 ["UsernameClaimed"],
-                [tag],
+                vec![tag],
             ))),
         )
     };
@@ -689,7 +689,7 @@ pub async fn dcb_unrelated_appends_never_conflict(store: Store) {
         let es = es.clone();
         tasks.push(tokio::spawn(async move {
             let tag = format!("account:{w}");
-            let q = Query::of(["Deposited"], [tag.clone()]);
+            let q = Query::of(["Deposited"], vec![tag.clone()]);
             let mut failures = 0;
             for _ in 0..4 {
                 let seen = es.read(&q, ReadOptions::new()).await.unwrap();

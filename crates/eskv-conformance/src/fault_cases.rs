@@ -58,7 +58,7 @@ pub async fn fault_wrapper_reaches_the_backends_own_methods(store: Store) {
     for i in 0..10 {
         let tag = format!("probe:{i}");
         let e = NewEvent::new("Probe", vec![i as u8]).with_tags([tag.clone()]);
-        let cond = AppendCondition::none_match(Query::of(["Probe"], [tag]));
+        let cond = AppendCondition::none_match(Query::of(["Probe"], vec![tag]));
         submit(&es, AppendRequest::new(vec![e]).condition(cond))
             .await
             .expect("a conditional append through the faults");
@@ -134,7 +134,7 @@ async fn writer(es: EventStore, w: u64) -> Vec<Done> {
             2 => {
                 // Writers race for 16 shared user names.
                 let user = format!("user:{}", (w * 7 + i) % 16);
-                let q = Query::of(["Claimed"], [user.clone()]);
+                let q = Query::of(["Claimed"], vec![user.clone()]);
                 let seen = es.read(&q, ReadOptions::new()).await.expect("read");
                 // Free: claim it if still free after what we read. Taken:
                 // try anyway over the whole log, which must be rejected.
@@ -153,10 +153,8 @@ async fn writer(es: EventStore, w: u64) -> Vec<Done> {
                     .collect();
                 (
                     "batch",
-                    AppendRequest::new(events).condition(AppendCondition::none_match(Query::of(
-                        Vec::<String>::new(),
-                        [fresh],
-                    ))),
+                    AppendRequest::new(events)
+                        .condition(AppendCondition::none_match(Query::of([], vec![fresh]))),
                 )
             }
         };

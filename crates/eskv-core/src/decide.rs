@@ -235,7 +235,7 @@ impl From<Query> for Boundary {
 ///     type State = u32;
 ///     type Error = String;
 ///     fn boundary(&self) -> Boundary {
-///         Query::of(["SeatTaken"], [format!("room:{}", self.room)]).into()
+///         Query::of(["SeatTaken"], vec![format!("room:{}", self.room)]).into()
 ///     }
 ///     fn evolve(&self, taken: &mut u32, _: &Seat) {
 ///         *taken += 1;

@@ -211,6 +211,21 @@ pub enum Error {
         advice: String,
     },
 
+    /// An upcaster failed to bring a stored event to its type's current
+    /// schema version (see [`crate::upcast`]). The stored event is
+    /// unchanged; fix the upcaster (or register one for this version).
+    #[error("cannot upcast '{event_type}' at position {position} from schema version {from_version}: {message}")]
+    Upcast {
+        /// The event's type.
+        event_type: String,
+        /// The event's position.
+        position: u64,
+        /// The version the failing step upcasts from.
+        from_version: u32,
+        /// The upcaster's error.
+        message: String,
+    },
+
     /// A backend failure with no semantic mapping.
     #[error("{backend} error: {source}")]
     Backend {
@@ -329,6 +344,17 @@ impl Error {
                 message: message.clone(),
             },
             Error::StoreLocked { path } => Error::StoreLocked { path: path.clone() },
+            Error::Upcast {
+                event_type,
+                position,
+                from_version,
+                message,
+            } => Error::Upcast {
+                event_type: event_type.clone(),
+                position: *position,
+                from_version: *from_version,
+                message: message.clone(),
+            },
             Error::ReadOnly { backend } => Error::ReadOnly { backend },
             Error::StorageFull {
                 backend,

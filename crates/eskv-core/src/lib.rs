@@ -46,6 +46,7 @@ pub mod kv;
 pub mod layout;
 pub mod lifecycle;
 pub mod memory;
+pub mod observe;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod oracle;
 pub mod projection;
@@ -57,6 +58,7 @@ pub mod testing;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod tuple;
 pub mod typed;
+pub mod upcast;
 pub mod validate;
 pub mod verify;
 
@@ -80,6 +82,7 @@ pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
     AppendRequest, AppendResult, CompactReport, EventStore, EventStoreOptions, ForgetOutcome,
     ImportMarker, Limits, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    StreamRead,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,
@@ -87,6 +90,7 @@ pub use subscription::{
 };
 pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use ulid::Ulid;
+pub use upcast::{Upcasters, SCHEMA_VERSION_KEY};
 
 /// The `async_trait` attribute, for implementing [`Projection`] and
 /// [`EventHandler`] without adding the crate yourself.

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// A read model maintained from the log.
 ///
@@ -398,6 +399,30 @@ impl EventStore {
         p: &P,
         limit: usize,
     ) -> Result<Option<Position>> {
+        let span = tracing::info_span!(
+            "eskv.projection",
+            name = p.name(),
+            batch = tracing::field::Empty,
+            checkpoint = tracing::field::Empty,
+        );
+        let applied = self
+            .apply_projection_page(p, limit)
+            .instrument(span.clone())
+            .await?;
+        Ok(applied.map(|(batch, next)| {
+            span.record("batch", batch);
+            span.record("checkpoint", next);
+            next
+        }))
+    }
+
+    /// Applies the next page and commits it with the checkpoint: the
+    /// number of events applied and the new checkpoint.
+    async fn apply_projection_page<P: Projection + ?Sized>(
+        &self,
+        p: &P,
+        limit: usize,
+    ) -> Result<Option<(usize, Position)>> {
         let cp_key = projection_checkpoint_key(p.name());
         let mut txn = self.kv().begin().await?;
         let (gen, cp) = read_checkpoint(&mut *txn, p.name()).await?;
@@ -415,7 +440,7 @@ impl EventStore {
         txn.validate(cp_key.clone());
         txn.put(cp_key, layout::projection_checkpoint_value(gen, next));
         txn.commit().await?;
-        Ok(Some(next))
+        Ok(Some((events.len(), next)))
     }
 
     /// Applies batches until the projection has caught up with the head
@@ -836,6 +861,7 @@ impl EventStore {
                 let from = self.stream_version_after(s, after).await?;
                 self.read_stream(s, ReadStreamOptions::new().from_version(from))
                     .await?
+                    .events
             }
             SnapshotKey::Query(q) => self.read(q, ReadOptions::after(after)).await?.events,
             SnapshotKey::Named(_) => Vec::new(),

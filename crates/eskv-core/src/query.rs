@@ -77,20 +77,30 @@ impl Query {
     }
 
     /// Shorthand: events of any of `types` carrying all of `tags`.
-    pub fn of<I, S, J, T>(types: I, tags: J) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-        J: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        Query::item(QueryItem::new().types(types).tags(tags))
+    ///
+    /// Both lists take arrays of string literals, `Vec<String>`,
+    /// `Vec<&str>` and slices (see [`Names`]), and an empty array needs no
+    /// type annotation:
+    ///
+    /// ```
+    /// use eskv_core::Query;
+    /// let course = String::from("course:c1");
+    /// let q = Query::of(["StudentSubscribed"], [course.as_str()]);
+    /// assert_eq!(q, Query::of(vec!["StudentSubscribed".to_string()], vec![course.clone()]));
+    /// assert_eq!(Query::of(["A"], []), Query::types(["A"]));
+    /// assert_eq!(Query::of([], ["t:1"]), Query::tags(["t:1"]));
+    /// assert_eq!(Query::of(&["A", "B"][..], &vec![course]), Query::of(["A", "B"], ["course:c1"]));
+    /// ```
+    pub fn of(types: impl Names, tags: impl Names) -> Self {
+        Query::item(
+            QueryItem::new()
+                .types(types.into_names())
+                .tags(tags.into_names()),
+        )
     }
 
-    /// Events of any of `types`, whatever their tags. `Query::types(["A"])`
-    /// is `Query::of(["A"], [])` with the element type of the empty list
-    /// spelled out for you (an empty array literal cannot be inferred when
-    /// both `&str` and `String` arrays are accepted).
+    /// Events of any of `types`, whatever their tags (the same as
+    /// `Query::of(types, [])`); takes any iterator of strings.
     ///
     /// ```
     /// use eskv_core::Query;
@@ -141,6 +151,100 @@ impl Query {
             .any(|i| i.types.is_empty() && i.tags.is_empty())
     }
 }
+
+/// A list of names (event types or tags) for [`Query::of`].
+///
+/// Implemented for arrays of `&str` (string literals, including the empty
+/// array `[]`), `Vec<String>`, `Vec<&str>`, slices of either, references
+/// to them, and iterators made with `.map(..)`, `.copied()` or
+/// `.cloned()`. Arrays of `String` are not: with both kinds of
+/// arrays accepted, the element type of `[]` could not be inferred. Use
+/// `vec![...]` for owned strings, or [`QueryItem::types`] and
+/// [`QueryItem::tags`], which take any iterator.
+///
+/// ```
+/// use eskv_core::query::Names;
+/// assert_eq!(["b", "a"].into_names(), ["b", "a"]);
+/// assert!(<[&str; 0] as Names>::into_names([]).is_empty());
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a list of names for `Query::of`",
+    note = "pass an array of string literals (`[\"A\"]`, `[]`), a `Vec<String>`, a `Vec<&str>` or a slice; for owned strings use `vec![...]`, for any iterator `QueryItem::types`/`QueryItem::tags`"
+)]
+pub trait Names {
+    /// The names, in the given order.
+    fn into_names(self) -> Vec<String>;
+}
+
+impl<const N: usize> Names for [&str; N] {
+    fn into_names(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl<const N: usize> Names for &[&str; N] {
+    fn into_names(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl<const N: usize> Names for &[String; N] {
+    fn into_names(self) -> Vec<String> {
+        self.to_vec()
+    }
+}
+
+impl Names for &[&str] {
+    fn into_names(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+impl Names for &[String] {
+    fn into_names(self) -> Vec<String> {
+        self.to_vec()
+    }
+}
+
+impl Names for Vec<String> {
+    fn into_names(self) -> Vec<String> {
+        self
+    }
+}
+
+impl Names for &Vec<String> {
+    fn into_names(self) -> Vec<String> {
+        self.clone()
+    }
+}
+
+impl Names for Vec<&str> {
+    fn into_names(self) -> Vec<String> {
+        self.into_iter().map(str::to_owned).collect()
+    }
+}
+
+impl Names for &Vec<&str> {
+    fn into_names(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+/// Iterator adapters (`.map(..)`, `.copied()`, `.cloned()`) of names.
+macro_rules! names_from_iterators {
+    ($($adapter:ident<$($p:ident),*>),*) => {$(
+        impl<$($p),*> Names for std::iter::$adapter<$($p),*>
+        where
+            std::iter::$adapter<$($p),*>: Iterator,
+            <std::iter::$adapter<$($p),*> as Iterator>::Item: Into<String>,
+        {
+            fn into_names(self) -> Vec<String> {
+                self.map(Into::into).collect()
+            }
+        }
+    )*};
+}
+names_from_iterators!(Map<I, F>, Copied<I>, Cloned<I>);
 
 /// A DCB append condition: the append fails if any event matching
 /// `fail_if_events_match` exists at a position after `after` (anywhere when

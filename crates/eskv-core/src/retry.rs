@@ -16,6 +16,7 @@ where
             Err(e) if e.is_retryable() && attempt < max_retries => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "retrying");
+                crate::observe::retried();
                 tokio::time::sleep(backoff(attempt)).await;
             }
             other => return other,

@@ -44,6 +44,7 @@ mod import;
 mod lifecycle;
 mod live;
 mod options;
+mod paged;
 mod read;
 mod types;
 
@@ -53,7 +54,7 @@ pub use import::ImportMarker;
 pub use lifecycle::ForgetOutcome;
 pub use options::{
     AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, ReadOptions, ReadResult,
-    ReadStreamOptions, StreamInfo,
+    ReadStreamOptions, StreamInfo, StreamRead,
 };
 
 /// Bytes allowed per key for a namespace prefix in size estimates.
@@ -62,7 +63,7 @@ const KEY_OVERHEAD: usize = 64;
 struct Pending {
     req: AppendRequest,
     cost: Cost,
-    reply: oneshot::Sender<Result<AppendResult>>,
+    reply: oneshot::Sender<group_commit::Answer>,
 }
 
 /// KV operations and bytes an append will need, to size group commits
@@ -118,8 +119,10 @@ impl EventStore {
     /// when the format marker is not an eskv one at all. Nothing is
     /// written in either case. On a store opened read-only (whose commits
     /// fail with [`Error::ReadOnly`]) nothing is written, not even the
-    /// format marker.
+    /// format marker. Upcasters with a gap in their versions are
+    /// [`Error::InvalidInput`].
     pub async fn open_with(kv: Arc<dyn KvStore>, opts: EventStoreOptions) -> Result<Self> {
+        opts.upcasters.validate()?;
         let head = retry(opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             let vals = txn

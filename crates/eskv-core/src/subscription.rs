@@ -32,6 +32,7 @@ use crate::retry::retry;
 use crate::store::{EventStore, ReadOptions, ReadStreamOptions};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -149,6 +150,54 @@ impl SubscriptionOptions {
 /// A live cursor over the log. Call [`next`](Self::next) or
 /// [`next_batch`](Self::next_batch); both wait for new events once the
 /// history is exhausted.
+///
+/// # As a `Stream`
+///
+/// `Subscription` implements [`futures::Stream`] with
+/// `Item = Result<RecordedEvent>`: it never ends by itself (it is live),
+/// yields `Some(Err(e))` when a read fails after the store's retries (the
+/// next poll tries again), and composes with `StreamExt` and
+/// `TryStreamExt` (`take`, `filter`, `chunks`, `try_for_each`, ...).
+///
+/// **Cancellation safety.** Every way of waiting ([`next`](Self::next),
+/// [`next_batch`](Self::next_batch) and polling the stream) keeps its
+/// in-flight read inside the subscription and moves the cursor only when
+/// events are handed out, so dropping such a future (in a `select!`, on a
+/// timeout) loses no event: the next call delivers it.
+///
+/// **The name clash.** The inherent [`next`](Self::next) (returning
+/// `Result<RecordedEvent>`) takes precedence over `StreamExt::next`
+/// (returning `Option<Result<RecordedEvent>>`) in method calls on a
+/// `Subscription`. Use a combinator, call the trait method explicitly
+/// (`StreamExt::next(&mut sub)`), or pin it first: method calls on a
+/// `Pin<&mut Subscription>` find `StreamExt::next`.
+///
+/// ```
+/// use eskv_core::{EventStore, MemoryStore, NewEvent, SubscriptionOptions};
+/// use futures::StreamExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv_core::Result<()> {
+/// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+/// for i in 0..3 {
+///     store.append(vec![NewEvent::new("Tick", vec![i])], None).await?;
+/// }
+///
+/// // A combinator: the first three events, then the stream ends.
+/// let mut first = store.subscribe(SubscriptionOptions::new()).await?.take(3);
+/// while let Some(event) = first.next().await {
+///     println!("{}", event?.position);
+/// }
+///
+/// // Pinned: `next` is StreamExt::next.
+/// let sub = store.subscribe(SubscriptionOptions::new()).await?;
+/// let mut sub = std::pin::pin!(sub);
+/// while let Some(event) = sub.next().await {
+///     if event?.position == 3 {
+///         break;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Subscription {
     store: EventStore,
     opts: SubscriptionOptions,
@@ -166,6 +215,24 @@ pub struct Subscription {
     /// commit notifications): the poll timer is then only a safety net.
     watched: bool,
     poll: Duration,
+    /// The read or wait in flight. It changes nothing until it completes,
+    /// so dropping a caller's future mid-way loses nothing. Behind a mutex
+    /// only to keep `Subscription: Sync` (the futures are `Send` only);
+    /// it is reached through `&mut self` and never locked.
+    in_flight: std::sync::Mutex<Option<InFlight>>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+enum InFlight {
+    /// A page read after `after`.
+    Read {
+        after: Position,
+        limit: usize,
+        page: BoxFuture<Result<Page>>,
+    },
+    /// Waiting for a head change; true when it timed out.
+    Wait(BoxFuture<bool>),
 }
 
 impl std::fmt::Debug for Subscription {
@@ -235,6 +302,7 @@ impl EventStore {
             scanned: start,
             next_version,
             buffer: VecDeque::new(),
+            in_flight: std::sync::Mutex::new(None),
         })
     }
 }
@@ -304,40 +372,41 @@ impl Subscription {
     }
 
     /// The next event, waiting for one if the history is exhausted.
+    /// Cancellation-safe (see [`Subscription`]).
     pub async fn next(&mut self) -> Result<RecordedEvent> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                self.delivered = e.position;
-                return Ok(e);
-            }
-            self.wait_for_more().await?;
-        }
+        std::future::poll_fn(|cx| self.poll_filled(cx)).await?;
+        let e = self.buffer.pop_front().expect("filled");
+        self.delivered = e.position;
+        Ok(e)
     }
 
-    /// Up to `max` events, waiting for at least one.
+    /// Up to `max` events, waiting for at least one. Cancellation-safe.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
-        while self.buffer.is_empty() {
-            self.wait_for_more().await?;
-        }
-        let n = max.max(1).min(self.buffer.len());
-        let out: Vec<RecordedEvent> = self.buffer.drain(..n).collect();
-        if let Some(last) = out.last() {
-            self.delivered = last.position;
-        }
-        Ok(out)
+        std::future::poll_fn(|cx| self.poll_filled(cx)).await?;
+        Ok(self.hand_out(max.max(1)))
     }
 
     /// Events already available, without waiting (possibly none).
     pub async fn try_next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
         if self.buffer.is_empty() {
-            self.fill().await?;
+            // A read or wait in flight changed nothing yet: drop it and
+            // read now.
+            *self.in_flight() = None;
+            let after = self.scanned;
+            let limit = self.opts.batch_size.max(1);
+            let page = self.read_future(after, limit).await?;
+            self.apply(after, limit, page);
         }
+        Ok(self.hand_out(max))
+    }
+
+    fn hand_out(&mut self, max: usize) -> Vec<RecordedEvent> {
         let n = max.min(self.buffer.len());
         let out: Vec<RecordedEvent> = self.buffer.drain(..n).collect();
         if let Some(last) = out.last() {
             self.delivered = last.position;
         }
-        Ok(out)
+        out
     }
 
     /// Stores `position` as this named subscription's checkpoint: a restart
@@ -351,56 +420,127 @@ impl Subscription {
         }
     }
 
-    /// Fetches into the buffer; then, if still empty, waits for a wake-up.
-    async fn wait_for_more(&mut self) -> Result<()> {
-        if self.fill().await? {
-            self.poll = self.opts.poll_min;
-            return Ok(());
+    /// Ready once the buffer holds an event: reads the page after the
+    /// cursor and, when there is nothing new, waits for a wake-up (the
+    /// head watch, or the poll timer) and reads again. Reads are retried
+    /// on transient errors with the store's retry policy (the one appends
+    /// use), so a subscriber rides out short unavailability; only an
+    /// exhausted budget or a permanent error is returned.
+    fn poll_filled(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        loop {
+            if !self.buffer.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let in_flight = match self.in_flight().take() {
+                Some(f) => f,
+                None => {
+                    let (after, limit) = (self.scanned, self.opts.batch_size.max(1));
+                    InFlight::Read {
+                        after,
+                        limit,
+                        page: self.read_future(after, limit),
+                    }
+                }
+            };
+            match in_flight {
+                InFlight::Read {
+                    after,
+                    limit,
+                    mut page,
+                } => match page.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        *self.in_flight() = Some(InFlight::Read { after, limit, page });
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(page)) => {
+                        let old_only = page.old_only;
+                        if self.apply(after, limit, page) {
+                            self.poll = self.opts.poll_min;
+                        } else if !old_only && *self.head_rx.borrow_and_update() <= self.scanned {
+                            *self.in_flight() = Some(InFlight::Wait(self.wait_future()));
+                        }
+                    }
+                },
+                InFlight::Wait(mut wait) => match wait.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        *self.in_flight() = Some(InFlight::Wait(wait));
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(timed_out) => {
+                        if timed_out {
+                            self.poll = self.poll.saturating_mul(2).min(self.opts.poll_max);
+                        }
+                    }
+                },
+            }
         }
-        if *self.head_rx.borrow_and_update() > self.scanned {
-            return Ok(());
-        }
-        // Embedded backends are woken through the head watch (appends
-        // through this handle, or the commit relay for other handles); the
-        // slow timer is only a safety net there.
+    }
+
+    fn in_flight(&mut self) -> &mut Option<InFlight> {
+        self.in_flight.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read of the page after `after`; it has no side effects, so it
+    /// can be retried or dropped.
+    fn read_future(&self, after: Position, limit: usize) -> BoxFuture<Result<Page>> {
+        let store = self.store.clone();
+        let filter = self.opts.filter.clone();
+        let next_version = self.next_version;
+        Box::pin(async move {
+            retry(store.options().max_retries, || {
+                read_page(&store, &filter, after, next_version, limit)
+            })
+            .await
+        })
+    }
+
+    /// Waits for the head to move past what was scanned, or for the poll
+    /// timer. Embedded backends are woken through the head watch (appends
+    /// through this handle, or the commit relay for other handles); the
+    /// slow timer is only a safety net there.
+    fn wait_future(&self) -> BoxFuture<bool> {
+        let mut head = self.head_rx.clone();
         let sleep = if self.watched {
             self.opts.poll_max
         } else {
             self.poll
         };
-        tokio::select! {
-            r = self.head_rx.changed() => {
-                if r.is_err() {
-                    tokio::time::sleep(sleep).await;
+        Box::pin(async move {
+            tokio::select! {
+                r = head.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(sleep).await;
+                    }
+                    false
                 }
+                _ = tokio::time::sleep(sleep) => true,
             }
-            _ = tokio::time::sleep(sleep) => {
-                self.poll = self.poll.saturating_mul(2).min(self.opts.poll_max);
-            }
-        }
-        Ok(())
+        })
     }
 
-    /// Reads the next page after the cursor. Returns true if it buffered
-    /// anything. Transient read errors are retried with the store's retry
-    /// policy (the one appends use), so a subscriber rides out short
-    /// unavailability; only an exhausted budget or a permanent error stops
-    /// it.
-    async fn fill(&mut self) -> Result<bool> {
-        let limit = self.opts.batch_size.max(1);
-        let after = self.scanned;
-        let next_version = self.next_version;
-        let page = retry(self.store.options().max_retries, || {
-            read_page(&self.store, &self.opts.filter, after, next_version, limit)
-        })
-        .await?;
+    /// Takes a page read after `after` into the buffer and moves the scan
+    /// cursor. Returns true if it buffered anything.
+    fn apply(&mut self, after: Position, limit: usize, page: Page) -> bool {
         self.next_version = page.next_version;
         if page.old_only {
             // Only stream events before the start: keep paging.
-            return Ok(false);
+            return false;
         }
         let Page { events, head, .. } = page;
         let got = !events.is_empty();
+        if let Some(last) = events.last() {
+            let lag = head.saturating_sub(last.position);
+            let _span = tracing::debug_span!(
+                "eskv.subscription",
+                name = self.opts.name.as_deref(),
+                position = last.position,
+                lag,
+                count = events.len(),
+            )
+            .entered();
+            crate::observe::subscription_lag(self.opts.name.as_deref(), lag);
+        }
         // A short page means everything up to the read's head was examined.
         self.scanned = if events.len() < limit {
             head.max(after)
@@ -408,7 +548,24 @@ impl Subscription {
             events.last().map_or(after, |e| e.position)
         };
         self.buffer.extend(events);
-        Ok(got)
+        got
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.poll_filled(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let e = this.buffer.pop_front().expect("filled");
+                this.delivered = e.position;
+                Poll::Ready(Some(Ok(e)))
+            }
+        }
     }
 }
 

@@ -101,13 +101,43 @@ pub trait DomainEvent: Sized {
     /// this type does not know is [`DecodeError::UnknownType`].
     fn decode_payload(event_type: &str, data: &[u8]) -> Result<Self, DecodeError>;
 
-    /// The event to append: type, tags and payload of `self`, a fresh id.
-    fn to_new_event(&self) -> Result<NewEvent> {
-        Ok(NewEvent::new(self.event_type(), self.encode_payload()?).with_tags(self.tags()))
+    /// The schema version of `event_type` this type reads and writes (see
+    /// [`crate::upcast`]); 1 unless declared, as with
+    /// `#[eskv(type = "...", version = 3)]`.
+    fn schema_version_of(event_type: &str) -> u32 {
+        let _ = event_type;
+        1
     }
 
-    /// Decodes a stored event; errors name its position.
+    /// The schema version of this value's event type.
+    fn schema_version(&self) -> u32 {
+        Self::schema_version_of(self.event_type())
+    }
+
+    /// The event to append: type, tags and payload of `self`, a fresh id,
+    /// and its schema version when above 1.
+    fn to_new_event(&self) -> Result<NewEvent> {
+        let e = NewEvent::new(self.event_type(), self.encode_payload()?).with_tags(self.tags());
+        Ok(match self.schema_version() {
+            v if v > 1 => e.with_schema_version(v),
+            _ => e,
+        })
+    }
+
+    /// Decodes a stored event; errors name its position. An event older
+    /// than the version this type reads (no upcaster registered for it)
+    /// is [`DecodeError::OldVersion`].
     fn from_recorded(event: &RecordedEvent) -> Result<Self, DecodeError> {
+        let want = Self::schema_version_of(&event.event_type);
+        let found = event.schema_version();
+        if found < want {
+            return Err(DecodeError::OldVersion {
+                event_type: event.event_type.clone(),
+                position: Some(event.position),
+                found,
+                expected: want,
+            });
+        }
         Self::decode_payload(&event.event_type, &event.data).map_err(|e| e.at(event.position))
     }
 }
@@ -124,7 +154,15 @@ impl NewEvent {
     /// # Ok(()) }
     /// ```
     pub fn typed<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<NewEvent> {
-        Ok(event.to_new_event()?.with_metadata(metadata))
+        let e = event.to_new_event()?;
+        let version = e.metadata.extra.get(crate::SCHEMA_VERSION_KEY).cloned();
+        let mut e = e.with_metadata(metadata);
+        if let Some(v) = version {
+            e.metadata
+                .extra
+                .insert(crate::SCHEMA_VERSION_KEY.to_owned(), v);
+        }
+        Ok(e)
     }
 }
 
@@ -158,6 +196,20 @@ pub enum DecodeError {
         target: &'static str,
         /// The types it knows.
         expected: &'static [&'static str],
+    },
+    /// The stored event is an older schema version than the target type
+    /// reads, and no upcaster brought it up (register them on
+    /// [`EventStoreOptions`](crate::EventStoreOptions::upcast)).
+    #[error("'{event_type}'{} is schema version {found}, but the event type reads version {expected}; register upcasters from version {found} (EventStoreOptions::upcast)", at(.position))]
+    OldVersion {
+        /// The stored type.
+        event_type: String,
+        /// The event's position, when known.
+        position: Option<Position>,
+        /// The stored version.
+        found: u32,
+        /// The version the target type reads.
+        expected: u32,
     },
     /// The payload does not decode as the variant's data.
     #[error("the payload of '{event_type}'{} does not decode as {target}: {message}", at(.position))]
@@ -200,6 +252,7 @@ impl DecodeError {
     pub fn at(mut self, position: Position) -> Self {
         match &mut self {
             DecodeError::UnknownType { position: p, .. }
+            | DecodeError::OldVersion { position: p, .. }
             | DecodeError::Payload { position: p, .. } => *p = Some(position),
         }
         self

@@ -17,6 +17,7 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Path};
 /// | where | attribute | meaning |
 /// |---|---|---|
 /// | variant or struct | `#[eskv(type = "CourseDefined")]` | the stored event type; default: the variant (struct) name |
+/// | variant or struct | `#[eskv(version = 3)]` | the schema version this event type is written and read at (see `eskv::upcast`); default 1 |
 /// | enum or struct | `#[eskv(codec = path::To::Codec)]` | an `eskv::PayloadCodec` for payloads; default `eskv::Json` |
 /// | enum or struct | `#[eskv(crate = path::to::eskv)]` | where the `eskv` crate is, if renamed |
 /// | field | `#[tag]` | the field's value is a tag |
@@ -73,6 +74,32 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Path};
 /// // An event type the enum does not know is a typed error.
 /// let err = CourseEvent::decode_payload("CourseRenamed", b"{}").unwrap_err();
 /// assert!(matches!(err, eskv::DecodeError::UnknownType { .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A versioned event type is written at its version, and reading an older
+/// one without an upcaster is a typed error (see `eskv::upcast` for the
+/// upcasters that bring old events up on every read path):
+///
+/// ```
+/// use eskv::{DecodeError, DomainEvent, RecordedEvent};
+///
+/// #[derive(Debug, PartialEq, DomainEvent)]
+/// enum Account {
+///     #[eskv(type = "Deposited", version = 2)]
+///     Deposited { cents: i64, currency: String },
+///     Closed,
+/// }
+///
+/// let new = Account::Deposited { cents: 500, currency: "EUR".into() }.to_new_event()?;
+/// assert_eq!(new.schema_version(), 2);
+/// assert_eq!((Account::schema_version_of("Deposited"), Account::schema_version_of("Closed")), (2, 1));
+///
+/// let old = RecordedEvent {
+///     position: 7, id: eskv::Ulid::generate(), event_type: "Deposited".into(), tags: vec![],
+///     data: br#"{"amount":5}"#.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None,
+/// };
+/// assert!(matches!(Account::from_recorded(&old), Err(DecodeError::OldVersion { found: 1, expected: 2, .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
@@ -162,6 +189,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 #[derive(Default)]
 struct Opts {
     type_name: Option<LitStr>,
+    version: Option<syn::LitInt>,
     codec: Option<Path>,
     krate: Option<Path>,
 }
@@ -172,15 +200,28 @@ fn parse_opts(attrs: &[Attribute], container: bool, allow_type: bool) -> syn::Re
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("type") && allow_type {
                 o.type_name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("version") && allow_type {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                match lit.base10_parse::<u32>() {
+                    Ok(v) if v >= 1 => o.version = Some(lit),
+                    _ => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "a schema version is a whole number from 1",
+                        ))
+                    }
+                }
             } else if meta.path.is_ident("codec") && container {
                 o.codec = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("crate") && container {
                 o.krate = Some(meta.value()?.parse()?);
             } else {
                 let allowed = match (container, allow_type) {
-                    (true, true) => "`type`, `codec` and `crate`",
-                    (true, false) => "`codec` and `crate` (put `type` on each variant)",
-                    _ => "`type`",
+                    (true, true) => "`type`, `version`, `codec` and `crate`",
+                    (true, false) => {
+                        "`codec` and `crate` (put `type` and `version` on each variant)"
+                    }
+                    _ => "`type` and `version`",
                 };
                 return Err(
                     meta.error(format!("unknown eskv attribute; here eskv takes {allowed}"))
@@ -319,6 +360,12 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     let mut tag_arms = Vec::new();
     let mut encode_arms = Vec::new();
     let mut decode_arms = Vec::new();
+    let mut version_arms = Vec::new();
+    let mut version_arm = |t: &str, v: &Option<syn::LitInt>| {
+        if let Some(v) = v {
+            version_arms.push(quote!(#t => #v,));
+        }
+    };
 
     let check_unique = |lit: &LitStr, names: &mut Vec<String>| -> syn::Result<String> {
         let t = check_type_name(lit)?;
@@ -345,6 +392,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 .clone()
                 .unwrap_or_else(|| LitStr::new(&name.to_string(), name.span()));
             let t = check_unique(&lit, &mut type_names)?;
+            version_arm(&t, &opts.version);
             let pat = bind_pattern(&s.fields);
             let tags = tag_code(&s.fields, &krate)?;
             event_type_arms.push(quote!(_ => #t,));
@@ -368,6 +416,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                     .type_name
                     .unwrap_or_else(|| LitStr::new(&vname.to_string(), vname.span()));
                 let t = check_unique(&lit, &mut type_names)?;
+                version_arm(&t, &vo.version);
                 let pat = bind_pattern(&v.fields);
                 let tags = tag_code(&v.fields, &krate)?;
                 event_type_arms.push(quote!(Self::#vname { .. } => #t,));
@@ -435,6 +484,18 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     }
 
     let encode_body = quote!(match self { #(#encode_arms)* });
+    let versions = if version_arms.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn schema_version_of(event_type: &str) -> u32 {
+                match event_type {
+                    #(#version_arms)*
+                    _ => 1,
+                }
+            }
+        }
+    };
     Ok(quote! {
         #[automatically_derived]
         impl #krate::DomainEvent for #name {
@@ -444,6 +505,8 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             fn event_type(&self) -> &'static str {
                 match self { #(#event_type_arms)* }
             }
+
+            #versions
 
             #[allow(unused_variables)]
             fn tags(&self) -> ::std::vec::Vec<::std::string::String> {

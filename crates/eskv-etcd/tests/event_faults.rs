@@ -73,7 +73,7 @@ mod event_faults {
                 // Only this writer uses its tag, so the condition holds
                 // unless an earlier attempt of this very append landed;
                 // then the same id makes the retry an idempotent replay.
-                let query = Query::of(["Appended"], [format!("writer:{w}")]);
+                let query = Query::of(["Appended"], vec![format!("writer:{w}")]);
                 es.append(vec![event.clone()], Some(AppendCondition::new(query, last)))
                     .await
             };

@@ -93,7 +93,7 @@ async fn flipped_bytes_surface_as_corrupt_with_their_position() {
         assert!(is_corrupt_at(&one, pos), "read_all at {pos}: {one:?}");
         let by_tag = es
             .read(
-                &Query::of(Vec::<String>::new(), [format!("n:{}", pos - 1)]),
+                &Query::of([], vec![format!("n:{}", pos - 1)]),
                 ReadOptions::new(),
             )
             .await

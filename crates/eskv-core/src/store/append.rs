@@ -1,14 +1,16 @@
 //! Appends: the public calls, and the validation and cost estimate that
 //! run before a request joins the group-commit queue.
 
+use super::group_commit::Answer;
 use super::options::{AppendRequest, AppendResult};
-use super::{batch_lost, Cost, EventStore, Pending, KEY_OVERHEAD};
+use super::{Cost, EventStore, Pending, KEY_OVERHEAD};
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::NewEvent;
 use crate::query::{AppendCondition, Query};
 use crate::validate::{validate_stream_id, validate_tag, validate_type};
 use std::collections::HashSet;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 impl EventStore {
     /// Appends `events` under an optional DCB condition.
@@ -35,8 +37,39 @@ impl EventStore {
 
     /// Runs one append request. Concurrent calls are grouped into one KV
     /// transaction; each keeps its own outcome.
-    pub async fn submit(&self, mut req: AppendRequest) -> Result<AppendResult> {
-        let cost = self.prepare(&mut req)?;
+    ///
+    /// Traced as an `eskv.append` span (see [`crate::observe`]).
+    pub async fn submit(&self, req: AppendRequest) -> Result<AppendResult> {
+        let span = tracing::info_span!(
+            "eskv.append",
+            stream = req.stream.as_ref().map(|(s, _)| s.as_str()),
+            events = req.events.len(),
+            first_position = tracing::field::Empty,
+            last_position = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            batch_size = tracing::field::Empty,
+        );
+        let answer = self.queue_and_wait(req).instrument(span.clone()).await;
+        if let Ok(r) = &answer.result {
+            span.record("first_position", r.first_position);
+            span.record("last_position", r.last_position);
+        }
+        span.record("outcome", answer.outcome);
+        span.record("batch_size", answer.batch_size);
+        answer.result
+    }
+
+    async fn queue_and_wait(&self, mut req: AppendRequest) -> Answer {
+        let cost = match self.prepare(&mut req) {
+            Ok(c) => c,
+            Err(e) => {
+                return Answer {
+                    result: Err(e),
+                    outcome: "rejected",
+                    batch_size: 0,
+                }
+            }
+        };
         let (reply, mut rx) = oneshot::channel();
         self.inner
             .queue
@@ -46,13 +79,13 @@ impl EventStore {
         loop {
             tokio::select! {
                 biased;
-                res = &mut rx => return res.unwrap_or_else(|_| Err(batch_lost())),
+                res = &mut rx => return res.unwrap_or_else(|_| Answer::lost()),
                 guard = self.inner.leader.clone().lock_owned() => {
                     let batch = self.inner.take_batch();
                     if batch.is_empty() {
                         // Another leader took ours; its answer is coming.
                         drop(guard);
-                        return rx.await.unwrap_or_else(|_| Err(batch_lost()));
+                        return rx.await.unwrap_or_else(|_| Answer::lost());
                     }
                     // The batch runs in its own task, which also holds the
                     // leader lock until the batch is done: a cancelled
@@ -90,6 +123,7 @@ impl EventStore {
         for e in &mut req.events {
             e.canonicalize();
             validate_type(&e.event_type, l)?;
+            self.inner.opts.upcasters.stamp(e)?;
             if e.tags.len() > l.max_tags_per_event {
                 return Err(Error::limit(
                     format!("tags on event {}", e.id),

@@ -2,11 +2,49 @@
 //! at a time takes as many as fit one transaction and runs them together.
 
 use super::batch::Verdict;
-use super::options::AppendRequest;
+use super::options::{AppendRequest, AppendResult};
 use super::{batch_lost, Cost, Inner, Pending};
+use crate::error::Result;
 use crate::event::Position;
+use crate::observe;
 use crate::retry::retry;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// What a queued append gets back: its result, named for spans and
+/// metrics, and the size of the group commit that ran it.
+pub(super) struct Answer {
+    pub(super) result: Result<AppendResult>,
+    pub(super) outcome: &'static str,
+    pub(super) batch_size: usize,
+}
+
+impl Answer {
+    /// Records the answer's metrics and wraps it.
+    fn new(result: Result<AppendResult>, replayed: bool, batch_size: usize) -> Answer {
+        let outcome = observe::outcome(&result, replayed);
+        observe::append_done(&result, outcome);
+        Answer {
+            result,
+            outcome,
+            batch_size,
+        }
+    }
+
+    /// A request whose batch was lost before it answered.
+    pub(super) fn lost() -> Answer {
+        Answer {
+            result: Err(batch_lost()),
+            outcome: "failed",
+            batch_size: 0,
+        }
+    }
+}
+
+fn answer(verdict: Verdict, batch_size: usize) -> Answer {
+    let replayed = matches!(verdict, Verdict::Replayed(_));
+    Answer::new(verdict.into_result(), replayed, batch_size)
+}
 
 impl Inner {
     /// Takes the next batch: queued requests in arrival order, as many as
@@ -38,12 +76,14 @@ impl Inner {
     }
 
     pub(super) async fn run_batch(self: Arc<Self>, batch: Vec<Pending>) {
+        let started = Instant::now();
+        let size = batch.len();
         let reqs: Vec<&AppendRequest> = batch.iter().map(|p| &p.req).collect();
         let outcome = retry(self.opts.max_retries, || self.execute(&reqs)).await;
         match outcome {
             Ok(results) => {
                 for (p, verdict) in batch.into_iter().zip(results) {
-                    let _ = p.reply.send(verdict.into_result());
+                    let _ = p.reply.send(answer(verdict, size));
                 }
             }
             Err(e) if batch.len() > 1 && !e.is_retryable() => {
@@ -52,22 +92,23 @@ impl Inner {
                 tracing::debug!(error = %e, requests = batch.len(), "group commit failed; retrying requests one by one");
                 for p in batch {
                     let one = [&p.req];
-                    let r = retry(self.opts.max_retries, || self.execute(&one))
-                        .await
-                        .and_then(|mut verdicts| {
-                            verdicts
-                                .pop()
-                                .map_or_else(|| Err(batch_lost()), Verdict::into_result)
-                        });
-                    let _ = p.reply.send(r);
+                    let a = match retry(self.opts.max_retries, || self.execute(&one)).await {
+                        Ok(mut verdicts) => match verdicts.pop() {
+                            Some(v) => answer(v, 1),
+                            None => Answer::lost(),
+                        },
+                        Err(e) => Answer::new(Err(e), false, 1),
+                    };
+                    let _ = p.reply.send(a);
                 }
             }
             Err(e) => {
                 for p in batch {
-                    let _ = p.reply.send(Err(e.duplicate()));
+                    let _ = p.reply.send(Answer::new(Err(e.duplicate()), false, size));
                 }
             }
         }
+        observe::batch_done(size, started.elapsed());
     }
 
     /// Publishes a head to in-process subscribers; never moves it back.

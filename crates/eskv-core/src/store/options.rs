@@ -1,8 +1,10 @@
 //! Options, requests and results of the event store's public calls.
 
 use crate::error::ExpectedVersion;
+use crate::error::Result;
 use crate::event::{NewEvent, Position, RecordedEvent, StreamVersion};
 use crate::query::{AppendCondition, Query};
+use crate::upcast::Upcasters;
 
 /// Size and count limits checked before anything is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,9 @@ pub struct EventStoreOptions {
     /// ([`NewEvent::with_personal_data`]): needed to append or read
     /// personal parts; a wrong one is refused at open.
     pub store_key: Option<crate::crypto::StoreKey>,
+    /// Schema upcasters applied on every read (see [`crate::upcast`]).
+    /// Default: none.
+    pub upcasters: Upcasters,
 }
 
 impl Default for EventStoreOptions {
@@ -70,6 +75,7 @@ impl Default for EventStoreOptions {
             max_batch: 256,
             max_retries: 32,
             store_key: None,
+            upcasters: Upcasters::new(),
         }
     }
 }
@@ -97,6 +103,49 @@ impl EventStoreOptions {
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
+    }
+
+    /// Registers the upcaster of `event_type` from schema version
+    /// `from_version` to `from_version + 1`: it gets the stored event and
+    /// returns its payload in the next version. See [`crate::upcast`].
+    ///
+    /// ```
+    /// use eskv_core::EventStoreOptions;
+    /// let opts = EventStoreOptions::default()
+    ///     .upcast("Greeted", 1, |e| Ok([b"v2:".as_slice(), &e.data].concat()));
+    /// assert_eq!(opts.upcasters.current_version("Greeted"), 2);
+    /// ```
+    pub fn upcast(
+        mut self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        step: impl Fn(&RecordedEvent) -> Result<Vec<u8>> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcasters.add(event_type, from_version, step);
+        self
+    }
+
+    /// [`upcast`](Self::upcast) for JSON payloads: the step gets the
+    /// payload as a `serde_json::Value` and returns the next version's.
+    ///
+    /// ```
+    /// use eskv_core::EventStoreOptions;
+    /// let opts = EventStoreOptions::default().upcast_json("Renamed", 1, |mut v| {
+    ///     v["name"] = v["title"].take();
+    ///     Ok(v)
+    /// });
+    /// assert_eq!(opts.upcasters.current_version("Renamed"), 2);
+    /// ```
+    pub fn upcast_json(
+        self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        step: impl Fn(serde_json::Value) -> Result<serde_json::Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcast(event_type, from_version, move |e| {
+            let v: serde_json::Value = e.json()?;
+            <crate::event::Json as crate::event::PayloadCodec>::encode(&step(v)?)
+        })
     }
 }
 
@@ -341,6 +390,66 @@ pub(super) fn consistent_through(
             .map_or(opts.from.unwrap_or(1).saturating_sub(1), |e| e.position)
             .min(top),
         _ => top,
+    }
+}
+
+/// What [`EventStore::read_stream`](crate::EventStore::read_stream)
+/// returns: the events, the stream's version, and the position the read
+/// is consistent through, all from one snapshot.
+///
+/// It dereferences to the slice of events and iterates over them, so
+/// `read[0]`, `read.len()` and `for e in &read` work as on a `Vec`.
+///
+/// ```
+/// use eskv_core::StreamRead;
+/// let read = StreamRead::default();
+/// assert!(read.is_empty());
+/// assert_eq!((read.version, read.consistent_through), (0, 0));
+/// let events: Vec<_> = read.into_iter().collect();
+/// assert!(events.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamRead {
+    /// The events, in the requested order.
+    pub events: Vec<RecordedEvent>,
+    /// The stream's version at the read's snapshot (0 when it has no
+    /// events), whatever part of it was read: pass it as
+    /// `ExpectedVersion::Exact` to append on what was read. With `until`
+    /// it is still the current version, not the version at `until`.
+    pub version: StreamVersion,
+    /// The global position the read reflects the log through: the head at
+    /// the read's snapshot capped by `until`; for a forward read cut short
+    /// by `limit`, the position of the last event returned (continue with
+    /// `from_version` of the last event's version + 1).
+    pub consistent_through: Position,
+}
+
+impl std::ops::Deref for StreamRead {
+    type Target = [RecordedEvent];
+    fn deref(&self) -> &[RecordedEvent] {
+        &self.events
+    }
+}
+
+impl IntoIterator for StreamRead {
+    type Item = RecordedEvent;
+    type IntoIter = std::vec::IntoIter<RecordedEvent>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a StreamRead {
+    type Item = &'a RecordedEvent;
+    type IntoIter = std::slice::Iter<'a, RecordedEvent>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.iter()
+    }
+}
+
+impl From<StreamRead> for Vec<RecordedEvent> {
+    fn from(r: StreamRead) -> Self {
+        r.events
     }
 }
 

@@ -5,6 +5,7 @@ use super::batch::{condition_probes, probe_keeps};
 use super::live::Live;
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
+    StreamRead,
 };
 use super::EventStore;
 use crate::envelope;
@@ -28,7 +29,18 @@ impl EventStore {
     /// which the read is consistent
     /// ([`ReadResult::consistent_through`]), to pass back as the `after`
     /// of a condition on the same query.
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "query", count)
+    )]
     pub async fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
+        let r = self.read_stored(query, opts).await?;
+        self.decoded_result(r)
+    }
+
+    async fn read_stored(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         let mut q = query.clone();
         self.validate_query(&mut q)?;
         if q.is_all() {
@@ -76,16 +88,27 @@ impl EventStore {
     /// Reads the global log, keeping only events that pass `filter`. A
     /// query filter uses the type and tag indexes; a stream prefix is
     /// checked on each event.
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "log", count)
+    )]
     pub async fn read_all_filtered(
         &self,
         filter: &LogFilter,
         opts: ReadOptions,
     ) -> Result<ReadResult> {
+        let r = self.read_all_stored(filter, opts).await?;
+        self.decoded_result(r)
+    }
+
+    async fn read_all_stored(&self, filter: &LogFilter, opts: ReadOptions) -> Result<ReadResult> {
         if let Some(q) = &filter.query {
             let mut q = q.clone();
             self.validate_query(&mut q)?;
             if filter.stream_prefix.is_none() {
-                return self.read(&q, opts).await;
+                return self.read_stored(&q, opts).await;
             }
         }
         self.read_log(filter, opts).await
@@ -154,6 +177,12 @@ impl EventStore {
     /// Reads a category: the events of every stream whose id, up to its
     /// first `-`, is `category` (like EventStoreDB's `$ce-` streams, but
     /// from an index, without copying events).
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "category", count)
+    )]
     pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
         validate_stream_id(category, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
@@ -168,71 +197,115 @@ impl EventStore {
         let mut live = self.live();
         let source = Source::Index(Index::Category(category));
         let events = read_live(&mut *txn, source, (lo, hi), order, opts.limit, &mut live).await?;
+        let events = self.decoded(events)?;
         Ok(ReadResult {
             consistent_through: consistent_through(opts, head, &events),
             events,
         })
     }
 
-    /// Reads a stream by version.
-    pub async fn read_stream(
-        &self,
-        stream: &str,
-        opts: ReadStreamOptions,
-    ) -> Result<Vec<RecordedEvent>> {
+    /// Reads a stream by version: its events, its version, and the
+    /// position the read is consistent through (see [`StreamRead`]), all
+    /// from one snapshot.
+    ///
+    /// ```
+    /// use eskv_core::{EventStore, ExpectedVersion, MemoryStore, NewEvent, ReadStreamOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// store.append(vec![NewEvent::new("Other", vec![])], None).await?;
+    /// store.append_to_stream("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("Placed", vec![])]).await?;
+    ///
+    /// let read = store.read_stream("order-1", ReadStreamOptions::new()).await?;
+    /// assert_eq!((read.len(), read.version, read.consistent_through), (1, 1, 2));
+    /// // The version is what an append decided on this read expects.
+    /// store.append_to_stream("order-1", ExpectedVersion::Exact(read.version), vec![NewEvent::new("Paid", vec![])]).await?;
+    /// for event in &read {
+    ///     assert_eq!(event.event_type, "Placed");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[tracing::instrument(
+        name = "eskv.read",
+        level = "debug",
+        skip_all,
+        fields(kind = "stream", count)
+    )]
+    pub async fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
-        // The stream index alone bounds the read (no metadata round trip):
-        // versions run 1..=n, so an open upper bound stops at the last.
+        // The stream index bounds the read: versions run 1..=n, so an open
+        // upper bound stops at the last.
         let (lo, hi) = if opts.backwards {
             (1, opts.from_version.unwrap_or(StreamVersion::MAX))
         } else {
             (opts.from_version.unwrap_or(1).max(1), StreamVersion::MAX)
         };
-        if lo > hi || opts.limit == Some(0) {
-            return Ok(Vec::new());
-        }
+        // The head and the stream's version, for what the read reports.
+        let keys = [layout::head_key(), layout::stream_key(stream)];
+        let mut vals = txn.get_many(&keys).await?.into_iter();
+        let head = vals
+            .next()
+            .flatten()
+            .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
+        let version = match vals.next().flatten() {
+            Some(v) => StreamMeta::decode(&v)?.version,
+            None => 0,
+        };
         let until = opts.until.unwrap_or(Position::MAX);
-        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
-        let mut live = self.live();
         let mut out = Vec::new();
-        let (mut lo, mut hi) = (lo, hi);
-        // Released events are a prefix of the versions: when a page comes
-        // back with some dropped, the next one starts at the first live
-        // version (forwards) or stops there (backwards).
-        loop {
-            let want = opts.limit.map_or(usize::MAX, |l| l - out.len());
-            let positions =
-                stream_positions(&mut *txn, stream, (lo, hi), opts, order, want, until).await?;
-            let n = positions.len();
-            let loaded = load_events(&mut *txn, &positions).await?;
-            let edge = loaded
-                .last()
-                .and_then(|e| e.stream.as_ref())
-                .map(|r| r.version);
-            let kept = live.retain(&mut *txn, loaded).await?;
-            let dropped = kept.len() < n;
-            out.extend(kept);
-            let (Some(edge), true, true) = (edge, dropped, n == want) else {
-                break;
-            };
-            let Some((version, life)) = live.stream_state(&mut *txn, stream).await? else {
-                break;
-            };
-            let first = life.first_live(version);
-            if opts.backwards {
-                hi = edge.saturating_sub(1);
-                if hi < first.max(lo) {
+        if lo <= hi && opts.limit != Some(0) {
+            let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+            let mut live = self.live();
+            let (mut lo, mut hi) = (lo, hi);
+            // Released events are a prefix of the versions: when a page comes
+            // back with some dropped, the next one starts at the first live
+            // version (forwards) or stops there (backwards).
+            loop {
+                let want = opts.limit.map_or(usize::MAX, |l| l - out.len());
+                let positions =
+                    stream_positions(&mut *txn, stream, (lo, hi), opts, order, want, until).await?;
+                let n = positions.len();
+                let loaded = load_events(&mut *txn, &positions).await?;
+                let edge = loaded
+                    .last()
+                    .and_then(|e| e.stream.as_ref())
+                    .map(|r| r.version);
+                let kept = live.retain(&mut *txn, loaded).await?;
+                let dropped = kept.len() < n;
+                out.extend(kept);
+                let (Some(edge), true, true) = (edge, dropped, n == want) else {
                     break;
-                }
-            } else {
-                lo = (edge + 1).max(first);
-                if lo > version {
+                };
+                let Some((version, life)) = live.stream_state(&mut *txn, stream).await? else {
                     break;
+                };
+                let first = life.first_live(version);
+                if opts.backwards {
+                    hi = edge.saturating_sub(1);
+                    if hi < first.max(lo) {
+                        break;
+                    }
+                } else {
+                    lo = (edge + 1).max(first);
+                    if lo > version {
+                        break;
+                    }
                 }
             }
         }
-        Ok(out)
+        let top = opts.until.map_or(head, |u| u.min(head));
+        let consistent_through = match (opts.backwards, opts.limit) {
+            (false, Some(l)) if out.len() >= l => out
+                .last()
+                .map_or(top, |e: &RecordedEvent| e.position.min(top)),
+            _ => top,
+        };
+        Ok(StreamRead {
+            events: self.decoded(out)?,
+            version,
+            consistent_through,
+        })
     }
 
     /// The first version of `stream` whose event lies after global position
@@ -316,6 +389,24 @@ impl EventStore {
                 stream_info_of(layout::parse_stream_key(&k)?, Some(&v), life.as_deref())
             })
             .collect()
+    }
+}
+
+impl EventStore {
+    /// The one step between the stored events and what every read path
+    /// returns (stream, log, category and DCB reads, and through them
+    /// paged reads, subscriptions, projections and deciders): upcasting to
+    /// each type's current schema version.
+    pub(super) fn decoded(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+        tracing::Span::current().record("count", events.len());
+        self.inner.opts.upcasters.upcast_all(events)
+    }
+
+    fn decoded_result(&self, r: ReadResult) -> Result<ReadResult> {
+        Ok(ReadResult {
+            events: self.decoded(r.events)?,
+            consistent_through: r.consistent_through,
+        })
     }
 }
 

@@ -158,6 +158,10 @@ pub(super) async fn handle_with_retries<H: EventHandler + ?Sized>(
                         txn.commit().await
                     })
                     .await?;
+                    crate::observe::parked(match consumer {
+                        layout::Consumer::Named(n) => n,
+                        layout::Consumer::Partition { group, .. } => group,
+                    });
                     return Ok(false);
                 }
                 _ => {

@@ -1,0 +1,380 @@
+//! Schema evolution through the public API: events written at schema
+//! versions 1 and 2 (by "older programs": stores opened with fewer
+//! upcasters) read back at version 3 on every read path, against a model
+//! upcast; writes use the current version; bad upcasters are typed errors.
+
+use eskv::{
+    async_trait, DecideError, DomainEvent, Error, EventStore, EventStoreOptions, ExpectedVersion,
+    MemoryStore, NewEvent, Projection, ProjectionOptions, ProjectionState, Query, ReadOptions,
+    ReadStreamOptions, RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
+};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Version 3 of the account events: cents with a currency.
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+enum Account {
+    #[eskv(type = "Deposited", version = 3)]
+    Deposited {
+        #[tag("account")]
+        account: String,
+        cents: i64,
+        currency: String,
+    },
+}
+
+/// v1 `{"account", "amount"}` (whole euros) -> v2 `{"account", "cents"}`.
+fn v1_to_v2(mut v: Value) -> eskv::Result<Value> {
+    let amount = v["amount"]
+        .as_i64()
+        .ok_or_else(|| Error::invalid("v1 Deposited without an amount"))?;
+    let o = v.as_object_mut().expect("object");
+    o.remove("amount");
+    o.insert("cents".into(), json!(amount * 100));
+    Ok(v)
+}
+
+/// v2 -> v3: the currency, EUR for every old event.
+fn v2_to_v3(mut v: Value) -> eskv::Result<Value> {
+    v["currency"] = json!("EUR");
+    Ok(v)
+}
+
+fn options(version: u32) -> EventStoreOptions {
+    let mut o = EventStoreOptions::default();
+    if version >= 2 {
+        o = o.upcast_json("Deposited", 1, v1_to_v2);
+    }
+    if version >= 3 {
+        o = o.upcast_json("Deposited", 2, v2_to_v3);
+    }
+    o
+}
+
+/// One write: the version of the program that wrote it, the account and a
+/// value in that version's unit.
+#[derive(Debug, Clone)]
+struct Write {
+    version: u32,
+    account: u8,
+    value: i64,
+}
+
+fn writes() -> impl Strategy<Value = Vec<Write>> {
+    proptest::collection::vec(
+        (1u32..=3, 0u8..3, -1000i64..1000).prop_map(|(version, account, value)| Write {
+            version,
+            account,
+            value,
+        }),
+        1..24,
+    )
+}
+
+/// The model: what version 3 says of a write.
+fn model_cents(w: &Write) -> i64 {
+    match w.version {
+        1 => w.value * 100,
+        _ => w.value,
+    }
+}
+
+fn event_for(w: &Write) -> eskv::Result<NewEvent> {
+    let account = format!("a{}", w.account);
+    match w.version {
+        1 => Ok(
+            NewEvent::json("Deposited", &json!({"account": account, "amount": w.value}))?
+                .with_tags([format!("account:{account}")]),
+        ),
+        2 => Ok(
+            NewEvent::json("Deposited", &json!({"account": account, "cents": w.value}))?
+                .with_tags([format!("account:{account}")]),
+        ),
+        _ => Account::Deposited {
+            account,
+            cents: w.value,
+            currency: "EUR".into(),
+        }
+        .to_new_event(),
+    }
+}
+
+/// Writes each event through a store of its version: v1 and v2 programs
+/// sharing the KV store with today's.
+async fn write_history(kv: &Arc<MemoryStore>, ws: &[Write]) -> [EventStore; 3] {
+    let mut stores = Vec::new();
+    for v in 1..=3 {
+        stores.push(EventStore::open_with(kv.clone(), options(v)).await.unwrap());
+    }
+    for w in ws {
+        let store = &stores[w.version as usize - 1];
+        store
+            .append_to_stream(
+                &format!("acc-a{}", w.account),
+                ExpectedVersion::Any,
+                vec![event_for(w).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    stores.try_into().unwrap()
+}
+
+/// (position, account, cents) of events read at version 3; fails on any
+/// event that is not version 3 with a currency.
+fn seen(events: &[RecordedEvent]) -> Vec<(u64, String, i64)> {
+    events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.schema_version(), 3, "{e:?}");
+            match e.to_typed::<Account>().unwrap() {
+                Account::Deposited {
+                    account,
+                    cents,
+                    currency,
+                } => {
+                    assert_eq!(currency, "EUR");
+                    (e.position, account, cents)
+                }
+            }
+        })
+        .collect()
+}
+
+fn model(ws: &[Write]) -> Vec<(u64, String, i64)> {
+    ws.iter()
+        .enumerate()
+        .map(|(i, w)| (i as u64 + 1, format!("a{}", w.account), model_cents(w)))
+        .collect()
+}
+
+struct Balances;
+
+#[async_trait]
+impl Projection for Balances {
+    fn name(&self) -> &str {
+        "balances"
+    }
+    async fn apply(&self, e: &RecordedEvent, state: &mut ProjectionState<'_>) -> eskv::Result<()> {
+        let Account::Deposited { account, cents, .. } = e.to_typed::<Account>()?;
+        let old: i64 = state.get_json(account.as_bytes()).await?.unwrap_or(0);
+        state.put_json(account.as_bytes(), &(old + cents))
+    }
+}
+
+async fn check_every_read_path(ws: Vec<Write>) {
+    let kv = Arc::new(MemoryStore::new());
+    let [_, _, store] = write_history(&kv, &ws).await;
+    let want = model(&ws);
+    let n = ws.len() as u64;
+
+    // The log, forwards and backwards.
+    let all = store.read_all(ReadOptions::new()).await.unwrap();
+    assert_eq!(seen(&all.events), want);
+    let back = store
+        .read_all(ReadOptions::new().backwards())
+        .await
+        .unwrap();
+    let mut rev = want.clone();
+    rev.reverse();
+    assert_eq!(seen(&back.events), rev);
+
+    // A category.
+    let cat = store
+        .read_category("acc", ReadOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(seen(&cat.events), want);
+
+    // Paged reads of the log.
+    use futures::TryStreamExt;
+    let paged: Vec<RecordedEvent> = store
+        .read_all_paged(ReadOptions::new(), 4)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seen(&paged), want);
+
+    for a in 0..3u8 {
+        let acc = format!("a{a}");
+        let mine: Vec<_> = want.iter().filter(|x| x.1 == acc).cloned().collect();
+        // DCB query reads and streams.
+        let q = Query::of(["Deposited"], vec![format!("account:{acc}")]);
+        let r = store.read(&q, ReadOptions::new()).await.unwrap();
+        assert_eq!(seen(&r.events), mine);
+        let s = store
+            .read_stream(&format!("acc-{acc}"), ReadStreamOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(seen(&s.events), mine);
+        let ps: Vec<RecordedEvent> = store
+            .read_paged(&q, ReadOptions::new(), 2)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(seen(&ps), mine);
+
+        // A stream decider folds version 3 values.
+        let balance: i64 = mine.iter().map(|x| x.2).sum();
+        let decided = store
+            .decide_stream(
+                &format!("acc-{acc}"),
+                |b: &mut i64, Account::Deposited { cents, .. }| *b += cents,
+                |b| Err::<Vec<Account>, i64>(*b),
+            )
+            .await;
+        match decided {
+            Err(DecideError::Rejected(b)) => assert_eq!(b, balance),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A subscription, consumed as a Stream.
+    use futures::StreamExt;
+    let sub = store
+        .subscribe(SubscriptionOptions::new().filter(SubscriptionFilter::Category("acc".into())))
+        .await
+        .unwrap();
+    let got: Vec<RecordedEvent> = sub.take(ws.len()).map(|e| e.unwrap()).collect().await;
+    assert_eq!(seen(&got), want);
+
+    // A projection.
+    let p = Balances;
+    let cp = store
+        .catch_up_projection(&p, &ProjectionOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cp, n);
+    let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, a, c) in &want {
+        *sums.entry(a.clone()).or_default() += c;
+    }
+    let rm = store.read_model("balances");
+    for (a, sum) in sums {
+        assert_eq!(rm.get_json::<i64>(a.as_bytes()).await.unwrap(), Some(sum));
+    }
+
+    // What is stored is unchanged: a v1 program still reads v1 payloads.
+    let v1 = EventStore::open(kv.clone()).await.unwrap();
+    let raw = v1.read_all(ReadOptions::new()).await.unwrap();
+    for (e, w) in raw.events.iter().zip(&ws) {
+        assert_eq!(e.schema_version(), w.version);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn v1_and_v2_events_read_back_as_v3_on_every_path(ws in writes()) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(check_every_read_path(ws));
+    }
+}
+
+#[tokio::test]
+async fn writes_use_the_current_version() {
+    let store = EventStore::open_with(Arc::new(MemoryStore::new()), options(3))
+        .await
+        .unwrap();
+    // Unversioned events are stamped with the current version...
+    let e = NewEvent::json(
+        "Deposited",
+        &json!({"account": "a", "cents": 1, "currency": "EUR"}),
+    )
+    .unwrap();
+    store.append(vec![e], None).await.unwrap();
+    let r = store.read_all(ReadOptions::new()).await.unwrap();
+    assert_eq!(r.events[0].schema_version(), 3);
+    assert_eq!(r.events[0].metadata.extra[eskv::SCHEMA_VERSION_KEY], "3");
+    // ...and an older one is refused, with nothing written.
+    let old = NewEvent::json("Deposited", &json!({"amount": 1}))
+        .unwrap()
+        .with_schema_version(1);
+    match store.append(vec![old], None).await {
+        Err(Error::InvalidInput { message }) => {
+            assert!(message.contains("schema version 1"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), 1);
+    // Types without upcasters are not stamped.
+    store
+        .append(vec![NewEvent::new("Other", b"x".to_vec())], None)
+        .await
+        .unwrap();
+    let r = store.read_all(ReadOptions::after(1)).await.unwrap();
+    assert!(r.events[0].metadata.extra.is_empty());
+}
+
+#[tokio::test]
+async fn a_gap_in_the_upcasters_is_refused_at_open() {
+    let opts = EventStoreOptions::default().upcast_json("Deposited", 2, Ok);
+    match EventStore::open_with(Arc::new(MemoryStore::new()), opts).await {
+        Err(Error::InvalidInput { message }) => {
+            assert!(message.contains("from version 1"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_upcaster_is_a_typed_error_naming_the_event() {
+    let kv = Arc::new(MemoryStore::new());
+    let old = EventStore::open(kv.clone()).await.unwrap();
+    old.append(
+        vec![NewEvent::json("Deposited", &json!({"no": "amount"})).unwrap()],
+        None,
+    )
+    .await
+    .unwrap();
+    let store = EventStore::open_with(kv, options(3)).await.unwrap();
+    match store.read_all(ReadOptions::new()).await {
+        Err(Error::Upcast {
+            event_type,
+            position,
+            from_version,
+            message,
+        }) => {
+            assert_eq!(
+                (event_type.as_str(), position, from_version),
+                ("Deposited", 1, 1)
+            );
+            assert!(message.contains("without an amount"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_old_event_without_upcasters_is_a_typed_decode_error() {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    store
+        .append(
+            vec![NewEvent::json("Deposited", &json!({"amount": 1})).unwrap()],
+            None,
+        )
+        .await
+        .unwrap();
+    let r = store.read_all(ReadOptions::new()).await.unwrap();
+    let err = r.events[0].to_typed::<Account>().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            eskv::DecodeError::OldVersion {
+                found: 1,
+                expected: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("register upcasters"), "{err}");
+    let _ = StartFrom::Beginning;
+}
