@@ -19,7 +19,7 @@
 //!
 //! # How it meets the `KvStore` contract
 //!
-//! - **Snapshots.** [`KvStore::begin`] starts an optimistic TiKV
+//! - **Snapshots.** [`KvStore::begin`](eskv_core::KvStore::begin) starts an optimistic TiKV
 //!   transaction, which takes its start timestamp from PD (one round trip).
 //!   Every read runs at that timestamp: snapshot isolation. Each read runs
 //!   in its own read-only snapshot at that timestamp, dropped when it
@@ -47,7 +47,7 @@
 //!   of the primary key. Secondary keys are committed in the background.
 //!   So a commit costs about three round trips.
 //! - **Drop is rollback.** Transactions are opened with the drop check off
-//!   ([`CheckLevel::None`]); nothing reaches TiKV before commit, so dropping
+//!   ([`CheckLevel::None`](tikv_client::CheckLevel::None)); nothing reaches TiKV before commit, so dropping
 //!   an uncommitted transaction leaves nothing behind. A commit that fails
 //!   with a known outcome is rolled back explicitly so its prewrite locks do
 //!   not wait for their TTL.
@@ -74,7 +74,7 @@
 //! ```
 //!
 //! Once this process runs GC, its transactions older than the lifetime
-//! (less the request timeout) fail with a retryable [`Error::Conflict`]
+//! (less the request timeout) fail with a retryable [`Error::Conflict`](eskv_core::Error::Conflict)
 //! instead of reading a snapshot whose versions may be gone.
 //!
 //! # Errors
@@ -83,16 +83,16 @@
 //!
 //! | tikv-client error | eskv error |
 //! | --- | --- |
-//! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`Error::Conflict`] |
-//! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`Error::Conflict`] ("key already exists") |
-//! | `UndeterminedError` | [`Error::CommitOutcomeUnknown`] |
-//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`Error::Unavailable`] (during commit: [`Error::CommitOutcomeUnknown`], since the primary may have been committed) |
-//! | gRPC status `Internal` | [`Error::Backend`] (during commit: [`Error::CommitOutcomeUnknown`]) |
-//! | anything else | [`Error::Backend`] |
+//! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`Error::Conflict`](eskv_core::Error::Conflict) |
+//! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`Error::Conflict`](eskv_core::Error::Conflict) ("key already exists") |
+//! | `UndeterminedError` | [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown) |
+//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`Error::Unavailable`](eskv_core::Error::Unavailable) (during commit: [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown), since the primary may have been committed) |
+//! | gRPC status `Internal` | [`Error::Backend`](eskv_core::Error::Backend) (during commit: [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown)) |
+//! | anything else | [`Error::Backend`](eskv_core::Error::Backend) |
 //!
 //! Every call is wrapped in `tokio::time::timeout`: tikv-client can hang for
 //! a minute on a PD that accepts connections and never answers. A timeout is
-//! [`Error::Unavailable`], or [`Error::CommitOutcomeUnknown`] during commit.
+//! [`Error::Unavailable`](eskv_core::Error::Unavailable), or [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown) during commit.
 //!
 //! [TiKV]: https://tikv.org
 #![forbid(unsafe_code)]

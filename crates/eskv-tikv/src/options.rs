@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Connection settings for [`TikvStore::connect`].
+/// Connection settings for [`TikvStore::connect`](crate::TikvStore::connect).
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TikvOptions {
@@ -22,7 +22,7 @@ pub struct TikvOptions {
     /// Longest wait for any one call (a read, a begin, a commit). Default:
     /// 20 s.
     pub request_timeout: Duration,
-    /// Scope every key under this namespace (see [`Namespaced`]), so several
+    /// Scope every key under this namespace (see [`Namespaced`](eskv_core::Namespaced)), so several
     /// applications or tenants can share one cluster.
     pub key_prefix: Option<String>,
 }

@@ -133,7 +133,7 @@ impl TikvStore {
     /// snapshot GC may have removed.
     ///
     /// Fails with [`Error::InvalidInput`] for a lifetime under
-    /// [`MIN_GC_LIFETIME`] or twice the request timeout, and with
+    /// [`MIN_GC_LIFETIME`](crate::MIN_GC_LIFETIME) or twice the request timeout, and with
     /// [`Error::Unavailable`] when PD or TiKV cannot be reached.
     pub async fn collect_garbage(&self, lifetime: Duration) -> Result<GcOutcome> {
         let raw = &self.raw;

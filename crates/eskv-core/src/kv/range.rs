@@ -75,7 +75,7 @@ impl KeyRange {
     }
 }
 
-/// Options for [`KvTransaction::scan`].
+/// Options for [`KvTransaction::scan`](super::KvTransaction::scan).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanOptions {
     /// Return at most this many pairs (`None`: all).

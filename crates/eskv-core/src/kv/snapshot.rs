@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 /// Reads at one snapshot, and the commit of a write set validated against
-/// it: what a backend implements (see the [module docs](self)). Wrap it in
+/// it: what a backend implements (see the [contract](crate::kv)). Wrap it in
 /// a [`BufferedTxn`] to return it from [`KvStore::begin`](super::KvStore::begin).
 ///
 /// ```
