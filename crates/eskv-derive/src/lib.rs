@@ -97,7 +97,7 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Path};
 ///
 /// let old = RecordedEvent {
 ///     position: 7, id: eskv::Ulid::generate(), event_type: "Deposited".into(), tags: vec![],
-///     data: br#"{"amount":5}"#.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None,
+///     data: br#"{"amount":5}"#.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None, personal: None,
 /// };
 /// assert!(matches!(Account::from_recorded(&old), Err(DecodeError::OldVersion { found: 1, expected: 2, .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
