@@ -311,8 +311,9 @@ impl Store for RawRedb {
             .range::<&[u8]>(layout::stream_event_range(stream, 1, meta.version).as_bounds())
             .map_err(err("redb range"))?
         {
-            let (_, v) = item.map_err(err("redb range"))?;
-            positions.push(layout::parse_u64(v.value(), "stream entry").map_err(err("decode"))?);
+            let (k, v) = item.map_err(err("redb range"))?;
+            positions
+                .push(layout::parse_stream_entry(k.value(), v.value()).map_err(err("decode"))?);
         }
         let mut out = Vec::with_capacity(positions.len());
         for p in positions {

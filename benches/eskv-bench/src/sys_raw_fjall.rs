@@ -316,8 +316,8 @@ impl Store for RawFjall {
             &self.data,
             layout::stream_event_range(stream, 1, meta.version).as_bounds(),
         ) {
-            let (_, v) = g.into_inner().map_err(err("fjall range"))?;
-            positions.push(layout::parse_u64(&v, "stream entry").map_err(err("decode"))?);
+            let (k, v) = g.into_inner().map_err(err("fjall range"))?;
+            positions.push(layout::parse_stream_entry(&k, &v).map_err(err("decode"))?);
         }
         self.log_values(&r, positions)
     }

@@ -399,6 +399,12 @@ pub fn parse_u64(v: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
+/// Opens a stream index entry (`stream_event_key` → sealed position) and
+/// returns the log position it points at. The one reader of that row.
+pub fn parse_stream_entry(key: &[u8], value: &[u8]) -> Result<Position> {
+    parse_u64(open_index_value(key, value)?, "stream index entry")
+}
+
 /// A stream's metadata: current version and the position of its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamMeta {

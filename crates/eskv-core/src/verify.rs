@@ -803,9 +803,7 @@ impl Checker<'_> {
                         continue;
                     }
                 };
-                match layout::open_index_value(&k, &v)
-                    .and_then(|b| layout::parse_u64(b, "stream index entry"))
-                {
+                match layout::parse_stream_entry(&k, &v) {
                     Ok(p) => entries.push((k, s, ver, p)),
                     Err(e) => self.violation(Some(&k), None, corrupt_message(&e)),
                 }

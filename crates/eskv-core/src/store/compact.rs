@@ -140,9 +140,7 @@ impl EventStore {
                 .await?;
             let positions = rows
                 .iter()
-                .map(|(k, v)| {
-                    layout::parse_u64(layout::open_index_value(k, v)?, "stream index entry")
-                })
+                .map(|(k, v)| layout::parse_stream_entry(k, v))
                 .collect::<Result<Vec<Position>>>()?;
             let events = load_events(&mut *txn, &positions).await?;
             let now = now_ms();

@@ -342,9 +342,7 @@ impl EventStore {
                     format!("stream '{stream}' has no index entry for version {mid}"),
                 )
             })?;
-            if layout::parse_u64(layout::open_index_value(&key, &pos)?, "stream index entry")?
-                > after
-            {
+            if layout::parse_stream_entry(&key, &pos)? > after {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -454,7 +452,7 @@ async fn stream_positions(
         }
     };
     for (k, v) in rows {
-        let pos = layout::parse_u64(layout::open_index_value(&k, &v)?, "stream index entry")?;
+        let pos = layout::parse_stream_entry(&k, &v)?;
         if pos > until {
             if opts.backwards {
                 continue;
