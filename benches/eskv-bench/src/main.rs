@@ -587,7 +587,7 @@ impl Harness {
         {
             self.step("starting a 3-node etcd cluster on 127.0.0.1");
             let dir = self.dir("etcd-cluster")?;
-            match sys_etcd::Cluster::start(&dir) {
+            match sys_etcd::start_cluster(&dir) {
                 Ok(c) => {
                     self.log(format!(
                         "etcd: 3-node cluster on {} ({})",
@@ -597,7 +597,7 @@ impl Harness {
                     self.etcd = Some(c);
                     Ok(())
                 }
-                Err(sys_etcd::StartError::Missing(e)) if std::env::var_os("CI").is_none() => {
+                Err(sys_etcd::LaunchError::Missing(e)) if std::env::var_os("CI").is_none() => {
                     self.log(format!(
                         "eskv-bench: SKIPPING eskv-etcd and raw-etcd: {e} (this fails when CI is set)"
                     ));
@@ -605,7 +605,7 @@ impl Harness {
                         .push(format!("eskv-etcd and raw-etcd were skipped: {e}."));
                     Ok(())
                 }
-                Err(sys_etcd::StartError::Missing(e) | sys_etcd::StartError::Failed(e)) => {
+                Err(sys_etcd::LaunchError::Missing(e) | sys_etcd::LaunchError::Failed(e)) => {
                     Err(format!("etcd cluster: {e}"))
                 }
             }

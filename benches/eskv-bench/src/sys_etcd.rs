@@ -2,11 +2,10 @@
 //! eskv on it (`EtcdStore`), and raw etcd `Txn`s doing the same key writes
 //! and reads as eskv's layout, as the baseline.
 //!
-//! The cluster's nodes are children of this process, with their data
+//! The cluster comes from `eskv-etcd-launcher`, the launcher the etcd tests
+//! use: its members are children of this process, with their data
 //! directories under the run's temporary directory (the same disk as every
-//! other system). [`Cluster`]'s `Drop` kills them by PID (also when the
-//! harness panics and unwinds), and a watchdog shell kills them if this
-//! process dies without unwinding.
+//! other system), killed by PID when the cluster drops or this process dies.
 
 use crate::common::layout_rows;
 use crate::common::{err, now_ms, Ev, Res, Store};
@@ -16,14 +15,11 @@ use eskv_etcd::proto::{
     Compare, CompareResult, RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use eskv_etcd::EtcdClient;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use eskv_etcd_launcher::{etcd_bin, etcd_version, ClusterOptions};
+pub use eskv_etcd_launcher::{Cluster, LaunchError};
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 /// `--max-txn-ops` of the bench cluster: W4's 100-event append is 501
@@ -47,225 +43,25 @@ pub fn server_settings() -> String {
          --quota-backend-bytes {QUOTA_BACKEND_BYTES} --heartbeat-interval 100 --election-timeout 1000` \
          (etcd's defaults otherwise: `--snapshot-count 100000`, no auto-compaction, fsync on every Raft write), \
          data directories on the same disk as the other systems",
-        etcd_version()
+        etcd_version(&etcd_bin())
     )
 }
 
-/// The etcd binary: `ETCD_BIN` if set, else `etcd` on the `PATH`.
-pub fn etcd_bin() -> PathBuf {
-    std::env::var_os("ETCD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("etcd"))
-}
-
-fn etcd_version() -> String {
-    Command::new(etcd_bin())
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "(unknown version)".into())
-}
-
-/// Why the cluster did not start.
-pub enum StartError {
-    /// No etcd binary to run.
-    Missing(String),
-    Failed(String),
-}
-
-/// A running etcd cluster on loopback, stopped on drop.
-pub struct Cluster {
-    dir: PathBuf,
-    ports: Vec<(u16, u16)>,
-    children: Vec<Child>,
-    watchdog: Option<Child>,
-}
-
-fn free_ports(n: usize) -> Res<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(err("bind a free port")))
-        .collect::<Res<_>>()?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(err("local address"))
-        })
-        .collect()
-}
-
-/// `GET /health` over HTTP/1.1: true when the member has a leader.
-fn healthy(port: u16) -> bool {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(8)..].join(" | ")
-}
-
-impl Cluster {
-    /// Starts a [`NODES`]-node cluster under `dir` and waits until every
-    /// node is healthy; retries with fresh ports (a port reserved by
-    /// `free_ports` can be taken before etcd binds it).
-    pub fn start(dir: &Path) -> Result<Cluster, StartError> {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            match Self::try_start(&dir.join(format!("try{attempt}"))) {
-                Ok(c) => return Ok(c),
-                Err(StartError::Missing(e)) => return Err(StartError::Missing(e)),
-                Err(StartError::Failed(e)) => last = e,
-            }
-        }
-        Err(StartError::Failed(last))
-    }
-
-    fn try_start(dir: &Path) -> Result<Cluster, StartError> {
-        let failed = StartError::Failed;
-        std::fs::create_dir_all(dir).map_err(|e| failed(format!("mkdir: {e}")))?;
-        let p = free_ports(2 * NODES).map_err(failed)?;
-        let ports: Vec<(u16, u16)> = (0..NODES).map(|i| (p[2 * i], p[2 * i + 1])).collect();
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(
-                r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
-for f in "$2"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done"#,
-            )
-            .arg("eskv-bench-etcd-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| failed(format!("cannot start the watchdog shell: {e}")))?;
-        let mut c = Cluster {
-            dir: dir.to_path_buf(),
-            ports,
-            children: Vec::new(),
-            watchdog: Some(watchdog),
-        };
-        let initial = c
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = format!("eskv-bench-{}-{}", std::process::id(), c.ports[0].0);
-        for i in 0..NODES {
-            let (client_port, peer_port) = c.ports[i];
-            let name = format!("n{}", i + 1);
-            let log = File::create(dir.join(format!("{name}.log")))
-                .map_err(|e| failed(format!("log file: {e}")))?;
-            let log2 = log
-                .try_clone()
-                .map_err(|e| failed(format!("log file: {e}")))?;
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let child = Command::new(etcd_bin())
-                .arg("--name")
-                .arg(&name)
-                .arg("--data-dir")
-                .arg(dir.join(format!("{name}.etcd")))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-token", &token])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-                .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
-                .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
-                .args(["--quota-backend-bytes", &QUOTA_BACKEND_BYTES.to_string()])
-                .args(["--logger", "zap", "--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn();
-            let child = match child {
-                Ok(ch) => ch,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StartError::Missing(format!(
-                        "no etcd binary ({} not found; set ETCD_BIN or install etcd-server)",
-                        etcd_bin().display()
-                    )))
-                }
-                Err(e) => return Err(failed(format!("cannot run {}: {e}", etcd_bin().display()))),
-            };
-            std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string())
-                .map_err(|e| failed(format!("pid file: {e}")))?;
-            c.children.push(child);
-        }
-        let start = Instant::now();
-        for i in 0..NODES {
-            loop {
-                if healthy(c.ports[i].0) {
-                    break;
-                }
-                if let Ok(Some(status)) = c.children[i].try_wait() {
-                    return Err(failed(format!(
-                        "etcd n{} exited with {status}: {}",
-                        i + 1,
-                        tail(&dir.join(format!("n{}.log", i + 1)))
-                    )));
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return Err(failed(format!(
-                        "etcd n{} not healthy after 30 s: {}",
-                        i + 1,
-                        tail(&dir.join(format!("n{}.log", i + 1)))
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(c)
-    }
-
-    /// Client endpoints (`127.0.0.1:port`) of the nodes.
-    pub fn endpoints(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|(c, _)| format!("127.0.0.1:{c}"))
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill(); // SIGKILL, by PID
-            let _ = c.wait();
-        }
-        if let Some(mut w) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts the bench cluster under `dir`: [`NODES`] members with the
+/// server flags above, through the one etcd launcher the tests use too.
+pub fn start_cluster(dir: &Path) -> Result<Cluster, LaunchError> {
+    Cluster::launch(ClusterOptions {
+        extra_args: vec![
+            "--max-txn-ops".into(),
+            MAX_TXN_OPS.to_string(),
+            "--max-request-bytes".into(),
+            MAX_REQUEST_BYTES.to_string(),
+            "--quota-backend-bytes".into(),
+            QUOTA_BACKEND_BYTES.to_string(),
+        ],
+        dir: Some(dir.to_path_buf()),
+        ..ClusterOptions::new(NODES)
+    })
 }
 
 /// The raw key prefix eskv's `key_prefix(ns)` puts in front of every key,

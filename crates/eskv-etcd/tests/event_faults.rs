@@ -11,7 +11,7 @@ mod support;
 
 #[cfg(eskv_etcd_bin)]
 mod event_faults {
-    use super::support::Cluster;
+    use super::support::{blocking, find_leader, start};
     use eskv_core::{
         AppendCondition, Error, EventStore, ExpectedVersion, KvStore, KvTransaction, NewEvent,
         Query, ReadOptions,
@@ -101,54 +101,6 @@ mod event_faults {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-    }
-
-    async fn find_leader(cluster: &Arc<Mutex<Cluster>>) -> usize {
-        let nodes: Vec<(usize, String)> = {
-            let c = cluster.lock().unwrap();
-            c.nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.is_running())
-                .map(|(i, n)| (i, n.endpoint()))
-                .collect()
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let mut ids = Vec::new();
-            let mut leader = 0;
-            for (i, ep) in &nodes {
-                let opts = EtcdOptions::new([ep.clone()])
-                    .connect_timeout(Duration::from_secs(1))
-                    .request_timeout(Duration::from_secs(1));
-                let Ok(c) = eskv_etcd::EtcdClient::connect(&opts).await else {
-                    continue;
-                };
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
-                    if let Some(h) = &s.header {
-                        ids.push((*i, h.member_id));
-                    }
-                    if s.leader != 0 {
-                        leader = s.leader;
-                    }
-                }
-            }
-            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
-                return *i;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no etcd leader found within 15 s");
-    }
-
-    async fn blocking<R: Send + 'static>(
-        cluster: &Arc<Mutex<Cluster>>,
-        f: impl FnOnce(&mut Cluster) -> R + Send + 'static,
-    ) -> R {
-        let c = cluster.clone();
-        tokio::task::spawn_blocking(move || f(&mut c.lock().unwrap()))
-            .await
-            .unwrap()
     }
 
     /// Commit outcomes under the event layer, which retries internally.
@@ -246,7 +198,7 @@ mod event_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn acknowledged_appends_survive_node_kills_exactly_once() {
-        let cluster = Arc::new(Mutex::new(Cluster::start_with(3, true)));
+        let cluster = Arc::new(Mutex::new(start(3, true)));
         let endpoints = cluster.lock().unwrap().endpoints();
         let kv = EtcdStore::connect(
             EtcdOptions::new(endpoints)
@@ -390,7 +342,7 @@ mod event_faults {
     async fn appends_whose_commit_times_out_are_applied_exactly_once() {
         const WRITERS: usize = 4;
         const APPENDS: u64 = 15;
-        let cluster = Cluster::start(1);
+        let cluster = start(1, false);
         let options = EtcdOptions::new(cluster.endpoints()).connect_timeout(Duration::from_secs(3));
         let patient =
             EventStore::open(Arc::new(EtcdStore::connect(options.clone()).await.unwrap()))

@@ -10,7 +10,7 @@ mod support;
 
 #[cfg(eskv_etcd_bin)]
 mod faults {
-    use super::support::Cluster;
+    use super::support::{blocking, find_leader, start};
     use eskv_core::{Error, KeyRange, KvStore, KvStoreExt, ScanOptions};
     use eskv_etcd::{EtcdOptions, EtcdStore};
     use std::collections::BTreeSet;
@@ -123,58 +123,9 @@ mod faults {
         }
     }
 
-    /// The index of the current leader, asked of every running node.
-    async fn find_leader(cluster: &Arc<Mutex<Cluster>>) -> usize {
-        let nodes: Vec<(usize, String)> = {
-            let c = cluster.lock().unwrap();
-            c.nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.is_running())
-                .map(|(i, n)| (i, n.endpoint()))
-                .collect()
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let mut ids = Vec::new();
-            let mut leader = 0u64;
-            for (i, ep) in &nodes {
-                let opts = EtcdOptions::new([ep.clone()])
-                    .connect_timeout(Duration::from_secs(1))
-                    .request_timeout(Duration::from_secs(1));
-                let Ok(c) = eskv_etcd::EtcdClient::connect(&opts).await else {
-                    continue;
-                };
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
-                    if let Some(h) = &s.header {
-                        ids.push((*i, h.member_id));
-                    }
-                    if s.leader != 0 {
-                        leader = s.leader;
-                    }
-                }
-            }
-            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
-                return *i;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no etcd leader found within 15 s");
-    }
-
-    async fn blocking<R: Send + 'static>(
-        cluster: &Arc<Mutex<Cluster>>,
-        f: impl FnOnce(&mut Cluster) -> R + Send + 'static,
-    ) -> R {
-        let c = cluster.clone();
-        tokio::task::spawn_blocking(move || f(&mut c.lock().unwrap()))
-            .await
-            .unwrap()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_acknowledged_increment_is_lost_or_doubled_across_node_kills() {
-        let cluster = Arc::new(Mutex::new(Cluster::start_with(3, true)));
+        let cluster = Arc::new(Mutex::new(start(3, true)));
         let endpoints = cluster.lock().unwrap().endpoints();
         let options = EtcdOptions::new(endpoints.clone())
             .connect_timeout(Duration::from_secs(3))
@@ -316,7 +267,7 @@ mod faults {
     /// marker check must count each of those exactly once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn commits_that_time_out_but_apply_are_resolved_exactly_once() {
-        let cluster = Cluster::start(1);
+        let cluster = start(1, false);
         let options = EtcdOptions::new(cluster.endpoints()).connect_timeout(Duration::from_secs(3));
         let setup = EtcdStore::connect(options.clone()).await.unwrap();
         let impatient: Arc<dyn KvStore> = Arc::new(
@@ -373,7 +324,7 @@ mod faults {
     /// commit-time read of keys it never read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_at_a_compacted_revision_are_retryable_conflicts() {
-        let cluster = Cluster::start(1);
+        let cluster = start(1, false);
         let store = EtcdStore::connect(
             EtcdOptions::new(cluster.endpoints()).connect_timeout(Duration::from_secs(3)),
         )
