@@ -1673,3 +1673,45 @@ pub async fn backwards_reads_avoid_costly_reverse_scans(store: Store) {
         "a backend with costly reverse scans was sent reverse scans with a limit"
     );
 }
+
+/// Defines one `#[tokio::test]` per case of this module (ordering, locking, DCB, idempotency, model-based), on
+/// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
+/// `wrapped` first, the cases marked `#[direct_only]` are left out.
+#[macro_export]
+macro_rules! event_tests {
+    ($factory:path) => {
+        $crate::event_tests!(direct, $factory);
+    };
+    ($mode:ident, $factory:path) => {
+        $crate::__cases!(
+            $mode,
+            $factory,
+            $crate::events,
+            [
+                stream_versions_and_reads,
+                expected_version_locking,
+                gapless_positions_under_concurrency,
+                dcb_condition_exactness,
+                dcb_uniqueness,
+                dcb_course_subscriptions,
+                dcb_unrelated_appends_never_conflict,
+                idempotent_appends,
+                lost_acknowledgement_is_resolved,
+                time_travel_reads,
+                strict_event_types,
+                bad_input_is_rejected,
+                payloads_and_metadata,
+                group_commit_isolates_outcomes,
+                import_restores_exactly,
+                model_based,
+                read_position_is_safe_to_pass_back,
+                #[direct_only]
+                backwards_reads_avoid_costly_reverse_scans,
+                replay_with_other_content_is_rejected,
+                query_item_types_are_limited,
+                cancelled_appends_never_overlap_batches,
+                other_layout_formats_are_refused,
+            ]
+        );
+    };
+}

@@ -280,3 +280,45 @@ pub async fn appends_survive_injected_faults(store: Store) {
     );
     assert_eq!(acked + rejected, (WRITERS * APPENDS) as usize);
 }
+
+/// Defines the fault-injection tests on stores from `$factory` (see
+/// [`all_suites!`](crate::all_suites)): `appends_survive_injected_faults`
+/// and `fault_wrapper_reaches_the_backends_own_methods` on the backend;
+/// the event cases through [`faulty`] (every commit fault kind at 4%,
+/// seeded by `ESKV_FAULT_SEED`), whose invariants must hold when commits
+/// fail, conflict, time out or lose their answer; and the KV and
+/// subscription cases through [`transparent`] (the same wrapper injecting
+/// nothing), which must change nothing. Cases marked `#[direct_only]` in
+/// their lists are left out of the wrapped runs.
+#[macro_export]
+macro_rules! fault_tests {
+    ($factory:path) => {
+        $crate::__cases!(
+            direct,
+            $factory,
+            $crate::fault_cases,
+            [
+                appends_survive_injected_faults,
+                fault_wrapper_reaches_the_backends_own_methods,
+            ]
+        );
+        async fn faulty_store() -> $crate::fault_cases::Store {
+            $crate::fault_cases::faulty($factory().await)
+        }
+        async fn transparent_store() -> $crate::fault_cases::Store {
+            $crate::fault_cases::transparent($factory().await)
+        }
+        mod kv_through_the_wrapper {
+            use super::*;
+            $crate::kv_tests!(wrapped, transparent_store);
+        }
+        mod subscriptions_through_the_wrapper {
+            use super::*;
+            $crate::subscription_tests!(wrapped, transparent_store);
+        }
+        mod events_under_faults {
+            use super::*;
+            $crate::event_tests!(wrapped, faulty_store);
+        }
+    };
+}

@@ -413,3 +413,33 @@ pub async fn read_only_and_drop(store: Store) {
     drop(t);
     assert_eq!(store.get_latest(b"dropped").await.unwrap(), None);
 }
+
+/// Defines one `#[tokio::test]` per case of this module (the KV contract), on
+/// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
+/// `wrapped` first, the cases marked `#[direct_only]` are left out.
+#[macro_export]
+macro_rules! kv_tests {
+    ($factory:path) => {
+        $crate::kv_tests!(direct, $factory);
+    };
+    ($mode:ident, $factory:path) => {
+        $crate::__cases!(
+            $mode,
+            $factory,
+            $crate::kv,
+            [
+                snapshot_isolation,
+                read_your_own_writes,
+                scans,
+                validation_conflicts,
+                write_write_conflicts,
+                atomic_commit,
+                concurrent_counter,
+                namespaces_isolated,
+                large_value,
+                empty_keys_and_values,
+                read_only_and_drop,
+            ]
+        );
+    };
+}

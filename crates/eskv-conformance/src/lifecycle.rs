@@ -1,6 +1,6 @@
 //! Conformance cases for the lifecycle of events (issue 17): retention,
 //! soft delete, tombstone, compaction, crypto-shredding, and what the log
-//! promises afterwards. Run by `event_suite!` on every backend.
+//! promises afterwards. Run by [`all_suites!`](crate::all_suites) on every backend.
 
 use eskv_core::lifecycle::system_types;
 use eskv_core::{
@@ -484,4 +484,29 @@ pub async fn subscriptions_skip_removed_events(store: Store) {
 /// The lifecycle model-based property test.
 pub async fn lifecycle_model_based(store: Store) {
     crate::lifecycle_model::run(store, 24).await;
+}
+
+/// Defines one `#[tokio::test]` per case of this module (retention, deletion, forgetting and what the log promises afterwards), on
+/// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
+/// `wrapped` first, the cases marked `#[direct_only]` are left out.
+#[macro_export]
+macro_rules! lifecycle_tests {
+    ($factory:path) => {
+        $crate::lifecycle_tests!(direct, $factory);
+    };
+    ($mode:ident, $factory:path) => {
+        $crate::__cases!(
+            $mode,
+            $factory,
+            $crate::lifecycle,
+            [
+                retention_releases_events_everywhere,
+                delete_and_tombstone,
+                max_age_releases_old_events,
+                forgotten_personal_data_reads_as_erased,
+                subscriptions_skip_removed_events,
+                lifecycle_model_based,
+            ]
+        );
+    };
 }

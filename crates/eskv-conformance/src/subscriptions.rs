@@ -1215,3 +1215,44 @@ pub async fn large_consumer_groups(store: Store) {
         left.values().filter(|p| p.owner.is_some()).count()
     );
 }
+
+/// Defines one `#[tokio::test]` per case of this module (subscriptions, consumer groups, projections and snapshots), on
+/// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
+/// `wrapped` first, the cases marked `#[direct_only]` are left out.
+#[macro_export]
+macro_rules! subscription_tests {
+    ($factory:path) => {
+        $crate::subscription_tests!(direct, $factory);
+    };
+    ($mode:ident, $factory:path) => {
+        $crate::__cases!(
+            $mode,
+            $factory,
+            $crate::subscriptions,
+            [
+                catch_up_then_live,
+                wakes_across_handles,
+                filtered_subscriptions,
+                checkpoint_resume_is_at_least_once,
+                dead_letters,
+                consumer_group_takeover,
+                exactly_once_projection,
+                snapshots,
+                #[direct_only]
+                checkpoint_keys_never_collide,
+                #[direct_only]
+                subscribers_survive_unavailable_reads,
+                #[direct_only]
+                subscription_start_past_head_is_rejected,
+                #[direct_only]
+                checkpoint_commits_do_not_wake_subscribers,
+                #[direct_only]
+                projection_rebuild_large_read_model,
+                #[direct_only]
+                projection_rebuild_survives_lost_acks_and_restarts,
+                #[direct_only]
+                large_consumer_groups,
+            ]
+        );
+    };
+}

@@ -208,13 +208,7 @@ mod cluster {
 use cluster::fresh_store;
 
 #[cfg(eskv_etcd_bin)]
-eskv_conformance::kv_suite!(fresh_store);
-#[cfg(eskv_etcd_bin)]
-eskv_conformance::event_suite!(fresh_store);
-#[cfg(eskv_etcd_bin)]
-eskv_conformance::subscription_suite!(fresh_store);
-#[cfg(eskv_etcd_bin)]
-eskv_conformance::fault_suite!(fresh_store);
+eskv_conformance::all_suites!(fresh_store);
 
 /// Stands in for the suite when no etcd binary was found at build time:
 /// ignored (with the reason in the test output) on a developer machine,

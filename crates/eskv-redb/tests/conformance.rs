@@ -14,7 +14,4 @@ async fn fresh_store() -> Arc<dyn KvStore> {
     Arc::new(store)
 }
 
-eskv_conformance::kv_suite!(fresh_store);
-eskv_conformance::event_suite!(fresh_store);
-eskv_conformance::subscription_suite!(fresh_store);
-eskv_conformance::fault_suite!(fresh_store);
+eskv_conformance::all_suites!(fresh_store);

@@ -89,13 +89,7 @@ mod cluster {
 use cluster::fresh_store;
 
 #[cfg(eskv_tikv_cluster)]
-eskv_conformance::kv_suite!(fresh_store);
-#[cfg(eskv_tikv_cluster)]
-eskv_conformance::event_suite!(fresh_store);
-#[cfg(eskv_tikv_cluster)]
-eskv_conformance::subscription_suite!(fresh_store);
-#[cfg(eskv_tikv_cluster)]
-eskv_conformance::fault_suite!(fresh_store);
+eskv_conformance::all_suites!(fresh_store);
 
 /// Stands in for the whole suite when no cluster was named at build time.
 #[cfg(not(eskv_tikv_cluster))]
