@@ -995,7 +995,7 @@ async fn crafted_namespaces_cannot_escape() {
 
 async fn open_err(path: &Path) -> Error {
     match eskv::redb::RedbStore::open(path).await {
-        Err(e) => e,
+        Err(e) => e.into(),
         Ok(_) => panic!("{} opened", path.display()),
     }
 }

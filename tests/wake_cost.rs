@@ -33,7 +33,7 @@ impl KvStore for Counting {
     fn commit_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.commit_watch()
     }
-    async fn begin(&self) -> eskv::Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> eskv::KvResult<Box<dyn KvTransaction>> {
         self.begins.fetch_add(1, Ordering::SeqCst);
         self.inner.begin().await
     }

@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use eskv_core::{
-    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result, ScanOptions,
+    Capabilities, KeyRange, KvPair, KvResult, KvStore, KvTransaction, ReadMany, ScanOptions,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +119,7 @@ impl KvStore for CountingStore {
         self.inner.capabilities()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         bump(&self.counters.begins);
         Ok(Box::new(CountingTxn {
             inner: self.inner.begin().await?,
@@ -149,19 +149,19 @@ impl CountingTxn {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl KvTransaction for CountingTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         bump(&self.counters.gets);
         self.inner.get(key).await
     }
 
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         bump(&self.counters.get_manys);
         let vals = self.inner.get_many(keys).await?;
         self.saw(vals.len());
         Ok(vals)
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         bump(&self.counters.scans);
         let rows = self.inner.scan(range, opts).await?;
         self.saw(rows.len());
@@ -172,7 +172,7 @@ impl KvTransaction for CountingTxn {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         bump(&self.counters.read_manys);
         let (vals, pages) = self.inner.read_many(gets, scans).await?;
         self.saw(vals.len() + pages.iter().map(Vec::len).sum::<usize>());
@@ -191,7 +191,7 @@ impl KvTransaction for CountingTxn {
         self.inner.validate(key)
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(self: Box<Self>) -> KvResult<()> {
         bump(&self.counters.commits);
         self.inner.commit().await
     }

@@ -5,11 +5,11 @@
 //!
 //! | kind              | applied? | error returned                     |
 //! |-------------------|----------|------------------------------------|
-//! | `unavailable`     | no       | [`Error::Unavailable`]             |
-//! | `conflict`        | no       | [`Error::Conflict`]                |
-//! | `timeout`         | no       | [`Error::Unavailable`] (timed out) |
-//! | `ambiguous`       | **yes**  | [`Error::CommitOutcomeUnknown`]    |
-//! | `lost`            | no       | [`Error::CommitOutcomeUnknown`]    |
+//! | `unavailable`     | no       | [`KvError::Unavailable`]             |
+//! | `conflict`        | no       | [`KvError::Conflict`]                |
+//! | `timeout`         | no       | [`KvError::Unavailable`] (timed out) |
+//! | `ambiguous`       | **yes**  | [`KvError::CommitOutcomeUnknown`]    |
+//! | `lost`            | no       | [`KvError::CommitOutcomeUnknown`]    |
 //!
 //! `ambiguous` is the failure a networked backend really has: the commit
 //! succeeded and the answer was lost. `lost` is its twin (the request was
@@ -33,7 +33,8 @@
 
 use async_trait::async_trait;
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result, ScanOptions,
+    Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ReadMany,
+    ScanOptions,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,18 +50,18 @@ const BACKEND: &str = "faulty";
 pub struct FaultConfig {
     /// Generator seed.
     pub seed: u64,
-    /// Fail before applying, as [`Error::Unavailable`].
+    /// Fail before applying, as [`KvError::Unavailable`].
     pub unavailable: f64,
-    /// Fail before applying, as [`Error::Conflict`].
+    /// Fail before applying, as [`KvError::Conflict`].
     pub conflict: f64,
     /// Wait [`timeout_delay`](Self::timeout_delay), then fail before
-    /// applying, as [`Error::Unavailable`].
+    /// applying, as [`KvError::Unavailable`].
     pub timeout: f64,
-    /// Apply, then report [`Error::CommitOutcomeUnknown`].
+    /// Apply, then report [`KvError::CommitOutcomeUnknown`].
     pub ambiguous: f64,
-    /// Do not apply, and report [`Error::CommitOutcomeUnknown`].
+    /// Do not apply, and report [`KvError::CommitOutcomeUnknown`].
     pub lost: f64,
-    /// Fail [`KvStore::begin`] with [`Error::Unavailable`] (also hits reads).
+    /// Fail [`KvStore::begin`] with [`KvError::Unavailable`] (also hits reads).
     pub begin_unavailable: f64,
     /// How long a simulated timeout waits.
     pub timeout_delay: Duration,
@@ -110,7 +111,7 @@ impl FaultConfig {
     }
 
     /// Applies every commit but loses the acknowledgement of every second
-    /// commit with writes (reported as [`Error::CommitOutcomeUnknown`]), at
+    /// commit with writes (reported as [`KvError::CommitOutcomeUnknown`]), at
     /// most `times` times; nothing else. The failure a networked backend
     /// really has, made deterministic.
     pub fn lost_acks(times: u64) -> Self {
@@ -358,11 +359,11 @@ impl KvStore for FaultyStore {
         self.shared.inner.commit_watch()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         let s = &self.shared;
         if s.config.begin_unavailable > 0.0 && s.draw() < s.config.begin_unavailable {
             s.counters.begin_unavailable.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Unavailable {
+            return Err(KvError::Unavailable {
                 backend: BACKEND,
                 message: "injected: the backend did not answer begin".into(),
             });
@@ -384,15 +385,15 @@ struct FaultyTxn {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl KvTransaction for FaultyTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         self.inner.get(key).await
     }
 
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.inner.get_many(keys).await
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         self.inner.scan(range, opts).await
     }
 
@@ -400,7 +401,7 @@ impl KvTransaction for FaultyTxn {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         self.inner.read_many(gets, scans).await
     }
 
@@ -418,7 +419,7 @@ impl KvTransaction for FaultyTxn {
         self.inner.validate(key)
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(self: Box<Self>) -> KvResult<()> {
         let FaultyTxn {
             inner,
             shared,
@@ -435,21 +436,21 @@ impl KvTransaction for FaultyTxn {
             }
             Some(FaultKind::Unavailable) => {
                 c.unavailable.fetch_add(1, Ordering::SeqCst);
-                Err(Error::Unavailable {
+                Err(KvError::Unavailable {
                     backend: BACKEND,
                     message: "injected: the backend refused the commit; nothing was applied".into(),
                 })
             }
             Some(FaultKind::Conflict) => {
                 c.conflict.fetch_add(1, Ordering::SeqCst);
-                Err(Error::conflict(
+                Err(KvError::conflict(
                     "injected: a concurrent transaction won; nothing was applied",
                 ))
             }
             Some(FaultKind::Timeout) => {
                 c.timeout.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(shared.config.timeout_delay).await;
-                Err(Error::Unavailable {
+                Err(KvError::Unavailable {
                     backend: BACKEND,
                     message: "injected: the commit timed out before it was sent".into(),
                 })
@@ -459,7 +460,7 @@ impl KvTransaction for FaultyTxn {
                 // Apply for real; only the answer is lost. A real failure
                 // of the inner store is passed on as it is.
                 inner.commit().await?;
-                Err(Error::CommitOutcomeUnknown {
+                Err(KvError::CommitOutcomeUnknown {
                     backend: BACKEND,
                     message: "injected: the commit was applied but its answer was lost".into(),
                 })
@@ -467,7 +468,7 @@ impl KvTransaction for FaultyTxn {
             Some(FaultKind::Lost) => {
                 c.lost.fetch_add(1, Ordering::SeqCst);
                 drop(inner);
-                Err(Error::CommitOutcomeUnknown {
+                Err(KvError::CommitOutcomeUnknown {
                     backend: BACKEND,
                     message: "injected: the commit request was lost (not applied)".into(),
                 })
@@ -495,9 +496,9 @@ mod tests {
                 "{}:{applied}",
                 match &res {
                     Ok(()) => "ok",
-                    Err(Error::Unavailable { .. }) => "unavailable",
-                    Err(Error::Conflict { .. }) => "conflict",
-                    Err(Error::CommitOutcomeUnknown { .. }) => "unknown",
+                    Err(KvError::Unavailable { .. }) => "unavailable",
+                    Err(KvError::Conflict { .. }) => "conflict",
+                    Err(KvError::CommitOutcomeUnknown { .. }) => "unknown",
                     Err(_) => "other",
                 }
             ));
@@ -618,7 +619,7 @@ mod tests {
             Arc::new(MemoryStore::new()),
             FaultConfig::none(3).begin_unavailable(1.0),
         );
-        assert!(matches!(f.begin().await, Err(Error::Unavailable { .. })));
+        assert!(matches!(f.begin().await, Err(KvError::Unavailable { .. })));
         assert_eq!(f.counts().begin_unavailable, 1);
     }
 }

@@ -1,6 +1,6 @@
 //! KV-level conformance cases: the [`KvStore`] contract itself.
 
-use eskv_core::{Error, KeyRange, KvStore, KvStoreExt, Namespaced, ScanOptions};
+use eskv_core::{KeyRange, KvError, KvStore, KvStoreExt, Namespaced, ScanOptions};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -198,7 +198,7 @@ pub async fn validation_conflicts(store: Store) {
     a.put(k("out-a"), k("1"));
     put_all(&store, &[("seen", "2")]).await;
     let err = a.commit().await.unwrap_err();
-    assert!(matches!(err, Error::Conflict { .. }), "got {err:?}");
+    assert!(matches!(err, KvError::Conflict { .. }), "got {err:?}");
     assert!(err.is_retryable());
     assert_eq!(
         store.get_latest(b"out-a").await.unwrap(),
@@ -212,7 +212,7 @@ pub async fn validation_conflicts(store: Store) {
     b.validate(k("absent"));
     b.put(k("out-b"), k("1"));
     put_all(&store, &[("absent", "now")]).await;
-    assert!(matches!(b.commit().await, Err(Error::Conflict { .. })));
+    assert!(matches!(b.commit().await, Err(KvError::Conflict { .. })));
 
     // Deleted key.
     let mut c = store.begin().await.unwrap();
@@ -222,7 +222,7 @@ pub async fn validation_conflicts(store: Store) {
     let mut d = store.begin().await.unwrap();
     d.delete(k("seen"));
     d.commit().await.unwrap();
-    assert!(matches!(c.commit().await, Err(Error::Conflict { .. })));
+    assert!(matches!(c.commit().await, Err(KvError::Conflict { .. })));
 
     // Unrelated write: no conflict.
     let mut e = store.begin().await.unwrap();
@@ -254,7 +254,7 @@ pub async fn write_write_conflicts(store: Store) {
     b.put(k("b-only"), k("b"));
     a.commit().await.unwrap();
     let err = b.commit().await.unwrap_err();
-    assert!(matches!(err, Error::Conflict { .. }), "got {err:?}");
+    assert!(matches!(err, KvError::Conflict { .. }), "got {err:?}");
     assert_eq!(store.get_latest(b"hot").await.unwrap(), Some(k("a")));
     assert_eq!(
         store.get_latest(b"b-only").await.unwrap(),
@@ -378,7 +378,7 @@ pub async fn large_value(store: Store) {
             t.put(k("too-big"), vec![0; m + 1]);
             t.put(k("too-big-sibling"), vec![1]);
             let err = t.commit().await.unwrap_err();
-            assert!(matches!(err, Error::LimitExceeded { .. }), "got {err:?}");
+            assert!(matches!(err, KvError::LimitExceeded { .. }), "got {err:?}");
             assert_eq!(store.get_latest(b"too-big-sibling").await.unwrap(), None);
         }
     }
@@ -398,7 +398,7 @@ pub async fn empty_keys_and_values(store: Store) {
     t.put(Vec::new(), k("v"));
     t.put(k("with-empty-key"), k("v"));
     let err = t.commit().await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "got {err:?}");
+    assert!(matches!(err, KvError::InvalidInput { .. }), "got {err:?}");
     assert_eq!(store.get_latest(b"with-empty-key").await.unwrap(), None);
 }
 

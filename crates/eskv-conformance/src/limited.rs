@@ -5,14 +5,14 @@
 //! backends behave like etcd (`--max-txn-ops` 128) for the event layer:
 //! the capability is declared, so code that sizes its transactions from
 //! [`Capabilities`] can be tested, and a commit with more writes plus
-//! validations than that fails with [`Error::LimitExceeded`], as etcd
+//! validations than that fails with [`KvError::LimitExceeded`], as etcd
 //! would. Commit notifications ([`KvStore::commit_watch`]) are passed on.
 //!
-//! [`Error::LimitExceeded`]: eskv_core::Error::LimitExceeded
+//! [`KvError::LimitExceeded`]: eskv_core::Error::LimitExceeded
 
 use async_trait::async_trait;
 use eskv_core::{
-    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions, WriteBuffer,
+    Capabilities, KeyRange, KvPair, KvResult, KvStore, KvTransaction, ScanOptions, WriteBuffer,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,7 +86,7 @@ impl KvStore for Limited {
         self.inner.commit_watch()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         self.begins.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(LimitedTxn {
             inner: self.inner.begin().await?,
@@ -108,13 +108,13 @@ struct LimitedTxn {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl KvTransaction for LimitedTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         self.inner.get(key).await
     }
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.inner.get_many(keys).await
     }
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         if opts.reverse && opts.limit.is_some() {
             self.reverse_scans.fetch_add(1, Ordering::SeqCst);
         }
@@ -124,7 +124,7 @@ impl KvTransaction for LimitedTxn {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<eskv_core::ReadMany> {
+    ) -> KvResult<eskv_core::ReadMany> {
         let reverse = scans
             .iter()
             .filter(|(_, o)| o.reverse && o.limit.is_some())
@@ -145,7 +145,7 @@ impl KvTransaction for LimitedTxn {
         self.shadow.validate(key.clone());
         self.inner.validate(key)
     }
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(self: Box<Self>) -> KvResult<()> {
         let LimitedTxn {
             inner,
             caps,

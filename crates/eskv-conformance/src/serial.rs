@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use eskv_core::{
-    layout, Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, Result, ScanOptions,
+    layout, Capabilities, KeyRange, KvPair, KvResult, KvStore, KvTransaction, ReadMany, ScanOptions,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ impl KvStore for BatchRecorder {
         self.inner.commit_watch()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         let start = self.record.tick.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(RecordedTxn {
             inner: Some(self.inner.begin().await?),
@@ -118,20 +118,20 @@ impl Drop for RecordedTxn {
 
 #[async_trait]
 impl KvTransaction for RecordedTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         self.txn().get(key).await
     }
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.txn().get_many(keys).await
     }
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         self.txn().scan(range, opts).await
     }
     async fn read_many(
         &mut self,
         keys: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         self.txn().read_many(keys, scans).await
     }
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -146,7 +146,7 @@ impl KvTransaction for RecordedTxn {
     fn validate(&mut self, key: Vec<u8>) {
         self.txn().validate(key)
     }
-    async fn commit(mut self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> KvResult<()> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }

@@ -1,8 +1,12 @@
-//! The one error type of eskv, shared by the KV contract and the event layer.
+//! The event layer's error: [`Error`]. It takes over every variant of the
+//! KV contract's [`KvError`] unchanged (a `?` on a KV call converts) and
+//! adds the event layer's own: expected versions, conditions, idempotency,
+//! lifecycle, handlers, encoding.
 
+use crate::kv::{KvError, SharedSource};
 use std::fmt;
 
-/// Boxed source error carried by [`Error::Backend`] and friends.
+/// Boxed source error, accepted by the `backend` constructors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result alias used throughout eskv.
@@ -32,12 +36,14 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-/// Every failure eskv reports.
+/// Every failure of the event layer.
 ///
 /// Semantic variants come first; [`Error::Backend`] is the fallback for
-/// backend failures that have no better mapping. Each backend maps its
-/// native errors into this enum in exactly one place.
-#[derive(Debug, thiserror::Error)]
+/// backend failures that have no better mapping. The variants that the KV
+/// contract can report ([`KvError`]) have the same names and fields here;
+/// `From<KvError>` maps each to its namesake. `Clone`, so every waiter of a
+/// failed group-commit batch gets the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The transaction conflicted with another one that committed after its
@@ -226,6 +232,28 @@ pub enum Error {
         message: String,
     },
 
+    /// An application handler (a subscription's, a projection's or a
+    /// consumer-group partition's) failed for good or panicked. Its
+    /// checkpoint did not move past the event.
+    #[error("handler failed{}: {message}", match .position { Some(p) => format!(" on the event at position {p}"), None => String::new() })]
+    Handler {
+        /// The event the handler failed on, when known.
+        position: Option<u64>,
+        /// The handler's error, or what happened.
+        message: String,
+    },
+
+    /// A value could not be encoded (a payload, a read-model value, a
+    /// snapshot, one of eskv's own records), or an application payload
+    /// could not be decoded into its type. Nothing was written.
+    #[error("cannot encode {what}: {message}")]
+    Encode {
+        /// What was being encoded or decoded.
+        what: String,
+        /// The serializer's error.
+        message: String,
+    },
+
     /// A backend failure with no semantic mapping.
     #[error("{backend} error: {source}")]
     Backend {
@@ -233,8 +261,45 @@ pub enum Error {
         backend: &'static str,
         /// The native error.
         #[source]
-        source: BoxError,
+        source: SharedSource,
     },
+}
+
+impl From<KvError> for Error {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Conflict { message } => Error::Conflict { message },
+            KvError::CommitOutcomeUnknown { backend, message } => {
+                Error::CommitOutcomeUnknown { backend, message }
+            }
+            KvError::InvalidInput { message } => Error::InvalidInput { message },
+            KvError::LimitExceeded {
+                what,
+                limit,
+                actual,
+            } => Error::LimitExceeded {
+                what,
+                limit,
+                actual,
+            },
+            KvError::Unavailable { backend, message } => Error::Unavailable { backend, message },
+            KvError::Corrupt { position, message } => Error::Corrupt { position, message },
+            KvError::StoreLocked { path } => Error::StoreLocked { path },
+            KvError::ReadOnly { backend } => Error::ReadOnly { backend },
+            KvError::StorageFull {
+                backend,
+                path,
+                message,
+                outcome_unknown,
+            } => Error::StorageFull {
+                backend,
+                path,
+                message,
+                outcome_unknown,
+            },
+            KvError::Backend { backend, source } => Error::Backend { backend, source },
+        }
+    }
 }
 
 impl Error {
@@ -274,120 +339,74 @@ impl Error {
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
-            source: source.into(),
+            source: std::sync::Arc::from(source.into()),
         }
     }
 
-    /// A copy of this error for another waiter of the same failed batch.
-    /// Semantic variants are copied exactly; a backend source error is
-    /// carried over as its message.
-    pub fn duplicate(&self) -> Error {
-        match self {
-            Error::Conflict { message } => Error::Conflict {
-                message: message.clone(),
-            },
-            Error::CommitOutcomeUnknown { backend, message } => Error::CommitOutcomeUnknown {
-                backend,
-                message: message.clone(),
-            },
-            Error::NotFound { what } => Error::NotFound { what: what.clone() },
-            Error::InvalidInput { message } => Error::InvalidInput {
-                message: message.clone(),
-            },
-            Error::LimitExceeded {
-                what,
-                limit,
-                actual,
-            } => Error::LimitExceeded {
-                what: what.clone(),
-                limit: *limit,
-                actual: *actual,
-            },
-            Error::WrongExpectedVersion {
-                stream,
-                expected,
-                actual,
-            } => Error::WrongExpectedVersion {
-                stream: stream.clone(),
-                expected: *expected,
-                actual: *actual,
-            },
-            Error::ConditionFailed { position, after } => Error::ConditionFailed {
-                position: *position,
-                after: *after,
-            },
-            Error::IdempotencyViolation { message } => Error::IdempotencyViolation {
-                message: message.clone(),
-            },
-            Error::StreamTombstoned { stream } => Error::StreamTombstoned {
-                stream: stream.clone(),
-            },
-            Error::UnknownSubject { subject } => Error::UnknownSubject {
-                subject: subject.clone(),
-            },
-            Error::WrongStoreKey { message } => Error::WrongStoreKey {
-                message: message.clone(),
-            },
-            Error::UnknownEventType {
-                event_type,
-                nearest,
-            } => Error::UnknownEventType {
-                event_type: event_type.clone(),
-                nearest: nearest.clone(),
-            },
-            Error::Unavailable { backend, message } => Error::Unavailable {
-                backend,
-                message: message.clone(),
-            },
-            Error::Corrupt { position, message } => Error::Corrupt {
-                position: *position,
-                message: message.clone(),
-            },
-            Error::StoreLocked { path } => Error::StoreLocked { path: path.clone() },
-            Error::Upcast {
-                event_type,
-                position,
-                from_version,
-                message,
-            } => Error::Upcast {
-                event_type: event_type.clone(),
-                position: *position,
-                from_version: *from_version,
-                message: message.clone(),
-            },
-            Error::ReadOnly { backend } => Error::ReadOnly { backend },
-            Error::StorageFull {
-                backend,
-                path,
-                message,
-                outcome_unknown,
-            } => Error::StorageFull {
-                backend,
-                path: path.clone(),
-                message: message.clone(),
-                outcome_unknown: *outcome_unknown,
-            },
-            Error::IncompatibleFormat {
-                found,
-                supported,
-                advice,
-            } => Error::IncompatibleFormat {
-                found: found.clone(),
-                supported: supported.clone(),
-                advice: advice.clone(),
-            },
-            Error::Backend { backend, source } => Error::Backend {
-                backend,
-                source: source.to_string().into(),
-            },
+    /// Shorthand for [`Error::Unavailable`].
+    pub fn unavailable(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            backend,
+            message: message.into(),
         }
     }
 
-    pub(crate) fn limit(what: impl Into<String>, limit: usize, actual: usize) -> Self {
+    /// Shorthand for [`Error::CommitOutcomeUnknown`].
+    pub fn outcome_unknown(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::CommitOutcomeUnknown {
+            backend,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    /// Shorthand for [`Error::LimitExceeded`].
+    pub fn limit(what: impl Into<String>, limit: usize, actual: usize) -> Self {
         Error::LimitExceeded {
             what: what.into(),
             limit: limit as u64,
             actual: actual as u64,
+        }
+    }
+
+    /// Shorthand for [`Error::WrongExpectedVersion`].
+    pub fn wrong_expected_version(
+        stream: impl Into<String>,
+        expected: ExpectedVersion,
+        actual: Option<u64>,
+    ) -> Self {
+        Error::WrongExpectedVersion {
+            stream: stream.into(),
+            expected,
+            actual,
+        }
+    }
+
+    /// Shorthand for [`Error::IdempotencyViolation`].
+    pub fn idempotency(message: impl Into<String>) -> Self {
+        Error::IdempotencyViolation {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Handler`].
+    pub fn handler(position: Option<u64>, message: impl Into<String>) -> Self {
+        Error::Handler {
+            position,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Encode`]: `what` could not be encoded
+    /// (or decoded) because of `e`.
+    pub fn encode(what: impl Into<String>, e: impl fmt::Display) -> Self {
+        Error::Encode {
+            what: what.into(),
+            message: e.to_string(),
         }
     }
 }

@@ -377,8 +377,7 @@ pub struct Json;
 
 impl PayloadCodec for Json {
     fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(value)
-            .map_err(|e| Error::invalid(format!("cannot encode payload as JSON: {e}")))
+        serde_json::to_vec(value).map_err(|e| Error::encode("payload as JSON", e))
     }
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -18,7 +18,7 @@
 //!    only at commit. They never fail on their own; limits are checked at
 //!    commit (see [`Capabilities`]).
 //! 4. **Validation set.** [`validate`](KvTransaction::validate) adds a key to
-//!    the validation set. Commit must fail with [`Error::Conflict`](crate::Error::Conflict) if any
+//!    the validation set. Commit must fail with [`KvError::Conflict`](KvError::Conflict) if any
 //!    key in the validation set was changed (put or deleted, including
 //!    created when it was absent) by another transaction that committed after
 //!    this transaction's snapshot.
@@ -27,7 +27,7 @@
 //!    the same key can never both commit.
 //! 6. **Atomic commit.** [`commit`](KvTransaction::commit) applies all
 //!    buffered writes or none. It returns `Ok(())`, a retryable
-//!    [`Error::Conflict`](crate::Error::Conflict), [`Error::CommitOutcomeUnknown`](crate::Error::CommitOutcomeUnknown) when the backend
+//!    [`KvError::Conflict`](KvError::Conflict), [`KvError::CommitOutcomeUnknown`](KvError::CommitOutcomeUnknown) when the backend
 //!    lost the answer (the writes may or may not be applied), or another
 //!    typed error (nothing applied). A transaction with no writes and an
 //!    empty validation set commits trivially.
@@ -46,11 +46,11 @@
 //! checks a commit-sequence oracle), and compare-and-swap stores such as etcd
 //! (reads at a pinned revision; one `Txn` comparing `mod_revision`s).
 
-use crate::error::Result;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 mod buffer;
+mod error;
 mod namespaced;
 mod range;
 pub mod remote;
@@ -58,6 +58,7 @@ mod snapshot;
 mod trace;
 
 pub use buffer::WriteBuffer;
+pub use error::{KvError, KvResult, SharedSource};
 pub use namespaced::Namespaced;
 pub use range::{KeyRange, ScanOptions};
 pub use snapshot::{BufferedTxn, KvSnapshot};
@@ -150,7 +151,7 @@ pub trait KvStore: Send + Sync + 'static {
     fn capabilities(&self) -> &Capabilities;
 
     /// Starts a transaction.
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>>;
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>>;
 
     /// A receiver that changes after every commit with writes made through
     /// this store object (any handle or clone of it), if the backend can
@@ -166,14 +167,14 @@ pub trait KvStore: Send + Sync + 'static {
 #[async_trait]
 pub trait KvTransaction: Send {
     /// Reads one key.
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>>;
 
     /// Reads several keys at one snapshot; the result is in input order.
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>>;
 
     /// Reads the pairs of `range` in key order (descending if
     /// `opts.reverse`), at most `opts.limit` of them.
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>>;
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>>;
 
     /// Several independent reads at the snapshot in one call: the values
     /// of `gets` (as [`get_many`](Self::get_many)) and the rows of each
@@ -183,7 +184,7 @@ pub trait KvTransaction: Send {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany>;
+    ) -> KvResult<ReadMany>;
 
     /// Buffers a write of `value` at `key`.
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
@@ -195,29 +196,29 @@ pub trait KvTransaction: Send {
     fn validate(&mut self, key: Vec<u8>);
 
     /// Commits atomically.
-    async fn commit(self: Box<Self>) -> Result<()>;
+    async fn commit(self: Box<Self>) -> KvResult<()>;
 }
 
 /// Convenience methods on every store.
 #[async_trait]
 pub trait KvStoreExt: KvStore {
     /// Reads one key at a fresh snapshot.
-    async fn get_latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get_latest(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         let mut txn = self.begin().await?;
         txn.get(key).await
     }
 
     /// Scans `range` at a fresh snapshot.
-    async fn scan_latest(&self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan_latest(&self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let mut txn = self.begin().await?;
         txn.scan(range, opts).await
     }
 
     /// Writes one key in its own transaction.
-    async fn put_one(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+    async fn put_one(&self, key: Vec<u8>, value: Vec<u8>) -> KvResult<()> {
         let mut txn = self.begin().await?;
         txn.put(key, value);
-        txn.commit().await
+        Ok(txn.commit().await?)
     }
 }
 

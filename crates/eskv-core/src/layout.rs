@@ -440,8 +440,7 @@ impl StreamMeta {
 /// Value of a tag index entry: the event's type and all its tags, so a
 /// query item can be matched from the index alone.
 pub fn tag_entry_value(event_type: &str, tags: &[String]) -> Result<Vec<u8>> {
-    postcard::to_allocvec(&(event_type, tags))
-        .map_err(|e| Error::invalid(format!("cannot encode tag index entry: {e}")))
+    postcard::to_allocvec(&(event_type, tags)).map_err(|e| Error::encode("tag index entry", e))
 }
 
 /// Decodes a tag index entry value.

@@ -70,8 +70,8 @@ pub use event::{
     RecordedEvent, StreamRef, StreamVersion,
 };
 pub use kv::{
-    Capabilities, KeyRange, KvPair, KvStore, KvStoreExt, KvTransaction, Namespaced, ReadMany,
-    ScanOptions, WriteBuffer,
+    Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvStoreExt, KvTransaction,
+    Namespaced, ReadMany, ScanOptions, WriteBuffer,
 };
 pub use lifecycle::Retention;
 pub use memory::MemoryStore;

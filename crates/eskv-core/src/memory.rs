@@ -4,11 +4,11 @@
 //! an O(1) clone and readers never block writers. Commits are serialized by
 //! one mutex and checked against a [`CommitOracle`].
 
-use crate::error::{Error, Result};
 use crate::kv::{
     BufferedTxn, Capabilities, KeyRange, KvPair, KvSnapshot, KvStore, KvTransaction, ScanOptions,
     WriteSet,
 };
+use crate::kv::{KvError, KvResult};
 use crate::oracle::{CommitOracle, Snapshot};
 use async_trait::async_trait;
 use imbl::OrdMap;
@@ -68,7 +68,7 @@ impl KvStore for MemoryStore {
         Some(self.inner.commits.subscribe())
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.inner.caps, async {
             let (snapshot, view) = self.inner.oracle.snapshot(|| {
                 self.inner
@@ -96,11 +96,11 @@ struct MemorySnapshot {
 
 #[async_trait]
 impl KvSnapshot for MemorySnapshot {
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         Ok(keys.iter().map(|k| self.view.get(k).cloned()).collect())
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let iter = self.view.range::<_, [u8]>(range.as_bounds());
         let limit = opts.limit.unwrap_or(usize::MAX);
         let rows = if opts.reverse {
@@ -116,7 +116,7 @@ impl KvSnapshot for MemorySnapshot {
         Ok(rows)
     }
 
-    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
         let MemorySnapshot {
             store, snapshot, ..
         } = self;
@@ -129,7 +129,7 @@ impl KvSnapshot for MemorySnapshot {
             .oracle
             .first_conflict(snapshot.seq(), keys, &HashSet::new())
         {
-            return Err(Error::conflict(format!(
+            return Err(KvError::conflict(format!(
                 "key {} was changed by a transaction that committed after this one's snapshot",
                 crate::display_key(&k)
             )));

@@ -82,7 +82,7 @@ impl ProjectionState<'_> {
     /// Reads a value.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let k = self.key(key);
-        self.txn.get(&k).await
+        Ok(self.txn.get(&k).await?)
     }
 
     /// Writes a value.
@@ -111,8 +111,7 @@ impl ProjectionState<'_> {
 
     /// Writes a JSON value.
     pub fn put_json<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) -> Result<()> {
-        let v = serde_json::to_vec(value)
-            .map_err(|e| Error::invalid(format!("cannot encode read-model value: {e}")))?;
+        let v = serde_json::to_vec(value).map_err(|e| Error::encode("read-model value", e))?;
         self.put(key, v);
         Ok(())
     }
@@ -195,8 +194,9 @@ impl ReadModel {
         crate::subscription::validate_name(&self.name)?;
         let mut txn = self.store.kv().begin().await?;
         let (gen, _) = read_checkpoint(&mut *txn, &self.name).await?;
-        txn.get(&[model_prefix(&self.name, gen).as_slice(), key].concat())
-            .await
+        Ok(txn
+            .get(&[model_prefix(&self.name, gen).as_slice(), key].concat())
+            .await?)
     }
 
     /// Reads a JSON value.
@@ -787,8 +787,7 @@ impl SnapshotKey {
             SnapshotKey::Stream(s) => layout::snapshot_key(layout::SnapshotOf::Stream(s)),
             SnapshotKey::Named(n) => layout::snapshot_key(layout::SnapshotOf::Named(n)),
             SnapshotKey::Query(q) => {
-                let q = postcard::to_allocvec(q)
-                    .map_err(|e| Error::invalid(format!("cannot encode query: {e}")))?;
+                let q = postcard::to_allocvec(q).map_err(|e| Error::encode("snapshot query", e))?;
                 layout::snapshot_key(layout::SnapshotOf::Query(&q))
             }
         })
@@ -811,8 +810,7 @@ impl EventStore {
     /// optimisation only: loading state never requires one.
     pub async fn save_snapshot(&self, key: &SnapshotKey, snapshot: &Snapshot) -> Result<()> {
         let k = key.key()?;
-        let v = postcard::to_allocvec(snapshot)
-            .map_err(|e| Error::invalid(format!("cannot encode snapshot: {e}")))?;
+        let v = postcard::to_allocvec(snapshot).map_err(|e| Error::encode("snapshot", e))?;
         retry(self.options().max_retries, || async {
             let mut txn = self.kv().begin().await?;
             let head = txn
@@ -826,7 +824,7 @@ impl EventStore {
                 )));
             }
             txn.put(k.clone(), v.clone());
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }

@@ -29,7 +29,7 @@
 
 use crate::error::{Error, Result};
 use crate::event::Position;
-use crate::kv::KvStore;
+use crate::kv::{KvError, KvStore};
 use crate::layout::{self};
 use crate::retry::retry;
 use std::collections::{HashSet, VecDeque};
@@ -159,8 +159,8 @@ impl EventStore {
                 match txn.commit().await {
                     // A read-only store is read as it is: an empty
                     // store, never initialised.
-                    Ok(()) | Err(Error::ReadOnly { .. }) => {}
-                    Err(e) => return Err(e),
+                    Ok(()) | Err(KvError::ReadOnly { .. }) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             vals[1]

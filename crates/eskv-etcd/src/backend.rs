@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use eskv_core::kv::remote::ClusterView;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, WriteSet};
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
+    Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ScanOptions,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -50,17 +50,17 @@ impl EtcdStore {
     ///
     /// The channel connects lazily, so this sends one linearizable read with
     /// `options.connect_timeout`: a cluster that is down, unreachable or
-    /// without a leader fails here with [`Error::Unavailable`] instead of at
-    /// the first transaction. Bad options fail with [`Error::InvalidInput`].
-    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+    /// without a leader fails here with [`KvError::Unavailable`] instead of at
+    /// the first transaction. Bad options fail with [`KvError::InvalidInput`].
+    pub async fn connect(options: EtcdOptions) -> KvResult<Self> {
         let endpoints = options.endpoint_list();
         if options.endpoints.is_empty() {
-            return Err(Error::invalid(
+            return Err(KvError::invalid(
                 "no etcd endpoints given; pass at least one host:port (for example 127.0.0.1:2379)",
             ));
         }
         if options.max_txn_ops < 2 || options.max_request_bytes <= 2 * REQUEST_HEADROOM {
-            return Err(Error::invalid(format!(
+            return Err(KvError::invalid(format!(
                 "etcd server limits too small: max_txn_ops {} (need >= 2), max_request_bytes {} (need > {})",
                 options.max_txn_ops,
                 options.max_request_bytes,
@@ -108,7 +108,7 @@ impl EtcdStore {
 
     /// Deletes every key of this store's namespace in one request and
     /// returns how many were deleted. Refuses to run without a key prefix.
-    pub async fn clear_namespace(&self) -> Result<u64> {
+    pub async fn clear_namespace(&self) -> KvResult<u64> {
         // One DeleteRange: cheaper than the generic `Namespaced::clear`.
         let prefix = self.view.namespace_to_clear()?.prefix();
         let end = eskv_core::tuple::prefix_successor(prefix).unwrap_or_else(|| vec![0]);
@@ -135,7 +135,7 @@ impl KvStore for EtcdStore {
         self.view.store().capabilities()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         self.view.store().begin().await
     }
 }
@@ -146,7 +146,7 @@ impl KvStore for RawStore {
         &self.caps
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.caps, async {
             Ok(EtcdSnapshot {
                 kv: self.kv.clone(),
@@ -232,10 +232,10 @@ impl EtcdSnapshot {
     }
 
     /// Fixes the pin from the first read's response header.
-    fn pin_from(&mut self, header: Option<&ResponseHeader>) -> Result<()> {
+    fn pin_from(&mut self, header: Option<&ResponseHeader>) -> KvResult<()> {
         if self.pin.is_none() {
             let rev = header.map(|h| h.revision).ok_or_else(|| {
-                Error::backend(BACKEND, "etcd answered a read without a response header")
+                KvError::backend(BACKEND, "etcd answered a read without a response header")
             })?;
             self.pin = Some(rev);
         }
@@ -244,7 +244,7 @@ impl EtcdSnapshot {
 
     /// Sends `ops` as the `Then` branch of a compare-free `Txn`: one round
     /// trip, one revision.
-    async fn read_txn(&mut self, ops: Vec<RequestOp>) -> Result<Vec<crate::proto::ResponseOp>> {
+    async fn read_txn(&mut self, ops: Vec<RequestOp>) -> KvResult<Vec<crate::proto::ResponseOp>> {
         let txn = TxnRequest {
             success: ops,
             ..Default::default()
@@ -273,7 +273,7 @@ impl EtcdSnapshot {
 
     /// Reads `keys` at the pin in `Txn`s of at most `max_txn_ops` gets, and
     /// records their `mod_revision`s. Returns the values in input order.
-    async fn fetch(&mut self, keys: &[Vec<u8>], keys_only: bool) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn fetch(&mut self, keys: &[Vec<u8>], keys_only: bool) -> KvResult<Vec<Option<Vec<u8>>>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(self.max_txn_ops) {
             let ops: Vec<RequestOp> = chunk
@@ -300,7 +300,7 @@ impl EtcdSnapshot {
         range: &KeyRange,
         reverse: bool,
         limit: Option<usize>,
-    ) -> Result<Vec<KvPair>> {
+    ) -> KvResult<Vec<KvPair>> {
         // Without a limit, read forwards and turn the result around: etcd
         // sorts a descending range by loading all of it first, on every page.
         let turn_around = reverse && limit.is_none();
@@ -360,7 +360,7 @@ impl EtcdSnapshot {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<Option<eskv_core::ReadMany>> {
+    ) -> KvResult<Option<eskv_core::ReadMany>> {
         let missing = Self::unique(gets);
         // Every scan must be answered by one ranged get: a limit of at most
         // one page, so the response is complete or the limit is reached.
@@ -425,7 +425,7 @@ impl KvSnapshot for EtcdSnapshot {
         &mut self,
         gets: Vec<Vec<u8>>,
         scans: Vec<(KeyRange, ScanOptions)>,
-    ) -> Result<eskv_core::ReadMany> {
+    ) -> KvResult<eskv_core::ReadMany> {
         if let Some(r) = self.read_many_in_one_txn(&gets, &scans).await? {
             return Ok(r);
         }
@@ -441,7 +441,7 @@ impl KvSnapshot for EtcdSnapshot {
         Ok((values, rows))
     }
 
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         let unique = Self::unique(&keys);
         let values = self.fetch(&unique, false).await?;
         let fetched: HashMap<Vec<u8>, Option<Vec<u8>>> = unique.into_iter().zip(values).collect();
@@ -451,11 +451,11 @@ impl KvSnapshot for EtcdSnapshot {
             .collect())
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         self.scan_snapshot(&range, opts.reverse, opts.limit).await
     }
 
-    async fn commit(mut self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+    async fn commit(mut self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
         let checked: BTreeSet<Vec<u8>> = writes
             .keys()
             .cloned()
@@ -468,7 +468,7 @@ impl KvSnapshot for EtcdSnapshot {
         let compare_count = if self.pin.is_some() { checked.len() } else { 0 };
         let ops = writes.len().max(compare_count);
         if ops > self.max_txn_ops {
-            return Err(Error::LimitExceeded {
+            return Err(KvError::LimitExceeded {
                 what: "operations (compares or writes) in one etcd transaction".into(),
                 limit: self.max_txn_ops as u64,
                 actual: ops as u64,
@@ -485,7 +485,7 @@ impl KvSnapshot for EtcdSnapshot {
             };
         let max_bytes = self.max_request_bytes - REQUEST_HEADROOM;
         if request_bytes > max_bytes {
-            return Err(Error::LimitExceeded {
+            return Err(KvError::LimitExceeded {
                 what: "bytes in one etcd transaction request".into(),
                 limit: max_bytes as u64,
                 actual: request_bytes as u64,
@@ -571,7 +571,7 @@ impl KvSnapshot for EtcdSnapshot {
                     )
                 })
             });
-        Err(Error::conflict(culprit.unwrap_or_else(|| {
+        Err(KvError::conflict(culprit.unwrap_or_else(|| {
             "a key read or written by this transaction changed after its snapshot".into()
         })))
     }

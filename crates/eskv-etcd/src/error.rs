@@ -4,21 +4,19 @@ use crate::client::ClientError;
 use crate::BACKEND;
 use eskv_core::kv::remote::timeout_error;
 pub(crate) use eskv_core::kv::remote::Phase;
-use eskv_core::Error;
+use eskv_core::{KvError, KvResult};
 use std::future::Future;
 use std::time::Duration;
 
-type Result<T> = std::result::Result<T, Error>;
-
 /// The one place where etcd client errors become eskv errors.
-pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
+pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> KvError {
     use tonic::Code;
     use ClientError as E;
-    let unavailable = |what: String| Error::Unavailable {
+    let unavailable = |what: String| KvError::Unavailable {
         backend: BACKEND,
         message: format!("etcd at {endpoints}: {what}"),
     };
-    let unknown = |what: String| Error::CommitOutcomeUnknown {
+    let unknown = |what: String| KvError::CommitOutcomeUnknown {
         backend: BACKEND,
         message: format!("etcd at {endpoints}: {what}"),
     };
@@ -30,23 +28,23 @@ pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
         E::Status(s) => {
             let msg = s.message().to_string();
             match s.code() {
-                Code::OutOfRange if msg.contains("compacted") => Error::conflict(format!(
+                Code::OutOfRange if msg.contains("compacted") => KvError::conflict(format!(
                     "the transaction's snapshot revision was compacted away ({msg}); \
                      retry with a fresh transaction, and compact less eagerly if this repeats"
                 )),
                 Code::InvalidArgument
                     if msg.contains("too many operations") || msg.contains("too large") =>
                 {
-                    Error::invalid(format!(
+                    KvError::invalid(format!(
                         "etcd rejected the request as too large ({msg}); set EtcdOptions::server_limits \
                          to the server's --max-txn-ops and --max-request-bytes"
                     ))
                 }
-                Code::Unauthenticated | Code::PermissionDenied => Error::invalid(format!(
+                Code::Unauthenticated | Code::PermissionDenied => KvError::invalid(format!(
                     "etcd refused the request for this user ({msg}); check EtcdOptions user, \
                      password and the user's roles"
                 )),
-                Code::InvalidArgument if msg.contains("authentication failed") => Error::invalid(
+                Code::InvalidArgument if msg.contains("authentication failed") => KvError::invalid(
                     format!("etcd refused the credentials ({msg}); check EtcdOptions user and password"),
                 ),
                 Code::Unavailable
@@ -66,14 +64,14 @@ pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> Error {
                 | Code::Aborted
                 | Code::ResourceExhausted => unavailable(s.to_string()),
                 Code::OutOfRange if msg.contains("future revision") => unavailable(s.to_string()),
-                _ => Error::backend(BACKEND, E::Status(s)),
+                _ => KvError::backend(BACKEND, E::Status(s)),
             }
         }
         E::Transport(t) if phase == Phase::Commit => {
             unknown(format!("connection failed during commit: {t}"))
         }
         E::Transport(t) => unavailable(t.to_string()),
-        E::InvalidOptions(m) => Error::invalid(format!("etcd options: {m}")),
+        E::InvalidOptions(m) => KvError::invalid(format!("etcd options: {m}")),
     }
 }
 
@@ -104,7 +102,7 @@ pub(crate) async fn timed<T, F, Fut>(
     timeout: Duration,
     endpoints: &str,
     mut call: F,
-) -> Result<T>
+) -> KvResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, ClientError>>,
@@ -150,7 +148,7 @@ mod tests {
             Phase::Read,
             EP,
         );
-        assert!(matches!(&e, Error::Conflict { message } if message.contains("compacted")));
+        assert!(matches!(&e, KvError::Conflict { message } if message.contains("compacted")));
         assert!(e.is_retryable());
     }
 
@@ -169,7 +167,7 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    Error::CommitOutcomeUnknown {
+                    KvError::CommitOutcomeUnknown {
                         backend: "etcd",
                         ..
                     }
@@ -181,7 +179,7 @@ mod tests {
                 Phase::Read,
                 EP,
             );
-            assert!(matches!(e, Error::Unavailable { .. }), "{code:?}: {e:?}");
+            assert!(matches!(e, KvError::Unavailable { .. }), "{code:?}: {e:?}");
         }
         let io = || {
             E::Status(tonic::Status::from_error(Box::new(std::io::Error::new(
@@ -191,11 +189,11 @@ mod tests {
         };
         assert!(matches!(
             map_err(io(), Phase::Commit, EP),
-            Error::CommitOutcomeUnknown { .. }
+            KvError::CommitOutcomeUnknown { .. }
         ));
         assert!(matches!(
             map_err(io(), Phase::Read, EP),
-            Error::Unavailable { .. }
+            KvError::Unavailable { .. }
         ));
         assert!(matches!(
             timeout_error(
@@ -205,7 +203,7 @@ mod tests {
                 Duration::from_secs(1),
                 EP
             ),
-            Error::CommitOutcomeUnknown { .. }
+            KvError::CommitOutcomeUnknown { .. }
         ));
     }
 
@@ -219,14 +217,14 @@ mod tests {
         };
         assert!(never_sent(&refused()));
         let e = map_err(refused(), Phase::Commit, EP);
-        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
         let reset = E::Status(tonic::Status::from_error(Box::new(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "reset",
         ))));
         assert!(!never_sent(&reset));
         let e = map_err(reset, Phase::Commit, EP);
-        assert!(matches!(e, Error::CommitOutcomeUnknown { .. }), "{e:?}");
+        assert!(matches!(e, KvError::CommitOutcomeUnknown { .. }), "{e:?}");
     }
 
     #[test]
@@ -239,14 +237,16 @@ mod tests {
             Phase::Commit,
             EP,
         );
-        assert!(matches!(&e, Error::InvalidInput { message } if message.contains("server_limits")));
+        assert!(
+            matches!(&e, KvError::InvalidInput { message } if message.contains("server_limits"))
+        );
         assert!(matches!(
             map_err(
                 E::InvalidOptions("empty endpoints".into()),
                 Phase::Connect,
                 EP
             ),
-            Error::InvalidInput { .. }
+            KvError::InvalidInput { .. }
         ));
     }
 
@@ -260,14 +260,14 @@ mod tests {
             Phase::Connect,
             EP,
         );
-        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        assert!(matches!(e, KvError::InvalidInput { .. }), "{e:?}");
         let e = map_err(status(tonic::Code::PermissionDenied, "no"), Phase::Read, EP);
-        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        assert!(matches!(e, KvError::InvalidInput { .. }), "{e:?}");
         let e = map_err(status(tonic::Code::DataLoss, "no"), Phase::Read, EP);
         assert!(
             matches!(
                 e,
-                Error::Backend {
+                KvError::Backend {
                     backend: "etcd",
                     ..
                 }
@@ -275,6 +275,6 @@ mod tests {
             "{e:?}"
         );
         let e = map_err(status(tonic::Code::Unavailable, "down"), Phase::Connect, EP);
-        assert!(matches!(&e, Error::Unavailable { message, .. } if message.contains(EP)));
+        assert!(matches!(&e, KvError::Unavailable { message, .. } if message.contains(EP)));
     }
 }

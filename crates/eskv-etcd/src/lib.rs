@@ -6,7 +6,7 @@
 //! use eskv_etcd::{EtcdOptions, EtcdStore};
 //! use std::time::Duration;
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> eskv_core::Result<()> {
+//! # async fn main() -> eskv_core::KvResult<()> {
 //! let options = EtcdOptions::new(["127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379"])
 //!     .connect_timeout(Duration::from_secs(3))
 //!     .key_prefix("my-app");
@@ -25,7 +25,7 @@
 //!   in its response header becomes the transaction's *pin*, and every later
 //!   read asks for that revision. etcd's MVCC store answers from the pinned
 //!   revision until it is compacted; a read at a compacted revision fails
-//!   with a retryable [`Error::Conflict`].
+//!   with a retryable [`KvError::Conflict`].
 //! - **Buffered writes** live in an [`eskv_core::WriteBuffer`]; scans merge
 //!   them over the snapshot.
 //! - **Commit** is one etcd `Txn`: `If` every written and every validated key
@@ -34,7 +34,7 @@
 //!   0`, which holds only while it is still absent (etcd compares a missing
 //!   key as all zeros). So creating, changing and deleting a key after the
 //!   pin are all caught, and a failed compare is a retryable
-//!   [`Error::Conflict`].
+//!   [`KvError::Conflict`].
 //! - **Keys not read before commit.** The transaction knows the pinned
 //!   `mod_revision` of every key it read. For a written or validated key it
 //!   never read, commit first reads the keys' metadata at the pin (one extra
@@ -45,7 +45,7 @@
 //! - **Round trips:** one per read, one per commit, plus one when the commit
 //!   writes or validates keys the transaction did not read.
 //! - **Unknown outcomes.** A commit whose answer is lost (timeout, dropped
-//!   connection, leader change) returns [`Error::CommitOutcomeUnknown`].
+//!   connection, leader change) returns [`KvError::CommitOutcomeUnknown`].
 //!
 //! # Limits
 //!
@@ -54,7 +54,7 @@
 //! request at `--max-request-bytes` (1.5 MiB by default). [`EtcdOptions`]
 //! carries the server's settings (defaults: etcd's defaults), and the store
 //! declares them in its [`Capabilities`] so that oversized transactions are
-//! rejected with [`Error::LimitExceeded`] before anything is sent; they are
+//! rejected with [`KvError::LimitExceeded`] before anything is sent; they are
 //! never half-applied. If the server runs with larger limits, raise them in
 //! the options too.
 //!
@@ -85,9 +85,9 @@
 //!
 //! [etcd]: https://etcd.io
 //! [`KvStore::begin`]: eskv_core::KvStore::begin
-//! [`Error::Conflict`]: eskv_core::Error::Conflict
-//! [`Error::CommitOutcomeUnknown`]: eskv_core::Error::CommitOutcomeUnknown
-//! [`Error::LimitExceeded`]: eskv_core::Error::LimitExceeded
+//! [`KvError::Conflict`]: eskv_core::KvError::Conflict
+//! [`KvError::CommitOutcomeUnknown`]: eskv_core::KvError::CommitOutcomeUnknown
+//! [`KvError::LimitExceeded`]: eskv_core::KvError::LimitExceeded
 //! [`Capabilities`]: eskv_core::Capabilities
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -8,7 +8,7 @@ mod support;
 #[cfg(eskv_etcd_bin)]
 mod cluster {
     use super::support::shared_cluster;
-    use eskv_core::{Error, KvStore, KvStoreExt};
+    use eskv_core::{KvStore, KvStoreExt};
     use eskv_etcd::{EtcdOptions, EtcdStore};
     use std::sync::Arc;
     use std::time::Duration;
@@ -94,7 +94,7 @@ mod cluster {
         t.put(k("side"), k("1"));
         let err = t.commit().await.unwrap_err();
         assert!(
-            matches!(&err, Error::Conflict { message } if message.contains("deleted")),
+            matches!(&err, eskv_core::KvError::Conflict { message } if message.contains("deleted")),
             "{err:?}"
         );
         assert_eq!(store.get_latest(b"victim").await.unwrap(), None);
@@ -112,7 +112,7 @@ mod cluster {
         store.put_one(k("guard"), k("now")).await.unwrap();
         let err = t.commit().await.unwrap_err();
         assert!(
-            matches!(&err, Error::Conflict { message } if message.contains("created")),
+            matches!(&err, eskv_core::KvError::Conflict { message } if message.contains("created")),
             "{err:?}"
         );
         // Unchanged since the pin: commits.
@@ -176,7 +176,10 @@ mod cluster {
             t.put(format!("big/{i:03}").into_bytes(), vec![0]);
         }
         let err = t.commit().await.unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { .. }), "{err:?}");
+        assert!(
+            matches!(err, eskv_core::KvError::LimitExceeded { .. }),
+            "{err:?}"
+        );
 
         let liar = EtcdStore::connect(options().server_limits(1000, 1536 * 1024))
             .await
@@ -188,7 +191,7 @@ mod cluster {
         }
         let err = t.commit().await.unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidInput { message } if message.contains("--max-txn-ops")),
+            matches!(&err, eskv_core::KvError::InvalidInput { message } if message.contains("--max-txn-ops")),
             "{err:?}"
         );
         assert_eq!(liar.get_latest(b"big/000").await.unwrap(), None);
@@ -199,7 +202,10 @@ mod cluster {
             t.put(format!("big/v{i}").into_bytes(), vec![7; 1 << 20]);
         }
         let err = t.commit().await.unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { .. }), "{err:?}");
+        assert!(
+            matches!(err, eskv_core::KvError::LimitExceeded { .. }),
+            "{err:?}"
+        );
         assert_eq!(store.get_latest(b"big/v0").await.unwrap(), None);
     }
 }

@@ -114,7 +114,7 @@ mod event_faults {
     }
 
     impl KvStats {
-        fn read<T>(&self, r: eskv_core::Result<T>) -> eskv_core::Result<T> {
+        fn read<T>(&self, r: eskv_core::KvResult<T>) -> eskv_core::KvResult<T> {
             if r.is_err() {
                 self.read_errors.fetch_add(1, SeqCst);
             }
@@ -139,7 +139,7 @@ mod event_faults {
         fn capabilities(&self) -> &eskv_core::Capabilities {
             self.inner.capabilities()
         }
-        async fn begin(&self) -> eskv_core::Result<Box<dyn KvTransaction>> {
+        async fn begin(&self) -> eskv_core::KvResult<Box<dyn KvTransaction>> {
             Ok(Box::new(CountingTxn {
                 inner: self.inner.begin().await?,
                 stats: self.stats.clone(),
@@ -153,24 +153,27 @@ mod event_faults {
     #[async_trait::async_trait]
     #[deny(clippy::missing_trait_methods)]
     impl KvTransaction for CountingTxn {
-        async fn get(&mut self, key: &[u8]) -> eskv_core::Result<Option<Vec<u8>>> {
+        async fn get(&mut self, key: &[u8]) -> eskv_core::KvResult<Option<Vec<u8>>> {
             self.stats.read(self.inner.get(key).await)
         }
-        async fn get_many(&mut self, keys: &[Vec<u8>]) -> eskv_core::Result<Vec<Option<Vec<u8>>>> {
+        async fn get_many(
+            &mut self,
+            keys: &[Vec<u8>],
+        ) -> eskv_core::KvResult<Vec<Option<Vec<u8>>>> {
             self.stats.read(self.inner.get_many(keys).await)
         }
         async fn scan(
             &mut self,
             range: eskv_core::KeyRange,
             opts: eskv_core::ScanOptions,
-        ) -> eskv_core::Result<Vec<eskv_core::KvPair>> {
+        ) -> eskv_core::KvResult<Vec<eskv_core::KvPair>> {
             self.stats.read(self.inner.scan(range, opts).await)
         }
         async fn read_many(
             &mut self,
             gets: &[Vec<u8>],
             scans: &[(eskv_core::KeyRange, eskv_core::ScanOptions)],
-        ) -> eskv_core::Result<eskv_core::ReadMany> {
+        ) -> eskv_core::KvResult<eskv_core::ReadMany> {
             self.stats.read(self.inner.read_many(gets, scans).await)
         }
         fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -182,13 +185,13 @@ mod event_faults {
         fn validate(&mut self, key: Vec<u8>) {
             self.inner.validate(key)
         }
-        async fn commit(self: Box<Self>) -> eskv_core::Result<()> {
+        async fn commit(self: Box<Self>) -> eskv_core::KvResult<()> {
             let res = self.inner.commit().await;
             let counter = match &res {
                 Ok(()) => &self.stats.commits,
-                Err(Error::Conflict { .. }) => &self.stats.conflicts,
-                Err(Error::Unavailable { .. }) => &self.stats.unavailable,
-                Err(Error::CommitOutcomeUnknown { .. }) => &self.stats.unknown,
+                Err(eskv_core::KvError::Conflict { .. }) => &self.stats.conflicts,
+                Err(eskv_core::KvError::Unavailable { .. }) => &self.stats.unavailable,
+                Err(eskv_core::KvError::CommitOutcomeUnknown { .. }) => &self.stats.unknown,
                 Err(_) => return res,
             };
             counter.fetch_add(1, SeqCst);

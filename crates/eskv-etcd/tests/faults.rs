@@ -11,7 +11,7 @@ mod support;
 #[cfg(eskv_etcd_bin)]
 mod faults {
     use super::support::{blocking, find_leader, start};
-    use eskv_core::{Error, KeyRange, KvStore, KvStoreExt, ScanOptions};
+    use eskv_core::{KeyRange, KvError, KvStore, KvStoreExt, ScanOptions};
     use eskv_etcd::{EtcdOptions, EtcdStore};
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -74,7 +74,7 @@ mod faults {
                 start.elapsed() < OP_DEADLINE,
                 "writer {writer} op {op}: no definite outcome within {OP_DEADLINE:?}"
             );
-            let attempt: eskv_core::Result<bool> = async {
+            let attempt: eskv_core::KvResult<bool> = async {
                 let mut t = store.begin().await?;
                 let vals = t.get_many(&[counter_key(), marker.clone()]).await?;
                 if vals[1].is_some() {
@@ -105,15 +105,15 @@ mod faults {
                     }
                     return;
                 }
-                Err(Error::Conflict { .. }) => {
+                Err(KvError::Conflict { .. }) => {
                     stats.conflicts.fetch_add(1, SeqCst);
                     continue;
                 }
-                Err(Error::CommitOutcomeUnknown { .. }) => {
+                Err(KvError::CommitOutcomeUnknown { .. }) => {
                     stats.unknown.fetch_add(1, SeqCst);
                     pending_unknown = true;
                 }
-                Err(Error::Unavailable { .. }) => {
+                Err(KvError::Unavailable { .. }) => {
                     stats.unavailable.fetch_add(1, SeqCst);
                 }
                 Err(e) => panic!("writer {writer} op {op}: unexpected error {e}"),
@@ -365,7 +365,7 @@ mod faults {
             writer.commit().await.unwrap_err(),
         ] {
             assert!(
-                matches!(&err, Error::Conflict { message } if message.contains("compacted")),
+                matches!(&err, KvError::Conflict { message } if message.contains("compacted")),
                 "{err:?}"
             );
             assert!(err.is_retryable());

@@ -1,7 +1,6 @@
 //! An unreachable or silent etcd gives a clear `Unavailable` at open,
 //! within the connect timeout. These need no etcd binary.
 
-use eskv_core::Error;
 use eskv_etcd::{EtcdOptions, EtcdStore};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ async fn closed_port_is_unavailable_fast() {
     let elapsed = start.elapsed();
     println!("closed port: {err} after {elapsed:?}");
     match &err {
-        Error::Unavailable { backend, message } => {
+        eskv_core::KvError::Unavailable { backend, message } => {
             assert_eq!(*backend, "etcd");
             assert!(message.contains(&addr), "{message}");
         }
@@ -48,7 +47,7 @@ async fn silent_server_is_unavailable_within_the_timeout() {
     let elapsed = start.elapsed();
     println!("silent server: {err} after {elapsed:?}");
     assert!(
-        matches!(&err, Error::Unavailable { message, .. } if message.contains(&addr)),
+        matches!(&err, eskv_core::KvError::Unavailable { message, .. } if message.contains(&addr)),
         "{err:?}"
     );
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
@@ -60,16 +59,22 @@ async fn bad_options_are_invalid_input() {
     let err = EtcdStore::connect(EtcdOptions::new(Vec::<String>::new()))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(
+        matches!(err, eskv_core::KvError::InvalidInput { .. }),
+        "{err:?}"
+    );
     let mut o = EtcdOptions::new(["127.0.0.1:1"]);
     o.user = Some("root".into());
     let err = EtcdStore::connect(o).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(
+        matches!(err, eskv_core::KvError::InvalidInput { .. }),
+        "{err:?}"
+    );
     let err = EtcdStore::connect(EtcdOptions::new(["127.0.0.1:1"]).tls_ca("/nonexistent/ca.pem"))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidInput { message } if message.contains("/nonexistent/ca.pem")),
+        matches!(&err, eskv_core::KvError::InvalidInput { message } if message.contains("/nonexistent/ca.pem")),
         "{err:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! The one place where fjall errors (and panics) become eskv errors.
 
 use crate::store::Shared;
-use eskv_core::Error;
+use eskv_core::KvError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub(crate) const BACKEND: &str = "fjall";
@@ -33,11 +33,14 @@ fn io_error(e: &fjall::Error) -> Option<&std::io::Error> {
 impl Shared {
     /// Runs `f` (a fjall call, or several) and maps a panic inside fjall
     /// (it trusts some on-disk structures and asserts on them) to
-    /// [`Error::Corrupt`] naming the store's directory.
-    pub(crate) fn call<T>(&self, f: impl FnOnce() -> eskv_core::Result<T>) -> eskv_core::Result<T> {
+    /// [`KvError::Corrupt`] naming the store's directory.
+    pub(crate) fn call<T>(
+        &self,
+        f: impl FnOnce() -> eskv_core::KvResult<T>,
+    ) -> eskv_core::KvResult<T> {
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
-            Err(p) => Err(Error::corrupt(
+            Err(p) => Err(KvError::corrupt(
                 None,
                 format!(
                     "{}: fjall failed on damaged data ({}); nothing was written. \
@@ -51,22 +54,22 @@ impl Shared {
     }
 
     /// Maps one fjall error of a read or of opening.
-    pub(crate) fn map_err(&self, e: fjall::Error) -> Error {
+    pub(crate) fn map_err(&self, e: fjall::Error) -> KvError {
         let path = self.path.display();
         if let Some(io) = io_error(&e) {
             return if is_storage_full(io) {
-                Error::StorageFull {
+                KvError::StorageFull {
                     backend: BACKEND,
                     path: path.to_string(),
                     message: io.to_string(),
                     outcome_unknown: false,
                 }
             } else {
-                Error::backend(BACKEND, format!("I/O error on {path}: {io}"))
+                KvError::backend(BACKEND, format!("I/O error on {path}: {io}"))
             };
         }
         let damaged = |what: String| {
-            Error::corrupt(
+            KvError::corrupt(
                 None,
                 format!(
                     "fjall store {path} is damaged: {what}. Run `eskv check`, export what \
@@ -75,12 +78,12 @@ impl Shared {
             )
         };
         match e {
-            fjall::Error::Locked => Error::StoreLocked {
+            fjall::Error::Locked => KvError::StoreLocked {
                 path: self.path.clone(),
             },
             fjall::Error::Poisoned => match self.failure() {
                 Some(first) => first,
-                None => Error::Unavailable {
+                None => KvError::Unavailable {
                     backend: BACKEND,
                     message: format!(
                         "an earlier I/O error on {path} stopped fjall; the store reopens on \
@@ -88,7 +91,7 @@ impl Shared {
                     ),
                 },
             },
-            fjall::Error::InvalidVersion(v) => Error::corrupt(
+            fjall::Error::InvalidVersion(v) => KvError::corrupt(
                 None,
                 format!(
                     "{path} has fjall format {v:?}; this version reads fjall format 3 \
@@ -104,7 +107,7 @@ impl Shared {
             }
             fjall::Error::InvalidTrailer | fjall::Error::InvalidTag(_) => damaged(format!("{e:?}")),
             fjall::Error::Unrecoverable => damaged("fjall cannot recover it (see its log)".into()),
-            other => Error::backend(BACKEND, format!("{path}: {other}")),
+            other => KvError::backend(BACKEND, format!("{path}: {other}")),
         }
     }
 
@@ -113,7 +116,7 @@ impl Shared {
     /// the next open) and stops fjall: the first such failure is recorded
     /// (later calls report it instead of fjall's "poisoned") and makes the
     /// next operation reopen the store.
-    pub(crate) fn map_commit_err(&self, e: fjall::Error) -> Error {
+    pub(crate) fn map_commit_err(&self, e: fjall::Error) -> KvError {
         if matches!(e, fjall::Error::Poisoned) {
             // Refused before writing anything.
             let e = self.map_err(e);
@@ -123,18 +126,18 @@ impl Shared {
         let mapped = self.map_err(e);
         self.record_failure(&mapped);
         match mapped {
-            Error::StorageFull {
+            KvError::StorageFull {
                 backend,
                 path,
                 message,
                 ..
-            } => Error::StorageFull {
+            } => KvError::StorageFull {
                 backend,
                 path,
                 message,
                 outcome_unknown: true,
             },
-            e => Error::CommitOutcomeUnknown {
+            e => KvError::CommitOutcomeUnknown {
                 backend: BACKEND,
                 message: format!("fjall commit failed: {e}"),
             },
@@ -144,7 +147,7 @@ impl Shared {
     /// Maps an error of opening the database. A path that cannot be
     /// opened at all (not permitted, not a directory) is a backend error
     /// naming it: the caller's to fix, not damage.
-    pub(crate) fn open_error(&self, e: fjall::Error) -> Error {
+    pub(crate) fn open_error(&self, e: fjall::Error) -> KvError {
         if let Some(io) = io_error(&e) {
             if matches!(
                 io.kind(),
@@ -153,7 +156,7 @@ impl Shared {
                     | std::io::ErrorKind::NotADirectory
                     | std::io::ErrorKind::ReadOnlyFilesystem
             ) {
-                return Error::backend(
+                return KvError::backend(
                     BACKEND,
                     format!("cannot open {}: {io}", self.path.display()),
                 );

@@ -4,7 +4,7 @@
 //! ```
 //! use eskv_core::{KvStore, KvStoreExt};
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> eskv_core::Result<()> {
+//! # async fn main() -> eskv_core::KvResult<()> {
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = eskv_fjall::FjallStore::open(dir.path().join("events")).await?;
 //! let mut txn = store.begin().await?;
@@ -54,8 +54,8 @@
 //! Opening therefore costs a copy of the store. While a read-only handle
 //! is open it holds a shared lock on the store: any number of read-only
 //! handles (in any processes) may share it, a writer meeting them (or a
-//! read-only open meeting a writer) fails with [`Error::StoreLocked`], and
-//! commits that write fail with [`Error::ReadOnly`].
+//! read-only open meeting a writer) fails with [`KvError::StoreLocked`], and
+//! commits that write fail with [`KvError::ReadOnly`].
 //!
 //! # Damage, full disks and crashes
 //!
@@ -65,14 +65,14 @@
 //!   all of it or nothing).
 //! - **Damage.** Tables and journal batches carry checksums. A damaged
 //!   table block, or a journal batch whose checksum does not match, is
-//!   [`Error::Corrupt`] naming the directory, never a panic (a panic
+//!   [`KvError::Corrupt`] naming the directory, never a panic (a panic
 //!   inside fjall is caught at this backend's one error-mapping site and
 //!   becomes `Corrupt` too). Known limit: fjall reads a journal whose
 //!   *structure* is damaged (a changed length or entry tag) as a torn
 //!   tail and drops it and everything after it, like a crash would; keep
 //!   backups (`eskv export`) for stores you cannot lose.
 //! - **I/O failures** (a full disk) are reported with their first cause:
-//!   [`Error::StorageFull`] with the directory, or a backend error naming
+//!   [`KvError::StorageFull`] with the directory, or a backend error naming
 //!   it. fjall refuses every write after a failed journal write
 //!   ("poisoned"); this backend then reopens the database on the next
 //!   operation, so the store recovers without a restart once the cause is
@@ -84,10 +84,10 @@
 //!
 //! [`CommitOracle`]: eskv_core::oracle::CommitOracle
 //! [`WriteBuffer`]: eskv_core::WriteBuffer
-//! [`Error::StoreLocked`]: eskv_core::Error::StoreLocked
-//! [`Error::ReadOnly`]: eskv_core::Error::ReadOnly
-//! [`Error::Corrupt`]: eskv_core::Error::Corrupt
-//! [`Error::StorageFull`]: eskv_core::Error::StorageFull
+//! [`KvError::StoreLocked`]: eskv_core::KvError::StoreLocked
+//! [`KvError::ReadOnly`]: eskv_core::KvError::ReadOnly
+//! [`KvError::Corrupt`]: eskv_core::KvError::Corrupt
+//! [`KvError::StorageFull`]: eskv_core::KvError::StorageFull
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -48,7 +48,7 @@ pub struct FjallOptions {
     /// Default: false.
     pub read_only: bool,
     /// How long opening waits for a directory held by another handle
-    /// before it fails with [`Error::StoreLocked`](eskv_core::Error::StoreLocked).
+    /// before it fails with [`KvError::StoreLocked`](eskv_core::KvError::StoreLocked).
     /// Default: 2 s, which covers a handle of this process that is still
     /// closing; `Duration::ZERO` fails at once.
     pub lock_wait: Duration,

@@ -7,7 +7,7 @@ use crate::writer::{CommitRequest, Writer};
 use async_trait::async_trait;
 use eskv_core::kv::BufferedTxn;
 use eskv_core::oracle::CommitOracle;
-use eskv_core::{Capabilities, Error, KvStore, KvTransaction, Result};
+use eskv_core::{Capabilities, KvError, KvResult, KvStore, KvTransaction};
 use fjall::{KeyspaceCreateOptions, Readable};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     /// The first I/O failure since the database was last opened: fjall
     /// refuses every write after one ("poisoned"); this is reported
     /// instead, and its presence makes the next operation reopen.
-    failure: Mutex<Option<Error>>,
+    failure: Mutex<Option<KvError>>,
 }
 
 impl Shared {
@@ -101,24 +101,24 @@ impl Shared {
     }
 
     /// The first I/O failure since the last open, if any.
-    pub(crate) fn failure(&self) -> Option<Error> {
+    pub(crate) fn failure(&self) -> Option<KvError> {
         self.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(Error::duplicate)
+            .cloned()
     }
 
-    pub(crate) fn record_failure(&self, e: &Error) {
+    pub(crate) fn record_failure(&self, e: &KvError) {
         let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if first.is_none() {
             tracing::warn!(error = %e, "fjall write failure; the store reopens on the next operation");
-            *first = Some(e.duplicate());
+            *first = Some(e.clone());
         }
     }
 
     /// The open database, reopened first if an I/O failure stopped it.
-    pub(crate) fn db(&self) -> Result<Arc<Db>> {
+    pub(crate) fn db(&self) -> KvResult<Arc<Db>> {
         if self.failure().is_none() {
             if let Some(db) = &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
                 return Ok(db.clone());
@@ -130,7 +130,7 @@ impl Shared {
     /// Closes the stopped database and opens the directory again: the
     /// journal replays every batch that reached it. Only when no snapshot
     /// still uses the old database (fjall locks the directory).
-    fn reopen(&self) -> Result<Arc<Db>> {
+    fn reopen(&self) -> KvResult<Arc<Db>> {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         let failure = self.failure();
         if let (None, Some(db)) = (&failure, &*slot) {
@@ -138,7 +138,7 @@ impl Shared {
         }
         if let Some(db) = &*slot {
             if self.options.temporary {
-                return Err(Error::Unavailable {
+                return Err(KvError::Unavailable {
                     backend: BACKEND,
                     message: format!(
                         "the temporary store {} stopped after an I/O error ({}) and cannot reopen",
@@ -148,7 +148,7 @@ impl Shared {
                 });
             }
             if Arc::strong_count(db) > 1 {
-                return Err(Error::Unavailable {
+                return Err(KvError::Unavailable {
                     backend: BACKEND,
                     message: format!(
                         "{} is being reopened after an I/O error ({}), but transactions still use it; retry",
@@ -168,7 +168,7 @@ impl Shared {
 
     /// Opens the directory (or, read-only, a private copy of it) and
     /// checks (or, on a new store, writes) the format marker.
-    fn open_db(&self) -> Result<Db> {
+    fn open_db(&self) -> KvResult<Db> {
         let path = &self.path;
         refuse_foreign_directory(path)?;
         let (dir, copy) = if self.options.read_only {
@@ -206,7 +206,7 @@ impl Shared {
         match format {
             Some(f) if &*f == FORMAT => {}
             Some(f) => {
-                return Err(Error::corrupt(
+                return Err(KvError::corrupt(
                     None,
                     format!(
                         "{} has eskv format {:?}, this version reads {:?}",
@@ -217,7 +217,7 @@ impl Shared {
                 ))
             }
             None if !fresh => {
-                return Err(Error::corrupt(
+                return Err(KvError::corrupt(
                     None,
                     format!(
                         "{} is an eskv store without its format marker",
@@ -239,8 +239,8 @@ impl Shared {
     }
 }
 
-fn not_eskv(path: &Path) -> Error {
-    Error::corrupt(
+fn not_eskv(path: &Path) -> KvError {
+    KvError::corrupt(
         None,
         format!(
             "{} is a fjall database but not an eskv store",
@@ -252,14 +252,15 @@ fn not_eskv(path: &Path) -> Error {
 /// Refuses a directory that holds files but no fjall database (so that
 /// opening never litters a directory that is something else), and a path
 /// that is not a directory.
-fn refuse_foreign_directory(path: &Path) -> Result<()> {
-    let io =
-        |e: std::io::Error| Error::backend(BACKEND, format!("cannot open {}: {e}", path.display()));
+fn refuse_foreign_directory(path: &Path) -> KvResult<()> {
+    let io = |e: std::io::Error| {
+        KvError::backend(BACKEND, format!("cannot open {}: {e}", path.display()))
+    };
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
         Ok(m) if !m.is_dir() => {
-            return Err(Error::invalid(format!(
+            return Err(KvError::invalid(format!(
                 "{} is a file; a fjall store is a directory (give a path that does not exist yet, or an empty directory)",
                 path.display()
             )))
@@ -271,7 +272,7 @@ fn refuse_foreign_directory(path: &Path) -> Result<()> {
     }
     let mut entries = std::fs::read_dir(path).map_err(io)?;
     if entries.next().is_some() {
-        return Err(Error::corrupt(
+        return Err(KvError::corrupt(
             None,
             format!(
                 "{} is neither empty nor a fjall database (its `{FJALL_MARKER}` file is missing); \
@@ -286,11 +287,12 @@ fn refuse_foreign_directory(path: &Path) -> Result<()> {
 /// Copies the directory at `path` to a private temporary directory while
 /// holding a shared lock on fjall's lock file, so that fjall's recovery
 /// (which writes) runs on the copy and the original is never written.
-fn read_only_copy(path: &Path) -> Result<ReadOnlyCopy> {
-    let io =
-        |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
+fn read_only_copy(path: &Path) -> KvResult<ReadOnlyCopy> {
+    let io = |e: std::io::Error| {
+        KvError::backend(BACKEND, format!("cannot read {}: {e}", path.display()))
+    };
     if !path.join(FJALL_MARKER).exists() {
-        return Err(Error::backend(
+        return Err(KvError::backend(
             BACKEND,
             format!("cannot open {} read-only: no store there", path.display()),
         ));
@@ -299,7 +301,7 @@ fn read_only_copy(path: &Path) -> Result<ReadOnlyCopy> {
     match lock.try_lock_shared() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::StoreLocked {
+            return Err(KvError::StoreLocked {
                 path: path.to_path_buf(),
             })
         }
@@ -313,7 +315,7 @@ fn read_only_copy(path: &Path) -> Result<ReadOnlyCopy> {
     ));
     let copy = ReadOnlyCopy { dir, _lock: lock };
     copy_dir(path, &copy.dir).map_err(|e| {
-        Error::backend(
+        KvError::backend(
             BACKEND,
             format!(
                 "reading {} without writing to it needs a private copy in {}, which failed: {e}",
@@ -342,15 +344,15 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 impl FjallStore {
     /// Opens (or creates) the store in the directory `path` with default
     /// options.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub async fn open(path: impl AsRef<Path>) -> KvResult<Self> {
         Self::open_with(path, FjallOptions::default()).await
     }
 
     /// Opens the existing store at `path` read-only: nothing is ever
     /// written to its directory (see the crate docs). Fails with
-    /// [`Error::StoreLocked`] while a writer holds it, and with
-    /// [`Error::Corrupt`] when it is not an eskv store.
-    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+    /// [`KvError::StoreLocked`] while a writer holds it, and with
+    /// [`KvError::Corrupt`] when it is not an eskv store.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> KvResult<Self> {
         Self::open_with(path, FjallOptions::default().read_only(true)).await
     }
 
@@ -358,11 +360,11 @@ impl FjallStore {
     /// [`FjallOptions::read_only`], opens the existing store without
     /// writing to it.
     ///
-    /// Fails with [`Error::Corrupt`] when the directory holds other files,
+    /// Fails with [`KvError::Corrupt`] when the directory holds other files,
     /// a damaged database, or a fjall database that eskv did not create,
-    /// and with [`Error::StoreLocked`] while another handle holds it
+    /// and with [`KvError::StoreLocked`] while another handle holds it
     /// (after waiting up to [`FjallOptions::lock_wait`]).
-    pub async fn open_with(path: impl AsRef<Path>, options: FjallOptions) -> Result<Self> {
+    pub async fn open_with(path: impl AsRef<Path>, options: FjallOptions) -> KvResult<Self> {
         let path = path.as_ref().to_path_buf();
         let wait = options.lock_wait;
         let started = std::time::Instant::now();
@@ -371,9 +373,9 @@ impl FjallStore {
             let (path, options) = (path.clone(), options.clone());
             let opened = tokio::task::spawn_blocking(move || Self::open_blocking(path, options))
                 .await
-                .map_err(|e| Error::backend(BACKEND, e))?;
+                .map_err(|e| KvError::backend(BACKEND, e))?;
             match opened {
-                Err(Error::StoreLocked { .. }) if started.elapsed() + pause < wait => {
+                Err(KvError::StoreLocked { .. }) if started.elapsed() + pause < wait => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
@@ -382,7 +384,7 @@ impl FjallStore {
         }
     }
 
-    fn open_blocking(path: PathBuf, options: FjallOptions) -> Result<Self> {
+    fn open_blocking(path: PathBuf, options: FjallOptions) -> KvResult<Self> {
         let shared = Arc::new(Shared {
             path,
             options: options.clone(),
@@ -409,7 +411,7 @@ impl FjallStore {
             let t = std::thread::Builder::new()
                 .name("eskv-fjall-writer".into())
                 .spawn(move || writer.run(rx))
-                .map_err(|e| Error::backend(BACKEND, e))?;
+                .map_err(|e| KvError::backend(BACKEND, e))?;
             (Some(tx), Some(t))
         };
         Ok(FjallStore {
@@ -439,7 +441,7 @@ impl FjallStore {
 
     /// Bytes the store occupies on disk (tables and journals), as fjall
     /// counts them.
-    pub fn disk_space(&self) -> Result<u64> {
+    pub fn disk_space(&self) -> KvResult<u64> {
         let shared = &self.inner.shared;
         let db = shared.db()?;
         shared.call(|| db.db.disk_space().map_err(|e| shared.map_err(e)))
@@ -456,7 +458,7 @@ impl KvStore for FjallStore {
         Some(self.inner.commits.subscribe())
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.inner.caps, async {
             let db = self.inner.shared.db()?;
             let (snapshot, snap) = self.inner.oracle.snapshot(|| db.db.snapshot());

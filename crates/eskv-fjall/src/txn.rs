@@ -6,7 +6,7 @@ use crate::writer::CommitRequest;
 use async_trait::async_trait;
 use eskv_core::kv::{KvSnapshot, ReadMany, WriteSet};
 use eskv_core::oracle::Snapshot;
-use eskv_core::{Error, KeyRange, KvPair, Result, ScanOptions};
+use eskv_core::{KeyRange, KvError, KvPair, KvResult, ScanOptions};
 use fjall::Readable;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -34,7 +34,7 @@ pub(crate) struct FjallSnapshot {
 }
 
 impl View {
-    fn get(&self, s: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&self, s: &Shared, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         Ok(self
             .snap
             .get(&self.db.data, key)
@@ -49,7 +49,7 @@ impl View {
         range: &KeyRange,
         reverse: bool,
         limit: Option<usize>,
-    ) -> Result<Vec<KvPair>> {
+    ) -> KvResult<Vec<KvPair>> {
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         if limit == 0 || range.is_empty() {
@@ -58,7 +58,7 @@ impl View {
         let iter = self
             .snap
             .range::<&[u8], _>(&self.db.data, range.as_bounds());
-        let mut push = |g: fjall::Guard| -> Result<bool> {
+        let mut push = |g: fjall::Guard| -> KvResult<bool> {
             let (k, v) = g.into_inner().map_err(|e| s.map_err(e))?;
             out.push((k.to_vec(), v.to_vec()));
             Ok(out.len() < limit)
@@ -86,8 +86,8 @@ impl FjallSnapshot {
     async fn read<R: Send + 'static>(
         &self,
         small: bool,
-        f: impl FnOnce(&Shared, &View) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
+        f: impl FnOnce(&Shared, &View) -> KvResult<R> + Send + 'static,
+    ) -> KvResult<R> {
         let shared = self.store.shared.clone();
         if small {
             return shared.call(|| f(&shared, &self.view));
@@ -95,7 +95,7 @@ impl FjallSnapshot {
         let view = self.view.clone();
         tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view)))
             .await
-            .map_err(|e| Error::backend(BACKEND, e))?
+            .map_err(|e| KvError::backend(BACKEND, e))?
     }
 }
 
@@ -105,12 +105,12 @@ fn is_small(limit: Option<usize>) -> bool {
 
 #[async_trait]
 impl KvSnapshot for FjallSnapshot {
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         let (values, _) = self.read_many(keys, Vec::new()).await?;
         Ok(values)
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let span = tracing::Span::current();
         self.read(is_small(opts.limit), move |s, v| {
             let _g = span.entered();
@@ -125,23 +125,23 @@ impl KvSnapshot for FjallSnapshot {
         &mut self,
         gets: Vec<Vec<u8>>,
         scans: Vec<(KeyRange, ScanOptions)>,
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         let small = gets.len() <= INLINE_ROWS && scans.iter().all(|(_, o)| is_small(o.limit));
         self.read(small, move |s, v| {
             let values = gets
                 .iter()
                 .map(|k| v.get(s, k))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<KvResult<Vec<_>>>()?;
             let rows = scans
                 .iter()
                 .map(|(r, o)| v.scan(s, r, o.reverse, o.limit))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<KvResult<Vec<_>>>()?;
             Ok((values, rows))
         })
         .await
     }
 
-    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
         let FjallSnapshot {
             store,
             snapshot,
@@ -149,14 +149,14 @@ impl KvSnapshot for FjallSnapshot {
         } = self;
         drop(view);
         if let Some(k) = writes.keys().find(|k| k.len() > crate::store::MAX_KEY) {
-            return Err(Error::LimitExceeded {
+            return Err(KvError::LimitExceeded {
                 what: "a fjall key (bytes)".into(),
                 limit: crate::store::MAX_KEY as u64,
                 actual: k.len() as u64,
             });
         }
         if store.shared.read_only() {
-            return Err(Error::ReadOnly { backend: BACKEND });
+            return Err(KvError::ReadOnly { backend: BACKEND });
         }
         let (reply, rx) = oneshot::channel();
         store
@@ -174,8 +174,8 @@ impl KvSnapshot for FjallSnapshot {
     }
 }
 
-pub(crate) fn writer_gone() -> Error {
-    Error::Unavailable {
+pub(crate) fn writer_gone() -> KvError {
+    KvError::Unavailable {
         backend: BACKEND,
         message: "the fjall writer thread stopped; reopen the store".into(),
     }

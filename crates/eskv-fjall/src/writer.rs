@@ -4,7 +4,7 @@ use crate::options::Durability;
 use crate::store::{Db, Shared};
 use eskv_core::kv::WriteSet;
 use eskv_core::oracle::{CommitOracle, Snapshot};
-use eskv_core::{Error, Result};
+use eskv_core::{KvError, KvResult};
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub(crate) struct CommitRequest {
     pub(crate) snapshot: Snapshot,
     pub(crate) writes: WriteSet,
     pub(crate) validated: Vec<Vec<u8>>,
-    pub(crate) reply: oneshot::Sender<Result<()>>,
+    pub(crate) reply: oneshot::Sender<KvResult<()>>,
 }
 
 pub(crate) struct Writer {
@@ -58,7 +58,7 @@ impl Writer {
                 .oracle
                 .first_conflict(req.snapshot.seq(), keys, &pending);
             if let Some(k) = conflict {
-                let _ = req.reply.send(Err(Error::conflict(format!(
+                let _ = req.reply.send(Err(KvError::conflict(format!(
                     "key {} was changed by a transaction that committed after this one's snapshot",
                     eskv_core::display_key(&k)
                 ))));
@@ -93,7 +93,7 @@ impl Writer {
             }
             Err(e) => {
                 for req in admitted {
-                    let _ = req.reply.send(Err(e.duplicate()));
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -103,7 +103,7 @@ impl Writer {
     /// visible to snapshots only after its journal write (and, with
     /// `SyncData`, its sync) succeeded, so no reader sees a commit that a
     /// crash could still take back.
-    fn write(&self, db: &Db, admitted: &[CommitRequest]) -> Result<()> {
+    fn write(&self, db: &Db, admitted: &[CommitRequest]) -> KvResult<()> {
         let mode = match self.durability {
             Durability::Immediate => fjall::PersistMode::SyncData,
             Durability::None => fjall::PersistMode::Buffer,

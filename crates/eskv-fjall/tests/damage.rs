@@ -165,7 +165,7 @@ async fn damaged_tables_are_corrupt_and_never_make_the_store_unreadable() {
                 let kv = match FjallStore::open(&p).await {
                     Ok(kv) => kv,
                     Err(e) => {
-                        check_error("open", &Err::<(), _>(e), &n, &mut bad);
+                        check_error("open", &Err::<(), eskv_core::Error>(e.into()), &n, &mut bad);
                         return bad;
                     }
                 };
@@ -245,7 +245,7 @@ async fn a_changed_value_in_an_acknowledged_journal_batch_is_refused() {
     bytes[at + 100] ^= 0x01;
     std::fs::write(&jnl, &bytes).unwrap();
     match FjallStore::open(&path).await {
-        Err(Error::Corrupt { message, .. }) => {
+        Err(eskv_core::KvError::Corrupt { message, .. }) => {
             assert!(
                 message.contains("store") && message.contains("journal"),
                 "{message}"
@@ -272,7 +272,9 @@ async fn directories_that_are_not_eskv_stores_are_refused() {
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"mine").unwrap();
     match FjallStore::open(&other).await {
-        Err(Error::Corrupt { message, .. }) => assert!(message.contains("other"), "{message}"),
+        Err(eskv_core::KvError::Corrupt { message, .. }) => {
+            assert!(message.contains("other"), "{message}")
+        }
         r => panic!("expected Corrupt, got {r:?}"),
     }
     assert_eq!(files(&other).len(), 1, "files were added");
@@ -289,7 +291,7 @@ async fn directories_that_are_not_eskv_stores_are_refused() {
         ks.insert("a", "b").unwrap();
     }
     match FjallStore::open(&foreign).await {
-        Err(Error::Corrupt { message, .. }) => {
+        Err(eskv_core::KvError::Corrupt { message, .. }) => {
             assert!(message.contains("not an eskv store"), "{message}")
         }
         r => panic!("expected Corrupt, got {r:?}"),
@@ -301,7 +303,7 @@ async fn directories_that_are_not_eskv_stores_are_refused() {
     std::fs::write(garbage.join("version"), b"nonsense").unwrap();
     assert!(matches!(
         FjallStore::open(&garbage).await,
-        Err(Error::Corrupt { .. })
+        Err(eskv_core::KvError::Corrupt { .. })
     ));
 
     // A file where the directory should be.
@@ -309,7 +311,7 @@ async fn directories_that_are_not_eskv_stores_are_refused() {
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(
         FjallStore::open(&file).await,
-        Err(Error::InvalidInput { .. })
+        Err(eskv_core::KvError::InvalidInput { .. })
     ));
 
     // An empty directory becomes a store.

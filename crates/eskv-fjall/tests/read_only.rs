@@ -2,7 +2,7 @@
 //! runs on a private copy), writes are refused with a typed error, and a
 //! store held by a writer is reported as locked, and the other way round.
 
-use eskv_core::{Error, EventStore, KvStore, KvStoreExt, NewEvent, ReadOptions};
+use eskv_core::{EventStore, KvStore, KvStoreExt, NewEvent, ReadOptions};
 use eskv_fjall::{FjallOptions, FjallStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,10 +48,13 @@ async fn read_only_opens_never_write_and_share_the_store() {
     assert_eq!(b.get_latest(b"k").await.unwrap(), Some(b"v".to_vec()));
     let mut t = a.begin().await.unwrap();
     t.put(b"k".to_vec(), b"w".to_vec());
-    assert!(matches!(t.commit().await, Err(Error::ReadOnly { .. })));
+    assert!(matches!(
+        t.commit().await,
+        Err(eskv_core::KvError::ReadOnly { .. })
+    ));
     a.begin().await.unwrap().commit().await.unwrap();
     match FjallStore::open_with(&path, no_wait()).await {
-        Err(e @ Error::StoreLocked { .. }) => {
+        Err(e @ eskv_core::KvError::StoreLocked { .. }) => {
             assert!(!e.is_retryable());
             assert!(e.to_string().contains("kv"), "{e}");
         }
@@ -79,7 +82,7 @@ async fn a_store_held_by_a_writer_is_locked_for_everyone() {
             .err(),
     ] {
         match e {
-            Some(Error::StoreLocked { path: p }) => assert_eq!(p, path),
+            Some(eskv_core::KvError::StoreLocked { path: p }) => assert_eq!(p, path),
             other => panic!("expected StoreLocked, got {other:?}"),
         }
     }
@@ -125,7 +128,7 @@ async fn read_only_open_of_nothing_or_a_foreign_directory_fails_typed() {
     let dir = tempfile::tempdir().unwrap();
     let missing = FjallStore::open_read_only(dir.path().join("missing")).await;
     assert!(
-        matches!(&missing, Err(Error::Backend { .. })),
+        matches!(&missing, Err(eskv_core::KvError::Backend { .. })),
         "{missing:?}"
     );
     assert!(

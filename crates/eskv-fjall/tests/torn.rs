@@ -19,7 +19,7 @@
 //! refuses to guess whether it was acknowledged. Never a panic.
 
 use eskv_core::verify::verify;
-use eskv_core::{Error, EventStore, ExpectedVersion, NewEvent, ReadOptions, Ulid};
+use eskv_core::{EventStore, ExpectedVersion, NewEvent, ReadOptions, Ulid};
 use eskv_fjall::FjallStore;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ async fn check_image(
     f.images += 1;
     let kv = match FjallStore::open(dir).await {
         Ok(kv) => kv,
-        Err(Error::Corrupt { message, .. }) if may_refuse => {
+        Err(eskv_core::KvError::Corrupt { message, .. }) if may_refuse => {
             assert!(message.contains("journal"), "{name}: {message}");
             f.refused_corrupt += 1;
             return;

@@ -3,7 +3,7 @@
 //! ```
 //! use eskv_core::{KvStore, KvStoreExt};
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> eskv_core::Result<()> {
+//! # async fn main() -> eskv_core::KvResult<()> {
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = eskv_redb::RedbStore::open(dir.path().join("kv.redb")).await?;
 //! let mut txn = store.begin().await?;
@@ -38,17 +38,17 @@
 //! existing store without ever writing to its file: the file may be
 //! read-only, any number of read-only handles (in any processes) may share
 //! it, no writer thread is started, and commits that write fail with
-//! [`Error::ReadOnly`]. A file that was not closed cleanly needs recovery,
+//! [`KvError::ReadOnly`]. A file that was not closed cleanly needs recovery,
 //! which writes; a read-only open then recovers a private temporary copy
 //! and reads that, leaving the file as it is. A file held by a writer, or
-//! a writer meeting read-only handles, fails with [`Error::StoreLocked`]
+//! a writer meeting read-only handles, fails with [`KvError::StoreLocked`]
 //! naming the file.
 //!
 //! # Damage, full disks and crashes
 //!
 //! - **A panic inside redb** (redb trusts page contents and can panic on a
 //!   damaged page) is caught at the backend's one error-mapping site and
-//!   becomes [`Error::Corrupt`] naming the file; nothing is written.
+//!   becomes [`KvError::Corrupt`] naming the file; nothing is written.
 //! - **Quick repair** ([`RedbOptions::quick_repair`], on by default): every
 //!   commit records redb's allocator state with a two-phase commit, so
 //!   reopening after a crash or a kill loads that state instead of walking
@@ -56,7 +56,7 @@
 //!   crash left open therefore still opens, and reopening takes a few
 //!   milliseconds instead of a walk of the file.
 //! - **I/O failures** (a full disk) are reported with their first cause:
-//!   [`Error::StorageFull`] with the file's path, or a backend error naming
+//!   [`KvError::StorageFull`] with the file's path, or a backend error naming
 //!   it. redb refuses every operation after an I/O failure ("previous I/O
 //!   error"); this backend then reopens the file on the next operation, so
 //!   the store recovers without a restart once the cause is gone. A
@@ -74,7 +74,7 @@ use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, WriteSet};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
-    Capabilities, Error, KeyRange, KvPair, KvStore, KvTransaction, Result, ScanOptions,
+    Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ScanOptions,
 };
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
@@ -149,7 +149,7 @@ pub struct RedbOptions {
     /// Default: false.
     pub read_only: bool,
     /// How long opening waits for a file held by another handle before it
-    /// fails with [`Error::StoreLocked`]. Default: 2 s, which covers a
+    /// fails with [`KvError::StoreLocked`]. Default: 2 s, which covers a
     /// handle of this process that is still closing (a group commit's
     /// task finishing after its appends were answered); `Duration::ZERO`
     /// fails at once.
@@ -280,12 +280,12 @@ struct CommitRequest {
     snapshot: Snapshot,
     writes: WriteSet,
     validated: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<()>>,
+    reply: oneshot::Sender<KvResult<()>>,
 }
 
 /// Opens the store's database (again), mapping its errors through the
 /// [`Shared`] it is called with.
-type Opener = Box<dyn Fn(&Shared) -> Result<Db> + Send + Sync + 'static>;
+type Opener = Box<dyn Fn(&Shared) -> KvResult<Db> + Send + Sync + 'static>;
 
 /// The open database and what is needed to reopen it after an I/O failure.
 struct Shared {
@@ -303,7 +303,7 @@ struct Shared {
     /// answers every later call with "previous I/O error"; this is what is
     /// reported instead, and its presence makes the next operation reopen
     /// the file.
-    failure: Mutex<Option<Error>>,
+    failure: Mutex<Option<KvError>>,
 }
 
 /// True for the I/O errors of a full disk or an exhausted quota.
@@ -326,11 +326,11 @@ impl Shared {
     /// The one place where redb errors become eskv errors. Runs `f` (a
     /// redb call, or several) and maps what it returns; a panic inside
     /// redb (which trusts page contents, so a damaged page can make it
-    /// index out of bounds) becomes [`Error::Corrupt`] naming the file.
-    fn call<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// index out of bounds) becomes [`KvError::Corrupt`] naming the file.
+    fn call<T>(&self, f: impl FnOnce() -> KvResult<T>) -> KvResult<T> {
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
-            Err(p) => Err(Error::corrupt(
+            Err(p) => Err(KvError::corrupt(
                 None,
                 format!(
                     "{}: redb failed on a damaged page ({}); nothing was written. \
@@ -344,66 +344,66 @@ impl Shared {
     }
 
     /// Maps one redb error; records the first I/O failure.
-    fn map_err(&self, e: impl Into<redb::Error>) -> Error {
+    fn map_err(&self, e: impl Into<redb::Error>) -> KvError {
         let path = self.path.display();
         let e = match e.into() {
             redb::Error::Corrupted(msg) => {
-                return Error::corrupt(None, format!("redb file {path} is corrupt: {msg}"))
+                return KvError::corrupt(None, format!("redb file {path} is corrupt: {msg}"))
             }
-            redb::Error::UpgradeRequired(v) => return Error::corrupt(
+            redb::Error::UpgradeRequired(v) => return KvError::corrupt(
                 None,
                 format!("redb file {path} has format {v}, which needs an upgrade with a newer redb before eskv can open it"),
             ),
-            redb::Error::DatabaseAlreadyOpen => return Error::StoreLocked {
+            redb::Error::DatabaseAlreadyOpen => return KvError::StoreLocked {
                 path: self.path.clone(),
             },
-            redb::Error::ValueTooLarge(n) => return Error::LimitExceeded {
+            redb::Error::ValueTooLarge(n) => return KvError::LimitExceeded {
                 what: "a redb value (bytes)".into(),
                 limit: u32::MAX as u64,
                 actual: n as u64,
             },
             e @ redb::Error::TableTypeMismatch { .. } => {
-                return Error::corrupt(None, format!("{path} is not an eskv store: {e}"))
+                return KvError::corrupt(None, format!("{path} is not an eskv store: {e}"))
             }
             redb::Error::PreviousIo => {
                 return match self.failure() {
                     Some(first) => first,
-                    None => Error::Unavailable {
+                    None => KvError::Unavailable {
                         backend: BACKEND,
                         message: format!("an earlier I/O error on {path} stopped redb; the store reopens the file on the next operation, retry"),
                     },
                 }
             }
-            redb::Error::Io(io) if is_storage_full(&io) => Error::StorageFull {
+            redb::Error::Io(io) if is_storage_full(&io) => KvError::StorageFull {
                 backend: BACKEND,
                 path: self.path.display().to_string(),
                 message: io.to_string(),
                 outcome_unknown: false,
             },
             redb::Error::Io(io) => {
-                Error::backend(BACKEND, format!("I/O error on {path}: {io}"))
+                KvError::backend(BACKEND, format!("I/O error on {path}: {io}"))
             }
-            other => return Error::backend(BACKEND, other),
+            other => return KvError::backend(BACKEND, other),
         };
         let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if first.is_none() {
             tracing::warn!(error = %e, "redb I/O failure; the file is reopened on the next operation");
-            *first = Some(e.duplicate());
+            *first = Some(e.clone());
         }
         e
     }
 
     /// The first I/O failure since the last open, if any.
-    fn failure(&self) -> Option<Error> {
+    fn failure(&self) -> Option<KvError> {
         self.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(Error::duplicate)
+            .cloned()
     }
 
     /// The open database, reopened first if an I/O failure stopped it.
-    fn db(&self) -> Result<Arc<Db>> {
+    fn db(&self) -> KvResult<Arc<Db>> {
         if self.failure().is_none() {
             if let Some(db) = &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
                 return Ok(db.clone());
@@ -415,7 +415,7 @@ impl Shared {
     /// Closes the stopped database and opens the file again. Only when no
     /// read transaction still uses the old one: a new database may reuse
     /// pages an old snapshot is reading.
-    fn reopen(&self) -> Result<Arc<Db>> {
+    fn reopen(&self) -> KvResult<Arc<Db>> {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         let failure = self.failure();
         if let (None, Some(db)) = (&failure, &*slot) {
@@ -423,7 +423,7 @@ impl Shared {
         }
         if let Some(db) = &*slot {
             if Arc::strong_count(db) > 1 {
-                return Err(Error::Unavailable {
+                return Err(KvError::Unavailable {
                     backend: BACKEND,
                     message: format!(
                         "{} is being reopened after an I/O error ({}), but read transactions still use it; retry",
@@ -451,8 +451,8 @@ impl Shared {
     /// at all (missing, not permitted, a directory) is a backend error
     /// naming it: the caller's to fix, not a damaged file. Content redb
     /// cannot read (a short or unrecognised file, a damaged page) is
-    /// [`Error::Corrupt`] naming the file.
-    fn open_error(&self, e: redb::DatabaseError) -> Error {
+    /// [`KvError::Corrupt`] naming the file.
+    fn open_error(&self, e: redb::DatabaseError) -> KvError {
         let path = self.path.display();
         match e {
             redb::DatabaseError::Storage(redb::StorageError::Io(io))
@@ -463,11 +463,11 @@ impl Shared {
                         | std::io::ErrorKind::IsADirectory
                 ) =>
             {
-                Error::backend(BACKEND, format!("cannot open {path}: {io}"))
+                KvError::backend(BACKEND, format!("cannot open {path}: {io}"))
             }
             e => match self.map_err(e) {
-                Error::Backend { source, .. } => {
-                    Error::corrupt(None, format!("cannot open {path} as a redb file: {source}"))
+                KvError::Backend { source, .. } => {
+                    KvError::corrupt(None, format!("cannot open {path} as a redb file: {source}"))
                 }
                 other => other,
             },
@@ -484,7 +484,7 @@ fn builder(options: &RedbOptions) -> redb::Builder {
 
 impl RedbStore {
     /// Opens (or creates) the store at `path` with default options.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub async fn open(path: impl AsRef<Path>) -> KvResult<Self> {
         Self::open_with(path, RedbOptions::default()).await
     }
 
@@ -492,10 +492,10 @@ impl RedbStore {
     /// [`RedbOptions::read_only`], opens the existing store without writing
     /// to it (see [`open_read_only`](Self::open_read_only)).
     ///
-    /// Fails with [`Error::Corrupt`] when the file is not a redb database,
+    /// Fails with [`KvError::Corrupt`] when the file is not a redb database,
     /// is damaged, or is a redb database that eskv did not create, and with
-    /// [`Error::StoreLocked`] while another handle holds the file.
-    pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
+    /// [`KvError::StoreLocked`] while another handle holds the file.
+    pub async fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> KvResult<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
         let o = options.clone();
@@ -519,9 +519,9 @@ impl RedbStore {
                 Self::open_blocking(path, options, Box::new(move |s: &Shared| opener(s)))
             })
             .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+            .map_err(|e| KvError::backend(BACKEND, e))?;
             match opened {
-                Err(Error::StoreLocked { .. }) if started.elapsed() + pause < wait => {
+                Err(KvError::StoreLocked { .. }) if started.elapsed() + pause < wait => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
@@ -532,9 +532,9 @@ impl RedbStore {
 
     /// Opens the existing store at `path` read-only: nothing is ever
     /// written to the file (see the crate docs). Fails with
-    /// [`Error::StoreLocked`] while a writer holds the file, and with
-    /// [`Error::Corrupt`] when the file is not an eskv store.
-    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+    /// [`KvError::StoreLocked`] while a writer holds the file, and with
+    /// [`KvError::Corrupt`] when the file is not an eskv store.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> KvResult<Self> {
         Self::open_with(path, RedbOptions::default().read_only(true)).await
     }
 
@@ -552,7 +552,7 @@ impl RedbStore {
     pub async fn open_with_backend<B: redb::StorageBackend + Clone>(
         backend: B,
         options: RedbOptions,
-    ) -> Result<Self> {
+    ) -> KvResult<Self> {
         let path = PathBuf::from("<custom redb backend>");
         let o = options.clone();
         let opener: Opener = if options.read_only {
@@ -572,10 +572,10 @@ impl RedbStore {
         };
         tokio::task::spawn_blocking(move || Self::open_blocking(path, options, opener))
             .await
-            .map_err(|e| Error::backend(BACKEND, e))?
+            .map_err(|e| KvError::backend(BACKEND, e))?
     }
 
-    fn open_blocking(path: PathBuf, options: RedbOptions, opener: Opener) -> Result<Self> {
+    fn open_blocking(path: PathBuf, options: RedbOptions, opener: Opener) -> KvResult<Self> {
         let shared = Arc::new(Shared {
             path,
             opener,
@@ -608,7 +608,7 @@ impl RedbStore {
             let t = std::thread::Builder::new()
                 .name("eskv-redb-writer".into())
                 .spawn(move || writer.run(rx))
-                .map_err(|e| Error::backend(BACKEND, e))?;
+                .map_err(|e| KvError::backend(BACKEND, e))?;
             (Some(tx), Some(t))
         };
         Ok(RedbStore {
@@ -639,7 +639,7 @@ impl RedbStore {
 
 /// Opens the file at `path` read-only; a file that needs recovery is
 /// recovered in a private temporary copy.
-fn open_read_only_file(shared: &Shared, path: &Path, options: &RedbOptions) -> Result<Db> {
+fn open_read_only_file(shared: &Shared, path: &Path, options: &RedbOptions) -> KvResult<Db> {
     let builder = builder(options);
     match builder.open_read_only(path) {
         Ok(db) => Ok(Db::Read(db)),
@@ -653,14 +653,15 @@ fn open_read_only_file(shared: &Shared, path: &Path, options: &RedbOptions) -> R
 
 /// Copies a file that needs recovery to a private temporary file and
 /// recovers the copy, so that the original is never written. Fails with
-/// [`Error::StoreLocked`] if the file changed while it was copied.
+/// [`KvError::StoreLocked`] if the file changed while it was copied.
 fn recover_copy(
     shared: &Shared,
     path: &Path,
     builder: &redb::Builder,
-) -> Result<(Database, TempCopy)> {
-    let io =
-        |e: std::io::Error| Error::backend(BACKEND, format!("cannot read {}: {e}", path.display()));
+) -> KvResult<(Database, TempCopy)> {
+    let io = |e: std::io::Error| {
+        KvError::backend(BACKEND, format!("cannot read {}: {e}", path.display()))
+    };
     let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
     let before = stamp(std::fs::metadata(path).map_err(io)?);
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -671,7 +672,7 @@ fn recover_copy(
     ));
     let copy = TempCopy(tmp);
     std::fs::copy(path, &copy.0).map_err(|e| {
-        Error::backend(
+        KvError::backend(
             BACKEND,
             format!(
                 "{} was not closed cleanly and needs recovery; reading it without writing to it needs a copy in {}, which failed: {e}",
@@ -681,7 +682,7 @@ fn recover_copy(
         )
     })?;
     if stamp(std::fs::metadata(path).map_err(io)?) != before {
-        return Err(Error::StoreLocked {
+        return Err(KvError::StoreLocked {
             path: path.to_path_buf(),
         });
     }
@@ -690,10 +691,10 @@ fn recover_copy(
 }
 
 /// Checks, without writing, that `db` holds an eskv store of this format.
-fn check_format(shared: &Shared, db: &Db) -> Result<()> {
+fn check_format(shared: &Shared, db: &Db) -> KvResult<()> {
     let path = &shared.path;
     let not_eskv = || {
-        Error::corrupt(
+        KvError::corrupt(
             None,
             format!(
                 "{} is a redb database but not an eskv store",
@@ -710,7 +711,7 @@ fn check_format(shared: &Shared, db: &Db) -> Result<()> {
     match meta.get(FORMAT_KEY).map_err(|e| shared.map_err(e))? {
         Some(f) if f.value() == FORMAT => {}
         Some(f) => {
-            return Err(Error::corrupt(
+            return Err(KvError::corrupt(
                 None,
                 format!(
                     "{} has eskv format {:?}, this version reads {:?}",
@@ -724,7 +725,7 @@ fn check_format(shared: &Shared, db: &Db) -> Result<()> {
     }
     match r.open_table(DATA) {
         Ok(_) => Ok(()),
-        Err(redb::TableError::TableDoesNotExist(_)) => Err(Error::corrupt(
+        Err(redb::TableError::TableDoesNotExist(_)) => Err(KvError::corrupt(
             None,
             format!("{} is an eskv store without its data table", path.display()),
         )),
@@ -735,7 +736,7 @@ fn check_format(shared: &Shared, db: &Db) -> Result<()> {
 /// Checks (or, on a new file, writes) the KV format marker. Commits only
 /// when it wrote: opening an existing store changes nothing in the file, so
 /// a crash of a process that only read leaves the file as it found it.
-fn init_format(shared: &Shared, db: &Database) -> Result<()> {
+fn init_format(shared: &Shared, db: &Database) -> KvResult<()> {
     let path = &shared.path;
     let map_err = |e: redb::Error| shared.map_err(e);
     {
@@ -755,7 +756,7 @@ fn init_format(shared: &Shared, db: &Database) -> Result<()> {
                 Err(e) => return Err(map_err(e.into())),
             },
             Some(f) => {
-                return Err(Error::corrupt(
+                return Err(KvError::corrupt(
                     None,
                     format!(
                         "{} has eskv format {:?}, this version reads {:?}",
@@ -782,13 +783,13 @@ fn init_format(shared: &Shared, db: &Database) -> Result<()> {
         match format {
             Some(f) if f == FORMAT => {}
             Some(_) => {
-                return Err(Error::corrupt(
+                return Err(KvError::corrupt(
                     None,
                     format!("{} changed while it was opened", path.display()),
                 ))
             }
             None if has_other_tables => {
-                return Err(Error::corrupt(
+                return Err(KvError::corrupt(
                     None,
                     format!(
                         "{} is a redb database but not an eskv store",
@@ -816,7 +817,7 @@ impl KvStore for RedbStore {
         Some(self.inner.commits.subscribe())
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.inner.caps, async {
             let shared = &self.inner.shared;
             let db = shared.db()?;
@@ -860,13 +861,13 @@ impl RedbSnapshot {
     /// Runs a read against the snapshot on the blocking pool.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Shared, &Table) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
+        f: impl FnOnce(&Shared, &Table) -> KvResult<R> + Send + 'static,
+    ) -> KvResult<R> {
         let view = self.view.clone();
         let shared = self.store.shared.clone();
         tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view.table)))
             .await
-            .map_err(|e| Error::backend(BACKEND, e))?
+            .map_err(|e| KvError::backend(BACKEND, e))?
     }
 }
 
@@ -877,7 +878,7 @@ fn scan_rows(
     range: &KeyRange,
     reverse: bool,
     limit: Option<usize>,
-) -> Result<Vec<KvPair>> {
+) -> KvResult<Vec<KvPair>> {
     let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     if limit == 0 {
@@ -886,7 +887,7 @@ fn scan_rows(
     let iter = t
         .range::<&[u8]>(range.as_bounds())
         .map_err(|e| s.map_err(e))?;
-    let mut push = |item: std::result::Result<_, redb::StorageError>| -> Result<bool> {
+    let mut push = |item: std::result::Result<_, redb::StorageError>| -> KvResult<bool> {
         let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
             item.map_err(|e| s.map_err(e))?;
         out.push((k.value().to_vec(), v.value().to_vec()));
@@ -908,7 +909,7 @@ fn scan_rows(
     Ok(out)
 }
 
-fn get_one(s: &Shared, t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+fn get_one(s: &Shared, t: &Table, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
     Ok(t.get(key)
         .map_err(|e| s.map_err(e))?
         .map(|v| v.value().to_vec()))
@@ -916,12 +917,12 @@ fn get_one(s: &Shared, t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
 
 #[async_trait]
 impl KvSnapshot for RedbSnapshot {
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.read(move |s, t| keys.iter().map(|k| get_one(s, t, k)).collect())
             .await
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let span = tracing::Span::current();
         self.read(move |s, t| {
             let _g = span.entered();
@@ -935,22 +936,22 @@ impl KvSnapshot for RedbSnapshot {
         &mut self,
         gets: Vec<Vec<u8>>,
         scans: Vec<(KeyRange, ScanOptions)>,
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         self.read(move |s, t| {
             let values = gets
                 .iter()
                 .map(|k| get_one(s, t, k))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<KvResult<Vec<_>>>()?;
             let rows = scans
                 .iter()
                 .map(|(r, o)| scan_rows(s, t, r, o.reverse, o.limit))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<KvResult<Vec<_>>>()?;
             Ok((values, rows))
         })
         .await
     }
 
-    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
         let RedbSnapshot {
             store,
             snapshot,
@@ -958,7 +959,7 @@ impl KvSnapshot for RedbSnapshot {
         } = self;
         drop(view);
         if store.shared.read_only {
-            return Err(Error::ReadOnly { backend: BACKEND });
+            return Err(KvError::ReadOnly { backend: BACKEND });
         }
         let (reply, rx) = oneshot::channel();
         store
@@ -976,8 +977,8 @@ impl KvSnapshot for RedbSnapshot {
     }
 }
 
-fn writer_gone() -> Error {
-    Error::Unavailable {
+fn writer_gone() -> KvError {
+    KvError::Unavailable {
         backend: BACKEND,
         message: "the redb writer thread stopped; reopen the store".into(),
     }
@@ -1021,7 +1022,7 @@ impl Writer {
                 .oracle
                 .first_conflict(req.snapshot.seq(), keys, &pending);
             if let Some(k) = conflict {
-                let _ = req.reply.send(Err(Error::conflict(format!(
+                let _ = req.reply.send(Err(KvError::conflict(format!(
                     "key {} was changed by a transaction that committed after this one's snapshot",
                     eskv_core::display_key(&k)
                 ))));
@@ -1058,22 +1059,22 @@ impl Writer {
                 // Nothing of the batch was applied, or (a failed redb commit)
                 // the outcome is unknown: everyone gets the same answer.
                 for req in admitted {
-                    let _ = req.reply.send(Err(e.duplicate()));
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
     }
 
-    fn write(&self, db: &Db, admitted: &[CommitRequest]) -> Result<()> {
+    fn write(&self, db: &Db, admitted: &[CommitRequest]) -> KvResult<()> {
         let s = &self.shared;
         // Only a writable store has a writer thread.
         let Db::Write(db) = db else {
-            return Err(Error::ReadOnly { backend: BACKEND });
+            return Err(KvError::ReadOnly { backend: BACKEND });
         };
         let mut w = db.begin_write().map_err(|e| s.map_err(e))?;
         if self.durability == Durability::None {
             w.set_durability(redb::Durability::None)
-                .map_err(|e| Error::backend(BACKEND, e))?;
+                .map_err(|e| KvError::backend(BACKEND, e))?;
         }
         w.set_quick_repair(self.quick_repair);
         {
@@ -1095,18 +1096,18 @@ impl Writer {
         // Past this point the outcome is unknown: redb may or may not have
         // made the new root durable before failing.
         w.commit().map_err(|e| match s.map_err(e) {
-            Error::StorageFull {
+            KvError::StorageFull {
                 backend,
                 path,
                 message,
                 ..
-            } => Error::StorageFull {
+            } => KvError::StorageFull {
                 backend,
                 path,
                 message,
                 outcome_unknown: true,
             },
-            e => Error::CommitOutcomeUnknown {
+            e => KvError::CommitOutcomeUnknown {
                 backend: BACKEND,
                 message: format!("redb commit failed: {e}"),
             },

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 /// Opens the file, waiting while the previous handle's writer thread is
 /// still closing it.
-async fn reopen(path: &Path) -> eskv_core::Result<RedbStore> {
+async fn reopen(path: &Path) -> eskv_core::KvResult<RedbStore> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match RedbStore::open_with(path, RedbOptions::default()).await {
-            Err(Error::Unavailable { .. } | Error::StoreLocked { .. })
-                if Instant::now() < deadline =>
-            {
+            Err(
+                eskv_core::KvError::Unavailable { .. } | eskv_core::KvError::StoreLocked { .. },
+            ) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             other => return other,
@@ -203,7 +203,7 @@ fn xorshift(state: &mut u64) -> u64 {
 /// panic, a backend error, a store that opens) fails the test.
 async fn assert_refused(path: &Path, why: &str) -> String {
     match RedbStore::open(path).await {
-        Err(Error::Corrupt {
+        Err(eskv_core::KvError::Corrupt {
             position: None,
             message,
         }) => {
@@ -284,7 +284,7 @@ async fn damaged_eskv_file_is_refused_or_detected() {
             let p = p.clone();
             async move {
                 match RedbStore::open(&p).await {
-                    Err(e) => Err(e),
+                    Err(e) => Err(eskv_core::Error::from(e)),
                     Ok(kv) => {
                         let es = EventStore::open(Arc::new(kv)).await?;
                         let r = verify(&es).await?;
@@ -455,7 +455,7 @@ async fn flipped_byte_inside_the_file_is_detected() {
 
     let opened = match reopen(&path).await {
         Err(e) => {
-            assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+            assert!(matches!(e, eskv_core::KvError::Corrupt { .. }), "{e:?}");
             eprintln!("refused at open: {e}");
             return;
         }

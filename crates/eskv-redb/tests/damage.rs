@@ -106,7 +106,7 @@ async fn a_damaged_page_is_corrupt_and_never_makes_the_file_unreadable() {
             let kv = match RedbStore::open(&p).await {
                 Ok(kv) => kv,
                 Err(e) => {
-                    check_error("open", &Err::<(), _>(e), &n, &mut bad);
+                    check_error("open", &Err::<(), eskv_core::Error>(e.into()), &n, &mut bad);
                     return bad;
                 }
             };

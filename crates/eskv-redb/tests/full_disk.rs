@@ -147,9 +147,9 @@ async fn a_full_disk_is_reported_and_the_store_recovers_when_space_is_free() {
     let kv = loop {
         match RedbStore::open(&path).await {
             Ok(kv) => break kv,
-            Err(Error::Unavailable { .. } | Error::StoreLocked { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await
-            }
+            Err(
+                eskv_core::KvError::Unavailable { .. } | eskv_core::KvError::StoreLocked { .. },
+            ) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
             Err(e) => panic!("reopen: {e}"),
         }
     };

@@ -18,9 +18,9 @@ async fn reopen(path: &Path) -> RedbStore {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match RedbStore::open_with(path, RedbOptions::default()).await {
-            Err(Error::Unavailable { .. } | Error::StoreLocked { .. })
-                if Instant::now() < deadline =>
-            {
+            Err(
+                eskv_core::KvError::Unavailable { .. } | eskv_core::KvError::StoreLocked { .. },
+            ) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             other => return other.unwrap(),

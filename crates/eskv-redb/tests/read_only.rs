@@ -27,12 +27,15 @@ async fn read_only_opens_never_write_and_share_the_file() {
     assert_eq!(b.get_latest(b"k").await.unwrap(), Some(b"v".to_vec()));
     let mut t = a.begin().await.unwrap();
     t.put(b"k".to_vec(), b"w".to_vec());
-    assert!(matches!(t.commit().await, Err(Error::ReadOnly { .. })));
+    assert!(matches!(
+        t.commit().await,
+        Err(eskv_core::KvError::ReadOnly { .. })
+    ));
     // A commit that writes nothing is fine.
     a.begin().await.unwrap().commit().await.unwrap();
     // A writer cannot open the file while readers hold it.
     match RedbStore::open(&path).await {
-        Err(e @ Error::StoreLocked { .. }) => {
+        Err(e @ eskv_core::KvError::StoreLocked { .. }) => {
             assert!(!e.is_retryable());
             assert!(e.to_string().contains("kv.redb"), "{e}");
         }
@@ -52,7 +55,7 @@ async fn a_file_held_by_a_writer_is_locked_for_everyone() {
         RedbStore::open_read_only(&path).await.err(),
     ] {
         match e {
-            Some(Error::StoreLocked { path: p }) => assert_eq!(p, path),
+            Some(eskv_core::KvError::StoreLocked { path: p }) => assert_eq!(p, path),
             other => panic!("expected StoreLocked, got {other:?}"),
         }
     }
@@ -75,7 +78,7 @@ async fn read_only_refuses_what_is_not_an_eskv_store_without_touching_it() {
     }
     let before = bytes(&other);
     let e = RedbStore::open_read_only(&other).await.unwrap_err();
-    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(matches!(e, eskv_core::KvError::Corrupt { .. }), "{e}");
     assert!(e.to_string().contains("not an eskv store"), "{e}");
     assert_eq!(bytes(&other), before);
     let missing = dir.path().join("missing.redb");
@@ -146,7 +149,10 @@ async fn a_crashed_file_is_recovered_in_a_private_copy() {
     assert_eq!(s.get_latest(b"k").await.unwrap(), Some(b"v".to_vec()));
     let mut t = s.begin().await.unwrap();
     t.put(b"k".to_vec(), b"w".to_vec());
-    assert!(matches!(t.commit().await, Err(Error::ReadOnly { .. })));
+    assert!(matches!(
+        t.commit().await,
+        Err(eskv_core::KvError::ReadOnly { .. })
+    ));
     drop(s);
     assert_eq!(bytes(&crashed), before, "a read-only open changed the file");
 }

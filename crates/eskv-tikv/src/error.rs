@@ -1,7 +1,7 @@
 //! The one place where tikv-client errors become eskv errors, and the
 //! deadline every call runs under.
 
-use eskv_core::{Error, Result};
+use eskv_core::{KvError, KvResult};
 use std::future::Future;
 use std::time::Duration;
 
@@ -78,19 +78,19 @@ pub(crate) fn classify(e: &tikv_client::Error) -> Kind {
 }
 
 /// The one place where tikv-client errors become eskv errors.
-pub(crate) fn map_err(e: tikv_client::Error, phase: Phase, endpoints: &str) -> Error {
+pub(crate) fn map_err(e: tikv_client::Error, phase: Phase, endpoints: &str) -> KvError {
     match (classify(&e), phase) {
-        (Kind::Undetermined, _) => Error::CommitOutcomeUnknown {
+        (Kind::Undetermined, _) => KvError::CommitOutcomeUnknown {
             backend: BACKEND,
             message: e.to_string(),
         },
-        (Kind::Conflict, _) => Error::conflict(format!(
+        (Kind::Conflict, _) => KvError::conflict(format!(
             "TiKV rejected the transaction with a retryable error: {e}"
         )),
-        (Kind::AlreadyExists, _) => Error::conflict(format!(
+        (Kind::AlreadyExists, _) => KvError::conflict(format!(
             "TiKV reports that a key the transaction inserts already exists: {e}"
         )),
-        (Kind::Unavailable | Kind::Internal, Phase::Commit) => Error::CommitOutcomeUnknown {
+        (Kind::Unavailable | Kind::Internal, Phase::Commit) => KvError::CommitOutcomeUnknown {
             backend: BACKEND,
             message: format!(
                 "connection to TiKV failed during commit ({e}); the commit may or may not \
@@ -98,14 +98,14 @@ pub(crate) fn map_err(e: tikv_client::Error, phase: Phase, endpoints: &str) -> E
             ),
         },
         (Kind::Unavailable, _) | (Kind::Other | Kind::Internal, Phase::Connect) => {
-            Error::Unavailable {
+            KvError::Unavailable {
                 backend: BACKEND,
                 message: format!(
                     "cannot reach the TiKV cluster through PD endpoints {endpoints}: {e}"
                 ),
             }
         }
-        (Kind::Other | Kind::Internal, _) => Error::backend(BACKEND, e),
+        (Kind::Other | Kind::Internal, _) => KvError::backend(BACKEND, e),
     }
 }
 
@@ -115,7 +115,7 @@ pub(crate) async fn timed<T>(
     timeout: Duration,
     endpoints: &str,
     fut: impl Future<Output = tikv_client::Result<T>>,
-) -> Result<T> {
+) -> KvResult<T> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(map_err(e, phase, endpoints)),
@@ -149,7 +149,7 @@ mod tests {
         T::KeyError(Box::new(k))
     }
 
-    fn map(e: T, phase: Phase) -> Error {
+    fn map(e: T, phase: Phase) -> KvError {
         map_err(e, phase, EP)
     }
 
@@ -158,7 +158,7 @@ mod tests {
         for phase in [Phase::Read, Phase::Commit] {
             assert!(matches!(
                 map(conflict_key_error(), phase),
-                Error::Conflict { .. }
+                KvError::Conflict { .. }
             ));
         }
         let only_retryable = T::KeyError(Box::new(ProtoKeyError {
@@ -167,14 +167,14 @@ mod tests {
         }));
         assert!(matches!(
             map(only_retryable, Phase::Commit),
-            Error::Conflict { .. }
+            KvError::Conflict { .. }
         ));
         let nested = T::ExtractedErrors(vec![
             abort_key_error(),
             T::MultipleKeyErrors(vec![conflict_key_error()]),
         ]);
         let e = map(nested, Phase::Commit);
-        assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Conflict { .. }), "{e:?}");
         assert!(e.is_retryable());
         let pessimistic = T::PessimisticLockError {
             inner: Box::new(T::MultipleKeyErrors(vec![conflict_key_error()])),
@@ -182,7 +182,7 @@ mod tests {
         };
         assert!(matches!(
             map(pessimistic, Phase::Commit),
-            Error::Conflict { .. }
+            KvError::Conflict { .. }
         ));
         let deadlock = T::KeyError(Box::new(ProtoKeyError {
             deadlock: Some(Default::default()),
@@ -190,7 +190,7 @@ mod tests {
         }));
         assert!(matches!(
             map(deadlock, Phase::Commit),
-            Error::Conflict { .. }
+            KvError::Conflict { .. }
         ));
     }
 
@@ -202,11 +202,13 @@ mod tests {
         }));
         let e = map(T::MultipleKeyErrors(vec![k]), Phase::Commit);
         match e {
-            Error::Conflict { message } => assert!(message.contains("already exists")),
+            KvError::Conflict { message } => assert!(message.contains("already exists")),
             other => panic!("got {other:?}"),
         }
         let e = map(T::DuplicateKeyInsertion, Phase::Commit);
-        assert!(matches!(e, Error::Conflict { ref message } if message.contains("already exists")));
+        assert!(
+            matches!(e, KvError::Conflict { ref message } if message.contains("already exists"))
+        );
     }
 
     #[test]
@@ -218,7 +220,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::CommitOutcomeUnknown {
+                KvError::CommitOutcomeUnknown {
                     backend: "tikv",
                     ..
                 }
@@ -233,7 +235,7 @@ mod tests {
             ]),
             Phase::Commit,
         );
-        assert!(matches!(e, Error::CommitOutcomeUnknown { .. }), "{e:?}");
+        assert!(matches!(e, KvError::CommitOutcomeUnknown { .. }), "{e:?}");
     }
 
     #[test]
@@ -246,7 +248,7 @@ mod tests {
         };
         let e = map(io(), Phase::Read);
         match &e {
-            Error::Unavailable { backend, message } => {
+            KvError::Unavailable { backend, message } => {
                 assert_eq!(*backend, "tikv");
                 assert!(message.contains(EP), "{message}");
             }
@@ -254,12 +256,12 @@ mod tests {
         }
         assert!(matches!(
             map(io(), Phase::Commit),
-            Error::CommitOutcomeUnknown { .. }
+            KvError::CommitOutcomeUnknown { .. }
         ));
         let status = T::GrpcAPI(tonic::Status::unavailable("down"));
         assert!(matches!(
             map(status, Phase::Read),
-            Error::Unavailable { .. }
+            KvError::Unavailable { .. }
         ));
         let leader = T::RegionError(Box::new(tikv_client::ProtoRegionError {
             not_leader: Some(Default::default()),
@@ -267,7 +269,7 @@ mod tests {
         }));
         assert!(matches!(
             map(leader, Phase::Read),
-            Error::Unavailable { .. }
+            KvError::Unavailable { .. }
         ));
         // At connect time every failure means "cannot reach the cluster".
         let e = map(
@@ -276,7 +278,7 @@ mod tests {
             },
             Phase::Connect,
         );
-        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
     }
 
     /// A connection lost mid-RPC reaches tikv-client as a gRPC status with
@@ -295,7 +297,7 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    Error::CommitOutcomeUnknown {
+                    KvError::CommitOutcomeUnknown {
                         backend: "tikv",
                         ..
                     }
@@ -309,16 +311,16 @@ mod tests {
                 Phase::Commit,
             );
             assert!(
-                matches!(e, Error::CommitOutcomeUnknown { .. }),
+                matches!(e, KvError::CommitOutcomeUnknown { .. }),
                 "{code:?} nested during commit: {e:?}"
             );
         }
         // Outside a commit nothing was written: an unknown status is the
         // cluster being unreachable, an internal one a server error.
         let e = map(T::GrpcAPI(tonic::Status::unknown("reset")), Phase::Read);
-        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
         let e = map(T::GrpcAPI(tonic::Status::internal("bug")), Phase::Read);
-        assert!(matches!(e, Error::Backend { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Backend { .. }), "{e:?}");
     }
 
     #[test]
@@ -327,7 +329,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::Backend {
+                KvError::Backend {
                     backend: "tikv",
                     ..
                 }
@@ -339,14 +341,14 @@ mod tests {
             T::GrpcAPI(tonic::Status::invalid_argument("bad")),
             Phase::Read,
         );
-        assert!(matches!(e, Error::Backend { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Backend { .. }), "{e:?}");
         let too_large = T::RegionError(Box::new(tikv_client::ProtoRegionError {
             raft_entry_too_large: Some(Default::default()),
             ..Default::default()
         }));
         assert!(matches!(
             map(too_large, Phase::Commit),
-            Error::Backend { .. }
+            KvError::Backend { .. }
         ));
     }
 
@@ -354,7 +356,7 @@ mod tests {
     fn timeouts_name_endpoints_and_duration() {
         let e = timeout_error(BACKEND, "a get", Phase::Read, Duration::from_secs(2), EP);
         let s = e.to_string();
-        assert!(matches!(e, Error::Unavailable { .. }));
+        assert!(matches!(e, KvError::Unavailable { .. }));
         assert!(s.contains(EP) && s.contains("2s"), "{s}");
         assert!(matches!(
             timeout_error(
@@ -364,7 +366,7 @@ mod tests {
                 Duration::from_secs(2),
                 EP
             ),
-            Error::CommitOutcomeUnknown { .. }
+            KvError::CommitOutcomeUnknown { .. }
         ));
     }
 }

@@ -14,12 +14,12 @@
 //! A transaction whose start timestamp is older than the safe point could
 //! read a snapshot with versions missing, so every read and commit of a
 //! transaction older than the lifetime (less one request timeout, the
-//! longest a read may take) fails with a retryable [`Error::Conflict`]
+//! longest a read may take) fails with a retryable [`KvError::Conflict`]
 //! instead: the event layer retries with a fresh transaction.
 //!
 //! [`TikvStore::collect_garbage`]: crate::TikvStore::collect_garbage
 
-use eskv_core::{Error, Result};
+use eskv_core::{KvError, KvResult};
 use std::time::Duration;
 use tikv_client::Timestamp;
 
@@ -82,10 +82,10 @@ pub struct GcOutcome {
 }
 
 /// Checks a GC lifetime against the minimum and the request timeout.
-pub(crate) fn check_lifetime(lifetime: Duration, request_timeout: Duration) -> Result<()> {
+pub(crate) fn check_lifetime(lifetime: Duration, request_timeout: Duration) -> KvResult<()> {
     let floor = MIN_GC_LIFETIME.max(request_timeout.saturating_mul(2));
     if lifetime < floor {
-        return Err(Error::invalid(format!(
+        return Err(KvError::invalid(format!(
             "GC lifetime {lifetime:?} is too short: it must be at least {floor:?} \
              (one minute, and twice the request timeout), or transactions in flight \
              would read versions GC removed"
@@ -115,8 +115,8 @@ pub(crate) fn snapshot_too_old(age: Duration, lifetime: Option<Duration>, slack:
 }
 
 /// The error for a transaction past its GC lifetime.
-pub(crate) fn too_old_error(age: Duration, lifetime: Duration) -> Error {
-    Error::conflict(format!(
+pub(crate) fn too_old_error(age: Duration, lifetime: Duration) -> KvError {
+    KvError::conflict(format!(
         "the TiKV transaction is {age:?} old and GC runs with a lifetime of {lifetime:?}: \
          its snapshot may have been collected; retry with a fresh transaction"
     ))
@@ -169,7 +169,7 @@ mod tests {
         assert!(check_lifetime(DEFAULT_GC_LIFETIME, t).is_ok());
         assert!(check_lifetime(Duration::from_secs(60), t).is_ok());
         let e = check_lifetime(Duration::from_secs(59), t).unwrap_err();
-        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        assert!(matches!(e, KvError::InvalidInput { .. }), "{e:?}");
         // A long request timeout raises the floor.
         let e = check_lifetime(Duration::from_secs(100), Duration::from_secs(60)).unwrap_err();
         assert!(e.to_string().contains("120s"), "{e}");
@@ -187,6 +187,6 @@ mod tests {
         assert!(!snapshot_too_old(Duration::from_secs(3600), None, slack));
         let e = too_old_error(Duration::from_secs(700), Duration::from_secs(600));
         assert!(e.is_retryable());
-        assert!(matches!(e, Error::Conflict { .. }));
+        assert!(matches!(e, KvError::Conflict { .. }));
     }
 }

@@ -5,7 +5,7 @@
 //! use eskv_tikv::{TikvOptions, TikvStore};
 //! use std::time::Duration;
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> eskv_core::Result<()> {
+//! # async fn main() -> eskv_core::KvResult<()> {
 //! let options = TikvOptions::new(["127.0.0.1:2379"])
 //!     .connect_timeout(Duration::from_secs(5))
 //!     .key_prefix("my-app");
@@ -67,14 +67,14 @@
 //!
 //! ```no_run
 //! # use eskv_tikv::{GcOptions, TikvOptions, TikvStore};
-//! # async fn f() -> eskv_core::Result<()> {
+//! # async fn f() -> eskv_core::KvResult<()> {
 //! let store = TikvStore::connect(TikvOptions::new(["127.0.0.1:2379"])).await?;
 //! let _gc = store.spawn_gc(GcOptions::default())?; // stops when dropped
 //! # Ok(()) }
 //! ```
 //!
 //! Once this process runs GC, its transactions older than the lifetime
-//! (less the request timeout) fail with a retryable [`Error::Conflict`](eskv_core::Error::Conflict)
+//! (less the request timeout) fail with a retryable [`KvError::Conflict`](eskv_core::KvError::Conflict)
 //! instead of reading a snapshot whose versions may be gone.
 //!
 //! # Errors
@@ -83,16 +83,16 @@
 //!
 //! | tikv-client error | eskv error |
 //! | --- | --- |
-//! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`Error::Conflict`](eskv_core::Error::Conflict) |
-//! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`Error::Conflict`](eskv_core::Error::Conflict) ("key already exists") |
-//! | `UndeterminedError` | [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown) |
-//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`Error::Unavailable`](eskv_core::Error::Unavailable) (during commit: [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown), since the primary may have been committed) |
-//! | gRPC status `Internal` | [`Error::Backend`](eskv_core::Error::Backend) (during commit: [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown)) |
-//! | anything else | [`Error::Backend`](eskv_core::Error::Backend) |
+//! | `KeyError` with `conflict`, `retryable`, `deadlock`, `txn_not_found` or `commit_ts_expired` (also nested in `MultipleKeyErrors`, `ExtractedErrors`, `PessimisticLockError`) | [`KvError::Conflict`](eskv_core::KvError::Conflict) |
+//! | `KeyError` with `already_exist`, `DuplicateKeyInsertion` | [`KvError::Conflict`](eskv_core::KvError::Conflict) ("key already exists") |
+//! | `UndeterminedError` | [`KvError::CommitOutcomeUnknown`](eskv_core::KvError::CommitOutcomeUnknown) |
+//! | gRPC transport, I/O, region and leader errors left over after the client's own backoff; gRPC statuses `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Unknown`, `Aborted`, `ResourceExhausted` | [`KvError::Unavailable`](eskv_core::KvError::Unavailable) (during commit: [`KvError::CommitOutcomeUnknown`](eskv_core::KvError::CommitOutcomeUnknown), since the primary may have been committed) |
+//! | gRPC status `Internal` | [`KvError::Backend`](eskv_core::KvError::Backend) (during commit: [`KvError::CommitOutcomeUnknown`](eskv_core::KvError::CommitOutcomeUnknown)) |
+//! | anything else | [`KvError::Backend`](eskv_core::KvError::Backend) |
 //!
 //! Every call is wrapped in `tokio::time::timeout`: tikv-client can hang for
 //! a minute on a PD that accepts connections and never answers. A timeout is
-//! [`Error::Unavailable`](eskv_core::Error::Unavailable), or [`Error::CommitOutcomeUnknown`](eskv_core::Error::CommitOutcomeUnknown) during commit.
+//! [`KvError::Unavailable`](eskv_core::KvError::Unavailable), or [`KvError::CommitOutcomeUnknown`](eskv_core::KvError::CommitOutcomeUnknown) during commit.
 //!
 //! [TiKV]: https://tikv.org
 #![forbid(unsafe_code)]

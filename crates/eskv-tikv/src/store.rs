@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use eskv_core::kv::BufferedTxn;
-use eskv_core::{Capabilities, Error, KvStore, KvTransaction, Result};
+use eskv_core::{Capabilities, KvError, KvResult, KvStore, KvTransaction};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,14 +52,14 @@ pub(crate) struct RawStore {
 impl TikvStore {
     /// Connects to the cluster behind `options.pd_endpoints`.
     ///
-    /// Fails with [`Error::Unavailable`] within `options.connect_timeout`
+    /// Fails with [`KvError::Unavailable`] within `options.connect_timeout`
     /// when PD cannot be reached or does not answer, and with
-    /// [`Error::InvalidInput`] for bad options (no endpoints, missing TLS
+    /// [`KvError::InvalidInput`] for bad options (no endpoints, missing TLS
     /// files).
-    pub async fn connect(options: TikvOptions) -> Result<Self> {
+    pub async fn connect(options: TikvOptions) -> KvResult<Self> {
         let endpoints = options.endpoints();
         if options.pd_endpoints.is_empty() {
-            return Err(Error::invalid(
+            return Err(KvError::invalid(
                 "no PD endpoints given; pass at least one host:port (for example 127.0.0.1:2379)",
             ));
         }
@@ -71,7 +71,7 @@ impl TikvStore {
             (Some(ca), Some(cert), Some(key)) => {
                 for (what, p) in [("CA certificate", ca), ("certificate", cert), ("key", key)] {
                     if let Err(e) = std::fs::metadata(p) {
-                        return Err(Error::invalid(format!(
+                        return Err(KvError::invalid(format!(
                             "TLS {what} file {} cannot be read: {e}",
                             p.display()
                         )));
@@ -80,7 +80,7 @@ impl TikvStore {
                 config = config.with_security(ca, cert, key);
             }
             _ => {
-                return Err(Error::invalid(
+                return Err(KvError::invalid(
                     "TLS needs all three of ca_path, cert_path and key_path",
                 ))
             }
@@ -129,13 +129,13 @@ impl TikvStore {
     /// managed by TiDB, which runs its own GC), and give every process the
     /// same lifetime. From the first call on, a transaction of this store
     /// older than `lifetime` (less the request timeout) fails its reads and
-    /// commit with a retryable [`Error::Conflict`] rather than read a
+    /// commit with a retryable [`KvError::Conflict`] rather than read a
     /// snapshot GC may have removed.
     ///
-    /// Fails with [`Error::InvalidInput`] for a lifetime under
+    /// Fails with [`KvError::InvalidInput`] for a lifetime under
     /// [`MIN_GC_LIFETIME`](crate::MIN_GC_LIFETIME) or twice the request timeout, and with
-    /// [`Error::Unavailable`] when PD or TiKV cannot be reached.
-    pub async fn collect_garbage(&self, lifetime: Duration) -> Result<GcOutcome> {
+    /// [`KvError::Unavailable`] when PD or TiKV cannot be reached.
+    pub async fn collect_garbage(&self, lifetime: Duration) -> KvResult<GcOutcome> {
         let raw = &self.raw;
         gc::check_lifetime(lifetime, raw.request_timeout)?;
         // Guard this process's transactions before anything is collected.
@@ -154,7 +154,7 @@ impl TikvStore {
         )
         .await?;
         let Some(safe_point) = gc::safe_point(&now, lifetime) else {
-            return Err(Error::invalid(format!(
+            return Err(KvError::invalid(format!(
                 "GC lifetime {lifetime:?} reaches back before PD's clock started"
             )));
         };
@@ -193,16 +193,16 @@ impl TikvStore {
     /// interval. Read the caveats of `collect_garbage` first: the safe
     /// point is cluster-wide.
     ///
-    /// Fails with [`Error::InvalidInput`] for a lifetime that
+    /// Fails with [`KvError::InvalidInput`] for a lifetime that
     /// `collect_garbage` would refuse, a zero interval, or when called
     /// outside a Tokio runtime.
-    pub fn spawn_gc(&self, options: GcOptions) -> Result<GcTask> {
+    pub fn spawn_gc(&self, options: GcOptions) -> KvResult<GcTask> {
         gc::check_lifetime(options.lifetime, self.raw.request_timeout)?;
         if options.interval.is_zero() {
-            return Err(Error::invalid("GC interval must not be zero"));
+            return Err(KvError::invalid("GC interval must not be zero"));
         }
         let rt = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::invalid("spawn_gc must be called within a Tokio runtime"))?;
+            .map_err(|_| KvError::invalid("spawn_gc must be called within a Tokio runtime"))?;
         let store = self.clone();
         let handle = rt.spawn(async move {
             let mut tick = tokio::time::interval(options.interval);
@@ -220,7 +220,7 @@ impl TikvStore {
     /// Deletes every key of this store's namespace, in transactions of a few
     /// hundred keys each, and returns how many were deleted. Refuses to run
     /// without a key prefix, which would wipe the whole cluster.
-    pub async fn clear_namespace(&self) -> Result<u64> {
+    pub async fn clear_namespace(&self) -> KvResult<u64> {
         self.view.namespace_to_clear()?.clear().await
     }
 }
@@ -253,7 +253,7 @@ impl KvStore for TikvStore {
         self.view.store().capabilities()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         self.view.store().begin().await
     }
 
@@ -268,7 +268,7 @@ impl KvStore for RawStore {
         &self.caps
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.caps, async {
             let options = TransactionOptions::new_optimistic().drop_check(CheckLevel::None);
             // Before the timestamp is asked for, so the age never undercounts.

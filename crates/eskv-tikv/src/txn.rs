@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use eskv_core::kv::{KvSnapshot, WriteSet};
-use eskv_core::{Error, KeyRange, KvPair, Result, ScanOptions};
+use eskv_core::{KeyRange, KvError, KvPair, KvResult, ScanOptions};
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub(crate) fn check_age(
     started: Instant,
     gc_lifetime_ms: &AtomicU64,
     slack: Duration,
-) -> Result<()> {
+) -> KvResult<()> {
     let ms = gc_lifetime_ms.load(Ordering::SeqCst);
     let lifetime = (ms > 0).then(|| Duration::from_millis(ms));
     let age = started.elapsed();
@@ -71,7 +71,7 @@ pub(crate) fn check_age(
 }
 
 impl TikvSnapshot {
-    fn check_age(&self) -> Result<()> {
+    fn check_age(&self) -> KvResult<()> {
         check_age(self.started, &self.gc_lifetime_ms, self.timeout)
     }
 
@@ -91,7 +91,7 @@ impl TikvSnapshot {
         range: &KeyRange,
         reverse: bool,
         limit: Option<usize>,
-    ) -> Result<Vec<KvPair>> {
+    ) -> KvResult<Vec<KvPair>> {
         let mut out: Vec<KvPair> = Vec::new();
         let mut plan = paging::ScanPlan::new(range.clone(), reverse, limit, self.stride.take());
         while let Some(req) = plan.next_request() {
@@ -118,7 +118,7 @@ impl TikvSnapshot {
 
 #[async_trait]
 impl KvSnapshot for TikvSnapshot {
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.check_age()?;
         let mut snap = self.snapshot();
         let wanted = keys.clone();
@@ -134,11 +134,11 @@ impl KvSnapshot for TikvSnapshot {
         Ok(keys.iter().map(|k| fetched.get(k).cloned()).collect())
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         self.scan_snapshot(&range, opts.reverse, opts.limit).await
     }
 
-    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()> {
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
         let TikvSnapshot {
             mut txn,
             endpoints,
@@ -172,7 +172,7 @@ impl KvSnapshot for TikvSnapshot {
         let res = timed("a commit", Phase::Commit, timeout, &endpoints, txn.commit()).await;
         match res {
             Ok(_) => Ok(()),
-            Err(e @ Error::CommitOutcomeUnknown { .. }) => Err(e),
+            Err(e @ KvError::CommitOutcomeUnknown { .. }) => Err(e),
             Err(e) => {
                 // The commit failed before the primary key was committed:
                 // release the prewrite locks now rather than leave them
@@ -199,7 +199,7 @@ mod tests {
         assert!(check_age(old, &lifetime, slack).is_ok());
         lifetime.store(60_000, Ordering::SeqCst);
         let e = check_age(old, &lifetime, slack).unwrap_err();
-        assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+        assert!(matches!(e, KvError::Conflict { .. }), "{e:?}");
         assert!(e.is_retryable());
         assert!(check_age(Instant::now(), &lifetime, slack).is_ok());
         // Within the slack of the lifetime counts as too old.

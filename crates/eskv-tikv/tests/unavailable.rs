@@ -1,7 +1,6 @@
 //! An unreachable or silent PD gives a clear `Unavailable` within the
 //! configured timeout. These run without a cluster.
 
-use eskv_core::Error;
 use eskv_tikv::{TikvOptions, TikvStore};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ async fn silent_pd_times_out_with_unavailable() {
     let elapsed = start.elapsed();
     println!("silent PD: {err} after {elapsed:?}");
     match &err {
-        Error::Unavailable { backend, message } => {
+        eskv_core::KvError::Unavailable { backend, message } => {
             assert_eq!(*backend, "tikv");
             assert!(
                 message.contains(&addr),
@@ -71,7 +70,7 @@ async fn closed_port_is_unavailable_fast() {
     let elapsed = start.elapsed();
     println!("closed port: {err} after {elapsed:?}");
     match &err {
-        Error::Unavailable { message, .. } => {
+        eskv_core::KvError::Unavailable { message, .. } => {
             assert!(message.contains(&addr), "{message}")
         }
         other => panic!("expected Unavailable, got {other:?}"),
@@ -84,11 +83,17 @@ async fn bad_options_are_invalid_input() {
     let err = TikvStore::connect(TikvOptions::new(Vec::<String>::new()))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(
+        matches!(err, eskv_core::KvError::InvalidInput { .. }),
+        "{err:?}"
+    );
     let mut o = TikvOptions::new(["127.0.0.1:1"]);
     o.ca_path = Some("/nonexistent/ca.pem".into());
     let err = TikvStore::connect(o).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(
+        matches!(err, eskv_core::KvError::InvalidInput { .. }),
+        "{err:?}"
+    );
     let o = TikvOptions::new(["127.0.0.1:1"]).tls(
         "/nonexistent/ca.pem",
         "/nonexistent/c.pem",
@@ -96,7 +101,7 @@ async fn bad_options_are_invalid_input() {
     );
     let err = TikvStore::connect(o).await.unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidInput { message } if message.contains("/nonexistent/ca.pem")),
+        matches!(&err, eskv_core::KvError::InvalidInput { message } if message.contains("/nonexistent/ca.pem")),
         "{err:?}"
     );
 }

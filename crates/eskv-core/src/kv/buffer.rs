@@ -2,7 +2,7 @@
 //! and the read-your-own-writes merge over a snapshot.
 
 use super::{Capabilities, KeyRange, KvPair, ScanOptions, WriteSet};
-use crate::error::{Error, Result};
+use crate::kv::{KvError, KvResult};
 use std::collections::BTreeMap;
 
 /// The buffered writes of a transaction, with the read-your-own-writes merge
@@ -66,9 +66,9 @@ impl WriteBuffer {
 
     /// Splits into writes and validation set, failing if an invalid write
     /// was buffered.
-    pub fn into_parts(self) -> Result<(WriteSet, Vec<Vec<u8>>)> {
+    pub fn into_parts(self) -> KvResult<(WriteSet, Vec<Vec<u8>>)> {
         if let Some(e) = self.error {
-            return Err(Error::invalid(format!(
+            return Err(KvError::invalid(format!(
                 "transaction buffered an invalid write: {e}"
             )));
         }
@@ -77,9 +77,9 @@ impl WriteBuffer {
 
     /// Checks the buffered writes against `caps`, so a backend rejects an
     /// oversized transaction before sending anything.
-    pub fn check_limits(&self, caps: &Capabilities) -> Result<()> {
+    pub fn check_limits(&self, caps: &Capabilities) -> KvResult<()> {
         if let Some(e) = &self.error {
-            return Err(Error::invalid(format!(
+            return Err(KvError::invalid(format!(
                 "transaction buffered an invalid write: {e}"
             )));
         }
@@ -91,7 +91,7 @@ impl WriteBuffer {
                 .map(|v| v.len())
                 .find(|&n| n > max)
             {
-                return Err(Error::limit(
+                return Err(KvError::limit(
                     format!("a value for the {} backend (bytes)", caps.backend),
                     max,
                     v,
@@ -101,7 +101,7 @@ impl WriteBuffer {
         if let Some(max) = caps.max_ops_per_txn {
             let ops = self.writes.len() + self.validated.len();
             if ops > max {
-                return Err(Error::limit(
+                return Err(KvError::limit(
                     format!("operations in one {} transaction", caps.backend),
                     max,
                     ops,
@@ -115,7 +115,7 @@ impl WriteBuffer {
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
                 .sum();
             if bytes > max {
-                return Err(Error::limit(
+                return Err(KvError::limit(
                     format!("bytes written by one {} transaction", caps.backend),
                     max,
                     bytes,

@@ -1,7 +1,7 @@
 //! Namespaces: one store seen as many, each under its own key prefix.
 
 use super::{Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, ScanOptions};
-use crate::error::Result;
+use crate::kv::KvResult;
 use async_trait::async_trait;
 use std::fmt;
 use std::ops::Bound;
@@ -83,7 +83,7 @@ impl Namespaced {
     /// Deletes every key of this namespace, in transactions sized by the
     /// backend's limits, and returns how many were deleted. Other
     /// namespaces are untouched.
-    pub async fn clear(&self) -> Result<u64> {
+    pub async fn clear(&self) -> KvResult<u64> {
         let page = self.caps.max_ops_per_txn.map_or(1024, |m| m.clamp(1, 1024));
         let mut deleted = 0u64;
         loop {
@@ -122,7 +122,7 @@ impl KvStore for Namespaced {
         self.inner.commit_watch()
     }
 
-    async fn begin(&self) -> Result<Box<dyn KvTransaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         Ok(Box::new(NamespacedTxn {
             inner: self.inner.begin().await?,
             ns: self.clone(),
@@ -138,19 +138,19 @@ struct NamespacedTxn {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl KvTransaction for NamespacedTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         if key.is_empty() {
             return Ok(None);
         }
         self.inner.get(&self.ns.key(key)).await
     }
 
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.ns.key(k)).collect();
         self.inner.get_many(&keys).await
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let rows = self.inner.scan(self.ns.range(range), opts).await?;
         Ok(self.ns.strip(rows))
     }
@@ -159,7 +159,7 @@ impl KvTransaction for NamespacedTxn {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         let gets: Vec<Vec<u8>> = gets.iter().map(|k| self.ns.key(k)).collect();
         let scans: Vec<(KeyRange, ScanOptions)> = scans
             .iter()
@@ -193,7 +193,7 @@ impl KvTransaction for NamespacedTxn {
         self.inner.validate(k)
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(self: Box<Self>) -> KvResult<()> {
         self.inner.commit().await
     }
 }

@@ -4,11 +4,11 @@
 //!
 //! Invariant: a failure while committing never reads as "nothing happened".
 //! A lost answer during [`Phase::Commit`] is
-//! [`Error::CommitOutcomeUnknown`]; in any other phase nothing was written,
-//! and it is [`Error::Unavailable`].
+//! [`KvError::CommitOutcomeUnknown`]; in any other phase nothing was written,
+//! and it is [`KvError::Unavailable`].
 
 use super::{KvStore, Namespaced};
-use crate::error::{Error, Result};
+use crate::kv::{KvError, KvResult};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,10 @@ pub enum Phase {
 
 impl Phase {
     /// The error for a connection lost or a call unanswered in this phase.
-    pub fn lost(self, backend: &'static str, message: String) -> Error {
+    pub fn lost(self, backend: &'static str, message: String) -> KvError {
         match self {
-            Phase::Commit => Error::CommitOutcomeUnknown { backend, message },
-            Phase::Connect | Phase::Read => Error::Unavailable { backend, message },
+            Phase::Commit => KvError::CommitOutcomeUnknown { backend, message },
+            Phase::Connect | Phase::Read => KvError::Unavailable { backend, message },
         }
     }
 }
@@ -42,7 +42,7 @@ pub fn timeout_error(
     phase: Phase,
     timeout: Duration,
     cluster: &str,
-) -> Error {
+) -> KvError {
     phase.lost(
         backend,
         format!(
@@ -60,8 +60,8 @@ pub async fn with_deadline<T>(
     phase: Phase,
     timeout: Duration,
     cluster: &str,
-    call: impl Future<Output = Result<T>>,
-) -> Result<T> {
+    call: impl Future<Output = KvResult<T>>,
+) -> KvResult<T> {
     match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
         Err(_) => Err(timeout_error(backend, what, phase, timeout, cluster)),
@@ -106,9 +106,9 @@ impl ClusterView {
     }
 
     /// The namespace, or the error that refuses to clear a whole cluster.
-    pub fn namespace_to_clear(&self) -> Result<&Namespaced> {
+    pub fn namespace_to_clear(&self) -> KvResult<&Namespaced> {
         self.namespace.as_ref().ok_or_else(|| {
-            Error::invalid(
+            KvError::invalid(
                 "clearing needs a key prefix (a namespace); refusing to delete every key of the cluster",
             )
         })

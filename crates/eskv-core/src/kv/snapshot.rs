@@ -17,7 +17,7 @@ use super::{
     begin_span, scan_span, traced_commit, Capabilities, KeyRange, KvPair, KvTransaction, ReadMany,
     ScanOptions, WriteBuffer, WriteSet,
 };
-use crate::error::Result;
+use crate::kv::KvResult;
 use async_trait::async_trait;
 use tracing::Instrument;
 
@@ -27,7 +27,7 @@ use tracing::Instrument;
 ///
 /// ```
 /// use eskv_core::kv::{BufferedTxn, Capabilities, KeyRange, KvPair, KvSnapshot, ReadMany, ScanOptions, WriteSet};
-/// use eskv_core::{KvTransaction, Result};
+/// use eskv_core::{KvResult, KvTransaction};
 /// use std::collections::BTreeMap;
 ///
 /// /// A frozen map that accepts commits without checking them: enough to
@@ -36,21 +36,21 @@ use tracing::Instrument;
 ///
 /// #[eskv_core::async_trait]
 /// impl KvSnapshot for Frozen {
-///     async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
+///     async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
 ///         Ok(keys.iter().map(|k| self.0.get(k).cloned()).collect())
 ///     }
-///     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+///     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
 ///         let rows = self.0.range::<[u8], _>(range.as_bounds()).map(|(k, v)| (k.clone(), v.clone()));
 ///         let rows: Vec<KvPair> = if opts.reverse { rows.rev().collect() } else { rows.collect() };
 ///         Ok(rows.into_iter().take(opts.limit.unwrap_or(usize::MAX)).collect())
 ///     }
-///     async fn commit(self, _writes: WriteSet, _validated: Vec<Vec<u8>>) -> Result<()> {
+///     async fn commit(self, _writes: WriteSet, _validated: Vec<Vec<u8>>) -> KvResult<()> {
 ///         Ok(())
 ///     }
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<()> {
+/// # async fn main() -> KvResult<()> {
 /// let snapshot = Frozen(BTreeMap::from([(b"a".to_vec(), b"1".to_vec())]));
 /// let mut txn = BufferedTxn::new(snapshot, Capabilities::unlimited("frozen"));
 /// txn.put(b"b".to_vec(), b"2".to_vec());
@@ -62,11 +62,11 @@ use tracing::Instrument;
 #[async_trait]
 pub trait KvSnapshot: Send + 'static {
     /// The values of `keys` at the snapshot, in input order.
-    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>>;
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>>;
 
     /// Up to `opts.limit` rows of the non-empty `range` at the snapshot, in
     /// key order (descending if `opts.reverse`).
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>>;
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>>;
 
     /// [`get_many`](Self::get_many) and several [`scan`](Self::scan)s at
     /// once. The default runs them one after another; backends that pay per
@@ -75,7 +75,7 @@ pub trait KvSnapshot: Send + 'static {
         &mut self,
         gets: Vec<Vec<u8>>,
         scans: Vec<(KeyRange, ScanOptions)>,
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         let values = if gets.is_empty() {
             Vec::new()
         } else {
@@ -90,9 +90,9 @@ pub trait KvSnapshot: Send + 'static {
 
     /// Applies `writes` atomically, unless a key of `writes` or `validated`
     /// was changed by a transaction that committed after the snapshot
-    /// (then [`Error::Conflict`](crate::Error::Conflict)). See the
+    /// (then [`KvError::Conflict`](crate::Error::Conflict)). See the
     /// contract's rules 4 to 7 in [`crate::kv`].
-    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> Result<()>
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()>
     where
         Self: Sized;
 }
@@ -118,9 +118,9 @@ impl<S: KvSnapshot> BufferedTxn<S> {
 
     /// Opens the begin span for `caps.backend` around `open`, the
     /// backend's way of fixing a snapshot, and wraps the result.
-    pub async fn begin<F>(caps: &Capabilities, open: F) -> Result<Box<dyn KvTransaction>>
+    pub async fn begin<F>(caps: &Capabilities, open: F) -> KvResult<Box<dyn KvTransaction>>
     where
-        F: std::future::Future<Output = Result<S>>,
+        F: std::future::Future<Output = KvResult<S>>,
     {
         let snapshot = open.instrument(begin_span(caps.backend)).await?;
         Ok(Box::new(BufferedTxn::new(snapshot, caps.clone())))
@@ -166,12 +166,12 @@ impl<S: KvSnapshot> BufferedTxn<S> {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         let keys = [key.to_vec()];
         Ok(self.get_many(&keys).await?.pop().flatten())
     }
 
-    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         let missing = self.unbuffered(keys);
         let fetched = if missing.is_empty() {
             Vec::new()
@@ -181,7 +181,7 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
         Ok(self.merge_gets(keys, fetched))
     }
 
-    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> Result<Vec<KvPair>> {
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let Some((r, o)) = self.snapshot_scan(&range, opts) else {
             return Ok(Vec::new());
         };
@@ -197,7 +197,7 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
         &mut self,
         gets: &[Vec<u8>],
         scans: &[(KeyRange, ScanOptions)],
-    ) -> Result<ReadMany> {
+    ) -> KvResult<ReadMany> {
         let missing = self.unbuffered(gets);
         let plans: Vec<Option<(KeyRange, ScanOptions)>> = scans
             .iter()
@@ -234,7 +234,7 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
         self.buf.validate(key)
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(self: Box<Self>) -> KvResult<()> {
         let BufferedTxn {
             snapshot,
             buf,

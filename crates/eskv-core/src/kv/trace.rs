@@ -2,7 +2,7 @@
 //! whatever the backend.
 
 use super::ScanOptions;
-use crate::error::{Error, Result};
+use crate::kv::{KvError, KvResult};
 
 /// The span every backend opens for a scan.
 pub fn scan_span(backend: &'static str, opts: ScanOptions) -> tracing::Span {
@@ -22,9 +22,9 @@ pub fn begin_span(backend: &'static str) -> tracing::Span {
 /// Records a commit's outcome on the current span and in a trace event.
 /// Every backend routes its commit through this, so the "commit" span and
 /// its `outcome` field look the same everywhere.
-pub async fn traced_commit<F>(backend: &'static str, writes: usize, fut: F) -> Result<()>
+pub async fn traced_commit<F>(backend: &'static str, writes: usize, fut: F) -> KvResult<()>
 where
-    F: std::future::Future<Output = Result<()>>,
+    F: std::future::Future<Output = KvResult<()>>,
 {
     use tracing::Instrument;
     let span = tracing::debug_span!(
@@ -36,8 +36,8 @@ where
     let res = fut.instrument(span.clone()).await;
     let outcome = match &res {
         Ok(()) => "ok",
-        Err(Error::Conflict { .. }) => "conflict",
-        Err(Error::CommitOutcomeUnknown { .. }) => "unknown",
+        Err(KvError::Conflict { .. }) => "conflict",
+        Err(KvError::CommitOutcomeUnknown { .. }) => "unknown",
         Err(_) => "error",
     };
     span.record("outcome", outcome);

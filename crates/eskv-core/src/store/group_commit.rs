@@ -104,7 +104,7 @@ impl Inner {
             }
             Err(e) => {
                 for p in batch {
-                    let _ = p.reply.send(Answer::new(Err(e.duplicate()), false, size));
+                    let _ = p.reply.send(Answer::new(Err(e.clone()), false, size));
                 }
             }
         }

@@ -223,7 +223,7 @@ impl EventStore {
         retry(self.inner.opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             txn.put(layout::import_key(), value.clone());
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }
@@ -235,7 +235,7 @@ impl EventStore {
         retry(self.inner.opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             txn.delete(layout::import_key());
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }

@@ -757,7 +757,7 @@ pub(super) async fn scan_page(
     order: Order,
 ) -> Result<Vec<KvPair>> {
     if order != Order::BackwardByWindows {
-        return txn
+        return Ok(txn
             .scan(
                 range_of(lo, hi),
                 ScanOptions {
@@ -765,7 +765,7 @@ pub(super) async fn scan_page(
                     reverse: order.backwards(),
                 },
             )
-            .await;
+            .await?);
     }
     let mut out: Vec<KvPair> = Vec::new();
     let mut top = hi;

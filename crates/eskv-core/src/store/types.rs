@@ -24,7 +24,7 @@ impl EventStore {
             for t in &types {
                 txn.put(layout::registry_key(t), Vec::new());
             }
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await?;
         self.inner
@@ -48,7 +48,7 @@ impl EventStore {
         retry(self.inner.opts.max_retries, || async {
             let mut txn = kv.begin().await?;
             txn.put(layout::strict_key(), vec![u8::from(strict)]);
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }

@@ -53,7 +53,7 @@ impl EventStore {
                 return Ok(());
             }
             txn.put(key.clone(), layout::u64_value(position));
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }
@@ -84,7 +84,7 @@ impl EventStore {
     pub(super) async fn scan_all(&self, range: KeyRange) -> Result<Vec<KvPair>> {
         retry(self.options().max_retries, || async {
             let mut txn = self.kv().begin().await?;
-            txn.scan(range.clone(), ScanOptions::default()).await
+            Ok(txn.scan(range.clone(), ScanOptions::default()).await?)
         })
         .await
     }

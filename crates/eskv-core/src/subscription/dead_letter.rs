@@ -142,7 +142,7 @@ impl EventStore {
                 retry(self.options().max_retries, || async {
                     let mut txn = self.kv().begin().await?;
                     txn.delete(key.clone());
-                    txn.commit().await
+                    Ok(txn.commit().await?)
                 })
                 .await?;
                 fixed += 1;

@@ -256,7 +256,7 @@ impl ConsumerGroup {
             txn.put(
                 self.member_key(&self.member),
                 postcard::to_allocvec(&now.saturating_add(ttl))
-                    .map_err(|e| Error::backend("eskv", e))?,
+                    .map_err(|e| Error::encode("consumer-group lease expiry", e))?,
             );
             let members = txn
                 .scan(layout::member_range(&self.group), ScanOptions::default())
@@ -344,7 +344,7 @@ impl ConsumerGroup {
             owner: self.member.clone(),
             expires_ms: now.saturating_add(ttl),
         };
-        postcard::to_allocvec(&lease).map_err(|e| Error::backend("eskv", e))
+        postcard::to_allocvec(&lease).map_err(|e| Error::encode("consumer-group lease", e))
     }
 
     /// Every stored lease of the group, by partition (undecodable leases
@@ -431,8 +431,7 @@ impl ConsumerGroup {
                     match t.await {
                         Ok(Err(e)) => stop = Some(e),
                         Err(e) if e.is_panic() => {
-                            stop =
-                                Some(Error::backend("handler", format!("partition {p} panicked")))
+                            stop = Some(Error::handler(None, format!("partition {p} panicked")))
                         }
                         _ => {}
                     }
@@ -495,14 +494,14 @@ impl ConsumerGroup {
                         txn.delete(k);
                     }
                 }
-                txn.commit().await
+                Ok(txn.commit().await?)
             })
             .await?;
         }
         retry(retries, || async {
             let mut txn = self.store.kv().begin().await?;
             txn.delete(self.member_key(&self.member));
-            txn.commit().await
+            Ok(txn.commit().await?)
         })
         .await
     }

@@ -150,12 +150,12 @@ pub(super) async fn handle_with_retries<H: EventHandler + ?Sized>(
                         parked_at_ms: now_ms(),
                     };
                     let value =
-                        postcard::to_allocvec(&rec).map_err(|e| Error::backend("eskv", e))?;
+                        postcard::to_allocvec(&rec).map_err(|e| Error::encode("dead letter", e))?;
                     let key = layout::dead_letter_key(consumer, event.position);
                     retry(store.options().max_retries, || async {
                         let mut txn = store.kv().begin().await?;
                         txn.put(key.clone(), value.clone());
-                        txn.commit().await
+                        Ok(txn.commit().await?)
                     })
                     .await?;
                     crate::observe::parked(match consumer {
@@ -165,14 +165,10 @@ pub(super) async fn handle_with_retries<H: EventHandler + ?Sized>(
                     return Ok(false);
                 }
                 _ => {
-                    return Err(Error::Backend {
-                        backend: "handler",
-                        source: format!(
-                            "handler failed {attempt} times on the event at position {}: {e}",
-                            event.position
-                        )
-                        .into(),
-                    })
+                    return Err(Error::handler(
+                        Some(event.position),
+                        format!("the handler failed {attempt} times: {e}"),
+                    ))
                 }
             },
         }
