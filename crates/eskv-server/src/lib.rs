@@ -56,6 +56,7 @@ mod ids;
 mod kurrent;
 mod kurrent_batch;
 mod kurrent_cluster;
+mod kurrent_lifecycle;
 mod kurrent_map;
 mod proto;
 mod server;
