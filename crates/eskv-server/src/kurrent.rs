@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `Streams.Append` | a stream append with the expected revision (revision `r` is version `r + 1`) |
 //! | `Streams.Read` | stream and `$all` reads both ways; catch-up subscriptions with filters and checkpoints |
-//! | `Streams.Delete`, `Streams.Tombstone` | `UNIMPLEMENTED`: not supported yet |
+//! | `Streams.Delete`, `Streams.Tombstone` | soft delete and tombstone with the expected revision (see `kurrent_lifecycle`); a tombstoned stream's reads, appends and subscriptions answer KurrentDB's stream-deleted status |
 //! | `Streams.BatchAppend` | appends by correlation id, each like `Append` (see `kurrent_batch`) |
 //! | `ServerFeatures.GetSupportedMethods` | what is served here |
 //! | `Gossip.Read` | this server, as the one live leader |

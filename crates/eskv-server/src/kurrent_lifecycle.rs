@@ -12,13 +12,15 @@
 //!   message and `exception: wrong-expected-version` trailers (an actual
 //!   version of -1 is how the clients learn the stream does not exist).
 //! - A tombstoned stream (deleting or tombstoning it again, and every later
-//!   append or read): `exception: stream-deleted`, the clients' "stream
+//!   append or read), and `stream_exists` on a soft-deleted stream:
+//!   `FAILED_PRECONDITION` "Event stream '...' is deleted." with trailers
+//!   `exception: stream-deleted` and `stream-name`, the clients' "stream
 //!   deleted" error.
 //!
 //! A soft-deleted stream reads as not found and is re-created by appending
 //! (its revisions continue); a tombstoned one never comes back.
 
-use crate::error::{kurrent_status, kurrent_wrong_expected_version};
+use crate::error::{kurrent_status, kurrent_stream_deleted, kurrent_wrong_expected_version};
 use crate::kurrent_map as map;
 use crate::proto::event_store::client::streams::{
     delete_req, delete_resp, tombstone_req, tombstone_resp, DeleteReq, DeleteResp, TombstoneReq,
@@ -103,6 +105,13 @@ async fn run(
             if matches!(expected, ExpectedVersion::Any | ExpectedVersion::NoStream) =>
         {
             Ok(None)
+        }
+        // KurrentDB's answer to `stream_exists` on a soft-deleted stream.
+        Err(Error::WrongExpectedVersion { .. })
+            if expected == ExpectedVersion::StreamExists
+                && store.stream_info(stream).await.is_ok_and(|i| i.deleted) =>
+        {
+            Err(kurrent_stream_deleted(stream))
         }
         Err(Error::WrongExpectedVersion { actual, .. }) => {
             let op = match kind {
