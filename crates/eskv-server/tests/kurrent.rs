@@ -555,6 +555,42 @@ async fn kurrentdb_client_deletes_and_tombstones_streams() {
         other => panic!("a tombstoned name stays deleted, got {other:?}"),
     }
 
+    // A stream subscription ends with the stream-deleted error: at once on
+    // a tombstoned stream, and when a live one's stream is tombstoned.
+    let sub_err = |mut sub: kurrentdb::Subscription| async move {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("an answer within 10 s")
+    };
+    let dead = c
+        .subscribe_to_stream("cart-1", &SubscribeToStreamOptions::default())
+        .await;
+    match sub_err(dead).await {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("subscribing to a tombstoned stream is deleted, got {other:?}"),
+    }
+    c.append_to_stream(
+        "cart-2",
+        &AppendToStreamOptions::default(),
+        vec![ev("ItemAdded", 1)],
+    )
+    .await
+    .unwrap();
+    let mut live = c
+        .subscribe_to_stream(
+            "cart-2",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
+        .await;
+    assert_eq!(next_event(&mut live).await.stream_id, "cart-2");
+    c.tombstone_stream("cart-2", &tombstone_at(StreamState::StreamRevision(0)))
+        .await
+        .unwrap();
+    match sub_err(live).await {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("a live subscription ends when its stream is tombstoned, got {other:?}"),
+    }
+
     // A $all subscription from the start delivers the lifecycle events in
     // order with everything else.
     let mut sub = c
@@ -562,13 +598,14 @@ async fn kurrentdb_client_deletes_and_tombstones_streams() {
         .await;
     // (The deleted and tombstoned streams' own events are skipped.)
     let mut types = Vec::new();
-    while types.iter().filter(|t| *t == "$stream-tombstoned").count() < 2 {
+    while types.iter().filter(|t| *t == "$stream-tombstoned").count() < 3 {
         types.push(next_event(&mut sub).await.event_type);
     }
     assert_eq!(
         types,
         [
             "$stream-deleted",
+            "$stream-tombstoned",
             "$stream-tombstoned",
             "$stream-tombstoned"
         ]
