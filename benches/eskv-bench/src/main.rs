@@ -15,6 +15,8 @@ mod sys_etcd;
 mod sys_raw;
 mod sys_raw_fjall;
 mod sys_redb_tables;
+#[cfg(feature = "umadb")]
+mod sys_server;
 mod sys_sqlite;
 #[cfg(feature = "umadb")]
 mod sys_uma;
@@ -48,6 +50,8 @@ pub const RAW_FJALL: &str = "raw-fjall-layout";
 pub const UMADB: &str = "umadb";
 pub const UMADB_CACHE: &str = "umadb-mmap-cache";
 pub const UMADB_SERVER: &str = "umadb-server";
+/// eskv served by `eskv-server` on redb, driven like `umadb-server`.
+pub const ESKV_SERVER: &str = "eskv-server";
 /// SQLite with each event's tags in its own row plus a (tag, position)
 /// index table: the SQLite row the targets are judged against.
 pub const SQLITE_INLINE: &str = "sqlite-tags-inline";
@@ -56,7 +60,7 @@ pub const SQLITE: &str = "sqlite-tags-joined";
 pub const ESKV_ETCD: &str = "eskv-etcd";
 pub const RAW_ETCD: &str = "raw-etcd";
 pub const FSYNC: &str = "fsync-limit";
-pub const SYSTEMS: [&str; 14] = [
+pub const SYSTEMS: [&str; 15] = [
     ESKV_REDB,
     ESKV_FJALL,
     ESKV_MEM,
@@ -66,6 +70,7 @@ pub const SYSTEMS: [&str; 14] = [
     UMADB,
     UMADB_CACHE,
     UMADB_SERVER,
+    ESKV_SERVER,
     SQLITE_INLINE,
     SQLITE,
     ESKV_ETCD,
@@ -493,6 +498,10 @@ impl Harness {
         ];
         if cfg!(feature = "umadb") {
             names.extend([UMADB, UMADB_CACHE]);
+            // The served systems run W1 (and W3, in `concurrent`).
+            if tag == "W1" {
+                names.extend([UMADB_SERVER, ESKV_SERVER]);
+            }
         }
         names.extend([SQLITE_INLINE, SQLITE]);
         if self.etcd_endpoints().is_some() && ETCD_WORKLOADS.contains(&tag) {
@@ -534,6 +543,26 @@ impl Harness {
             UMADB => Box::new(sys_uma::Uma::open(&dir()?.join("uma.db"), false)?),
             #[cfg(feature = "umadb")]
             UMADB_CACHE => Box::new(sys_uma::Uma::open(&dir()?.join("uma.db"), true)?),
+            #[cfg(feature = "umadb")]
+            UMADB_SERVER => {
+                let server = sys_uma::UmaServer::start(&dir()?.join("uma.db"))?;
+                let url = server.url().to_owned();
+                Box::new(sys_server::ServedStore::new(
+                    handle,
+                    &url,
+                    Box::new(server),
+                )?)
+            }
+            #[cfg(feature = "umadb")]
+            ESKV_SERVER => {
+                let server = sys_server::EskvServer::start(&dir()?.join("eskv.redb"))?;
+                let url = server.url().to_owned();
+                Box::new(sys_server::ServedStore::new(
+                    handle,
+                    &url,
+                    Box::new(server),
+                )?)
+            }
             SQLITE => Box::new(Sqlite::open(&dir()?.join("events.sqlite"))?),
             SQLITE_INLINE => Box::new(Sqlite::open_with(
                 &dir()?.join("events.sqlite"),
@@ -622,6 +651,8 @@ impl Harness {
             RAW_FJALL,
             UMADB,
             UMADB_CACHE,
+            UMADB_SERVER,
+            ESKV_SERVER,
             SQLITE_INLINE,
             SQLITE,
         ] {
@@ -867,6 +898,14 @@ impl Harness {
         } else {
             None
         };
+        #[cfg(feature = "umadb")]
+        let eskv_server = if self.cfg.wants(ESKV_SERVER) {
+            Some(sys_server::EskvServer::start(
+                &self.dir("W3-eskv-server")?.join("eskv.redb"),
+            )?)
+        } else {
+            None
+        };
         let sqlite = if self.cfg.wants(SQLITE) {
             Some(Sqlite::open(
                 &self.dir(&format!("W3-{SQLITE}"))?.join("events.sqlite"),
@@ -920,7 +959,16 @@ impl Harness {
             let h = handle.clone();
             turns.push((
                 UMADB_SERVER,
-                Box::new(move |b| s.concurrent(&h, writers, b, &d)),
+                Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
+            ));
+        }
+        #[cfg(feature = "umadb")]
+        if let Some(s) = &eskv_server {
+            let d = data.clone();
+            let h = handle.clone();
+            turns.push((
+                ESKV_SERVER,
+                Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
             ));
         }
         if let Some(s) = &sqlite {
@@ -959,6 +1007,10 @@ impl Harness {
         if let Some(s) = server {
             s.stop()?;
         }
+        #[cfg(feature = "umadb")]
+        if let Some(s) = eskv_server {
+            s.stop()?;
+        }
         for s in [
             ESKV_REDB,
             ESKV_FJALL,
@@ -966,6 +1018,7 @@ impl Harness {
             RAW_REDB_TABLES,
             RAW_FJALL,
             UMADB_SERVER,
+            ESKV_SERVER,
             SQLITE,
             SQLITE_INLINE,
             "fsync",

@@ -1,5 +1,6 @@
 //! Results, the markdown report, the targets and the SVG chart.
 
+use crate::ESKV_SERVER;
 use crate::{
     Config, ESKV_ETCD, ESKV_FJALL, ESKV_MEM, ESKV_REDB, FSYNC, RAW_ETCD, RAW_FJALL, RAW_REDB,
     RAW_REDB_TABLES, SQLITE, SQLITE_INLINE, SYSTEMS, UMADB, UMADB_CACHE, UMADB_SERVER,
@@ -408,6 +409,21 @@ pub fn targets(r: &Results) -> Vec<Target> {
         SQLITE_INLINE,
         3.0,
     );
+    // eskv as a server against UmaDB's server, both through umadb-client.
+    for wl in ["W1", "W3"] {
+        t.push(Target {
+            what: format!("{wl} through the server: {ESKV_SERVER} ≥ 1.0 × {UMADB_SERVER}"),
+            ratio: ratio_of(r, ESKV_SERVER, wl, UMADB_SERVER),
+            threshold: 1.0,
+        });
+    }
+    let mut vs = |what: &str, wl: &str, peer: &str, thr: f64| {
+        t.push(Target {
+            what: what.to_string(),
+            ratio: ratio(r, wl, peer),
+            threshold: thr,
+        })
+    };
     vs("W4 ≥ 0.5 × raw redb (eskv's layout)", "W4", RAW_REDB, 0.5);
     vs("W4 ≥ 1.0 × UmaDB embedded (defaults)", "W4", UMADB, 1.0);
     vs(
@@ -1029,7 +1045,8 @@ pub fn markdown(
         (RAW_FJALL, "fjall 3 used directly with eskv's own key layout in one keyspace: for each append, one optimistic transaction (`OptimisticTxDatabase`) doing the same reads and key and value writes as eskv's layout, committed with `PersistMode::SyncData`. The limit of eskv's layer over fjall. W3: 64 threads, each append retried on conflict (every append writes the head)."),
         (UMADB, "UmaDB 0.7 embedded (`umadb-core`, `UmaDb::from_arc` over `Mvcc`) with its default storage options (file I/O reads, no page cache). Appends go through a mutex: embedded UmaDB's `append` takes no writer lock. It issues 2 fsyncs per commit."),
         (UMADB_CACHE, "the same with memory-mapped reads and a 1 GiB page cache (`ReadMethod::Mmap`, `page_cache_max_mb(1024)`)."),
-        (UMADB_SERVER, "UmaDB 0.7's gRPC server (`umadb-server`, started in this process on 127.0.0.1, default storage options) with 64 `umadb-client` connections: its writer thread batches concurrent appends into one commit. W3 only."),
+        (UMADB_SERVER, "UmaDB 0.7's gRPC server (`umadb-server`, started in this process on 127.0.0.1 on its own thread and 2-worker runtime, default storage options), driven by the official `umadb-client` over gRPC: W1 through one connection, W3 through 64 connections (its writer thread batches concurrent appends into one commit). W1 and W3 only."),
+        (ESKV_SERVER, "eskv served by the `eskv-server` crate (what `eskv serve` runs) over the UmaDB protocol, started in this process on 127.0.0.1 on its own thread and 2-worker runtime, on a fresh redb file with eskv-redb's defaults (durable), driven by exactly the same `umadb-client` code as umadb-server: W1 through one connection, W3 through 64. W1 and W3 only."),
         (SQLITE_INLINE, "SQLite (bundled, via rusqlite) in WAL mode with `synchronous=FULL`, the schema most teams would write and the SQLite row the targets are judged against: an `events` table (global sequence as the integer primary key, unique `(stream_id, version)`, and the event's tags in a `tags` column, joined with U+001F) plus an `event_tags (tag, position)` table `WITHOUT ROWID` with primary key `(tag, position)`. Reads return the tags from the event row; W5 joins the tag table to `events`. Conditions are an indexed `EXISTS`-style probe of `event_tags` in a `BEGIN IMMEDIATE` transaction; W3 uses one connection per writer thread."),
         (SQLITE, "SQLite, same settings, with the tags only in a tags table: an `events` table (global sequence as the integer primary key, unique `(stream_id, version)`) and an `event_tags` table indexed by `(tag, position)` and by `position`; reads gather each event's tags with a `group_concat` subquery. Conditions are an indexed `EXISTS`-style probe in a `BEGIN IMMEDIATE` transaction; W3 uses one connection per writer thread."),
         (ESKV_ETCD, "eskv on `EtcdStore` (crate `eskv-etcd`) on a 3-node etcd cluster on 127.0.0.1 started by the harness (server flags in the etcd section above): reads at a pinned revision, one compare-and-swap `Txn` per group commit, fsynced by the leader and a quorum. W1, W2, W4 and W4r only."),

@@ -1,22 +1,19 @@
 //! UmaDB 0.7, the DCB anchor: embedded through `umadb-core` (its defaults,
-//! and with memory-mapped reads plus its page cache), and through its own
-//! gRPC server on 127.0.0.1 for the concurrent workload, since only the
-//! server batches concurrent appends into one commit.
+//! and with memory-mapped reads plus its page cache), and its own gRPC
+//! server on 127.0.0.1 (driven by `crate::sys_server` for W1 and W3; only
+//! the server batches concurrent appends into one commit).
 //!
 //! Embedded UmaDB's `append` takes no writer lock and concurrent calls
 //! corrupt its file, so every append here goes through a mutex.
 
-use crate::common::{err, stream_tag, Ev, Res, Store, EVENT_TYPE};
+use crate::common::{err, stream_tag, Ev, Res, Store};
+use crate::sys_server::{dcb_event, tag_query};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use umadb_client::AsyncUmaDbClient;
 use umadb_core::db::UmaDb;
 use umadb_core::mvcc::{Mvcc, StorageOptions};
 use umadb_core::pager::ReadMethod;
-use umadb_dcb::{
-    DcbAppendCondition, DcbEvent, DcbEventStoreAsync, DcbEventStoreSync, DcbQuery, DcbQueryItem,
-};
+use umadb_dcb::{DcbAppendCondition, DcbEvent, DcbEventStoreSync, DcbQuery};
 
 /// Page cache of the cached variant, in MB.
 pub const PAGE_CACHE_MB: usize = 1024;
@@ -25,18 +22,6 @@ pub struct Uma {
     db: UmaDb,
     mvcc: Arc<Mvcc>,
     append_lock: Mutex<()>,
-}
-
-fn dcb_event(ev: &Ev) -> DcbEvent {
-    DcbEvent::new()
-        .event_type(EVENT_TYPE)
-        .data(ev.data.to_vec())
-        .tags(ev.tags.iter().cloned())
-        .uuid(uuid::Uuid::from_u128(ev.id))
-}
-
-fn tag_query(tag: &str) -> DcbQuery {
-    DcbQuery::new().item(DcbQueryItem::new().tags([tag]))
 }
 
 impl Uma {
@@ -161,48 +146,8 @@ impl UmaServer {
         })
     }
 
-    /// W3: `writers` clients, each with its own connection, append
-    /// concurrently for `budget`, each event under a condition on its own
-    /// tag. Returns (appends, elapsed).
-    pub fn concurrent(
-        &self,
-        rt: &tokio::runtime::Handle,
-        writers: usize,
-        budget: Duration,
-        data: &Arc<[u8]>,
-    ) -> Res<(u64, Duration)> {
-        let url = self.url.clone();
-        let data = data.clone();
-        rt.block_on(async move {
-            let mut clients = Vec::with_capacity(writers);
-            for _ in 0..writers {
-                clients.push(connect(&url).await?);
-            }
-            let start = Instant::now();
-            let deadline = start + budget;
-            let mut tasks = tokio::task::JoinSet::new();
-            for (w, client) in clients.into_iter().enumerate() {
-                let data = data.clone();
-                tasks.spawn(async move {
-                    let mut n = 0u64;
-                    while n == 0 || Instant::now() < deadline {
-                        let ev = Ev::writer(w, &data);
-                        let cond = DcbAppendCondition::new(tag_query(&ev.tags[0]));
-                        client
-                            .append(vec![dcb_event(&ev)], Some(cond), None)
-                            .await
-                            .map_err(err("umadb server append"))?;
-                        n += 1;
-                    }
-                    Ok::<u64, String>(n)
-                });
-            }
-            let mut total = 0;
-            while let Some(r) = tasks.join_next().await {
-                total += r.map_err(err("umadb client task"))??;
-            }
-            Ok((total, start.elapsed()))
-        })
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn stop(mut self) -> Res<()> {
@@ -226,17 +171,4 @@ impl Drop for UmaServer {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-/// Connects a client, retrying while the server starts.
-async fn connect(url: &str) -> Res<AsyncUmaDbClient> {
-    let mut last = String::new();
-    for _ in 0..100 {
-        match AsyncUmaDbClient::connect_with_tls_options(url.to_string(), None, None, None).await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("umadb client cannot connect to {url}: {last}"))
 }

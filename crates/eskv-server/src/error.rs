@@ -3,7 +3,7 @@
 //! they already understand.
 
 use crate::proto::umadb::v1::{error_response::ErrorType, ErrorResponse};
-use eskv_core::Error;
+use eskv_core::{Error, ExpectedVersion};
 use prost::Message as _;
 use tonic::{Code, Status};
 
@@ -119,15 +119,22 @@ pub(crate) fn dcb_unauthenticated() -> Status {
 }
 
 /// An eskv error as KurrentDB's clients expect it. (A wrong expected
-/// version is not an error status there: it is an append response.)
+/// version of an append is not an error status there: it is an append
+/// response; a delete's or tombstone's is this status.)
 pub(crate) fn kurrent_status(e: &Error) -> Status {
     let code = match e {
+        Error::StreamTombstoned { stream } => return kurrent_stream_deleted(stream),
+        Error::WrongExpectedVersion {
+            stream,
+            expected,
+            actual,
+        } => return kurrent_wrong_expected_version("Write", stream, *expected, *actual),
         Error::InvalidInput { .. }
         | Error::LimitExceeded { .. }
         | Error::UnknownEventType { .. } => Code::InvalidArgument,
-        Error::ConditionFailed { .. }
-        | Error::IdempotencyViolation { .. }
-        | Error::WrongExpectedVersion { .. } => Code::FailedPrecondition,
+        Error::ConditionFailed { .. } | Error::IdempotencyViolation { .. } => {
+            Code::FailedPrecondition
+        }
         Error::NotFound { .. } => Code::NotFound,
         Error::Corrupt { .. } => Code::DataLoss,
         Error::Unavailable { .. } | Error::StoreLocked { .. } => Code::Unavailable,
@@ -140,4 +147,62 @@ pub(crate) fn kurrent_status(e: &Error) -> Status {
 /// Unauthenticated, as KurrentDB's clients recognise it (access denied).
 pub(crate) fn kurrent_unauthenticated() -> Status {
     Status::unauthenticated(UNAUTHENTICATED)
+}
+
+/// KurrentDB's trailing metadata key naming an error's kind, which its
+/// clients match on.
+const EXCEPTION: &str = "exception";
+
+fn with_trailers(code: Code, message: String, trailers: &[(&'static str, &str)]) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in trailers {
+        // A value that is not a valid header (a stream name with control
+        // characters) is left out; the message still names it.
+        if let Ok(v) = v.parse() {
+            md.insert(*k, v);
+        }
+    }
+    Status::with_metadata(code, message, md)
+}
+
+/// A tombstoned stream, as KurrentDB says it: `FAILED_PRECONDITION`
+/// "Event stream '...' is deleted." with trailers `exception:
+/// stream-deleted` and `stream-name` (the clients' stream-deleted error).
+pub(crate) fn kurrent_stream_deleted(stream: &str) -> Status {
+    with_trailers(
+        Code::FailedPrecondition,
+        format!("Event stream '{stream}' is deleted."),
+        &[(EXCEPTION, "stream-deleted"), ("stream-name", stream)],
+    )
+}
+
+/// A wrong expected version as a status, as KurrentDB answers a delete or
+/// tombstone: the message and trailers carry KurrentDB's legacy numbers
+/// (a revision; -1 no stream, -2 any, -4 stream exists).
+pub(crate) fn kurrent_wrong_expected_version(
+    operation: &str,
+    stream: &str,
+    expected: ExpectedVersion,
+    actual: Option<u64>,
+) -> Status {
+    let expected = match expected {
+        ExpectedVersion::Exact(v) => v as i64 - 1,
+        ExpectedVersion::NoStream => -1,
+        ExpectedVersion::Any => -2,
+        ExpectedVersion::StreamExists => -4,
+    };
+    let actual = actual.map_or(-1, |v| v as i64 - 1);
+    let (e, a) = (expected.to_string(), actual.to_string());
+    with_trailers(
+        Code::FailedPrecondition,
+        format!(
+            "{operation} failed due to WrongExpectedVersion. Stream: {stream}, Expected version: {expected}, Actual version: {actual}"
+        ),
+        &[
+            (EXCEPTION, "wrong-expected-version"),
+            ("stream-name", stream),
+            ("expected-version", &e),
+            ("actual-version", &a),
+        ],
+    )
 }

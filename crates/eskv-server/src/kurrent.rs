@@ -5,13 +5,13 @@
 //! |---|---|
 //! | `Streams.Append` | a stream append with the expected revision (revision `r` is version `r + 1`) |
 //! | `Streams.Read` | stream and `$all` reads both ways; catch-up subscriptions with filters and checkpoints |
-//! | `Streams.Delete`, `Streams.Tombstone` | `UNIMPLEMENTED`: not supported yet |
+//! | `Streams.Delete`, `Streams.Tombstone` | soft delete and tombstone with the expected revision (see `kurrent_lifecycle`); a tombstoned stream's reads, appends and subscriptions answer KurrentDB's stream-deleted status |
 //! | `Streams.BatchAppend` | appends by correlation id, each like `Append` (see `kurrent_batch`) |
 //! | `ServerFeatures.GetSupportedMethods` | what is served here |
 //! | `Gossip.Read` | this server, as the one live leader |
 
 use crate::context::{Denied, Shared, Waker};
-use crate::error::{kurrent_status, kurrent_unauthenticated};
+use crate::error::{kurrent_status, kurrent_stream_deleted, kurrent_unauthenticated};
 use crate::kurrent_cluster::{FeaturesService, GossipService};
 use crate::kurrent_map::{self as map, Filter};
 use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
@@ -22,7 +22,7 @@ use crate::proto::event_store::client::streams::{
     BatchAppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp, TombstoneReq, TombstoneResp,
 };
 use crate::proto::event_store::client::{self as shared, Empty};
-use eskv_core::{Error, EventStore, ExpectedVersion, ReadOptions, ReadStreamOptions};
+use eskv_core::{Error, EventStore, ExpectedVersion, ReadOptions, ReadStreamOptions, StreamInfo};
 use futures::StreamExt as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,6 +75,15 @@ impl StreamsService {
             }
             Err(Denied::Store(e)) => Err(kurrent_status(&e)),
         }
+    }
+
+    fn refuse_when_shutting_down(&self) -> Result<(), Status> {
+        if self.shared.shutting_down() {
+            return Err(Status::unavailable(
+                "the server is shutting down; nothing was written",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -147,17 +156,17 @@ fn success(version: Option<u64>, position: Option<u64>) -> AppendResp {
     }
 }
 
-/// Whether `version` (0: no stream) satisfies `expected`.
-pub(crate) fn satisfies(expected: ExpectedVersion, version: u64) -> bool {
+/// Whether a stream in state `info` satisfies `expected`, as an append
+/// would check it: a soft-deleted stream is absent (`NoStream`) yet keeps
+/// its version (`Exact`).
+pub(crate) fn satisfies(expected: ExpectedVersion, info: &StreamInfo) -> bool {
     match expected {
         ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => version == 0,
-        ExpectedVersion::StreamExists => version > 0,
-        ExpectedVersion::Exact(v) => v == version,
+        ExpectedVersion::NoStream => !info.exists,
+        ExpectedVersion::StreamExists => info.exists,
+        ExpectedVersion::Exact(v) => v == info.version,
     }
 }
-
-const NOT_YET: &str = "deleting and tombstoning streams is not supported yet by eskv: its streams are append-only until stream lifecycle lands";
 
 #[tonic::async_trait]
 impl Streams for StreamsService {
@@ -227,11 +236,7 @@ impl Streams for StreamsService {
                 }));
             }
         }
-        if self.shared.shutting_down() {
-            return Err(Status::unavailable(
-                "the server is shutting down; nothing was written",
-            ));
-        }
+        self.refuse_when_shutting_down()?;
         if events.is_empty() {
             // KurrentDB accepts an empty append as a check of the expected
             // revision; eskv appends need events, so check it here.
@@ -239,10 +244,13 @@ impl Streams for StreamsService {
                 .stream_info(&stream)
                 .await
                 .map_err(|e| kurrent_status(&e))?;
-            return Ok(Response::new(if satisfies(expected, info.version) {
+            if info.tombstoned {
+                return Err(kurrent_stream_deleted(&stream));
+            }
+            return Ok(Response::new(if satisfies(expected, &info) {
                 success(Some(info.version), info.last_position)
             } else {
-                wrong_expected_version(expected, info.exists.then_some(info.version))
+                wrong_expected_version(expected, (info.version > 0).then_some(info.version))
             }));
         }
         match store.append_to_stream(&stream, expected, events).await {
@@ -331,16 +339,20 @@ impl Streams for StreamsService {
     }
 
     async fn delete(&self, req: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
-        self.store(&req).await?;
-        Err(Status::unimplemented(NOT_YET))
+        let store = self.store(&req).await?;
+        self.refuse_when_shutting_down()?;
+        let r = crate::kurrent_lifecycle::delete(&store, req.into_inner()).await?;
+        Ok(Response::new(r))
     }
 
     async fn tombstone(
         &self,
         req: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
-        self.store(&req).await?;
-        Err(Status::unimplemented(NOT_YET))
+        let store = self.store(&req).await?;
+        self.refuse_when_shutting_down()?;
+        let r = crate::kurrent_lifecycle::tombstone(&store, req.into_inner()).await?;
+        Ok(Response::new(r))
     }
 }
 
@@ -389,6 +401,9 @@ impl Read {
     ) -> Result<(), Status> {
         use read_req::options::stream_options::RevisionOption as R;
         let info = self.store.stream_info(name).await.map_err(err)?;
+        if info.tombstoned {
+            return Err(kurrent_stream_deleted(name));
+        }
         if !info.exists {
             let _ = tx
                 .send(resp(read_resp::Content::StreamNotFound(
@@ -512,6 +527,10 @@ impl Read {
                 .await
                 .map_err(err)?;
             if page.is_empty() {
+                // A tombstone ends the subscription, as in KurrentDB.
+                if self.store.stream_info(name).await.map_err(err)?.tombstoned {
+                    return Err(kurrent_stream_deleted(name));
+                }
                 if !caught_up {
                     caught_up = true;
                     let c = read_resp::CaughtUp {

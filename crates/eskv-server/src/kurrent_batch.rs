@@ -2,8 +2,9 @@
 //! Requests sharing a correlation id form one append, run when one of them
 //! says `is_final`; each append gets one response with that id, in the
 //! order the appends finish. A wrong expected version is a packed
-//! `WrongExpectedVersion` in the response's `google.rpc.Status`, as
-//! KurrentDB's clients decode it.
+//! `WrongExpectedVersion` in the response's `google.rpc.Status`, and a
+//! tombstoned stream a packed `StreamDeleted`, as KurrentDB's clients
+//! decode them.
 
 use crate::error::kurrent_status;
 use crate::kurrent_map as map;
@@ -58,6 +59,10 @@ impl Detail for shared::WrongExpectedVersion {
     const NAME: &'static str = "event_store.client.WrongExpectedVersion";
 }
 
+impl Detail for shared::StreamDeleted {
+    const NAME: &'static str = "event_store.client.StreamDeleted";
+}
+
 impl Detail for shared::BadRequest {
     const NAME: &'static str = "event_store.client.BadRequest";
 }
@@ -109,6 +114,14 @@ fn bad_request(s: &Status) -> rpc::Status {
 
 fn failure(e: &Error) -> rpc::Status {
     let s = kurrent_status(e);
+    if let Error::StreamTombstoned { stream } = e {
+        let detail = shared::StreamDeleted {
+            stream_identifier: Some(shared::StreamIdentifier {
+                stream_name: stream.as_bytes().to_vec(),
+            }),
+        };
+        return packed(s.code(), s.message().to_owned(), Some(detail));
+    }
     match s.code() {
         Code::InvalidArgument => bad_request(&s),
         _ => packed::<shared::BadRequest>(s.code(), s.message().to_owned(), None),
@@ -237,10 +250,14 @@ async fn append(
     let outcome = if events.is_empty() {
         // Like Append: no events checks the expected version only.
         match store.stream_info(&stream).await {
-            Ok(i) if crate::kurrent::satisfies(expected, i.version) => {
-                Ok((i.version, i.last_position))
-            }
-            Ok(i) => Err(wrong_version(expected, i.exists.then_some(i.version))),
+            Ok(i) if i.tombstoned => Err(failure(&Error::StreamTombstoned {
+                stream: stream.clone(),
+            })),
+            Ok(i) if crate::kurrent::satisfies(expected, &i) => Ok((i.version, i.last_position)),
+            Ok(i) => Err(wrong_version(
+                expected,
+                (i.version > 0).then_some(i.version),
+            )),
             Err(e) => Err(failure(&e)),
         }
     } else {

@@ -27,9 +27,15 @@
 //! - `event_store.client.streams.Streams` (KurrentDB): `Append` with
 //!   expected revisions, `Read` of streams and `$all` both ways, catch-up
 //!   subscriptions to a stream or `$all` with filters on stream name or
-//!   event type (prefixes or regular expressions) and checkpoints. `Delete`
-//!   and `Tombstone` answer `UNIMPLEMENTED` (not supported yet);
-//!   `BatchAppend` (which the Python client uses) appends like `Append`.
+//!   event type (prefixes or regular expressions) and checkpoints.
+//!   `Delete` and `Tombstone` are eskv's soft delete and tombstone with
+//!   KurrentDB's expected revisions and errors: a soft-deleted stream reads
+//!   as not found and is re-created by appending; a tombstoned one answers
+//!   with KurrentDB's stream-deleted status (trailers `exception:
+//!   stream-deleted`, `stream-name`), the clients' stream-deleted error.
+//!   eskv's lifecycle events (`$stream-deleted`, …) appear in `$all` with
+//!   `$` types. `BatchAppend` (which the Python client uses) appends like
+//!   `Append`.
 //! - `ServerFeatures.GetSupportedMethods` and `Gossip.Read`, which KurrentDB
 //!   clients call when they connect.
 //! - `grpc.health.v1.Health`.
@@ -56,6 +62,7 @@ mod ids;
 mod kurrent;
 mod kurrent_batch;
 mod kurrent_cluster;
+mod kurrent_lifecycle;
 mod kurrent_map;
 mod proto;
 mod server;

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 /// An eskv store served over gRPC: UmaDB's `umadb.v1.DCB`, KurrentDB's
@@ -67,8 +66,7 @@ impl Server {
         health.set_serving::<DcbServer<DcbService>>().await;
         crate::kurrent::set_serving(&health).await;
         let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .tcp_nodelay(true);
+            .max_concurrent_streams(limits.max_concurrent_streams);
         if let Some(tls) = &self.config.tls {
             // tonic's TLS uses rustls' process-wide crypto provider; when
             // the application has not installed one (and its dependencies
@@ -107,7 +105,13 @@ impl Server {
             std::mem::forget(stop_tx);
         };
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
+            // tonic applies its own `tcp_nodelay` only to listeners it binds:
+            // set it on the accepted connections here, or small responses
+            // wait on Nagle's algorithm.
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                signal,
+            )
             .await?;
         tracing::info!("server stopped");
         Ok(())

@@ -7,7 +7,7 @@ use eskv_server::{Credential, Server, ServerConfig, ServerHandle};
 use kurrentdb::{
     AppendToStreamOptions, Client, CurrentRevision, DeleteStreamOptions, EventData, Position,
     ReadAllOptions, ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions,
-    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter, TombstoneStreamOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -359,15 +359,258 @@ async fn kurrentdb_client_appends_reads_and_subscribes() {
         .await;
     assert_eq!(next_event(&mut blob_sub).await.stream_id, "blob-1");
 
-    // Deleting is not supported yet, and says so.
-    match a
-        .delete_stream("order-1", &DeleteStreamOptions::default())
+    drop((sub, all_sub, blob_sub));
+    server.shutdown().await.unwrap();
+}
+
+/// What a read of a whole stream ended with: its events, or the error.
+async fn read_stream_result(c: &Client, s: &str) -> Result<Vec<Got>, kurrentdb::Error> {
+    let mut r = c.read_stream(s, &ReadStreamOptions::default()).await?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next().await? {
+        out.push(Got::of(e.get_original_event()));
+    }
+    Ok(out)
+}
+
+fn delete_at(state: StreamState) -> DeleteStreamOptions {
+    DeleteStreamOptions::default().stream_state(state)
+}
+
+fn tombstone_at(state: StreamState) -> TombstoneStreamOptions {
+    TombstoneStreamOptions::default().stream_state(state)
+}
+
+/// A delete or tombstone refused for its expected revision, as the client
+/// reports KurrentDB's status: the message names expected and actual.
+/// (The client's `tonic` is another major version than the server's, so
+/// the code is compared by name.)
+fn assert_wrong_version<T: std::fmt::Debug>(r: kurrentdb::Result<T>, expected: i64, actual: i64) {
+    match r {
+        Err(kurrentdb::Error::Grpc { code, message })
+            if format!("{code:?}") == "FailedPrecondition"
+                && message.contains("WrongExpectedVersion")
+                && message.contains(&format!(
+                    "Expected version: {expected}, Actual version: {actual}"
+                )) => {}
+        other => panic!("expected a wrong expected version {expected}/{actual}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kurrentdb_client_deletes_and_tombstones_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(redb_store(&dir).await, local()).await;
+    let c = client(&server, None);
+    let appended = c
+        .append_to_stream(
+            "cart-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![ev("ItemAdded", 1), ev("ItemAdded", 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(appended.next_expected_version, 1);
+
+    // Expected revisions: a stale one, and no_stream on a live stream.
+    assert_wrong_version(
+        c.delete_stream("cart-1", &delete_at(StreamState::StreamRevision(0)))
+            .await,
+        0,
+        1,
+    );
+    assert_wrong_version(
+        c.delete_stream("cart-1", &delete_at(StreamState::NoStream))
+            .await,
+        -1,
+        1,
+    );
+    assert_eq!(read_stream_result(&c, "cart-1").await.unwrap().len(), 2);
+
+    // Soft delete at the right revision: the position is the system event's.
+    let deleted = c
+        .delete_stream("cart-1", &delete_at(StreamState::StreamRevision(1)))
+        .await
+        .unwrap()
+        .expect("a delete that wrote has a position");
+    assert!(deleted.commit > appended.position.commit);
+    assert_eq!(deleted.commit, deleted.prepare);
+    match read_stream_result(&c, "cart-1").await {
+        Err(kurrentdb::Error::ResourceNotFound) => {}
+        other => panic!("a soft-deleted stream reads as not found, got {other:?}"),
+    }
+    // $all shows the lifecycle event where the delete said, and the client
+    // reads past it.
+    let all = read_all(&c, &ReadAllOptions::default()).await;
+    let marker = all
+        .iter()
+        .find(|e| e.event_type == "$stream-deleted")
+        .expect("the delete's system event is in $all");
+    assert_eq!(marker.position.commit, deleted.commit);
+    assert_eq!(marker.json()["stream"], "cart-1");
+    assert!(marker.stream_id.starts_with('$'), "{}", marker.stream_id);
+    assert!(
+        all.iter().all(|e| e.stream_id != "cart-1"),
+        "$all skips the deleted stream's events"
+    );
+    // Nothing left to delete: `any` succeeds without writing, as in
+    // KurrentDB; `stream_exists` is told the stream is deleted.
+    assert_eq!(
+        c.delete_stream("cart-1", &delete_at(StreamState::Any))
+            .await
+            .unwrap(),
+        None
+    );
+    match c
+        .delete_stream("cart-1", &delete_at(StreamState::StreamExists))
         .await
     {
-        Err(kurrentdb::Error::UnsupportedFeature) => {}
-        other => panic!("expected unsupported, got {other:?}"),
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("stream_exists on a deleted stream is deleted, got {other:?}"),
     }
-    drop((sub, all_sub, blob_sub));
+    // A stream that never existed: an exact revision is refused with an
+    // actual version of -1.
+    assert_wrong_version(
+        c.delete_stream("never-1", &delete_at(StreamState::StreamRevision(0)))
+            .await,
+        0,
+        -1,
+    );
+
+    // Appending re-creates it; revisions continue after the deleted ones.
+    let again = c
+        .append_to_stream(
+            "cart-1",
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![ev("ItemAdded", 3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.next_expected_version, 2);
+    let live = read_stream_result(&c, "cart-1").await.unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|e| (e.revision, e.json()["n"].as_u64()))
+            .collect::<Vec<_>>(),
+        [(2, Some(3))]
+    );
+
+    // Tombstone: refused at a stale revision, then final.
+    assert_wrong_version(
+        c.tombstone_stream("cart-1", &tombstone_at(StreamState::StreamRevision(1)))
+            .await,
+        1,
+        2,
+    );
+    let tombstoned = c
+        .tombstone_stream("cart-1", &tombstone_at(StreamState::StreamRevision(2)))
+        .await
+        .unwrap()
+        .expect("a tombstone has a position");
+    assert!(tombstoned.commit > again.position.commit);
+    match read_stream_result(&c, "cart-1").await {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("a tombstoned stream reads as deleted, got {other:?}"),
+    }
+    for state in [StreamState::Any, StreamState::NoStream] {
+        match c
+            .append_to_stream(
+                "cart-1",
+                &AppendToStreamOptions::default().stream_state(state),
+                vec![ev("ItemAdded", 4)],
+            )
+            .await
+        {
+            Err(kurrentdb::Error::ResourceDeleted) => {}
+            other => panic!("appending to a tombstoned stream is deleted, got {other:?}"),
+        }
+    }
+    match c
+        .delete_stream("cart-1", &delete_at(StreamState::Any))
+        .await
+    {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("deleting a tombstoned stream is deleted, got {other:?}"),
+    }
+    match c
+        .tombstone_stream("cart-1", &tombstone_at(StreamState::Any))
+        .await
+    {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("tombstoning twice is deleted, got {other:?}"),
+    }
+    // Tombstoning a stream that never existed reserves its name.
+    c.tombstone_stream("never-2", &tombstone_at(StreamState::NoStream))
+        .await
+        .unwrap();
+    match c
+        .append_to_stream(
+            "never-2",
+            &AppendToStreamOptions::default(),
+            vec![ev("X", 1)],
+        )
+        .await
+    {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("a tombstoned name stays deleted, got {other:?}"),
+    }
+
+    // A stream subscription ends with the stream-deleted error: at once on
+    // a tombstoned stream, and when a live one's stream is tombstoned.
+    let sub_err = |mut sub: kurrentdb::Subscription| async move {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("an answer within 10 s")
+    };
+    let dead = c
+        .subscribe_to_stream("cart-1", &SubscribeToStreamOptions::default())
+        .await;
+    match sub_err(dead).await {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("subscribing to a tombstoned stream is deleted, got {other:?}"),
+    }
+    c.append_to_stream(
+        "cart-2",
+        &AppendToStreamOptions::default(),
+        vec![ev("ItemAdded", 1)],
+    )
+    .await
+    .unwrap();
+    let mut live = c
+        .subscribe_to_stream(
+            "cart-2",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
+        .await;
+    assert_eq!(next_event(&mut live).await.stream_id, "cart-2");
+    c.tombstone_stream("cart-2", &tombstone_at(StreamState::StreamRevision(0)))
+        .await
+        .unwrap();
+    match sub_err(live).await {
+        Err(kurrentdb::Error::ResourceDeleted) => {}
+        other => panic!("a live subscription ends when its stream is tombstoned, got {other:?}"),
+    }
+
+    // A $all subscription from the start delivers the lifecycle events in
+    // order with everything else.
+    let mut sub = c
+        .subscribe_to_all(&SubscribeToAllOptions::default().position(StreamPosition::Start))
+        .await;
+    // (The deleted and tombstoned streams' own events are skipped.)
+    let mut types = Vec::new();
+    while types.iter().filter(|t| *t == "$stream-tombstoned").count() < 3 {
+        types.push(next_event(&mut sub).await.event_type);
+    }
+    assert_eq!(
+        types,
+        [
+            "$stream-deleted",
+            "$stream-tombstoned",
+            "$stream-tombstoned",
+            "$stream-tombstoned"
+        ]
+    );
+    drop(sub);
     server.shutdown().await.unwrap();
 }
 

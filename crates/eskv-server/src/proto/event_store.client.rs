@@ -88,6 +88,12 @@ pub mod wrong_expected_version {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AccessDenied {}
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamDeleted {
+    #[prost(message, optional, tag = "1")]
+    pub stream_identifier: ::core::option::Option<StreamIdentifier>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MaximumAppendSizeExceeded {
     #[prost(uint32, tag = "1")]

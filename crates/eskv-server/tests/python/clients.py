@@ -18,8 +18,9 @@ import umadb
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.events import CaughtUp, Checkpoint
 from kurrentdbclient.exceptions import (
-    KurrentDBClientError,
+    FailedPreconditionError,
     NotFoundError,
+    StreamIsDeletedError,
     UnauthenticatedError,
     WrongCurrentVersionError,
 )
@@ -140,11 +141,58 @@ def kurrent_flows(addr):
             types.append(e.type)
     sub.stop()
     assert types == ["OrderPaid"] and checkpoints >= 1, (types, checkpoints)
+    lifecycle_flows(a, b)
+
+
+def expect(error, f, *args, **kwargs):
     try:
-        a.delete_stream("order-py", current_version=StreamState.ANY)
-        raise AssertionError("delete is not supported yet")
-    except KurrentDBClientError:
-        pass
+        f(*args, **kwargs)
+    except error:
+        return
+    raise AssertionError(f"expected {error.__name__} from {f.__name__}{args}")
+
+
+def lifecycle_flows(a, b):
+    a.append_to_stream("cart-py", current_version=StreamState.NO_STREAM,
+                       events=[NewEvent(type="ItemAdded", data=b"{}"), NewEvent(type="ItemAdded", data=b"{}")])
+    # Expected revisions of a delete: stale, no_stream on a live stream, and
+    # an exact one on a stream that never existed.
+    expect(WrongCurrentVersionError, a.delete_stream, "cart-py", current_version=0)
+    expect(WrongCurrentVersionError, a.delete_stream, "cart-py", current_version=StreamState.NO_STREAM)
+    expect(NotFoundError, a.delete_stream, "never-py", current_version=0)
+    a.delete_stream("cart-py", current_version=1)
+    expect(NotFoundError, a.get_stream, "cart-py")
+    # Deleting again: `any` has nothing to do; `stream_exists` is deleted.
+    a.delete_stream("cart-py", current_version=StreamState.ANY)
+    expect(StreamIsDeletedError, a.delete_stream, "cart-py", current_version=StreamState.EXISTS)
+    # The default $all read excludes the `$`-typed lifecycle events; an
+    # unfiltered one shows them, and skips the deleted stream's events.
+    assert not [e for e in a.read_all() if e.type.startswith("$") or e.stream_name == "cart-py"]
+    raw = [e.type for e in a.read_all(filter_exclude=[])]
+    assert "$stream-deleted" in raw and raw.count("ItemAdded") == 0, raw
+    # Appending re-creates it; its positions continue (BatchAppend, then Append).
+    a.append_to_stream("cart-py", current_version=StreamState.NO_STREAM,
+                       events=[NewEvent(type="ItemAdded", data=b'{"n":3}')])
+    assert [e.stream_position for e in a.get_stream("cart-py")] == [2]
+    # Tombstone: stale revision refused, then final for reads, appends
+    # (either RPC), deletes and tombstones.
+    expect(WrongCurrentVersionError, b.tombstone_stream, "cart-py", current_version=1)
+    b.tombstone_stream("cart-py", current_version=2)
+    expect(StreamIsDeletedError, a.get_stream, "cart-py")
+    # (The client maps Append's status only by its code; the message is
+    # KurrentDB's.)
+    try:
+        a.append_to_stream("cart-py", current_version=StreamState.ANY, events=NewEvent(type="ItemAdded", data=b"{}"))
+        raise AssertionError("appending to a tombstoned stream must fail")
+    except FailedPreconditionError as e:
+        assert "Event stream 'cart-py' is deleted." in str(e), e
+    expect(StreamIsDeletedError, a.append_to_stream, "cart-py", current_version=StreamState.ANY,
+           events=[NewEvent(type="ItemAdded", data=b"{}"), NewEvent(type="ItemAdded", data=b"{}")])
+    expect(StreamIsDeletedError, a.delete_stream, "cart-py", current_version=StreamState.ANY)
+    expect(StreamIsDeletedError, a.tombstone_stream, "cart-py", current_version=StreamState.ANY)
+    # A name that never existed can be tombstoned.
+    a.tombstone_stream("never-py", current_version=StreamState.NO_STREAM)
+    expect(StreamIsDeletedError, a.get_stream, "never-py")
 
 
 def secured_flows(addr, tls_dir):
