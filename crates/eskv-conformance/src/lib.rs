@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod lifecycle_model;
 pub mod limited;
 pub mod model;
+pub mod read_calls;
 pub mod serial;
 pub mod subscriptions;
 
@@ -128,6 +129,7 @@ macro_rules! event_suite {
                     lifecycle_model_based,
                 ]
             );
+            $crate::__cases!($factory, $crate::read_calls, [reads_make_few_backend_calls]);
         }
     };
 }
