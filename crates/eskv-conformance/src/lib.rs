@@ -4,7 +4,7 @@
 //! Each case module declares its own list of cases, once, next to them, as
 //! a macro that defines one test per case ([`kv_tests!`],
 //! [`event_tests!`], [`lifecycle_tests!`], [`subscription_tests!`],
-//! [`fault_tests!`]). [`all_suites!`] composes them, so a backend runs
+//! [`fault_tests!`], [`read_call_tests!`]). [`all_suites!`] composes them, so a backend runs
 //! everything with one call in its tests:
 //!
 //! ```ignore
@@ -33,6 +33,7 @@ pub mod lifecycle;
 pub mod lifecycle_model;
 pub mod limited;
 pub mod model;
+pub mod read_calls;
 pub mod serial;
 pub mod subscriptions;
 
@@ -96,6 +97,7 @@ macro_rules! all_suites {
             use super::*;
             $crate::event_tests!(direct, $factory);
             $crate::lifecycle_tests!(direct, $factory);
+            $crate::read_call_tests!(direct, $factory);
         }
         mod subscription_conformance {
             use super::*;

@@ -34,7 +34,7 @@ use crate::layout::{self};
 use crate::retry::retry;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 mod append;
 mod batch;
@@ -63,7 +63,9 @@ const KEY_OVERHEAD: usize = 64;
 struct Pending {
     req: AppendRequest,
     cost: Cost,
-    reply: oneshot::Sender<group_commit::Answer>,
+    reply: group_commit::Reply,
+    /// Unique per request (see `append::NEXT_TICKET`).
+    ticket: u64,
 }
 
 /// KV operations and bytes an append will need, to size group commits

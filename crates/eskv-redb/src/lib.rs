@@ -26,8 +26,10 @@
 //!   admitted before it in the same batch), applies the admitted ones in one
 //!   redb write transaction and makes it durable with one fsync. Each request
 //!   keeps its own outcome: a conflict fails only that request.
-//! - **Never blocks the runtime.** Reads run on `spawn_blocking`; commits on
-//!   the writer thread.
+//! - **Never blocks the runtime.** Reads run in place under
+//!   `block_in_place` on a multi-threaded runtime (its other tasks move to
+//!   another thread; no hop to the blocking pool and back), else on
+//!   `spawn_blocking`; commits on the writer thread.
 //!
 //! The file is opened in redb's exclusive-writer mode, so this process is the
 //! only writer and the in-process oracle sees every commit.
@@ -858,13 +860,22 @@ struct RedbSnapshot {
 }
 
 impl RedbSnapshot {
-    /// Runs a read against the snapshot on the blocking pool.
+    /// Runs a read against the snapshot without blocking the runtime: on a
+    /// multi-threaded runtime in place, after telling the runtime this
+    /// thread blocks (`block_in_place` hands its other tasks to another
+    /// thread, and the caller saves the hop to the blocking pool and back),
+    /// else on the blocking pool.
     async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared, &Table) -> KvResult<R> + Send + 'static,
     ) -> KvResult<R> {
         let view = self.view.clone();
         let shared = self.store.shared.clone();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            return tokio::task::block_in_place(|| shared.call(|| f(&shared, &view.table)));
+        }
         tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view.table)))
             .await
             .map_err(|e| KvError::backend(BACKEND, e))?

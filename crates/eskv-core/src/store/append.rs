@@ -1,7 +1,7 @@
 //! Appends: the public calls, and the validation and cost estimate that
 //! run before a request joins the group-commit queue.
 
-use super::group_commit::Answer;
+use super::group_commit::{Answer, Reply};
 use super::options::{AppendRequest, AppendResult};
 use super::{Cost, EventStore, Pending, KEY_OVERHEAD};
 use crate::error::{Error, ExpectedVersion, Result};
@@ -9,8 +9,64 @@ use crate::event::NewEvent;
 use crate::query::{AppendCondition, Query};
 use crate::validate::{validate_stream_id, validate_tag, validate_type};
 use std::collections::HashSet;
-use tokio::sync::oneshot;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tokio::sync::{oneshot, OwnedMutexGuard};
 use tracing::Instrument;
+
+/// Numbers queued requests, so a leader knows its batch is only its own.
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
+
+type BatchRun = Pin<Box<dyn Future<Output = Vec<(Reply, Answer)>> + Send>>;
+
+/// A batch run on its leader's own task, holding the leader lock. If the
+/// leader is cancelled before the batch is done, the rest of the run and
+/// the lock move to a task of their own: a cancelled caller never lets a
+/// second batch start beside its own.
+struct Lead {
+    run: Option<BatchRun>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Lead {
+    fn new(run: BatchRun, guard: OwnedMutexGuard<()>) -> Lead {
+        Lead {
+            run: Some(run),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Future for Lead {
+    type Output = Option<(Reply, Answer)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut answers = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        self.guard = None;
+        Poll::Ready(answers.pop())
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let (Some(run), guard) = (self.run.take(), self.guard.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) nothing can run it on.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                run.await;
+                drop(guard);
+            });
+        }
+    }
+}
 
 impl EventStore {
     /// Appends `events` under an optional DCB condition.
@@ -71,11 +127,17 @@ impl EventStore {
             }
         };
         let (reply, mut rx) = oneshot::channel();
+        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
         self.inner
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(Pending { req, cost, reply });
+            .push_back(Pending {
+                req,
+                cost,
+                reply,
+                ticket,
+            });
         loop {
             tokio::select! {
                 biased;
@@ -87,13 +149,22 @@ impl EventStore {
                         drop(guard);
                         return rx.await.unwrap_or_else(|_| Answer::lost());
                     }
+                    let inner = self.inner.clone();
+                    if batch.len() == 1 && batch[0].ticket == ticket {
+                        // A lone writer: its batch holds only its own
+                        // request, so it runs on this task and is answered
+                        // directly, with no hand-off to a leader task and
+                        // back. Cancelled, it goes on in a task of its own.
+                        let run = inner.answer_batch_owned(batch);
+                        let answer = Lead::new(Box::pin(run), guard).await;
+                        return answer.map_or_else(Answer::lost, |(_, a)| a);
+                    }
                     // The batch runs in its own task, which also holds the
                     // leader lock until the batch is done: a cancelled
                     // caller neither abandons the other appends of the
                     // batch nor lets a second batch start beside it. This
                     // caller's own answer comes through `rx`, like every
                     // other waiter's.
-                    let inner = self.inner.clone();
                     tokio::spawn(async move {
                         inner.run_batch(batch).await;
                         drop(guard);

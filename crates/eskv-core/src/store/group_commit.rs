@@ -11,6 +11,9 @@ use crate::retry::retry;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Where a queued append's answer goes.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Answer>;
+
 /// What a queued append gets back: its result, named for spans and
 /// metrics, and the size of the group commit that ran it.
 pub(super) struct Answer {
@@ -75,21 +78,40 @@ impl Inner {
         batch
     }
 
+    /// Runs `batch` and answers each request through its reply channel.
     pub(super) async fn run_batch(self: Arc<Self>, batch: Vec<Pending>) {
+        for (reply, a) in self.answer_batch(batch).await {
+            let _ = reply.send(a);
+        }
+    }
+
+    /// [`answer_batch`](Self::answer_batch) as a future that owns what it
+    /// uses (so it can move to another task).
+    pub(super) async fn answer_batch_owned(
+        self: Arc<Self>,
+        batch: Vec<Pending>,
+    ) -> Vec<(Reply, Answer)> {
+        self.answer_batch(batch).await
+    }
+
+    /// Runs `batch` in one transaction: each request's reply channel with
+    /// its answer, in the batch's order.
+    pub(super) async fn answer_batch(&self, batch: Vec<Pending>) -> Vec<(Reply, Answer)> {
         let started = Instant::now();
         let size = batch.len();
         let reqs: Vec<&AppendRequest> = batch.iter().map(|p| &p.req).collect();
         let outcome = retry(self.opts.max_retries, || self.execute(&reqs)).await;
-        match outcome {
-            Ok(results) => {
-                for (p, verdict) in batch.into_iter().zip(results) {
-                    let _ = p.reply.send(answer(verdict, size));
-                }
-            }
+        let answers = match outcome {
+            Ok(results) => batch
+                .into_iter()
+                .zip(results)
+                .map(|(p, verdict)| (p.reply, answer(verdict, size)))
+                .collect(),
             Err(e) if batch.len() > 1 && !e.is_retryable() => {
                 // One request's failure (an oversized transaction, a damaged
                 // stream head) must not fail the others: run each alone.
                 tracing::debug!(error = %e, requests = batch.len(), "group commit failed; retrying requests one by one");
+                let mut answers = Vec::with_capacity(size);
                 for p in batch {
                     let one = [&p.req];
                     let a = match retry(self.opts.max_retries, || self.execute(&one)).await {
@@ -99,16 +121,17 @@ impl Inner {
                         },
                         Err(e) => Answer::new(Err(e), false, 1),
                     };
-                    let _ = p.reply.send(a);
+                    answers.push((p.reply, a));
                 }
+                answers
             }
-            Err(e) => {
-                for p in batch {
-                    let _ = p.reply.send(Answer::new(Err(e.clone()), false, size));
-                }
-            }
-        }
+            Err(e) => batch
+                .into_iter()
+                .map(|p| (p.reply, Answer::new(Err(e.clone()), false, size)))
+                .collect(),
+        };
         observe::batch_done(size, started.elapsed());
+        answers
     }
 
     /// Publishes a head to in-process subscribers; never moves it back.

@@ -7,7 +7,7 @@
 use crate::crypto::{self, StoreKey, SubjectKey, SubjectRecord};
 use crate::error::{Error, Result};
 use crate::event::{PersonalContent, RecordedEvent, StreamVersion};
-use crate::kv::KvTransaction;
+use crate::kv::{KeyRange, KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, StreamMeta};
 use crate::lifecycle::StreamLife;
 use std::collections::HashMap;
@@ -20,8 +20,15 @@ pub(crate) type StreamState = (StreamVersion, StreamLife);
 pub(crate) struct Live<'a> {
     store_key: Option<&'a StoreKey>,
     now_ms: u64,
+    /// Whether this read's snapshot holds any lifecycle record at all
+    /// (from [`Live::life_probe`], read in the same snapshot); `None`: not
+    /// probed, so each stream's record is looked up.
+    any_life: Option<bool>,
     /// `None`: the stream has no lifecycle record (every event live).
     streams: HashMap<String, Option<StreamState>>,
+    /// Whether some entry of `streams` holds a record (else every event
+    /// of a loaded stream is live, and the per-event check is skipped).
+    any_state: bool,
     /// `None`: forgotten.
     subjects: HashMap<String, Option<SubjectKey>>,
 }
@@ -37,9 +44,45 @@ impl<'a> Live<'a> {
         Live {
             store_key,
             now_ms: now_ms(),
+            any_life: None,
             streams: HashMap::new(),
+            any_state: false,
             subjects: HashMap::new(),
         }
+    }
+
+    /// The scan that tells whether a snapshot holds any lifecycle record:
+    /// a read path folds it into its first backend call and hands the rows
+    /// to [`note_life_probe`](Self::note_life_probe). Stores that never
+    /// had retention, deletion or tombstones then skip every per-stream
+    /// lookup.
+    pub(crate) fn life_probe() -> (KeyRange, ScanOptions) {
+        (
+            layout::stream_life_range(None),
+            ScanOptions::forward(Some(1)),
+        )
+    }
+
+    /// Records what [`life_probe`](Self::life_probe) found. The rows must
+    /// come from the snapshot every later event of this read is loaded
+    /// from: that is what makes "no record" true for all of them.
+    pub(crate) fn note_life_probe(&mut self, rows: &[KvPair]) {
+        self.any_life = Some(!rows.is_empty());
+    }
+
+    /// Records `stream`'s metadata and lifecycle record, read by the caller
+    /// in this read's snapshot (saves [`stream_state`](Self::stream_state)
+    /// a lookup).
+    pub(crate) fn note_stream(
+        &mut self,
+        stream: &str,
+        meta: Option<&[u8]>,
+        life: Option<&[u8]>,
+    ) -> Result<()> {
+        let state = stream_state_of(meta, life)?;
+        self.any_state |= state.is_some();
+        self.streams.insert(stream.to_owned(), state);
+        Ok(())
     }
 
     /// Loads the lifecycle records of `streams` not seen yet, in one read.
@@ -48,11 +91,19 @@ impl<'a> Live<'a> {
         txn: &mut dyn KvTransaction,
         streams: impl Iterator<Item = &str>,
     ) -> Result<()> {
-        let mut missing: Vec<String> = streams
-            .filter(|s| !self.streams.contains_key(*s))
-            .map(str::to_owned)
-            .collect();
-        missing.sort();
+        if self.any_life == Some(false) {
+            return Ok(());
+        }
+        // Events come in runs of one stream: the run's first is enough.
+        let mut prev = None;
+        let mut missing: Vec<&str> = Vec::new();
+        for s in streams {
+            if prev != Some(s) && !self.streams.contains_key(s) {
+                missing.push(s);
+            }
+            prev = Some(s);
+        }
+        missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
             return Ok(());
@@ -63,18 +114,9 @@ impl<'a> Live<'a> {
             .collect();
         let vals = txn.get_many(&keys).await?;
         for (s, pair) in missing.into_iter().zip(vals.chunks(2)) {
-            let state = match (&pair[0], &pair[1]) {
-                (_, None) => None,
-                (meta, Some(life)) => {
-                    let version = meta
-                        .as_deref()
-                        .map(StreamMeta::decode)
-                        .transpose()?
-                        .map_or(0, |m| m.version);
-                    Some((version, StreamLife::decode(life)?))
-                }
-            };
-            self.streams.insert(s, state);
+            let state = stream_state_of(pair[0].as_deref(), pair[1].as_deref())?;
+            self.any_state |= state.is_some();
+            self.streams.insert(s.to_owned(), state);
         }
         Ok(())
     }
@@ -86,11 +128,17 @@ impl<'a> Live<'a> {
         stream: &str,
     ) -> Result<Option<StreamState>> {
         self.load_streams(txn, std::iter::once(stream)).await?;
+        if !self.any_state {
+            return Ok(None);
+        }
         Ok(self.streams.get(stream).cloned().flatten())
     }
 
     /// True when `e` is live (its stream's records must be loaded).
     fn is_live(&self, e: &RecordedEvent) -> bool {
+        if !self.any_state {
+            return true;
+        }
         let Some(s) = &e.stream else { return true };
         match self.streams.get(&s.stream_id) {
             Some(Some((version, life))) => life.is_live(*version, e, self.now_ms),
@@ -105,13 +153,7 @@ impl<'a> Live<'a> {
         txn: &mut dyn KvTransaction,
         mut events: Vec<RecordedEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        let streams: Vec<String> = events
-            .iter()
-            .filter_map(|e| e.stream.as_ref().map(|s| s.stream_id.clone()))
-            .collect();
-        self.load_streams(txn, streams.iter().map(String::as_str))
-            .await?;
-        events.retain(|e| self.is_live(e));
+        self.drop_released(txn, &mut events).await?;
         self.open_personal(txn, &mut events).await?;
         Ok(events)
     }
@@ -123,14 +165,24 @@ impl<'a> Live<'a> {
         txn: &mut dyn KvTransaction,
         mut events: Vec<RecordedEvent>,
     ) -> Result<Vec<RecordedEvent>> {
-        let streams: Vec<String> = events
-            .iter()
-            .filter_map(|e| e.stream.as_ref().map(|s| s.stream_id.clone()))
-            .collect();
-        self.load_streams(txn, streams.iter().map(String::as_str))
-            .await?;
-        events.retain(|e| self.is_live(e));
+        self.drop_released(txn, &mut events).await?;
         Ok(events)
+    }
+
+    /// Drops the events of `events` their streams' records release.
+    async fn drop_released(
+        &mut self,
+        txn: &mut dyn KvTransaction,
+        events: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let streams = events
+            .iter()
+            .filter_map(|e| e.stream.as_ref().map(|s| s.stream_id.as_str()));
+        self.load_streams(txn, streams).await?;
+        if self.any_state {
+            events.retain(|e| self.is_live(e));
+        }
+        Ok(())
     }
 
     async fn open_personal(
@@ -191,6 +243,17 @@ impl<'a> Live<'a> {
         }
         Ok(())
     }
+}
+
+/// A stream's state from its metadata and lifecycle record (`None`: no
+/// record, every event live).
+fn stream_state_of(meta: Option<&[u8]>, life: Option<&[u8]>) -> Result<Option<StreamState>> {
+    let Some(life) = life else { return Ok(None) };
+    let version = meta
+        .map(StreamMeta::decode)
+        .transpose()?
+        .map_or(0, |m| m.version);
+    Ok(Some((version, StreamLife::decode(life)?)))
 }
 
 pub(crate) fn no_store_key() -> Error {

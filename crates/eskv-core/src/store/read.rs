@@ -52,7 +52,7 @@ impl EventStore {
         if !opts.backwards && opts.limit != Some(0) {
             return read_forward(&mut *txn, &q, opts, &mut live).await;
         }
-        let head = read_head(&mut *txn).await?;
+        let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
                 consistent_through: consistent_through(opts, head, &[]),
@@ -118,7 +118,8 @@ impl EventStore {
     /// `filter` (checked on each event).
     async fn read_log(&self, filter: &LogFilter, opts: ReadOptions) -> Result<ReadResult> {
         let mut txn = self.inner.kv.begin().await?;
-        let head = read_head(&mut *txn).await?;
+        let mut live = self.live();
+        let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((mut lo, mut hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
                 consistent_through: consistent_through(opts, head, &[]),
@@ -128,7 +129,6 @@ impl EventStore {
         let want = opts.limit.unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
-        let mut live = self.live();
         while events.len() < want && lo <= hi {
             let rows = scan_page(
                 &mut *txn,
@@ -186,7 +186,8 @@ impl EventStore {
     pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
         validate_stream_id(category, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
-        let head = read_head(&mut *txn).await?;
+        let mut live = self.live();
+        let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
                 consistent_through: consistent_through(opts, head, &[]),
@@ -194,7 +195,6 @@ impl EventStore {
             });
         };
         let order = Order::new(opts.backwards, self.inner.kv.capabilities());
-        let mut live = self.live();
         let source = Source::Index(Index::Category(category));
         let events = read_live(&mut *txn, source, (lo, hi), order, opts.limit, &mut live).await?;
         let events = self.decoded(events)?;
@@ -241,30 +241,47 @@ impl EventStore {
         } else {
             (opts.from_version.unwrap_or(1).max(1), StreamVersion::MAX)
         };
-        // The head and the stream's version, for what the read reports.
-        let keys = [layout::head_key(), layout::stream_key(stream)];
-        let mut vals = txn.get_many(&keys).await?.into_iter();
-        let head = vals
-            .next()
-            .flatten()
-            .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))?;
-        let version = match vals.next().flatten() {
-            Some(v) => StreamMeta::decode(&v)?.version,
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        let reads = lo <= hi && opts.limit != Some(0);
+        let want0 = opts.limit.unwrap_or(usize::MAX);
+        // One backend call: the head and the stream's version (for what the
+        // read reports), its lifecycle record (for the live filter), and the
+        // first page of its index where one scan reads it.
+        let first_scan = reads
+            .then(|| stream_scan(stream, (lo, hi), opts, order, want0))
+            .flatten();
+        let keys = [
+            layout::head_key(),
+            layout::stream_key(stream),
+            layout::stream_life_key(stream),
+        ];
+        let (vals, mut first_rows) = txn.read_many(&keys, first_scan.as_slice()).await?;
+        let head = vals[0]
+            .as_deref()
+            .map_or(Ok(0), |v| layout::parse_u64(v, "head"))?;
+        let version = match vals[1].as_deref() {
+            Some(v) => StreamMeta::decode(v)?.version,
             None => 0,
         };
         let until = opts.until.unwrap_or(Position::MAX);
         let mut out = Vec::new();
-        if lo <= hi && opts.limit != Some(0) {
-            let order = Order::new(opts.backwards, self.inner.kv.capabilities());
+        if reads {
             let mut live = self.live();
+            live.note_stream(stream, vals[1].as_deref(), vals[2].as_deref())?;
+            let mut first_rows = first_rows.pop();
             let (mut lo, mut hi) = (lo, hi);
             // Released events are a prefix of the versions: when a page comes
             // back with some dropped, the next one starts at the first live
             // version (forwards) or stops there (backwards).
             loop {
                 let want = opts.limit.map_or(usize::MAX, |l| l - out.len());
-                let positions =
-                    stream_positions(&mut *txn, stream, (lo, hi), opts, order, want, until).await?;
+                let positions = match first_rows.take() {
+                    Some(rows) => stream_positions_of(rows, opts, want, until)?,
+                    None => {
+                        stream_positions(&mut *txn, stream, (lo, hi), opts, order, want, until)
+                            .await?
+                    }
+                };
                 let n = positions.len();
                 let loaded = load_events(&mut *txn, &positions).await?;
                 let edge = loaded
@@ -408,6 +425,34 @@ impl EventStore {
     }
 }
 
+/// The one scan that reads the positions of versions `[lo, hi]` of
+/// `stream` in the read's order (at most `want`), or `None` where reading
+/// them backwards takes windows below the stream's last version.
+fn stream_scan(
+    stream: &str,
+    (lo, hi): (StreamVersion, StreamVersion),
+    opts: ReadStreamOptions,
+    order: Order,
+    want: usize,
+) -> Option<(KeyRange, ScanOptions)> {
+    // Positions grow with versions, so `until` only trims.
+    let limit = if opts.until.is_some() && opts.backwards {
+        None
+    } else {
+        Some(want).filter(|w| *w != usize::MAX)
+    };
+    if limit.is_some() && order == Order::BackwardByWindows {
+        return None;
+    }
+    Some((
+        layout::stream_event_range(stream, lo, hi),
+        ScanOptions {
+            limit,
+            reverse: opts.backwards,
+        },
+    ))
+}
+
 /// Positions of the versions `[lo, hi]` of `stream` in the read's order,
 /// at most `want`, none after `until`.
 async fn stream_positions(
@@ -419,15 +464,9 @@ async fn stream_positions(
     want: usize,
     until: Position,
 ) -> Result<Vec<Position>> {
-    let mut positions = Vec::new();
-    // Positions grow with versions, so `until` only trims.
-    let limit = if opts.until.is_some() && opts.backwards {
-        None
-    } else {
-        Some(want).filter(|w| *w != usize::MAX)
-    };
-    let rows = match limit {
-        Some(page) if order == Order::BackwardByWindows => {
+    let rows = match stream_scan(stream, (lo, hi), opts, order, want) {
+        Some((range, scan)) => txn.scan(range, scan).await?,
+        None => {
             // Versions are dense: the window below the stream's last
             // version holds exactly the events asked for.
             let Some(meta) = read_stream_meta(txn, stream).await? else {
@@ -438,19 +477,20 @@ async fn stream_positions(
                 return Ok(Vec::new());
             }
             let range = |a, b| layout::stream_event_range(stream, a, b);
-            scan_page(txn, range, lo, hi, page, order).await?
-        }
-        _ => {
-            txn.scan(
-                layout::stream_event_range(stream, lo, hi),
-                ScanOptions {
-                    limit,
-                    reverse: opts.backwards,
-                },
-            )
-            .await?
+            scan_page(txn, range, lo, hi, want, order).await?
         }
     };
+    stream_positions_of(rows, opts, want, until)
+}
+
+/// The positions in stream index rows, at most `want`, none after `until`.
+fn stream_positions_of(
+    rows: Vec<KvPair>,
+    opts: ReadStreamOptions,
+    want: usize,
+    until: Position,
+) -> Result<Vec<Position>> {
+    let mut positions = Vec::new();
     for (k, v) in rows {
         let pos = layout::parse_stream_entry(&k, &v)?;
         if pos > until {
@@ -546,6 +586,21 @@ pub(super) async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
         .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
 }
 
+/// The head, read together with [`Live::life_probe`] (whose answer it
+/// hands to `live`).
+async fn read_head_probing(txn: &mut dyn KvTransaction, live: &mut Live<'_>) -> Result<Position> {
+    let (vals, probes) = txn
+        .read_many(&[layout::head_key()], &[Live::life_probe()])
+        .await?;
+    if let Some(rows) = probes.first() {
+        live.note_life_probe(rows);
+    }
+    vals.into_iter()
+        .next()
+        .flatten()
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
+}
+
 pub(super) async fn read_stream_meta(
     txn: &mut dyn KvTransaction,
     stream: &str,
@@ -583,14 +638,20 @@ pub(super) async fn read_forward(
     let top = opts.until.unwrap_or(Position::MAX);
     let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
     let probes = condition_probes(query);
-    let scans: Vec<(crate::kv::KeyRange, ScanOptions)> = probes
+    let mut scans: Vec<(crate::kv::KeyRange, ScanOptions)> = probes
         .iter()
         .map(|(index, _)| (index.range(lo, top), ScanOptions::forward(Some(page))))
         .collect();
     let (vals, pages) = if lo > top {
         (txn.get_many(&[layout::head_key()]).await?, Vec::new())
     } else {
-        txn.read_many(&[layout::head_key()], &scans).await?
+        // The lifecycle probe rides along as the last scan.
+        scans.push(Live::life_probe());
+        let (vals, mut pages) = txn.read_many(&[layout::head_key()], &scans).await?;
+        if let Some(rows) = pages.pop() {
+            live.note_life_probe(&rows);
+        }
+        (vals, pages)
     };
     let head = vals
         .into_iter()
