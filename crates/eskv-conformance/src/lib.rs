@@ -24,6 +24,7 @@ pub mod kv;
 pub mod lifecycle;
 pub mod lifecycle_model;
 pub mod limited;
+pub mod log_truncation;
 pub mod model;
 pub mod serial;
 pub mod subscriptions;

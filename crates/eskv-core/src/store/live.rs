@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::event::{PersonalContent, RecordedEvent, StreamVersion};
 use crate::kv::KvTransaction;
 use crate::layout::{self, StreamMeta};
-use crate::lifecycle::StreamLife;
+use crate::lifecycle::{LogLife, StreamLife};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,9 @@ pub(crate) struct Live<'a> {
     streams: HashMap<String, Option<StreamState>>,
     /// `None`: forgotten.
     subjects: HashMap<String, Option<SubjectKey>>,
+    /// The log's first live position (`LogLife::truncate_before`), once
+    /// read: every event below it is released.
+    log_cut: Option<u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -39,7 +42,24 @@ impl<'a> Live<'a> {
             now_ms: now_ms(),
             streams: HashMap::new(),
             subjects: HashMap::new(),
+            log_cut: None,
         }
+    }
+
+    /// The log's first live position (1 when it was never truncated),
+    /// read once per read.
+    pub(crate) async fn log_cut(&mut self, txn: &mut dyn KvTransaction) -> Result<u64> {
+        if let Some(c) = self.log_cut {
+            return Ok(c);
+        }
+        let cut = txn
+            .get(&layout::log_life_key())
+            .await?
+            .map(|v| LogLife::decode(&v))
+            .transpose()?
+            .map_or(1, |l| l.truncate_before.max(1));
+        self.log_cut = Some(cut);
+        Ok(cut)
     }
 
     /// Loads the lifecycle records of `streams` not seen yet, in one read.
@@ -91,6 +111,9 @@ impl<'a> Live<'a> {
 
     /// True when `e` is live (its stream's records must be loaded).
     fn is_live(&self, e: &RecordedEvent) -> bool {
+        if e.position < self.log_cut.unwrap_or(1) {
+            return false;
+        }
         let Some(s) = &e.stream else { return true };
         match self.streams.get(&s.stream_id) {
             Some(Some((version, life))) => life.is_live(*version, e, self.now_ms),
@@ -111,6 +134,9 @@ impl<'a> Live<'a> {
             .collect();
         self.load_streams(txn, streams.iter().map(String::as_str))
             .await?;
+        if !events.is_empty() {
+            self.log_cut(txn).await?;
+        }
         events.retain(|e| self.is_live(e));
         self.open_personal(txn, &mut events).await?;
         Ok(events)
@@ -129,6 +155,9 @@ impl<'a> Live<'a> {
             .collect();
         self.load_streams(txn, streams.iter().map(String::as_str))
             .await?;
+        if !events.is_empty() {
+            self.log_cut(txn).await?;
+        }
         events.retain(|e| self.is_live(e));
         Ok(events)
     }

@@ -277,10 +277,12 @@ impl EventStore {
                 let (Some(edge), true, true) = (edge, dropped, n == want) else {
                     break;
                 };
-                let Some((version, life)) = live.stream_state(&mut *txn, stream).await? else {
-                    break;
+                // Released by the stream's record, or only by the log's
+                // truncation (which keeps no per-stream first version).
+                let first = match live.stream_state(&mut *txn, stream).await? {
+                    Some((v, life)) => life.first_live(v),
+                    None => 1,
                 };
-                let first = life.first_live(version);
                 if opts.backwards {
                     hi = edge.saturating_sub(1);
                     if hi < first.max(lo) {
@@ -356,9 +358,19 @@ impl EventStore {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
         let vals = txn
-            .get_many(&[layout::stream_key(stream), layout::stream_life_key(stream)])
+            .get_many(&[
+                layout::stream_key(stream),
+                layout::stream_life_key(stream),
+                layout::log_life_key(),
+            ])
             .await?;
-        stream_info_of(stream.to_owned(), vals[0].as_deref(), vals[1].as_deref())
+        let cut = log_cut_of(vals[2].as_deref())?;
+        stream_info_of(
+            stream.to_owned(),
+            vals[0].as_deref(),
+            vals[1].as_deref(),
+            cut,
+        )
     }
 
     /// Lists streams whose id starts with `prefix`, in id order, at most
@@ -376,15 +388,22 @@ impl EventStore {
                 ScanOptions::forward(Some(limit)),
             )
             .await?;
-        let lives: Vec<Vec<u8>> = rows
+        let mut lives: Vec<Vec<u8>> = rows
             .iter()
             .map(|(k, _)| Ok(layout::stream_life_key(&layout::parse_stream_key(k)?)))
             .collect::<Result<_>>()?;
-        let lives = txn.get_many(&lives).await?;
+        lives.push(layout::log_life_key());
+        let mut lives = txn.get_many(&lives).await?;
+        let cut = log_cut_of(lives.pop().flatten().as_deref())?;
         rows.into_iter()
             .zip(lives)
             .map(|((k, v), life)| {
-                stream_info_of(layout::parse_stream_key(&k)?, Some(&v), life.as_deref())
+                stream_info_of(
+                    layout::parse_stream_key(&k)?,
+                    Some(&v),
+                    life.as_deref(),
+                    cut,
+                )
             })
             .collect()
     }
@@ -516,17 +535,26 @@ pub(super) async fn read_live(
     Ok(out)
 }
 
-/// A stream's state from its metadata and lifecycle record.
+/// The log's first live position from its lifecycle record (1: none).
+pub(super) fn log_cut_of(v: Option<&[u8]>) -> Result<Position> {
+    Ok(v.map(crate::lifecycle::LogLife::decode)
+        .transpose()?
+        .map_or(1, |l| l.truncate_before.max(1)))
+}
+
+/// A stream's state from its metadata and lifecycle record, and the
+/// log's first live position.
 pub(super) fn stream_info_of(
     stream_id: String,
     meta: Option<&[u8]>,
     life: Option<&[u8]>,
+    log_cut: Position,
 ) -> Result<StreamInfo> {
     let meta = meta.map(StreamMeta::decode).transpose()?;
     let life = life.map(StreamLife::decode).transpose()?;
     let version = meta.map_or(0, |m| m.version);
     let l = life.clone().unwrap_or_default();
-    let absent = l.reads_absent(version);
+    let absent = l.reads_absent(version) || meta.is_some_and(|m| m.last_position < log_cut);
     Ok(StreamInfo {
         stream_id,
         exists: meta.is_some() && !absent,
@@ -536,7 +564,13 @@ pub(super) fn stream_info_of(
         tombstoned: l.tombstoned,
         retention: l.retention(),
         metadata_revision: life.map(|l| l.revision),
-        first_version: l.first_live(version),
+        // A stream wholly below the log's truncation starts after its end;
+        // one cut part-way shows its first version once compaction ran.
+        first_version: if absent {
+            l.first_live(version).max(version + 1)
+        } else {
+            l.first_live(version)
+        },
     })
 }
 
