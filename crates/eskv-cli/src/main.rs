@@ -105,6 +105,24 @@ struct RetentionArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["stream", "before_position"])))]
+struct ArchiveArgs {
+    /// Archive this stream (all of it, or with --before-version the versions below one).
+    #[arg(long, value_name = "STREAM")]
+    stream: Option<String>,
+    /// With --stream: archive the versions below V only.
+    #[arg(long, value_name = "V", requires = "stream")]
+    before_version: Option<u64>,
+    /// Archive every event at a position below P, with or without a stream.
+    #[arg(long, value_name = "P")]
+    before_position: Option<u64>,
+    /// The archive file to write (must not exist, unless it is this
+    /// archive's file from an earlier run).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct DeleteArgs {
     /// The stream.
     stream: String,
@@ -162,6 +180,19 @@ enum Command {
         /// The data subject id given to with_personal_data.
         subject: String,
     },
+    /// Move a stream, or every event before a position, into a verified
+    /// archive file, then release them in the store.
+    ///
+    /// Writes FILE.partial in the export format (`import` restores it into
+    /// an empty store), syncs it, reads it back and checks it against the
+    /// store, renames it to FILE, then releases the events in one
+    /// transaction (a stream's retention, or the log's truncation, a
+    /// `$log-truncated` event naming the file). Run `compact` afterwards to
+    /// give the space back. After a crash, run the same command again: it
+    /// finishes the job without losing or duplicating events; after
+    /// success it writes nothing and says so ("already": true). An existing
+    /// FILE that is not an archive of this scope is refused.
+    Archive(ArchiveArgs),
     /// Write the whole store as JSON lines (a backup).
     Export {
         /// Write to this file instead of stdout.
@@ -619,6 +650,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             out.value(&v)?;
         }
+        Command::Archive(a) => archive(&url, a, &mut out).await?,
         Command::Export { out: file } => export(&url, file, &mut out).await?,
         Command::Import { input } => import(&url, input, &mut out).await?,
         Command::Copy { from, to } => copy(&parse_url(&from)?, &parse_url(&to)?, &mut out).await?,
@@ -1538,6 +1570,72 @@ fn spinner(what: &str, unit: &str) -> ProgressBar {
 
 fn note(msg: &str) {
     let _ = writeln!(io::stderr(), "{msg}");
+}
+
+/// `eskv archive` (see `eskv_cli::archive`). The test hook
+/// `ESKV_ARCHIVE_CRASH_AFTER=written|verified|renamed` aborts the process
+/// right after that step, as a crash would.
+async fn archive(url: &StoreUrl, a: ArchiveArgs, out: &mut Out) -> Result<()> {
+    use eskv_cli::archive::{ArchiveStep, Scope};
+    let scope = match (a.stream, a.before_position) {
+        (Some(stream), None) => Scope::Stream {
+            stream,
+            before_version: a.before_version,
+        },
+        (None, Some(p)) => Scope::BeforePosition(p),
+        _ => return Err(usage("give either --stream or --before-position")),
+    };
+    let crash_after = std::env::var("ESKV_ARCHIVE_CRASH_AFTER").ok();
+    #[cfg(feature = "redb")]
+    if let StoreUrl::Redb { path, .. } = url {
+        if !path.is_file() {
+            bail!("there is no store at {url}: nothing to archive");
+        }
+    }
+    let store = open::open(url, Access::Create).await?;
+    let pb = spinner("archiving", "steps");
+    let done = eskv_cli::archive::archive(&store, &scope, &a.out, |s| {
+        pb.inc(1);
+        let name = match s {
+            ArchiveStep::Written => "written",
+            ArchiveStep::Verified => "verified",
+            ArchiveStep::Renamed => "renamed",
+            ArchiveStep::Released => "released",
+        };
+        if crash_after.as_deref() == Some(name) {
+            std::process::abort();
+        }
+    })
+    .await;
+    pb.finish_and_clear();
+    let done = done.with_context(|| format!("cannot archive into '{}'", a.out.display()))?;
+    out.value(&json!({
+        "file": done.file.display().to_string(),
+        "scope": done.scope,
+        "events": done.events,
+        "crc32c": done.crc32c,
+        "already": done.already,
+        "position": done.position,
+    }))?;
+    note(&if done.already {
+        format!(
+            "already archived: {} holds {} ({} {}); nothing to do",
+            done.file.display(),
+            eskv_cli::archive::scope_text(&done.scope),
+            done.events,
+            events_word(done.events)
+        )
+    } else {
+        format!(
+            "archived {} {} of {} to {} (crc32c {}); run `eskv compact` to give the space back",
+            done.events,
+            events_word(done.events),
+            eskv_cli::archive::scope_text(&done.scope),
+            done.file.display(),
+            done.crc32c
+        )
+    });
+    Ok(())
 }
 
 async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out) -> Result<()> {

@@ -296,6 +296,13 @@ impl EventStore {
 }
 
 impl EventStore {
+    /// The log's first live position: 1 when it was never truncated, else
+    /// the `before` of the last [`truncate_log_before`](Self::truncate_log_before).
+    pub async fn log_truncated_before(&self) -> Result<Position> {
+        let mut txn = self.inner.kv.begin().await?;
+        super::read::log_cut_of(txn.get(&layout::log_life_key()).await?.as_deref())
+    }
+
     /// Releases every event at a position below `before`, whatever its
     /// stream, DCB events without a stream included: from now on no read
     /// path returns them, DCB conditions and idempotency ignore them (as
