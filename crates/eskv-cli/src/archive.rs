@@ -332,8 +332,13 @@ async fn fix_bound(store: &EventStore, scope: &Scope) -> Result<Archived> {
         Scope::BeforePosition(p) => {
             let head = store.head().await?;
             if *p < 2 || *p > head + 1 {
+                let why = if *p < 2 {
+                    "nothing lies before it".to_owned()
+                } else {
+                    format!("it is beyond the head ({head})")
+                };
                 return Err(Error::invalid(format!(
-                    "cannot archive before position {p}: the head is {head}, so archive before a position from 2 to {}",
+                    "cannot archive before position {p}: {why}; archive before a position from 2 to {}",
                     head + 1
                 ))
                 .into());
