@@ -44,6 +44,9 @@ pub struct Header {
     pub types: Vec<String>,
     /// Whether the source was in strict mode.
     pub strict: bool,
+    /// For an archive (`eskv archive`): what it holds, with its bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::archive::Archived>,
 }
 
 /// Last line of an export.
@@ -100,6 +103,7 @@ pub async fn header(store: &EventStore) -> Result<Header> {
         head: store.head().await?,
         types: store.event_types().await?,
         strict: store.strict_types().await?,
+        archive: None,
     })
 }
 
@@ -147,15 +151,7 @@ impl LogPager {
                 );
             }
             self.next = e.position + 1;
-            // Never lose personal data in silence: the line format has no
-            // place for it yet (an erased part has nothing left to lose).
-            if let Some(p) = e.personal.as_ref().filter(|p| !p.is_erased()) {
-                bail!(
-                    "the event at position {} has personal data (data subject '{}'); export and copy do not carry personal data yet, so they stop here rather than drop it",
-                    e.position,
-                    p.subject()
-                );
-            }
+            refuse_live_personal(e)?;
         }
         if events.is_empty() {
             // The rest up to the head was removed.
@@ -163,6 +159,20 @@ impl LogPager {
         }
         Ok(events)
     }
+}
+
+/// Never lose personal data in silence: the line format has no place for
+/// it yet (an erased part has nothing left to lose, and its plaintext is
+/// gone for good, so no export can hold it).
+pub fn refuse_live_personal(e: &RecordedEvent) -> Result<()> {
+    if let Some(p) = e.personal.as_ref().filter(|p| !p.is_erased()) {
+        return Err(anyhow::Error::new(Error::invalid(format!(
+            "the event at position {} has personal data (data subject '{}'); export, copy and archive do not carry personal data yet, so they stop here rather than drop it (nothing was written)",
+            e.position,
+            p.subject()
+        ))));
+    }
+    Ok(())
 }
 
 /// Reads the whole log of `store` and returns the digest of its lines and

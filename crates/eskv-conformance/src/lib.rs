@@ -4,7 +4,7 @@
 //! Each case module declares its own list of cases, once, next to them, as
 //! a macro that defines one test per case ([`kv_tests!`],
 //! [`event_tests!`], [`lifecycle_tests!`], [`subscription_tests!`],
-//! [`fault_tests!`], [`read_call_tests!`]). [`all_suites!`] composes them, so a backend runs
+//! [`fault_tests!`], [`read_call_tests!`], [`log_truncation_tests!`]). [`all_suites!`] composes them, so a backend runs
 //! everything with one call in its tests:
 //!
 //! ```ignore
@@ -32,6 +32,7 @@ pub mod kv;
 pub mod lifecycle;
 pub mod lifecycle_model;
 pub mod limited;
+pub mod log_truncation;
 pub mod model;
 pub mod read_calls;
 pub mod serial;
@@ -98,6 +99,7 @@ macro_rules! all_suites {
             $crate::event_tests!(direct, $factory);
             $crate::lifecycle_tests!(direct, $factory);
             $crate::read_call_tests!(direct, $factory);
+            $crate::log_truncation_tests!(direct, $factory);
         }
         mod subscription_conformance {
             use super::*;

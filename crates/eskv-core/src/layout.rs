@@ -101,6 +101,14 @@ pub fn import_key() -> Vec<u8> {
         .finish()
 }
 
+/// The log's lifecycle record: how far the log was truncated (every
+/// event below the position is released, with or without a stream) and
+/// how far compaction has removed it; see `crate::lifecycle::LogLife`.
+/// Absent in a store whose log was never truncated.
+pub fn log_life_key() -> Vec<u8> {
+    KeyBuilder::with_raw(&[META]).str("log_life").finish()
+}
+
 /// The head key: the last assigned position. Every append reads and writes
 /// it, which is what serializes appends (see `docs/DESIGN.md`).
 pub fn head_key() -> Vec<u8> {

@@ -81,8 +81,8 @@ pub use projection::{
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
     AppendRequest, AppendResult, CompactReport, EventStore, EventStoreOptions, ForgetOutcome,
-    ImportMarker, Limits, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
-    StreamRead,
+    ImportMarker, Limits, LogFilter, LogTruncation, ReadOptions, ReadResult, ReadStreamOptions,
+    StreamInfo, StreamRead,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,

@@ -127,6 +127,29 @@ impl StreamLife {
     }
 }
 
+/// The log's lifecycle record (`layout::log_life_key`): events at
+/// positions below `truncate_before` are released, whatever their stream
+/// (DCB events included); compaction has removed every event below
+/// `compacted_before`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogLife {
+    /// Positions below this are released (0 or 1: none).
+    pub truncate_before: u64,
+    /// Positions below this were removed by compaction.
+    pub compacted_before: u64,
+}
+
+impl LogLife {
+    pub(crate) fn decode(v: &[u8]) -> Result<Self> {
+        postcard::from_bytes(v)
+            .map_err(|e| Error::corrupt(None, format!("log lifecycle record does not decode: {e}")))
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+}
+
 /// Event types eskv appends itself (log-only events, no stream), so that
 /// subscribers and projections see every lifecycle change. The `$` prefix
 /// is reserved: application types must start with a letter. Each carries
@@ -141,6 +164,9 @@ pub mod system_types {
     pub const STREAM_TOMBSTONED: &str = "$stream-tombstoned";
     /// A data subject's key was destroyed: `{subject}`.
     pub const SUBJECT_FORGOTTEN: &str = "$subject-forgotten";
+    /// Every event below a position was released: `{before, note}`
+    /// (tagged [`LOG_TAG`](super::LOG_TAG)).
+    pub const LOG_TRUNCATED: &str = "$log-truncated";
 
     /// True for the types above.
     pub fn is_system(t: &str) -> bool {
@@ -149,10 +175,14 @@ pub mod system_types {
             STREAM_DELETED,
             STREAM_TOMBSTONED,
             SUBJECT_FORGOTTEN,
+            LOG_TRUNCATED,
         ]
         .contains(&t)
     }
 }
+
+/// The tag of every `$log-truncated` event.
+pub const LOG_TAG: &str = "$log";
 
 /// The tag every system event about `stream` carries.
 pub fn stream_tag(stream: &str) -> String {

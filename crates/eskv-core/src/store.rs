@@ -51,7 +51,7 @@ mod types;
 pub use compact::CompactReport;
 use import::format_error;
 pub use import::ImportMarker;
-pub use lifecycle::ForgetOutcome;
+pub use lifecycle::{ForgetOutcome, LogTruncation};
 pub use options::{
     AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, ReadOptions, ReadResult,
     ReadStreamOptions, StreamInfo, StreamRead,

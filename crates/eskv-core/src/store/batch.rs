@@ -25,6 +25,9 @@ pub(super) struct Batch<'a> {
     head0: Position,
     head: Position,
     strict: bool,
+    /// The log's first live position: a stream whose last event lies
+    /// below it reads as absent.
+    log_cut: Position,
     now_ms: u64,
     /// Idempotency entries written by earlier requests of this batch.
     ids: HashMap<Ulid, IdEntry>,
@@ -125,7 +128,11 @@ impl Inner {
         let mut txn = self.kv.begin().await?;
         // One read for the whole batch: head, strict flag, and every
         // request's idempotency entries and stream head.
-        let mut keys = vec![layout::head_key(), layout::strict_key()];
+        let mut keys = vec![
+            layout::head_key(),
+            layout::strict_key(),
+            layout::log_life_key(),
+        ];
         for req in reqs {
             keys.extend(req.events.iter().map(|e| layout::id_key(e.id)));
             if let Some((s, _)) = &req.stream {
@@ -159,6 +166,12 @@ impl Inner {
             appended: Vec::new(),
             head: head0,
             strict: vals.next().flatten().as_deref() == Some(&[1u8][..]),
+            log_cut: vals
+                .next()
+                .flatten()
+                .map(|v| crate::lifecycle::LogLife::decode(&v))
+                .transpose()?
+                .map_or(1, |l| l.truncate_before),
             now_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -273,7 +286,8 @@ impl Inner {
             let actual = meta.map(|m| m.version);
             // A soft-deleted stream reads as absent, so `NoStream` accepts
             // it; its version continues, so `Exact` compares the real one.
-            let absent = life.reads_absent(actual.unwrap_or(0));
+            let absent = life.reads_absent(actual.unwrap_or(0))
+                || meta.is_some_and(|m| m.last_position < batch.log_cut);
             let ok = match *expected {
                 ExpectedVersion::Any => true,
                 ExpectedVersion::NoStream => absent,

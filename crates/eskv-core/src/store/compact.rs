@@ -13,11 +13,12 @@
 use super::live::now_ms;
 use super::read::load_events;
 use super::EventStore;
+use crate::envelope;
 use crate::error::Result;
 use crate::event::{Position, RecordedEvent};
 use crate::kv::ScanOptions;
 use crate::layout::{self, IdEntry, StreamMeta};
-use crate::lifecycle::StreamLife;
+use crate::lifecycle::{LogLife, StreamLife};
 use crate::retry::retry;
 
 /// What [`EventStore::compact`] removed.
@@ -101,20 +102,120 @@ impl EventStore {
                 break;
             }
         }
+        // Then the log's truncated prefix (`truncate_log_before`).
+        loop {
+            let step = self.compact_log_step().await?;
+            if step.events > 0 {
+                report.events_removed += step.events;
+                report.keys_removed += step.keys;
+                report.bytes_reclaimed += step.bytes;
+                report.transactions += 1;
+                progress(&report);
+            }
+            if !step.more {
+                break;
+            }
+        }
         progress(&report);
         Ok(report)
     }
 
-    /// One transaction: removes the next released events of `stream`.
-    async fn compact_step(&self, stream: &str) -> Result<Step> {
+    /// One transaction: removes the next events below the log's
+    /// truncation, in position order. A stream event's removal raises its
+    /// stream's `truncate_before` and `compacted_before` past it (what is
+    /// removed of a stream this way is a prefix of its versions, since
+    /// versions follow positions), so stream reads and `verify` see the
+    /// stream start there.
+    async fn compact_log_step(&self) -> Result<Step> {
+        let budget = self.step_budget();
+        retry(self.inner.opts.max_retries, || async {
+            let mut txn = self.inner.kv.begin().await?;
+            let Some(log) = txn
+                .get(&layout::log_life_key())
+                .await?
+                .map(|v| LogLife::decode(&v))
+                .transpose()?
+            else {
+                return Ok(Step::default());
+            };
+            let start = log.compacted_before.max(1);
+            if start >= log.truncate_before {
+                return Ok(Step::default());
+            }
+            let rows = txn
+                .scan(
+                    layout::log_range(start, log.truncate_before - 1),
+                    ScanOptions::forward(Some(STEP_PAGE)),
+                )
+                .await?;
+            let events = rows
+                .iter()
+                .map(|(k, v)| envelope::decode(v, layout::parse_log_key(k)?))
+                .collect::<Result<Vec<RecordedEvent>>>()?;
+            let (mut ops, mut bytes) = (0usize, 0usize);
+            let mut removed: Vec<&RecordedEvent> = Vec::new();
+            for e in &events {
+                if !fits(e, &removed, (&mut ops, &mut bytes), budget) {
+                    break;
+                }
+                removed.push(e);
+            }
+            let partial = removed.len() < events.len() || events.len() == STEP_PAGE;
+            let next = match removed.last() {
+                Some(e) if partial => e.position + 1,
+                _ => log.truncate_before,
+            };
+            // Each stream's new first version: one past its last removed.
+            let mut firsts: std::collections::BTreeMap<&str, u64> = Default::default();
+            for e in &removed {
+                if let Some(s) = &e.stream {
+                    let f = firsts.entry(s.stream_id.as_str()).or_default();
+                    *f = (*f).max(s.version + 1);
+                }
+            }
+            let keys: Vec<Vec<u8>> = firsts.keys().map(|s| layout::stream_life_key(s)).collect();
+            let lives = txn.get_many(&keys).await?;
+            for ((k, first), life) in keys.into_iter().zip(firsts.values()).zip(lives) {
+                let mut life = life
+                    .as_deref()
+                    .map(StreamLife::decode)
+                    .transpose()?
+                    .unwrap_or_default();
+                life.truncate_before = life.truncate_before.max(*first);
+                life.compacted_before = life.compacted_before.max(*first);
+                txn.put(k, life.encode());
+            }
+            let mut step = delete_rows(&mut *txn, &removed).await?;
+            txn.put(
+                layout::log_life_key(),
+                LogLife {
+                    compacted_before: next,
+                    ..log
+                }
+                .encode(),
+            );
+            txn.commit().await?;
+            step.more = next < log.truncate_before;
+            Ok(step)
+        })
+        .await
+    }
+
+    /// Operations and bytes one compaction step may write.
+    fn step_budget(&self) -> (usize, usize) {
         let caps = self.inner.kv.capabilities();
-        // Room for the lifecycle record and the removal runs.
+        // Room for the lifecycle records and the removal runs.
         let ops_budget = caps
             .max_ops_per_txn
             .unwrap_or(8192)
             .saturating_sub(8)
             .max(8);
-        let bytes_budget = caps.max_txn_bytes.unwrap_or(32 << 20) / 2;
+        (ops_budget, caps.max_txn_bytes.unwrap_or(32 << 20) / 2)
+    }
+
+    /// One transaction: removes the next released events of `stream`.
+    async fn compact_step(&self, stream: &str) -> Result<Step> {
+        let (ops_budget, bytes_budget) = self.step_budget();
         retry(self.inner.opts.max_retries, || async {
             let mut txn = self.inner.kv.begin().await?;
             let vals = txn
@@ -151,16 +252,15 @@ impl EventStore {
                 if life.is_live(version, e, now) {
                     break;
                 }
-                let cost = 6 + e.tags.len();
-                let size = 128
-                    + e.event_type.len()
-                    + e.tags.iter().map(|t| 2 * t.len() + 8).sum::<usize>();
-                if !removed.is_empty() && (ops + cost > ops_budget || bytes + size > bytes_budget) {
+                if !fits(
+                    e,
+                    &removed,
+                    (&mut ops, &mut bytes),
+                    (ops_budget, bytes_budget),
+                ) {
                     budget_hit = true;
                     break;
                 }
-                ops += cost;
-                bytes += size;
                 removed.push(e);
             }
             let Some(last) = removed.last() else {
@@ -168,77 +268,7 @@ impl EventStore {
             };
             let more = budget_hit || (removed.len() == events.len() && events.len() == STEP_PAGE);
             let next_version = last.stream.as_ref().map_or(start, |s| s.version + 1);
-            let id_keys: Vec<Vec<u8>> = removed.iter().map(|e| layout::id_key(e.id)).collect();
-            let log_keys: Vec<Vec<u8>> = removed
-                .iter()
-                .map(|e| layout::log_key(e.position))
-                .collect();
-            let ids = txn.get_many(&id_keys).await?;
-            let logs = txn.get_many(&log_keys).await?;
-            let mut step = Step {
-                events: removed.len() as u64,
-                ..Step::default()
-            };
-            let mut delete =
-                |txn: &mut dyn crate::kv::KvTransaction, k: Vec<u8>, value_len: usize| {
-                    step.keys += 1;
-                    step.bytes += (k.len() + value_len) as u64;
-                    txn.delete(k);
-                };
-            for ((e, id), log) in removed.iter().zip(ids).zip(logs) {
-                let p = e.position;
-                delete(&mut *txn, layout::log_key(p), log.map_or(0, |v| v.len()));
-                // The id may have been appended again after the event was
-                // released: that entry belongs to the new event.
-                if let Some(v) = id {
-                    let k = layout::id_key(e.id);
-                    if IdEntry::decode(layout::open_index_value(&k, &v)?)?.position == p {
-                        delete(&mut *txn, k, v.len());
-                    }
-                }
-                delete(
-                    &mut *txn,
-                    layout::type_key(&e.event_type, p),
-                    layout::SEAL_LEN,
-                );
-                let tag_value =
-                    e.event_type.len() + e.tags.iter().map(|t| t.len() + 1).sum::<usize>();
-                for t in &e.tags {
-                    delete(
-                        &mut *txn,
-                        layout::tag_key(t, p),
-                        tag_value + layout::SEAL_LEN,
-                    );
-                }
-                if let Some(s) = &e.stream {
-                    delete(
-                        &mut *txn,
-                        layout::stream_event_key(&s.stream_id, s.version),
-                        12,
-                    );
-                    let category = layout::category_of(&s.stream_id);
-                    delete(
-                        &mut *txn,
-                        layout::category_key(category, p),
-                        layout::SEAL_LEN,
-                    );
-                }
-            }
-            // Removal runs: consecutive positions share one record.
-            let mut sorted: Vec<Position> = removed.iter().map(|e| e.position).collect();
-            sorted.sort_unstable();
-            let mut runs: Vec<(Position, Position)> = Vec::new();
-            for p in sorted {
-                match runs.last_mut() {
-                    Some((_, last)) if *last + 1 == p => *last = p,
-                    _ => runs.push((p, p)),
-                }
-            }
-            for (first, last) in runs {
-                let k = layout::removed_key(first);
-                let v = layout::seal_index_value(&k, layout::u64_value(last));
-                txn.put(k, v);
-            }
+            let mut step = delete_rows(&mut *txn, &removed).await?;
             let mut new = life.clone();
             new.compacted_before = next_version;
             txn.put(layout::stream_life_key(stream), new.encode());
@@ -250,4 +280,101 @@ impl EventStore {
         })
         .await
     }
+}
+
+/// Whether `e` fits the step's budget (the first event always does);
+/// counts it when it does.
+fn fits(
+    e: &RecordedEvent,
+    removed: &[&RecordedEvent],
+    (ops, bytes): (&mut usize, &mut usize),
+    (ops_budget, bytes_budget): (usize, usize),
+) -> bool {
+    let cost = 6 + e.tags.len();
+    let size = 128 + e.event_type.len() + e.tags.iter().map(|t| 2 * t.len() + 8).sum::<usize>();
+    if !removed.is_empty() && (*ops + cost > ops_budget || *bytes + size > bytes_budget) {
+        return false;
+    }
+    *ops += cost;
+    *bytes += size;
+    true
+}
+
+/// Buffers the deletion of every row of `removed` (log row, id entry if
+/// it still points at the event, type, tag, stream and category entries)
+/// and the removal runs of their positions.
+async fn delete_rows(
+    txn: &mut dyn crate::kv::KvTransaction,
+    removed: &[&RecordedEvent],
+) -> Result<Step> {
+    let id_keys: Vec<Vec<u8>> = removed.iter().map(|e| layout::id_key(e.id)).collect();
+    let log_keys: Vec<Vec<u8>> = removed
+        .iter()
+        .map(|e| layout::log_key(e.position))
+        .collect();
+    let ids = txn.get_many(&id_keys).await?;
+    let logs = txn.get_many(&log_keys).await?;
+    let mut step = Step {
+        events: removed.len() as u64,
+        ..Step::default()
+    };
+    let mut delete = |txn: &mut dyn crate::kv::KvTransaction, k: Vec<u8>, value_len: usize| {
+        step.keys += 1;
+        step.bytes += (k.len() + value_len) as u64;
+        txn.delete(k);
+    };
+    for ((e, id), log) in removed.iter().zip(ids).zip(logs) {
+        let p = e.position;
+        delete(&mut *txn, layout::log_key(p), log.map_or(0, |v| v.len()));
+        // The id may have been appended again after the event was
+        // released: that entry belongs to the new event.
+        if let Some(v) = id {
+            let k = layout::id_key(e.id);
+            if IdEntry::decode(layout::open_index_value(&k, &v)?)?.position == p {
+                delete(&mut *txn, k, v.len());
+            }
+        }
+        delete(
+            &mut *txn,
+            layout::type_key(&e.event_type, p),
+            layout::SEAL_LEN,
+        );
+        let tag_value = e.event_type.len() + e.tags.iter().map(|t| t.len() + 1).sum::<usize>();
+        for t in &e.tags {
+            delete(
+                &mut *txn,
+                layout::tag_key(t, p),
+                tag_value + layout::SEAL_LEN,
+            );
+        }
+        if let Some(s) = &e.stream {
+            delete(
+                &mut *txn,
+                layout::stream_event_key(&s.stream_id, s.version),
+                12,
+            );
+            let category = layout::category_of(&s.stream_id);
+            delete(
+                &mut *txn,
+                layout::category_key(category, p),
+                layout::SEAL_LEN,
+            );
+        }
+    }
+    // Removal runs: consecutive positions share one record.
+    let mut sorted: Vec<Position> = removed.iter().map(|e| e.position).collect();
+    sorted.sort_unstable();
+    let mut runs: Vec<(Position, Position)> = Vec::new();
+    for p in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == p => *last = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    for (first, last) in runs {
+        let k = layout::removed_key(first);
+        let v = layout::seal_index_value(&k, layout::u64_value(last));
+        txn.put(k, v);
+    }
+    Ok(step)
 }

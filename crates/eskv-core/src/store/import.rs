@@ -5,11 +5,13 @@ use super::read::{read_head, read_stream_meta};
 use super::EventStore;
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, Position, RecordedEvent};
+use crate::kv::KvTransaction;
 use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
+use crate::lifecycle::{LogLife, StreamLife};
 use crate::retry::retry;
 use crate::validate::{validate_stream_id, validate_tag, validate_type};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 impl EventStore {
     /// Writes events exactly as they were recorded elsewhere, for restores
@@ -120,6 +122,7 @@ impl EventStore {
             }
             let mut versions: std::collections::HashMap<&str, u64> =
                 std::collections::HashMap::new();
+            let mut lives = Lives::default();
             for (i, e) in events.iter().enumerate() {
                 let pos = base + 1 + i as u64;
                 if e.position != pos {
@@ -142,13 +145,9 @@ impl EventStore {
                             && !versions.contains_key(s.stream_id.as_str())
                         {
                             // The stream's first versions were removed in
-                            // the source: they stay released.
-                            let life = crate::lifecycle::StreamLife {
-                                truncate_before: s.version,
-                                compacted_before: s.version,
-                                ..Default::default()
-                            };
-                            rows.push((layout::stream_life_key(&s.stream_id), life.encode()));
+                            // the source: they stay removed.
+                            let life = lives.get(&mut *txn, &s.stream_id).await?;
+                            life.compacted_before = life.compacted_before.max(s.version);
                         } else if s.version != cur + 1 {
                             return Err(Error::invalid(format!(
                                 "event {pos} has version {} of stream '{}', expected {}",
@@ -162,6 +161,9 @@ impl EventStore {
                     }
                     None => None,
                 };
+                if e.stream.is_none() {
+                    lives.replay(&mut *txn, e).await?;
+                }
                 let mut tags = e.tags.clone();
                 tags.sort();
                 tags.dedup();
@@ -198,6 +200,7 @@ impl EventStore {
                     .encode(),
                 ));
             }
+            lives.write(&mut rows);
             for (k, v) in rows {
                 txn.put(k, v);
             }
@@ -247,6 +250,98 @@ impl EventStore {
             .await?
             .map(|v| ImportMarker::decode(&v))
             .transpose()
+    }
+}
+
+/// The lifecycle records an import chunk changes: the stream records its
+/// holes and system events imply, and the log's truncation.
+#[derive(Default)]
+struct Lives {
+    streams: HashMap<String, StreamLife>,
+    log: Option<LogLife>,
+}
+
+impl Lives {
+    /// The record of `stream`, read on first use.
+    async fn get(&mut self, txn: &mut dyn KvTransaction, stream: &str) -> Result<&mut StreamLife> {
+        if !self.streams.contains_key(stream) {
+            let life = txn
+                .get(&layout::stream_life_key(stream))
+                .await?
+                .map(|v| StreamLife::decode(&v))
+                .transpose()?
+                .unwrap_or_default();
+            self.streams.insert(stream.to_owned(), life);
+        }
+        Ok(self.streams.entry(stream.to_owned()).or_default())
+    }
+
+    /// Applies what an imported system event recorded (retention, soft
+    /// delete, tombstone, log truncation), so a restore keeps the source's
+    /// lifecycle; other events change nothing.
+    async fn replay(&mut self, txn: &mut dyn KvTransaction, e: &RecordedEvent) -> Result<()> {
+        use crate::lifecycle::system_types as t;
+        if !t::is_system(&e.event_type) || e.event_type == t::SUBJECT_FORGOTTEN {
+            return Ok(());
+        }
+        let bad = |why: String| {
+            Error::invalid(format!(
+                "system event {} ({}) at position {} cannot be replayed: {why}",
+                e.id, e.event_type, e.position
+            ))
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&e.data).map_err(|x| bad(x.to_string()))?;
+        let num = |k: &str| body.get(k).and_then(serde_json::Value::as_u64);
+        if e.event_type == t::LOG_TRUNCATED {
+            let before = num("before").ok_or_else(|| bad("no \"before\"".into()))?;
+            let log = match self.log {
+                Some(l) => l,
+                None => txn
+                    .get(&layout::log_life_key())
+                    .await?
+                    .map(|v| LogLife::decode(&v))
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
+            self.log = Some(LogLife {
+                truncate_before: log.truncate_before.max(before),
+                ..log
+            });
+            return Ok(());
+        }
+        let stream = body
+            .get("stream")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| bad("no \"stream\"".into()))?;
+        let life = self.get(txn, stream).await?;
+        life.revision += 1;
+        match e.event_type.as_str() {
+            t::RETENTION_SET => {
+                life.revision = num("revision").unwrap_or(life.revision);
+                life.max_count = num("max_count");
+                life.max_age_ms = num("max_age_ms");
+                life.truncate_before = life
+                    .truncate_before
+                    .max(num("truncate_before").unwrap_or(0));
+            }
+            t::STREAM_DELETED => {
+                let v = num("version").ok_or_else(|| bad("no \"version\"".into()))?;
+                life.truncate_before = life.truncate_before.max(v + 1);
+            }
+            _ => life.tombstoned = true,
+        }
+        Ok(())
+    }
+
+    /// Buffers the changed records.
+    fn write(self, rows: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        for (s, life) in self.streams {
+            rows.push((layout::stream_life_key(&s), life.encode()));
+        }
+        if let Some(l) = self.log {
+            rows.push((layout::log_life_key(), l.encode()));
+        }
     }
 }
 

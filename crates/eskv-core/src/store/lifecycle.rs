@@ -14,7 +14,9 @@ use crate::event::{NewEvent, Position};
 use crate::kv::KvTransaction;
 use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
-use crate::lifecycle::{stream_tag, subject_tag, system_types, Retention, StreamLife};
+use crate::lifecycle::{
+    stream_tag, subject_tag, system_types, LogLife, Retention, StreamLife, LOG_TAG,
+};
 use crate::retry::retry;
 use crate::validate::{validate_stream_id, validate_subject};
 use ulid::Ulid;
@@ -30,6 +32,23 @@ pub enum ForgetOutcome {
     },
     /// The subject was already forgotten; nothing was written.
     AlreadyForgotten,
+}
+
+/// What [`EventStore::truncate_log_before`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTruncation {
+    /// Every event below the position is released now; the
+    /// `$log-truncated` event is at `position`.
+    Truncated {
+        /// Position of the `$log-truncated` event.
+        position: Position,
+    },
+    /// The log was truncated at or beyond this position already; nothing
+    /// was written.
+    AlreadyTruncated {
+        /// The log's first live position.
+        before: Position,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -270,6 +289,99 @@ impl EventStore {
         })
         .await?;
         if let ForgetOutcome::Forgotten { position } = outcome {
+            self.inner.publish_head(position);
+        }
+        Ok(outcome)
+    }
+}
+
+impl EventStore {
+    /// The log's first live position: 1 when it was never truncated, else
+    /// the `before` of the last [`truncate_log_before`](Self::truncate_log_before).
+    pub async fn log_truncated_before(&self) -> Result<Position> {
+        let mut txn = self.inner.kv.begin().await?;
+        super::live::log_cut_of(txn.get(&layout::log_life_key()).await?.as_deref())
+    }
+
+    /// Releases every event at a position below `before`, whatever its
+    /// stream, DCB events without a stream included: from now on no read
+    /// path returns them, DCB conditions and idempotency ignore them (as
+    /// for every release, see [`set_retention`](Self::set_retention)),
+    /// and a stream whose last event lies below `before` reads as absent.
+    /// [`compact`](Self::compact) removes their rows, recording the holes
+    /// (so `verify` accepts them) and raising each stream's first version.
+    /// Positions are never reused.
+    ///
+    /// Appends a `$log-truncated` event (tag `$log`, body `{before,
+    /// note}`; `note` is free text, such as the archive the events went
+    /// to) in the same transaction. Released never comes back: a `before`
+    /// at or below the log's current truncation writes nothing and says
+    /// [`LogTruncation::AlreadyTruncated`].
+    ///
+    /// Errors: [`Error::InvalidInput`] for a `before` of 0 or 1 (nothing
+    /// to release) or beyond the head + 1.
+    pub async fn truncate_log_before(
+        &self,
+        before: Position,
+        note: Option<&str>,
+    ) -> Result<LogTruncation> {
+        if before <= 1 {
+            return Err(Error::invalid(format!(
+                "truncating the log before position {before} releases nothing: give the first position to keep (2 or more)"
+            )));
+        }
+        let id = Ulid::generate();
+        let kv = &self.inner.kv;
+        let outcome = retry(self.inner.opts.max_retries, || async {
+            let mut txn = kv.begin().await?;
+            let vals = txn
+                .get_many(&[layout::head_key(), layout::log_life_key(), layout::id_key(id)])
+                .await?;
+            if let Some(done) = already_applied(&vals[2], id)? {
+                return Ok(LogTruncation::Truncated {
+                    position: done.first_position,
+                });
+            }
+            let head = vals[0]
+                .as_deref()
+                .map_or(Ok(0), |v| layout::parse_u64(v, "head"))?;
+            let old = vals[1]
+                .as_deref()
+                .map(LogLife::decode)
+                .transpose()?
+                .unwrap_or_default();
+            if before > head + 1 {
+                return Err(Error::invalid(format!(
+                    "cannot truncate the log before position {before}: it is beyond the head ({head}); truncate at most before {}",
+                    head + 1
+                )));
+            }
+            if before <= old.truncate_before {
+                return Ok(LogTruncation::AlreadyTruncated {
+                    before: old.truncate_before,
+                });
+            }
+            let new = LogLife {
+                truncate_before: before,
+                ..old
+            };
+            txn.put(layout::log_life_key(), new.encode());
+            let data = serde_json::json!({ "before": before, "note": note });
+            let r = append_system_event(
+                &mut *txn,
+                head,
+                id,
+                system_types::LOG_TRUNCATED,
+                LOG_TAG.to_owned(),
+                data,
+            )?;
+            txn.commit().await?;
+            Ok(LogTruncation::Truncated {
+                position: r.first_position,
+            })
+        })
+        .await?;
+        if let LogTruncation::Truncated { position } = outcome {
             self.inner.publish_head(position);
         }
         Ok(outcome)

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::event::{PersonalContent, RecordedEvent, StreamVersion};
 use crate::kv::{KeyRange, KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, StreamMeta};
-use crate::lifecycle::StreamLife;
+use crate::lifecycle::{LogLife, StreamLife};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,6 +31,9 @@ pub(crate) struct Live<'a> {
     any_state: bool,
     /// `None`: forgotten.
     subjects: HashMap<String, Option<SubjectKey>>,
+    /// The log's first live position (`LogLife::truncate_before`), once
+    /// read: every event below it is released.
+    log_cut: Option<u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -48,6 +51,7 @@ impl<'a> Live<'a> {
             streams: HashMap::new(),
             any_state: false,
             subjects: HashMap::new(),
+            log_cut: None,
         }
     }
 
@@ -83,6 +87,25 @@ impl<'a> Live<'a> {
         self.any_state |= state.is_some();
         self.streams.insert(stream.to_owned(), state);
         Ok(())
+    }
+
+    /// Records the log's truncation record (`layout::log_life_key`), read
+    /// by the caller in this read's snapshot (saves
+    /// [`log_cut`](Self::log_cut) a lookup).
+    pub(crate) fn note_log_cut(&mut self, v: Option<&[u8]>) -> Result<()> {
+        self.log_cut = Some(log_cut_of(v)?);
+        Ok(())
+    }
+
+    /// The log's first live position (1 when it was never truncated),
+    /// read once per read.
+    pub(crate) async fn log_cut(&mut self, txn: &mut dyn KvTransaction) -> Result<u64> {
+        if let Some(c) = self.log_cut {
+            return Ok(c);
+        }
+        let v = txn.get(&layout::log_life_key()).await?;
+        self.note_log_cut(v.as_deref())?;
+        Ok(self.log_cut.unwrap_or(1))
     }
 
     /// Loads the lifecycle records of `streams` not seen yet, in one read.
@@ -136,6 +159,9 @@ impl<'a> Live<'a> {
 
     /// True when `e` is live (its stream's records must be loaded).
     fn is_live(&self, e: &RecordedEvent) -> bool {
+        if e.position < self.log_cut.unwrap_or(1) {
+            return false;
+        }
         if !self.any_state {
             return true;
         }
@@ -179,7 +205,12 @@ impl<'a> Live<'a> {
             .iter()
             .filter_map(|e| e.stream.as_ref().map(|s| s.stream_id.as_str()));
         self.load_streams(txn, streams).await?;
-        if self.any_state {
+        let cut = if events.is_empty() {
+            1
+        } else {
+            self.log_cut(txn).await?
+        };
+        if self.any_state || cut > 1 {
             events.retain(|e| self.is_live(e));
         }
         Ok(())
@@ -260,4 +291,12 @@ pub(crate) fn no_store_key() -> Error {
     Error::WrongStoreKey {
         message: "this store holds personal data, and no store key was given: open it with EventStoreOptions::store_key (the key it was written with)".into(),
     }
+}
+
+/// The log's first live position from its truncation record (1: never
+/// truncated).
+pub(crate) fn log_cut_of(v: Option<&[u8]>) -> Result<u64> {
+    Ok(v.map(LogLife::decode)
+        .transpose()?
+        .map_or(1, |l| l.truncate_before.max(1)))
 }

@@ -2,7 +2,7 @@
 //! positional indexes read in pages.
 
 use super::batch::{condition_probes, probe_keeps};
-use super::live::Live;
+use super::live::{log_cut_of, Live};
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
     StreamRead,
@@ -254,6 +254,7 @@ impl EventStore {
             layout::head_key(),
             layout::stream_key(stream),
             layout::stream_life_key(stream),
+            layout::log_life_key(),
         ];
         let (vals, mut first_rows) = txn.read_many(&keys, first_scan.as_slice()).await?;
         let head = vals[0]
@@ -268,6 +269,7 @@ impl EventStore {
         if reads {
             let mut live = self.live();
             live.note_stream(stream, vals[1].as_deref(), vals[2].as_deref())?;
+            live.note_log_cut(vals[3].as_deref())?;
             let mut first_rows = first_rows.pop();
             let (mut lo, mut hi) = (lo, hi);
             // Released events are a prefix of the versions: when a page comes
@@ -294,10 +296,12 @@ impl EventStore {
                 let (Some(edge), true, true) = (edge, dropped, n == want) else {
                     break;
                 };
-                let Some((version, life)) = live.stream_state(&mut *txn, stream).await? else {
-                    break;
+                // Released by the stream's record, or only by the log's
+                // truncation (which keeps no per-stream first version).
+                let first = match live.stream_state(&mut *txn, stream).await? {
+                    Some((v, life)) => life.first_live(v),
+                    None => 1,
                 };
-                let first = life.first_live(version);
                 if opts.backwards {
                     hi = edge.saturating_sub(1);
                     if hi < first.max(lo) {
@@ -373,9 +377,19 @@ impl EventStore {
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
         let vals = txn
-            .get_many(&[layout::stream_key(stream), layout::stream_life_key(stream)])
+            .get_many(&[
+                layout::stream_key(stream),
+                layout::stream_life_key(stream),
+                layout::log_life_key(),
+            ])
             .await?;
-        stream_info_of(stream.to_owned(), vals[0].as_deref(), vals[1].as_deref())
+        let cut = log_cut_of(vals[2].as_deref())?;
+        stream_info_of(
+            stream.to_owned(),
+            vals[0].as_deref(),
+            vals[1].as_deref(),
+            cut,
+        )
     }
 
     /// Lists streams whose id starts with `prefix`, in id order, at most
@@ -393,15 +407,22 @@ impl EventStore {
                 ScanOptions::forward(Some(limit)),
             )
             .await?;
-        let lives: Vec<Vec<u8>> = rows
+        let mut lives: Vec<Vec<u8>> = rows
             .iter()
             .map(|(k, _)| Ok(layout::stream_life_key(&layout::parse_stream_key(k)?)))
             .collect::<Result<_>>()?;
-        let lives = txn.get_many(&lives).await?;
+        lives.push(layout::log_life_key());
+        let mut lives = txn.get_many(&lives).await?;
+        let cut = log_cut_of(lives.pop().flatten().as_deref())?;
         rows.into_iter()
             .zip(lives)
             .map(|((k, v), life)| {
-                stream_info_of(layout::parse_stream_key(&k)?, Some(&v), life.as_deref())
+                stream_info_of(
+                    layout::parse_stream_key(&k)?,
+                    Some(&v),
+                    life.as_deref(),
+                    cut,
+                )
             })
             .collect()
     }
@@ -556,17 +577,19 @@ pub(super) async fn read_live(
     Ok(out)
 }
 
-/// A stream's state from its metadata and lifecycle record.
+/// A stream's state from its metadata and lifecycle record, and the
+/// log's first live position.
 pub(super) fn stream_info_of(
     stream_id: String,
     meta: Option<&[u8]>,
     life: Option<&[u8]>,
+    log_cut: Position,
 ) -> Result<StreamInfo> {
     let meta = meta.map(StreamMeta::decode).transpose()?;
     let life = life.map(StreamLife::decode).transpose()?;
     let version = meta.map_or(0, |m| m.version);
     let l = life.clone().unwrap_or_default();
-    let absent = l.reads_absent(version);
+    let absent = l.reads_absent(version) || meta.is_some_and(|m| m.last_position < log_cut);
     Ok(StreamInfo {
         stream_id,
         exists: meta.is_some() && !absent,
@@ -576,7 +599,13 @@ pub(super) fn stream_info_of(
         tombstoned: l.tombstoned,
         retention: l.retention(),
         metadata_revision: life.map(|l| l.revision),
-        first_version: l.first_live(version),
+        // A stream wholly below the log's truncation starts after its end;
+        // one cut part-way shows its first version once compaction ran.
+        first_version: if absent {
+            l.first_live(version).max(version + 1)
+        } else {
+            l.first_live(version)
+        },
     })
 }
 
@@ -590,11 +619,15 @@ pub(super) async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
 /// hands to `live`).
 async fn read_head_probing(txn: &mut dyn KvTransaction, live: &mut Live<'_>) -> Result<Position> {
     let (vals, probes) = txn
-        .read_many(&[layout::head_key()], &[Live::life_probe()])
+        .read_many(
+            &[layout::head_key(), layout::log_life_key()],
+            &[Live::life_probe()],
+        )
         .await?;
     if let Some(rows) = probes.first() {
         live.note_life_probe(rows);
     }
+    live.note_log_cut(vals.get(1).and_then(|v| v.as_deref()))?;
     vals.into_iter()
         .next()
         .flatten()
@@ -647,10 +680,13 @@ pub(super) async fn read_forward(
     } else {
         // The lifecycle probe rides along as the last scan.
         scans.push(Live::life_probe());
-        let (vals, mut pages) = txn.read_many(&[layout::head_key()], &scans).await?;
+        let (vals, mut pages) = txn
+            .read_many(&[layout::head_key(), layout::log_life_key()], &scans)
+            .await?;
         if let Some(rows) = pages.pop() {
             live.note_life_probe(&rows);
         }
+        live.note_log_cut(vals.get(1).and_then(|v| v.as_deref()))?;
         (vals, pages)
     };
     let head = vals
