@@ -1,5 +1,5 @@
 //! What commits that append nothing (checkpoints, leases, projection
-//! batches) cost idle subscribers (issue 13, item 5). A measurement, not a
+//! batches) cost idle subscribers. A measurement, not a
 //! check (the check is the conformance case
 //! `checkpoint_commits_do_not_wake_subscribers`); run it with
 //!

@@ -1,4 +1,4 @@
-//! eskv's benchmark harness (issue 9): every workload on every system,
+//! eskv's benchmark harness: every workload on every system,
 //! interleaved, on the same disk, in one process run. Writes
 //! `BENCHMARKS.md` and an SVG chart.
 //!
@@ -78,7 +78,7 @@ pub const SYSTEMS: [&str; 15] = [
     FSYNC,
 ];
 
-/// The workloads the etcd systems run (issue 8: writes on the 3-node
+/// The workloads the etcd systems run (writes on the 3-node
 /// loopback cluster).
 pub const ETCD_WORKLOADS: [&str; 4] = ["W1", "W2", "W4", "W4r"];
 

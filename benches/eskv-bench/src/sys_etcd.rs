@@ -1,4 +1,4 @@
-//! etcd (issue 8): a 3-node cluster on 127.0.0.1 started by the harness,
+//! etcd: a 3-node cluster on 127.0.0.1 started by the harness,
 //! eskv on it (`EtcdStore`), and raw etcd `Txn`s doing the same key writes
 //! and reads as eskv's layout, as the baseline.
 //!

@@ -1061,7 +1061,7 @@ fn check_reports_damage_with_exit_code_4() {
     assert!(r.stdout.contains("\"clean\":false"), "{}", r.stdout);
 }
 
-// ------------------------------------------------------------ issue 13
+// ------------------------------------------------------------ hardening
 
 /// A hash of a file's bytes, to show a command left it alone.
 fn file_hash(path: &Path) -> (u64, u32) {
@@ -1705,7 +1705,7 @@ fn an_interrupted_import_is_never_taken_for_a_healthy_store() {
 /// A damaged page makes redb panic inside a read. `check` must report the
 /// damage (exit 4, or 1 for a file that does not open at all), never exit
 /// 101 as an internal error, and must leave the file as it found it, so
-/// that a file that could be read stays readable (issue 13, item 11).
+/// that a file that could be read stays readable.
 #[test]
 fn damaged_pages_are_reported_never_internal_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -1755,7 +1755,7 @@ fn damaged_pages_are_reported_never_internal_errors() {
     );
 }
 
-/// The store URL sets redb's page cache (issue 13, item 16); a size that
+/// The store URL sets redb's page cache; a size that
 /// does not parse is bad usage (exit 2) and creates nothing.
 #[test]
 fn redb_cache_size_in_the_store_url() {

@@ -1,4 +1,4 @@
-//! Conformance cases for the lifecycle of events (issue 17): retention,
+//! Conformance cases for the lifecycle of events: retention,
 //! soft delete, tombstone, compaction, crypto-shredding, and what the log
 //! promises afterwards. Run by [`all_suites!`](crate::all_suites) on every backend.
 

@@ -1,4 +1,4 @@
-//! Model-based test of the lifecycle of events (issue 17): random appends
+//! Model-based test of the lifecycle of events: random appends
 //! (with personal parts), retention changes, soft deletes, tombstones,
 //! forgets, id reuse, DCB conditions and compactions run against the real
 //! store and a plain in-memory model. After every step every read path

@@ -5,7 +5,7 @@
 //! [format version: 1 byte = 2][crc32c of the rest][body: postcard][personal part: postcard]
 //! ```
 //!
-//! Format 2 is written only for events with a personal part (issue 17): the
+//! Format 2 is written only for events with a personal part: the
 //! version-1 body followed by `(subject, sealed part)`, the part encrypted
 //! under the subject's key (see [`crate::crypto`]). Every other event is
 //! still format 1, so a store that never holds personal data is laid out

@@ -323,7 +323,7 @@ pub fn is_sealed_index_key(key: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Lifecycle tables (issue 17): what compaction removed, each stream's
+// Lifecycle tables: what compaction removed, each stream's
 // retention, and the per-subject keys of personal data. New tables only:
 // a store that never used them is laid out exactly as before.
 // ---------------------------------------------------------------------------

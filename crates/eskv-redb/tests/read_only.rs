@@ -1,4 +1,4 @@
-//! Read-only opens (issue 13, items 14 and 25): nothing is written, writes
+//! Read-only opens: nothing is written, writes
 //! are refused with a typed error, a file held by a writer is reported as
 //! locked (typed, not retryable).
 

@@ -1,0 +1,149 @@
+//! A transaction's snapshot: reads of one redb read transaction, and
+//! the commit handed to the writer.
+use super::*;
+
+pub(crate) type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// A snapshot's table, and the database it was read from (kept so that a
+/// reopen after an I/O failure waits until no snapshot uses the old one).
+pub(crate) struct View {
+    pub(crate) table: Table,
+    pub(crate) _db: Arc<Db>,
+}
+
+/// A transaction's snapshot: a redb read transaction's table, read on the
+/// blocking pool, and the oracle's snapshot its commit is checked against.
+pub(crate) struct RedbSnapshot {
+    pub(crate) store: Arc<Inner>,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) view: Arc<View>,
+}
+
+impl RedbSnapshot {
+    /// Runs a read against the snapshot without blocking the runtime: on a
+    /// multi-threaded runtime in place, after telling the runtime this
+    /// thread blocks (`block_in_place` hands its other tasks to another
+    /// thread, and the caller saves the hop to the blocking pool and back),
+    /// else on the blocking pool.
+    pub(crate) async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared, &Table) -> KvResult<R> + Send + 'static,
+    ) -> KvResult<R> {
+        let view = self.view.clone();
+        let shared = self.store.shared.clone();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            return tokio::task::block_in_place(|| shared.call(|| f(&shared, &view.table)));
+        }
+        tokio::task::spawn_blocking(move || shared.call(|| f(&shared, &view.table)))
+            .await
+            .map_err(|e| KvError::backend(BACKEND, e))?
+    }
+}
+
+/// Up to `limit` rows of `range` from the snapshot, in scan order.
+pub(crate) fn scan_rows(
+    s: &Shared,
+    t: &Table,
+    range: &KeyRange,
+    reverse: bool,
+    limit: Option<usize>,
+) -> KvResult<Vec<KvPair>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let iter = t
+        .range::<&[u8]>(range.as_bounds())
+        .map_err(|e| s.map_err(e))?;
+    let mut push = |item: std::result::Result<_, redb::StorageError>| -> KvResult<bool> {
+        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+            item.map_err(|e| s.map_err(e))?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+        Ok(out.len() < limit)
+    };
+    if reverse {
+        for item in iter.rev() {
+            if !push(item)? {
+                break;
+            }
+        }
+    } else {
+        for item in iter {
+            if !push(item)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn get_one(s: &Shared, t: &Table, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+    Ok(t.get(key)
+        .map_err(|e| s.map_err(e))?
+        .map(|v| v.value().to_vec()))
+}
+
+#[async_trait]
+impl KvSnapshot for RedbSnapshot {
+    async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
+        self.read(move |s, t| keys.iter().map(|k| get_one(s, t, k)).collect())
+            .await
+    }
+
+    async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
+        let span = tracing::Span::current();
+        self.read(move |s, t| {
+            let _g = span.entered();
+            scan_rows(s, t, &range, opts.reverse, opts.limit)
+        })
+        .await
+    }
+
+    /// All gets and scans in one hop to the blocking pool.
+    async fn read_many(
+        &mut self,
+        gets: Vec<Vec<u8>>,
+        scans: Vec<(KeyRange, ScanOptions)>,
+    ) -> KvResult<ReadMany> {
+        self.read(move |s, t| {
+            let values = gets
+                .iter()
+                .map(|k| get_one(s, t, k))
+                .collect::<KvResult<Vec<_>>>()?;
+            let rows = scans
+                .iter()
+                .map(|(r, o)| scan_rows(s, t, r, o.reverse, o.limit))
+                .collect::<KvResult<Vec<_>>>()?;
+            Ok((values, rows))
+        })
+        .await
+    }
+
+    async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {
+        let RedbSnapshot {
+            store,
+            snapshot,
+            view,
+        } = self;
+        drop(view);
+        if store.shared.read_only {
+            return Err(KvError::ReadOnly { backend: BACKEND });
+        }
+        let (reply, rx) = oneshot::channel();
+        store
+            .writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(CommitRequest {
+                snapshot,
+                writes,
+                validated,
+                reply,
+            })
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+}
