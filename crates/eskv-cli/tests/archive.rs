@@ -1,4 +1,4 @@
-//! `eskv archive`: the library operation on the in-memory and redb
+//! `eskv archive`: the library operation on the in-memory, redb and etcd
 //! backends, and the real binary on redb files, with crashes (the process
 //! aborted between steps) and bad input.
 
@@ -134,6 +134,27 @@ async fn memory_archives_a_stream_and_a_position_range() {
 async fn redb_archives_a_stream_and_a_position_range() {
     let dir = tempfile::tempdir().unwrap();
     let kv = RedbStore::open(dir.path().join("e.redb")).await.unwrap();
+    archives_stream_and_position_range(Arc::new(kv), dir.path()).await;
+}
+
+/// On a real one-node etcd started by this test (the binary from
+/// `ETCD_BIN` or the `PATH`; without one the test says it skipped, and
+/// fails under `CI`).
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_archives_a_stream_and_a_position_range() {
+    use eskv_etcd_launcher::{Cluster, ClusterOptions, LaunchError};
+    let cluster = match Cluster::launch(ClusterOptions::new(1)) {
+        Ok(c) => c,
+        Err(LaunchError::Missing(m)) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (not a pass): etcd archive test: {m}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let options = eskv::etcd::EtcdOptions::new(cluster.endpoints()).key_prefix("archive-test");
+    let kv = eskv::etcd::EtcdStore::connect(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
     archives_stream_and_position_range(Arc::new(kv), dir.path()).await;
 }
 
