@@ -18,7 +18,7 @@
 //!    only at commit. They never fail on their own; limits are checked at
 //!    commit (see [`Capabilities`]).
 //! 4. **Validation set.** [`validate`](KvTransaction::validate) adds a key to
-//!    the validation set. Commit must fail with [`KvError::Conflict`](KvError::Conflict) if any
+//!    the validation set. Commit must fail with [`KvError::Conflict`] if any
 //!    key in the validation set was changed (put or deleted, including
 //!    created when it was absent) by another transaction that committed after
 //!    this transaction's snapshot.
@@ -27,7 +27,7 @@
 //!    the same key can never both commit.
 //! 6. **Atomic commit.** [`commit`](KvTransaction::commit) applies all
 //!    buffered writes or none. It returns `Ok(())`, a retryable
-//!    [`KvError::Conflict`](KvError::Conflict), [`KvError::CommitOutcomeUnknown`](KvError::CommitOutcomeUnknown) when the backend
+//!    [`KvError::Conflict`], [`KvError::CommitOutcomeUnknown`] when the backend
 //!    lost the answer (the writes may or may not be applied), or another
 //!    typed error (nothing applied). A transaction with no writes and an
 //!    empty validation set commits trivially.
