@@ -166,12 +166,7 @@ impl Inner {
             appended: Vec::new(),
             head: head0,
             strict: vals.next().flatten().as_deref() == Some(&[1u8][..]),
-            log_cut: vals
-                .next()
-                .flatten()
-                .map(|v| crate::lifecycle::LogLife::decode(&v))
-                .transpose()?
-                .map_or(1, |l| l.truncate_before),
+            log_cut: super::live::log_cut_of(vals.next().flatten().as_deref())?,
             now_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
