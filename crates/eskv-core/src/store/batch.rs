@@ -593,6 +593,7 @@ pub(super) async fn condition_hit(
 ) -> Result<Option<Position>> {
     let mut hit: Option<Position> = None;
     let mut live = Live::new(None);
+    live.note_log_cut_position(batch.log_cut);
     if query.is_all() {
         // The first live event of the log at or after `lo`.
         let mut from = lo;

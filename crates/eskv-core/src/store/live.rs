@@ -97,6 +97,12 @@ impl<'a> Live<'a> {
         Ok(())
     }
 
+    /// Records the log's first live position, already read in this read's
+    /// snapshot (an append batch reads it with its prefetch).
+    pub(crate) fn note_log_cut_position(&mut self, cut: u64) {
+        self.log_cut = Some(cut.max(1));
+    }
+
     /// The log's first live position (1 when it was never truncated),
     /// read once per read.
     pub(crate) async fn log_cut(&mut self, txn: &mut dyn KvTransaction) -> Result<u64> {
