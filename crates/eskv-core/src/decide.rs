@@ -91,18 +91,36 @@ impl Default for DecideOptions {
 }
 
 impl DecideOptions {
-    /// The defaults.
+    /// The defaults: 20 attempts, backoff from 1 ms to 100 ms, no metadata.
+    ///
+    /// ```
+    /// use eskv_core::DecideOptions;
+    /// assert_eq!(DecideOptions::new(), DecideOptions::default());
+    /// assert_eq!(DecideOptions::new().max_attempts, 20);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets the attempts (at least 1).
+    ///
+    /// ```
+    /// use eskv_core::DecideOptions;
+    /// assert_eq!(DecideOptions::new().max_attempts(0).max_attempts, 1);
+    /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
         self
     }
 
-    /// Sets the backoff bounds.
+    /// Sets the backoff bounds (`max` is at least `first`).
+    ///
+    /// ```
+    /// use eskv_core::DecideOptions;
+    /// use std::time::Duration;
+    /// let o = DecideOptions::new().backoff(Duration::from_millis(10), Duration::from_millis(1));
+    /// assert_eq!((o.backoff, o.max_backoff), (Duration::from_millis(10), Duration::from_millis(10)));
+    /// ```
     pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
         self.backoff = first;
         self.max_backoff = max.max(first);
@@ -110,6 +128,12 @@ impl DecideOptions {
     }
 
     /// Sets the metadata of appended events.
+    ///
+    /// ```
+    /// use eskv_core::{DecideOptions, Metadata};
+    /// let o = DecideOptions::new().metadata(Metadata::new().correlation_id("req-7"));
+    /// assert_eq!(o.metadata, Metadata::new().correlation_id("req-7"));
+    /// ```
     pub fn metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
@@ -167,6 +191,13 @@ pub enum DecideError<E> {
 
 impl<E> DecideError<E> {
     /// Your domain error, if the decision was rejected.
+    ///
+    /// ```
+    /// use eskv_core::DecideError;
+    /// assert_eq!(DecideError::Rejected("full").rejected(), Some("full"));
+    /// let store: DecideError<&str> = eskv_core::Error::invalid("bad").into();
+    /// assert_eq!(store.rejected(), None);
+    /// ```
     pub fn rejected(self) -> Option<E> {
         match self {
             DecideError::Rejected(e) => Some(e),
@@ -174,7 +205,13 @@ impl<E> DecideError<E> {
         }
     }
 
-    /// Maps the domain error.
+    /// Maps the domain error; other variants pass through unchanged.
+    ///
+    /// ```
+    /// use eskv_core::DecideError;
+    /// let e = DecideError::Rejected(3).map_rejected(|n| format!("{n} seats left"));
+    /// assert_eq!(e.rejected().as_deref(), Some("3 seats left"));
+    /// ```
     pub fn map_rejected<F>(self, f: impl FnOnce(E) -> F) -> DecideError<F> {
         match self {
             DecideError::Rejected(e) => DecideError::Rejected(f(e)),
@@ -273,6 +310,34 @@ pub trait Decision {
 }
 
 /// An [`EventStore`] with decision options; from [`EventStore::decider`].
+///
+/// ```
+/// # use eskv_core::{DecodeError, DomainEvent, Json};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Seat { Taken }
+/// # impl DomainEvent for Seat {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+/// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+/// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+/// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await?;
+/// use eskv_core::{DecideOptions, Query};
+/// let decider = store.decider(DecideOptions::new().max_attempts(3));
+/// let done = decider
+///     .decide(Query::of(["SeatTaken"], ["room:r1"]), |n: &mut u32, _: &Seat| *n += 1, |_| {
+///         Ok::<_, String>(vec![Seat::Taken])
+///     })
+///     .await?;
+/// assert_eq!((done.events.len(), done.attempts), (1, 1));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Decider {
     store: EventStore,
@@ -369,7 +434,40 @@ impl EventStore {
             .await
     }
 
-    /// Runs a [`Decision`] command with default options.
+    /// Runs a [`Decision`] command with default options; see
+    /// [`Decision`] for a full example.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await?;
+    /// use eskv_core::{Boundary, Decision, Query};
+    /// struct Take;
+    /// impl Decision for Take {
+    ///     type Event = Seat;
+    ///     type State = ();
+    ///     type Error = std::convert::Infallible;
+    ///     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    ///     fn evolve(&self, _: &mut (), _: &Seat) {}
+    ///     fn decide(&self, _: &()) -> Result<Vec<Seat>, Self::Error> { Ok(vec![Seat::Taken]) }
+    /// }
+    /// let done = store.execute(&Take).await?;
+    /// assert_eq!(done.appended.map(|a| a.first_position), Some(1));
+    /// # Ok(()) }
+    /// ```
     pub async fn execute<D: Decision>(
         &self,
         command: &D,
@@ -382,6 +480,16 @@ impl EventStore {
 
 impl Decider {
     /// The options in force.
+    ///
+    /// ```
+    /// # use eskv_core::{DecideOptions, EventStore, MemoryStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// # let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// let decider = store.decider(DecideOptions::new().max_attempts(4));
+    /// assert_eq!(decider.options().max_attempts, 4);
+    /// # Ok(()) }
+    /// ```
     pub fn options(&self) -> &DecideOptions {
         &self.opts
     }
@@ -396,6 +504,35 @@ impl Decider {
     ///
     /// The appended events should match `query` themselves, so that
     /// concurrent decisions on the same boundary see each other.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await?;
+    /// use eskv_core::{DecideError, DecideOptions, Query};
+    /// let decider = store.decider(DecideOptions::new().max_attempts(3));
+    /// let room = Query::of(["SeatTaken"], ["room:r1"]);
+    /// let take = || decider.decide(room.clone(), |n: &mut u32, _: &Seat| *n += 1, |n| match *n {
+    ///     0 => Ok(vec![Seat::Taken]),
+    ///     _ => Err("room r1 is full"),
+    /// });
+    /// assert_eq!(take().await?.events, [Seat::Taken]);
+    /// assert!(matches!(take().await, Err(DecideError::Rejected("room r1 is full"))));
+    /// # Ok(()) }
+    /// ```
     pub async fn decide<Ev, S, E>(
         &self,
         query: Query,
@@ -434,6 +571,35 @@ impl Decider {
     /// to `stream` expecting the version read (no stream when it had no
     /// events). On [`Error::WrongExpectedVersion`] it decides again, like
     /// [`decide`](Self::decide).
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await?;
+    /// use eskv_core::DecideOptions;
+    /// let decider = store.decider(DecideOptions::new());
+    /// let book = || decider.decide_stream("room-r1", |n: &mut u32, _: &Seat| *n += 1, |n| {
+    ///     if *n < 2 { Ok(vec![Seat::Taken]) } else { Err(format!("{n} seats taken")) }
+    /// });
+    /// let first = book().await?;
+    /// assert_eq!(first.appended.map(|a| a.stream_version), Some(Some(1)));
+    /// book().await?;
+    /// assert_eq!(book().await.unwrap_err().rejected().as_deref(), Some("2 seats taken"));
+    /// # Ok(()) }
+    /// ```
     pub async fn decide_stream<Ev, S, E>(
         &self,
         stream: &str,
@@ -477,7 +643,42 @@ impl Decider {
         }
     }
 
-    /// Runs a [`Decision`] command on its [`Boundary`].
+    /// Runs a [`Decision`] command on its [`Boundary`], with these options.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = eskv_core::EventStore::open(std::sync::Arc::new(eskv_core::MemoryStore::new())).await?;
+    /// use eskv_core::{Boundary, DecideOptions, Decision};
+    /// struct Book;
+    /// impl Decision for Book {
+    ///     type Event = Seat;
+    ///     type State = u32;
+    ///     type Error = String;
+    ///     fn boundary(&self) -> Boundary { Boundary::Stream("room-r1".into()) }
+    ///     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    ///     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    ///         if *n == 0 { Ok(vec![Seat::Taken]) } else { Err("booked".into()) }
+    ///     }
+    /// }
+    /// let decider = store.decider(DecideOptions::new().max_attempts(2));
+    /// decider.execute(&Book).await?;
+    /// assert_eq!(decider.execute(&Book).await.unwrap_err().rejected().as_deref(), Some("booked"));
+    /// # Ok(()) }
+    /// ```
     pub async fn execute<D: Decision>(
         &self,
         command: &D,

@@ -207,12 +207,6 @@ impl NewEvent {
         Ok(Self::new(event_type, C::encode(value)?))
     }
 
-    /// A new event from a typed payload: its type and tags come from
-    /// [`EventPayload`], its data is JSON.
-    pub fn from_payload<E: EventPayload>(payload: &E) -> Result<Self> {
-        Ok(Self::json(payload.event_type(), payload)?.with_tags(payload.tags()))
-    }
-
     /// Uses a client-chosen id (for idempotent retries across processes).
     pub fn with_id(mut self, id: Ulid) -> Self {
         self.id = id;
@@ -383,46 +377,6 @@ impl PayloadCodec for Json {
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         serde_json::from_slice(bytes)
             .map_err(|e| Error::invalid(format!("payload is not the expected JSON: {e}")))
-    }
-}
-
-/// A user type that knows its own event type and tags, so it can be
-/// appended with [`NewEvent::from_payload`] and read back with
-/// [`RecordedEvent::json`].
-///
-/// ```
-/// use eskv_core::{EventPayload, NewEvent};
-/// #[derive(serde::Serialize, serde::Deserialize)]
-/// enum CourseEvent {
-///     Defined { course: String, capacity: u32 },
-///     Subscribed { course: String, student: String },
-/// }
-/// impl EventPayload for CourseEvent {
-///     fn event_type(&self) -> &str {
-///         match self {
-///             CourseEvent::Defined { .. } => "CourseDefined",
-///             CourseEvent::Subscribed { .. } => "StudentSubscribed",
-///         }
-///     }
-///     fn tags(&self) -> Vec<String> {
-///         match self {
-///             CourseEvent::Defined { course, .. } => vec![format!("course:{course}")],
-///             CourseEvent::Subscribed { course, student } => {
-///                 vec![format!("course:{course}"), format!("student:{student}")]
-///             }
-///         }
-///     }
-/// }
-/// let e = NewEvent::from_payload(&CourseEvent::Defined { course: "c1".into(), capacity: 10 }).unwrap();
-/// assert_eq!(e.event_type, "CourseDefined");
-/// assert_eq!(e.tags, ["course:c1"]);
-/// ```
-pub trait EventPayload: Serialize + DeserializeOwned {
-    /// The event type name to store.
-    fn event_type(&self) -> &str;
-    /// The tags to store. Default: none.
-    fn tags(&self) -> Vec<String> {
-        Vec::new()
     }
 }
 

@@ -66,7 +66,7 @@ pub use crypto::StoreKey;
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    parse_event_id, EventPayload, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
+    parse_event_id, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
     RecordedEvent, StreamRef, StreamVersion,
 };
 pub use kv::{

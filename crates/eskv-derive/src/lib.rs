@@ -155,6 +155,13 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr, Path};
 /// }
 /// ```
 ///
+/// A `type` attribute without its name:
+///
+/// ```compile_fail
+/// #[derive(eskv::DomainEvent)]
+/// enum E { #[eskv(type)] A {} }
+/// ```
+///
 /// An empty type name, an unknown attribute, both `#[tag]` and `#[tags]`
 /// on one field, and generic types are refused too:
 ///
@@ -199,7 +206,14 @@ fn parse_opts(attrs: &[Attribute], container: bool, allow_type: bool) -> syn::Re
     for attr in attrs.iter().filter(|a| a.path().is_ident("eskv")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("type") && allow_type {
-                o.type_name = Some(meta.value()?.parse()?);
+                let missing = || {
+                    meta.error(
+                        "the event type name is missing or not a string: write \
+                         #[eskv(type = \"EventName\")], or leave the attribute out to use the variant's (struct's) name",
+                    )
+                };
+                let value = meta.value().map_err(|_| missing())?;
+                o.type_name = Some(value.parse().map_err(|_| missing())?);
             } else if meta.path.is_ident("version") && allow_type {
                 let lit: syn::LitInt = meta.value()?.parse()?;
                 match lit.base10_parse::<u32>() {
@@ -531,4 +545,130 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             }
         }
     })
+}
+
+/// The messages the derive gives for bad input, pinned here (a doc test's
+/// `compile_fail` only shows that compiling fails, not what it says).
+#[cfg(test)]
+mod messages {
+    use super::expand;
+    use syn::parse_quote;
+
+    fn error_of(input: syn::DeriveInput) -> String {
+        match expand(input) {
+            Ok(_) => panic!("the derive accepted bad input"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_missing_type_name_says_how_to_write_it() {
+        for input in [
+            parse_quote!(
+                enum E {
+                    #[eskv(type)]
+                    A {},
+                }
+            ),
+            parse_quote!(
+                enum E {
+                    #[eskv(type = 3)]
+                    A {},
+                }
+            ),
+            parse_quote!(
+                #[eskv(type)]
+                struct S {}
+            ),
+        ] {
+            let m = error_of(input);
+            assert!(
+                m.contains("event type name is missing or not a string"),
+                "{m}"
+            );
+            assert!(m.contains("#[eskv(type = \"EventName\")]"), "{m}");
+        }
+    }
+
+    #[test]
+    fn bad_type_names_are_named_with_the_problem() {
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(type = "")]
+                A {},
+            }
+        ));
+        assert!(m.contains("event type \"\" is empty"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(type = "Course Defined")]
+                A {},
+            }
+        ));
+        assert!(m.contains("contains ' '"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(type = "1st")]
+                A {},
+            }
+        ));
+        assert!(m.contains("must start with an ASCII letter"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(type = "Happened")]
+                A {},
+                #[eskv(type = "Happened")]
+                B {},
+            }
+        ));
+        assert!(m.contains("is used twice"), "{m}");
+    }
+
+    #[test]
+    fn bad_attributes_say_what_is_allowed() {
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(name = "A")]
+                A {},
+            }
+        ));
+        assert!(m.contains("unknown eskv attribute"), "{m}");
+        assert!(m.contains("`type` and `version`"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                A {
+                    #[tag]
+                    #[tags]
+                    t: String,
+                },
+            }
+        ));
+        assert!(m.contains("one #[tag] or #[tags]"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                A {
+                    #[tag("")]
+                    t: String,
+                },
+            }
+        ));
+        assert!(m.contains("tag prefix is empty"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {
+                #[eskv(version = 0)]
+                A {},
+            }
+        ));
+        assert!(m.contains("whole number from 1"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E<T> {
+                A { t: T },
+            }
+        ));
+        assert!(m.contains("does not support generic types"), "{m}");
+        let m = error_of(parse_quote!(
+            enum E {}
+        ));
+        assert!(m.contains("at least one variant"), "{m}");
+    }
 }
