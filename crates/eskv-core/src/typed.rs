@@ -78,6 +78,37 @@ use std::sync::Arc;
 /// `#[eskv(type = "...")]`), tags come from fields marked `#[tag]`,
 /// `#[tag("prefix")]` or `#[tags("prefix")]`, and payloads use
 /// [`Json`](crate::Json) (or `#[eskv(codec = path::To::Codec)]`).
+///
+/// A round trip through the store (`Door` is implemented by hand as in the
+/// [module docs](self)):
+///
+/// ```
+/// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Door { Opened { by: String } }
+/// # impl DomainEvent for Door {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+/// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+/// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+/// #         match t {
+/// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+/// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+/// #         }
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use eskv_core::{EventStore, MemoryStore, Query, ReadOptions};
+/// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+/// store.append(vec![Door::Opened { by: "ann".into() }.to_new_event()?], None).await?;
+/// let read = store.read(&Query::types(Door::EVENT_TYPES.iter().copied()), ReadOptions::new()).await?;
+/// let doors: Vec<Door> = read.events.iter().map(Door::from_recorded).collect::<Result<_, _>>()?;
+/// assert_eq!(doors, [Door::Opened { by: "ann".into() }]);
+/// # Ok(()) }
+/// ```
 pub trait DomainEvent: Sized {
     /// Every event type this type can be. Useful for queries
     /// (`Query::types(MyEvent::EVENT_TYPES.iter().copied())`) and for
@@ -147,11 +178,27 @@ impl NewEvent {
     /// [`DomainEvent::to_new_event`]).
     ///
     /// ```
-    /// # fn f<E: eskv_core::DomainEvent>(e: &E) -> eskv_core::Result<()> {
+    /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Door { Opened { by: String } }
+    /// # impl DomainEvent for Door {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+    /// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+    /// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+    /// #         match t {
+    /// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+    /// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+    /// #         }
+    /// #     }
+    /// # }
     /// use eskv_core::{Metadata, NewEvent};
-    /// let new = NewEvent::typed(e, Metadata::new().correlation_id("req-1"))?;
-    /// assert_eq!(new.event_type, e.event_type());
-    /// # Ok(()) }
+    /// let new = NewEvent::typed(&Door::Opened { by: "ann".into() }, Metadata::new().correlation_id("req-1"))?;
+    /// assert_eq!((new.event_type.as_str(), new.tags.as_slice()), ("DoorOpened", &["person:ann".to_owned()][..]));
+    /// assert_eq!(new.metadata.correlation_id.as_deref(), Some("req-1"));
+    /// # Ok::<(), eskv_core::Error>(())
     /// ```
     pub fn typed<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<NewEvent> {
         let e = event.to_new_event()?;
@@ -171,9 +218,31 @@ impl RecordedEvent {
     /// [`DomainEvent::from_recorded`]).
     ///
     /// ```
-    /// # fn f<E: eskv_core::DomainEvent>(r: &eskv_core::RecordedEvent) {
-    /// let typed: Result<E, eskv_core::DecodeError> = r.to_typed();
+    /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Door { Opened { by: String } }
+    /// # impl DomainEvent for Door {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+    /// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+    /// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+    /// #         match t {
+    /// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+    /// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+    /// #         }
+    /// #     }
     /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use eskv_core::{EventStore, MemoryStore, NewEvent, Query, ReadOptions};
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// store.append(vec![Door::Opened { by: "bo".into() }.to_new_event()?, NewEvent::json("DoorPainted", &"red")?], None).await?;
+    /// let read = store.read(&Query::all(), ReadOptions::new()).await?;
+    /// assert_eq!(read.events[0].to_typed::<Door>()?, Door::Opened { by: "bo".into() });
+    /// assert!(matches!(read.events[1].to_typed::<Door>(), Err(DecodeError::UnknownType { position: Some(2), .. })));
+    /// # Ok(()) }
     /// ```
     pub fn to_typed<E: DomainEvent>(&self) -> Result<E, DecodeError> {
         E::from_recorded(self)
@@ -181,6 +250,30 @@ impl RecordedEvent {
 }
 
 /// A stored event that does not decode into the application's event type.
+/// Its message names the event type, the position and what to do:
+///
+/// ```
+/// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Door { Opened { by: String } }
+/// # impl DomainEvent for Door {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+/// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+/// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+/// #         match t {
+/// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+/// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+/// #         }
+/// #     }
+/// # }
+/// let e = Door::decode_payload("DoorPainted", b"{}").unwrap_err().at(9);
+/// assert!(e.to_string().starts_with("unknown event type 'DoorPainted' at position 9"));
+/// let e = Door::decode_payload("DoorOpened", b"[1,2]").unwrap_err();
+/// assert!(matches!(e, DecodeError::Payload { .. }));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -231,6 +324,27 @@ fn at(position: &Option<Position>) -> String {
 
 impl DecodeError {
     /// [`DecodeError::UnknownType`] for `event_type` decoded into `E`.
+    ///
+    /// ```
+    /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Door { Opened { by: String } }
+    /// # impl DomainEvent for Door {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+    /// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+    /// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+    /// #         match t {
+    /// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+    /// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+    /// #         }
+    /// #     }
+    /// # }
+    /// let e = DecodeError::unknown_type::<Door>("DoorPainted");
+    /// assert!(matches!(e, DecodeError::UnknownType { expected: &["DoorOpened"], position: None, .. }));
+    /// ```
     pub fn unknown_type<E: DomainEvent>(event_type: &str) -> Self {
         DecodeError::UnknownType {
             event_type: event_type.to_owned(),
@@ -243,11 +357,24 @@ impl DecodeError {
     /// The same error, naming the event's position.
     ///
     /// ```
-    /// # use eskv_core::{DecodeError, DomainEvent};
-    /// # fn check<E: DomainEvent>() {
-    /// let e = DecodeError::unknown_type::<E>("Renamed").at(42);
-    /// assert!(e.to_string().contains("'Renamed' at position 42"));
+    /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Door { Opened { by: String } }
+    /// # impl DomainEvent for Door {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["DoorOpened"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "DoorOpened" }
+    /// #     fn tags(&self) -> Vec<String> { let Door::Opened { by } = self; vec![format!("person:{by}")] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { let Door::Opened { by } = self; Json::encode(by) }
+    /// #     fn decode_payload(t: &str, d: &[u8]) -> Result<Self, DecodeError> {
+    /// #         match t {
+    /// #             "DoorOpened" => Ok(Door::Opened { by: eskv_core::typed::decode_with::<Json, String, Self>(t, d)? }),
+    /// #             other => Err(DecodeError::unknown_type::<Self>(other)),
+    /// #         }
+    /// #     }
     /// # }
+    /// let e = DecodeError::unknown_type::<Door>("Renamed").at(42);
+    /// assert!(e.to_string().contains("'Renamed' at position 42"));
     /// ```
     pub fn at(mut self, position: Position) -> Self {
         match &mut self {
@@ -268,6 +395,16 @@ impl From<DecodeError> for Error {
 /// Decodes a payload with codec `C` into `T`, reporting failures as
 /// [`DecodeError::Payload`] of event type `event_type` for target `E`.
 /// For hand-written [`DomainEvent::decode_payload`] implementations.
+///
+/// ```
+/// use eskv_core::{typed::decode_with, DecodeError, Json};
+/// struct Counter;
+/// let n: u32 = decode_with::<Json, u32, Counter>("Counted", b"7")?;
+/// assert_eq!(n, 7);
+/// let e = decode_with::<Json, u32, Counter>("Counted", b"\"x\"").unwrap_err();
+/// assert!(matches!(e, DecodeError::Payload { ref event_type, .. } if event_type == "Counted"));
+/// # Ok::<(), DecodeError>(())
+/// ```
 pub fn decode_with<C: PayloadCodec, T: DeserializeOwned, E>(
     event_type: &str,
     data: &[u8],

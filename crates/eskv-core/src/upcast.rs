@@ -64,11 +64,26 @@ use std::sync::Arc;
 
 /// The metadata key ([`Metadata::extra`](crate::Metadata::extra)) that
 /// holds an event's schema version, as a decimal number. Absent means 1.
+///
+/// ```
+/// use eskv_core::{NewEvent, SCHEMA_VERSION_KEY};
+/// let e = NewEvent::new("Deposited", b"{}".to_vec()).with_schema_version(2);
+/// assert_eq!(e.metadata.extra.get(SCHEMA_VERSION_KEY).map(String::as_str), Some("2"));
+/// ```
 pub const SCHEMA_VERSION_KEY: &str = "eskv.schema_version";
 
 /// One upcasting step: the payload of an event at version `v`, rewritten
 /// as version `v + 1`. It sees the whole stored event (for its metadata,
 /// time or position) and returns the new payload.
+///
+/// ```
+/// use eskv_core::upcast::UpcastFn;
+/// // Version 1 stored a bare number; version 2 wraps it.
+/// let step: Box<UpcastFn> = Box::new(|e| Ok(format!("{{\"amount\":{}}}", String::from_utf8_lossy(&e.data)).into_bytes()));
+/// let mut u = eskv_core::upcast::Upcasters::new();
+/// u.add("Deposited", 1, step);
+/// assert_eq!(u.current_version("Deposited"), 2);
+/// ```
 pub type UpcastFn = dyn Fn(&RecordedEvent) -> Result<Vec<u8>> + Send + Sync;
 
 /// The registered upcasters, by event type and version they upcast from.
@@ -99,6 +114,12 @@ impl fmt::Debug for Upcasters {
 
 impl Upcasters {
     /// No upcasters: every type is at version 1.
+    ///
+    /// ```
+    /// let u = eskv_core::upcast::Upcasters::new();
+    /// assert!(u.is_empty());
+    /// assert_eq!(u.current_version("Anything"), 1);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -107,6 +128,13 @@ impl Upcasters {
     /// `event_type`, replacing an earlier one for the same step. The steps
     /// of a type must start at 1 and have no gaps (checked by
     /// [`EventStore::open_with`](crate::EventStore::open_with)).
+    ///
+    /// ```
+    /// use eskv_core::upcast::Upcasters;
+    /// let mut u = Upcasters::new();
+    /// u.add("Deposited", 1, |e| Ok(e.data.clone())).add("Deposited", 2, |e| Ok(e.data.clone()));
+    /// assert_eq!(u.current_version("Deposited"), 3);
+    /// ```
     pub fn add(
         &mut self,
         event_type: impl Into<String>,
@@ -121,12 +149,24 @@ impl Upcasters {
     }
 
     /// True when no upcaster is registered.
+    ///
+    /// ```
+    /// let mut u = eskv_core::upcast::Upcasters::new();
+    /// u.add("Deposited", 1, |e| Ok(e.data.clone()));
+    /// assert!(!u.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty()
     }
 
     /// The version writes of `event_type` use: one above the highest step
     /// registered for it, or 1.
+    ///
+    /// ```
+    /// let mut u = eskv_core::upcast::Upcasters::new();
+    /// u.add("Deposited", 1, |e| Ok(e.data.clone()));
+    /// assert_eq!((u.current_version("Deposited"), u.current_version("Withdrawn")), (2, 1));
+    /// ```
     pub fn current_version(&self, event_type: &str) -> u32 {
         self.chains
             .get(event_type)
@@ -135,6 +175,15 @@ impl Upcasters {
     }
 
     /// Checks that every chain starts at version 1 and has no gaps.
+    ///
+    /// ```
+    /// let mut u = eskv_core::upcast::Upcasters::new();
+    /// u.add("Deposited", 2, |e| Ok(e.data.clone()));
+    /// let err = u.validate().unwrap_err();
+    /// assert!(err.to_string().contains("register one from version 1 too"), "{err}");
+    /// u.add("Deposited", 1, |e| Ok(e.data.clone()));
+    /// assert!(u.validate().is_ok());
+    /// ```
     pub fn validate(&self) -> Result<()> {
         for (t, steps) in &self.chains {
             for (i, &from) in steps.keys().enumerate() {
@@ -155,7 +204,27 @@ impl Upcasters {
     }
 
     /// Brings a stored event to its type's current version. Events at or
-    /// above it are returned as they are.
+    /// above it are returned as they are. A failing step is
+    /// [`Error::Upcast`], naming the event and the version.
+    ///
+    /// ```
+    /// # fn recorded(data: &[u8], version: Option<&str>) -> eskv_core::RecordedEvent {
+    /// #     let mut e = eskv_core::RecordedEvent {
+    /// #         position: 7, id: eskv_core::Ulid::nil(), event_type: "Deposited".into(), tags: vec![],
+    /// #         data: data.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None, personal: None,
+    /// #     };
+    /// #     if let Some(v) = version { e.metadata.extra.insert(eskv_core::SCHEMA_VERSION_KEY.into(), v.into()); }
+    /// #     e
+    /// # }
+    /// let mut u = eskv_core::upcast::Upcasters::new();
+    /// u.add("Deposited", 1, |e| Ok([&e.data[..], b"0"].concat())); // euros → tenths
+    /// u.add("Deposited", 2, |e| Ok([&e.data[..], b"0"].concat())); // tenths → cents
+    /// let up = u.upcast(recorded(b"5", None))?;
+    /// assert_eq!((up.data.as_slice(), up.schema_version()), (&b"500"[..], 3));
+    /// let up = u.upcast(recorded(b"50", Some("2")))?;
+    /// assert_eq!(up.data, b"500");
+    /// # Ok::<(), eskv_core::Error>(())
+    /// ```
     pub fn upcast(&self, mut e: RecordedEvent) -> Result<RecordedEvent> {
         let Some(steps) = self.chains.get(&e.event_type) else {
             return Ok(e);
@@ -181,6 +250,22 @@ impl Upcasters {
     }
 
     /// Brings every event to its current version.
+    ///
+    /// ```
+    /// # fn recorded(data: &[u8], version: Option<&str>) -> eskv_core::RecordedEvent {
+    /// #     let mut e = eskv_core::RecordedEvent {
+    /// #         position: 7, id: eskv_core::Ulid::nil(), event_type: "Deposited".into(), tags: vec![],
+    /// #         data: data.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None, personal: None,
+    /// #     };
+    /// #     if let Some(v) = version { e.metadata.extra.insert(eskv_core::SCHEMA_VERSION_KEY.into(), v.into()); }
+    /// #     e
+    /// # }
+    /// let mut u = eskv_core::upcast::Upcasters::new();
+    /// u.add("Deposited", 1, |e| Ok([&e.data[..], b"00"].concat()));
+    /// let up = u.upcast_all(vec![recorded(b"5", None), recorded(b"700", Some("2"))])?;
+    /// assert_eq!(up.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), [b"500".to_vec(), b"700".to_vec()]);
+    /// # Ok::<(), eskv_core::Error>(())
+    /// ```
     pub fn upcast_all(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
         if self.is_empty() {
             return Ok(events);
@@ -240,7 +325,21 @@ fn stored_version(e: &RecordedEvent) -> Result<u32> {
 
 impl RecordedEvent {
     /// The event's schema version (1 when it carries none). Events read
-    /// from a store are already at their type's current version.
+    /// from a store are already at their type's current version; see the
+    /// [module example](self).
+    ///
+    /// ```
+    /// # fn recorded(data: &[u8], version: Option<&str>) -> eskv_core::RecordedEvent {
+    /// #     let mut e = eskv_core::RecordedEvent {
+    /// #         position: 7, id: eskv_core::Ulid::nil(), event_type: "Deposited".into(), tags: vec![],
+    /// #         data: data.to_vec(), metadata: Default::default(), recorded_at_ms: 0, stream: None, personal: None,
+    /// #     };
+    /// #     if let Some(v) = version { e.metadata.extra.insert(eskv_core::SCHEMA_VERSION_KEY.into(), v.into()); }
+    /// #     e
+    /// # }
+    /// assert_eq!(recorded(b"{}", None).schema_version(), 1);
+    /// assert_eq!(recorded(b"{}", Some("4")).schema_version(), 4);
+    /// ```
     pub fn schema_version(&self) -> u32 {
         self.metadata
             .extra
@@ -252,6 +351,12 @@ impl RecordedEvent {
 
 impl NewEvent {
     /// The schema version this event says it is (1 when it says none).
+    ///
+    /// ```
+    /// let e = eskv_core::NewEvent::new("Deposited", b"{}".to_vec());
+    /// assert_eq!(e.schema_version(), 1);
+    /// assert_eq!(e.with_schema_version(2).schema_version(), 2);
+    /// ```
     pub fn schema_version(&self) -> u32 {
         self.metadata
             .extra
