@@ -32,6 +32,24 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// A blocking handle on an event store; see the [module docs](self).
+/// Clones share one store and one runtime, so appends from several
+/// threads combine into group commits:
+///
+/// ```
+/// use eskv::{blocking::EventStore, NewEvent};
+/// let store = EventStore::memory()?;
+/// let writers: Vec<_> = (0..4)
+///     .map(|i| {
+///         let store = store.clone();
+///         std::thread::spawn(move || store.append(vec![NewEvent::new("Tick", vec![i])], None))
+///     })
+///     .collect();
+/// for w in writers {
+///     w.join().unwrap()?;
+/// }
+/// assert_eq!(store.head()?, 4);
+/// # Ok::<(), eskv::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct EventStore {
     rt: Arc<tokio::runtime::Runtime>,
@@ -79,6 +97,12 @@ impl EventStore {
     }
 
     /// An event store in memory (tests, examples).
+    ///
+    /// ```
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// assert_eq!(store.head()?, 0);
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn memory() -> Result<Self> {
         Self::open(|| async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn KvStore>) })
     }
@@ -102,6 +126,15 @@ impl EventStore {
     /// The async store underneath, for what this facade does not cover
     /// (subscriptions, projections). Run its futures with
     /// [`block_on`](Self::block_on).
+    ///
+    /// ```
+    /// use eskv::{ExpectedVersion, NewEvent};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// store.append_to_stream("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("Placed", vec![])])?;
+    /// let info = store.block_on(store.as_async().stream_info("order-1"))?;
+    /// assert_eq!(info.version, 1);
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn as_async(&self) -> &eskv_core::EventStore {
         &self.inner
     }
@@ -119,12 +152,31 @@ impl EventStore {
     }
 
     /// The last position (0 when empty). See [`eskv_core::EventStore::head`].
+    ///
+    /// ```
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// store.append(vec![eskv::NewEvent::new("Tick", vec![])], None)?;
+    /// assert_eq!(store.head()?, 1);
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn head(&self) -> Result<u64> {
         self.block_on(self.inner.head())
     }
 
     /// Appends under an optional DCB condition. See
     /// [`eskv_core::EventStore::append`].
+    ///
+    /// ```
+    /// use eskv::{AppendCondition, Error, NewEvent, Query};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// let email = Query::tags(["email:a@x"]);
+    /// let register = || NewEvent::new("Registered", vec![]).with_tags(["email:a@x"]);
+    /// // Unique email: fails if any event with the tag exists.
+    /// store.append(vec![register()], Some(AppendCondition::new(email.clone(), None)))?;
+    /// let again = store.append(vec![register()], Some(AppendCondition::new(email, None)));
+    /// assert!(matches!(again, Err(Error::ConditionFailed { .. })));
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn append(
         &self,
         events: Vec<NewEvent>,
@@ -135,6 +187,16 @@ impl EventStore {
 
     /// Appends to a stream if its version matches. See
     /// [`eskv_core::EventStore::append_to_stream`].
+    ///
+    /// ```
+    /// use eskv::{Error, ExpectedVersion, NewEvent};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// let placed = || vec![NewEvent::new("Placed", vec![])];
+    /// assert_eq!(store.append_to_stream("order-1", ExpectedVersion::NoStream, placed())?.stream_version, Some(1));
+    /// let stale = store.append_to_stream("order-1", ExpectedVersion::NoStream, placed());
+    /// assert!(matches!(stale, Err(Error::WrongExpectedVersion { .. })));
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn append_to_stream(
         &self,
         stream: &str,
@@ -145,16 +207,47 @@ impl EventStore {
     }
 
     /// DCB read. See [`eskv_core::EventStore::read`].
+    ///
+    /// ```
+    /// use eskv::{NewEvent, Query, ReadOptions};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// store.append(vec![
+    ///     NewEvent::new("Subscribed", vec![]).with_tags(["course:c1"]),
+    ///     NewEvent::new("Subscribed", vec![]).with_tags(["course:c2"]),
+    /// ], None)?;
+    /// let c1 = store.read(&Query::tags(["course:c1"]), ReadOptions::new())?;
+    /// assert_eq!((c1.events.len(), c1.consistent_through), (1, 2));
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn read(&self, query: &Query, opts: ReadOptions) -> Result<ReadResult> {
         self.block_on(self.inner.read(query, opts))
     }
 
     /// Reads a stream. See [`eskv_core::EventStore::read_stream`].
+    ///
+    /// ```
+    /// use eskv::{ExpectedVersion, NewEvent, ReadStreamOptions};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// let steps = (0..3).map(|_| NewEvent::new("Step", vec![])).collect();
+    /// store.append_to_stream("job-1", ExpectedVersion::NoStream, steps)?;
+    /// let read = store.read_stream("job-1", ReadStreamOptions::new().from_version(2))?;
+    /// assert_eq!((read.len(), read.version), (2, 3));
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
         self.block_on(self.inner.read_stream(stream, opts))
     }
 
     /// Reads the global log. See [`eskv_core::EventStore::read_all`].
+    ///
+    /// ```
+    /// use eskv::{NewEvent, ReadOptions};
+    /// let store = eskv::blocking::EventStore::memory()?;
+    /// store.append((0..5).map(|i| NewEvent::new("Tick", vec![i])).collect(), None)?;
+    /// let last_two = store.read_all(ReadOptions::new().backwards().limit(2))?;
+    /// assert_eq!(last_two.events.iter().map(|e| e.position).collect::<Vec<_>>(), [5, 4]);
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
     pub fn read_all(&self, opts: ReadOptions) -> Result<ReadResult> {
         self.block_on(self.inner.read_all(opts))
     }

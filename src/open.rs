@@ -33,6 +33,17 @@ pub async fn open(url: &str) -> Result<EventStore> {
 }
 
 /// How [`open_url`] opens a store.
+///
+/// ```
+/// use eskv::{OpenOptions, EventStoreOptions};
+/// use std::time::Duration;
+/// let o = OpenOptions::default()
+///     .store(EventStoreOptions::default())
+///     .read_only(true)
+///     .lock_wait(Duration::from_secs(5));
+/// assert!(o.read_only);
+/// assert_eq!(o.lock_wait, Some(Duration::from_secs(5)));
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct OpenOptions {
@@ -52,25 +63,69 @@ pub struct OpenOptions {
 
 impl OpenOptions {
     /// Sets the event store's options (see [`OpenOptions::store`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv::Result<()> {
+    /// use eskv::{open_url, OpenOptions, EventStoreOptions, Limits, NewEvent};
+    /// let mut limits = Limits::default();
+    /// limits.max_tags_per_event = 1;
+    /// let opts = OpenOptions::default().store(EventStoreOptions::default().limits(limits));
+    /// let store = open_url(&"memory:".parse().unwrap(), &opts).await?;
+    /// let two_tags = NewEvent::new("Tick", vec![]).with_tags(["a", "b"]);
+    /// let refused = store.append(vec![two_tags], None).await;
+    /// assert!(matches!(refused, Err(eskv::Error::LimitExceeded { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn store(mut self, options: EventStoreOptions) -> Self {
         self.store = options;
         self
     }
 
     /// Opens read-only (see [`OpenOptions::read_only`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv::Result<()> {
+    /// use eskv::{open_url, OpenOptions, NewEvent};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let url = format!("redb:{}", dir.path().join("events.redb").display()).parse().unwrap();
+    /// open_url(&url, &OpenOptions::default()).await?; // creates the file
+    /// # tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    /// let ro = open_url(&url, &OpenOptions::default().read_only(true)).await?;
+    /// let refused = ro.append(vec![NewEvent::new("Tick", vec![])], None).await;
+    /// assert!(matches!(refused, Err(eskv::Error::ReadOnly { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn read_only(mut self, yes: bool) -> Self {
         self.read_only = yes;
         self
     }
 
     /// Sets [`OpenOptions::lock_wait`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let o = eskv::OpenOptions::default().lock_wait(Duration::from_millis(200));
+    /// assert_eq!(o.lock_wait, Some(Duration::from_millis(200)));
+    /// ```
     pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
         self.lock_wait = Some(wait);
         self
     }
 }
 
-/// Opens the store behind a parsed URL with `options`.
+/// Opens the store behind a parsed URL with `options`. A URL whose
+/// backend this build lacks is [`Error::InvalidInput`] naming the feature.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eskv::Result<()> {
+/// use eskv::{open_url, OpenOptions, StoreUrl};
+/// let store = open_url(&StoreUrl::Memory, &OpenOptions::default()).await?;
+/// assert_eq!(store.head().await?, 0);
+/// # Ok(()) }
+/// ```
 pub async fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStore> {
     match url {
         StoreUrl::Memory => {

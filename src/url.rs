@@ -33,12 +33,28 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The forms a store URL may take, for error messages and help.
+///
+/// ```
+/// assert!(eskv::url::ACCEPTED_FORMS.contains("redb:PATH"));
+/// ```
 pub const ACCEPTED_FORMS: &str = "redb:PATH, fjall:PATH, memory:, tikv://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]";
 
 /// The port used when an endpoint has none (PD's and etcd's client port).
+///
+/// ```
+/// use eskv::url::{StoreUrl, DEFAULT_PORT};
+/// let url: StoreUrl = "etcd://node1".parse().unwrap();
+/// assert_eq!(url.to_string(), format!("etcd://node1:{DEFAULT_PORT}"));
+/// ```
 pub const DEFAULT_PORT: u16 = 2379;
 
-/// A parsed store URL.
+/// A parsed store URL; see the [module docs](self) for the forms.
+///
+/// ```
+/// use eskv::url::StoreUrl;
+/// let url: StoreUrl = "redb:/var/lib/app/events.redb?cache=256MiB".parse().unwrap();
+/// assert_eq!(url, StoreUrl::Redb { path: "/var/lib/app/events.redb".into(), cache: Some(256 << 20) });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// An embedded redb file.
@@ -77,6 +93,11 @@ pub enum StoreUrl {
 
 impl StoreUrl {
     /// The backend's name: `redb`, `fjall`, `memory`, `tikv` or `etcd`.
+    ///
+    /// ```
+    /// let url: eskv::url::StoreUrl = "fjall:./data".parse().unwrap();
+    /// assert_eq!(url.backend(), "fjall");
+    /// ```
     pub fn backend(&self) -> &'static str {
         match self {
             StoreUrl::Redb { .. } => "redb",
@@ -90,6 +111,13 @@ impl StoreUrl {
 
 /// Why a store URL was rejected. Displays as one line that names the
 /// accepted forms.
+///
+/// ```
+/// use eskv::url::StoreUrl;
+/// let err = "postgres://db/events".parse::<StoreUrl>().unwrap_err();
+/// assert_eq!(err.url, "postgres://db/events");
+/// assert!(err.to_string().contains("accepted forms: redb:PATH"), "{err}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlError {
     /// The URL as given.

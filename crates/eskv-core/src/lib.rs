@@ -66,8 +66,8 @@ pub use crypto::StoreKey;
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
-    parse_event_id, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position,
-    RecordedEvent, StreamRef, StreamVersion,
+    parse_event_id, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position, RecordedEvent,
+    StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvStoreExt, KvTransaction,

@@ -45,6 +45,37 @@ use std::sync::Arc;
 
 /// Starts a test with these events already in the store (appended to the
 /// command's stream when its boundary is a stream).
+///
+/// ```
+/// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Seat { Taken }
+/// # impl DomainEvent for Seat {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+/// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+/// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+/// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+/// #     }
+/// # }
+/// # struct TakeSeat { capacity: u32 }
+/// # impl Decision for TakeSeat {
+/// #     type Event = Seat; type State = u32; type Error = String;
+/// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+/// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+/// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+/// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use eskv_core::testing::given;
+/// let then = given([Seat::Taken]).when(TakeSeat { capacity: 1 }).await;
+/// assert!(then.result.is_err());
+/// # }
+/// ```
 pub fn given<Ev: DomainEvent>(events: impl IntoIterator<Item = Ev>) -> Given<Ev> {
     Given {
         events: events.into_iter().collect(),
@@ -52,6 +83,37 @@ pub fn given<Ev: DomainEvent>(events: impl IntoIterator<Item = Ev>) -> Given<Ev>
 }
 
 /// The history of a test; see [`given`].
+///
+/// ```
+/// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Seat { Taken }
+/// # impl DomainEvent for Seat {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+/// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+/// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+/// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+/// #     }
+/// # }
+/// # struct TakeSeat { capacity: u32 }
+/// # impl Decision for TakeSeat {
+/// #     type Event = Seat; type State = u32; type Error = String;
+/// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+/// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+/// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+/// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use eskv_core::testing::given;
+/// let history = given([Seat::Taken, Seat::Taken, Seat::Taken]);
+/// history.when(TakeSeat { capacity: 4 }).await.then([Seat::Taken]).await;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Given<Ev> {
     events: Vec<Ev>,
@@ -108,7 +170,38 @@ impl<Ev: DomainEvent> Given<Ev> {
         store
     }
 
-    /// Decides `command` on the given history.
+    /// Decides `command` on the given history, on a fresh in-memory store.
+    ///
+    /// ```
+    /// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # struct TakeSeat { capacity: u32 }
+    /// # impl Decision for TakeSeat {
+    /// #     type Event = Seat; type State = u32; type Error = String;
+    /// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    /// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    /// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    /// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use eskv_core::testing::given;
+    /// let then = given([]).when(TakeSeat { capacity: 1 }).await;
+    /// assert_eq!(then.result.unwrap().events, [Seat::Taken]);
+    /// # }
+    /// ```
     pub async fn when<D: Decision<Event = Ev>>(self, command: D) -> Then<Ev, D::Error> {
         let store = self.store_for(&command.boundary()).await;
         let before = store.head().await.expect("head");
@@ -122,6 +215,37 @@ impl<Ev: DomainEvent> Given<Ev> {
 }
 
 /// The outcome of a decision under test.
+///
+/// ```
+/// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+/// # #[derive(Debug, PartialEq)]
+/// # enum Seat { Taken }
+/// # impl DomainEvent for Seat {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+/// #     type Codec = Json;
+/// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+/// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+/// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+/// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+/// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+/// #     }
+/// # }
+/// # struct TakeSeat { capacity: u32 }
+/// # impl Decision for TakeSeat {
+/// #     type Event = Seat; type State = u32; type Error = String;
+/// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+/// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+/// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+/// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use eskv_core::testing::given;
+/// let then = given([Seat::Taken]).when(TakeSeat { capacity: 1 }).await;
+/// assert_eq!(then.result.as_ref().unwrap_err().to_string(), "decision rejected: room r1 is full");
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Then<Ev, E> {
     store: EventStore,
@@ -137,6 +261,67 @@ impl<Ev: DomainEvent + PartialEq + Debug, E: Debug> Then<Ev, E> {
     /// # Panics
     ///
     /// When the decision failed or produced other events.
+    ///
+    /// ```
+    /// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # struct TakeSeat { capacity: u32 }
+    /// # impl Decision for TakeSeat {
+    /// #     type Event = Seat; type State = u32; type Error = String;
+    /// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    /// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    /// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    /// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use eskv_core::testing::given;
+    /// given([Seat::Taken]).when(TakeSeat { capacity: 2 }).await.then([Seat::Taken]).await;
+    /// # }
+    /// ```
+    ///
+    /// ```should_panic
+    /// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # struct TakeSeat { capacity: u32 }
+    /// # impl Decision for TakeSeat {
+    /// #     type Event = Seat; type State = u32; type Error = String;
+    /// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    /// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    /// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    /// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use eskv_core::testing::given;
+    /// // The room is full: the decision is rejected, so `then` panics.
+    /// given([Seat::Taken]).when(TakeSeat { capacity: 1 }).await.then([Seat::Taken]).await;
+    /// # }
+    /// ```
     pub async fn then(self, expected: impl IntoIterator<Item = Ev>) {
         let expected: Vec<Ev> = expected.into_iter().collect();
         let decided = match self.result {
@@ -164,6 +349,36 @@ impl<Ev: DomainEvent + PartialEq + Debug, E: Debug> Then<Ev, E> {
     /// # Panics
     ///
     /// When the decision succeeded or failed otherwise.
+    ///
+    /// ```
+    /// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # struct TakeSeat { capacity: u32 }
+    /// # impl Decision for TakeSeat {
+    /// #     type Event = Seat; type State = u32; type Error = String;
+    /// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    /// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    /// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    /// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use eskv_core::testing::given;
+    /// given([Seat::Taken]).when(TakeSeat { capacity: 1 }).await.then_error("room r1 is full".into());
+    /// # }
+    /// ```
     pub fn then_error(self, expected: E)
     where
         E: PartialEq,
@@ -179,6 +394,37 @@ impl<Ev: DomainEvent + PartialEq + Debug, E: Debug> Then<Ev, E> {
     }
 
     /// The store after the decision, for further checks.
+    ///
+    /// ```
+    /// # use eskv_core::{Boundary, Decision, DecodeError, DomainEvent, Json, Query};
+    /// # #[derive(Debug, PartialEq)]
+    /// # enum Seat { Taken }
+    /// # impl DomainEvent for Seat {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["SeatTaken"];
+    /// #     type Codec = Json;
+    /// #     fn event_type(&self) -> &'static str { "SeatTaken" }
+    /// #     fn tags(&self) -> Vec<String> { vec!["room:r1".into()] }
+    /// #     fn encode_payload(&self) -> eskv_core::Result<Vec<u8>> { Ok(b"{}".to_vec()) }
+    /// #     fn decode_payload(t: &str, _: &[u8]) -> Result<Self, DecodeError> {
+    /// #         if t == "SeatTaken" { Ok(Seat::Taken) } else { Err(DecodeError::unknown_type::<Self>(t)) }
+    /// #     }
+    /// # }
+    /// # struct TakeSeat { capacity: u32 }
+    /// # impl Decision for TakeSeat {
+    /// #     type Event = Seat; type State = u32; type Error = String;
+    /// #     fn boundary(&self) -> Boundary { Query::of(["SeatTaken"], ["room:r1"]).into() }
+    /// #     fn evolve(&self, n: &mut u32, _: &Seat) { *n += 1 }
+    /// #     fn decide(&self, n: &u32) -> Result<Vec<Seat>, String> {
+    /// #         if *n >= self.capacity { Err("room r1 is full".into()) } else { Ok(vec![Seat::Taken]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use eskv_core::testing::given;
+    /// let then = given([Seat::Taken]).when(TakeSeat { capacity: 3 }).await;
+    /// assert_eq!(then.store().head().await.unwrap(), 2);
+    /// # }
+    /// ```
     pub fn store(&self) -> &EventStore {
         &self.store
     }

@@ -54,6 +54,24 @@ impl EventStore {
     }
 
     /// [`read_all_filtered`](Self::read_all_filtered) as a paged stream.
+    ///
+    /// ```
+    /// use eskv_core::{EventStore, ExpectedVersion, LogFilter, MemoryStore, NewEvent, ReadOptions};
+    /// use futures::TryStreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// for s in ["order-1", "invoice-1", "order-2"] {
+    ///     store.append_to_stream(s, ExpectedVersion::NoStream, vec![NewEvent::new("Opened", vec![])]).await?;
+    /// }
+    /// let orders: Vec<String> = store
+    ///     .read_all_filtered_paged(LogFilter::stream_prefix("order-"), ReadOptions::new(), 1)
+    ///     .map_ok(|e| e.stream.map(|s| s.stream_id).unwrap_or_default())
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(orders, ["order-1", "order-2"]);
+    /// # Ok(()) }
+    /// ```
     pub fn read_all_filtered_paged(
         &self,
         filter: LogFilter,
@@ -102,6 +120,24 @@ impl EventStore {
 
     /// A category read ([`read_category`](Self::read_category)) as a
     /// paged stream.
+    ///
+    /// ```
+    /// use eskv_core::{EventStore, ExpectedVersion, MemoryStore, NewEvent, ReadOptions};
+    /// use futures::TryStreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// for s in ["order-1", "invoice-1", "order-2", "order-3"] {
+    ///     store.append_to_stream(s, ExpectedVersion::NoStream, vec![NewEvent::new("Opened", vec![])]).await?;
+    /// }
+    /// let positions: Vec<u64> = store
+    ///     .read_category_paged("order", ReadOptions::new(), 2)
+    ///     .map_ok(|e| e.position)
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(positions, [1, 3, 4]);
+    /// # Ok(()) }
+    /// ```
     pub fn read_category_paged(
         &self,
         category: &str,
