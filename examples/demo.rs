@@ -20,7 +20,6 @@ const CAPACITY: usize = 3;
 /// Enrolment counts per course, kept exactly once in the same store.
 struct Enrolments;
 
-#[eskv::async_trait]
 impl Projection for Enrolments {
     fn name(&self) -> &str {
         "enrolments"

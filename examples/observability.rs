@@ -22,7 +22,6 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 struct Count;
 
-#[eskv::async_trait]
 impl Projection for Count {
     fn name(&self) -> &str {
         "count"

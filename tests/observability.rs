@@ -104,7 +104,6 @@ impl Seen {
 
 struct Count;
 
-#[eskv::async_trait]
 impl Projection for Count {
     fn name(&self) -> &str {
         "count"

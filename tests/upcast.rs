@@ -4,8 +4,8 @@
 //! upcast; writes use the current version; bad upcasters are typed errors.
 
 use eskv::{
-    async_trait, DecideError, DomainEvent, Error, EventStore, EventStoreOptions, ExpectedVersion,
-    MemoryStore, NewEvent, Projection, ProjectionOptions, ProjectionState, Query, ReadOptions,
+    DecideError, DomainEvent, Error, EventStore, EventStoreOptions, ExpectedVersion, MemoryStore,
+    NewEvent, Projection, ProjectionOptions, ProjectionState, Query, ReadOptions,
     ReadStreamOptions, RecordedEvent, StartFrom, SubscriptionFilter, SubscriptionOptions,
 };
 use proptest::prelude::*;
@@ -152,7 +152,6 @@ fn model(ws: &[Write]) -> Vec<(u64, String, i64)> {
 
 struct Balances;
 
-#[async_trait]
 impl Projection for Balances {
     fn name(&self) -> &str {
         "balances"

@@ -475,7 +475,6 @@ struct Enrolments {
     failed: AtomicU32,
 }
 
-#[async_trait::async_trait]
 impl Projection for Enrolments {
     fn name(&self) -> &str {
         "enrolments"
@@ -985,7 +984,6 @@ pub async fn checkpoint_commits_do_not_wake_subscribers(store: Store) {
 /// One read-model key per event.
 struct Keyed;
 
-#[async_trait::async_trait]
 impl Projection for Keyed {
     fn name(&self) -> &str {
         "keyed"

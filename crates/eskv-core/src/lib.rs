@@ -92,8 +92,11 @@ pub use typed::{DecodeError, DomainEvent, TagValue};
 pub use ulid::Ulid;
 pub use upcast::{Upcasters, SCHEMA_VERSION_KEY};
 
-/// The `async_trait` attribute, for implementing [`Projection`] and
-/// [`EventHandler`] without adding the crate yourself.
+/// The `async_trait` attribute, for implementing the KV contract
+/// ([`KvStore`], [`KvTransaction`], [`KvSnapshot`](kv::KvSnapshot)), whose
+/// traits are used as objects, without adding the crate yourself.
+/// [`Projection`] and [`EventHandler`] need no attribute: implement them
+/// with a plain `async fn`.
 pub use async_trait::async_trait;
 
 /// Re-exports for `#[derive(eskv::DomainEvent)]`; not a public API.

@@ -16,7 +16,6 @@ use crate::query::Query;
 use crate::retry::retry;
 use crate::store::{EventStore, ReadOptions, ReadStreamOptions};
 use crate::subscription::{HandlerOptions, SubscriptionFilter};
-use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -25,16 +24,15 @@ use tracing::Instrument;
 
 /// A read model maintained from the log.
 ///
-/// Implement it with the re-exported [`async_trait`](crate::async_trait)
-/// attribute:
+/// Implement `apply` as a plain `async fn` (no attribute needed; its
+/// future must be `Send`, since runners drive it on the tokio runtime):
 ///
 /// ```
-/// use eskv_core::{async_trait, EventStore, MemoryStore, NewEvent, Projection, ProjectionState, RecordedEvent};
+/// use eskv_core::{EventStore, MemoryStore, NewEvent, Projection, ProjectionState, RecordedEvent};
 ///
 /// /// Counts events per type.
 /// struct TypeCounts;
 ///
-/// #[async_trait]
 /// impl Projection for TypeCounts {
 ///     fn name(&self) -> &str {
 ///         "type-counts"
@@ -52,7 +50,6 @@ use tracing::Instrument;
 /// assert_eq!(store.read_model("type-counts").get_json::<u64>(b"Ping").await?, Some(2));
 /// # Ok(()) }
 /// ```
-#[async_trait]
 pub trait Projection: Send + Sync {
     /// Unique name; keys its checkpoint and its read-model namespace.
     fn name(&self) -> &str;
@@ -64,7 +61,11 @@ pub trait Projection: Send + Sync {
 
     /// Applies one event to the read model through `state`. An error
     /// aborts the batch (nothing of it is applied) and is retried.
-    async fn apply(&self, event: &RecordedEvent, state: &mut ProjectionState<'_>) -> Result<()>;
+    fn apply(
+        &self,
+        event: &RecordedEvent,
+        state: &mut ProjectionState<'_>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The projection's view of its read model inside the batch transaction.

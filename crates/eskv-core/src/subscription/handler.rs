@@ -6,7 +6,6 @@ use crate::event::RecordedEvent;
 use crate::layout::{self, Consumer};
 use crate::retry::retry;
 use crate::store::EventStore;
-use async_trait::async_trait;
 use std::future::Future;
 use std::time::Duration;
 
@@ -17,17 +16,17 @@ use super::{now_ms, Subscription};
 /// `Fn(RecordedEvent) -> impl Future<Output = Result<(), E>>` (they get
 /// their own copy of the event, so the future may keep it).
 ///
-/// A handler with state implements it with the re-exported
-/// [`async_trait`](crate::async_trait) attribute:
+/// A handler with state implements it with a plain `async fn` (no
+/// attribute needed; its future must be `Send`, since runners drive it on
+/// the tokio runtime):
 ///
 /// ```
-/// use eskv_core::{async_trait, error::BoxError, EventHandler, EventStore, HandlerOptions, MemoryStore, NewEvent, RecordedEvent, SubscriptionOptions};
+/// use eskv_core::{error::BoxError, EventHandler, EventStore, HandlerOptions, MemoryStore, NewEvent, RecordedEvent, SubscriptionOptions};
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
 ///
 /// struct Mailer { sent: Arc<AtomicU64> }
 ///
-/// #[async_trait]
 /// impl EventHandler for Mailer {
 ///     async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
 ///         if event.event_type == "Welcome" {
@@ -47,13 +46,14 @@ use super::{now_ms, Subscription};
 /// assert_eq!(sent.load(Ordering::SeqCst), 1);
 /// # Ok(()) }
 /// ```
-#[async_trait]
 pub trait EventHandler: Send + Sync {
     /// Handles `event`; an error triggers the retry policy.
-    async fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), BoxError>;
+    fn handle(
+        &self,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send;
 }
 
-#[async_trait]
 impl<F, Fut, E> EventHandler for F
 where
     F: Fn(RecordedEvent) -> Fut + Send + Sync,
