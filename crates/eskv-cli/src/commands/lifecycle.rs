@@ -18,25 +18,7 @@ pub(crate) async fn compact(url: &StoreUrl, out: &mut Out) -> Result<()> {
     pb.finish_and_clear();
     let report = report?;
     drop(store);
-    let mut file = serde_json::Value::Null;
-    #[cfg(feature = "redb")]
-    if let StoreUrl::Redb { path, .. } = url {
-        // The store is closed; wait for other handles like every open does.
-        let start = std::time::Instant::now();
-        let f = loop {
-            match eskv::redb::compact_file(path).await {
-                Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < open::lock_wait() => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                other => break other?,
-            }
-        };
-        file = json!({
-            "bytes_before": f.bytes_before,
-            "bytes_after": f.bytes_after,
-            "bytes_returned": f.bytes_reclaimed(),
-        });
-    }
+    let file = compact_redb_file(url).await?;
     if out.json {
         out.value(&json!({
             "streams_examined": report.streams_examined,
@@ -61,6 +43,32 @@ pub(crate) async fn compact(url: &StoreUrl, out: &mut Out) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// On redb, returns the freed space of the closed store's file to the file
+/// system and reports the sizes; other backends reclaim space themselves
+/// (`Null`).
+async fn compact_redb_file(url: &StoreUrl) -> Result<serde_json::Value> {
+    #[cfg(feature = "redb")]
+    if let StoreUrl::Redb { path, .. } = url {
+        // The store is closed; wait for other handles like every open does.
+        let start = std::time::Instant::now();
+        let f = loop {
+            match eskv::redb::compact_file(path).await {
+                Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < open::lock_wait() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
+        return Ok(json!({
+            "bytes_before": f.bytes_before,
+            "bytes_after": f.bytes_after,
+            "bytes_returned": f.bytes_reclaimed(),
+        }));
+    }
+    let _ = url;
+    Ok(serde_json::Value::Null)
 }
 
 /// `eskv archive` (see `eskv_cli::archive`). The test hook
