@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p eskv-bench -- [--quick] [--large] [--out BENCHMARKS.md]
+//! cargo run --release -p eskv-bench -- --help   # every flag
 //! ```
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ mod sys_sqlite;
 #[cfg(feature = "umadb")]
 mod sys_uma;
 
+use clap::Parser;
 use common::{percentile, rss, run_for, Ev, Res, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{Cell, Results, Unit};
@@ -138,79 +140,65 @@ impl Config {
     }
 }
 
-const USAGE: &str = "usage: eskv-bench [--quick] [--large] [--out FILE] [--chart FILE] [--dir DIR] [--systems a,b,..] [--rounds N] [--slice-ms N]
+/// eskv's benchmark harness: every workload on every system, interleaved,
+/// on the same disk, in one process run. Writes a markdown report and an
+/// SVG chart.
+#[derive(Debug, Parser)]
+#[command(name = "eskv-bench", args_override_self = true)]
+struct Args {
+    /// CI-sized smoke run: every system and workload, small sizes, a few
+    /// seconds each.
+    #[arg(long)]
+    quick: bool,
+    /// W8 also at 10M events.
+    #[arg(long)]
+    large: bool,
+    /// Markdown report [default: BENCHMARKS.md at the repository root].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// SVG chart [default: benches/results.svg next to the default report,
+    /// else the report's path with .svg].
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// Where the stores live [default: a temporary directory under
+    /// target/].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Only these systems (names as in the report), comma-separated.
+    #[arg(long, value_name = "A,B,..", value_delimiter = ',')]
+    systems: Option<Vec<String>>,
+    /// Only these workloads (W1,W2,W3,W4,W4r,W5,W6,W7,DISK,W8,SUB,DIAG),
+    /// comma-separated.
+    #[arg(long, value_name = "W1,W2,..", value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Interleaving rounds per workload (at least 1).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Each system's turn per round, in milliseconds (at least 10).
+    #[arg(long, value_name = "N")]
+    slice_ms: Option<u64>,
+    /// Internal: run W8 for this one system and print its cells (the
+    /// harness starts itself so for each system).
+    #[arg(long, value_name = "SYSTEM", hide = true)]
+    w8_child: Option<String>,
+}
 
-  --quick      CI-sized smoke run: every system and workload, small sizes, a few seconds each
-  --large      W8 also at 10M events
-  --out        markdown report (default: BENCHMARKS.md at the repository root)
-  --chart      SVG chart (default: benches/results.svg next to the default report, else the report's path with .svg)
-  --dir        where the stores live (default: a temporary directory under target/)
-  --systems    only these systems (names as in the report)
-  --workloads  only these workloads (W1,W2,W3,W4,W4r,W5,W6,W7,DISK,W8,SUB,DIAG)
-  --rounds N, --slice-ms N   interleaving rounds and each system's turn per round";
-
-fn parse_args() -> Result<Config, String> {
+fn parse_args() -> Config {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let root = root.canonicalize().unwrap_or(root);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut quick = false;
-    let mut large = false;
-    let mut out = None;
-    let mut chart = None;
-    let mut dir = None;
-    let mut only = None;
-    let mut rounds = None;
-    let mut slice = None;
-    let mut w8_child = None;
-    let mut workloads = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--large" => large = true,
-            "--out" => out = Some(PathBuf::from(value("--out")?)),
-            "--chart" => chart = Some(PathBuf::from(value("--chart")?)),
-            "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
-            "--workloads" => {
-                workloads = Some(
-                    value("--workloads")?
-                        .split(',')
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>(),
-                )
-            }
-            "--systems" => {
-                only = Some(
-                    value("--systems")?
-                        .split(',')
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>(),
-                )
-            }
-            "--rounds" => {
-                rounds = Some(
-                    value("--rounds")?
-                        .parse::<usize>()
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            "--slice-ms" => {
-                slice = Some(
-                    value("--slice-ms")?
-                        .parse::<u64>()
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            "--w8-child" => w8_child = Some(value("--w8-child")?),
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
+    let Args {
+        quick,
+        large,
+        out,
+        chart,
+        dir,
+        systems: only,
+        workloads,
+        rounds,
+        slice_ms: slice,
+        w8_child,
+    } = Args::parse();
     let default_out = root.join("BENCHMARKS.md");
     let chart = match (&chart, &out) {
         (Some(c), _) => c.clone(),
@@ -282,7 +270,7 @@ fn parse_args() -> Result<Config, String> {
     if let Some(s) = slice {
         c.slice = Duration::from_millis(s.max(10));
     }
-    Ok(c)
+    c
 }
 
 /// HEAD at the start of the run, plus how many tracked files outside
@@ -1518,13 +1506,7 @@ impl Harness {
 }
 
 fn main() -> std::process::ExitCode {
-    let cfg = match parse_args() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let cfg = parse_args();
     match run(cfg) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

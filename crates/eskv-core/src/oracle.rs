@@ -10,6 +10,8 @@
 //! - Checks and publishes are serialized by the caller (one committer at a
 //!   time); snapshots may be taken concurrently.
 
+pub mod writer;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 

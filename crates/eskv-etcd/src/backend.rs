@@ -49,12 +49,12 @@ impl EtcdStore {
     /// Connects to the cluster and probes it.
     ///
     /// The channel connects lazily, so this sends one linearizable read with
-    /// `options.connect_timeout`: a cluster that is down, unreachable or
+    /// `options.remote.connect_timeout`: a cluster that is down, unreachable or
     /// without a leader fails here with [`KvError::Unavailable`] instead of at
     /// the first transaction. Bad options fail with [`KvError::InvalidInput`].
     pub async fn connect(options: EtcdOptions) -> KvResult<Self> {
         let endpoints = options.endpoint_list();
-        if options.endpoints.is_empty() {
+        if options.remote.endpoints.is_empty() {
             return Err(KvError::invalid(
                 "no etcd endpoints given; pass at least one host:port (for example 127.0.0.1:2379)",
             ));
@@ -79,7 +79,7 @@ impl EtcdStore {
         timed(
             "probing the cluster",
             Phase::Connect,
-            options.connect_timeout,
+            options.remote.connect_timeout,
             &endpoints,
             || {
                 kv.range(RangeRequest {
@@ -93,11 +93,11 @@ impl EtcdStore {
             kv,
             caps,
             endpoints,
-            timeout: options.request_timeout,
+            timeout: options.remote.request_timeout,
             max_txn_ops: options.max_txn_ops,
             max_request_bytes: options.max_request_bytes,
         });
-        let view = ClusterView::new(raw.clone(), options.key_prefix.as_deref());
+        let view = ClusterView::new(raw.clone(), options.remote.key_prefix.as_deref());
         Ok(EtcdStore { raw, view })
     }
 

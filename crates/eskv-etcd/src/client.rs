@@ -114,7 +114,7 @@ fn read_pem(what: &str, p: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 }
 
 impl EtcdClient {
-    /// A client for `options.endpoints`, balanced over all of them.
+    /// A client for `options.remote.endpoints`, balanced over all of them.
     ///
     /// Calls carry no deadline of their own (`request_timeout` is applied
     /// by [`EtcdStore`](crate::EtcdStore) around each call): wrap raw calls
@@ -124,20 +124,19 @@ impl EtcdClient {
     /// refused authentication. Send a request to find out whether the
     /// cluster is reachable.
     pub async fn connect(options: &EtcdOptions) -> Result<Self, ClientError> {
-        if options.endpoints.is_empty() {
+        let remote = &options.remote;
+        if remote.endpoints.is_empty() {
             return Err(ClientError::InvalidOptions(
                 "no etcd endpoints given; pass at least one host:port (for example 127.0.0.1:2379)"
                     .into(),
             ));
         }
-        let tls_wanted =
-            options.ca_path.is_some() || options.cert_path.is_some() || options.key_path.is_some();
-        let tls = if tls_wanted {
+        let tls = if remote.tls.is_enabled() {
             let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &options.ca_path {
+            if let Some(ca) = &remote.tls.ca {
                 tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA certificate", ca)?));
             }
-            match (&options.cert_path, &options.key_path) {
+            match (&remote.tls.cert, &remote.tls.key) {
                 (Some(c), Some(k)) => {
                     tls = tls.identity(Identity::from_pem(
                         read_pem("certificate", c)?,
@@ -147,7 +146,7 @@ impl EtcdClient {
                 (None, None) => {}
                 _ => {
                     return Err(ClientError::InvalidOptions(
-                        "mutual TLS needs both cert_path and key_path".into(),
+                        "mutual TLS needs both a client certificate and its key (remote.tls.cert and remote.tls.key; see EtcdOptions::tls_identity)".into(),
                     ))
                 }
             }
@@ -155,8 +154,8 @@ impl EtcdClient {
         } else {
             None
         };
-        let mut endpoints = Vec::with_capacity(options.endpoints.len());
-        for ep in &options.endpoints {
+        let mut endpoints = Vec::with_capacity(remote.endpoints.len());
+        for ep in &remote.endpoints {
             let uri = endpoint_uri(ep, tls.is_some());
             let mut e = Endpoint::from_shared(uri.clone())
                 .map_err(|e| {
@@ -168,7 +167,7 @@ impl EtcdClient {
                 // call under its own (`error::timed`), so that a commit
                 // that times out is reported as an unknown outcome and a
                 // probe gets the connect timeout.
-                .connect_timeout(options.connect_timeout)
+                .connect_timeout(remote.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))

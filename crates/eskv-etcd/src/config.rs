@@ -1,51 +1,39 @@
 //! Connection settings and the server limits they declare.
 use crate::{BACKEND, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS};
+use eskv_core::kv::remote::RemoteOptions;
 use eskv_core::Capabilities;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Connection settings for [`EtcdStore::connect`](crate::EtcdStore::connect).
+/// Connection settings for [`EtcdStore::connect`](crate::EtcdStore::connect):
+/// what every cluster connection takes ([`RemoteOptions`]: endpoints, TLS,
+/// timeouts, key prefix), plus etcd's authentication and server limits.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EtcdOptions {
-    /// Client endpoints, `host:port` (or `http://`/`https://` URLs). The
+    /// Client endpoints, `host:port` (or `http://`/`https://` URLs): the
     /// client balances over all of them and fails over when one is down.
-    pub endpoints: Vec<String>,
+    /// TLS: a CA alone, or with a client certificate and key (mutual TLS).
+    /// Timeouts default to 5 s (connect) and 10 s (per call).
+    pub remote: RemoteOptions,
     /// User name for etcd authentication.
     pub user: Option<String>,
     /// Password for etcd authentication.
     pub password: Option<String>,
-    /// CA certificate (PEM) that signed the servers' certificates; enables
-    /// TLS.
-    pub ca_path: Option<PathBuf>,
-    /// Client certificate (PEM), for mutual TLS; needs `key_path`.
-    pub cert_path: Option<PathBuf>,
-    /// Client key (PEM), for mutual TLS; needs `cert_path`.
-    pub key_path: Option<PathBuf>,
-    /// Longest wait for a connection, and for the probe at open. Default:
-    /// 5 s.
-    pub connect_timeout: Duration,
-    /// Longest wait for any one call. Default: 10 s.
-    pub request_timeout: Duration,
-    /// Scope every key under this namespace (see [`eskv_core::Namespaced`]).
-    pub key_prefix: Option<String>,
     /// The server's `--max-txn-ops`. Default: 128.
     pub max_txn_ops: usize,
     /// The server's `--max-request-bytes`. Default: 1.5 MiB.
     pub max_request_bytes: usize,
 }
 
+/// Shows the password as `***`.
 impl fmt::Debug for EtcdOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
+            .field("remote", &self.remote)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("tls", &self.ca_path.is_some())
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("key_prefix", &self.key_prefix)
             .field("max_txn_ops", &self.max_txn_ops)
             .field("max_request_bytes", &self.max_request_bytes)
             .finish()
@@ -57,15 +45,9 @@ impl EtcdOptions {
     /// timeouts, no TLS, no auth and no key prefix.
     pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
         EtcdOptions {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            remote: RemoteOptions::new(endpoints, Duration::from_secs(5), Duration::from_secs(10)),
             user: None,
             password: None,
-            ca_path: None,
-            cert_path: None,
-            key_path: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            key_prefix: None,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
@@ -74,12 +56,7 @@ impl EtcdOptions {
     /// Options from a comma-separated endpoint list such as
     /// `ETCD_ENDPOINTS`. Blank entries are ignored.
     pub fn from_endpoints(list: &str) -> Self {
-        Self::new(
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        )
+        Self::new(RemoteOptions::split_endpoints(list))
     }
 
     /// Authenticates as `user`.
@@ -91,34 +68,18 @@ impl EtcdOptions {
 
     /// Enables TLS, trusting `ca`.
     pub fn tls_ca(mut self, ca: impl Into<PathBuf>) -> Self {
-        self.ca_path = Some(ca.into());
+        self.remote.tls.ca = Some(ca.into());
         self
     }
 
     /// Presents a client certificate (mutual TLS).
     pub fn tls_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.cert_path = Some(cert.into());
-        self.key_path = Some(key.into());
+        self.remote.tls.cert = Some(cert.into());
+        self.remote.tls.key = Some(key.into());
         self
     }
 
-    /// Sets the connect timeout.
-    pub fn connect_timeout(mut self, t: Duration) -> Self {
-        self.connect_timeout = t;
-        self
-    }
-
-    /// Sets the per-call timeout.
-    pub fn request_timeout(mut self, t: Duration) -> Self {
-        self.request_timeout = t;
-        self
-    }
-
-    /// Scopes the store to a namespace.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = Some(prefix.into());
-        self
-    }
+    eskv_core::remote_option_setters!();
 
     /// Declares the server's `--max-txn-ops` and `--max-request-bytes`.
     pub fn server_limits(mut self, max_txn_ops: usize, max_request_bytes: usize) -> Self {
@@ -143,7 +104,7 @@ impl EtcdOptions {
     }
 
     pub(crate) fn endpoint_list(&self) -> String {
-        self.endpoints.join(",")
+        self.remote.endpoint_list()
     }
 }
 

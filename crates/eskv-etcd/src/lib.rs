@@ -101,6 +101,7 @@ pub mod proto;
 pub use backend::EtcdStore;
 pub use client::{ClientError, EtcdClient};
 pub use config::EtcdOptions;
+pub use eskv_core::kv::remote::{RemoteOptions, TlsFiles};
 
 const BACKEND: &str = "etcd";
 

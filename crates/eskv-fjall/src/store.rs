@@ -3,9 +3,10 @@
 use crate::error::BACKEND;
 use crate::options::FjallOptions;
 use crate::txn::{FjallSnapshot, View};
-use crate::writer::{CommitRequest, Writer};
+use crate::writer::FjallBatch;
 use async_trait::async_trait;
 use eskv_core::kv::BufferedTxn;
+use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
 use eskv_core::oracle::CommitOracle;
 use eskv_core::{Capabilities, KvError, KvResult, KvStore, KvTransaction};
 use fjall::{KeyspaceCreateOptions, Readable};
@@ -400,18 +401,16 @@ impl FjallStore {
         let (tx, writer_thread) = if options.read_only {
             (None, None)
         } else {
-            let (tx, rx) = mpsc::channel();
-            let writer = Writer {
+            let (tx, t) = GroupWriter {
                 commits: commits.clone(),
-                shared: shared.clone(),
                 oracle: oracle.clone(),
-                durability: options.durability,
                 max_batch: options.max_batch,
-            };
-            let t = std::thread::Builder::new()
-                .name("eskv-fjall-writer".into())
-                .spawn(move || writer.run(rx))
-                .map_err(|e| KvError::backend(BACKEND, e))?;
+                engine: FjallBatch {
+                    shared: shared.clone(),
+                    durability: options.durability,
+                },
+            }
+            .spawn("eskv-fjall-writer")?;
             (Some(tx), Some(t))
         };
         Ok(FjallStore {

@@ -2,14 +2,13 @@
 
 use crate::error::BACKEND;
 use crate::store::{Db, Inner, Shared};
-use crate::writer::CommitRequest;
 use async_trait::async_trait;
 use eskv_core::kv::{KvSnapshot, ReadMany, WriteSet};
+use eskv_core::oracle::writer::submit;
 use eskv_core::oracle::Snapshot;
 use eskv_core::{KeyRange, KvError, KvPair, KvResult, ScanOptions};
 use fjall::Readable;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// Reads that may return more rows than this run on the blocking pool;
 /// smaller ones (every point read, the event layer's pages and probes)
@@ -158,25 +157,6 @@ impl KvSnapshot for FjallSnapshot {
         if store.shared.read_only() {
             return Err(KvError::ReadOnly { backend: BACKEND });
         }
-        let (reply, rx) = oneshot::channel();
-        store
-            .writer
-            .as_ref()
-            .ok_or_else(writer_gone)?
-            .send(CommitRequest {
-                snapshot,
-                writes,
-                validated,
-                reply,
-            })
-            .map_err(|_| writer_gone())?;
-        rx.await.map_err(|_| writer_gone())?
-    }
-}
-
-pub(crate) fn writer_gone() -> KvError {
-    KvError::Unavailable {
-        backend: BACKEND,
-        message: "the fjall writer thread stopped; reopen the store".into(),
+        submit(store.writer.as_ref(), BACKEND, snapshot, writes, validated).await
     }
 }

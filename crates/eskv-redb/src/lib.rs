@@ -85,6 +85,7 @@ use writer::*;
 
 use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, WriteSet};
+use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
     Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ScanOptions,
@@ -92,12 +93,10 @@ use eskv_core::{
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
 };
-use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::oneshot;
 
 /// The redb crate this backend is built on, for implementing
 /// [`redb::StorageBackend`] for [`RedbStore::open_with_backend`].

@@ -209,19 +209,17 @@ impl RedbStore {
         let (tx, writer_thread) = if shared.read_only {
             (None, None)
         } else {
-            let (tx, rx) = mpsc::channel();
-            let writer = Writer {
+            let (tx, t) = GroupWriter {
                 commits: commits.clone(),
-                shared: shared.clone(),
                 oracle: oracle.clone(),
-                durability: options.durability,
-                quick_repair: options.quick_repair,
                 max_batch: options.max_batch,
-            };
-            let t = std::thread::Builder::new()
-                .name("eskv-redb-writer".into())
-                .spawn(move || writer.run(rx))
-                .map_err(|e| KvError::backend(BACKEND, e))?;
+                engine: RedbBatch {
+                    shared: shared.clone(),
+                    durability: options.durability,
+                    quick_repair: options.quick_repair,
+                },
+            }
+            .spawn("eskv-redb-writer")?;
             (Some(tx), Some(t))
         };
         Ok(RedbStore {

@@ -1,6 +1,7 @@
 //! A transaction's snapshot: reads of one redb read transaction, and
 //! the commit handed to the writer.
 use super::*;
+use eskv_core::oracle::writer::submit;
 
 pub(crate) type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
@@ -132,18 +133,6 @@ impl KvSnapshot for RedbSnapshot {
         if store.shared.read_only {
             return Err(KvError::ReadOnly { backend: BACKEND });
         }
-        let (reply, rx) = oneshot::channel();
-        store
-            .writer
-            .as_ref()
-            .ok_or_else(writer_gone)?
-            .send(CommitRequest {
-                snapshot,
-                writes,
-                validated,
-                reply,
-            })
-            .map_err(|_| writer_gone())?;
-        rx.await.map_err(|_| writer_gone())?
+        submit(store.writer.as_ref(), BACKEND, snapshot, writes, validated).await
     }
 }

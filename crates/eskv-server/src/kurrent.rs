@@ -87,16 +87,6 @@ impl StreamsService {
     }
 }
 
-fn expected(e: Option<append_req::options::ExpectedStreamRevision>) -> ExpectedVersion {
-    use append_req::options::ExpectedStreamRevision as R;
-    match e {
-        Some(R::Revision(r)) => ExpectedVersion::Exact(r + 1),
-        Some(R::NoStream(_)) => ExpectedVersion::NoStream,
-        Some(R::StreamExists(_)) => ExpectedVersion::StreamExists,
-        Some(R::Any(_)) | None => ExpectedVersion::Any,
-    }
-}
-
 fn wrong_expected_version(expected: ExpectedVersion, actual: Option<u64>) -> AppendResp {
     use append_resp::wrong_expected_version as w;
     let e = Empty {};
@@ -204,7 +194,7 @@ impl Streams for StreamsService {
             ));
         };
         let stream = map::stream_name(opts.stream_identifier)?;
-        let expected = expected(opts.expected_stream_revision);
+        let expected = map::expected_version(opts.expected_stream_revision);
         let limits = &store.options().limits;
         let (max, max_bytes) = (limits.max_events_per_append, limits.max_append_bytes);
         let mut events = Vec::new();

@@ -31,15 +31,6 @@ struct Open {
     bytes: usize,
 }
 
-fn expected(e: &Option<Expected>) -> ExpectedVersion {
-    match e {
-        Some(Expected::StreamPosition(r)) => ExpectedVersion::Exact(r + 1),
-        Some(Expected::NoStream(())) => ExpectedVersion::NoStream,
-        Some(Expected::StreamExists(())) => ExpectedVersion::StreamExists,
-        Some(Expected::Any(())) | None => ExpectedVersion::Any,
-    }
-}
-
 fn resp_expected(e: &Option<Expected>) -> Option<batch_append_resp::ExpectedStreamPosition> {
     use batch_append_resp::ExpectedStreamPosition as R;
     e.as_ref().map(|e| match e {
@@ -230,7 +221,7 @@ pub(crate) async fn run(
         let store = store.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            resp.result = Some(append(&store, options, expected(&exp), events).await);
+            resp.result = Some(append(&store, options, map::expected_version(exp), events).await);
             let _ = tx.send(Ok(resp)).await;
         });
     }

@@ -23,8 +23,7 @@
 use crate::error::{kurrent_status, kurrent_stream_deleted, kurrent_wrong_expected_version};
 use crate::kurrent_map as map;
 use crate::proto::event_store::client::streams::{
-    delete_req, delete_resp, tombstone_req, tombstone_resp, DeleteReq, DeleteResp, TombstoneReq,
-    TombstoneResp,
+    delete_resp, tombstone_resp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
 use crate::proto::event_store::client::Empty;
 use eskv_core::{Error, EventStore, ExpectedVersion, Position};
@@ -37,17 +36,11 @@ enum Kind {
 }
 
 pub(crate) async fn delete(store: &EventStore, req: DeleteReq) -> Result<DeleteResp, Status> {
-    use delete_req::options::ExpectedStreamRevision as R;
     let opts = req.options.ok_or_else(|| {
         Status::invalid_argument("a delete needs options (stream and expected revision)")
     })?;
     let stream = map::stream_name(opts.stream_identifier)?;
-    let expected = match opts.expected_stream_revision {
-        Some(R::Revision(r)) => ExpectedVersion::Exact(r + 1),
-        Some(R::NoStream(_)) => ExpectedVersion::NoStream,
-        Some(R::StreamExists(_)) => ExpectedVersion::StreamExists,
-        Some(R::Any(_)) | None => ExpectedVersion::Any,
-    };
+    let expected = map::expected_version(opts.expected_stream_revision);
     let position = run(store, &stream, expected, Kind::Delete).await?;
     Ok(DeleteResp {
         position_option: Some(match position {
@@ -64,17 +57,11 @@ pub(crate) async fn tombstone(
     store: &EventStore,
     req: TombstoneReq,
 ) -> Result<TombstoneResp, Status> {
-    use tombstone_req::options::ExpectedStreamRevision as R;
     let opts = req.options.ok_or_else(|| {
         Status::invalid_argument("a tombstone needs options (stream and expected revision)")
     })?;
     let stream = map::stream_name(opts.stream_identifier)?;
-    let expected = match opts.expected_stream_revision {
-        Some(R::Revision(r)) => ExpectedVersion::Exact(r + 1),
-        Some(R::NoStream(_)) => ExpectedVersion::NoStream,
-        Some(R::StreamExists(_)) => ExpectedVersion::StreamExists,
-        Some(R::Any(_)) | None => ExpectedVersion::Any,
-    };
+    let expected = map::expected_version(opts.expected_stream_revision);
     let position = run(store, &stream, expected, Kind::Tombstone).await?;
     Ok(TombstoneResp {
         position_option: Some(match position {

@@ -10,10 +10,12 @@ use crate::dcb_map::RESERVED;
 use crate::ids::{from_halves, parse_uuid, uuid_halves, uuid_text};
 use crate::proto::event_store::client::streams::read_req::options::filter_options;
 use crate::proto::event_store::client::streams::read_resp::{self, read_event};
-use crate::proto::event_store::client::streams::{append_req, read_req, ReadResp};
+use crate::proto::event_store::client::streams::{
+    append_req, batch_append_req, delete_req, read_req, tombstone_req, ReadResp,
+};
 use crate::proto::event_store::client::{self as shared, uuid};
 use base64::Engine as _;
-use eskv_core::{Metadata, NewEvent, RecordedEvent, Ulid};
+use eskv_core::{ExpectedVersion, Metadata, NewEvent, RecordedEvent, Ulid};
 use std::collections::{BTreeMap, HashMap};
 use tonic::Status;
 
@@ -22,6 +24,59 @@ const CUSTOM_METADATA: &str = "$eskv.kurrent.custom-metadata";
 /// The stream name under which events appended without a stream (DCB
 /// events) appear in `$all`.
 pub(crate) const NO_STREAM_NAME: &str = "$dcb";
+
+/// The expected stream revision a KurrentDB write carries. Append, batch
+/// append, delete and tombstone each have their own generated copy of this
+/// oneof; each converts into this one, so [`expected_version`] states the
+/// rule once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExpectedRevision {
+    /// The stream's last event is at this revision (counted from 0).
+    Revision(u64),
+    /// The stream has no events (never written, or deleted).
+    NoStream,
+    /// The stream has events.
+    StreamExists,
+    /// No expectation.
+    Any,
+}
+
+/// eskv's expected version for a write's expected revision: revision `r` is
+/// version `r + 1`, and a write without one expects nothing.
+pub(crate) fn expected_version(e: Option<impl Into<ExpectedRevision>>) -> ExpectedVersion {
+    match e.map(Into::into) {
+        Some(ExpectedRevision::Revision(r)) => ExpectedVersion::Exact(r + 1),
+        Some(ExpectedRevision::NoStream) => ExpectedVersion::NoStream,
+        Some(ExpectedRevision::StreamExists) => ExpectedVersion::StreamExists,
+        Some(ExpectedRevision::Any) | None => ExpectedVersion::Any,
+    }
+}
+
+/// `From<generated oneof> for ExpectedRevision`, for oneofs whose revision
+/// variant is named `$revision` and whose other variants are `NoStream`,
+/// `StreamExists` and `Any`.
+macro_rules! expected_revision_from {
+    ($($oneof:ty, $revision:ident;)*) => {$(
+        impl From<$oneof> for ExpectedRevision {
+            fn from(e: $oneof) -> Self {
+                type R = $oneof;
+                match e {
+                    R::$revision(r) => ExpectedRevision::Revision(r),
+                    R::NoStream(_) => ExpectedRevision::NoStream,
+                    R::StreamExists(_) => ExpectedRevision::StreamExists,
+                    R::Any(_) => ExpectedRevision::Any,
+                }
+            }
+        }
+    )*};
+}
+
+expected_revision_from! {
+    append_req::options::ExpectedStreamRevision, Revision;
+    batch_append_req::options::ExpectedStreamPosition, StreamPosition;
+    delete_req::options::ExpectedStreamRevision, Revision;
+    tombstone_req::options::ExpectedStreamRevision, Revision;
+}
 
 pub(crate) fn stream_name(id: Option<shared::StreamIdentifier>) -> Result<String, Status> {
     let raw = id.map(|i| i.stream_name).unwrap_or_default();
@@ -333,5 +388,39 @@ mod tests {
         assert!(by_stream.matches(&e("A", "order-12")));
         assert!(!by_stream.matches(&e("A", "order-x")));
         assert_eq!(by_stream.checkpoint_every, 32);
+    }
+
+    #[test]
+    fn every_writes_expected_revision_maps_alike() {
+        use crate::proto::event_store::client::Empty;
+        use append_req::options::ExpectedStreamRevision as A;
+        use batch_append_req::options::ExpectedStreamPosition as B;
+        use delete_req::options::ExpectedStreamRevision as D;
+        use tombstone_req::options::ExpectedStreamRevision as T;
+        let cases = [
+            (A::Revision(4).into(), ExpectedVersion::Exact(5)),
+            (A::NoStream(Empty {}).into(), ExpectedVersion::NoStream),
+            (
+                A::StreamExists(Empty {}).into(),
+                ExpectedVersion::StreamExists,
+            ),
+            (A::Any(Empty {}).into(), ExpectedVersion::Any),
+            (B::StreamPosition(0).into(), ExpectedVersion::Exact(1)),
+            (B::NoStream(()).into(), ExpectedVersion::NoStream),
+            (B::StreamExists(()).into(), ExpectedVersion::StreamExists),
+            (B::Any(()).into(), ExpectedVersion::Any),
+            (D::Revision(9).into(), ExpectedVersion::Exact(10)),
+            (D::NoStream(Empty {}).into(), ExpectedVersion::NoStream),
+            (T::Revision(2).into(), ExpectedVersion::Exact(3)),
+            (
+                T::StreamExists(Empty {}).into(),
+                ExpectedVersion::StreamExists,
+            ),
+        ];
+        for (rev, want) in cases {
+            let rev: ExpectedRevision = rev;
+            assert_eq!(expected_version(Some(rev)), want, "{rev:?}");
+        }
+        assert_eq!(expected_version(None::<A>), ExpectedVersion::Any);
     }
 }

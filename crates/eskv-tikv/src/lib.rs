@@ -105,6 +105,7 @@ mod paging;
 mod store;
 mod txn;
 
+pub use eskv_core::kv::remote::{RemoteOptions, TlsFiles};
 pub use gc::{GcOptions, GcOutcome, DEFAULT_GC_LIFETIME, MIN_GC_LIFETIME};
 pub use options::TikvOptions;
 pub use store::{GcTask, TikvStore};

@@ -50,23 +50,24 @@ pub(crate) struct RawStore {
 }
 
 impl TikvStore {
-    /// Connects to the cluster behind `options.pd_endpoints`.
+    /// Connects to the cluster behind the PD endpoints of `options`.
     ///
-    /// Fails with [`KvError::Unavailable`] within `options.connect_timeout`
+    /// Fails with [`KvError::Unavailable`] within `options.remote.connect_timeout`
     /// when PD cannot be reached or does not answer, and with
     /// [`KvError::InvalidInput`] for bad options (no endpoints, missing TLS
     /// files).
     pub async fn connect(options: TikvOptions) -> KvResult<Self> {
         let endpoints = options.endpoints();
-        if options.pd_endpoints.is_empty() {
+        if options.remote.endpoints.is_empty() {
             return Err(KvError::invalid(
                 "no PD endpoints given; pass at least one host:port (for example 127.0.0.1:2379)",
             ));
         }
-        let mut config = Config::default().with_timeout(options.request_timeout);
+        let mut config = Config::default().with_timeout(options.remote.request_timeout);
         // Values up to MAX_VALUE_SIZE, several per scan page.
         config = config.with_grpc_max_decoding_message_size(64 << 20);
-        match (&options.ca_path, &options.cert_path, &options.key_path) {
+        let tls = &options.remote.tls;
+        match (&tls.ca, &tls.cert, &tls.key) {
             (None, None, None) => {}
             (Some(ca), Some(cert), Some(key)) => {
                 for (what, p) in [("CA certificate", ca), ("certificate", cert), ("key", key)] {
@@ -81,16 +82,16 @@ impl TikvStore {
             }
             _ => {
                 return Err(KvError::invalid(
-                    "TLS needs all three of ca_path, cert_path and key_path",
+                    "TLS needs all three of remote.tls.ca, remote.tls.cert and remote.tls.key (see TikvOptions::tls)",
                 ))
             }
         }
         let client = timed(
             "connecting to PD",
             Phase::Connect,
-            options.connect_timeout,
+            options.remote.connect_timeout,
             &endpoints,
-            TransactionClient::new_with_config(options.pd_endpoints.clone(), config),
+            TransactionClient::new_with_config(options.remote.endpoints.clone(), config),
         )
         .await?;
         let raw = Arc::new(RawStore {
@@ -99,11 +100,11 @@ impl TikvStore {
                 .with_max_value_size(MAX_VALUE_SIZE)
                 .with_max_txn_bytes(MAX_TXN_BYTES),
             endpoints,
-            key_prefix: options.key_prefix.clone(),
-            request_timeout: options.request_timeout,
+            key_prefix: options.remote.key_prefix.clone(),
+            request_timeout: options.remote.request_timeout,
             gc_lifetime_ms: Arc::new(AtomicU64::new(0)),
         });
-        let view = ClusterView::new(raw.clone(), options.key_prefix.as_deref());
+        let view = ClusterView::new(raw.clone(), options.remote.key_prefix.as_deref());
         Ok(TikvStore { raw, view })
     }
 

@@ -88,7 +88,7 @@ async fn bad_options_are_invalid_input() {
         "{err:?}"
     );
     let mut o = TikvOptions::new(["127.0.0.1:1"]);
-    o.ca_path = Some("/nonexistent/ca.pem".into());
+    o.remote.tls.ca = Some("/nonexistent/ca.pem".into());
     let err = TikvStore::connect(o).await.unwrap_err();
     assert!(
         matches!(err, eskv_core::KvError::InvalidInput { .. }),
