@@ -71,6 +71,10 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 /// the rows of each scan.
 pub type ReadMany = (Vec<Option<Vec<u8>>>, Vec<Vec<KvPair>>);
 
+/// What [`KvTransaction::get_each`] hands each value to: the value of
+/// the next key (in input order), lent for the call only.
+pub type VisitValue<'a> = dyn FnMut(Option<&[u8]>) + Send + 'a;
+
 /// Buffered writes in key order; `None` marks a deletion.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -175,6 +179,17 @@ pub trait KvTransaction: Send {
     /// Reads the pairs of `range` in key order (descending if
     /// `opts.reverse`), at most `opts.limit` of them.
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>>;
+
+    /// Like [`get_many`](Self::get_many), handing each value to `visit`
+    /// (in input order) instead of returning it: a backend that can lend
+    /// its stored bytes saves a copy and an allocation per value (reads
+    /// decode events straight from them). The default calls `get_many`.
+    async fn get_each(&mut self, keys: &[Vec<u8>], visit: &mut VisitValue<'_>) -> KvResult<()> {
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
+    }
 
     /// Several independent reads at the snapshot in one call: the values
     /// of `gets` (as [`get_many`](Self::get_many)) and the rows of each

@@ -923,7 +923,9 @@ pub(super) async fn scan_index(
     Ok(out)
 }
 
-/// Loads events by position, in the given order.
+/// Loads events by position, in the given order, decoding each from the
+/// bytes the backend lends ([`KvTransaction::get_each`]): one allocation
+/// per field of the event, none for the stored value.
 pub(super) async fn load_events(
     txn: &mut dyn KvTransaction,
     positions: &[Position],
@@ -932,16 +934,37 @@ pub(super) async fn load_events(
         return Ok(Vec::new());
     }
     let keys: Vec<Vec<u8>> = positions.iter().map(|&p| layout::log_key(p)).collect();
-    let vals = txn.get_many(&keys).await?;
-    positions
-        .iter()
-        .zip(vals)
-        .map(|(&p, v)| match v {
-            Some(v) => envelope::decode(&v, p),
+    let mut events = Vec::with_capacity(positions.len());
+    let mut failed = None;
+    let mut next = positions.iter();
+    txn.get_each(&keys, &mut |v| {
+        let Some(&p) = next.next() else { return };
+        if failed.is_some() {
+            return;
+        }
+        let decoded = match v {
+            Some(v) => envelope::decode(v, p),
             None => Err(Error::corrupt(
                 Some(p),
                 "an index points at this position but the log has no event there",
             )),
-        })
-        .collect()
+        };
+        match decoded {
+            Ok(e) => events.push(e),
+            Err(e) => failed = Some(e),
+        }
+    })
+    .await?;
+    match failed {
+        Some(e) => Err(e),
+        None if events.len() == positions.len() => Ok(events),
+        None => Err(Error::corrupt(
+            None,
+            format!(
+                "the backend answered {} of {} reads of the log",
+                events.len(),
+                positions.len()
+            ),
+        )),
+    }
 }
