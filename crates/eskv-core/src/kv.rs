@@ -101,6 +101,12 @@ pub struct Capabilities {
     /// read): the event layer then reads "the last N" as forward scans of
     /// position windows below the top, so it still costs O(N).
     pub cheap_reverse_scans: bool,
+    /// True when a commit first reads, in a round trip of its own, the
+    /// state at the snapshot of the keys it writes but did not read (etcd
+    /// compares each written key's revision). The event layer then reads
+    /// the keys an append is about to write with its first read, where it
+    /// can tell them in advance.
+    pub reads_unread_writes_at_commit: bool,
 }
 
 impl Capabilities {
@@ -113,6 +119,7 @@ impl Capabilities {
             max_txn_bytes: None,
             single_process: false,
             cheap_reverse_scans: true,
+            reads_unread_writes_at_commit: false,
         }
     }
 
@@ -131,6 +138,12 @@ impl Capabilities {
     /// Sets the most bytes per transaction.
     pub fn with_max_txn_bytes(mut self, n: usize) -> Self {
         self.max_txn_bytes = Some(n);
+        self
+    }
+
+    /// Sets [`reads_unread_writes_at_commit`](Self::reads_unread_writes_at_commit).
+    pub fn with_reads_unread_writes_at_commit(mut self, yes: bool) -> Self {
+        self.reads_unread_writes_at_commit = yes;
         self
     }
 

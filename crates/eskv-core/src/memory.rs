@@ -101,11 +101,7 @@ impl KvSnapshot for MemorySnapshot {
     }
 
     /// Lends the map's values: no copy.
-    async fn get_each(
-        &mut self,
-        keys: Vec<Vec<u8>>,
-        visit: &mut VisitValue<'_>,
-    ) -> KvResult<()> {
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
         for k in &keys {
             visit(self.view.get(k).map(Vec::as_slice));
         }

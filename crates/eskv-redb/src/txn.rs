@@ -44,13 +44,15 @@ impl RedbSnapshot {
     /// Runs `f` in place on a multi-threaded runtime (see
     /// [`read`](Self::read)), where it may borrow from the caller; `None`
     /// on a current-thread runtime, whose reads go to the blocking pool.
-    fn read_in_place<R>(&self, f: impl FnOnce(&Shared, &Table) -> KvResult<R>) -> Option<KvResult<R>> {
+    fn read_in_place<R>(
+        &self,
+        f: impl FnOnce(&Shared, &Table) -> KvResult<R>,
+    ) -> Option<KvResult<R>> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let shared = &self.store.shared;
-        multi_thread.then(|| {
-            tokio::task::block_in_place(|| shared.call(|| f(shared, &self.view.table)))
-        })
+        multi_thread
+            .then(|| tokio::task::block_in_place(|| shared.call(|| f(shared, &self.view.table))))
     }
 }
 
@@ -106,11 +108,7 @@ impl KvSnapshot for RedbSnapshot {
     }
 
     /// Lends each value from redb's page where the read runs in place.
-    async fn get_each(
-        &mut self,
-        keys: Vec<Vec<u8>>,
-        visit: &mut VisitValue<'_>,
-    ) -> KvResult<()> {
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
         let in_place = self.read_in_place(|s, t| {
             for k in &keys {
                 let v = t.get(k.as_slice()).map_err(|e| s.map_err(e))?;

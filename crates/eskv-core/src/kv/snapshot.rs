@@ -72,11 +72,7 @@ pub trait KvSnapshot: Send + 'static {
     /// input order. The default copies through `get_many`; a backend
     /// whose values can be borrowed for the call (memory, redb) lends
     /// them, saving an allocation and a copy per value.
-    async fn get_each(
-        &mut self,
-        keys: Vec<Vec<u8>>,
-        visit: &mut VisitValue<'_>,
-    ) -> KvResult<()> {
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
         for v in self.get_many(keys).await? {
             visit(v.as_deref());
         }
