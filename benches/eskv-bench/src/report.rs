@@ -839,9 +839,10 @@ pub fn markdown(
             "Both systems run on the same cluster, interleaved with the others, each under its own key prefix. \
              eskv-etcd is `EtcdStore` with `EtcdOptions::server_limits({}, {})`, matching the servers' flags. \
              raw-etcd does per append one read `Txn` and one compare-and-put `Txn` (two round trips); eskv-etcd, \
-             through the generic `KvTransaction`, does one `Txn` of gets (head, strict flag, ids, stream meta), one \
-             range read per condition probe, one keys-only read of the written keys it has not read (for their \
-             `mod_revision`), then the commit `Txn` comparing every written key: four round trips on W1, three on W2, W4 and W4r. \
+             through the generic `KvTransaction`, does one `Txn` of reads (head, strict flag, ids, stream meta, the condition's probe, and the keys the \
+             append will write at the positions after the head it last saw), one keys-only read of the written keys it has not \
+             read (a stream append's index entry, for its `mod_revision`), then the commit `Txn` comparing every written key: \
+             two round trips on W1, W4 and W4r, three on W2. \
              The etcd systems run W1, W2, W4 and W4r only (writes); `—` elsewhere.\n",
             ETCD_TXN_OPS, ETCD_REQUEST_BYTES
         );

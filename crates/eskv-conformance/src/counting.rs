@@ -154,6 +154,17 @@ impl KvTransaction for CountingTxn {
         self.inner.get(key).await
     }
 
+    async fn get_each(
+        &mut self,
+        keys: &[Vec<u8>],
+        visit: &mut eskv_core::kv::VisitValue<'_>,
+    ) -> KvResult<()> {
+        bump(&self.counters.get_manys);
+        self.inner.get_each(keys, visit).await?;
+        self.saw(keys.len());
+        Ok(())
+    }
+
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         bump(&self.counters.get_manys);
         let vals = self.inner.get_many(keys).await?;

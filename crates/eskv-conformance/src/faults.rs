@@ -389,6 +389,14 @@ impl KvTransaction for FaultyTxn {
         self.inner.get(key).await
     }
 
+    async fn get_each(
+        &mut self,
+        keys: &[Vec<u8>],
+        visit: &mut eskv_core::kv::VisitValue<'_>,
+    ) -> KvResult<()> {
+        self.inner.get_each(keys, visit).await
+    }
+
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.inner.get_many(keys).await
     }

@@ -95,6 +95,44 @@ pub async fn read_your_own_writes(store: Store) {
     assert_eq!(store.get_latest(b"d").await.unwrap(), Some(k("2")));
 }
 
+/// What `get_each` hands over for `keys`, copied.
+async fn lend(t: &mut dyn eskv_core::KvTransaction, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+    let mut seen = Vec::new();
+    t.get_each(keys, &mut |v| seen.push(v.map(<[u8]>::to_vec)))
+        .await
+        .unwrap();
+    seen
+}
+
+/// `get_each` hands over exactly what `get_many` returns, in input order
+/// (absent keys, repeated keys, the empty key), from the snapshot and,
+/// once the transaction wrote, merged with its own writes.
+pub async fn get_each_matches_get_many(store: Store) {
+    put_all(&store, &[("a", "1"), ("b", "1"), ("c", "1")]).await;
+    let mut t = store.begin().await.unwrap();
+    let asked = [k("c"), k("x"), k("a"), k("c"), Vec::new(), k("b")];
+    let lent = lend(&mut *t, &asked).await;
+    assert_eq!(lent, t.get_many(&asked).await.unwrap());
+    assert_eq!(
+        lent,
+        [
+            Some(k("1")),
+            None,
+            Some(k("1")),
+            Some(k("1")),
+            None,
+            Some(k("1"))
+        ]
+    );
+    // A write from another transaction after this snapshot stays unseen.
+    store.put_one(k("a"), k("9")).await.unwrap();
+    t.put(k("b"), k("2"));
+    t.delete(k("c"));
+    let lent = lend(&mut *t, &asked).await;
+    assert_eq!(lent, t.get_many(&asked).await.unwrap());
+    assert_eq!(lent, [None, None, Some(k("1")), None, None, Some(k("2"))]);
+}
+
 /// Scans: order, reverse, limit, bounds, empty ranges; a buffered key past a
 /// limit-truncated snapshot must not jump the queue.
 pub async fn scans(store: Store) {
@@ -430,6 +468,7 @@ macro_rules! kv_tests {
             [
                 snapshot_isolation,
                 read_your_own_writes,
+                get_each_matches_get_many,
                 scans,
                 validation_conflicts,
                 write_write_conflicts,

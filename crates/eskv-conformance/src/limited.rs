@@ -111,6 +111,14 @@ impl KvTransaction for LimitedTxn {
     async fn get(&mut self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
         self.inner.get(key).await
     }
+    async fn get_each(
+        &mut self,
+        keys: &[Vec<u8>],
+        visit: &mut eskv_core::kv::VisitValue<'_>,
+    ) -> KvResult<()> {
+        self.inner.get_each(keys, visit).await
+    }
+
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.inner.get_many(keys).await
     }

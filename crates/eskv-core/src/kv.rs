@@ -71,6 +71,10 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 /// the rows of each scan.
 pub type ReadMany = (Vec<Option<Vec<u8>>>, Vec<Vec<KvPair>>);
 
+/// What [`KvTransaction::get_each`] hands each value to: the value of
+/// the next key (in input order), lent for the call only.
+pub type VisitValue<'a> = dyn FnMut(Option<&[u8]>) + Send + 'a;
+
 /// Buffered writes in key order; `None` marks a deletion.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -97,6 +101,12 @@ pub struct Capabilities {
     /// read): the event layer then reads "the last N" as forward scans of
     /// position windows below the top, so it still costs O(N).
     pub cheap_reverse_scans: bool,
+    /// True when a commit first reads, in a round trip of its own, the
+    /// state at the snapshot of the keys it writes but did not read (etcd
+    /// compares each written key's revision). The event layer then reads
+    /// the keys an append is about to write with its first read, where it
+    /// can tell them in advance.
+    pub reads_unread_writes_at_commit: bool,
 }
 
 impl Capabilities {
@@ -109,6 +119,7 @@ impl Capabilities {
             max_txn_bytes: None,
             single_process: false,
             cheap_reverse_scans: true,
+            reads_unread_writes_at_commit: false,
         }
     }
 
@@ -127,6 +138,12 @@ impl Capabilities {
     /// Sets the most bytes per transaction.
     pub fn with_max_txn_bytes(mut self, n: usize) -> Self {
         self.max_txn_bytes = Some(n);
+        self
+    }
+
+    /// Sets [`reads_unread_writes_at_commit`](Self::reads_unread_writes_at_commit).
+    pub fn with_reads_unread_writes_at_commit(mut self, yes: bool) -> Self {
+        self.reads_unread_writes_at_commit = yes;
         self
     }
 
@@ -175,6 +192,17 @@ pub trait KvTransaction: Send {
     /// Reads the pairs of `range` in key order (descending if
     /// `opts.reverse`), at most `opts.limit` of them.
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>>;
+
+    /// Like [`get_many`](Self::get_many), handing each value to `visit`
+    /// (in input order) instead of returning it: a backend that can lend
+    /// its stored bytes saves a copy and an allocation per value (reads
+    /// decode events straight from them). The default calls `get_many`.
+    async fn get_each(&mut self, keys: &[Vec<u8>], visit: &mut VisitValue<'_>) -> KvResult<()> {
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
+    }
 
     /// Several independent reads at the snapshot in one call: the values
     /// of `gets` (as [`get_many`](Self::get_many)) and the rows of each

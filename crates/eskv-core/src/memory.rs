@@ -6,7 +6,7 @@
 
 use crate::kv::{
     BufferedTxn, Capabilities, KeyRange, KvPair, KvSnapshot, KvStore, KvTransaction, ScanOptions,
-    WriteSet,
+    VisitValue, WriteSet,
 };
 use crate::kv::{KvError, KvResult};
 use crate::oracle::{CommitOracle, Snapshot};
@@ -98,6 +98,14 @@ struct MemorySnapshot {
 impl KvSnapshot for MemorySnapshot {
     async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         Ok(keys.iter().map(|k| self.view.get(k).cloned()).collect())
+    }
+
+    /// Lends the map's values: no copy.
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
+        for k in &keys {
+            visit(self.view.get(k).map(Vec::as_slice));
+        }
+        Ok(())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {

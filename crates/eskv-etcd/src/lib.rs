@@ -43,7 +43,11 @@
 //!   read anything has no pin: its snapshot is the commit itself and its
 //!   `Txn` carries no compares.
 //! - **Round trips:** one per read, one per commit, plus one when the commit
-//!   writes or validates keys the transaction did not read.
+//!   writes or validates keys the transaction did not read. The store
+//!   declares this (`Capabilities::reads_unread_writes_at_commit`), so the
+//!   event layer reads the keys an append will write with its batch read:
+//!   a conditional append is two round trips, a stream append three (its
+//!   stream index key is known only after that read).
 //! - **Unknown outcomes.** A commit whose answer is lost (timeout, dropped
 //!   connection, leader change) returns [`KvError::CommitOutcomeUnknown`].
 //!

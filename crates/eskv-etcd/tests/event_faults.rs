@@ -162,6 +162,13 @@ mod event_faults {
         ) -> eskv_core::KvResult<Vec<Option<Vec<u8>>>> {
             self.stats.read(self.inner.get_many(keys).await)
         }
+        async fn get_each(
+            &mut self,
+            keys: &[Vec<u8>],
+            visit: &mut eskv_core::kv::VisitValue<'_>,
+        ) -> eskv_core::KvResult<()> {
+            self.stats.read(self.inner.get_each(keys, visit).await)
+        }
         async fn scan(
             &mut self,
             range: eskv_core::KeyRange,

@@ -41,6 +41,20 @@ impl RedbSnapshot {
             .await
             .map_err(|e| KvError::backend(BACKEND, e))?
     }
+
+    /// Runs `f` in place on a multi-threaded runtime (see
+    /// [`read`](Self::read)), where it may borrow from the caller; `None`
+    /// on a current-thread runtime, whose reads go to the blocking pool.
+    fn read_in_place<R>(
+        &self,
+        f: impl FnOnce(&Shared, &Table) -> KvResult<R>,
+    ) -> Option<KvResult<R>> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let shared = &self.store.shared;
+        multi_thread
+            .then(|| tokio::task::block_in_place(|| shared.call(|| f(shared, &self.view.table))))
+    }
 }
 
 /// Up to `limit` rows of `range` from the snapshot, in scan order.
@@ -92,6 +106,24 @@ impl KvSnapshot for RedbSnapshot {
     async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         self.read(move |s, t| keys.iter().map(|k| get_one(s, t, k)).collect())
             .await
+    }
+
+    /// Lends each value from redb's page where the read runs in place.
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
+        let in_place = self.read_in_place(|s, t| {
+            for k in &keys {
+                let v = t.get(k.as_slice()).map_err(|e| s.map_err(e))?;
+                visit(v.as_ref().map(|v| v.value()));
+            }
+            Ok(())
+        });
+        if let Some(r) = in_place {
+            return r;
+        }
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {

@@ -1,6 +1,8 @@
 //! Namespaces: one store seen as many, each under its own key prefix.
 
-use super::{Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, ScanOptions};
+use super::{
+    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, ScanOptions, VisitValue,
+};
 use crate::kv::KvResult;
 use async_trait::async_trait;
 use std::fmt;
@@ -148,6 +150,11 @@ impl KvTransaction for NamespacedTxn {
     async fn get_many(&mut self, keys: &[Vec<u8>]) -> KvResult<Vec<Option<Vec<u8>>>> {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.ns.key(k)).collect();
         self.inner.get_many(&keys).await
+    }
+
+    async fn get_each(&mut self, keys: &[Vec<u8>], visit: &mut VisitValue<'_>) -> KvResult<()> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.ns.key(k)).collect();
+        self.inner.get_each(&keys, visit).await
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {

@@ -15,7 +15,7 @@
 
 use super::{
     begin_span, scan_span, traced_commit, Capabilities, KeyRange, KvPair, KvTransaction, ReadMany,
-    ScanOptions, WriteBuffer, WriteSet,
+    ScanOptions, VisitValue, WriteBuffer, WriteSet,
 };
 use crate::kv::KvResult;
 use async_trait::async_trait;
@@ -67,6 +67,17 @@ pub trait KvSnapshot: Send + 'static {
     /// Up to `opts.limit` rows of the non-empty `range` at the snapshot, in
     /// key order (descending if `opts.reverse`).
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>>;
+
+    /// [`get_many`](Self::get_many), handing each value to `visit` in
+    /// input order. The default copies through `get_many`; a backend
+    /// whose values can be borrowed for the call (memory, redb) lends
+    /// them, saving an allocation and a copy per value.
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
+    }
 
     /// [`get_many`](Self::get_many) and several [`scan`](Self::scan)s at
     /// once. The default runs them one after another; backends that pay per
@@ -179,6 +190,18 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
             self.snapshot.get_many(missing).await?
         };
         Ok(self.merge_gets(keys, fetched))
+    }
+
+    async fn get_each(&mut self, keys: &[Vec<u8>], visit: &mut VisitValue<'_>) -> KvResult<()> {
+        // Reads that wrote nothing (every read path) borrow from the
+        // snapshot; the others take the merging path.
+        if self.buf.writes().is_empty() && keys.iter().all(|k| !k.is_empty()) {
+            return self.snapshot.get_each(keys.to_vec(), visit).await;
+        }
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {

@@ -82,6 +82,25 @@ pub(super) fn probe_keeps(index: Index<'_>, item: &QueryItem, v: &[u8]) -> Resul
     }
 }
 
+/// The keys of the rows an append of `reqs` writes at positions from
+/// `head + 1` on (log entry, type, tag and category index entries),
+/// assuming every request is appended.
+fn keys_written_after(reqs: &[&AppendRequest], head: Position) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut pos = head;
+    for req in reqs {
+        let category = req.stream.as_ref().map(|(s, _)| layout::category_of(s));
+        for e in &req.events {
+            pos += 1;
+            keys.push(layout::log_key(pos));
+            keys.push(layout::type_key(&e.event_type, pos));
+            keys.extend(e.tags.iter().map(|t| layout::tag_key(t, pos)));
+            keys.extend(category.map(|c| layout::category_key(c, pos)));
+        }
+    }
+    keys
+}
+
 /// What one request of a group commit came to. An error that aborts the
 /// whole batch (and may be retried) is the `Err` around these instead.
 #[derive(Debug)]
@@ -152,6 +171,19 @@ impl Inner {
                         ScanOptions::forward(Some(PROBE_PAGE)),
                     ));
                 }
+            }
+        }
+        // Where a commit would read the keys it writes but did not read
+        // (etcd), read them now: the rows the batch will write at the
+        // positions after the head this process last saw, if they fit
+        // the one read. Right whenever no other process appended since;
+        // otherwise the commit reads what was not read, as before.
+        let caps = self.kv.capabilities();
+        if caps.reads_unread_writes_at_commit {
+            let ahead = keys_written_after(reqs, *self.head_tx.borrow());
+            let budget = caps.max_ops_per_txn.unwrap_or(usize::MAX);
+            if keys.len() + scans.len() + ahead.len() <= budget {
+                keys.extend(ahead);
             }
         }
         let (vals, probe_rows) = txn.read_many(&keys, &scans).await?;

@@ -1,0 +1,120 @@
+//! The global log read in pages through the read filter, and the head
+//! (with the lifecycle probe) every positional read starts from.
+
+use super::super::live::Live;
+use super::super::options::{consistent_through, LogFilter, ReadOptions, ReadResult};
+use super::super::EventStore;
+use super::scan::{scan_page, Order};
+use crate::envelope;
+use crate::error::Result;
+use crate::event::Position;
+use crate::kv::KvTransaction;
+use crate::layout;
+
+impl EventStore {
+    /// The log, page by page, through the read filter, keeping what passes
+    /// `filter` (checked on each event).
+    pub(super) async fn read_log(
+        &self,
+        filter: &LogFilter,
+        opts: ReadOptions,
+    ) -> Result<ReadResult> {
+        let mut txn = self.inner.kv.begin().await?;
+        let mut live = self.live();
+        let head = read_head_probing(&mut *txn, &mut live).await?;
+        let Some((mut lo, mut hi)) = bounds(opts, head) else {
+            return Ok(ReadResult {
+                consistent_through: consistent_through(opts, head, &[]),
+                events: Vec::new(),
+            });
+        };
+        let want = opts.limit.unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+        while events.len() < want && lo <= hi {
+            let rows = scan_page(
+                &mut *txn,
+                layout::log_range,
+                lo,
+                hi,
+                page,
+                Order::new(opts.backwards, self.inner.kv.capabilities()),
+            )
+            .await?;
+            let n = rows.len();
+            // Decoded no further than needed: a read of N events never
+            // touches (nor fails on) the rows after them.
+            let mut rows = rows.into_iter().peekable();
+            while events.len() < want && rows.peek().is_some() {
+                let need = want - events.len();
+                let mut decoded = Vec::new();
+                for (k, v) in rows.by_ref().take(need) {
+                    let pos = layout::parse_log_key(&k)?;
+                    decoded.push(envelope::decode(&v, pos)?);
+                    if opts.backwards {
+                        hi = pos.saturating_sub(1);
+                    } else {
+                        lo = pos + 1;
+                    }
+                }
+                for e in live.retain(&mut *txn, decoded).await? {
+                    if filter.matches(&e) {
+                        events.push(e);
+                        if events.len() == want {
+                            break;
+                        }
+                    }
+                }
+            }
+            if n < page || (opts.backwards && hi == 0) {
+                break;
+            }
+        }
+        Ok(ReadResult {
+            consistent_through: consistent_through(opts, head, &events),
+            events,
+        })
+    }
+}
+
+pub(in crate::store) async fn read_head(txn: &mut dyn KvTransaction) -> Result<Position> {
+    txn.get(&layout::head_key())
+        .await?
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
+}
+
+/// The head, read together with [`Live::life_probe`] (whose answer it
+/// hands to `live`).
+pub(in crate::store) async fn read_head_probing(
+    txn: &mut dyn KvTransaction,
+    live: &mut Live<'_>,
+) -> Result<Position> {
+    let (vals, probes) = txn
+        .read_many(
+            &[layout::head_key(), layout::log_life_key()],
+            &[Live::life_probe()],
+        )
+        .await?;
+    if let Some(rows) = probes.first() {
+        live.note_life_probe(rows);
+    }
+    live.note_log_cut(vals.get(1).and_then(|v| v.as_deref()))?;
+    vals.into_iter()
+        .next()
+        .flatten()
+        .map_or(Ok(0), |v| layout::parse_u64(&v, "head"))
+}
+
+/// The inclusive position range a read covers, or `None` when empty.
+pub(in crate::store) fn bounds(opts: ReadOptions, head: Position) -> Option<(Position, Position)> {
+    if opts.limit == Some(0) {
+        return None;
+    }
+    let top = opts.until.map_or(head, |u| u.min(head));
+    let (lo, hi) = if opts.backwards {
+        (1, opts.from.map_or(top, |f| f.min(top)))
+    } else {
+        (opts.from.unwrap_or(1).max(1), top)
+    };
+    (lo <= hi).then_some((lo, hi))
+}
