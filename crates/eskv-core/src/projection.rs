@@ -29,6 +29,7 @@ use crate::store::EventStore;
 use crate::subscription::{HandlerOptions, SubscriptionFilter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::future::Future;
 use std::time::Duration;
 
 /// A read model maintained from the log.
