@@ -2,12 +2,12 @@
 //! backends, and the real binary on redb files, with crashes (the process
 //! aborted between steps) and bad input.
 
+use eskv::export::{self as transfer, Importer};
 use eskv::{
     EventStore, ExpectedVersion, KvStore, MemoryStore, NewEvent, ReadOptions, ReadStreamOptions,
     RecordedEvent, RedbStore,
 };
 use eskv_cli::archive::{archive, ArchiveStep, Archived, Scope};
-use eskv_cli::transfer::{self, Importer};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -50,9 +50,10 @@ async fn restore(file: &Path) -> Vec<RecordedEvent> {
     for l in text.lines() {
         match transfer::ExportLine::parse(l).unwrap() {
             transfer::ExportLine::Header(h) => imp.header(&h).await.unwrap(),
+            transfer::ExportLine::Key(k) => imp.push_key(&k).unwrap(),
             transfer::ExportLine::Event(e) => imp.push(&e).await.unwrap(),
             transfer::ExportLine::Trailer(end) => {
-                transfer::check_trailer(&end, &imp.digest()).unwrap()
+                end.check(&imp.digest(), &imp.key_digest()).unwrap()
             }
         }
     }
@@ -506,8 +507,11 @@ async fn lifecycle_records_survive_export_and_import() {
     let dst = EventStore::open(Arc::new(MemoryStore::new()))
         .await
         .unwrap();
-    let header = transfer::header(&src).await.unwrap();
-    transfer::copy(&src, &dst, &header, |_| {}).await.unwrap();
+    let header = transfer::Header::of(&src).await.unwrap();
+    let mut imp = Importer::new(dst.clone()).await.unwrap();
+    transfer::copy(&src, &mut imp, &header, |_| {})
+        .await
+        .unwrap();
     for s in ["order-1", "gone", "dead"] {
         let (a, b) = (
             src.stream_info(s).await.unwrap(),

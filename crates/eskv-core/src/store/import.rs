@@ -3,14 +3,16 @@
 
 use super::read::{read_head, read_stream_meta};
 use super::EventStore;
+use crate::crypto::SubjectRecord;
 use crate::error::{Error, Result};
+use crate::event::SealedPersonal;
 use crate::event::{NewEvent, Position, RecordedEvent};
 use crate::kv::KvTransaction;
 use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
 use crate::lifecycle::{LogLife, StreamLife};
 use crate::retry::retry;
-use crate::validate::{validate_stream_id, validate_tag, validate_type};
+use crate::validate::{validate_stream_id, validate_subject, validate_tag, validate_type};
 use std::collections::{HashMap, HashSet};
 
 impl EventStore {
@@ -47,11 +49,14 @@ impl EventStore {
             if let Some(s) = &e.stream {
                 validate_stream_id(&s.stream_id, l)?;
             }
-            if e.personal.is_some() {
-                return Err(Error::invalid(format!(
-                    "event {} has a personal part; import does not carry personal data yet: append such events with NewEvent::with_personal_data",
-                    e.id
-                )));
+            if let Some(p) = &e.personal {
+                validate_subject(p.subject(), l)?;
+                if p.bytes().is_some() {
+                    return Err(Error::invalid(format!(
+                        "event {} has a personal part in clear; import writes events as they were stored, so a personal part must come sealed (as `eskv export` writes it) or erased: append new personal data with NewEvent::with_personal_data",
+                        e.id
+                    )));
+                }
             }
             if !ids.insert(e.id) {
                 return Err(Error::invalid(format!(
@@ -120,6 +125,8 @@ impl EventStore {
                     layout::seal_index_value(&k, layout::u64_value(base)),
                 ));
             }
+            let personal = Personal::read(&mut *txn, events).await?;
+            personal.write(&mut rows);
             let mut versions: std::collections::HashMap<&str, u64> =
                 std::collections::HashMap::new();
             let mut lives = Lives::default();
@@ -175,12 +182,13 @@ impl EventStore {
                     metadata: e.metadata.clone(),
                     personal: None,
                 };
+                let part = personal.stored(e)?;
                 event_rows(
                     &mut rows,
                     pos,
                     &new,
                     e.recorded_at_ms,
-                    (sref, None),
+                    (sref, part.as_ref().map(|(s, p)| (*s, p))),
                     (base + 1, base + events.len() as u64),
                 )?;
             }
@@ -250,6 +258,93 @@ impl EventStore {
             .await?
             .map(|v| ImportMarker::decode(&v))
             .transpose()
+    }
+}
+
+/// The subject key records an import chunk's personal parts need, read in
+/// its transaction.
+struct Personal {
+    /// The generation of each subject's live key, `None` when forgotten.
+    live: HashMap<String, Option<u64>>,
+    /// Subjects with erased parts and no record: recorded as forgotten, so
+    /// `forget` answers "already forgotten" and a new key never reuses an
+    /// old generation.
+    forgotten: Vec<String>,
+}
+
+impl Personal {
+    async fn read(txn: &mut dyn KvTransaction, events: &[RecordedEvent]) -> Result<Self> {
+        let mut subjects: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.personal.as_ref().map(|p| p.subject()))
+            .collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut out = Personal {
+            live: HashMap::new(),
+            forgotten: Vec::new(),
+        };
+        if subjects.is_empty() {
+            return Ok(out);
+        }
+        let keys: Vec<Vec<u8>> = subjects.iter().map(|s| layout::subject_key(s)).collect();
+        for (s, v) in subjects.into_iter().zip(txn.get_many(&keys).await?) {
+            match v {
+                Some(v) => {
+                    let rec = SubjectRecord::decode(&v)?;
+                    out.live
+                        .insert(s.to_owned(), rec.wrapped.map(|_| rec.generation));
+                }
+                None => {
+                    if let Some(e) = events
+                        .iter()
+                        .find(|e| e.personal.as_ref().is_some_and(|p| p.subject() == s))
+                        .filter(|e| {
+                            e.personal
+                                .as_ref()
+                                .is_some_and(|p| p.sealed_part().is_some())
+                        })
+                    {
+                        return Err(Error::invalid(format!(
+                            "the personal part of event {} (position {}) belongs to data subject '{s}', whose key is not in this store: import the subject keys first (`eskv export` writes them into the file; an archive leaves them in its store: import it with --keys-from that store)",
+                            e.id, e.position
+                        )));
+                    }
+                    out.forgotten.push(s.to_owned());
+                    out.live.insert(s.to_owned(), None);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, rows: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        for s in &self.forgotten {
+            let rec = SubjectRecord {
+                generation: 0,
+                wrapped: None,
+            };
+            rows.push((layout::subject_key(s), rec.encode()));
+        }
+    }
+
+    /// The part to store for `e`: sealed as it came while its key lives
+    /// here; otherwise erased (no ciphertext of a forgotten subject is
+    /// kept), stored as generation 0, which no key ever has.
+    fn stored<'e>(&self, e: &'e RecordedEvent) -> Result<Option<(&'e str, SealedPersonal)>> {
+        let Some(p) = &e.personal else {
+            return Ok(None);
+        };
+        let live = self.live.get(p.subject()).copied().flatten();
+        let part = match p.sealed_part() {
+            Some(sealed) if Some(sealed.generation) == live => sealed.clone(),
+            _ => SealedPersonal {
+                generation: 0,
+                nonce: [0; 24],
+                ciphertext: Vec::new(),
+            },
+        };
+        Ok(Some((p.subject(), part)))
     }
 }
 

@@ -77,7 +77,7 @@ impl EventStore {
 
     /// The read filter of this store (see [`Live`]).
     pub(crate) fn live(&self) -> Live<'_> {
-        Live::new(self.inner.opts.store_key.as_ref())
+        Live::of(&self.inner.opts)
     }
 
     /// Reads the global log.
