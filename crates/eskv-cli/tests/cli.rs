@@ -2004,6 +2004,70 @@ fn personal_data_exports_imports_and_copies_sealed() {
         None,
     );
     assert_eq!(first_personal(&d.join("f.redb"), 0xab), None);
+
+    // An archive leaves the keys in its store: its import needs
+    // --keys-from, and a forget there shreds the archived copy.
+    personal_store(&d.join("q.redb"), 0xab);
+    let q = store("q.redb");
+    ok(
+        d,
+        &[
+            "--store", &q, "archive", "--stream", "user-1", "--out", "a.jsonl",
+        ],
+        None,
+    );
+    let text = std::fs::read_to_string(d.join("a.jsonl")).unwrap();
+    assert!(
+        !text.contains("Ada") && !text.contains("eskv_subject_key"),
+        "{text}"
+    );
+    let keyless = fails(
+        d,
+        &[
+            "--store",
+            &store("a1.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "a.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(keyless.code, 2, "{}", keyless.stderr);
+    assert!(keyless.stderr.contains("--keys-from"), "{}", keyless.stderr);
+    for (target, forget_first, want) in [
+        ("a2.redb", false, Some(&b"Ada Lovelace"[..])),
+        ("a3.redb", true, None),
+    ] {
+        if forget_first {
+            ok(
+                d,
+                &["--store", &q, "--store-key", &ab, "forget", "user-1"],
+                None,
+            );
+        }
+        ok(
+            d,
+            &[
+                "--store",
+                &store(target),
+                "--store-key",
+                &ab,
+                "import",
+                "--in",
+                "a.jsonl",
+                "--keys-from",
+                &q,
+            ],
+            None,
+        );
+        assert_eq!(
+            first_personal(&d.join(target), 0xab).as_deref(),
+            want,
+            "{target}"
+        );
+    }
 }
 
 #[test]
