@@ -369,3 +369,38 @@ pub(crate) fn log_cut_of(v: Option<&[u8]>) -> Result<u64> {
         .transpose()?
         .map_or(1, |l| l.truncate_before.max(1)))
 }
+
+/// The first live version of a stream that the log cut covers in part,
+/// before compaction has raised its record past the cut: the first
+/// version at or above `info.first_version` whose event lies at or above
+/// `cut`. Versions follow positions, so a binary search over the stream
+/// index (point reads, about log2 of the versions below the cut) finds
+/// it; a missing entry was removed, so lies below. Otherwise
+/// `info.first_version` as it is.
+pub(crate) async fn first_version_at_cut(
+    txn: &mut dyn KvTransaction,
+    info: &crate::store::StreamInfo,
+    cut: u64,
+) -> Result<StreamVersion> {
+    let (mut lo, mut hi) = (info.first_version, info.version);
+    if cut <= 1 || !info.exists || lo > hi {
+        return Ok(info.first_version);
+    }
+    let position_of = |v: StreamVersion| layout::stream_event_key(&info.stream_id, v);
+    // Invariant: the answer lies in lo..=hi (the last version is live:
+    // the stream exists, so its last position is at or above the cut).
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let k = position_of(mid);
+        let above = match txn.get(&k).await? {
+            Some(v) => layout::parse_stream_entry(&k, &v)? >= cut,
+            None => false,
+        };
+        if above {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
