@@ -30,7 +30,20 @@ impl EventStore {
     /// beyond head + 1, and a stream may start at a version above 1. The
     /// positions skipped stay holes, recorded as removals (so `verify`
     /// accepts them), and a stream's skipped first versions stay released.
-    /// The events themselves must still be consecutive.
+    /// A `$stream-deleted` or `$stream-tombstoned` event restores its
+    /// stream's version even when none of its events is imported (its
+    /// metadata then gives last position 0), so a recreated stream
+    /// continues after it. The events themselves must still be
+    /// consecutive.
+    ///
+    /// Personal parts come sealed (as [`PersonalParts::Sealed`] reads
+    /// return them) or erased, never in clear ([`Error::InvalidInput`]). A
+    /// sealed part needs its subject's key record here first
+    /// ([`import_subject_keys`](Self::import_subject_keys)); it is stored
+    /// as it came while that record holds a key of its generation, and
+    /// erased otherwise (the subject was forgotten here).
+    ///
+    /// [`PersonalParts::Sealed`]: crate::PersonalParts::Sealed
     pub async fn import_after_removals(&self, events: &[RecordedEvent]) -> Result<Position> {
         self.import_events(events, true).await
     }
@@ -130,6 +143,10 @@ impl EventStore {
             let mut versions: std::collections::HashMap<&str, u64> =
                 std::collections::HashMap::new();
             let mut lives = Lives::default();
+            // Streams a deletion or tombstone gives a version that none of
+            // their imported events carries (all released in the source):
+            // version and last position for their metadata.
+            let mut implied: HashMap<String, (u64, u64)> = HashMap::new();
             for (i, e) in events.iter().enumerate() {
                 let pos = base + 1 + i as u64;
                 if e.position != pos {
@@ -142,9 +159,12 @@ impl EventStore {
                     Some(s) => {
                         let cur = match versions.get(s.stream_id.as_str()) {
                             Some(v) => *v,
-                            None => read_stream_meta(&mut *txn, &s.stream_id)
-                                .await?
-                                .map_or(0, |m| m.version),
+                            None => match implied.get(&s.stream_id) {
+                                Some((v, _)) => *v,
+                                None => read_stream_meta(&mut *txn, &s.stream_id)
+                                    .await?
+                                    .map_or(0, |m| m.version),
+                            },
                         };
                         if holes
                             && cur == 0
@@ -169,7 +189,26 @@ impl EventStore {
                     None => None,
                 };
                 if e.stream.is_none() {
-                    lives.replay(&mut *txn, e).await?;
+                    if let Some((s, v)) = lives.replay(&mut *txn, e).await? {
+                        let cur = match versions.get(s.as_str()) {
+                            Some(v) => Some((*v, pos)),
+                            None => match implied.get(&s) {
+                                Some(x) => Some(*x),
+                                None => read_stream_meta(&mut *txn, &s)
+                                    .await?
+                                    .map(|m| (m.version, m.last_position)),
+                            },
+                        };
+                        let (cur, last_position) = cur.unwrap_or((0, 0));
+                        if cur < v {
+                            // Its versions up to `v` were released in the
+                            // source: they stay removed, and the version
+                            // continues after them.
+                            let life = lives.get(&mut *txn, &s).await?;
+                            life.compacted_before = life.compacted_before.max(v + 1);
+                            implied.insert(s, (v, last_position));
+                        }
+                    }
                 }
                 let mut tags = e.tags.clone();
                 tags.sort();
@@ -207,6 +246,15 @@ impl EventStore {
                     }
                     .encode(),
                 ));
+            }
+            for (s, (version, last_position)) in &implied {
+                if !versions.contains_key(s.as_str()) {
+                    let meta = StreamMeta {
+                        version: *version,
+                        last_position: *last_position,
+                    };
+                    rows.push((layout::stream_key(s), meta.encode()));
+                }
             }
             lives.write(&mut rows);
             for (k, v) in rows {
@@ -373,11 +421,16 @@ impl Lives {
 
     /// Applies what an imported system event recorded (retention, soft
     /// delete, tombstone, log truncation), so a restore keeps the source's
-    /// lifecycle; other events change nothing.
-    async fn replay(&mut self, txn: &mut dyn KvTransaction, e: &RecordedEvent) -> Result<()> {
+    /// lifecycle; other events change nothing. Returns the stream and
+    /// version a delete or tombstone names.
+    async fn replay(
+        &mut self,
+        txn: &mut dyn KvTransaction,
+        e: &RecordedEvent,
+    ) -> Result<Option<(String, u64)>> {
         use crate::lifecycle::system_types as t;
         if !t::is_system(&e.event_type) || e.event_type == t::SUBJECT_FORGOTTEN {
-            return Ok(());
+            return Ok(None);
         }
         let bad = |why: String| {
             Error::invalid(format!(
@@ -403,7 +456,7 @@ impl Lives {
                 truncate_before: log.truncate_before.max(before),
                 ..log
             });
-            return Ok(());
+            return Ok(None);
         }
         let stream = body
             .get("stream")
@@ -423,10 +476,14 @@ impl Lives {
             t::STREAM_DELETED => {
                 let v = num("version").ok_or_else(|| bad("no \"version\"".into()))?;
                 life.truncate_before = life.truncate_before.max(v + 1);
+                return Ok(Some((stream.to_owned(), v)));
             }
-            _ => life.tombstoned = true,
+            _ => {
+                life.tombstoned = true;
+                return Ok(num("version").map(|v| (stream.to_owned(), v)));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Buffers the changed records.
