@@ -10,6 +10,7 @@ pub use eskv_core::*;
 pub use eskv_derive::DomainEvent;
 
 pub mod blocking;
+pub mod export;
 mod open;
 pub mod url;
 

@@ -129,7 +129,7 @@ pub fn cli_parsers(data: &[u8]) {
     let _ = eskv_cli::spec::parse_expected(&s);
     let _ = eskv_cli::line::parse_time(&s);
     let _ = eskv_cli::line::EventLine::parse(&s);
-    let _ = eskv_cli::transfer::ExportLine::parse(&s);
+    let _ = eskv_cli::export::ExportLine::parse(&s);
 }
 
 #[cfg(test)]

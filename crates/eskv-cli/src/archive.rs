@@ -5,7 +5,7 @@
 //! # Steps and why a re-run is safe
 //!
 //! 1. The live events in scope are written in the export format
-//!    ([`crate::transfer`]) to `FILE.partial`, whose header names the
+//!    ([`eskv::export`]) to `FILE.partial`, whose header names the
 //!    scope with a fixed bound (`{"stream":..,"before_version":N}` or
 //!    `{"before_position":P}`), and the file is synced.
 //! 2. The file is read back and checked: its header, positions in order,
@@ -35,16 +35,25 @@
 //! from is refused (as every import into a non-empty store is): positions
 //! are never reused, so the archived events cannot take their old places,
 //! and appending them anew would change their positions and versions.
+//!
+//! # Personal data
+//!
+//! Personal parts go into the archive sealed, as the store holds them;
+//! the subject keys do not: they stay in the store, so `forget(subject)`
+//! there shreds the archived copies too, wherever the file went. To
+//! import an archive with personal data, name the store it came from
+//! (`eskv import --keys-from URL`, [`eskv::export::Importer::keys_from`]):
+//! the keys are copied from it, still wrapped, and a subject forgotten
+//! there comes back erased.
 
-use crate::line::{Digest, EventLine};
-use crate::transfer::{self, ExportLine, Header, LogPager};
 use anyhow::{anyhow, Context as _, Result};
+pub use eskv::export::Archived;
+use eskv::export::{Digest, EventLine, ExportLine, ExportWriter, Header, LogPager};
 use eskv::{
     Error, EventStore, ExpectedVersion, LogTruncation, Position, ReadStreamOptions, RecordedEvent,
     StreamVersion,
 };
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter};
 use std::path::{Path, PathBuf};
 
 /// What to archive, as asked.
@@ -62,41 +71,21 @@ pub enum Scope {
     BeforePosition(Position),
 }
 
-/// The scope with its bound fixed, as an archive file's header records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum Archived {
-    /// A stream's versions below `before_version`.
-    Stream {
-        /// The stream.
-        stream: String,
-        /// The first version not archived.
-        before_version: StreamVersion,
-    },
-    /// Every event below `before_position`.
-    Log {
-        /// The first position not archived.
-        before_position: Position,
-    },
-}
-
-impl Archived {
-    /// Whether a file with this scope is what `scope` asks for.
-    fn answers(&self, scope: &Scope) -> bool {
-        match (self, scope) {
-            (
-                Archived::Stream {
-                    stream,
-                    before_version,
-                },
-                Scope::Stream {
-                    stream: s,
-                    before_version: v,
-                },
-            ) => stream == s && v.is_none_or(|v| v == *before_version),
-            (Archived::Log { before_position }, Scope::BeforePosition(p)) => before_position == p,
-            _ => false,
-        }
+/// Whether a file with scope `a` is what `scope` asks for.
+fn answers(a: &Archived, scope: &Scope) -> bool {
+    match (a, scope) {
+        (
+            Archived::Stream {
+                stream,
+                before_version,
+            },
+            Scope::Stream {
+                stream: s,
+                before_version: v,
+            },
+        ) => stream == s && v.is_none_or(|v| v == *before_version),
+        (Archived::Log { before_position }, Scope::BeforePosition(p)) => before_position == p,
+        _ => false,
     }
 }
 
@@ -139,8 +128,7 @@ const PAGE: usize = 512;
 ///
 /// Errors, with nothing released: [`Error::InvalidInput`] for a bound
 /// beyond the head (or of 1 or less), for an existing `file` that is not
-/// an archive of this scope, and for events with live personal data (the
-/// export format cannot carry it); [`Error::NotFound`] for a stream that
+/// an archive of this scope; [`Error::NotFound`] for a stream that
 /// was never written or a scope without live events; an I/O error for a
 /// file that cannot be written.
 pub async fn archive(
@@ -157,7 +145,7 @@ pub async fn archive(
     let header = Header {
         archive: Some(bound.clone()),
         head,
-        ..transfer::header(store).await?
+        ..Header::of(store).await?
     };
     let partial = partial_path(file);
     let written = write_file(store, &header, &partial).await;
@@ -351,83 +339,97 @@ async fn fix_bound(store: &EventStore, scope: &Scope) -> Result<Archived> {
     Ok(bound)
 }
 
-/// Calls `f` with every live event in scope, in position order.
-async fn each_in_scope(
-    store: &EventStore,
-    bound: &Archived,
-    mut f: impl FnMut(&RecordedEvent) -> Result<()>,
-) -> Result<()> {
-    match bound {
-        Archived::Stream {
-            stream,
-            before_version,
-        } => {
-            let mut from = 1;
-            while from < *before_version {
+/// The live events in scope, in position order, page by page, with
+/// personal parts sealed (never opened).
+enum ScopePager {
+    Stream {
+        store: EventStore,
+        stream: String,
+        before_version: StreamVersion,
+        from: StreamVersion,
+        done: bool,
+    },
+    Log(LogPager),
+}
+
+impl ScopePager {
+    async fn new(store: &EventStore, bound: &Archived) -> Result<Self> {
+        Ok(match bound {
+            Archived::Stream {
+                stream,
+                before_version,
+            } => ScopePager::Stream {
+                store: store.sealed_reads().await?,
+                stream: stream.clone(),
+                before_version: *before_version,
+                from: 1,
+                done: false,
+            },
+            Archived::Log { before_position } => {
+                ScopePager::Log(LogPager::new(store, before_position - 1).await?)
+            }
+        })
+    }
+
+    /// The next page; empty at the end.
+    async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
+        match self {
+            ScopePager::Log(p) => Ok(p.next_page().await?),
+            ScopePager::Stream {
+                store,
+                stream,
+                before_version,
+                from,
+                done,
+            } => {
+                if *done || *from >= *before_version {
+                    return Ok(Vec::new());
+                }
                 let page = store
                     .read_stream(
                         stream,
-                        ReadStreamOptions::new().from_version(from).limit(PAGE),
+                        ReadStreamOptions::new().from_version(*from).limit(PAGE),
                     )
                     .await?;
-                let mut n = 0;
-                for e in page.iter() {
+                let n = page.len();
+                let mut out = Vec::with_capacity(n);
+                for e in page {
                     let v = e.stream.as_ref().map_or(0, |s| s.version);
                     if v >= *before_version {
-                        return Ok(());
+                        *done = true;
+                        break;
                     }
-                    transfer::refuse_live_personal(e)?;
-                    f(e)?;
-                    from = v + 1;
-                    n += 1;
+                    *from = v + 1;
+                    out.push(e);
                 }
                 if n < PAGE {
-                    break;
+                    *done = true;
                 }
-            }
-        }
-        Archived::Log { before_position } => {
-            let mut pager = LogPager::new(store.clone(), before_position - 1);
-            loop {
-                let page = pager.next_page().await?;
-                if page.is_empty() {
-                    break;
-                }
-                for e in &page {
-                    f(e)?;
-                }
+                Ok(out)
             }
         }
     }
-    Ok(())
 }
 
 /// Writes and syncs the archive file; returns the digest of its lines.
 async fn write_file(store: &EventStore, header: &Header, path: &Path) -> Result<Digest> {
     let fh = std::fs::File::create(path)
         .with_context(|| format!("cannot create the archive file '{}'", path.display()))?;
-    let mut w = BufWriter::new(fh);
-    writeln!(w, "{}", serde_json::to_string(header)?)?;
-    let mut digest = Digest::default();
     let bound = header
         .archive
         .as_ref()
         .ok_or_else(|| anyhow!("an archive header needs its scope"))?;
-    each_in_scope(store, bound, |e| {
-        let line = EventLine::from_recorded(e).to_json();
-        digest.add(&line);
-        w.write_all(line.as_bytes())?;
-        w.write_all(b"\n")?;
-        Ok(())
-    })
-    .await?;
-    let end = transfer::Trailer {
-        eskv_export_end: transfer::End {
-            events: digest.events,
-            crc32c: digest.hex(),
-        },
-    };
-    writeln!(w, "{}", serde_json::to_string(&end)?)?;
+    // No subject keys: they stay in the store (see `eskv::export`).
+    let mut w = ExportWriter::new(BufWriter::new(fh), header, None)?;
+    let mut pager = ScopePager::new(store, bound).await?;
+    loop {
+        let page = pager.next_page().await?;
+        if page.is_empty() {
+            break;
+        }
+        w.events(&page).await?;
+    }
+    let (w, digest) = w.finish()?;
     let fh = w.into_inner().map_err(|e| e.into_error())?;
     fh.sync_all()
         .with_context(|| format!("cannot sync '{}'", path.display()))?;
@@ -437,11 +439,16 @@ async fn write_file(store: &EventStore, header: &Header, path: &Path) -> Result<
 /// The live events in scope now must be exactly the file's.
 async fn compare_with_store(store: &EventStore, bound: &Archived, file: &Digest) -> Result<()> {
     let mut now = Digest::default();
-    each_in_scope(store, bound, |e| {
-        now.add(&EventLine::from_recorded(e).to_json());
-        Ok(())
-    })
-    .await?;
+    let mut pager = ScopePager::new(store, bound).await?;
+    loop {
+        let page = pager.next_page().await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            now.add(&EventLine::from_recorded(e).to_json());
+        }
+    }
     same(
         file,
         &now,
@@ -509,8 +516,12 @@ fn read_archive(path: &Path) -> Result<(Archived, Digest)> {
                 last = p;
                 digest.add(&e.to_json());
             }
+            ExportLine::Key(_) => {
+                return Err(bad("a subject key line: archives carry no keys".into()).into())
+            }
             ExportLine::Trailer(end) => {
-                transfer::check_trailer(&end, &digest).map_err(|e| bad(e.to_string()))?;
+                end.check(&digest, &Digest::default())
+                    .map_err(|e| bad(e.to_string()))?;
                 ended = true;
             }
         }
@@ -537,7 +548,7 @@ fn read_existing(file: &Path, scope: &Scope) -> Result<Option<(Archived, Digest)
         )))
     };
     match read_archive(file) {
-        Ok((found, digest)) if found.answers(scope) => Ok(Some((found, digest))),
+        Ok((found, digest)) if answers(&found, scope) => Ok(Some((found, digest))),
         Ok((found, _)) => Err(refuse(format!("archives {}", scope_text(&found)))),
         Err(e) => Err(refuse(format!("is not a complete archive ({e:#})"))),
     }

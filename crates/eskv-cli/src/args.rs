@@ -188,6 +188,11 @@ pub(crate) enum Command {
         /// Read from this file instead of stdin.
         #[arg(long = "in", value_name = "FILE")]
         input: Option<PathBuf>,
+        /// Take the subject keys of personal data the file does not carry
+        /// (an archive keeps them in its store) from this store, the one
+        /// the archive came from; opened with --store-key.
+        #[arg(long, value_name = "URL")]
+        keys_from: Option<String>,
     },
     /// Serve the store over gRPC to UmaDB and KurrentDB clients until
     /// SIGTERM or Ctrl-C.
@@ -207,6 +212,15 @@ pub(crate) enum Command {
         /// Target store URL (must be empty).
         #[arg(long, value_name = "URL")]
         to: String,
+        /// The target's store key (64 hex digits), when it differs from
+        /// --store-key: subject keys are re-wrapped under it.
+        #[arg(
+            long,
+            env = "ESKV_TO_STORE_KEY",
+            hide_env_values = true,
+            value_name = "HEX"
+        )]
+        to_store_key: Option<String>,
     },
 }
 

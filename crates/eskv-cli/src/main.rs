@@ -110,8 +110,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Forget { subject } => forget(&url, subject, &mut out).await?,
         Command::Archive(a) => archive(&url, a, &mut out).await?,
         Command::Export { out: file } => export(&url, file, &mut out).await?,
-        Command::Import { input } => import(&url, input, &mut out).await?,
-        Command::Copy { from, to } => copy(&parse_url(&from)?, &parse_url(&to)?, &mut out).await?,
+        Command::Import { input, keys_from } => {
+            let keys_from = keys_from.as_deref().map(parse_url).transpose()?;
+            import(&url, input, keys_from.as_ref(), &mut out).await?
+        }
+        Command::Copy {
+            from,
+            to,
+            to_store_key,
+        } => {
+            let to_key = match to_store_key {
+                Some(k) => Some(open::parse_store_key(&k).map_err(|e| usage(e.to_string()))?),
+                None => open::store_key(),
+            };
+            copy(&parse_url(&from)?, &parse_url(&to)?, to_key, &mut out).await?
+        }
         Command::Serve(a) => eskv_cli::serve::serve(&url, a).await?,
     }
     out.flush()?;

@@ -47,10 +47,15 @@ pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
     Ok(eskv::StoreKey::from_bytes(bytes))
 }
 
-/// The event store options every open uses.
-fn store_options() -> eskv::EventStoreOptions {
+/// The store key set with [`set_store_key`].
+pub fn store_key() -> Option<eskv::StoreKey> {
+    STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The event store options of an open with `key`.
+fn store_options(key: Option<eskv::StoreKey>) -> eskv::EventStoreOptions {
     let mut o = eskv::EventStoreOptions::default();
-    if let Some(k) = STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    if let Some(k) = key {
         o = o.store_key(k);
     }
     o
@@ -74,15 +79,25 @@ pub fn lock_wait() -> Duration {
 /// the checks and waits of a command-line tool around a redb file, and the
 /// endpoints named when a cluster cannot be reached.
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
+    open_keyed(url, access, store_key()).await
+}
+
+/// [`open`] with `key` as the store key instead of the one set with
+/// [`set_store_key`] (`copy --to-store-key`).
+pub async fn open_keyed(
+    url: &StoreUrl,
+    access: Access,
+    key: Option<eskv::StoreKey>,
+) -> Result<EventStore> {
     match url {
         StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => {
-            open_embedded(url, path, access).await
+            open_embedded(url, path, access, key).await
         }
         StoreUrl::Memory => {
-            Ok(eskv::open_url(url, &OpenOptions::default().store(store_options())).await?)
+            Ok(eskv::open_url(url, &OpenOptions::default().store(store_options(key))).await?)
         }
         StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
-            eskv::open_url(url, &OpenOptions::default().store(store_options()))
+            eskv::open_url(url, &OpenOptions::default().store(store_options(key)))
                 .await
                 .with_context(|| {
                     format!(
@@ -100,7 +115,7 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
 pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStore>> {
     if let StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } = url {
         check_exists(url, path, access)?;
-        return match open_embedded_once(url, access).await {
+        return match open_embedded_once(url, access, store_key()).await {
             Ok(s) => Ok(Some(s)),
             Err(eskv::Error::StoreLocked { .. }) => Ok(None),
             Err(e) => Err(path_context(e, path)),
@@ -197,9 +212,13 @@ fn path_context(e: eskv::Error, path: &std::path::Path) -> anyhow::Error {
     }
 }
 
-async fn open_embedded_once(url: &StoreUrl, access: Access) -> eskv::Result<EventStore> {
+async fn open_embedded_once(
+    url: &StoreUrl,
+    access: Access,
+    key: Option<eskv::StoreKey>,
+) -> eskv::Result<EventStore> {
     let options = OpenOptions::default()
-        .store(store_options())
+        .store(store_options(key))
         // This tool waits for a held store itself (--lock-timeout).
         .lock_wait(Duration::ZERO)
         // A read-only redb open never changes the file; a read-only fjall
@@ -213,13 +232,14 @@ async fn open_embedded(
     url: &StoreUrl,
     path: &std::path::Path,
     access: Access,
+    key: Option<eskv::StoreKey>,
 ) -> Result<EventStore> {
     check_exists(url, path, access)?;
     let start = std::time::Instant::now();
     let wait = lock_wait();
     let mut pause = Duration::from_millis(5);
     loop {
-        match open_embedded_once(url, access).await {
+        match open_embedded_once(url, access, key.clone()).await {
             Ok(s) => return Ok(s),
             Err(eskv::Error::StoreLocked { .. }) if start.elapsed() < wait => {
                 tokio::time::sleep(pause).await;

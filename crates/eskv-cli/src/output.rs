@@ -1,7 +1,7 @@
 //! What the tool prints: exit codes and one-line errors, JSON lines or
 //! aligned tables, progress on stderr.
 
-use eskv_cli::line::EventLine;
+use eskv::export::line::EventLine;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt;
 use std::io::{self, BufWriter, IsTerminal, Write};

@@ -2,12 +2,12 @@
 //! backends, and the real binary on redb files, with crashes (the process
 //! aborted between steps) and bad input.
 
+use eskv::export::{self as transfer, Importer};
 use eskv::{
-    EventStore, ExpectedVersion, KvStore, MemoryStore, NewEvent, ReadOptions, ReadStreamOptions,
-    RecordedEvent, RedbStore,
+    Error, EventStore, EventStoreOptions, ExpectedVersion, KvStore, MemoryStore, NewEvent,
+    ReadOptions, ReadStreamOptions, RecordedEvent, RedbStore, StoreKey,
 };
 use eskv_cli::archive::{archive, ArchiveStep, Archived, Scope};
-use eskv_cli::transfer::{self, Importer};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -50,9 +50,10 @@ async fn restore(file: &Path) -> Vec<RecordedEvent> {
     for l in text.lines() {
         match transfer::ExportLine::parse(l).unwrap() {
             transfer::ExportLine::Header(h) => imp.header(&h).await.unwrap(),
+            transfer::ExportLine::Key(k) => imp.push_key(&k).unwrap(),
             transfer::ExportLine::Event(e) => imp.push(&e).await.unwrap(),
             transfer::ExportLine::Trailer(end) => {
-                transfer::check_trailer(&end, &imp.digest()).unwrap()
+                end.check(&imp.digest(), &imp.key_digest()).unwrap()
             }
         }
     }
@@ -124,6 +125,119 @@ async fn archives_stream_and_position_range(kv: Arc<dyn KvStore>, dir: &Path) {
     assert_eq!(back2, vec![before[1].clone(), before[3].clone()]);
 }
 
+/// Restores an archive file with personal data into a fresh in-memory
+/// store opened with `key`, taking subject keys from `keys_from`.
+async fn restore_keyed(
+    file: &Path,
+    key: &StoreKey,
+    keys_from: Option<&EventStore>,
+) -> (EventStore, eskv::Result<()>) {
+    let es = EventStore::open_with(
+        Arc::new(MemoryStore::new()),
+        EventStoreOptions::default().store_key(key.clone()),
+    )
+    .await
+    .unwrap();
+    let mut imp = Importer::new(es.clone()).await.unwrap();
+    if let Some(k) = keys_from {
+        imp = imp.keys_from(k.clone());
+    }
+    let res = async {
+        for l in std::fs::read_to_string(file).unwrap().lines() {
+            match transfer::ExportLine::parse(l).unwrap() {
+                transfer::ExportLine::Header(h) => imp.header(&h).await?,
+                transfer::ExportLine::Key(k) => imp.push_key(&k)?,
+                transfer::ExportLine::Event(e) => imp.push(&e).await?,
+                transfer::ExportLine::Trailer(end) => {
+                    end.check(&imp.digest(), &imp.key_digest())?
+                }
+            }
+        }
+        imp.finish().await.map(|_| ())
+    }
+    .await;
+    if res.is_err() {
+        assert!(imp.abandon().await);
+    }
+    (es, res)
+}
+
+/// Archives of personal data hold it sealed and no keys: restoring one
+/// takes the keys from its store, so a forget there shreds the archive.
+async fn archives_personal_data(kv: Arc<dyn KvStore>, dir: &Path) {
+    let key = StoreKey::generate();
+    let es = EventStore::open_with(kv, EventStoreOptions::default().store_key(key.clone()))
+        .await
+        .unwrap();
+    for (s, text) in [("user-1", "Ada Lovelace"), ("user-2", "Grace Hopper")] {
+        es.append_to_stream(
+            s,
+            ExpectedVersion::NoStream,
+            vec![ev("Registered", "u").with_personal_data(s, text.as_bytes().to_vec())],
+        )
+        .await
+        .unwrap();
+    }
+    es.append(vec![ev("Tick", "k")], None).await.unwrap();
+    let scope = Scope::Stream {
+        stream: "user-1".into(),
+        before_version: None,
+    };
+    let f1 = dir.join("user-1.jsonl");
+    archive(&es, &scope, &f1, |_| {}).await.unwrap();
+    let text = std::fs::read_to_string(&f1).unwrap();
+    assert!(
+        !text.contains("Ada") && text.contains("\"sealed\""),
+        "{text}"
+    );
+    assert!(!text.contains("eskv_subject_key"), "{text}");
+    // Without the store it came from, the keys are missing: refused, and
+    // nothing is written.
+    let (bare, res) = restore_keyed(&f1, &key, None).await;
+    let err = res.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput { message } if message.contains("--keys-from")),
+        "{err:?}"
+    );
+    assert_eq!(bare.head().await.unwrap(), 0);
+    // With it, readable (under another store key too: re-wrapped).
+    for k in [key.clone(), StoreKey::generate()] {
+        let (back, res) = restore_keyed(&f1, &k, Some(&es)).await;
+        res.unwrap();
+        let got = all(&back).await;
+        assert_eq!(
+            got[0].personal.as_ref().unwrap().bytes(),
+            Some(&b"Ada Lovelace"[..])
+        );
+    }
+    // Forgotten in the store after archiving: the archive restores erased.
+    let f2 = dir.join("log.jsonl");
+    archive(&es, &Scope::BeforePosition(3), &f2, |_| {})
+        .await
+        .unwrap();
+    es.forget("user-2").await.unwrap();
+    let (back, res) = restore_keyed(&f2, &key, Some(&es)).await;
+    res.unwrap();
+    let got = all(&back).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].personal.as_ref().unwrap().is_erased());
+    let v = eskv::verify::verify(&back).await.unwrap();
+    assert!(v.is_clean(), "{v}");
+}
+
+#[tokio::test]
+async fn memory_archives_personal_data_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    archives_personal_data(Arc::new(MemoryStore::new()), dir.path()).await;
+}
+
+#[tokio::test]
+async fn redb_archives_personal_data_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = RedbStore::open(dir.path().join("p.redb")).await.unwrap();
+    archives_personal_data(Arc::new(kv), dir.path()).await;
+}
+
 #[tokio::test]
 async fn memory_archives_a_stream_and_a_position_range() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,6 +270,10 @@ async fn etcd_archives_a_stream_and_a_position_range() {
     let kv = eskv::etcd::EtcdStore::connect(options).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     archives_stream_and_position_range(Arc::new(kv), dir.path()).await;
+    let options = eskv::etcd::EtcdOptions::new(cluster.endpoints()).key_prefix("archive-personal");
+    let kv = eskv::etcd::EtcdStore::connect(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    archives_personal_data(Arc::new(kv), dir.path()).await;
 }
 
 #[tokio::test]
@@ -506,8 +624,11 @@ async fn lifecycle_records_survive_export_and_import() {
     let dst = EventStore::open(Arc::new(MemoryStore::new()))
         .await
         .unwrap();
-    let header = transfer::header(&src).await.unwrap();
-    transfer::copy(&src, &dst, &header, |_| {}).await.unwrap();
+    let header = transfer::Header::of(&src).await.unwrap();
+    let mut imp = Importer::new(dst.clone()).await.unwrap();
+    transfer::copy(&src, &mut imp, &header, |_| {})
+        .await
+        .unwrap();
     for s in ["order-1", "gone", "dead"] {
         let (a, b) = (
             src.stream_info(s).await.unwrap(),

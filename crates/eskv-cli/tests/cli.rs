@@ -449,7 +449,7 @@ fn export_import_round_trip_is_exact_and_checks_clean() {
     let export = ok(d, &["--store", &a, "export"], None);
     let lines: Vec<&str> = export.lines().collect();
     assert_eq!(lines.len(), 7, "{export}");
-    assert!(lines[0].starts_with(r#"{"eskv_export":1,"head":5,"#));
+    assert!(lines[0].starts_with(r#"{"eskv_export":2,"head":5,"#));
     assert!(lines[6].starts_with(r#"{"eskv_export_end":{"events":5,"crc32c":""#));
 
     // stdin → b
@@ -1853,55 +1853,221 @@ fn delete_compact_and_forget_from_the_command_line() {
     assert!(unknown.stderr.contains("user-9"), "{}", unknown.stderr);
     let bad_key = fails(d, &["--store", &s, "--store-key", "abc", "read"], None);
     assert_eq!(bad_key.code, 2, "{}", bad_key.stderr);
-    // Personal data through the CLI's store key; export refuses to drop it.
-    let key = "ab".repeat(32);
-    let p = store("personal.redb");
-    // Written through the library (the CLI appends no personal data).
+}
+
+/// A redb store written through the library with personal data of
+/// `user-1` under the store key of 32 bytes `key`.
+fn personal_store(path: &Path, key: u8) {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let kv = eskv::redb::RedbStore::open(d.join("personal.redb"))
-            .await
-            .unwrap();
-        let mut bytes = [0u8; 32];
-        bytes.fill(0xab);
-        let opts = eskv::EventStoreOptions::default().store_key(eskv::StoreKey::from_bytes(bytes));
-        let es = eskv::EventStore::open_with(std::sync::Arc::new(kv), opts)
-            .await
-            .unwrap();
-        es.append(
+        let es = keyed(path, key).await;
+        es.append_to_stream(
+            "user-1",
+            eskv::ExpectedVersion::NoStream,
             vec![eskv::NewEvent::new("Registered", b"{}".to_vec())
-                .with_personal_data("user-1", b"Ada".to_vec())],
-            None,
+                .with_personal_data("user-1", b"Ada Lovelace".to_vec())],
         )
         .await
         .unwrap();
+        es.append(vec![eskv::NewEvent::new("Tick", b"{}".to_vec())], None)
+            .await
+            .unwrap();
     });
+}
+
+async fn keyed(path: &Path, key: u8) -> eskv::EventStore {
+    let kv = eskv::redb::RedbStore::open(path).await.unwrap();
+    let opts = eskv::EventStoreOptions::default().store_key(eskv::StoreKey::from_bytes([key; 32]));
+    eskv::EventStore::open_with(std::sync::Arc::new(kv), opts)
+        .await
+        .unwrap()
+}
+
+/// The personal part of the first event of `path`, read with `key`.
+fn first_personal(path: &Path, key: u8) -> Option<Vec<u8>> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let es = keyed(path, key).await;
+        let log = es.read_all(eskv::ReadOptions::new()).await.unwrap().events;
+        log[0]
+            .personal
+            .as_ref()
+            .unwrap()
+            .bytes()
+            .map(<[u8]>::to_vec)
+    })
+}
+
+#[test]
+fn personal_data_exports_imports_and_copies_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ab, cd) = ("ab".repeat(32), "cd".repeat(32));
+    personal_store(&d.join("p.redb"), 0xab);
+    let p = store("p.redb");
     let no_key = fails(d, &["--store", &p, "read"], None);
     assert!(no_key.stderr.contains("store key"), "{}", no_key.stderr);
-    let refused = fails(
+    // A backup needs no store key: nothing is decrypted, and nothing
+    // personal is written in clear.
+    ok(d, &["--store", &p, "export", "--out", "p.jsonl"], None);
+    let text = std::fs::read_to_string(d.join("p.jsonl")).unwrap();
+    assert!(!text.contains("Ada"), "{text}");
+    assert!(
+        text.contains("\"eskv_subject_key\"") && text.contains("\"sealed\""),
+        "{text}"
+    );
+    // The wrong key: exit 2, nothing imported.
+    let wrong = fails(
         d,
         &[
             "--store",
-            &p,
+            &store("w.redb"),
             "--store-key",
-            &key,
-            "export",
-            "--out",
+            &cd,
+            "import",
+            "--in",
             "p.jsonl",
         ],
         None,
     );
+    assert_eq!(wrong.code, 2, "{}", wrong.stderr);
     assert!(
-        refused.stderr.contains("personal data"),
+        wrong.stderr.contains("store key") && wrong.stderr.contains("no events were imported"),
         "{}",
-        refused.stderr
+        wrong.stderr
     );
+    let w = store("w.redb");
+    let info: Value = serde_json::from_str(&ok(d, &["--store", &w, "info"], None)).unwrap();
+    assert_eq!(info["head"], 0, "{info}");
+    // The right key: readable again.
+    let imported = json_lines(&ok(
+        d,
+        &[
+            "--store",
+            &store("r.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "p.jsonl",
+        ],
+        None,
+    ));
+    assert_eq!(imported[0]["verified"], true);
+    assert_eq!(
+        first_personal(&d.join("r.redb"), 0xab).as_deref(),
+        Some(&b"Ada Lovelace"[..])
+    );
+    // A copy into a store with another key re-wraps the subject key.
+    let copied = json_lines(&ok(
+        d,
+        &[
+            "--store-key",
+            &ab,
+            "copy",
+            "--from",
+            &p,
+            "--to",
+            &store("c.redb"),
+            "--to-store-key",
+            &cd,
+        ],
+        None,
+    ));
+    assert_eq!(copied[0]["verified"], true, "{copied:?}");
+    assert_eq!(
+        first_personal(&d.join("c.redb"), 0xcd).as_deref(),
+        Some(&b"Ada Lovelace"[..])
+    );
+    // Forgotten: exported erased, and restored erased.
     let forgot = json_lines(&ok(
         d,
-        &["--store", &p, "--store-key", &key, "forget", "user-1"],
+        &["--store", &p, "--store-key", &ab, "forget", "user-1"],
         None,
     ));
     assert_eq!(forgot[0]["forgotten"], true);
-    ok(d, &["--store", &p, "export", "--out", "p.jsonl"], None);
+    ok(d, &["--store", &p, "export", "--out", "f.jsonl"], None);
+    let text = std::fs::read_to_string(d.join("f.jsonl")).unwrap();
+    assert!(
+        text.contains("\"erased\":true") && !text.contains("\"sealed\""),
+        "{text}"
+    );
+    ok(
+        d,
+        &[
+            "--store",
+            &store("f.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "f.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(first_personal(&d.join("f.redb"), 0xab), None);
+
+    // An archive leaves the keys in its store: its import needs
+    // --keys-from, and a forget there shreds the archived copy.
+    personal_store(&d.join("q.redb"), 0xab);
+    let q = store("q.redb");
+    ok(
+        d,
+        &[
+            "--store", &q, "archive", "--stream", "user-1", "--out", "a.jsonl",
+        ],
+        None,
+    );
+    let text = std::fs::read_to_string(d.join("a.jsonl")).unwrap();
+    assert!(
+        !text.contains("Ada") && !text.contains("eskv_subject_key"),
+        "{text}"
+    );
+    let keyless = fails(
+        d,
+        &[
+            "--store",
+            &store("a1.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "a.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(keyless.code, 2, "{}", keyless.stderr);
+    assert!(keyless.stderr.contains("--keys-from"), "{}", keyless.stderr);
+    for (target, forget_first, want) in [
+        ("a2.redb", false, Some(&b"Ada Lovelace"[..])),
+        ("a3.redb", true, None),
+    ] {
+        if forget_first {
+            ok(
+                d,
+                &["--store", &q, "--store-key", &ab, "forget", "user-1"],
+                None,
+            );
+        }
+        ok(
+            d,
+            &[
+                "--store",
+                &store(target),
+                "--store-key",
+                &ab,
+                "import",
+                "--in",
+                "a.jsonl",
+                "--keys-from",
+                &q,
+            ],
+            None,
+        );
+        assert_eq!(
+            first_personal(&d.join(target), 0xab).as_deref(),
+            want,
+            "{target}"
+        );
+    }
 }
 
 #[test]

@@ -489,6 +489,62 @@ pub async fn lifecycle_model_based(store: Store) {
     crate::lifecycle_model::run(store, 24).await;
 }
 
+/// A soft-deleted (and a tombstoned) stream whose events were all
+/// released and compacted away restores, from the source's live events,
+/// with its version: recreating it continues after it, and `verify` is
+/// clean.
+pub async fn deleted_streams_restore_with_their_version(store: Store) {
+    let src = EventStore::open(Arc::new(eskv_core::MemoryStore::new()))
+        .await
+        .unwrap();
+    for s in ["gone", "dead"] {
+        src.append_to_stream(s, ExpectedVersion::NoStream, vec![ev("A"), ev("B")])
+            .await
+            .unwrap();
+    }
+    src.delete_stream("gone", ExpectedVersion::Exact(2))
+        .await
+        .unwrap();
+    src.tombstone_stream("dead", ExpectedVersion::Exact(2))
+        .await
+        .unwrap();
+    src.compact().await.unwrap();
+    let live = src.read_all(ReadOptions::new()).await.unwrap().events;
+    assert!(live.iter().all(|e| e.stream.is_none()), "{live:?}");
+    let dst = EventStore::open(store).await.unwrap();
+    dst.import_after_removals(&live).await.unwrap();
+    for s in ["gone", "dead"] {
+        let (a, b) = (
+            src.stream_info(s).await.unwrap(),
+            dst.stream_info(s).await.unwrap(),
+        );
+        assert_eq!(
+            (
+                b.version,
+                b.first_version,
+                b.exists,
+                b.deleted,
+                b.tombstoned
+            ),
+            (
+                a.version,
+                a.first_version,
+                a.exists,
+                a.deleted,
+                a.tombstoned
+            ),
+            "{s}: {b:?}"
+        );
+    }
+    let r = dst
+        .append_to_stream("gone", ExpectedVersion::NoStream, vec![ev("C")])
+        .await
+        .unwrap();
+    assert_eq!(r.stream_version, Some(3));
+    let v = eskv_core::verify::verify(&dst).await.unwrap();
+    assert!(v.is_clean(), "{v}");
+}
+
 /// Defines one `#[tokio::test]` per case of this module (retention, deletion, forgetting and what the log promises afterwards), on
 /// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
 /// `wrapped` first, the cases marked `#[direct_only]` are left out.
@@ -509,6 +565,7 @@ macro_rules! lifecycle_tests {
                 forgotten_personal_data_reads_as_erased,
                 subscriptions_skip_removed_events,
                 lifecycle_model_based,
+                deleted_streams_restore_with_their_version,
             ]
         );
     };

@@ -185,6 +185,49 @@ pub async fn streams_below_the_truncation_read_as_absent(store: Store) {
     assert!(v.is_clean(), "{v}");
 }
 
+/// The edges of a cut, exact before any compaction: a stream the cut
+/// covers in part starts at its first version at or above the cut, and
+/// deleting a stream the cut covers whole is [`Error::NotFound`] with
+/// nothing written, as for any stream that reads as absent.
+pub async fn log_cut_edges_are_exact_before_compaction(store: Store) {
+    let es = EventStore::open(store).await.expect("open");
+    fill(&es).await; // a: v1..v3 at 1, 4, 6; b: v1, v2 at 3, 7
+    es.truncate_log_before(5, None).await.unwrap();
+    for compact in [false, true] {
+        if compact {
+            es.compact().await.unwrap();
+        }
+        let a = es.stream_info("a").await.unwrap();
+        assert_eq!((a.first_version, a.version), (3, 3), "compacted: {compact}");
+        let b = es.stream_info("b").await.unwrap();
+        assert_eq!((b.first_version, b.version), (2, 2), "compacted: {compact}");
+    }
+    es.append_to_stream("old", ExpectedVersion::NoStream, vec![ev("A")])
+        .await
+        .unwrap();
+    es.append(vec![ev("Tick")], None).await.unwrap();
+    let head = es.head().await.unwrap();
+    es.truncate_log_before(head, None).await.unwrap();
+    let head = es.head().await.unwrap();
+    for expected in [ExpectedVersion::Any, ExpectedVersion::Exact(1)] {
+        let err = es.delete_stream("old", expected).await.unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound { .. }),
+            "{expected:?}: {err:?}"
+        );
+    }
+    assert_eq!(
+        es.head().await.unwrap(),
+        head,
+        "a refused delete wrote nothing"
+    );
+    // A tombstone still applies to it (the stream can never come back).
+    es.tombstone_stream("old", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert!(es.stream_info("old").await.unwrap().tombstoned);
+}
+
 /// Defines one `#[tokio::test]` per case of this module (truncating the
 /// log before a position), on stores from `$factory` (see
 /// [`all_suites!`](crate::all_suites)).
@@ -201,6 +244,7 @@ macro_rules! log_truncation_tests {
             [
                 log_truncation_releases_a_prefix,
                 streams_below_the_truncation_read_as_absent,
+                log_cut_edges_are_exact_before_compaction,
             ]
         );
     };

@@ -225,3 +225,111 @@ pub(crate) fn open_part(
         )
     })
 }
+
+/// A data subject's key record as the store holds it: the key wrapped
+/// (encrypted) under the store key, never in clear, or only its
+/// generation once the subject was forgotten. Backups carry these
+/// ([`EventStore::subject_keys`], [`EventStore::import_subject_keys`]), so
+/// a restore opened with the same store key reads the personal data, and
+/// `forget` still shreds it there.
+///
+/// [`EventStore::subject_keys`]: crate::EventStore::subject_keys
+/// [`EventStore::import_subject_keys`]: crate::EventStore::import_subject_keys
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedSubjectKey {
+    subject: String,
+    pub(crate) record: SubjectRecord,
+}
+
+impl std::fmt::Debug for WrappedSubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedSubjectKey")
+            .field("subject", &self.subject)
+            .field("generation", &self.record.generation)
+            .field("forgotten", &self.is_forgotten())
+            .finish()
+    }
+}
+
+impl WrappedSubjectKey {
+    /// A live key: `wrapped` (ciphertext and tag) sealed with `nonce` under
+    /// the store key, as [`wrapped`](Self::wrapped) returns them.
+    pub fn new(
+        subject: impl Into<String>,
+        generation: u64,
+        nonce: [u8; 24],
+        wrapped: Vec<u8>,
+    ) -> Self {
+        WrappedSubjectKey {
+            subject: subject.into(),
+            record: SubjectRecord {
+                generation,
+                wrapped: Some((nonce, wrapped)),
+            },
+        }
+    }
+
+    /// A forgotten subject: only the generation of its last key is left.
+    pub fn forgotten(subject: impl Into<String>, generation: u64) -> Self {
+        WrappedSubjectKey {
+            subject: subject.into(),
+            record: SubjectRecord {
+                generation,
+                wrapped: None,
+            },
+        }
+    }
+
+    pub(crate) fn from_record(subject: String, record: SubjectRecord) -> Self {
+        WrappedSubjectKey { subject, record }
+    }
+
+    /// The data subject.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The generation of the subject's current (or last) key.
+    pub fn generation(&self) -> u64 {
+        self.record.generation
+    }
+
+    /// True when the subject was forgotten: no key is left.
+    pub fn is_forgotten(&self) -> bool {
+        self.record.wrapped.is_none()
+    }
+
+    /// The nonce and the wrapped key (ciphertext and tag), `None` when
+    /// forgotten.
+    pub fn wrapped(&self) -> Option<(&[u8; 24], &[u8])> {
+        self.record.wrapped.as_ref().map(|(n, c)| (n, c.as_slice()))
+    }
+
+    /// Checks that the key opens under `store_key`
+    /// ([`Error::WrongStoreKey`] otherwise); a forgotten one always passes.
+    pub fn check(&self, store_key: &StoreKey) -> Result<()> {
+        unwrap_subject_key(store_key, &self.subject, &self.record).map(|_| ())
+    }
+
+    /// The same key wrapped under `to` instead of `from` (for a copy into
+    /// a store with another store key); the key is in clear only inside
+    /// this call. [`Error::WrongStoreKey`] when it does not open with
+    /// `from`; a forgotten subject stays forgotten.
+    pub fn rewrap(&self, from: &StoreKey, to: &StoreKey) -> Result<Self> {
+        let Some(key) = unwrap_subject_key(from, &self.subject, &self.record)? else {
+            return Ok(self.clone());
+        };
+        let wrapped = seal_with(
+            &to.cipher(),
+            &key.key,
+            &wrap_aad(&self.subject, key.generation),
+        );
+        Ok(WrappedSubjectKey {
+            subject: self.subject.clone(),
+            record: SubjectRecord {
+                generation: key.generation,
+                wrapped: Some(wrapped),
+            },
+        })
+    }
+}

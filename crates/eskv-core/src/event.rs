@@ -103,13 +103,20 @@ pub(crate) enum PersonalContent {
     Sealed(SealedPersonal),
 }
 
-/// A personal part as stored: encrypted under generation `generation` of
-/// its subject's key.
+/// A personal part as stored: encrypted (XChaCha20-Poly1305) under
+/// generation `generation` of its subject's key, bound to its event id and
+/// subject. Only reads with [`PersonalParts::Sealed`] return it (backups:
+/// [`crate::EventStoreOptions::personal_parts`]); it is useless without the
+/// subject's key, which never leaves the store unwrapped.
+///
+/// [`PersonalParts::Sealed`]: crate::PersonalParts::Sealed
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[doc(hidden)] // Internal: the stored form, for the event layout.
 pub struct SealedPersonal {
+    /// The generation of the subject key it is sealed under (1 or more).
     pub generation: u64,
+    /// The cipher's nonce.
     pub nonce: [u8; 24],
+    /// Ciphertext with its authentication tag.
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
@@ -131,10 +138,22 @@ impl PersonalData {
         }
     }
 
-    pub(crate) fn sealed(subject: String, sealed: SealedPersonal) -> Self {
+    /// A personal part as stored, sealed: for
+    /// [`EventStore::import`](crate::EventStore::import) of a backup.
+    pub fn sealed(subject: impl Into<String>, sealed: SealedPersonal) -> Self {
         PersonalData {
-            subject,
+            subject: subject.into(),
             content: PersonalContent::Sealed(sealed),
+        }
+    }
+
+    /// The part as stored, when it was read sealed
+    /// ([`PersonalParts::Sealed`](crate::PersonalParts::Sealed)) and its
+    /// subject was not forgotten.
+    pub fn sealed_part(&self) -> Option<&SealedPersonal> {
+        match &self.content {
+            PersonalContent::Sealed(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -151,9 +170,10 @@ impl PersonalData {
         }
     }
 
-    /// True when the subject was forgotten and the bytes are gone.
+    /// True when the subject was forgotten and the bytes are gone (a
+    /// sealed part, see [`sealed_part`](Self::sealed_part), is not erased).
     pub fn is_erased(&self) -> bool {
-        !matches!(self.content, PersonalContent::Plain(_))
+        matches!(self.content, PersonalContent::Erased)
     }
 
     /// Decodes the bytes as JSON; `None` when erased.

@@ -62,12 +62,12 @@ pub mod upcast;
 pub mod validate;
 pub mod verify;
 
-pub use crypto::StoreKey;
+pub use crypto::{StoreKey, WrappedSubjectKey};
 pub use decide::{Boundary, DecideError, DecideOptions, Decided, Decider, Decision};
 pub use error::{Error, ExpectedVersion, Result};
 pub use event::{
     parse_event_id, Json, Metadata, NewEvent, PayloadCodec, PersonalData, Position, RecordedEvent,
-    StreamRef, StreamVersion,
+    SealedPersonal, StreamRef, StreamVersion,
 };
 pub use kv::{
     Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvStoreExt, KvTransaction,
@@ -81,8 +81,8 @@ pub use projection::{
 pub use query::{AppendCondition, Query, QueryItem};
 pub use store::{
     AppendRequest, AppendResult, CompactReport, EventStore, EventStoreOptions, ForgetOutcome,
-    ImportMarker, Limits, LogFilter, LogTruncation, ReadOptions, ReadResult, ReadStreamOptions,
-    StreamInfo, StreamRead,
+    ImportMarker, Limits, LogFilter, LogTruncation, PersonalParts, ReadOptions, ReadResult,
+    ReadStreamOptions, StreamInfo, StreamRead,
 };
 pub use subscription::{
     ConsumerGroup, EventHandler, GroupOptions, HandlerOptions, OnFailure, ParkedEvent,

@@ -46,6 +46,7 @@ mod live;
 mod options;
 mod paged;
 mod read;
+mod subject_keys;
 mod types;
 
 pub use compact::CompactReport;
@@ -53,8 +54,8 @@ use import::format_error;
 pub use import::ImportMarker;
 pub use lifecycle::{ForgetOutcome, LogTruncation};
 pub use options::{
-    AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, ReadOptions, ReadResult,
-    ReadStreamOptions, StreamInfo, StreamRead,
+    AppendRequest, AppendResult, EventStoreOptions, Limits, LogFilter, PersonalParts, ReadOptions,
+    ReadResult, ReadStreamOptions, StreamInfo, StreamRead,
 };
 
 /// Bytes allowed per key for a namespace prefix in size estimates.

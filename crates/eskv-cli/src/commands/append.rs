@@ -3,8 +3,8 @@
 use crate::args::*;
 use crate::output::*;
 use anyhow::{Context as _, Result};
+use eskv::export::line::{EventLine, MetaLine};
 use eskv::{AppendCondition, AppendRequest, Query};
-use eskv_cli::line::{EventLine, MetaLine};
 use eskv_cli::open::{self, Access};
 use eskv_cli::spec::{parse_expected, parse_query_item};
 use eskv_cli::url::StoreUrl;
@@ -47,6 +47,7 @@ pub(crate) fn event_from_flags(a: &AppendArgs, event_type: &str) -> Result<Event
             causation_id: a.causation_id.clone(),
             extra,
         },
+        personal: None,
         recorded_at: None,
     })
 }

@@ -2,9 +2,8 @@
 
 use crate::output::*;
 use anyhow::{anyhow, bail, Context as _, Result};
-use eskv_cli::line::{Digest, EventLine};
+use eskv::export::{self as transfer, Digest, ExportLine, ExportWriter, Header, Importer};
 use eskv_cli::open::{self, Access};
-use eskv_cli::transfer::{self, ExportLine, Importer};
 use eskv_cli::url::StoreUrl;
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -13,7 +12,7 @@ use std::path::PathBuf;
 
 pub(crate) async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out) -> Result<()> {
     let store = open::open(url, Access::Existing).await?;
-    let header = transfer::header(&store).await?;
+    let header = Header::of(&store).await?;
     let (mut w, tmp): (Box<dyn Write + '_>, Option<PathBuf>) = match &file {
         Some(f) => {
             let mut tmp = f.clone().into_os_string();
@@ -27,31 +26,18 @@ pub(crate) async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out)
     };
     let pb = progress(header.head, "export");
     let res: Result<Digest> = async {
-        writeln!(w, "{}", serde_json::to_string(&header)?)?;
-        let mut pager = transfer::LogPager::new(store.clone(), header.head);
-        let mut digest = Digest::default();
+        // A backup: sealed personal parts and their subjects' wrapped keys.
+        let mut writer = ExportWriter::new(&mut w, &header, Some(store.clone()))?;
+        let mut pager = transfer::LogPager::new(&store, header.head).await?;
         loop {
             let page = pager.next_page().await?;
             if page.is_empty() {
                 break;
             }
-            for e in &page {
-                let line = EventLine::from_recorded(e).to_json();
-                digest.add(&line);
-                w.write_all(line.as_bytes())?;
-                w.write_all(b"\n")?;
-            }
-            pb.set_position(digest.events);
+            writer.events(&page).await?;
+            pb.set_position(writer.digest().events);
         }
-        let end = transfer::Trailer {
-            eskv_export_end: transfer::End {
-                events: digest.events,
-                crc32c: digest.hex(),
-            },
-        };
-        writeln!(w, "{}", serde_json::to_string(&end)?)?;
-        w.flush()?;
-        Ok(digest)
+        Ok(writer.finish()?.1)
     }
     .await;
     pb.finish_and_clear();
@@ -86,9 +72,10 @@ pub(crate) async fn read_export(
     mut importer: Option<&mut Importer>,
     pb: &mut ProgressBar,
 ) -> Result<Digest> {
-    let mut header: Option<transfer::Header> = None;
+    let mut header: Option<Header> = None;
     let mut trailer_seen = false;
     let mut digest = Digest::default();
+    let mut keys = Digest::default();
     let mut any = false;
     // The last position seen: positions increase, and may skip the holes
     // removals left in the source.
@@ -109,6 +96,7 @@ pub(crate) async fn read_export(
                 if !first {
                     bail!("{name} line {n}: an export header may only be the first line");
                 }
+                h.check_format()?;
                 if let Some(imp) = importer.as_deref_mut() {
                     imp.header(&h).await?;
                     *pb = progress(h.head, "import");
@@ -116,6 +104,20 @@ pub(crate) async fn read_export(
                     *pb = progress(h.head, "checking the file");
                 }
                 header = Some(h);
+            }
+            ExportLine::Key(k) => {
+                if header.is_none() {
+                    bail!("{name} line {n}: a subject key line without an export header");
+                }
+                keys.add(&k.to_json());
+                match importer.as_deref_mut() {
+                    Some(imp) => imp
+                        .push_key(&k)
+                        .with_context(|| format!("{name} line {n}"))?,
+                    None => {
+                        k.to_key().map_err(|e| anyhow!("{name} line {n}: {e}"))?;
+                    }
+                }
             }
             ExportLine::Event(e) => {
                 let in_order = e.position.is_some_and(|p| p > last)
@@ -141,7 +143,7 @@ pub(crate) async fn read_export(
                 if header.is_none() {
                     bail!("{name} line {n}: an export trailer without a header");
                 }
-                transfer::check_trailer(&end, &digest)
+                end.check(&digest, &keys)
                     .with_context(|| format!("{name} line {n}"))?;
                 trailer_seen = true;
             }
@@ -170,7 +172,12 @@ pub(crate) async fn read_export(
     Ok(digest)
 }
 
-pub(crate) async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out) -> Result<()> {
+pub(crate) async fn import(
+    url: &StoreUrl,
+    input: Option<PathBuf>,
+    keys_from: Option<&StoreUrl>,
+    out: &mut Out,
+) -> Result<()> {
     let open_file = |f: &PathBuf| -> Result<Box<dyn BufRead>> {
         Ok(Box::new(io::BufReader::new(
             std::fs::File::open(f).with_context(|| format!("cannot open '{}'", f.display()))?,
@@ -213,17 +220,27 @@ pub(crate) async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out
     let mut importer = Importer::new(store.clone())
         .await
         .with_context(|| format!("cannot import into {url}"))?;
+    if let Some(k) = keys_from {
+        let source = open::open(k, Access::Existing)
+            .await
+            .context("the store given with --keys-from")?;
+        importer = importer.keys_from(source);
+    }
     let mut pb = ProgressBar::hidden();
     let res = read_export(reader, &name, Some(&mut importer), &mut pb).await;
     let res = match res {
-        Ok(d) => importer.finish().await.map(|i| (d, i.digest)),
+        Ok(d) => importer
+            .finish()
+            .await
+            .map(|i| (d, i))
+            .map_err(anyhow::Error::new),
         Err(e) => Err(e),
     };
     pb.finish_and_clear();
     let (digest, written) = match res {
         Ok(r) => r,
         Err(e) => {
-            return Err(transfer::failed(e, &importer)
+            return Err(failed(e, &importer)
                 .await
                 .context(format!("import into {url} failed")))
         }
@@ -232,13 +249,13 @@ pub(crate) async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out
     let verified = transfer::digest_store(&store, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
     let (check, streams) = verified?;
-    if check != digest || written != digest {
+    if check != written.content || written.digest != digest {
         bail!(
-            "import into {url} does not read back the same: {} events with crc32c {} read, {} with {} imported",
+            "import into {url} does not read back the same: {} events with content crc32c {} read, {} with {} imported",
             check.events,
             check.hex(),
-            digest.events,
-            digest.hex()
+            written.content.events,
+            written.content.hex()
         );
     }
     out.value(&json!({
@@ -250,19 +267,37 @@ pub(crate) async fn import(url: &StoreUrl, input: Option<PathBuf>, out: &mut Out
     Ok(())
 }
 
-pub(crate) async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Result<()> {
+pub(crate) async fn copy(
+    from: &StoreUrl,
+    to: &StoreUrl,
+    to_key: Option<eskv::StoreKey>,
+    out: &mut Out,
+) -> Result<()> {
     if from == to && *from != StoreUrl::Memory {
         return Err(usage(format!(
             "--from and --to are the same store ({from})"
         )));
     }
     let source = open::open(from, Access::Existing).await.context("source")?;
-    let target = open::open(to, Access::Create).await.context("target")?;
-    let header = transfer::header(&source).await?;
+    let target = open::open_keyed(to, Access::Create, to_key)
+        .await
+        .context("target")?;
+    let header = Header::of(&source).await?;
     let pb = progress(header.head, "copy");
-    let copied = transfer::copy(&source, &target, &header, |n| pb.set_position(n)).await;
+    let mut importer = Importer::new(target.clone())
+        .await
+        .with_context(|| format!("cannot copy into {to}"))?
+        .keys_from(source.clone());
+    let copied = transfer::copy(&source, &mut importer, &header, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
-    let digest = copied.map_err(|e| e.context(format!("copy into {to} failed")))?;
+    let digest = match copied {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(failed(anyhow::Error::new(e), &importer)
+                .await
+                .context(format!("copy into {to} failed")))
+        }
+    };
     let source_streams = transfer::count_streams(&source).await?;
     let pb = progress(digest.events, "verifying");
     let verified = transfer::digest_store(&target, |n| pb.set_position(n)).await;
@@ -297,4 +332,16 @@ pub(crate) async fn copy(from: &StoreUrl, to: &StoreUrl, out: &mut Out) -> Resul
         bail!("the copy lost registered type '{t}'");
     }
     Ok(())
+}
+
+/// Adds to an import's error what it left in the target.
+async fn failed(e: anyhow::Error, importer: &Importer) -> anyhow::Error {
+    let written = importer.written();
+    if importer.abandon().await {
+        e.context("no events were imported (the target can take the import again)")
+    } else {
+        e.context(format!(
+            "the target holds the first {written} events and is marked as an unfinished import: remove it before trying again"
+        ))
+    }
 }

@@ -3,8 +3,8 @@
 use crate::args::*;
 use crate::output::*;
 use anyhow::Result;
+use eskv::export as transfer;
 use eskv_cli::open::{self, Access};
-use eskv_cli::transfer::{self};
 use eskv_cli::url::StoreUrl;
 use serde_json::json;
 

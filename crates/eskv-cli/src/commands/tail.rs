@@ -4,11 +4,11 @@ use crate::args::*;
 use crate::commands::*;
 use crate::output::*;
 use anyhow::{Context as _, Result};
+use eskv::export::line::EventLine;
 use eskv::{
     LogFilter, ReadOptions, ReadStreamOptions, RecordedEvent, StartFrom, SubscriptionFilter,
     SubscriptionOptions,
 };
-use eskv_cli::line::EventLine;
 use eskv_cli::open::{self, Access};
 use eskv_cli::url::StoreUrl;
 use std::io::{self, Write};

@@ -3,14 +3,16 @@
 
 use super::read::{read_head, read_stream_meta};
 use super::EventStore;
+use crate::crypto::SubjectRecord;
 use crate::error::{Error, Result};
+use crate::event::SealedPersonal;
 use crate::event::{NewEvent, Position, RecordedEvent};
 use crate::kv::KvTransaction;
 use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
 use crate::lifecycle::{LogLife, StreamLife};
 use crate::retry::retry;
-use crate::validate::{validate_stream_id, validate_tag, validate_type};
+use crate::validate::{validate_stream_id, validate_subject, validate_tag, validate_type};
 use std::collections::{HashMap, HashSet};
 
 impl EventStore {
@@ -28,7 +30,20 @@ impl EventStore {
     /// beyond head + 1, and a stream may start at a version above 1. The
     /// positions skipped stay holes, recorded as removals (so `verify`
     /// accepts them), and a stream's skipped first versions stay released.
-    /// The events themselves must still be consecutive.
+    /// A `$stream-deleted` or `$stream-tombstoned` event restores its
+    /// stream's version even when none of its events is imported (its
+    /// metadata then gives last position 0), so a recreated stream
+    /// continues after it. The events themselves must still be
+    /// consecutive.
+    ///
+    /// Personal parts come sealed (as [`PersonalParts::Sealed`] reads
+    /// return them) or erased, never in clear ([`Error::InvalidInput`]). A
+    /// sealed part needs its subject's key record here first
+    /// ([`import_subject_keys`](Self::import_subject_keys)); it is stored
+    /// as it came while that record holds a key of its generation, and
+    /// erased otherwise (the subject was forgotten here).
+    ///
+    /// [`PersonalParts::Sealed`]: crate::PersonalParts::Sealed
     pub async fn import_after_removals(&self, events: &[RecordedEvent]) -> Result<Position> {
         self.import_events(events, true).await
     }
@@ -47,11 +62,14 @@ impl EventStore {
             if let Some(s) = &e.stream {
                 validate_stream_id(&s.stream_id, l)?;
             }
-            if e.personal.is_some() {
-                return Err(Error::invalid(format!(
-                    "event {} has a personal part; import does not carry personal data yet: append such events with NewEvent::with_personal_data",
-                    e.id
-                )));
+            if let Some(p) = &e.personal {
+                validate_subject(p.subject(), l)?;
+                if p.bytes().is_some() {
+                    return Err(Error::invalid(format!(
+                        "event {} has a personal part in clear; import writes events as they were stored, so a personal part must come sealed (as `eskv export` writes it) or erased: append new personal data with NewEvent::with_personal_data",
+                        e.id
+                    )));
+                }
             }
             if !ids.insert(e.id) {
                 return Err(Error::invalid(format!(
@@ -120,9 +138,15 @@ impl EventStore {
                     layout::seal_index_value(&k, layout::u64_value(base)),
                 ));
             }
+            let personal = Personal::read(&mut *txn, events).await?;
+            personal.write(&mut rows);
             let mut versions: std::collections::HashMap<&str, u64> =
                 std::collections::HashMap::new();
             let mut lives = Lives::default();
+            // Streams a deletion or tombstone gives a version that none of
+            // their imported events carries (all released in the source):
+            // version and last position for their metadata.
+            let mut implied: HashMap<String, (u64, u64)> = HashMap::new();
             for (i, e) in events.iter().enumerate() {
                 let pos = base + 1 + i as u64;
                 if e.position != pos {
@@ -135,9 +159,12 @@ impl EventStore {
                     Some(s) => {
                         let cur = match versions.get(s.stream_id.as_str()) {
                             Some(v) => *v,
-                            None => read_stream_meta(&mut *txn, &s.stream_id)
-                                .await?
-                                .map_or(0, |m| m.version),
+                            None => match implied.get(&s.stream_id) {
+                                Some((v, _)) => *v,
+                                None => read_stream_meta(&mut *txn, &s.stream_id)
+                                    .await?
+                                    .map_or(0, |m| m.version),
+                            },
                         };
                         if holes
                             && cur == 0
@@ -162,7 +189,26 @@ impl EventStore {
                     None => None,
                 };
                 if e.stream.is_none() {
-                    lives.replay(&mut *txn, e).await?;
+                    if let Some((s, v)) = lives.replay(&mut *txn, e).await? {
+                        let cur = match versions.get(s.as_str()) {
+                            Some(v) => Some((*v, pos)),
+                            None => match implied.get(&s) {
+                                Some(x) => Some(*x),
+                                None => read_stream_meta(&mut *txn, &s)
+                                    .await?
+                                    .map(|m| (m.version, m.last_position)),
+                            },
+                        };
+                        let (cur, last_position) = cur.unwrap_or((0, 0));
+                        if cur < v {
+                            // Its versions up to `v` were released in the
+                            // source: they stay removed, and the version
+                            // continues after them.
+                            let life = lives.get(&mut *txn, &s).await?;
+                            life.compacted_before = life.compacted_before.max(v + 1);
+                            implied.insert(s, (v, last_position));
+                        }
+                    }
                 }
                 let mut tags = e.tags.clone();
                 tags.sort();
@@ -175,12 +221,13 @@ impl EventStore {
                     metadata: e.metadata.clone(),
                     personal: None,
                 };
+                let part = personal.stored(e)?;
                 event_rows(
                     &mut rows,
                     pos,
                     &new,
                     e.recorded_at_ms,
-                    (sref, None),
+                    (sref, part.as_ref().map(|(s, p)| (*s, p))),
                     (base + 1, base + events.len() as u64),
                 )?;
             }
@@ -199,6 +246,15 @@ impl EventStore {
                     }
                     .encode(),
                 ));
+            }
+            for (s, (version, last_position)) in &implied {
+                if !versions.contains_key(s.as_str()) {
+                    let meta = StreamMeta {
+                        version: *version,
+                        last_position: *last_position,
+                    };
+                    rows.push((layout::stream_key(s), meta.encode()));
+                }
             }
             lives.write(&mut rows);
             for (k, v) in rows {
@@ -253,6 +309,93 @@ impl EventStore {
     }
 }
 
+/// The subject key records an import chunk's personal parts need, read in
+/// its transaction.
+struct Personal {
+    /// The generation of each subject's live key, `None` when forgotten.
+    live: HashMap<String, Option<u64>>,
+    /// Subjects with erased parts and no record: recorded as forgotten, so
+    /// `forget` answers "already forgotten" and a new key never reuses an
+    /// old generation.
+    forgotten: Vec<String>,
+}
+
+impl Personal {
+    async fn read(txn: &mut dyn KvTransaction, events: &[RecordedEvent]) -> Result<Self> {
+        let mut subjects: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.personal.as_ref().map(|p| p.subject()))
+            .collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut out = Personal {
+            live: HashMap::new(),
+            forgotten: Vec::new(),
+        };
+        if subjects.is_empty() {
+            return Ok(out);
+        }
+        let keys: Vec<Vec<u8>> = subjects.iter().map(|s| layout::subject_key(s)).collect();
+        for (s, v) in subjects.into_iter().zip(txn.get_many(&keys).await?) {
+            match v {
+                Some(v) => {
+                    let rec = SubjectRecord::decode(&v)?;
+                    out.live
+                        .insert(s.to_owned(), rec.wrapped.map(|_| rec.generation));
+                }
+                None => {
+                    if let Some(e) = events
+                        .iter()
+                        .find(|e| e.personal.as_ref().is_some_and(|p| p.subject() == s))
+                        .filter(|e| {
+                            e.personal
+                                .as_ref()
+                                .is_some_and(|p| p.sealed_part().is_some())
+                        })
+                    {
+                        return Err(Error::invalid(format!(
+                            "the personal part of event {} (position {}) belongs to data subject '{s}', whose key is not in this store: import the subject keys first (`eskv export` writes them into the file; an archive leaves them in its store: import it with --keys-from that store)",
+                            e.id, e.position
+                        )));
+                    }
+                    out.forgotten.push(s.to_owned());
+                    out.live.insert(s.to_owned(), None);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, rows: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        for s in &self.forgotten {
+            let rec = SubjectRecord {
+                generation: 0,
+                wrapped: None,
+            };
+            rows.push((layout::subject_key(s), rec.encode()));
+        }
+    }
+
+    /// The part to store for `e`: sealed as it came while its key lives
+    /// here; otherwise erased (no ciphertext of a forgotten subject is
+    /// kept), stored as generation 0, which no key ever has.
+    fn stored<'e>(&self, e: &'e RecordedEvent) -> Result<Option<(&'e str, SealedPersonal)>> {
+        let Some(p) = &e.personal else {
+            return Ok(None);
+        };
+        let live = self.live.get(p.subject()).copied().flatten();
+        let part = match p.sealed_part() {
+            Some(sealed) if Some(sealed.generation) == live => sealed.clone(),
+            _ => SealedPersonal {
+                generation: 0,
+                nonce: [0; 24],
+                ciphertext: Vec::new(),
+            },
+        };
+        Ok(Some((p.subject(), part)))
+    }
+}
+
 /// The lifecycle records an import chunk changes: the stream records its
 /// holes and system events imply, and the log's truncation.
 #[derive(Default)]
@@ -278,11 +421,16 @@ impl Lives {
 
     /// Applies what an imported system event recorded (retention, soft
     /// delete, tombstone, log truncation), so a restore keeps the source's
-    /// lifecycle; other events change nothing.
-    async fn replay(&mut self, txn: &mut dyn KvTransaction, e: &RecordedEvent) -> Result<()> {
+    /// lifecycle; other events change nothing. Returns the stream and
+    /// version a delete or tombstone names.
+    async fn replay(
+        &mut self,
+        txn: &mut dyn KvTransaction,
+        e: &RecordedEvent,
+    ) -> Result<Option<(String, u64)>> {
         use crate::lifecycle::system_types as t;
         if !t::is_system(&e.event_type) || e.event_type == t::SUBJECT_FORGOTTEN {
-            return Ok(());
+            return Ok(None);
         }
         let bad = |why: String| {
             Error::invalid(format!(
@@ -308,7 +456,7 @@ impl Lives {
                 truncate_before: log.truncate_before.max(before),
                 ..log
             });
-            return Ok(());
+            return Ok(None);
         }
         let stream = body
             .get("stream")
@@ -328,10 +476,14 @@ impl Lives {
             t::STREAM_DELETED => {
                 let v = num("version").ok_or_else(|| bad("no \"version\"".into()))?;
                 life.truncate_before = life.truncate_before.max(v + 1);
+                return Ok(Some((stream.to_owned(), v)));
             }
-            _ => life.tombstoned = true,
+            _ => {
+                life.tombstoned = true;
+                return Ok(num("version").map(|v| (stream.to_owned(), v)));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Buffers the changed records.

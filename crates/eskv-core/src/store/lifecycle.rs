@@ -129,6 +129,7 @@ impl EventStore {
                     layout::stream_key(stream),
                     layout::stream_life_key(stream),
                     layout::id_key(id),
+                    layout::log_life_key(),
                 ])
                 .await?;
             if let Some(done) = already_applied(&vals[3], id)? {
@@ -137,11 +138,12 @@ impl EventStore {
             let head = vals[0]
                 .as_deref()
                 .map_or(Ok(0), |v| layout::parse_u64(v, "head"))?;
-            let version = vals[1]
-                .as_deref()
-                .map(StreamMeta::decode)
-                .transpose()?
-                .map_or(0, |m| m.version);
+            let meta = vals[1].as_deref().map(StreamMeta::decode).transpose()?;
+            let version = meta.map_or(0, |m| m.version);
+            // A stream whose every event lies below the log's cut reads as
+            // absent, as on every read path.
+            let cut = super::live::log_cut_of(vals[4].as_deref())?;
+            let below_cut = meta.is_some_and(|m| m.last_position < cut);
             let had_life = vals[2].is_some();
             let old = vals[2]
                 .as_deref()
@@ -157,7 +159,7 @@ impl EventStore {
             new.revision = old.revision + 1;
             // Released never comes back.
             new.truncate_before = old.first_live(version);
-            let absent = old.reads_absent(version);
+            let absent = old.reads_absent(version) || below_cut;
             let (event_type, data) = match change {
                 Change::Retention(r, expected) => {
                     let revision = had_life.then_some(old.revision);

@@ -4,6 +4,7 @@
 //! condition checks and idempotency lookups all go through [`Live`], so a
 //! removed event is invisible to each of them in the same way.
 
+use super::options::{EventStoreOptions, PersonalParts};
 use crate::crypto::{self, StoreKey, SubjectKey, SubjectRecord};
 use crate::error::{Error, Result};
 use crate::event::{PersonalContent, RecordedEvent, StreamVersion};
@@ -19,6 +20,8 @@ pub(crate) type StreamState = (StreamVersion, StreamLife);
 /// Per-read cache of stream lifecycle records and subject keys.
 pub(crate) struct Live<'a> {
     store_key: Option<&'a StoreKey>,
+    /// Leave live personal parts sealed (`PersonalParts::Sealed`).
+    sealed: bool,
     now_ms: u64,
     /// Whether this read's snapshot holds any lifecycle record at all
     /// (from [`Live::life_probe`], read in the same snapshot); `None`: not
@@ -31,6 +34,9 @@ pub(crate) struct Live<'a> {
     any_state: bool,
     /// `None`: forgotten.
     subjects: HashMap<String, Option<SubjectKey>>,
+    /// In sealed mode: the generation of each subject's live key (`None`:
+    /// forgotten); nothing is unwrapped.
+    generations: HashMap<String, Option<u64>>,
     /// The log's first live position (`LogLife::truncate_before`), once
     /// read: every event below it is released.
     log_cut: Option<u64>,
@@ -46,12 +52,22 @@ impl<'a> Live<'a> {
     pub(crate) fn new(store_key: Option<&'a StoreKey>) -> Self {
         Live {
             store_key,
+            sealed: false,
             now_ms: now_ms(),
             any_life: None,
             streams: HashMap::new(),
             any_state: false,
             subjects: HashMap::new(),
+            generations: HashMap::new(),
             log_cut: None,
+        }
+    }
+
+    /// The read filter of a store with these options.
+    pub(crate) fn of(opts: &'a EventStoreOptions) -> Self {
+        Live {
+            sealed: opts.personal_parts == PersonalParts::Sealed,
+            ..Live::new(opts.store_key.as_ref())
         }
     }
 
@@ -227,6 +243,9 @@ impl<'a> Live<'a> {
         txn: &mut dyn KvTransaction,
         events: &mut [RecordedEvent],
     ) -> Result<()> {
+        if self.sealed {
+            return self.mark_forgotten(txn, events).await;
+        }
         let mut missing: Vec<String> = events
             .iter()
             .filter_map(|e| e.personal.as_ref())
@@ -282,6 +301,50 @@ impl<'a> Live<'a> {
     }
 }
 
+impl Live<'_> {
+    /// Sealed mode: leaves each personal part sealed while its key of
+    /// that generation lives, and marks it erased otherwise, reading the
+    /// subjects' records but unwrapping nothing.
+    async fn mark_forgotten(
+        &mut self,
+        txn: &mut dyn KvTransaction,
+        events: &mut [RecordedEvent],
+    ) -> Result<()> {
+        let mut missing: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.personal.as_ref())
+            .filter(|p| matches!(p.content, PersonalContent::Sealed(_)))
+            .map(|p| p.subject().to_owned())
+            .filter(|s| !self.generations.contains_key(s))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let keys: Vec<Vec<u8>> = missing.iter().map(|s| layout::subject_key(s)).collect();
+            let vals = txn.get_many(&keys).await?;
+            for (s, v) in missing.into_iter().zip(vals) {
+                let live = match v {
+                    Some(v) => {
+                        let rec = SubjectRecord::decode(&v)?;
+                        rec.wrapped.map(|_| rec.generation)
+                    }
+                    None => None,
+                };
+                self.generations.insert(s, live);
+            }
+        }
+        for p in events.iter_mut().filter_map(|e| e.personal.as_mut()) {
+            let PersonalContent::Sealed(sealed) = &p.content else {
+                continue;
+            };
+            if self.generations.get(p.subject()).copied().flatten() != Some(sealed.generation) {
+                p.content = PersonalContent::Erased;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A stream's state from its metadata and lifecycle record (`None`: no
 /// record, every event live).
 fn stream_state_of(meta: Option<&[u8]>, life: Option<&[u8]>) -> Result<Option<StreamState>> {
@@ -305,4 +368,39 @@ pub(crate) fn log_cut_of(v: Option<&[u8]>) -> Result<u64> {
     Ok(v.map(LogLife::decode)
         .transpose()?
         .map_or(1, |l| l.truncate_before.max(1)))
+}
+
+/// The first live version of a stream that the log cut covers in part,
+/// before compaction has raised its record past the cut: the first
+/// version at or above `info.first_version` whose event lies at or above
+/// `cut`. Versions follow positions, so a binary search over the stream
+/// index (point reads, about log2 of the versions below the cut) finds
+/// it; a missing entry was removed, so lies below. Otherwise
+/// `info.first_version` as it is.
+pub(crate) async fn first_version_at_cut(
+    txn: &mut dyn KvTransaction,
+    info: &crate::store::StreamInfo,
+    cut: u64,
+) -> Result<StreamVersion> {
+    let (mut lo, mut hi) = (info.first_version, info.version);
+    if cut <= 1 || !info.exists || lo > hi {
+        return Ok(info.first_version);
+    }
+    let position_of = |v: StreamVersion| layout::stream_event_key(&info.stream_id, v);
+    // Invariant: the answer lies in lo..=hi (the last version is live:
+    // the stream exists, so its last position is at or above the cut).
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let k = position_of(mid);
+        let above = match txn.get(&k).await? {
+            Some(v) => layout::parse_stream_entry(&k, &v)? >= cut,
+            None => false,
+        };
+        if above {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }

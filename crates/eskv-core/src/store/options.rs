@@ -48,6 +48,23 @@ impl Default for Limits {
     }
 }
 
+/// How the read paths of a store handle return the personal parts of
+/// events ([`EventStoreOptions::personal_parts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PersonalParts {
+    /// Opened with the subject's key: the bytes, or erased once the
+    /// subject was forgotten. Needs the store key.
+    #[default]
+    Opened,
+    /// As stored: sealed ([`PersonalData::sealed_part`]) while the
+    /// subject's key lives, erased once it was forgotten. Needs no store
+    /// key and never decrypts anything: for backups and archives
+    /// (`eskv::export`), which must never hold personal data in clear.
+    ///
+    /// [`PersonalData::sealed_part`]: crate::PersonalData::sealed_part
+    Sealed,
+}
+
 /// Options for [`EventStore::open_with`](crate::EventStore::open_with).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -63,6 +80,9 @@ pub struct EventStoreOptions {
     /// ([`NewEvent::with_personal_data`]): needed to append or read
     /// personal parts; a wrong one is refused at open.
     pub store_key: Option<crate::crypto::StoreKey>,
+    /// How reads return personal parts. Default
+    /// [`PersonalParts::Opened`].
+    pub personal_parts: PersonalParts,
     /// Schema upcasters applied on every read (see [`crate::upcast`]).
     /// Default: none.
     pub upcasters: Upcasters,
@@ -75,6 +95,7 @@ impl Default for EventStoreOptions {
             max_batch: 256,
             max_retries: 32,
             store_key: None,
+            personal_parts: PersonalParts::Opened,
             upcasters: Upcasters::new(),
         }
     }
@@ -96,6 +117,12 @@ impl EventStoreOptions {
     /// Sets the store key for personal data (crypto-shredding).
     pub fn store_key(mut self, key: crate::crypto::StoreKey) -> Self {
         self.store_key = Some(key);
+        self
+    }
+
+    /// Sets how reads return personal parts (see [`PersonalParts`]).
+    pub fn personal_parts(mut self, parts: PersonalParts) -> Self {
+        self.personal_parts = parts;
         self
     }
 

@@ -89,7 +89,7 @@ impl EventStore {
 
     /// The read filter of this store (see [`Live`]).
     pub(crate) fn live(&self) -> Live<'_> {
-        Live::new(self.inner.opts.store_key.as_ref())
+        Live::of(&self.inner.opts)
     }
 
     /// Reads the global log.
@@ -336,12 +336,14 @@ impl EventStore {
             ])
             .await?;
         let cut = log_cut_of(vals[2].as_deref())?;
-        stream_info_of(
+        let mut info = stream_info_of(
             stream.to_owned(),
             vals[0].as_deref(),
             vals[1].as_deref(),
             cut,
-        )
+        )?;
+        info.first_version = super::live::first_version_at_cut(&mut *txn, &info, cut).await?;
+        Ok(info)
     }
 
     /// Lists streams whose id starts with `prefix`, in id order, at most

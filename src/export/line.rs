@@ -31,9 +31,22 @@
 //! `recorded_at` is RFC 3339 in UTC with milliseconds. The store assigns it
 //! at append time; `import` writes it back exactly (with
 //! `EventStore::import`), so an imported store reads like its source.
+//!
+//! # Personal parts
+//!
+//! An event with a personal part carries `"personal"`, never its bytes in
+//! clear:
+//!
+//! - `{"subject":"user-1","sealed":{"generation":1,"nonce":"…","ciphertext":"…"}}`:
+//!   the part as the store holds it (XChaCha20-Poly1305 under the
+//!   subject's key, base64), written by export and archive;
+//! - `{"subject":"user-1","erased":true}`: its subject was forgotten;
+//! - `{"subject":"user-1"}`: `read --json` of an opened part (the subject
+//!   is named, the bytes are left out); import refuses it.
 
+use crate::{Metadata, NewEvent, PersonalData, RecordedEvent, SealedPersonal};
+use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use eskv::{Metadata, NewEvent, RecordedEvent};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -77,6 +90,10 @@ pub struct EventLine {
     /// Metadata.
     #[serde(default, skip_serializing_if = "MetaLine::is_empty")]
     pub metadata: MetaLine,
+    /// The personal part: sealed, erased, or only its subject (see the
+    /// module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<PersonalLine>,
     /// When the store recorded the event (RFC 3339, UTC, milliseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded_at: Option<String>,
@@ -101,6 +118,90 @@ impl MetaLine {
     /// True when nothing is set.
     pub fn is_empty(&self) -> bool {
         self.correlation_id.is_none() && self.causation_id.is_none() && self.extra.is_empty()
+    }
+}
+
+/// The personal part of an event line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalLine {
+    /// The data subject.
+    pub subject: String,
+    /// The part as stored, encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedLine>,
+    /// True when the subject was forgotten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
+}
+
+/// A sealed personal part: the key generation, and nonce and ciphertext
+/// in standard base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedLine {
+    /// Generation of the subject key it is sealed under.
+    pub generation: u64,
+    /// The 24-byte nonce, base64.
+    pub nonce: String,
+    /// Ciphertext and tag, base64.
+    pub ciphertext: String,
+}
+
+impl PersonalLine {
+    /// The line of a part: sealed or erased as it is; an opened part
+    /// names its subject only (its bytes never go into a line).
+    pub fn of(p: &PersonalData) -> PersonalLine {
+        PersonalLine {
+            subject: p.subject().to_owned(),
+            sealed: p.sealed_part().map(|s| SealedLine {
+                generation: s.generation,
+                nonce: B64.encode(s.nonce),
+                ciphertext: B64.encode(&s.ciphertext),
+            }),
+            erased: p.is_erased(),
+        }
+    }
+
+    /// The part to import: sealed or erased. Fails for a line with
+    /// neither or both, or bad base64.
+    pub fn to_personal(&self) -> Result<PersonalData, String> {
+        match (&self.sealed, self.erased) {
+            (Some(s), false) => {
+                let nonce: [u8; 24] = B64
+                    .decode(&s.nonce)
+                    .ok()
+                    .and_then(|n| n.try_into().ok())
+                    .ok_or("personal.sealed.nonce is not 24 bytes in base64")?;
+                let ciphertext = B64
+                    .decode(&s.ciphertext)
+                    .map_err(|e| format!("personal.sealed.ciphertext is not valid base64: {e}"))?;
+                Ok(PersonalData::sealed(
+                    self.subject.clone(),
+                    SealedPersonal {
+                        generation: s.generation,
+                        nonce,
+                        ciphertext,
+                    },
+                ))
+            }
+            (None, true) => Ok(PersonalData::erased(self.subject.clone())),
+            (Some(_), true) => Err("a personal part is either sealed or erased, not both".into()),
+            (None, false) => Err(format!(
+                "the personal part of subject '{}' has no content (the output of `read --json` leaves it out); import the output of `eskv export`",
+                self.subject
+            )),
+        }
+    }
+
+    /// The subject alone: what a checksum that must not depend on a
+    /// part's state (sealed here, erased after a forget there) covers.
+    pub fn subject_only(&self) -> PersonalLine {
+        PersonalLine {
+            subject: self.subject.clone(),
+            sealed: None,
+            erased: false,
+        }
     }
 }
 
@@ -137,11 +238,7 @@ pub fn payload_fields(bytes: &[u8]) -> (Option<Box<RawValue>>, Option<String>, O
                 (None, Some(s.to_owned()), None)
             }
         }
-        Err(_) => (
-            None,
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
+        Err(_) => (None, None, Some(B64.encode(bytes))),
     }
 }
 
@@ -166,6 +263,7 @@ impl EventLine {
                 causation_id: e.metadata.causation_id.clone(),
                 extra,
             },
+            personal: e.personal.as_ref().map(PersonalLine::of),
             recorded_at: Some(format_time(recorded_at_ms)),
         }
     }
@@ -195,16 +293,42 @@ impl EventLine {
             (None, None, None) => Ok(b"{}".to_vec()),
             (Some(raw), None, None) => Ok(raw.get().as_bytes().to_vec()),
             (None, Some(t), None) => Ok(t.clone().into_bytes()),
-            (None, None, Some(b)) => base64::engine::general_purpose::STANDARD
+            (None, None, Some(b)) => B64
                 .decode(b)
                 .map_err(|e| format!("data_base64 is not valid base64: {e}")),
             _ => Err("give at most one of data, data_text and data_base64".into()),
         }
     }
 
+    /// The canonical text with personal parts reduced to their subject:
+    /// what a store's content is compared by (a part sealed in the file
+    /// reads erased from a store where its subject was forgotten since).
+    pub fn to_content_json(&self) -> String {
+        match &self.personal {
+            None => self.to_json(),
+            Some(p) => EventLine {
+                personal: Some(p.subject_only()),
+                ..self.clone()
+            }
+            .to_json(),
+        }
+    }
+
     /// The event to append: the line's id (or a fresh one), type, tags,
-    /// payload and metadata.
+    /// payload and metadata. A line with a personal part is refused
+    /// (import writes those, see [`PersonalLine::to_personal`]).
     pub fn to_new_event(&self) -> Result<NewEvent, String> {
+        if self.personal.is_some() {
+            return Err(
+                "the line has a personal part; only import writes those (from an export)".into(),
+            );
+        }
+        self.to_new_event_without_personal()
+    }
+
+    /// [`to_new_event`](Self::to_new_event), leaving the personal part
+    /// out (import adds it).
+    pub(crate) fn to_new_event_without_personal(&self) -> Result<NewEvent, String> {
         let mut e = NewEvent::new(self.event_type.clone(), self.payload()?)
             .with_tags(self.tags.iter().cloned())
             .with_metadata(Metadata {
@@ -215,7 +339,7 @@ impl EventLine {
         if let Some(id) = &self.id {
             // The core parser: it also rejects ids beyond the ULID range,
             // which a lenient decoder would wrap onto another id.
-            e = e.with_id(eskv::parse_event_id(id).map_err(|err| err.to_string())?);
+            e = e.with_id(crate::parse_event_id(id).map_err(|err| err.to_string())?);
         }
         Ok(e)
     }
@@ -248,8 +372,8 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eskv::StreamRef;
-    use eskv::Ulid;
+    use crate::StreamRef;
+    use crate::Ulid;
 
     fn recorded(data: &[u8]) -> RecordedEvent {
         RecordedEvent {
@@ -342,6 +466,86 @@ mod tests {
             .contains("out of the ULID range"));
         let none = EventLine::parse(r#"{"type":"A"}"#).unwrap();
         assert_eq!(none.payload().unwrap(), b"{}");
+    }
+
+    #[test]
+    fn personal_parts_travel_sealed_or_erased_never_in_clear() {
+        let sealed = SealedPersonal {
+            generation: 3,
+            nonce: [7; 24],
+            ciphertext: vec![1, 2, 3, 250],
+        };
+        let mut e = recorded(b"{}");
+        e.personal = Some(PersonalData::sealed("user-1", sealed.clone()));
+        let line = EventLine::from_recorded(&e).to_json();
+        assert!(
+            line.contains(r#""personal":{"subject":"user-1","sealed":{"generation":3,"#),
+            "{line}"
+        );
+        let back = EventLine::parse(&line).unwrap();
+        let p = back.personal.as_ref().unwrap().to_personal().unwrap();
+        assert_eq!(p.sealed_part(), Some(&sealed));
+        assert_eq!(p.subject(), "user-1");
+        // The content form names the subject only.
+        assert!(back
+            .to_content_json()
+            .contains(r#""personal":{"subject":"user-1"},"#));
+        // Erased: no ciphertext at all.
+        e.personal = Some(PersonalData::erased("user-2"));
+        let line = EventLine::from_recorded(&e).to_json();
+        assert!(
+            line.contains(r#""personal":{"subject":"user-2","erased":true}"#),
+            "{line}"
+        );
+        let p = EventLine::parse(&line)
+            .unwrap()
+            .personal
+            .unwrap()
+            .to_personal()
+            .unwrap();
+        assert!(p.is_erased());
+        // Opened (a `read`): the subject only, never the bytes.
+        e.personal = Some(PersonalData::new("user-3", b"Ada Lovelace".to_vec()));
+        let line = EventLine::from_recorded(&e).to_json();
+        assert!(!line.contains("Ada"), "{line}");
+        let only = EventLine::parse(&line).unwrap();
+        assert!(only
+            .personal
+            .as_ref()
+            .unwrap()
+            .to_personal()
+            .unwrap_err()
+            .contains("no content"));
+        // Appends take no personal parts from a line.
+        assert!(only.to_new_event().unwrap_err().contains("personal"));
+    }
+
+    #[test]
+    fn bad_personal_lines() {
+        let base = r#"{"type":"A","personal":"#;
+        for (p, want) in [
+            (
+                r#"{"subject":"s","erased":true,"sealed":{"generation":1,"nonce":"","ciphertext":""}}"#,
+                "not both",
+            ),
+            (
+                r#"{"subject":"s","sealed":{"generation":1,"nonce":"AAAA","ciphertext":""}}"#,
+                "24 bytes",
+            ),
+            (
+                r#"{"subject":"s","sealed":{"generation":1,"nonce":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","ciphertext":"*"}}"#,
+                "base64",
+            ),
+        ] {
+            let l = EventLine::parse(&format!("{base}{p}}}")).unwrap();
+            let err = l.personal.unwrap().to_personal().unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        assert!(
+            EventLine::parse(&format!(r#"{base}{{"subject":"s","typo":1}}}}"#))
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 
     #[test]
