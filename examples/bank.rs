@@ -71,7 +71,7 @@ async fn open(store: &EventStore, id: &str, owner: &str) -> Outcome {
         owner: owner.into(),
     };
     store
-        .decide_stream(&format!("account-{id}"), evolve, |a| match a.open {
+        .decide_stream(format!("account-{id}"), evolve, |a| match a.open {
             true => Err(BankError::AlreadyOpen),
             false => Ok(vec![opened.clone()]),
         })
@@ -81,7 +81,7 @@ async fn open(store: &EventStore, id: &str, owner: &str) -> Outcome {
 
 async fn deposit(store: &EventStore, id: &str, amount: u64) -> Outcome {
     store
-        .decide_stream(&format!("account-{id}"), evolve, |a| match a.open {
+        .decide_stream(format!("account-{id}"), evolve, |a| match a.open {
             true => Ok(vec![BankEvent::Deposited {
                 amount,
                 memo: "counter".into(),
@@ -95,7 +95,7 @@ async fn deposit(store: &EventStore, id: &str, amount: u64) -> Outcome {
 /// The withdrawal: a few lines, however many tellers race for the account.
 async fn withdraw(store: &EventStore, id: &str, amount: u64) -> Outcome {
     store
-        .decide_stream(&format!("account-{id}"), evolve, |a| match a {
+        .decide_stream(format!("account-{id}"), evolve, |a| match a {
             Account { open: false, .. } => Err(BankError::NoSuchAccount),
             Account { balance, .. } if *balance < amount => Err(BankError::Insufficient {
                 balance: *balance,

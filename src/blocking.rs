@@ -199,10 +199,11 @@ impl EventStore {
     /// ```
     pub fn append_to_stream(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        let stream = stream.as_ref();
         self.block_on(self.inner.append_to_stream(stream, expected, events))
     }
 
@@ -234,7 +235,12 @@ impl EventStore {
     /// assert_eq!((read.len(), read.version), (2, 3));
     /// # Ok::<(), eskv::Error>(())
     /// ```
-    pub fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
+    pub fn read_stream(
+        &self,
+        stream: impl AsRef<str>,
+        opts: ReadStreamOptions,
+    ) -> Result<StreamRead> {
+        let stream = stream.as_ref();
         self.block_on(self.inner.read_stream(stream, opts))
     }
 
@@ -310,7 +316,7 @@ impl EventStore {
     /// ```
     pub fn decide_stream<Ev, S, E>(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         fold: impl Fn(&mut S, &Ev),
         decide: impl FnMut(&S) -> std::result::Result<Vec<Ev>, E>,
     ) -> std::result::Result<Decided<Ev>, DecideError<E>>
@@ -318,6 +324,7 @@ impl EventStore {
         Ev: DomainEvent,
         S: Default,
     {
+        let stream = stream.as_ref();
         self.block_on(self.inner.decide_stream(stream, fold, decide))
     }
 

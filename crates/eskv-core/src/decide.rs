@@ -421,7 +421,7 @@ impl EventStore {
     /// ```
     pub async fn decide_stream<Ev, S, E>(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         fold: impl Fn(&mut S, &Ev),
         decide: impl FnMut(&S) -> Result<Vec<Ev>, E>,
     ) -> Result<Decided<Ev>, DecideError<E>>
@@ -429,6 +429,7 @@ impl EventStore {
         Ev: DomainEvent,
         S: Default,
     {
+        let stream = stream.as_ref();
         self.decider(DecideOptions::default())
             .decide_stream(stream, fold, decide)
             .await
@@ -602,7 +603,7 @@ impl Decider {
     /// ```
     pub async fn decide_stream<Ev, S, E>(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         fold: impl Fn(&mut S, &Ev),
         mut decide: impl FnMut(&S) -> Result<Vec<Ev>, E>,
     ) -> Result<Decided<Ev>, DecideError<E>>
@@ -610,6 +611,7 @@ impl Decider {
         Ev: DomainEvent,
         S: Default,
     {
+        let stream = stream.as_ref();
         let mut backoff = Backoff::new(&self.opts);
         loop {
             let history = self

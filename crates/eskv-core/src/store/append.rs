@@ -81,12 +81,30 @@ impl EventStore {
     }
 
     /// Appends `events` to `stream` if its version matches `expected`.
+    /// Stream ids are anything that reads as a `str` (`&str`, `String`,
+    /// `format!(..)`), as in every call that names a stream.
+    ///
+    /// ```
+    /// use eskv_core::{Error, EventStore, ExpectedVersion, MemoryStore, NewEvent};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// let store = EventStore::open(std::sync::Arc::new(MemoryStore::new())).await?;
+    /// let order = 7;
+    /// let placed = || vec![NewEvent::new("OrderPlaced", b"{}".to_vec())];
+    /// let r = store.append_to_stream(format!("order-{order}"), ExpectedVersion::NoStream, placed()).await?;
+    /// assert_eq!(r.stream_version, Some(1));
+    /// let again = store.append_to_stream("order-7", ExpectedVersion::NoStream, placed()).await;
+    /// assert!(matches!(again, Err(Error::WrongExpectedVersion { .. })));
+    /// assert_eq!(store.read_stream(format!("order-{order}"), Default::default()).await?.version, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn append_to_stream(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        let stream = stream.as_ref();
         self.submit(AppendRequest::new(events).stream(stream, expected))
             .await
     }

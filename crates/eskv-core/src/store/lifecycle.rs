@@ -76,10 +76,11 @@ impl EventStore {
     /// [`StreamInfo::metadata_revision`]: crate::StreamInfo::metadata_revision
     pub async fn set_retention(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         retention: Retention,
         expected_revision: ExpectedVersion,
     ) -> Result<AppendResult> {
+        let stream = stream.as_ref();
         if retention.max_count == Some(0) {
             return Err(Error::invalid(format!(
                 "max_count 0 for stream '{stream}' would keep no event; use delete_stream to delete a stream, or a max_count of at least 1"
@@ -98,9 +99,10 @@ impl EventStore {
     /// live events is [`Error::NotFound`].
     pub async fn delete_stream(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
+        let stream = stream.as_ref();
         self.change_stream(stream, Change::Delete(expected)).await
     }
 
@@ -110,9 +112,10 @@ impl EventStore {
     /// `$stream-tombstoned` event; returns its position.
     pub async fn tombstone_stream(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
+        let stream = stream.as_ref();
         self.change_stream(stream, Change::Tombstone(expected))
             .await
     }
@@ -237,7 +240,8 @@ impl EventStore {
     ///
     /// Errors: [`Error::UnknownSubject`] when no personal data of
     /// `subject` was ever stored.
-    pub async fn forget(&self, subject: &str) -> Result<ForgetOutcome> {
+    pub async fn forget(&self, subject: impl AsRef<str>) -> Result<ForgetOutcome> {
+        let subject = subject.as_ref();
         validate_subject(subject, &self.inner.opts.limits)?;
         let id = Ulid::generate();
         let kv = &self.inner.kv;

@@ -140,10 +140,11 @@ impl EventStore {
     /// ```
     pub fn read_category_paged(
         &self,
-        category: &str,
+        category: impl AsRef<str>,
         opts: ReadOptions,
         page_size: usize,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+        let category = category.as_ref();
         let (store, category) = (self.clone(), category.to_owned());
         pages(opts, page_size, move |o| {
             let (store, category) = (store.clone(), category.clone());
@@ -172,10 +173,11 @@ impl EventStore {
     /// ```
     pub fn read_stream_paged(
         &self,
-        stream: &str,
+        stream: impl AsRef<str>,
         opts: ReadStreamOptions,
         page_size: usize,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+        let stream = stream.as_ref();
         let (store, stream) = (self.clone(), stream.to_owned());
         let page = page_size.max(1);
         let start = (opts, opts.limit, false);

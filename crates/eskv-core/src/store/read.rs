@@ -135,7 +135,12 @@ impl EventStore {
         skip_all,
         fields(kind = "category", count)
     )]
-    pub async fn read_category(&self, category: &str, opts: ReadOptions) -> Result<ReadResult> {
+    pub async fn read_category(
+        &self,
+        category: impl AsRef<str>,
+        opts: ReadOptions,
+    ) -> Result<ReadResult> {
+        let category = category.as_ref();
         validate_stream_id(category, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
         let mut live = self.live();
@@ -183,7 +188,12 @@ impl EventStore {
         skip_all,
         fields(kind = "stream", count)
     )]
-    pub async fn read_stream(&self, stream: &str, opts: ReadStreamOptions) -> Result<StreamRead> {
+    pub async fn read_stream(
+        &self,
+        stream: impl AsRef<str>,
+        opts: ReadStreamOptions,
+    ) -> Result<StreamRead> {
+        let stream = stream.as_ref();
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
         // The stream index bounds the read: versions run 1..=n, so an open
@@ -325,7 +335,8 @@ impl EventStore {
     }
 
     /// A stream's version and last position.
-    pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
+    pub async fn stream_info(&self, stream: impl AsRef<str>) -> Result<StreamInfo> {
+        let stream = stream.as_ref();
         validate_stream_id(stream, &self.inner.opts.limits)?;
         let mut txn = self.inner.kv.begin().await?;
         let vals = txn
