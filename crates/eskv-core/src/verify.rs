@@ -266,6 +266,12 @@ impl Checker<'_> {
         }
     }
 
+    /// Reports a key of `table` that does not parse.
+    fn unparsed_key(&mut self, key: &[u8], table: &str, e: &crate::Error) {
+        let message = format!("{table} key does not parse ({})", corrupt_message(e));
+        self.violation(Some(key), None, message);
+    }
+
     async fn page(
         &mut self,
         pager: &mut Pager,

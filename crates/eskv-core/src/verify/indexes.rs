@@ -36,11 +36,7 @@ impl Checker<'_> {
                 let id = match layout::parse_id_key(&k) {
                     Ok(id) => id,
                     Err(e) => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!("id index key does not parse ({})", corrupt_message(&e)),
-                        );
+                        self.unparsed_key(&k, "id index", &e);
                         continue;
                     }
                 };
@@ -92,11 +88,7 @@ impl Checker<'_> {
                 let (s, p) = match layout::parse_positional_key(&k) {
                     Ok(x) => x,
                     Err(e) => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!("{table} index key does not parse ({})", corrupt_message(&e)),
-                        );
+                        self.unparsed_key(&k, &format!("{table} index"), &e);
                         continue;
                     }
                 };

@@ -53,11 +53,7 @@ impl Checker<'_> {
                 let pos = match layout::parse_log_key_strict(&k) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!("log key does not parse ({})", corrupt_message(&e)),
-                        );
+                        self.unparsed_key(&k, "log", &e);
                         continue;
                     }
                 };

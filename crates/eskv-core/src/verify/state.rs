@@ -19,11 +19,7 @@ impl Checker<'_> {
         while let Some(rows) = self.page(&mut pager, txn).await? {
             for (k, v) in rows {
                 match layout::parse_meta_key(&k) {
-                    Err(e) => self.violation(
-                        Some(&k),
-                        None,
-                        format!("meta key does not parse ({})", corrupt_message(&e)),
-                    ),
+                    Err(e) => self.unparsed_key(&k, "meta", &e),
                     Ok(_) if k == layout::format_key() => {
                         format_seen = true;
                         if v != layout::FORMAT {
@@ -92,11 +88,7 @@ impl Checker<'_> {
         while let Some(rows) = self.page(&mut pager, txn).await? {
             for (k, v) in rows {
                 if let Err(e) = layout::parse_registry_key_strict(&k) {
-                    self.violation(
-                        Some(&k),
-                        None,
-                        format!("registry key does not parse ({})", corrupt_message(&e)),
-                    );
+                    self.unparsed_key(&k, "registry", &e);
                 } else if !v.is_empty() {
                     self.violation(
                         Some(&k),
@@ -132,14 +124,7 @@ impl Checker<'_> {
                 let parsed = match layout::parse_state_key(&k) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!(
-                                "subscription-state key does not parse ({})",
-                                corrupt_message(&e)
-                            ),
-                        );
+                        self.unparsed_key(&k, "subscription-state", &e);
                         continue;
                     }
                 };

@@ -30,11 +30,7 @@ impl Checker<'_> {
                 let (s, ver) = match layout::parse_stream_event_key(&k) {
                     Ok(x) => x,
                     Err(e) => {
-                        self.violation(
-                            Some(&k),
-                            None,
-                            format!("stream index key does not parse ({})", corrupt_message(&e)),
-                        );
+                        self.unparsed_key(&k, "stream index", &e);
                         continue;
                     }
                 };
@@ -142,11 +138,7 @@ impl Checker<'_> {
         let name = match layout::parse_stream_meta_key(k) {
             Ok(s) => format!("stream '{s}'"),
             Err(e) => {
-                self.violation(
-                    Some(k),
-                    None,
-                    format!("stream key does not parse ({})", corrupt_message(&e)),
-                );
+                self.unparsed_key(k, "stream", &e);
                 return;
             }
         };
