@@ -45,7 +45,7 @@ pub(crate) enum ExpectedRevision {
 /// version `r + 1`, and a write without one expects nothing.
 pub(crate) fn expected_version(e: Option<impl Into<ExpectedRevision>>) -> ExpectedVersion {
     match e.map(Into::into) {
-        Some(ExpectedRevision::Revision(r)) => ExpectedVersion::Exact(r + 1),
+        Some(ExpectedRevision::Revision(r)) => ExpectedVersion::Exact(r.saturating_add(1)),
         Some(ExpectedRevision::NoStream) => ExpectedVersion::NoStream,
         Some(ExpectedRevision::StreamExists) => ExpectedVersion::StreamExists,
         Some(ExpectedRevision::Any) | None => ExpectedVersion::Any,
@@ -290,6 +290,20 @@ impl Filter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The largest revision a client can send maps to a version no stream
+    /// reaches (a wrong expected version), never an overflow.
+    #[test]
+    fn the_largest_revision_does_not_overflow() {
+        assert_eq!(
+            expected_version(Some(ExpectedRevision::Revision(u64::MAX))),
+            ExpectedVersion::Exact(u64::MAX)
+        );
+        assert_eq!(
+            expected_version(Some(ExpectedRevision::Revision(4))),
+            ExpectedVersion::Exact(5)
+        );
+    }
 
     proptest! {
         /// Ids (either UUID form), content type and custom metadata bytes
