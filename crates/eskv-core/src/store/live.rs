@@ -246,32 +246,17 @@ impl<'a> Live<'a> {
         if self.sealed {
             return self.mark_forgotten(txn, events).await;
         }
-        let mut missing: Vec<String> = events
-            .iter()
-            .filter_map(|e| e.personal.as_ref())
-            .filter(|p| matches!(p.content, PersonalContent::Sealed(_)))
-            .map(|p| p.subject().to_owned())
-            .filter(|s| !self.subjects.contains_key(s))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        if !missing.is_empty() {
-            let keys: Vec<Vec<u8>> = missing.iter().map(|s| layout::subject_key(s)).collect();
-            let vals = txn.get_many(&keys).await?;
-            for (s, v) in missing.into_iter().zip(vals) {
-                let key = match v {
-                    None => None,
-                    Some(v) => {
-                        let rec = SubjectRecord::decode(&v)?;
-                        match (&rec.wrapped, self.store_key) {
-                            (None, _) => None,
-                            (Some(_), None) => return Err(no_store_key()),
-                            (Some(_), Some(k)) => crypto::unwrap_subject_key(k, &s, &rec)?,
-                        }
-                    }
-                };
-                self.subjects.insert(s, key);
-            }
+        let unknown = |s: &str| !self.subjects.contains_key(s);
+        for (s, rec) in unread_subject_records(txn, events, unknown).await? {
+            let key = match rec {
+                None => None,
+                Some(rec) => match (&rec.wrapped, self.store_key) {
+                    (None, _) => None,
+                    (Some(_), None) => return Err(no_store_key()),
+                    (Some(_), Some(k)) => crypto::unwrap_subject_key(k, &s, &rec)?,
+                },
+            };
+            self.subjects.insert(s, key);
         }
         for e in events.iter_mut() {
             let Some(p) = e.personal.as_mut() else {
@@ -310,28 +295,10 @@ impl Live<'_> {
         txn: &mut dyn KvTransaction,
         events: &mut [RecordedEvent],
     ) -> Result<()> {
-        let mut missing: Vec<String> = events
-            .iter()
-            .filter_map(|e| e.personal.as_ref())
-            .filter(|p| matches!(p.content, PersonalContent::Sealed(_)))
-            .map(|p| p.subject().to_owned())
-            .filter(|s| !self.generations.contains_key(s))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        if !missing.is_empty() {
-            let keys: Vec<Vec<u8>> = missing.iter().map(|s| layout::subject_key(s)).collect();
-            let vals = txn.get_many(&keys).await?;
-            for (s, v) in missing.into_iter().zip(vals) {
-                let live = match v {
-                    Some(v) => {
-                        let rec = SubjectRecord::decode(&v)?;
-                        rec.wrapped.map(|_| rec.generation)
-                    }
-                    None => None,
-                };
-                self.generations.insert(s, live);
-            }
+        let unknown = |s: &str| !self.generations.contains_key(s);
+        for (s, rec) in unread_subject_records(txn, events, unknown).await? {
+            let live = rec.and_then(|rec| rec.wrapped.map(|_| rec.generation));
+            self.generations.insert(s, live);
         }
         for p in events.iter_mut().filter_map(|e| e.personal.as_mut()) {
             let PersonalContent::Sealed(sealed) = &p.content else {
@@ -343,6 +310,36 @@ impl Live<'_> {
         }
         Ok(())
     }
+}
+
+/// The subjects of `events`' sealed personal parts for which `unknown`
+/// holds, each once (sorted), with its subject record as of `txn`, read in
+/// one batch.
+async fn unread_subject_records(
+    txn: &mut dyn KvTransaction,
+    events: &[RecordedEvent],
+    unknown: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Option<SubjectRecord>)>> {
+    let mut missing: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.personal.as_ref())
+        .filter(|p| matches!(p.content, PersonalContent::Sealed(_)))
+        .map(|p| p.subject())
+        .filter(|s| unknown(s))
+        .map(str::to_owned)
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Vec<u8>> = missing.iter().map(|s| layout::subject_key(s)).collect();
+    let vals = txn.get_many(&keys).await?;
+    missing
+        .into_iter()
+        .zip(vals)
+        .map(|(s, v)| Ok((s, v.map(|v| SubjectRecord::decode(&v)).transpose()?)))
+        .collect()
 }
 
 /// A stream's state from its metadata and lifecycle record (`None`: no
