@@ -81,6 +81,10 @@
 //!   unless [`FjallOptions::cache_size`] says otherwise, plus the memtable
 //!   ([`FjallOptions::max_memtable_size`], 16 MiB by default, and up to
 //!   that much again while one is being flushed).
+//! - **Disk**: tables (compressed), plus the journals whose data is not in
+//!   tables yet; journals past [`FjallOptions::max_journal_size`]
+//!   ([`DEFAULT_MAX_JOURNAL_SIZE`], 64 MiB) make fjall flush the keyspaces
+//!   that hold them, so a store keeps about one journal.
 //!
 //! [`CommitOracle`]: eskv_core::oracle::CommitOracle
 //! [`WriteBuffer`]: eskv_core::WriteBuffer
@@ -99,5 +103,7 @@ mod writer;
 
 /// The fjall crate this backend is built on.
 pub use fjall;
-pub use options::{Durability, FjallOptions, DEFAULT_CACHE_SIZE, DEFAULT_MEMTABLE_SIZE};
+pub use options::{
+    Durability, FjallOptions, DEFAULT_CACHE_SIZE, DEFAULT_MAX_JOURNAL_SIZE, DEFAULT_MEMTABLE_SIZE,
+};
 pub use store::FjallStore;

@@ -31,6 +31,18 @@ pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
 /// deleted; it bounds both memory and the replay work after a crash.
 pub const DEFAULT_MEMTABLE_SIZE: u64 = 16 << 20;
 
+/// The default and smallest bound on the journals kept on disk: 64 MiB
+/// (fjall's own default is 512 MiB).
+///
+/// fjall starts a new journal file past 64 MB and deletes an old one once
+/// every keyspace has flushed the data it holds to tables. A keyspace
+/// written rarely (the store's format marker lives in one) would keep its
+/// first journal, and every journal after it, until the journals reach
+/// this bound; fjall then flushes that keyspace. With 64 MiB a store keeps
+/// about one journal beside its tables instead of up to 512 MiB of
+/// journals whose data is already in tables.
+pub const DEFAULT_MAX_JOURNAL_SIZE: u64 = 64 << 20;
+
 /// Options for [`FjallStore::open_with`](crate::FjallStore::open_with).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -42,6 +54,10 @@ pub struct FjallOptions {
     /// Memtable size in bytes before it is flushed to disk. Default:
     /// [`DEFAULT_MEMTABLE_SIZE`].
     pub max_memtable_size: u64,
+    /// Journal bytes on disk past which fjall flushes the keyspaces that
+    /// keep old journals alive. Default and minimum:
+    /// [`DEFAULT_MAX_JOURNAL_SIZE`].
+    pub max_journal_size: u64,
     /// Most commit requests one group commit may carry. Default: 1024.
     pub max_batch: usize,
     /// Open an existing store without writing to it (see the crate docs).
@@ -65,6 +81,7 @@ impl Default for FjallOptions {
             durability: Durability::Immediate,
             cache_size: DEFAULT_CACHE_SIZE,
             max_memtable_size: DEFAULT_MEMTABLE_SIZE,
+            max_journal_size: DEFAULT_MAX_JOURNAL_SIZE,
             max_batch: 1024,
             read_only: false,
             lock_wait: Duration::from_secs(2),
@@ -89,6 +106,13 @@ impl FjallOptions {
     /// Sets the memtable size in bytes (at least 1 MiB).
     pub fn max_memtable_size(mut self, bytes: u64) -> Self {
         self.max_memtable_size = bytes.max(1 << 20);
+        self
+    }
+
+    /// Sets the bound on journal bytes kept on disk (at least
+    /// [`DEFAULT_MAX_JOURNAL_SIZE`], fjall's minimum).
+    pub fn max_journal_size(mut self, bytes: u64) -> Self {
+        self.max_journal_size = bytes.max(DEFAULT_MAX_JOURNAL_SIZE);
         self
     }
 

@@ -180,6 +180,13 @@ impl Shared {
         };
         let db = fjall::Database::builder(&dir)
             .cache_size(self.options.cache_size)
+            // A public field can bypass the setter's clamp; fjall panics
+            // below its minimum.
+            .max_journaling_size(
+                self.options
+                    .max_journal_size
+                    .max(crate::options::DEFAULT_MAX_JOURNAL_SIZE),
+            )
             .temporary(self.options.temporary && !self.options.read_only)
             .open()
             .map_err(|e| self.open_error(e))?;
