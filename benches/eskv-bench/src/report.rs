@@ -840,9 +840,9 @@ pub fn markdown(
              eskv-etcd is `EtcdStore` with `EtcdOptions::server_limits({}, {})`, matching the servers' flags. \
              raw-etcd does per append one read `Txn` and one compare-and-put `Txn` (two round trips); eskv-etcd, \
              through the generic `KvTransaction`, does one `Txn` of reads (head, strict flag, ids, stream meta, the condition's probe, and the keys the \
-             append will write at the positions after the head it last saw), one keys-only read of the written keys it has not \
-             read (a stream append's index entry, for its `mod_revision`), then the commit `Txn` comparing every written key: \
-             two round trips on W1, W4 and W4r, three on W2. \
+             append will write at the positions after the head it last saw, with a stream append's index entries at the versions \
+             after its expected version), then the commit `Txn` comparing every written key: two round trips on W1, W2, W4 and \
+             W4r (a keys-only read of written keys not read before comes between only when another process appended meanwhile). \
              The etcd systems run W1, W2, W4 and W4r only (writes); `—` elsewhere.\n",
             ETCD_TXN_OPS, ETCD_REQUEST_BYTES
         );

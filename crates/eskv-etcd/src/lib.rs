@@ -46,8 +46,10 @@
 //!   writes or validates keys the transaction did not read. The store
 //!   declares this (`Capabilities::reads_unread_writes_at_commit`), so the
 //!   event layer reads the keys an append will write with its batch read:
-//!   a conditional append is two round trips, a stream append three (its
-//!   stream index key is known only after that read).
+//!   a conditional append is two round trips, and so is a stream append
+//!   with an exact (or no-stream) expected version, whose stream index keys
+//!   follow from it; a stream append expecting `Any` is three (its stream
+//!   index key is known only after that read).
 //! - **Unknown outcomes.** A commit whose answer is lost (timeout, dropped
 //!   connection, leader change) returns [`KvError::CommitOutcomeUnknown`].
 //!

@@ -83,8 +83,9 @@ pub(super) fn probe_keeps(index: Index<'_>, item: &QueryItem, v: &[u8]) -> Resul
 }
 
 /// The keys of the rows an append of `reqs` writes at positions from
-/// `head + 1` on (log entry, type, tag and category index entries),
-/// assuming every request is appended.
+/// `head + 1` on (log entry, type, tag and category index entries), and
+/// the stream index entries of stream appends whose expected version
+/// names the stream's version, assuming every request is appended.
 fn keys_written_after(reqs: &[&AppendRequest], head: Position) -> Vec<Vec<u8>> {
     let mut keys = Vec::new();
     let mut pos = head;
@@ -96,6 +97,15 @@ fn keys_written_after(reqs: &[&AppendRequest], head: Position) -> Vec<Vec<u8>> {
             keys.push(layout::type_key(&e.event_type, pos));
             keys.extend(e.tags.iter().map(|t| layout::tag_key(t, pos)));
             keys.extend(category.map(|c| layout::category_key(c, pos)));
+        }
+        let version = match &req.stream {
+            Some((s, ExpectedVersion::Exact(v))) => Some((s, *v)),
+            Some((s, ExpectedVersion::NoStream)) => Some((s, 0)),
+            _ => None,
+        };
+        if let Some((stream, v)) = version {
+            let n = req.events.len() as u64;
+            keys.extend((1..=n).map(|i| layout::stream_event_key(stream, v.saturating_add(i))));
         }
     }
     keys
