@@ -753,7 +753,10 @@ impl Harness {
                     .iter()
                     .filter_map(|(s, spent)| {
                         let ops = totals.iter().find(|(n, _)| n == s)?.1.as_ref().ok()?.0;
-                        Some(format!("{s} {:.1}", *spent as f64 / ops.max(1) as f64))
+                        let v = *spent as f64 / ops.max(1) as f64;
+                        self.results
+                            .put(&format!("{wl} switches"), s, Cell::new(v, Unit::PerOp));
+                        Some(format!("{s} {v:.1}"))
                     })
                     .collect();
                 let line = format!(
