@@ -194,6 +194,10 @@ impl KvTransaction for CountingTxn {
         self.inner.put(key, value)
     }
 
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.inner.put_new(key, value)
+    }
+
     fn delete(&mut self, key: Vec<u8>) {
         self.inner.delete(key)
     }

@@ -418,6 +418,11 @@ impl KvTransaction for FaultyTxn {
         self.inner.put(key, value)
     }
 
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.wrote = true;
+        self.inner.put_new(key, value)
+    }
+
     fn delete(&mut self, key: Vec<u8>) {
         self.wrote = true;
         self.inner.delete(key)

@@ -301,6 +301,32 @@ pub async fn write_write_conflicts(store: Store) {
     );
 }
 
+/// `put_new` of a key another transaction created after the snapshot
+/// conflicts, like a `put` would; one that is still absent commits, and
+/// is read back like a `put`.
+pub async fn put_new_validates_absence(store: Store) {
+    let mut a = store.begin().await.unwrap();
+    let mut b = store.begin().await.unwrap();
+    // Fix both snapshots: neither sees "fresh".
+    assert_eq!(a.get(b"fresh").await.unwrap(), None);
+    assert_eq!(b.get(b"x").await.unwrap(), None);
+    a.put_new(k("fresh"), k("a"));
+    a.put_new(k("fresh-a"), k("a"));
+    assert_eq!(a.get(b"fresh").await.unwrap(), Some(k("a")), "own write");
+    b.put_new(k("fresh"), k("b"));
+    b.put_new(k("fresh-b"), k("b"));
+    a.commit().await.unwrap();
+    let err = b.commit().await.unwrap_err();
+    assert!(matches!(err, KvError::Conflict { .. }), "got {err:?}");
+    assert_eq!(store.get_latest(b"fresh").await.unwrap(), Some(k("a")));
+    assert_eq!(store.get_latest(b"fresh-a").await.unwrap(), Some(k("a")));
+    assert_eq!(
+        store.get_latest(b"fresh-b").await.unwrap(),
+        None,
+        "partial commit"
+    );
+}
+
 /// All writes of a commit appear together.
 pub async fn atomic_commit(store: Store) {
     let mut t = store.begin().await.unwrap();
@@ -472,6 +498,7 @@ macro_rules! kv_tests {
                 scans,
                 validation_conflicts,
                 write_write_conflicts,
+                put_new_validates_absence,
                 atomic_commit,
                 concurrent_counter,
                 namespaces_isolated,

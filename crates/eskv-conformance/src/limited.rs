@@ -145,6 +145,10 @@ impl KvTransaction for LimitedTxn {
         self.shadow.put(key.clone(), Vec::new());
         self.inner.put(key, value)
     }
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.shadow.put(key.clone(), Vec::new());
+        self.inner.put_new(key, value)
+    }
     fn delete(&mut self, key: Vec<u8>) {
         self.shadow.delete(key.clone());
         self.inner.delete(key)

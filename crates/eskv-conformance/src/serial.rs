@@ -140,6 +140,12 @@ impl KvTransaction for RecordedTxn {
         }
         self.txn().put(key, value)
     }
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if key == layout::head_key() {
+            self.writes_head = true;
+        }
+        self.txn().put_new(key, value)
+    }
     fn delete(&mut self, key: Vec<u8>) {
         self.txn().delete(key)
     }

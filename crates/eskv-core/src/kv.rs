@@ -101,12 +101,6 @@ pub struct Capabilities {
     /// read): the event layer then reads "the last N" as forward scans of
     /// position windows below the top, so it still costs O(N).
     pub cheap_reverse_scans: bool,
-    /// True when a commit first reads, in a round trip of its own, the
-    /// state at the snapshot of the keys it writes but did not read (etcd
-    /// compares each written key's revision). The event layer then reads
-    /// the keys an append is about to write with its first read, where it
-    /// can tell them in advance.
-    pub reads_unread_writes_at_commit: bool,
 }
 
 impl Capabilities {
@@ -119,7 +113,6 @@ impl Capabilities {
             max_txn_bytes: None,
             single_process: false,
             cheap_reverse_scans: true,
-            reads_unread_writes_at_commit: false,
         }
     }
 
@@ -138,12 +131,6 @@ impl Capabilities {
     /// Sets the most bytes per transaction.
     pub fn with_max_txn_bytes(mut self, n: usize) -> Self {
         self.max_txn_bytes = Some(n);
-        self
-    }
-
-    /// Sets [`reads_unread_writes_at_commit`](Self::reads_unread_writes_at_commit).
-    pub fn with_reads_unread_writes_at_commit(mut self, yes: bool) -> Self {
-        self.reads_unread_writes_at_commit = yes;
         self
     }
 
@@ -216,6 +203,20 @@ pub trait KvTransaction: Send {
 
     /// Buffers a write of `value` at `key`.
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
+
+    /// Buffers a write of `value` at `key`, a key the caller knows from
+    /// this transaction's own reads was absent at its snapshot (say, a
+    /// position above a head it read). The write is validated like any
+    /// other (rule 5): a transaction that created `key` after the snapshot
+    /// makes the commit fail with [`KvError::Conflict`]. A backend that
+    /// would otherwise read the state of written keys before its commit
+    /// (etcd) takes the caller's word instead and saves that read. Putting
+    /// a key that was present is a caller bug: such a commit may fail
+    /// with a conflict on every attempt. The default calls
+    /// [`put`](Self::put).
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put(key, value)
+    }
 
     /// Buffers a deletion of `key`.
     fn delete(&mut self, key: Vec<u8>);

@@ -1194,5 +1194,14 @@ pub fn event_rows(
     Ok(id)
 }
 
+/// True for a row of [`event_rows`] that its append creates, appended at
+/// a position above the head: every row but the id entry, which is keyed
+/// by the event's id and may exist (a released id is taken again). The
+/// others are keyed by the new position, or by a stream version above the
+/// stream's (stream index entries).
+pub fn event_row_is_new(key: &[u8]) -> bool {
+    key.first() != Some(&ID)
+}
+
 #[cfg(test)]
 mod tests;

@@ -421,6 +421,14 @@ impl EtcdSnapshot {
 
 #[async_trait]
 impl KvSnapshot for EtcdSnapshot {
+    /// Absent at the pin: `mod_revision` 0, compared at commit without
+    /// reading it first (a key that was read keeps what the read saw).
+    fn assume_absent(&mut self, key: &[u8]) {
+        if !self.seen.contains_key(key) {
+            self.seen.insert(key.to_vec(), 0);
+        }
+    }
+
     async fn read_many(
         &mut self,
         gets: Vec<Vec<u8>>,

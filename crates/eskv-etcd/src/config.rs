@@ -101,9 +101,8 @@ impl EtcdOptions {
             // etcd answers a descending range by loading and sorting all of
             // it, whatever the limit.
             .with_cheap_reverse_scans(false)
-            // A commit compares every written key's revision at the pin,
-            // read first for the keys the transaction did not read.
-            .with_reads_unread_writes_at_commit(true)
+        // A commit compares every written key's revision at the pin,
+        // read first for the keys the transaction did not read.
     }
 
     pub(crate) fn endpoint_list(&self) -> String {

@@ -36,20 +36,20 @@
 //!   pin are all caught, and a failed compare is a retryable
 //!   [`KvError::Conflict`].
 //! - **Keys not read before commit.** The transaction knows the pinned
-//!   `mod_revision` of every key it read. For a written or validated key it
-//!   never read, commit first reads the keys' metadata at the pin (one extra
-//!   round trip for all such keys): comparing with `mod_revision <= pin`
-//!   instead would miss a key deleted after the pin. A transaction that never
-//!   read anything has no pin: its snapshot is the commit itself and its
-//!   `Txn` carries no compares.
+//!   `mod_revision` of every key it read, and takes a key written with
+//!   [`KvTransaction::put_new`](eskv_core::KvTransaction::put_new) as absent
+//!   at the pin (`mod_revision` 0). For any other written or validated key
+//!   it never read, commit first reads the keys' metadata at the pin (one
+//!   extra round trip for all such keys): comparing with `mod_revision <=
+//!   pin` instead would miss a key deleted after the pin. A transaction
+//!   that never read anything has no pin: its snapshot is the commit itself
+//!   and its `Txn` carries no compares.
 //! - **Round trips:** one per read, one per commit, plus one when the commit
-//!   writes or validates keys the transaction did not read. The store
-//!   declares this (`Capabilities::reads_unread_writes_at_commit`), so the
-//!   event layer reads the keys an append will write with its batch read:
-//!   a conditional append is two round trips, and so is a stream append
-//!   with an exact (or no-stream) expected version, whose stream index keys
-//!   follow from it; a stream append expecting `Any` is three (its stream
-//!   index key is known only after that read).
+//!   writes or validates keys the transaction neither read nor wrote with
+//!   `put_new`. The event layer reads the head, ids and stream heads of a
+//!   batch in one read and writes every new row with `put_new` (positions
+//!   above the head, stream versions above the stream's), so an append,
+//!   conditional or to a stream, is two round trips: one read, one commit.
 //! - **Unknown outcomes.** A commit whose answer is lost (timeout, dropped
 //!   connection, leader change) returns [`KvError::CommitOutcomeUnknown`].
 //!

@@ -44,8 +44,9 @@ mod round_trips {
     /// A conditional append (W1's uniqueness pattern) is one read and one
     /// commit: the condition's probe rides in the batch's read, and so do
     /// the keys the append writes (the commit compares their revisions
-    /// without reading them first). So does a stream append with an exact
-    /// expected version: its stream index keys follow from that version.
+    /// without reading them first). So does a stream append, whatever its
+    /// expected version, and a many-event append: every row an append
+    /// creates is written with `put_new`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_conditional_append_is_one_read_and_one_commit() {
         let cluster = start(1, false);
@@ -90,6 +91,30 @@ mod round_trips {
             }
             version = Some(n + 1);
         }
+        // No expected version, and a 25-event append (within etcd's default
+        // 128 operations per transaction): still one read
+        // and one commit (every new row is written with put_new).
+        let before = kv_requests(&endpoint);
+        store
+            .append_to_stream(
+                "order-1",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Shipped", b"{}".to_vec())],
+            )
+            .await
+            .unwrap();
+        let sent = kv_requests(&endpoint) - before;
+        assert_eq!(
+            sent, 2,
+            "stream append, any version: {sent} requests to etcd"
+        );
+        let events: Vec<NewEvent> = (0..25)
+            .map(|i| NewEvent::new("Bulk", b"{}".to_vec()).tag(format!("bulk:{i}")))
+            .collect();
+        let before = kv_requests(&endpoint);
+        store.append(events, None).await.unwrap();
+        let sent = kv_requests(&endpoint) - before;
+        assert_eq!(sent, 2, "25-event append: {sent} requests to etcd");
     }
 }
 

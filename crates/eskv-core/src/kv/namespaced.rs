@@ -186,6 +186,15 @@ impl KvTransaction for NamespacedTxn {
         self.inner.put(k, value)
     }
 
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if key.is_empty() {
+            self.inner.put_new(Vec::new(), value);
+            return;
+        }
+        let k = self.ns.key(&key);
+        self.inner.put_new(k, value)
+    }
+
     fn delete(&mut self, key: Vec<u8>) {
         if key.is_empty() {
             self.inner.delete(Vec::new());

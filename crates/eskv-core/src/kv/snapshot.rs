@@ -99,6 +99,14 @@ pub trait KvSnapshot: Send + 'static {
         Ok((values, rows))
     }
 
+    /// Takes the caller's word that `key`, about to be written, was absent
+    /// at the snapshot ([`KvTransaction::put_new`]). The default ignores
+    /// it; a backend that reads written keys' state before committing
+    /// records it instead.
+    fn assume_absent(&mut self, key: &[u8]) {
+        let _ = key;
+    }
+
     /// Applies `writes` atomically, unless a key of `writes` or `validated`
     /// was changed by a transaction that committed after the snapshot
     /// (then [`KvError::Conflict`](crate::Error::Conflict)). See the
@@ -246,6 +254,11 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.buf.put(key, value)
+    }
+
+    fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.snapshot.assume_absent(&key);
         self.buf.put(key, value)
     }
 

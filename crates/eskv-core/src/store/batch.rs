@@ -82,35 +82,6 @@ pub(super) fn probe_keeps(index: Index<'_>, item: &QueryItem, v: &[u8]) -> Resul
     }
 }
 
-/// The keys of the rows an append of `reqs` writes at positions from
-/// `head + 1` on (log entry, type, tag and category index entries), and
-/// the stream index entries of stream appends whose expected version
-/// names the stream's version, assuming every request is appended.
-fn keys_written_after(reqs: &[&AppendRequest], head: Position) -> Vec<Vec<u8>> {
-    let mut keys = Vec::new();
-    let mut pos = head;
-    for req in reqs {
-        let category = req.stream.as_ref().map(|(s, _)| layout::category_of(s));
-        for e in &req.events {
-            pos += 1;
-            keys.push(layout::log_key(pos));
-            keys.push(layout::type_key(&e.event_type, pos));
-            keys.extend(e.tags.iter().map(|t| layout::tag_key(t, pos)));
-            keys.extend(category.map(|c| layout::category_key(c, pos)));
-        }
-        let version = match &req.stream {
-            Some((s, ExpectedVersion::Exact(v))) => Some((s, *v)),
-            Some((s, ExpectedVersion::NoStream)) => Some((s, 0)),
-            _ => None,
-        };
-        if let Some((stream, v)) = version {
-            let n = req.events.len() as u64;
-            keys.extend((1..=n).map(|i| layout::stream_event_key(stream, v.saturating_add(i))));
-        }
-    }
-    keys
-}
-
 /// What one request of a group commit came to. An error that aborts the
 /// whole batch (and may be retried) is the `Err` around these instead.
 #[derive(Debug)]
@@ -181,19 +152,6 @@ impl Inner {
                         ScanOptions::forward(Some(PROBE_PAGE)),
                     ));
                 }
-            }
-        }
-        // Where a commit would read the keys it writes but did not read
-        // (etcd), read them now: the rows the batch will write at the
-        // positions after the head this process last saw, if they fit
-        // the one read. Right whenever no other process appended since;
-        // otherwise the commit reads what was not read, as before.
-        let caps = self.kv.capabilities();
-        if caps.reads_unread_writes_at_commit {
-            let ahead = keys_written_after(reqs, *self.head_tx.borrow());
-            let budget = caps.max_ops_per_txn.unwrap_or(usize::MAX);
-            if keys.len() + scans.len() + ahead.len() <= budget {
-                keys.extend(ahead);
             }
         }
         let (vals, probe_rows) = txn.read_many(&keys, &scans).await?;
@@ -427,16 +385,20 @@ impl Inner {
             batch.appended.push((entry.position, e));
             batch.ids.insert(e.id, entry);
         }
+        for (k, v) in rows {
+            if layout::event_row_is_new(&k) {
+                txn.put_new(k, v);
+            } else {
+                txn.put(k, v);
+            }
+        }
         if let Some(s) = stream {
             let m = StreamMeta {
                 version,
                 last_position: last,
             };
-            rows.push((layout::stream_key(s), m.encode()));
+            txn.put(layout::stream_key(s), m.encode());
             batch.streams.insert(s.to_owned(), m);
-        }
-        for (k, v) in rows {
-            txn.put(k, v);
         }
         batch.head = last;
         Ok(Verdict::Appended(AppendResult {
