@@ -21,9 +21,7 @@ use crate::event::{
     Metadata, NewEvent, PersonalContent, PersonalData, Position, RecordedEvent, SealedPersonal,
     StreamRef,
 };
-#[cfg(test)]
-use serde::Deserialize;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 /// Current envelope format.
@@ -48,10 +46,7 @@ struct Body<'a> {
 }
 
 /// The same layout as [`Body`], decoded straight into owned fields (one
-/// allocation per field, no intermediate borrowed vectors). Reads use
-/// [`BodyReader`]; this serde form stays as the reference it is tested
-/// against.
-#[cfg(test)]
+/// allocation per field, no intermediate borrowed vectors).
 #[derive(Deserialize)]
 struct OwnedBody {
     position: u64,
@@ -171,13 +166,8 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
             "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
         )));
     }
-    let mut body = BodyReader {
-        rest: &bytes[HEADER..],
-    };
-    let mut event = body
-        .event()
+    let (body, rest): (OwnedBody, _) = postcard::take_from_bytes(&bytes[HEADER..])
         .map_err(|e| bad(format!("event envelope does not decode: {e}")))?;
-    let rest = body.rest;
     let (personal, rest) = if bytes[0] == FORMAT_V2 {
         let ((subject, sealed), rest): ((String, SealedPersonal), _) =
             postcard::take_from_bytes(rest)
@@ -192,136 +182,30 @@ pub fn decode(bytes: &[u8], expected: Position) -> Result<RecordedEvent> {
             rest.len()
         )));
     }
-    if event.position != expected {
+    if body.position != expected {
         return Err(bad(format!(
             "envelope says position {}, its key says {expected}",
-            event.position
+            body.position
         )));
     }
-    event.personal = personal;
-    Ok(event)
+    Ok(RecordedEvent {
+        position: body.position,
+        id: Ulid(body.id),
+        event_type: body.event_type,
+        tags: body.tags,
+        data: body.data,
+        metadata: Metadata {
+            correlation_id: body.correlation_id,
+            causation_id: body.causation_id,
+            extra: body.extra.into_iter().collect(),
+        },
+        recorded_at_ms: body.recorded_at_ms,
+        stream: body
+            .stream
+            .map(|(stream_id, version)| StreamRef { stream_id, version }),
+        personal,
+    })
 }
-
-/// Reads [`Body`]'s postcard encoding straight into a [`RecordedEvent`]'s
-/// owned fields: each string and byte field is copied once from the
-/// stored bytes, with no serde machinery in between (the read paths'
-/// hottest loop). Postcard's rules: integers are LEB128 varints (at most
-/// 10 bytes for a `u64`, 19 for a `u128`, the last byte within the type's
-/// width), strings and byte strings a varint length then the bytes, a
-/// sequence a varint count then its items, an option a `0` or a `1`
-/// then the value. Every length is checked against the bytes left, so a
-/// damaged envelope is an error and never a large allocation.
-struct BodyReader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> BodyReader<'a> {
-    fn event(&mut self) -> std::result::Result<RecordedEvent, &'static str> {
-        let position = self.u64()?;
-        let id = self.u128()?;
-        let event_type = self.string()?;
-        let n = self.len()?;
-        let mut tags = Vec::with_capacity(n.min(self.rest.len()));
-        for _ in 0..n {
-            tags.push(self.string()?);
-        }
-        let data = self.bytes()?.to_vec();
-        let correlation_id = self.option(Self::string)?;
-        let causation_id = self.option(Self::string)?;
-        let mut extra = std::collections::BTreeMap::new();
-        for _ in 0..self.len()? {
-            let k = self.string()?;
-            extra.insert(k, self.string()?);
-        }
-        let recorded_at_ms = self.u64()?;
-        let stream = self.option(|r| {
-            let stream_id = r.string()?;
-            Ok(StreamRef {
-                stream_id,
-                version: r.u64()?,
-            })
-        })?;
-        Ok(RecordedEvent {
-            position,
-            id: Ulid(id),
-            event_type,
-            tags,
-            data,
-            metadata: Metadata {
-                correlation_id,
-                causation_id,
-                extra,
-            },
-            recorded_at_ms,
-            stream,
-            personal: None,
-        })
-    }
-
-    /// A varint of at most `max` bytes whose last byte is at most `last`.
-    fn varint(&mut self, max: usize, last: u8) -> std::result::Result<u128, &'static str> {
-        let mut out = 0u128;
-        for i in 0..max {
-            let (&b, rest) = self.rest.split_first().ok_or(END)?;
-            self.rest = rest;
-            out |= u128::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return if i == max - 1 && b > last {
-                    Err(BAD_VARINT)
-                } else {
-                    Ok(out)
-                };
-            }
-        }
-        Err(BAD_VARINT)
-    }
-
-    fn u64(&mut self) -> std::result::Result<u64, &'static str> {
-        // Within 64 bits by the last byte's bound.
-        self.varint(10, 1).map(|v| v as u64)
-    }
-
-    fn u128(&mut self) -> std::result::Result<u128, &'static str> {
-        self.varint(19, 3)
-    }
-
-    fn len(&mut self) -> std::result::Result<usize, &'static str> {
-        usize::try_from(self.u64()?).map_err(|_| END)
-    }
-
-    fn bytes(&mut self) -> std::result::Result<&'a [u8], &'static str> {
-        let n = self.len()?;
-        if n > self.rest.len() {
-            return Err(END);
-        }
-        let (out, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(out)
-    }
-
-    fn string(&mut self) -> std::result::Result<String, &'static str> {
-        let b = self.bytes()?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| "a string is not UTF-8")
-    }
-
-    fn option<T>(
-        &mut self,
-        some: impl FnOnce(&mut Self) -> std::result::Result<T, &'static str>,
-    ) -> std::result::Result<Option<T>, &'static str> {
-        let (&tag, rest) = self.rest.split_first().ok_or(END)?;
-        self.rest = rest;
-        match tag {
-            0 => Ok(None),
-            1 => some(self).map(Some),
-            _ => Err("an option tag is neither 0 nor 1"),
-        }
-    }
-}
-
-const END: &str = "it ends before its last field";
-const BAD_VARINT: &str = "an integer is not a valid varint";
 
 #[cfg(test)]
 mod tests {
@@ -384,101 +268,7 @@ mod tests {
         ));
     }
 
-    /// What the serde reference ([`OwnedBody`]) makes of a body: the
-    /// event, or `None` where it refuses the bytes.
-    fn reference(body: &[u8]) -> Option<(RecordedEvent, usize)> {
-        let (b, rest): (OwnedBody, _) = postcard::take_from_bytes(body).ok()?;
-        let e = RecordedEvent {
-            position: b.position,
-            id: Ulid(b.id),
-            event_type: b.event_type,
-            tags: b.tags,
-            data: b.data,
-            metadata: Metadata {
-                correlation_id: b.correlation_id,
-                causation_id: b.causation_id,
-                extra: b.extra.into_iter().collect(),
-            },
-            recorded_at_ms: b.recorded_at_ms,
-            stream: b
-                .stream
-                .map(|(stream_id, version)| StreamRef { stream_id, version }),
-            personal: None,
-        };
-        Some((e, rest.len()))
-    }
-
-    fn read(body: &[u8]) -> Option<(RecordedEvent, usize)> {
-        let mut r = BodyReader { rest: body };
-        let e = r.event().ok()?;
-        Some((e, r.rest.len()))
-    }
-
-    fn arb_event() -> impl Strategy<Value = RecordedEvent> {
-        let text = "[a-z:é😀]{0,12}";
-        (
-            (any::<u64>(), any::<u128>(), text),
-            proptest::collection::vec(text, 0..4),
-            proptest::collection::vec(any::<u8>(), 0..300),
-            (proptest::option::of(text), proptest::option::of(text)),
-            proptest::collection::btree_map(text, text, 0..3),
-            any::<u64>(),
-            proptest::option::of((text, any::<u64>())),
-        )
-            .prop_map(
-                |((position, id, event_type), tags, data, (corr, cause), extra, at, stream)| {
-                    RecordedEvent {
-                        position,
-                        id: Ulid(id),
-                        event_type,
-                        tags,
-                        data,
-                        metadata: Metadata {
-                            correlation_id: corr,
-                            causation_id: cause,
-                            extra,
-                        },
-                        recorded_at_ms: at,
-                        stream: stream.map(|(stream_id, version)| StreamRef { stream_id, version }),
-                        personal: None,
-                    }
-                },
-            )
-    }
-
     proptest! {
-        /// The reader and the serde reference agree on every valid body.
-        #[test]
-        fn reader_decodes_what_was_encoded(e in arb_event()) {
-            let bytes = encode(&e).unwrap();
-            prop_assert_eq!(read(&bytes[HEADER..]), reference(&bytes[HEADER..]));
-            prop_assert_eq!(decode(&bytes, e.position).unwrap(), e);
-        }
-
-        /// ... and on damaged ones: both refuse, or both read the same
-        /// event and leave the same bytes.
-        #[test]
-        fn reader_agrees_with_serde_on_damage(
-            e in arb_event(),
-            flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..4),
-            cut in any::<proptest::sample::Index>(),
-        ) {
-            let bytes = encode(&e).unwrap();
-            let mut body = bytes[HEADER..].to_vec();
-            for (i, b) in flips {
-                let i = i.index(body.len());
-                body[i] = b;
-            }
-            prop_assert_eq!(read(&body), reference(&body));
-            let short = &body[..cut.index(body.len() + 1)];
-            prop_assert_eq!(read(short), reference(short));
-        }
-
-        #[test]
-        fn arbitrary_bodies_agree_with_serde(b in proptest::collection::vec(any::<u8>(), 0..200)) {
-            prop_assert_eq!(read(&b), reference(&b));
-        }
-
         #[test]
         fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&b, 1);
