@@ -179,6 +179,24 @@ impl KvTransaction for CountingTxn {
         Ok(rows)
     }
 
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut eskv_core::kv::VisitRow<'_>,
+    ) -> KvResult<()> {
+        bump(&self.counters.scans);
+        let mut rows = 0;
+        self.inner
+            .scan_each(range, opts, &mut |k, v| {
+                rows += 1;
+                visit(k, v)
+            })
+            .await?;
+        self.saw(rows);
+        Ok(())
+    }
+
     async fn read_many(
         &mut self,
         gets: &[Vec<u8>],

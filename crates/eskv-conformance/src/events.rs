@@ -4,7 +4,7 @@
 use crate::faults::{FaultConfig, FaultyStore};
 use eskv_core::{
     AppendCondition, AppendRequest, Error, EventStore, ExpectedVersion, KvStore, LogFilter,
-    NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions, RecordedEvent,
+    NewEvent, Query, QueryItem, ReadOptions, ReadStreamOptions, RecordedEvent, Retention,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,6 +17,74 @@ async fn open(store: Store) -> EventStore {
 
 fn ev(t: &str) -> NewEvent {
     NewEvent::new(t, t.as_bytes().to_vec())
+}
+
+/// A stream longer than one read page (1,024 versions), its events
+/// interleaved with another stream's, reads whole and in part, forwards
+/// and backwards, with limits and `until`; once a retention releases its
+/// first versions, every read starts at the first live one.
+pub async fn long_stream_reads(store: Store) {
+    let es = open(store).await;
+    let n = 2_600u64;
+    let mut positions = Vec::new();
+    for _ in 0..n / 100 {
+        let batch: Vec<NewEvent> = (0..100).map(|_| ev("Long")).collect();
+        let r = es
+            .append_to_stream("long-1", ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+        positions.extend(r.first_position..=r.last_position);
+        es.append_to_stream("other-1", ExpectedVersion::Any, vec![ev("Other")])
+            .await
+            .unwrap();
+    }
+    let versions = |r: &eskv_core::StreamRead| -> Vec<u64> {
+        r.events
+            .iter()
+            .map(|e| e.stream.as_ref().unwrap().version)
+            .collect()
+    };
+    let read = |o: ReadStreamOptions| {
+        let es = es.clone();
+        async move { es.read_stream("long-1", o).await.unwrap() }
+    };
+    let all = read(ReadStreamOptions::new()).await;
+    assert_eq!(versions(&all), (1..=n).collect::<Vec<_>>());
+    assert_eq!(all.version, n);
+    let got: Vec<u64> = all.events.iter().map(|e| e.position).collect();
+    assert_eq!(got, positions);
+    let back = read(ReadStreamOptions::new().backwards()).await;
+    assert_eq!(versions(&back), (1..=n).rev().collect::<Vec<_>>());
+    let part = read(ReadStreamOptions::new().from_version(1_000).limit(1_500)).await;
+    assert_eq!(versions(&part), (1_000..2_500).collect::<Vec<_>>());
+    let part = read(
+        ReadStreamOptions::new()
+            .backwards()
+            .from_version(2_500)
+            .limit(2_100),
+    )
+    .await;
+    assert_eq!(versions(&part), (401..=2_500).rev().collect::<Vec<_>>());
+    // `until` stops at the event of version 2,222.
+    let until = positions[2_221];
+    let part = read(ReadStreamOptions::new().until(until)).await;
+    assert_eq!(versions(&part), (1..=2_222).collect::<Vec<_>>());
+    let part = read(ReadStreamOptions::new().backwards().until(until)).await;
+    assert_eq!(versions(&part), (1..=2_222).rev().collect::<Vec<_>>());
+
+    es.set_retention(
+        "long-1",
+        Retention::new().max_count(1_300),
+        ExpectedVersion::Any,
+    )
+    .await
+    .unwrap();
+    let live = read(ReadStreamOptions::new()).await;
+    assert_eq!(versions(&live), (1_301..=n).collect::<Vec<_>>());
+    let live = read(ReadStreamOptions::new().limit(1_100)).await;
+    assert_eq!(versions(&live), (1_301..2_401).collect::<Vec<_>>());
+    let live = read(ReadStreamOptions::new().backwards()).await;
+    assert_eq!(versions(&live), (1_301..=n).rev().collect::<Vec<_>>());
 }
 
 /// Stream versions are 1..n contiguous; reads by version work forwards,
@@ -1689,6 +1757,7 @@ macro_rules! event_tests {
             $crate::events,
             [
                 stream_versions_and_reads,
+                long_stream_reads,
                 expected_version_locking,
                 gapless_positions_under_concurrency,
                 dcb_condition_exactness,

@@ -405,6 +405,15 @@ impl KvTransaction for FaultyTxn {
         self.inner.scan(range, opts).await
     }
 
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut eskv_core::kv::VisitRow<'_>,
+    ) -> KvResult<()> {
+        self.inner.scan_each(range, opts, visit).await
+    }
+
     async fn read_many(
         &mut self,
         gets: &[Vec<u8>],

@@ -104,6 +104,73 @@ async fn lend(t: &mut dyn eskv_core::KvTransaction, keys: &[Vec<u8>]) -> Vec<Opt
     seen
 }
 
+/// The rows `scan_each` hands over for `range` and `opts`, copied, stopping
+/// after `stop_after` rows.
+async fn lend_rows(
+    t: &mut dyn eskv_core::KvTransaction,
+    range: KeyRange,
+    opts: ScanOptions,
+    stop_after: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut seen = Vec::new();
+    t.scan_each(range, opts, &mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        seen.len() < stop_after
+    })
+    .await
+    .unwrap();
+    seen
+}
+
+/// `scan_each` hands over exactly the rows `scan` returns, in scan order
+/// (forwards and backwards, with and without a limit, an empty range),
+/// stops where the visitor says so, and once the transaction wrote, sees
+/// its own writes merged in.
+pub async fn scan_each_matches_scan(store: Store) {
+    put_all(&store, &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]).await;
+    let mut t = store.begin().await.unwrap();
+    // Written after the snapshot: stays unseen.
+    store.put_one(k("bb"), k("9")).await.unwrap();
+    let cases = [
+        (KeyRange::prefix(b""), ScanOptions::default()),
+        (KeyRange::prefix(b""), ScanOptions::backward(None)),
+        (KeyRange::new(k("b"), k("d")), ScanOptions::forward(Some(1))),
+        (
+            KeyRange::new(k("a"), k("z")),
+            ScanOptions::backward(Some(3)),
+        ),
+        (KeyRange::new(k("c"), k("c")), ScanOptions::default()),
+        (KeyRange::prefix(b"x"), ScanOptions::forward(Some(5))),
+    ];
+    let check = |rows: &[(Vec<u8>, Vec<u8>)], lent: &[(Vec<u8>, Vec<u8>)]| {
+        assert_eq!(lent, rows);
+    };
+    for (range, opts) in cases.clone() {
+        let rows = t.scan(range.clone(), opts).await.unwrap();
+        check(
+            &rows,
+            &lend_rows(&mut *t, range.clone(), opts, usize::MAX).await,
+        );
+        // The visitor's `false` ends the scan after that row.
+        let first = lend_rows(&mut *t, range, opts, 1).await;
+        check(&rows[..rows.len().min(1)], &first);
+    }
+    assert_eq!(
+        keys(&lend_rows(&mut *t, KeyRange::prefix(b""), ScanOptions::default(), 9).await),
+        ["a", "b", "c", "d"]
+    );
+    t.put(k("b"), k("5"));
+    t.delete(k("c"));
+    t.put(k("e"), k("6"));
+    for (range, opts) in cases {
+        let rows = t.scan(range.clone(), opts).await.unwrap();
+        check(&rows, &lend_rows(&mut *t, range, opts, usize::MAX).await);
+    }
+    let lent = lend_rows(&mut *t, KeyRange::prefix(b""), ScanOptions::default(), 9).await;
+    assert_eq!(keys(&lent), ["a", "b", "d", "e"]);
+    assert_eq!(lent[1].1, k("5"));
+}
+
 /// `get_each` hands over exactly what `get_many` returns, in input order
 /// (absent keys, repeated keys, the empty key), from the snapshot and,
 /// once the transaction wrote, merged with its own writes.
@@ -495,6 +562,7 @@ macro_rules! kv_tests {
                 snapshot_isolation,
                 read_your_own_writes,
                 get_each_matches_get_many,
+                scan_each_matches_scan,
                 scans,
                 validation_conflicts,
                 write_write_conflicts,

@@ -128,6 +128,17 @@ impl KvTransaction for LimitedTxn {
         }
         self.inner.scan(range, opts).await
     }
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut eskv_core::kv::VisitRow<'_>,
+    ) -> KvResult<()> {
+        if opts.reverse && opts.limit.is_some() {
+            self.reverse_scans.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.scan_each(range, opts, visit).await
+    }
     async fn read_many(
         &mut self,
         gets: &[Vec<u8>],

@@ -127,6 +127,14 @@ impl KvTransaction for RecordedTxn {
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         self.txn().scan(range, opts).await
     }
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut eskv_core::kv::VisitRow<'_>,
+    ) -> KvResult<()> {
+        self.txn().scan_each(range, opts, visit).await
+    }
     async fn read_many(
         &mut self,
         keys: &[Vec<u8>],

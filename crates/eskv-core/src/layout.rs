@@ -239,7 +239,7 @@ impl Index<'_> {
     pub fn parse_position(&self, key: &[u8]) -> Result<Position> {
         let mut r = KeyReader::new(key);
         r.skip_raw(1)?;
-        r.str()?;
+        r.skip_str()?;
         r.u64()
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::kv::{
     BufferedTxn, Capabilities, KeyRange, KvPair, KvSnapshot, KvStore, KvTransaction, ScanOptions,
-    VisitValue, WriteSet,
+    VisitRow, VisitValue, WriteSet,
 };
 use crate::kv::{KvError, KvResult};
 use crate::oracle::{CommitOracle, Snapshot};
@@ -122,6 +122,28 @@ impl KvSnapshot for MemorySnapshot {
                 .collect()
         };
         Ok(rows)
+    }
+
+    /// Lends the map's rows: no copy.
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut VisitRow<'_>,
+    ) -> KvResult<()> {
+        let iter = self.view.range::<_, [u8]>(range.as_bounds());
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        let mut rows: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if opts.reverse {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        for (k, v) in rows.by_ref().take(limit) {
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn commit(self, writes: WriteSet, validated: Vec<Vec<u8>>) -> KvResult<()> {

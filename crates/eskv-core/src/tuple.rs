@@ -209,6 +209,26 @@ impl<'a> KeyReader<'a> {
         }
     }
 
+    /// Skips a string element without copying it (nor checking that it
+    /// is UTF-8): for keys found under a known string's prefix.
+    pub fn skip_str(&mut self) -> Result<()> {
+        if self.rest.first() != Some(&STR) {
+            return Err(bad("unexpected element type"));
+        }
+        let mut i = 1;
+        loop {
+            match self.rest.get(i) {
+                None => return Err(bad("unterminated string element")),
+                Some(0) if self.rest.get(i + 1) == Some(&ESCAPE) => i += 2,
+                Some(0) => {
+                    self.rest = &self.rest[i + 1..];
+                    return Ok(());
+                }
+                Some(_) => i += 1,
+            }
+        }
+    }
+
     /// Reads a byte-string element.
     pub fn bytes(&mut self) -> Result<Vec<u8>> {
         self.escaped(BYTES)

@@ -176,6 +176,15 @@ mod event_faults {
         ) -> eskv_core::KvResult<Vec<eskv_core::KvPair>> {
             self.stats.read(self.inner.scan(range, opts).await)
         }
+        async fn scan_each(
+            &mut self,
+            range: eskv_core::KeyRange,
+            opts: eskv_core::ScanOptions,
+            visit: &mut eskv_core::kv::VisitRow<'_>,
+        ) -> eskv_core::KvResult<()> {
+            self.stats
+                .read(self.inner.scan_each(range, opts, visit).await)
+        }
         async fn read_many(
             &mut self,
             gets: &[Vec<u8>],

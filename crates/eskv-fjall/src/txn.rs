@@ -3,7 +3,7 @@
 use crate::error::BACKEND;
 use crate::store::{Db, Inner, Shared};
 use async_trait::async_trait;
-use eskv_core::kv::{KvSnapshot, ReadMany, WriteSet};
+use eskv_core::kv::{KvSnapshot, ReadMany, VisitRow, VisitValue, WriteSet};
 use eskv_core::oracle::writer::submit;
 use eskv_core::oracle::Snapshot;
 use eskv_core::{KeyRange, KvError, KvPair, KvResult, ScanOptions};
@@ -39,6 +39,45 @@ impl View {
             .get(&self.db.data, key)
             .map_err(|e| s.map_err(e))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Hands up to `limit` rows of `range` to `visit`, in scan order,
+    /// until it returns `false`.
+    fn scan_each(
+        &self,
+        s: &Shared,
+        range: &KeyRange,
+        reverse: bool,
+        limit: Option<usize>,
+        visit: &mut VisitRow<'_>,
+    ) -> KvResult<()> {
+        let limit = limit.unwrap_or(usize::MAX);
+        if limit == 0 || range.is_empty() {
+            return Ok(());
+        }
+        let iter = self
+            .snap
+            .range::<&[u8], _>(&self.db.data, range.as_bounds());
+        let mut seen = 0;
+        let mut each = |g: fjall::Guard| -> KvResult<bool> {
+            let (k, v) = g.into_inner().map_err(|e| s.map_err(e))?;
+            seen += 1;
+            Ok(visit(&k, &v) && seen < limit)
+        };
+        if reverse {
+            for g in iter.rev() {
+                if !each(g)? {
+                    break;
+                }
+            }
+        } else {
+            for g in iter {
+                if !each(g)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` rows of `range`, in scan order.
@@ -107,6 +146,43 @@ impl KvSnapshot for FjallSnapshot {
     async fn get_many(&mut self, keys: Vec<Vec<u8>>) -> KvResult<Vec<Option<Vec<u8>>>> {
         let (values, _) = self.read_many(keys, Vec::new()).await?;
         Ok(values)
+    }
+
+    /// Lends each value where the read runs here (see [`INLINE_ROWS`]).
+    async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
+        if keys.len() <= INLINE_ROWS {
+            let (s, v) = (&self.store.shared, &self.view);
+            return s.call(|| {
+                for k in &keys {
+                    let value = v.snap.get(&v.db.data, k).map_err(|e| s.map_err(e))?;
+                    visit(value.as_deref());
+                }
+                Ok(())
+            });
+        }
+        for v in self.get_many(keys).await? {
+            visit(v.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Lends each row where the read runs here (see [`INLINE_ROWS`]).
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut VisitRow<'_>,
+    ) -> KvResult<()> {
+        if is_small(opts.limit) {
+            let (s, v) = (&self.store.shared, &self.view);
+            return s.call(|| v.scan_each(s, &range, opts.reverse, opts.limit, &mut *visit));
+        }
+        for (k, v) in self.scan(range, opts).await? {
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {

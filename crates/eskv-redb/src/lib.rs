@@ -84,7 +84,7 @@ use txn::*;
 use writer::*;
 
 use async_trait::async_trait;
-use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, VisitValue, WriteSet};
+use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, VisitRow, VisitValue, WriteSet};
 use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{

@@ -95,6 +95,45 @@ pub(crate) fn scan_rows(
     Ok(out)
 }
 
+/// Hands up to `opts.limit` rows of `range` to `visit`, in scan order,
+/// until it returns `false`.
+fn scan_visit(
+    s: &Shared,
+    t: &Table,
+    range: &KeyRange,
+    opts: ScanOptions,
+    visit: &mut VisitRow<'_>,
+) -> KvResult<()> {
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Ok(());
+    }
+    let iter = t
+        .range::<&[u8]>(range.as_bounds())
+        .map_err(|e| s.map_err(e))?;
+    let mut seen = 0;
+    let mut each = |item: std::result::Result<_, redb::StorageError>| -> KvResult<bool> {
+        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+            item.map_err(|e| s.map_err(e))?;
+        seen += 1;
+        Ok(visit(k.value(), v.value()) && seen < limit)
+    };
+    if opts.reverse {
+        for item in iter.rev() {
+            if !each(item)? {
+                break;
+            }
+        }
+    } else {
+        for item in iter {
+            if !each(item)? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn get_one(s: &Shared, t: &Table, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
     Ok(t.get(key)
         .map_err(|e| s.map_err(e))?
@@ -122,6 +161,25 @@ impl KvSnapshot for RedbSnapshot {
         }
         for v in self.get_many(keys).await? {
             visit(v.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Lends each row from redb's pages where the read runs in place.
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut VisitRow<'_>,
+    ) -> KvResult<()> {
+        let in_place = self.read_in_place(|s, t| scan_visit(s, t, &range, opts, &mut *visit));
+        if let Some(r) = in_place {
+            return r;
+        }
+        for (k, v) in self.scan(range, opts).await? {
+            if !visit(&k, &v) {
+                break;
+            }
         }
         Ok(())
     }

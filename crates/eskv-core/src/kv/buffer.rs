@@ -141,6 +141,17 @@ impl WriteBuffer {
         })
     }
 
+    /// True when no buffered write lies in `range`: a scan of it reads
+    /// the snapshot alone.
+    pub fn is_untouched(&self, range: &KeyRange) -> bool {
+        range.is_empty()
+            || self
+                .writes
+                .range::<[u8], _>(range.as_bounds())
+                .next()
+                .is_none()
+    }
+
     /// Merges buffered writes over a snapshot scan result. `snapshot` must be
     /// the snapshot's rows of `range` in scan order, fetched with at least
     /// [`overfetch`](Self::overfetch) rows (or all rows).

@@ -1,7 +1,8 @@
 //! Namespaces: one store seen as many, each under its own key prefix.
 
 use super::{
-    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, ScanOptions, VisitValue,
+    Capabilities, KeyRange, KvPair, KvStore, KvTransaction, ReadMany, ScanOptions, VisitRow,
+    VisitValue,
 };
 use crate::kv::KvResult;
 use async_trait::async_trait;
@@ -160,6 +161,18 @@ impl KvTransaction for NamespacedTxn {
     async fn scan(&mut self, range: KeyRange, opts: ScanOptions) -> KvResult<Vec<KvPair>> {
         let rows = self.inner.scan(self.ns.range(range), opts).await?;
         Ok(self.ns.strip(rows))
+    }
+
+    async fn scan_each(
+        &mut self,
+        range: KeyRange,
+        opts: ScanOptions,
+        visit: &mut VisitRow<'_>,
+    ) -> KvResult<()> {
+        let n = self.ns.prefix.len();
+        self.inner
+            .scan_each(self.ns.range(range), opts, &mut |k, v| visit(&k[n..], v))
+            .await
     }
 
     async fn read_many(

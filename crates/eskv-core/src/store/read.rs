@@ -30,6 +30,9 @@ use log::{bounds, read_head_probing};
 use query::{read_forward, read_live, Source};
 use stream::{stream_info_of, stream_positions, stream_positions_of, stream_scan};
 
+/// Most versions one page of a stream read loads.
+const STREAM_PAGE: usize = 1024;
+
 impl EventStore {
     /// The last assigned position (0 when the store is empty).
     pub async fn head(&self) -> Result<Position> {
@@ -205,7 +208,10 @@ impl EventStore {
         };
         let order = Order::new(opts.backwards, self.inner.kv.capabilities());
         let reads = lo <= hi && opts.limit != Some(0);
-        let want0 = opts.limit.unwrap_or(usize::MAX);
+        // Pages of at most `STREAM_PAGE` versions: a backend serves a read of
+        // that size where it is called (fjall, etcd's one request), where an
+        // unbounded scan would take a hop to a blocking thread.
+        let want0 = opts.limit.unwrap_or(usize::MAX).min(STREAM_PAGE);
         // One backend call: the head and the stream's version (for what the
         // read reports), its lifecycle record (for the live filter), and the
         // first page of its index where one scan reads it.
@@ -238,7 +244,8 @@ impl EventStore {
             // back with some dropped, the next one starts at the first live
             // version (forwards) or stops there (backwards).
             loop {
-                let want = opts.limit.map_or(usize::MAX, |l| l - out.len());
+                let left = opts.limit.map_or(usize::MAX, |l| l - out.len());
+                let want = left.min(STREAM_PAGE);
                 let positions = match first_rows.take() {
                     Some(rows) => stream_positions_of(rows, opts, want, until)?,
                     None => {
@@ -255,14 +262,20 @@ impl EventStore {
                 let kept = live.retain(&mut *txn, loaded).await?;
                 let dropped = kept.len() < n;
                 out.extend(kept);
-                let (Some(edge), true, true) = (edge, dropped, n == want) else {
+                // A full page is followed by the next when it was cut to the
+                // page size or lost events to the live filter.
+                let (Some(edge), true, true) = (edge, dropped || want < left, n == want) else {
                     break;
                 };
                 // Released by the stream's record, or only by the log's
                 // truncation (which keeps no per-stream first version).
-                let first = match live.stream_state(&mut *txn, stream).await? {
-                    Some((v, life)) => life.first_live(v),
-                    None => 1,
+                let first = if !dropped {
+                    1
+                } else {
+                    match live.stream_state(&mut *txn, stream).await? {
+                        Some((v, life)) => life.first_live(v),
+                        None => 1,
+                    }
                 };
                 if opts.backwards {
                     hi = edge.saturating_sub(1);

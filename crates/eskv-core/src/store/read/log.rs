@@ -4,7 +4,7 @@
 use super::super::live::Live;
 use super::super::options::{consistent_through, LogFilter, ReadOptions, ReadResult};
 use super::super::EventStore;
-use super::scan::{scan_page, Order};
+use super::scan::{scan_page_each, Order};
 use crate::envelope;
 use crate::error::Result;
 use crate::event::Position;
@@ -31,42 +31,51 @@ impl EventStore {
         let want = opts.limit.unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let page = opts.limit.map_or(1024, |l| l.clamp(16, 1024));
+        let order = Order::new(opts.backwards, self.inner.kv.capabilities());
         while events.len() < want && lo <= hi {
-            let rows = scan_page(
+            // Decoded no further than needed: a read of N events never
+            // touches (nor fails on) the rows after them. Each event is
+            // decoded from the bytes the backend lends.
+            let take = page.min(want - events.len());
+            let (mut decoded, mut failed) = (Vec::with_capacity(take), None);
+            let (from, to) = (lo, hi);
+            scan_page_each(
                 &mut *txn,
                 layout::log_range,
-                lo,
-                hi,
-                page,
-                Order::new(opts.backwards, self.inner.kv.capabilities()),
+                from,
+                to,
+                take,
+                order,
+                &mut |k, v| {
+                    let event = layout::parse_log_key(k).and_then(|pos| envelope::decode(v, pos));
+                    match event {
+                        Ok(e) => {
+                            if opts.backwards {
+                                hi = e.position.saturating_sub(1);
+                            } else {
+                                lo = e.position + 1;
+                            }
+                            decoded.push(e);
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                    failed.is_none()
+                },
             )
             .await?;
-            let n = rows.len();
-            // Decoded no further than needed: a read of N events never
-            // touches (nor fails on) the rows after them.
-            let mut rows = rows.into_iter().peekable();
-            while events.len() < want && rows.peek().is_some() {
-                let need = want - events.len();
-                let mut decoded = Vec::new();
-                for (k, v) in rows.by_ref().take(need) {
-                    let pos = layout::parse_log_key(&k)?;
-                    decoded.push(envelope::decode(&v, pos)?);
-                    if opts.backwards {
-                        hi = pos.saturating_sub(1);
-                    } else {
-                        lo = pos + 1;
-                    }
-                }
-                for e in live.retain(&mut *txn, decoded).await? {
-                    if filter.matches(&e) {
-                        events.push(e);
-                        if events.len() == want {
-                            break;
-                        }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let n = decoded.len();
+            for e in live.retain(&mut *txn, decoded).await? {
+                if filter.matches(&e) {
+                    events.push(e);
+                    if events.len() == want {
+                        break;
                     }
                 }
             }
-            if n < page || (opts.backwards && hi == 0) {
+            if n < take || (opts.backwards && hi == 0) {
                 break;
             }
         }

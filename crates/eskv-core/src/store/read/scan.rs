@@ -4,7 +4,7 @@
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::event::{Position, RecordedEvent};
-use crate::kv::{Capabilities, KeyRange, KvPair, KvTransaction, ScanOptions};
+use crate::kv::{Capabilities, KeyRange, KvPair, KvTransaction, ScanOptions, VisitRow};
 use crate::layout::{self, Index};
 
 /// Which way a positional scan runs, and how a backwards page is read.
@@ -79,6 +79,33 @@ pub(in crate::store) async fn scan_page(
     Ok(out)
 }
 
+/// [`scan_page`], handing each row to `visit` until it returns `false`:
+/// borrowed from the backend where it can lend them
+/// ([`KvTransaction::scan_each`]).
+pub(in crate::store) async fn scan_page_each(
+    txn: &mut dyn KvTransaction,
+    range_of: impl Fn(u64, u64) -> KeyRange,
+    lo: u64,
+    hi: u64,
+    page: usize,
+    order: Order,
+    visit: &mut VisitRow<'_>,
+) -> Result<()> {
+    if order != Order::BackwardByWindows {
+        let opts = ScanOptions {
+            limit: Some(page),
+            reverse: order.backwards(),
+        };
+        return Ok(txn.scan_each(range_of(lo, hi), opts, visit).await?);
+    }
+    for (k, v) in scan_page(txn, range_of, lo, hi, page, order).await? {
+        if !visit(&k, &v) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Scans one positional index over `[lo, hi]` in pages, keeping entries
 /// whose value passes `keep`, until `limit` are kept.
 pub(in crate::store) async fn scan_index(
@@ -88,30 +115,38 @@ pub(in crate::store) async fn scan_index(
     mut hi: Position,
     order: Order,
     limit: Option<usize>,
-    mut keep: impl FnMut(&[u8]) -> Result<bool>,
+    mut keep: impl FnMut(&[u8]) -> Result<bool> + Send,
 ) -> Result<Vec<Position>> {
     let want = limit.unwrap_or(usize::MAX);
     let page = limit.map_or(1024, |l| l.clamp(16, 1024));
     let mut out = Vec::new();
     let backwards = order.backwards();
     while out.len() < want && lo <= hi {
-        let rows = scan_page(txn, |a, b| index.range(a, b), lo, hi, page, order).await?;
-        let n = rows.len();
-        for (k, v) in rows {
-            let pos = index.parse_position(&k)?;
-            if backwards {
-                hi = pos.saturating_sub(1);
-            } else {
-                lo = pos + 1;
-            }
-            if keep(layout::open_index_value(&k, &v)?)? {
-                out.push(pos);
-                if out.len() == want {
-                    break;
+        let (mut rows, mut failed) = (0, None);
+        let (from, to) = (lo, hi);
+        let range_of = |a, b| index.range(a, b);
+        scan_page_each(txn, range_of, from, to, page, order, &mut |k, v| {
+            rows += 1;
+            let kept = index.parse_position(k).and_then(|pos| {
+                if backwards {
+                    hi = pos.saturating_sub(1);
+                } else {
+                    lo = pos + 1;
                 }
+                Ok(keep(layout::open_index_value(k, v)?)?.then_some(pos))
+            });
+            match kept {
+                Ok(Some(pos)) => out.push(pos),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
             }
+            failed.is_none() && out.len() < want
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        if n < page || (backwards && hi == 0) {
+        if rows < page || (backwards && hi == 0) {
             break;
         }
     }
