@@ -27,8 +27,10 @@ pub async fn long_stream_reads(store: Store) {
     let es = open(store).await;
     let n = 2_600u64;
     let mut positions = Vec::new();
-    for _ in 0..n / 100 {
-        let batch: Vec<NewEvent> = (0..100).map(|_| ev("Long")).collect();
+    // Appends of 20 events stay within etcd's default 128 operations per
+    // transaction.
+    for _ in 0..n / 20 {
+        let batch: Vec<NewEvent> = (0..20).map(|_| ev("Long")).collect();
         let r = es
             .append_to_stream("long-1", ExpectedVersion::Any, batch)
             .await

@@ -129,6 +129,8 @@ async fn lend_rows(
 pub async fn scan_each_matches_scan(store: Store) {
     put_all(&store, &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]).await;
     let mut t = store.begin().await.unwrap();
+    // Fix the snapshot (no later than the first read, rule 1).
+    assert_eq!(t.get(b"zz").await.unwrap(), None);
     // Written after the snapshot: stays unseen.
     store.put_one(k("bb"), k("9")).await.unwrap();
     let cases = [
