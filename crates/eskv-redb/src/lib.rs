@@ -85,7 +85,7 @@ use writer::*;
 
 use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, VisitValue, WriteSet};
-use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
+use eskv_core::oracle::writer::{CommitSender, GroupWriter};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
     Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ScanOptions,
@@ -95,7 +95,6 @@ use redb::{
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The redb crate this backend is built on, for implementing
