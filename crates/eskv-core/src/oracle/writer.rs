@@ -278,3 +278,187 @@ pub async fn submit(
     }
     rx.await.map_err(|_| gone())?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    type Data = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+    /// An engine that applies groups to a map and records the thread
+    /// that wrote each group.
+    #[derive(Clone, Default)]
+    struct MapEngine {
+        data: Data,
+        threads: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl WriteBatch for MapEngine {
+        const BACKEND: &'static str = "test";
+
+        fn write(&self, admitted: &[CommitRequest]) -> KvResult<()> {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            self.threads.lock().unwrap().push(name);
+            let mut data = self.data.lock().unwrap();
+            for req in admitted {
+                for (k, v) in &req.writes {
+                    match v {
+                        Some(v) => data.insert(k.clone(), v.clone()),
+                        None => data.remove(k),
+                    };
+                }
+            }
+            Ok(())
+        }
+    }
+
+    struct Store {
+        sender: CommitSender,
+        oracle: Arc<CommitOracle>,
+        engine: MapEngine,
+        _thread: std::thread::JoinHandle<()>,
+    }
+
+    fn store() -> Arc<Store> {
+        let oracle = CommitOracle::new();
+        let engine = MapEngine::default();
+        let (sender, thread) = GroupWriter {
+            commits: watch::channel(0).0,
+            oracle: oracle.clone(),
+            max_batch: 64,
+            engine: engine.clone(),
+        }
+        .spawn("test-writer")
+        .unwrap();
+        Arc::new(Store {
+            sender,
+            oracle,
+            engine,
+            _thread: thread,
+        })
+    }
+
+    impl Store {
+        /// Reads `key` at a fresh snapshot and commits `f(value)` to it,
+        /// validating the read.
+        async fn update(&self, key: &[u8], f: impl Fn(u64) -> u64) -> KvResult<()> {
+            let (snap, old) = self
+                .oracle
+                .snapshot(|| self.engine.data.lock().unwrap().get(key).cloned());
+            let old = old.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+            let mut writes = WriteSet::new();
+            writes.insert(key.to_vec(), Some(f(old).to_be_bytes().to_vec()));
+            submit(Some(&self.sender), "test", snap, writes, vec![key.to_vec()]).await
+        }
+
+        fn last_writer_thread(&self) -> String {
+            self.engine.threads.lock().unwrap().last().cloned().unwrap()
+        }
+
+        fn value(&self, key: &[u8]) -> u64 {
+            let v = self.engine.data.lock().unwrap().get(key).cloned().unwrap();
+            u64::from_be_bytes(v.try_into().unwrap())
+        }
+    }
+
+    fn multi_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-worker")
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_lone_commit_outside_any_task_is_written_on_the_callers_thread() {
+        let s = store();
+        let caller = std::thread::current().name().unwrap().to_owned();
+        multi_thread().block_on(s.update(b"k", |v| v + 1)).unwrap();
+        assert_eq!(s.last_writer_thread(), caller);
+        // No runtime at all: the caller may block too.
+        futures::executor::block_on(s.update(b"k", |v| v + 1)).unwrap();
+        assert_eq!(s.last_writer_thread(), caller);
+        assert_eq!(s.value(b"k"), 2);
+    }
+
+    #[test]
+    fn commits_from_tasks_and_current_thread_runtimes_go_to_the_writer_thread() {
+        let s = store();
+        let rt = multi_thread();
+        let s2 = s.clone();
+        rt.block_on(
+            async move { tokio::spawn(async move { s2.update(b"k", |v| v + 1).await }).await },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.last_writer_thread(), "test-writer");
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        current.block_on(s.update(b"k", |v| v + 1)).unwrap();
+        assert_eq!(s.last_writer_thread(), "test-writer");
+        assert_eq!(s.value(b"k"), 2);
+    }
+
+    #[test]
+    fn a_commit_in_place_conflicts_with_a_write_after_its_snapshot() {
+        let s = store();
+        let rt = multi_thread();
+        let (stale, _) = s.oracle.snapshot(|| ());
+        rt.block_on(s.update(b"k", |v| v + 1)).unwrap();
+        let mut writes = WriteSet::new();
+        writes.insert(b"k".to_vec(), Some(7u64.to_be_bytes().to_vec()));
+        let r = rt.block_on(submit(
+            Some(&s.sender),
+            "test",
+            stale,
+            writes,
+            vec![b"k".to_vec()],
+        ));
+        assert!(matches!(r, Err(KvError::Conflict { .. })), "{r:?}");
+        assert_eq!(s.value(b"k"), 1);
+    }
+
+    /// Read-increment-write on one counter from threads committing in
+    /// place and tasks committing through the writer thread at once:
+    /// every increment that succeeded is counted once, which fails if an
+    /// in-place group ever interleaved with another group.
+    #[test]
+    fn in_place_and_threaded_commits_serialize() {
+        const EACH: u64 = 200;
+        let s = store();
+        let rt = Arc::new(multi_thread());
+        let increment = |s: Arc<Store>| async move {
+            let mut done = 0;
+            while done < EACH {
+                match s.update(b"n", |v| v + 1).await {
+                    Ok(()) => done += 1,
+                    Err(KvError::Conflict { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        let tasks: Vec<_> = (0..3).map(|_| rt.spawn(increment(s.clone()))).collect();
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (rt, s) = (rt.clone(), s.clone());
+                std::thread::spawn(move || rt.block_on(increment(s)))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        rt.block_on(async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        assert_eq!(s.value(b"n"), 6 * EACH);
+        let threads = s.engine.threads.lock().unwrap();
+        assert!(threads.iter().any(|t| t == "test-writer"));
+        assert!(threads.iter().any(|t| t != "test-writer"));
+    }
+}
