@@ -92,9 +92,12 @@ impl<E: WriteBatch> GroupWriter<E> {
     /// One group commit: admit conflict-free requests in arrival order,
     /// write them in one engine transaction, answer each.
     pub fn commit_batch(&self, batch: Vec<CommitRequest>) {
-        let mut pending: HashSet<Vec<u8>> = HashSet::new();
-        let mut admitted = Vec::with_capacity(batch.len());
-        for req in batch {
+        // Each request's early answer (a conflict, or nothing to write),
+        // or `None` when admitted; checked against the keys of the
+        // requests admitted before it, borrowed from the batch.
+        let mut early = Vec::with_capacity(batch.len());
+        let mut pending: HashSet<&[u8]> = HashSet::new();
+        for req in &batch {
             let keys = req
                 .writes
                 .keys()
@@ -103,19 +106,27 @@ impl<E: WriteBatch> GroupWriter<E> {
             let conflict = self
                 .oracle
                 .first_conflict(req.snapshot.seq(), keys, &pending);
-            if let Some(k) = conflict {
-                let _ = req.reply.send(Err(KvError::conflict(format!(
+            early.push(match conflict {
+                Some(k) => Some(Err(KvError::conflict(format!(
                     "key {} was changed by a transaction that committed after this one's snapshot",
                     crate::display_key(&k)
-                ))));
-                continue;
+                )))),
+                None if req.writes.is_empty() => Some(Ok(())),
+                None => {
+                    pending.extend(req.writes.keys().map(Vec::as_slice));
+                    None
+                }
+            });
+        }
+        drop(pending);
+        let mut admitted = Vec::with_capacity(batch.len());
+        for (req, answer) in batch.into_iter().zip(early) {
+            match answer {
+                Some(a) => {
+                    let _ = req.reply.send(a);
+                }
+                None => admitted.push(req),
             }
-            if req.writes.is_empty() {
-                let _ = req.reply.send(Ok(()));
-                continue;
-            }
-            pending.extend(req.writes.keys().cloned());
-            admitted.push(req);
         }
         if admitted.is_empty() {
             return;
@@ -126,8 +137,12 @@ impl<E: WriteBatch> GroupWriter<E> {
             "group commit"
         );
         let outcome = self.engine.write(&admitted);
-        // Published whatever the outcome (see the module docs).
-        let seq = self.oracle.publish(pending, || ());
+        // Published whatever the outcome (see the module docs); the
+        // written keys move to the oracle, no longer needed here.
+        let written = admitted
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.writes).into_keys());
+        let seq = self.oracle.publish(written, || ());
         match outcome {
             Ok(()) => {
                 self.commits.send_replace(seq);
@@ -420,6 +435,57 @@ mod tests {
         ));
         assert!(matches!(r, Err(KvError::Conflict { .. })), "{r:?}");
         assert_eq!(s.value(b"k"), 1);
+    }
+
+    /// Within one group, a request that writes or validates a key an
+    /// earlier admitted request of the group writes fails with a
+    /// conflict; the others are written together.
+    #[test]
+    fn a_group_admits_in_order_and_rejects_later_overlaps() {
+        let oracle = CommitOracle::new();
+        let engine = MapEngine::default();
+        let writer = GroupWriter {
+            commits: watch::channel(0).0,
+            oracle: oracle.clone(),
+            max_batch: 64,
+            engine: engine.clone(),
+        };
+        let mut answers = Vec::new();
+        let mut request = |write: &[u8], validate: &[u8]| {
+            let (snapshot, ()) = oracle.snapshot(|| ());
+            let (reply, rx) = oneshot::channel();
+            answers.push(rx);
+            let mut writes = WriteSet::new();
+            writes.insert(write.to_vec(), Some(write.to_vec()));
+            CommitRequest {
+                snapshot,
+                writes,
+                validated: vec![validate.to_vec()],
+                reply,
+            }
+        };
+        let batch = vec![
+            request(b"a", b"a"),
+            request(b"a", b"x"),
+            request(b"b", b"a"),
+            request(b"c", b"c"),
+        ];
+        writer.commit_batch(batch);
+        let outcomes: Vec<bool> = answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().is_ok())
+            .collect();
+        assert_eq!(outcomes, [true, false, false, true]);
+        let data = engine.data.lock().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [b"a", b"c"]);
+        assert_eq!(
+            *engine.threads.lock().unwrap(),
+            [std::thread::current().name().unwrap()]
+        );
+        // The group's keys were published: an older snapshot conflicts.
+        let none = HashSet::new();
+        assert!(oracle.first_conflict(0, [&b"c"[..]], &none).is_some());
+        assert!(oracle.first_conflict(0, [&b"b"[..]], &none).is_none());
     }
 
     /// Read-increment-write on one counter from threads committing in
