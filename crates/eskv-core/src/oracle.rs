@@ -94,7 +94,7 @@ impl CommitOracle {
         &self,
         snapshot_seq: u64,
         keys: impl IntoIterator<Item = &'a [u8]>,
-        pending: &HashSet<Vec<u8>>,
+        pending: &HashSet<&[u8]>,
     ) -> Option<Vec<u8>> {
         let st = self.lock();
         keys.into_iter()

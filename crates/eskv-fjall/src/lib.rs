@@ -24,7 +24,10 @@
 //!   blocked by the writer), registered with a [`CommitOracle`] under the
 //!   commit number they see.
 //! - **Writes** are buffered in a [`WriteBuffer`] and sent at commit to one
-//!   dedicated writer thread.
+//!   dedicated writer thread; a lone commit whose caller may block its
+//!   thread (a multi-threaded runtime's `block_on`, or no runtime) is
+//!   checked and written on the caller's thread instead, under the same
+//!   lock, saving the hand-off to the writer and back.
 //! - **Group commit.** The writer thread drains every commit request that
 //!   is waiting, checks each against the oracle (and against the requests
 //!   admitted before it in the same batch), and writes the admitted ones as

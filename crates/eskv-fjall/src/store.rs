@@ -6,12 +6,11 @@ use crate::txn::{FjallSnapshot, View};
 use crate::writer::FjallBatch;
 use async_trait::async_trait;
 use eskv_core::kv::BufferedTxn;
-use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
+use eskv_core::oracle::writer::{CommitSender, GroupWriter};
 use eskv_core::oracle::CommitOracle;
 use eskv_core::{Capabilities, KvError, KvResult, KvStore, KvTransaction};
 use fjall::{KeyspaceCreateOptions, Readable};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 const DATA: &str = "eskv_data";
@@ -65,7 +64,7 @@ impl Drop for ReadOnlyCopy {
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) oracle: Arc<CommitOracle>,
-    pub(crate) writer: Option<mpsc::Sender<CommitRequest>>,
+    pub(crate) writer: Option<CommitSender>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     pub(crate) commits: tokio::sync::watch::Sender<u64>,
     pub(crate) caps: Capabilities,

@@ -20,7 +20,10 @@
 //!   they see.
 //! - **Writes** are buffered by the core's [`BufferedTxn`] (which also
 //!   answers reads of this transaction's own writes) and sent at commit to
-//!   one dedicated writer thread.
+//!   one dedicated writer thread; a lone commit whose caller may block its
+//!   thread (a multi-threaded runtime's `block_on`, or no runtime) is
+//!   checked and written on the caller's thread instead, under the same
+//!   lock, saving the hand-off to the writer and back.
 //! - **Group commit.** The writer thread drains every commit request that
 //!   is waiting, checks each against the oracle (and against the requests
 //!   admitted before it in the same batch), applies the admitted ones in one
@@ -29,7 +32,7 @@
 //! - **Never blocks the runtime.** Reads run in place under
 //!   `block_in_place` on a multi-threaded runtime (its other tasks move to
 //!   another thread; no hop to the blocking pool and back), else on
-//!   `spawn_blocking`; commits on the writer thread.
+//!   `spawn_blocking`; commits made from a task go to the writer thread.
 //!
 //! The file is opened in redb's exclusive-writer mode, so this process is the
 //! only writer and the in-process oracle sees every commit.
@@ -85,7 +88,7 @@ use writer::*;
 
 use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, VisitRow, VisitValue, WriteSet};
-use eskv_core::oracle::writer::{CommitRequest, GroupWriter};
+use eskv_core::oracle::writer::{CommitSender, GroupWriter};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
     Capabilities, KeyRange, KvError, KvPair, KvResult, KvStore, KvTransaction, ScanOptions,
@@ -95,7 +98,6 @@ use redb::{
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The redb crate this backend is built on, for implementing

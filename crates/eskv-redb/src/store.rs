@@ -43,7 +43,7 @@ impl Drop for TempCopy {
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) oracle: Arc<CommitOracle>,
-    pub(crate) writer: Option<mpsc::Sender<CommitRequest>>,
+    pub(crate) writer: Option<CommitSender>,
     pub(crate) writer_thread: Option<std::thread::JoinHandle<()>>,
     pub(crate) commits: tokio::sync::watch::Sender<u64>,
     pub(crate) caps: Capabilities,
