@@ -88,32 +88,11 @@ impl View {
         reverse: bool,
         limit: Option<usize>,
     ) -> KvResult<Vec<KvPair>> {
-        let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        if limit == 0 || range.is_empty() {
-            return Ok(out);
-        }
-        let iter = self
-            .snap
-            .range::<&[u8], _>(&self.db.data, range.as_bounds());
-        let mut push = |g: fjall::Guard| -> KvResult<bool> {
-            let (k, v) = g.into_inner().map_err(|e| s.map_err(e))?;
+        self.scan_each(s, range, reverse, limit, &mut |k: &[u8], v: &[u8]| {
             out.push((k.to_vec(), v.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if reverse {
-            for g in iter.rev() {
-                if !push(g)? {
-                    break;
-                }
-            }
-        } else {
-            for g in iter {
-                if !push(g)? {
-                    break;
-                }
-            }
-        }
+            true
+        })?;
         Ok(out)
     }
 }

@@ -65,33 +65,12 @@ pub(crate) fn scan_rows(
     reverse: bool,
     limit: Option<usize>,
 ) -> KvResult<Vec<KvPair>> {
-    let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    let iter = t
-        .range::<&[u8]>(range.as_bounds())
-        .map_err(|e| s.map_err(e))?;
-    let mut push = |item: std::result::Result<_, redb::StorageError>| -> KvResult<bool> {
-        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-            item.map_err(|e| s.map_err(e))?;
-        out.push((k.value().to_vec(), v.value().to_vec()));
-        Ok(out.len() < limit)
-    };
-    if reverse {
-        for item in iter.rev() {
-            if !push(item)? {
-                break;
-            }
-        }
-    } else {
-        for item in iter {
-            if !push(item)? {
-                break;
-            }
-        }
-    }
+    let opts = ScanOptions { limit, reverse };
+    scan_visit(s, t, range, opts, &mut |k: &[u8], v: &[u8]| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
     Ok(out)
 }
 
