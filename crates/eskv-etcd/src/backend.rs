@@ -527,6 +527,10 @@ impl KvSnapshot for EtcdSnapshot {
             })
             .collect();
         // On failure, read the compared keys back to name the culprit.
+        // These linearizable reads also keep a commit with compares but no
+        // writes off etcd's serializable path: a transaction whose branches
+        // hold no operations is answered from the member's own, possibly
+        // lagging, state.
         let compared: Vec<&Vec<u8>> = match self.pin {
             Some(_) => checked.iter().collect(),
             None => Vec::new(),

@@ -36,7 +36,9 @@ mod cluster {
     /// and `mod_revision <= pin` alone would miss a delete after the pin.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn etcd_compares_missing_keys_as_zero() {
-        use eskv_etcd::proto::{Compare, CompareResult, PutRequest, RequestOp, TxnRequest};
+        use eskv_etcd::proto::{
+            Compare, CompareResult, PutRequest, RangeRequest, RequestOp, TxnRequest,
+        };
         use eskv_etcd::EtcdClient;
         let c = EtcdClient::connect(&options()).await.unwrap();
         let key = format!("raw-compare-{}", std::process::id()).into_bytes();
@@ -55,9 +57,15 @@ mod cluster {
         })
         .await
         .unwrap();
+        // A linearizable read in each branch: etcd serves a transaction
+        // with no operations (or only serializable reads) from the answering
+        // member's own state, which on a lagging follower may predate the
+        // delete.
+        let read = || vec![RequestOp::range(RangeRequest::key(key.clone()))];
         let when = |op, rev| TxnRequest {
             compare: vec![Compare::mod_revision(key.clone(), op, rev)],
-            ..Default::default()
+            success: read(),
+            failure: read(),
         };
         let absent_is_zero = c.txn(when(CompareResult::Equal, 0)).await.unwrap();
         assert!(
