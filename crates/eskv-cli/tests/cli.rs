@@ -814,12 +814,24 @@ fn tail_stops_cleanly_on_ctrl_c() {
     let d = dir.path();
     let s = store("int.redb");
     ok(d, &["--store", &s, "append", "--type", "A"], None);
-    let mut tail = cmd(d, &["--store", &s, "tail"])
+    let mut tail = cmd(d, &["--store", &s, "tail", "--from", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The first event printed means tail listens for Ctrl-C (it installs
+    // the handler before it prints); no fixed sleep to guess that.
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("tail prints the stored event");
+    assert!(first.contains('A'), "{first}");
     let sent = Command::new("kill")
         .args(["-INT", &tail.id().to_string()])
         .status()

@@ -277,13 +277,14 @@ pub async fn max_age_releases_old_events(store: Store) {
     es.append_to_stream("tick-1", ExpectedVersion::Any, vec![ev("Old")])
         .await
         .unwrap();
-    // Old is 1.5 s old when the retention comes in; New must stay younger
-    // than the 1 s limit until the compaction below, even on a loaded
-    // remote backend (a 40 ms limit was flaky on etcd under load).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Old is past the 3 s limit when the retention comes in (Old only ages
+    // from there); New must stay younger than 3 s until the compaction
+    // below, even on a loaded remote backend (a 40 ms limit, then a 1 s
+    // one, left too little room on etcd under load).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     es.set_retention(
         "tick-1",
-        Retention::new().max_age(Duration::from_millis(1000)),
+        Retention::new().max_age(Duration::from_millis(3000)),
         ExpectedVersion::Any,
     )
     .await

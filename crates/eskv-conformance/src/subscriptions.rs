@@ -363,7 +363,7 @@ pub async fn consumer_group_takeover(store: Store) {
     };
     let opts = GroupOptions::default()
         .partitions(8)
-        .lease_ttl(Duration::from_millis(600));
+        .lease_ttl(Duration::from_secs(3));
     let mut members = Vec::new();
     let mut stops = Vec::new();
     for m in ["m1", "m2", "m3"] {
@@ -394,9 +394,27 @@ pub async fn consumer_group_takeover(store: Store) {
             t.await.unwrap();
         }
     };
-    // Let the members see each other and balance their leases (a few
-    // renewal ticks of TTL/3) before the work arrives.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the members see each other and balance their leases before the
+    // work arrives: wait until every member holds a partition. (The lease
+    // is long enough that a stalled renewal on a loaded machine does not
+    // hand a live member's partition to another.)
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let owners: HashSet<String> = es
+                .group_partitions("grp")
+                .await
+                .unwrap()
+                .into_values()
+                .filter_map(|p| p.owner)
+                .collect();
+            if owners.len() == 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the members did not balance their partitions");
     write(es.clone(), 1).await;
     let wait_all = |n: usize| {
         let log = log.clone();

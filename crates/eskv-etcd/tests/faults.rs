@@ -10,7 +10,7 @@ mod support;
 
 #[cfg(eskv_etcd_bin)]
 mod faults {
-    use super::support::{blocking, find_leader, start};
+    use super::support::{blocking, find_leader, settled, start};
     use eskv_core::{KeyRange, KvError, KvStore, KvStoreExt, ScanOptions};
     use eskv_etcd::{EtcdOptions, EtcdStore};
     use std::collections::BTreeSet;
@@ -188,15 +188,14 @@ mod faults {
         let acked = stats.acked.load(SeqCst);
         let total: u64 = per_writer.iter().sum();
         assert_eq!(acked, total);
-        let counter = store
-            .get_latest(&counter_key())
+        let key = counter_key();
+        let counter = settled("read the counter", || store.get_latest(&key))
             .await
-            .unwrap()
             .map_or(0, |v| decode(&v));
-        let markers = store
-            .scan_latest(KeyRange::prefix(b"marker/"), ScanOptions::default())
-            .await
-            .unwrap();
+        let markers = settled("scan the markers", || {
+            store.scan_latest(KeyRange::prefix(b"marker/"), ScanOptions::default())
+        })
+        .await;
         let values: BTreeSet<u64> = markers.iter().map(|(_, v)| decode(v)).collect();
 
         println!("etcd fault test: {WRITERS} writers, {acked} acknowledged increments in {elapsed:.1?} (per writer {per_writer:?})");

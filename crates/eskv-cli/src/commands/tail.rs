@@ -29,9 +29,13 @@ pub(crate) async fn tail(url: &StoreUrl, a: TailArgs, out: &mut Out) -> Result<(
             tail_subscribe(url, &t, a.from, &mut left, out).await
         }
     };
+    // Ctrl-C first: its handler is installed on the first poll, before
+    // `follow` can print anything, so once a line is out Ctrl-C stops
+    // `tail` cleanly.
     tokio::select! {
-        r = follow => r,
+        biased;
         r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+        r = follow => r,
     }
 }
 

@@ -20,9 +20,27 @@ fn binary() -> PathBuf {
 
 /// Starts an `n`-member cluster of [`binary`]; panics with the reason if it
 /// cannot. `fast_failover` shortens heartbeat and election for fault tests.
+/// Without it the members are patient: a 250 ms heartbeat, a 5 s election
+/// timeout and pre-vote, so that a disk sync stalled by a loaded machine
+/// does not start an election (etcd answers "no leader" at once during
+/// one, and tests that kill no member expect none). etcd takes the last
+/// value of a repeated flag.
 pub fn start(nodes: usize, fast_failover: bool) -> Cluster {
+    let patient = [
+        "--heartbeat-interval",
+        "250",
+        "--election-timeout",
+        "5000",
+        "--pre-vote",
+    ];
+    let extra_args = if fast_failover {
+        Vec::new()
+    } else {
+        patient.iter().map(|a| a.to_string()).collect()
+    };
     let options = ClusterOptions {
         fast_failover,
+        extra_args,
         binary: Some(binary()),
         ..ClusterOptions::new(nodes)
     };
@@ -84,4 +102,43 @@ pub async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&mut c.lock().unwrap()))
         .await
         .unwrap()
+}
+
+/// An error a check may wait out: the cluster is electing, or a request
+/// timed out while it did.
+pub trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for eskv_core::Error {
+    fn transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl Transient for eskv_core::KvError {
+    fn transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// `op`'s answer once the cluster gives one: a fault test's checks run
+/// right after a kill, while a leader may still be elected, and a read
+/// that fails with a transient error is asked again, for up to 30 s. Any
+/// other error, or a transient one past the deadline, panics.
+pub async fn settled<T, E, Fut>(what: &str, mut op: impl FnMut() -> Fut) -> T
+where
+    E: Transient + std::fmt::Debug,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if e.transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
 }
