@@ -215,13 +215,21 @@ fn a_real_recorder_and_subscriber_see_eskv_move() {
         let opts = HandlerOptions::default()
             .max_attempts(1)
             .on_failure(OnFailure::Park);
-        sub.run(
-            handler,
-            opts,
-            tokio::time::sleep(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
+        // Stop once the checkpoint reaches the head (every event handled or
+        // parked), however slow the machine.
+        let head = store.head().await.unwrap();
+        let caught_up = {
+            let store = store.clone();
+            async move {
+                while store.checkpoint("mailer").await.unwrap() < Some(head) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), sub.run(handler, opts, caught_up))
+            .await
+            .expect("the subscription catches up")
+            .unwrap();
         assert_eq!(seen.counter(PARKED, Some(("subscription", "mailer"))), 1);
         match seen.value(SUBSCRIPTION_LAG, Some(("subscription", "mailer"))) {
             Some(DebugValue::Gauge(lag)) => assert_eq!(lag.into_inner(), 0.0),

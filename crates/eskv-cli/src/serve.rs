@@ -132,11 +132,13 @@ pub async fn serve(url: &StoreUrl, args: ServeArgs) -> Result<()> {
     let store = open::open(url, Access::Create).await?;
     let server = Server::bind(store, config).await?;
     let addr = server.local_addr();
+    // Handlers first: once "listening" is out, SIGTERM stops it cleanly.
+    let stop = eskv_server::shutdown_signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
-    server.serve_until(eskv_server::shutdown_signal()).await?;
+    server.serve_until(stop).await?;
     Ok(())
 }

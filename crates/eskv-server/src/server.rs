@@ -159,24 +159,36 @@ impl ServerHandle {
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C); on other platforms, on Ctrl-C.
-pub async fn shutdown_signal() {
+///
+/// On Unix the handlers are installed when this is called, not when the
+/// future is first polled: a signal that arrives between this call and
+/// `serve_until` still stops the server gracefully (so a caller can say
+/// "listening" only once a SIGTERM would be honoured). Call it inside a
+/// Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
