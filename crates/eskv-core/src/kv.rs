@@ -80,6 +80,24 @@ pub type VisitValue<'a> = dyn FnMut(Option<&[u8]>) + Send + 'a;
 /// returns `false` to end the scan there.
 pub type VisitRow<'a> = dyn FnMut(&[u8], &[u8]) -> bool + Send + 'a;
 
+/// Hands copied values to `visit` in order: the [`VisitValue`] side of a
+/// `get_each` that has nothing to lend (a default, or a fallback).
+pub fn visit_values(values: Vec<Option<Vec<u8>>>, visit: &mut VisitValue<'_>) {
+    for v in values {
+        visit(v.as_deref());
+    }
+}
+
+/// Hands copied rows to `visit` in order until it returns `false`: the
+/// [`VisitRow`] side of a `scan_each` that has nothing to lend.
+pub fn visit_rows(rows: Vec<KvPair>, visit: &mut VisitRow<'_>) {
+    for (k, v) in rows {
+        if !visit(&k, &v) {
+            break;
+        }
+    }
+}
+
 /// Buffered writes in key order; `None` marks a deletion.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -190,9 +208,7 @@ pub trait KvTransaction: Send {
     /// its stored bytes saves a copy and an allocation per value (reads
     /// decode events straight from them). The default calls `get_many`.
     async fn get_each(&mut self, keys: &[Vec<u8>], visit: &mut VisitValue<'_>) -> KvResult<()> {
-        for v in self.get_many(keys).await? {
-            visit(v.as_deref());
-        }
+        visit_values(self.get_many(keys).await?, visit);
         Ok(())
     }
 
@@ -207,11 +223,7 @@ pub trait KvTransaction: Send {
         opts: ScanOptions,
         visit: &mut VisitRow<'_>,
     ) -> KvResult<()> {
-        for (k, v) in self.scan(range, opts).await? {
-            if !visit(&k, &v) {
-                break;
-            }
-        }
+        visit_rows(self.scan(range, opts).await?, visit);
         Ok(())
     }
 

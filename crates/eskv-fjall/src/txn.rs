@@ -139,9 +139,7 @@ impl KvSnapshot for FjallSnapshot {
                 Ok(())
             });
         }
-        for v in self.get_many(keys).await? {
-            visit(v.as_deref());
-        }
+        eskv_core::kv::visit_values(self.get_many(keys).await?, visit);
         Ok(())
     }
 
@@ -156,11 +154,7 @@ impl KvSnapshot for FjallSnapshot {
             let (s, v) = (&self.store.shared, &self.view);
             return s.call(|| v.scan_each(s, &range, opts.reverse, opts.limit, &mut *visit));
         }
-        for (k, v) in self.scan(range, opts).await? {
-            if !visit(&k, &v) {
-                break;
-            }
-        }
+        eskv_core::kv::visit_rows(self.scan(range, opts).await?, visit);
         Ok(())
     }
 

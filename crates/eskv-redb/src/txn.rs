@@ -138,9 +138,7 @@ impl KvSnapshot for RedbSnapshot {
         if let Some(r) = in_place {
             return r;
         }
-        for v in self.get_many(keys).await? {
-            visit(v.as_deref());
-        }
+        eskv_core::kv::visit_values(self.get_many(keys).await?, visit);
         Ok(())
     }
 
@@ -155,11 +153,7 @@ impl KvSnapshot for RedbSnapshot {
         if let Some(r) = in_place {
             return r;
         }
-        for (k, v) in self.scan(range, opts).await? {
-            if !visit(&k, &v) {
-                break;
-            }
-        }
+        eskv_core::kv::visit_rows(self.scan(range, opts).await?, visit);
         Ok(())
     }
 

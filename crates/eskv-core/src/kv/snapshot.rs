@@ -73,9 +73,7 @@ pub trait KvSnapshot: Send + 'static {
     /// whose values can be borrowed for the call (memory, redb) lends
     /// them, saving an allocation and a copy per value.
     async fn get_each(&mut self, keys: Vec<Vec<u8>>, visit: &mut VisitValue<'_>) -> KvResult<()> {
-        for v in self.get_many(keys).await? {
-            visit(v.as_deref());
-        }
+        super::visit_values(self.get_many(keys).await?, visit);
         Ok(())
     }
 
@@ -89,11 +87,7 @@ pub trait KvSnapshot: Send + 'static {
         opts: ScanOptions,
         visit: &mut VisitRow<'_>,
     ) -> KvResult<()> {
-        for (k, v) in self.scan(range, opts).await? {
-            if !visit(&k, &v) {
-                break;
-            }
-        }
+        super::visit_rows(self.scan(range, opts).await?, visit);
         Ok(())
     }
 
@@ -224,9 +218,7 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
         if self.buf.writes().is_empty() && keys.iter().all(|k| !k.is_empty()) {
             return self.snapshot.get_each(keys.to_vec(), visit).await;
         }
-        for v in self.get_many(keys).await? {
-            visit(v.as_deref());
-        }
+        super::visit_values(self.get_many(keys).await?, visit);
         Ok(())
     }
 
@@ -260,11 +252,7 @@ impl<S: KvSnapshot> KvTransaction for BufferedTxn<S> {
                 .instrument(scan_span(self.caps.backend, opts))
                 .await;
         }
-        for (k, v) in self.scan(range, opts).await? {
-            if !visit(&k, &v) {
-                break;
-            }
-        }
+        super::visit_rows(self.scan(range, opts).await?, visit);
         Ok(())
     }
 

@@ -98,11 +98,7 @@ pub(in crate::store) async fn scan_page_each(
         };
         return Ok(txn.scan_each(range_of(lo, hi), opts, visit).await?);
     }
-    for (k, v) in scan_page(txn, range_of, lo, hi, page, order).await? {
-        if !visit(&k, &v) {
-            break;
-        }
-    }
+    crate::kv::visit_rows(scan_page(txn, range_of, lo, hi, page, order).await?, visit);
     Ok(())
 }
 
