@@ -918,67 +918,27 @@ fn check_reports_clean_stores() {
     assert_eq!(v["violations"], serde_json::json!([]));
 }
 
-/// A one-node etcd on loopback, started by this test and killed on drop.
+/// A one-node etcd on loopback from the shared launcher (fresh ports, a
+/// retry if one was taken meanwhile; killed on drop), with the store URL
+/// the CLI takes. `None`, saying so, when no etcd binary is installed.
 struct Etcd {
-    child: Child,
+    _cluster: eskv_etcd_launcher::Cluster,
     url: String,
-    _dir: tempfile::TempDir,
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts etcd if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
 fn start_etcd() -> Option<Etcd> {
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-    if Command::new(&bin).arg("--version").output().is_err() {
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server, or set ETCD_BIN)");
-        return None;
+    use eskv_etcd_launcher::{Cluster, ClusterOptions, LaunchError};
+    match Cluster::launch(ClusterOptions::new(1)) {
+        Ok(cluster) => Some(Etcd {
+            url: format!("etcd://{}/cli-test", cluster.nodes[0].endpoint()),
+            _cluster: cluster,
+        }),
+        Err(LaunchError::Missing(why)) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(e) => panic!("{e}"),
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(&bin)
-        .args(["--name", "cli-test"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("cli-test={peer_url}")])
-        .args(["--logger", "zap", "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let etcd = Etcd {
-        child,
-        url: format!("etcd://127.0.0.1:{client}/cli-test"),
-        _dir: dir,
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "etcd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(etcd)
 }
 
 /// `copy` from redb into etcd and back: the way a user outgrows one
