@@ -180,7 +180,8 @@ impl KvSnapshot for MemorySnapshot {
             }
             keys.push(k);
         }
-        let seq = store.oracle.publish(keys, || {
+        // `snapshot`, this transaction's, is live until the end.
+        let seq = store.oracle.publish(keys, 1, || {
             *store.data.write().unwrap_or_else(|p| p.into_inner()) = next;
         });
         store.commits.send_replace(seq);

@@ -7,6 +7,9 @@
 //! - `last_write[k]` is the number of the last commit that wrote `k`, kept
 //!   while some live snapshot could still conflict on it. A transaction with
 //!   snapshot `s` conflicts on `k` iff `last_write[k] > s`.
+//! - `live` counts registered snapshots. A commit published while the only
+//!   live snapshots are its own committers' records nothing: every later
+//!   snapshot sees its writes, so no one can conflict on them.
 //! - Checks and publishes are serialized by the caller (one committer at a
 //!   time); snapshots may be taken concurrently.
 
@@ -21,6 +24,8 @@ struct State {
     last_write: HashMap<Vec<u8>, u64>,
     /// Live snapshots: sequence number to count.
     active: BTreeMap<u64, usize>,
+    /// The sum of `active`'s counts.
+    live: usize,
     prune_at: usize,
 }
 
@@ -52,6 +57,7 @@ impl Drop for Snapshot {
             if *n == 0 {
                 st.active.remove(&self.seq);
             }
+            st.live -= 1;
         }
     }
 }
@@ -76,6 +82,7 @@ impl CommitOracle {
         let mut st = self.lock();
         let seq = st.seq;
         *st.active.entry(seq).or_insert(0) += 1;
+        st.live += 1;
         let view = read_view();
         drop(st);
         (
@@ -107,11 +114,25 @@ impl CommitOracle {
     /// Publishes one commit that wrote `keys`: runs `install` (which makes
     /// the data visible to new snapshots) and bumps the commit number under
     /// one lock. Returns the new commit number.
-    pub fn publish<I: IntoIterator<Item = Vec<u8>>>(&self, keys: I, install: impl FnOnce()) -> u64 {
+    ///
+    /// `committers` is how many live snapshots belong to the transactions
+    /// being published (held by the caller until this returns). When no
+    /// other snapshot is live, the keys are not remembered, and earlier
+    /// writes are forgotten too: a snapshot taken from now on sees them all.
+    pub fn publish<I: IntoIterator<Item = Vec<u8>>>(
+        &self,
+        keys: I,
+        committers: usize,
+        install: impl FnOnce(),
+    ) -> u64 {
         let mut st = self.lock();
         install();
         st.seq += 1;
         let seq = st.seq;
+        if st.live <= committers {
+            st.last_write.clear();
+            return seq;
+        }
         for k in keys {
             st.last_write.insert(k, seq);
         }
@@ -138,11 +159,11 @@ mod tests {
     #[test]
     fn conflicts_only_after_snapshot() {
         let o = CommitOracle::new();
-        o.publish([b"a".to_vec()], || ());
+        o.publish([b"a".to_vec()], 0, || ());
         let (s, ()) = o.snapshot(|| ());
         let none = HashSet::new();
         assert_eq!(o.first_conflict(s.seq(), [&b"a"[..]], &none), None);
-        o.publish([b"a".to_vec()], || ());
+        o.publish([b"a".to_vec()], 0, || ());
         assert_eq!(
             o.first_conflict(s.seq(), [&b"a"[..]], &none),
             Some(b"a".to_vec())
@@ -153,9 +174,46 @@ mod tests {
     #[test]
     fn prunes_when_no_snapshot_needs_history() {
         let o = CommitOracle::new();
+        let (_reader, ()) = o.snapshot(|| ());
         for i in 0..(MIN_PRUNE as u32 * 3) {
-            o.publish([i.to_be_bytes().to_vec()], || ());
+            // The reader's snapshot is older than every write: none is
+            // forgotten while it lives.
+            o.publish([i.to_be_bytes().to_vec()], 0, || ());
         }
-        assert!(o.tracked_keys() < MIN_PRUNE * 2);
+        assert_eq!(o.tracked_keys(), MIN_PRUNE * 3);
+        drop(_reader);
+        let (_next, ()) = o.snapshot(|| ());
+        // Past the next prune point, only writes after `_next` are kept.
+        for i in 0..(MIN_PRUNE as u32 * 2) {
+            o.publish([(u32::MAX - i).to_be_bytes().to_vec()], 0, || ());
+        }
+        assert!(o.tracked_keys() <= MIN_PRUNE * 2, "{}", o.tracked_keys());
+    }
+
+    #[test]
+    fn a_commit_no_other_snapshot_predates_is_not_remembered() {
+        let o = CommitOracle::new();
+        let none = HashSet::new();
+        let (own, ()) = o.snapshot(|| ());
+        o.publish([b"a".to_vec()], 1, || ());
+        assert_eq!(o.tracked_keys(), 0);
+        drop(own);
+        // A snapshot from before the next commit still conflicts on it.
+        let (reader, ()) = o.snapshot(|| ());
+        let (own, ()) = o.snapshot(|| ());
+        o.publish([b"b".to_vec()], 1, || ());
+        drop(own);
+        assert_eq!(o.tracked_keys(), 1);
+        assert_eq!(
+            o.first_conflict(reader.seq(), [&b"b"[..]], &none),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(o.first_conflict(reader.seq(), [&b"a"[..]], &none), None);
+        // Once the reader is gone, the next lone commit forgets it all.
+        drop(reader);
+        let (own, ()) = o.snapshot(|| ());
+        o.publish([b"c".to_vec()], 1, || ());
+        drop(own);
+        assert_eq!(o.tracked_keys(), 0);
     }
 }

@@ -139,10 +139,12 @@ impl<E: WriteBatch> GroupWriter<E> {
         let outcome = self.engine.write(&admitted);
         // Published whatever the outcome (see the module docs); the
         // written keys move to the oracle, no longer needed here.
+        // Each admitted request still holds its snapshot.
+        let committers = admitted.len();
         let written = admitted
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.writes).into_keys());
-        let seq = self.oracle.publish(written, || ());
+        let seq = self.oracle.publish(written, committers, || ());
         match outcome {
             Ok(()) => {
                 self.commits.send_replace(seq);
@@ -450,6 +452,8 @@ mod tests {
             max_batch: 64,
             engine: engine.clone(),
         };
+        // A reader whose snapshot predates the group.
+        let (reader, ()) = oracle.snapshot(|| ());
         let mut answers = Vec::new();
         let mut request = |write: &[u8], validate: &[u8]| {
             let (snapshot, ()) = oracle.snapshot(|| ());
@@ -482,10 +486,11 @@ mod tests {
             *engine.threads.lock().unwrap(),
             [std::thread::current().name().unwrap()]
         );
-        // The group's keys were published: an older snapshot conflicts.
+        // The group's keys were published: the older reader conflicts.
         let none = HashSet::new();
-        assert!(oracle.first_conflict(0, [&b"c"[..]], &none).is_some());
-        assert!(oracle.first_conflict(0, [&b"b"[..]], &none).is_none());
+        let seen = reader.seq();
+        assert!(oracle.first_conflict(seen, [&b"c"[..]], &none).is_some());
+        assert!(oracle.first_conflict(seen, [&b"b"[..]], &none).is_none());
     }
 
     /// Read-increment-write on one counter from threads committing in
