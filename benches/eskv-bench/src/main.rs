@@ -35,6 +35,8 @@ use sys_eskv::Eskv;
 use sys_raw::RawRedb;
 use sys_raw_fjall::RawFjall;
 use sys_redb_tables::RedbTables;
+#[cfg(feature = "umadb")]
+use sys_server::Served;
 use sys_sqlite::{Layout, Sqlite};
 
 /// System names, in table order.
@@ -54,6 +56,8 @@ pub const UMADB_CACHE: &str = "umadb-mmap-cache";
 pub const UMADB_SERVER: &str = "umadb-server";
 /// eskv served by `eskv-server` on redb, driven like `umadb-server`.
 pub const ESKV_SERVER: &str = "eskv-server";
+/// eskv served by `eskv-server` on fjall, driven like `umadb-server`.
+pub const ESKV_SERVER_FJALL: &str = "eskv-server-fjall";
 /// SQLite with each event's tags in its own row plus a (tag, position)
 /// index table: the SQLite row the targets are judged against.
 pub const SQLITE_INLINE: &str = "sqlite-tags-inline";
@@ -62,7 +66,7 @@ pub const SQLITE: &str = "sqlite-tags-joined";
 pub const ESKV_ETCD: &str = "eskv-etcd";
 pub const RAW_ETCD: &str = "raw-etcd";
 pub const FSYNC: &str = "fsync-limit";
-pub const SYSTEMS: [&str; 15] = [
+pub const SYSTEMS: [&str; 16] = [
     ESKV_REDB,
     ESKV_FJALL,
     ESKV_MEM,
@@ -73,6 +77,7 @@ pub const SYSTEMS: [&str; 15] = [
     UMADB_CACHE,
     UMADB_SERVER,
     ESKV_SERVER,
+    ESKV_SERVER_FJALL,
     SQLITE_INLINE,
     SQLITE,
     ESKV_ETCD,
@@ -488,7 +493,7 @@ impl Harness {
             names.extend([UMADB, UMADB_CACHE]);
             // The served systems run W1 (and W3, in `concurrent`).
             if tag == "W1" {
-                names.extend([UMADB_SERVER, ESKV_SERVER]);
+                names.extend([UMADB_SERVER, ESKV_SERVER, ESKV_SERVER_FJALL]);
             }
         }
         names.extend([SQLITE_INLINE, SQLITE]);
@@ -542,8 +547,12 @@ impl Harness {
                 )?)
             }
             #[cfg(feature = "umadb")]
-            ESKV_SERVER => {
-                let server = sys_server::EskvServer::start(&dir()?.join("eskv.redb"))?;
+            ESKV_SERVER | ESKV_SERVER_FJALL => {
+                let server = if name == ESKV_SERVER {
+                    sys_server::EskvServer::start(&dir()?.join("eskv.redb"), Served::Redb)?
+                } else {
+                    sys_server::EskvServer::start(&dir()?.join("eskv.fjall"), Served::Fjall)?
+                };
                 let url = server.url().to_owned();
                 Box::new(sys_server::ServedStore::new(
                     handle,
@@ -641,6 +650,7 @@ impl Harness {
             UMADB_CACHE,
             UMADB_SERVER,
             ESKV_SERVER,
+            ESKV_SERVER_FJALL,
             SQLITE_INLINE,
             SQLITE,
         ] {
@@ -892,7 +902,19 @@ impl Harness {
         #[cfg(feature = "umadb")]
         let eskv_server = if self.cfg.wants(ESKV_SERVER) {
             Some(sys_server::EskvServer::start(
-                &self.dir("W3-eskv-server")?.join("eskv.redb"),
+                &self.dir(&format!("W3-{ESKV_SERVER}"))?.join("eskv.redb"),
+                Served::Redb,
+            )?)
+        } else {
+            None
+        };
+        #[cfg(feature = "umadb")]
+        let eskv_server_fjall = if self.cfg.wants(ESKV_SERVER_FJALL) {
+            Some(sys_server::EskvServer::start(
+                &self
+                    .dir(&format!("W3-{ESKV_SERVER_FJALL}"))?
+                    .join("eskv.fjall"),
+                Served::Fjall,
             )?)
         } else {
             None
@@ -954,13 +976,18 @@ impl Harness {
             ));
         }
         #[cfg(feature = "umadb")]
-        if let Some(s) = &eskv_server {
-            let d = data.clone();
-            let h = handle.clone();
-            turns.push((
-                ESKV_SERVER,
-                Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
-            ));
+        for (name, s) in [
+            (ESKV_SERVER, &eskv_server),
+            (ESKV_SERVER_FJALL, &eskv_server_fjall),
+        ] {
+            if let Some(s) = s {
+                let d = data.clone();
+                let h = handle.clone();
+                turns.push((
+                    name,
+                    Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
+                ));
+            }
         }
         if let Some(s) = &sqlite {
             let d = data.clone();
@@ -999,7 +1026,7 @@ impl Harness {
             s.stop()?;
         }
         #[cfg(feature = "umadb")]
-        if let Some(s) = eskv_server {
+        for s in [eskv_server, eskv_server_fjall].into_iter().flatten() {
             s.stop()?;
         }
         for s in [
@@ -1010,6 +1037,7 @@ impl Harness {
             RAW_FJALL,
             UMADB_SERVER,
             ESKV_SERVER,
+            ESKV_SERVER_FJALL,
             SQLITE,
             SQLITE_INLINE,
             "fsync",

@@ -1,10 +1,10 @@
 //! Results, the markdown report, the targets and the SVG chart.
 
-use crate::ESKV_SERVER;
 use crate::{
     Config, ESKV_ETCD, ESKV_FJALL, ESKV_MEM, ESKV_REDB, FSYNC, RAW_ETCD, RAW_FJALL, RAW_REDB,
     RAW_REDB_TABLES, SQLITE, SQLITE_INLINE, SYSTEMS, UMADB, UMADB_CACHE, UMADB_SERVER,
 };
+use crate::{ESKV_SERVER, ESKV_SERVER_FJALL};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -496,12 +496,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ratio(r, "W3", UMADB_SERVER),
         1.0,
     ));
-    for wl in ["W1", "W3"] {
-        t.push(Target::at_least(
-            format!("{wl} through the server: {ESKV_SERVER} ≥ 1.0 × {UMADB_SERVER}"),
-            ratio_of(r, ESKV_SERVER, wl, UMADB_SERVER),
-            1.0,
-        ));
+    for served in [ESKV_SERVER, ESKV_SERVER_FJALL] {
+        for wl in ["W1", "W3"] {
+            t.push(Target::at_least(
+                format!("{wl} through the server: {served} ≥ 1.0 × {UMADB_SERVER}"),
+                ratio_of(r, served, wl, UMADB_SERVER),
+                1.0,
+            ));
+        }
     }
     let sizes = w8_label_sizes(r);
     if let (Some(first), Some(last)) = (sizes.first(), sizes.last()) {
@@ -1059,6 +1061,7 @@ pub fn markdown(
         (UMADB_CACHE, "the same with memory-mapped reads and a 1 GiB page cache (`ReadMethod::Mmap`, `page_cache_max_mb(1024)`)."),
         (UMADB_SERVER, "UmaDB 0.7's gRPC server (`umadb-server`, started in this process on 127.0.0.1 on its own thread and 2-worker runtime, default storage options), driven by the official `umadb-client` over gRPC: W1 through one connection, W3 through 64 connections (its writer thread batches concurrent appends into one commit). W1 and W3 only."),
         (ESKV_SERVER, "eskv served by the `eskv-server` crate (what `eskv serve` runs) over the UmaDB protocol, started in this process on 127.0.0.1 on its own thread and 2-worker runtime, on a fresh redb file with eskv-redb's defaults (durable), driven by exactly the same `umadb-client` code as umadb-server: W1 through one connection, W3 through 64. W1 and W3 only."),
+        (ESKV_SERVER_FJALL, "`eskv-server` as above on a fresh fjall directory with eskv-fjall's defaults (durable: one `fdatasync` per group commit), the backend the README recommends for a store that takes writes (`eskv serve --store fjall:…`). W1 and W3 only."),
         (SQLITE_INLINE, "SQLite (bundled, via rusqlite) in WAL mode with `synchronous=FULL`, the schema most teams would write and the SQLite row the targets are judged against: an `events` table (global sequence as the integer primary key, unique `(stream_id, version)`, and the event's tags in a `tags` column, joined with U+001F) plus an `event_tags (tag, position)` table `WITHOUT ROWID` with primary key `(tag, position)`. Reads return the tags from the event row; W5 joins the tag table to `events`. Conditions are an indexed `EXISTS`-style probe of `event_tags` in a `BEGIN IMMEDIATE` transaction; W3 uses one connection per writer thread."),
         (SQLITE, "SQLite, same settings, with the tags only in a tags table: an `events` table (global sequence as the integer primary key, unique `(stream_id, version)`) and an `event_tags` table indexed by `(tag, position)` and by `position`; reads gather each event's tags with a `group_concat` subquery. Conditions are an indexed `EXISTS`-style probe in a `BEGIN IMMEDIATE` transaction; W3 uses one connection per writer thread."),
         (ESKV_ETCD, "eskv on `EtcdStore` (crate `eskv-etcd`) on a 3-node etcd cluster on 127.0.0.1 started by the harness (server flags in the etcd section above): reads at a pinned revision, one compare-and-swap `Txn` per group commit, fsynced by the leader and a quorum. W1, W2, W4 and W4r only."),

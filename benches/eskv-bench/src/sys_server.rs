@@ -2,7 +2,7 @@
 //! on 127.0.0.1 with the same client code: UmaDB's own server
 //! (`umadb-server`, started by [`crate::sys_uma::UmaServer`]) and eskv
 //! served by the `eskv-server` crate ([`EskvServer`], eskv on a fresh redb
-//! file with eskv-redb's durable defaults). Each server runs in this
+//! file or fjall directory with the backend's durable defaults). Each server runs in this
 //! process on its own thread and 2-worker runtime, so the clients' runtime
 //! is the bench's.
 //!
@@ -147,17 +147,27 @@ impl Store for ServedStore {
 }
 
 /// eskv served by `eskv-server` (the UmaDB protocol among others) on a
-/// free port of 127.0.0.1, over eskv on a redb file with eskv-redb's
-/// defaults (durable: fsync before a commit returns).
+/// free port of 127.0.0.1, over eskv on a fresh store of the given backend
+/// with its defaults (durable: fsync before a commit returns).
 pub struct EskvServer {
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Res<()>>>,
 }
 
+/// The backend under a served store.
+#[derive(Debug, Clone, Copy)]
+pub enum Served {
+    /// A redb file (`eskv serve --store redb:…`).
+    Redb,
+    /// A fjall directory (`eskv serve --store fjall:…`), the README's
+    /// recommended embedded backend for a store that takes writes.
+    Fjall,
+}
+
 impl EskvServer {
-    /// Starts the server with a fresh store at `path` (a redb file).
-    pub fn start(path: &Path) -> Res<EskvServer> {
+    /// Starts the server with a fresh store of `backend` at `path`.
+    pub fn start(path: &Path, backend: Served) -> Res<EskvServer> {
         let path = path.to_path_buf();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Res<std::net::SocketAddr>>();
@@ -171,15 +181,22 @@ impl EskvServer {
                     .map_err(err("server runtime"))?;
                 rt.block_on(async move {
                     let bound = async {
-                        let kv = eskv::redb::RedbStore::open_with(
-                            path,
-                            eskv::redb::RedbOptions::default(),
-                        )
-                        .await
-                        .map_err(err("open eskv-redb"))?;
-                        let store = eskv::EventStore::open(Arc::new(kv))
-                            .await
-                            .map_err(err("open eskv"))?;
+                        let kv: Arc<dyn eskv::KvStore> = match backend {
+                            Served::Redb => Arc::new(
+                                eskv::redb::RedbStore::open_with(
+                                    path,
+                                    eskv::redb::RedbOptions::default(),
+                                )
+                                .await
+                                .map_err(err("open eskv-redb"))?,
+                            ),
+                            Served::Fjall => Arc::new(
+                                eskv::fjall::FjallStore::open(path)
+                                    .await
+                                    .map_err(err("open eskv-fjall"))?,
+                            ),
+                        };
+                        let store = eskv::EventStore::open(kv).await.map_err(err("open eskv"))?;
                         let config = eskv_server::ServerConfig::new(
                             "127.0.0.1:0".parse().expect("a socket address"),
                         );
