@@ -58,6 +58,12 @@ pub const UMADB_SERVER: &str = "umadb-server";
 pub const ESKV_SERVER: &str = "eskv-server";
 /// eskv served by `eskv-server` on fjall, driven like `umadb-server`.
 pub const ESKV_SERVER_FJALL: &str = "eskv-server-fjall";
+/// The served eskv systems and the backend under each.
+#[cfg(feature = "umadb")]
+const ESKV_SERVED: [(&str, Served); 2] = [
+    (ESKV_SERVER, Served::Redb),
+    (ESKV_SERVER_FJALL, Served::Fjall),
+];
 /// SQLite with each event's tags in its own row plus a (tag, position)
 /// index table: the SQLite row the targets are judged against.
 pub const SQLITE_INLINE: &str = "sqlite-tags-inline";
@@ -548,11 +554,11 @@ impl Harness {
             }
             #[cfg(feature = "umadb")]
             ESKV_SERVER | ESKV_SERVER_FJALL => {
-                let server = if name == ESKV_SERVER {
-                    sys_server::EskvServer::start(&dir()?.join("eskv.redb"), Served::Redb)?
-                } else {
-                    sys_server::EskvServer::start(&dir()?.join("eskv.fjall"), Served::Fjall)?
-                };
+                let backend = ESKV_SERVED
+                    .iter()
+                    .find_map(|(n, b)| (*n == name).then_some(*b))
+                    .expect("a served system");
+                let server = sys_server::EskvServer::start(&dir()?, backend)?;
                 let url = server.url().to_owned();
                 Box::new(sys_server::ServedStore::new(
                     handle,
@@ -900,25 +906,14 @@ impl Harness {
             None
         };
         #[cfg(feature = "umadb")]
-        let eskv_server = if self.cfg.wants(ESKV_SERVER) {
-            Some(sys_server::EskvServer::start(
-                &self.dir(&format!("W3-{ESKV_SERVER}"))?.join("eskv.redb"),
-                Served::Redb,
-            )?)
-        } else {
-            None
-        };
-        #[cfg(feature = "umadb")]
-        let eskv_server_fjall = if self.cfg.wants(ESKV_SERVER_FJALL) {
-            Some(sys_server::EskvServer::start(
-                &self
-                    .dir(&format!("W3-{ESKV_SERVER_FJALL}"))?
-                    .join("eskv.fjall"),
-                Served::Fjall,
-            )?)
-        } else {
-            None
-        };
+        let eskv_servers = ESKV_SERVED
+            .into_iter()
+            .filter(|(name, _)| self.cfg.wants(name))
+            .map(|(name, backend)| {
+                let dir = self.dir(&format!("W3-{name}"))?;
+                Ok((name, sys_server::EskvServer::start(&dir, backend)?))
+            })
+            .collect::<Res<Vec<_>>>()?;
         let sqlite = if self.cfg.wants(SQLITE) {
             Some(Sqlite::open(
                 &self.dir(&format!("W3-{SQLITE}"))?.join("events.sqlite"),
@@ -976,18 +971,13 @@ impl Harness {
             ));
         }
         #[cfg(feature = "umadb")]
-        for (name, s) in [
-            (ESKV_SERVER, &eskv_server),
-            (ESKV_SERVER_FJALL, &eskv_server_fjall),
-        ] {
-            if let Some(s) = s {
-                let d = data.clone();
-                let h = handle.clone();
-                turns.push((
-                    name,
-                    Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
-                ));
-            }
+        for (name, s) in &eskv_servers {
+            let d = data.clone();
+            let h = handle.clone();
+            turns.push((
+                *name,
+                Box::new(move |b| sys_server::concurrent(&h, s.url(), writers, b, &d)),
+            ));
         }
         if let Some(s) = &sqlite {
             let d = data.clone();
@@ -1026,7 +1016,7 @@ impl Harness {
             s.stop()?;
         }
         #[cfg(feature = "umadb")]
-        for s in [eskv_server, eskv_server_fjall].into_iter().flatten() {
+        for (_, s) in eskv_servers {
             s.stop()?;
         }
         for s in [

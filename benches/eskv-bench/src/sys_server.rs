@@ -165,10 +165,20 @@ pub enum Served {
     Fjall,
 }
 
+impl Served {
+    /// The file or directory name of a fresh store of this backend.
+    pub fn store_name(self) -> &'static str {
+        match self {
+            Served::Redb => "eskv.redb",
+            Served::Fjall => "eskv.fjall",
+        }
+    }
+}
+
 impl EskvServer {
-    /// Starts the server with a fresh store of `backend` at `path`.
-    pub fn start(path: &Path, backend: Served) -> Res<EskvServer> {
-        let path = path.to_path_buf();
+    /// Starts the server with a fresh store of `backend` in `dir`.
+    pub fn start(dir: &Path, backend: Served) -> Res<EskvServer> {
+        let path = dir.join(backend.store_name());
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Res<std::net::SocketAddr>>();
         let thread = std::thread::Builder::new()
