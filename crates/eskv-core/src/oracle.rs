@@ -13,6 +13,7 @@
 //! - Checks and publishes are serialized by the caller (one committer at a
 //!   time); snapshots may be taken concurrently.
 
+pub mod reopen;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -120,11 +120,11 @@ impl Shared {
         if matches!(e, fjall::Error::Poisoned) {
             // Refused before writing anything.
             let e = self.map_err(e);
-            self.record_failure(&e);
+            self.slot.record_failure(&e);
             return e;
         }
         let mapped = self.map_err(e);
-        self.record_failure(&mapped);
+        self.slot.record_failure(&mapped);
         match mapped {
             KvError::StorageFull {
                 backend,

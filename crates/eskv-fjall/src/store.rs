@@ -6,12 +6,13 @@ use crate::txn::{FjallSnapshot, View};
 use crate::writer::FjallBatch;
 use async_trait::async_trait;
 use eskv_core::kv::BufferedTxn;
+use eskv_core::oracle::reopen::ReopenSlot;
 use eskv_core::oracle::writer::{CommitSender, GroupWriter};
 use eskv_core::oracle::CommitOracle;
 use eskv_core::{Capabilities, KvError, KvResult, KvStore, KvTransaction};
 use fjall::{KeyspaceCreateOptions, Readable};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 const DATA: &str = "eskv_data";
 const META: &str = "eskv_meta";
@@ -85,14 +86,11 @@ impl Drop for Inner {
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
     options: FjallOptions,
-    /// The open database; `None` while a reopen after a failure has not
-    /// succeeded yet. Snapshots hold a clone, so the count says whether
-    /// the old database is still in use.
-    db: RwLock<Option<Arc<Db>>>,
-    /// The first I/O failure since the database was last opened: fjall
-    /// refuses every write after one ("poisoned"); this is reported
-    /// instead, and its presence makes the next operation reopen.
-    failure: Mutex<Option<KvError>>,
+    /// The open database, and the first I/O failure since it was opened:
+    /// fjall refuses every write after one ("poisoned"); that failure is
+    /// reported instead, and makes the next operation reopen the directory
+    /// (the journal replays every batch that reached it).
+    pub(crate) slot: ReopenSlot<Db>,
 }
 
 impl Shared {
@@ -102,68 +100,18 @@ impl Shared {
 
     /// The first I/O failure since the last open, if any.
     pub(crate) fn failure(&self) -> Option<KvError> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .cloned()
-    }
-
-    pub(crate) fn record_failure(&self, e: &KvError) {
-        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            tracing::warn!(error = %e, "fjall write failure; the store reopens on the next operation");
-            *first = Some(e.clone());
-        }
+        self.slot.failure()
     }
 
     /// The open database, reopened first if an I/O failure stopped it.
     pub(crate) fn db(&self) -> KvResult<Arc<Db>> {
-        if self.failure().is_none() {
-            if let Some(db) = &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
-                return Ok(db.clone());
-            }
-        }
-        self.reopen()
+        self.slot.engine(|| self.reopen())
     }
 
-    /// Closes the stopped database and opens the directory again: the
-    /// journal replays every batch that reached it. Only when no snapshot
-    /// still uses the old database (fjall locks the directory).
-    fn reopen(&self) -> KvResult<Arc<Db>> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let failure = self.failure();
-        if let (None, Some(db)) = (&failure, &*slot) {
-            return Ok(db.clone()); // another caller reopened it meanwhile
-        }
-        if let Some(db) = &*slot {
-            if self.options.temporary {
-                return Err(KvError::Unavailable {
-                    backend: BACKEND,
-                    message: format!(
-                        "the temporary store {} stopped after an I/O error ({}) and cannot reopen",
-                        self.path.display(),
-                        failure.map_or_else(String::new, |e| e.to_string())
-                    ),
-                });
-            }
-            if Arc::strong_count(db) > 1 {
-                return Err(KvError::Unavailable {
-                    backend: BACKEND,
-                    message: format!(
-                        "{} is being reopened after an I/O error ({}), but transactions still use it; retry",
-                        self.path.display(),
-                        failure.map_or_else(String::new, |e| e.to_string())
-                    ),
-                });
-            }
-        }
-        slot.take();
-        let db = Arc::new(self.call(|| self.open_db())?);
-        *slot = Some(db.clone());
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(path = %self.path.display(), "fjall store reopened after an I/O failure");
-        Ok(db)
+    /// Opens the directory again: the journal replays every batch that
+    /// reached it.
+    fn reopen(&self) -> KvResult<Db> {
+        self.call(|| self.open_db())
     }
 
     /// Opens the directory (or, read-only, a private copy of it) and
@@ -393,13 +341,11 @@ impl FjallStore {
 
     fn open_blocking(path: PathBuf, options: FjallOptions) -> KvResult<Self> {
         let shared = Arc::new(Shared {
+            slot: ReopenSlot::new(BACKEND, path.display().to_string(), !options.temporary),
             path,
             options: options.clone(),
-            db: RwLock::new(None),
-            failure: Mutex::new(None),
         });
-        let db = shared.call(|| shared.open_db())?;
-        *shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+        shared.db()?;
         let oracle = CommitOracle::new();
         let commits = tokio::sync::watch::channel(0).0;
         // A read-only store has no writer thread: its commits that write
@@ -465,8 +411,12 @@ impl KvStore for FjallStore {
 
     async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.inner.caps, async {
-            let db = self.inner.shared.db()?;
-            let (snapshot, snap) = self.inner.oracle.snapshot(|| db.db.snapshot());
+            let shared = &self.inner.shared;
+            let (snapshot, db, snap) = shared.slot.snapshot(
+                &self.inner.oracle,
+                || shared.reopen(),
+                |db| db.db.snapshot(),
+            )?;
             Ok(FjallSnapshot {
                 store: self.inner.clone(),
                 snapshot,

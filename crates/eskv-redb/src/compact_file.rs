@@ -7,9 +7,9 @@
 //! when no handle (of this or any process) holds it.
 
 use crate::{builder, Db, RedbOptions, Shared, BACKEND};
+use eskv_core::oracle::reopen::ReopenSlot;
 use eskv_core::{Error, Result};
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
 
 /// What [`compact_file`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,7 @@ pub async fn compact_file(path: impl AsRef<Path>) -> Result<FileCompaction> {
         let bytes_before = size(&path)?;
         let p = path.clone();
         let shared = Shared {
+            slot: ReopenSlot::new(BACKEND, path.display().to_string(), false),
             path: path.clone(),
             opener: Box::new(move |s: &Shared| {
                 builder(&RedbOptions::default())
@@ -52,10 +53,8 @@ pub async fn compact_file(path: impl AsRef<Path>) -> Result<FileCompaction> {
                     .map_err(|e| s.open_error(e))
             }),
             read_only: false,
-            db: RwLock::new(None),
-            failure: Mutex::new(None),
         };
-        let db = shared.call(|| (shared.opener)(&shared))?;
+        let db = shared.reopen()?;
         let Db::Write(mut db) = db else {
             return Err(Error::backend(BACKEND, "opened read-only"));
         };

@@ -81,64 +81,27 @@ impl Shared {
             }
             other => return KvError::backend(BACKEND, other),
         };
-        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            tracing::warn!(error = %e, "redb I/O failure; the file is reopened on the next operation");
-            *first = Some(e.clone());
-        }
+        self.slot.record_failure(&e);
         e
     }
 
     /// The first I/O failure since the last open, if any.
     pub(crate) fn failure(&self) -> Option<KvError> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .cloned()
+        self.slot.failure()
     }
 
     /// The open database, reopened first if an I/O failure stopped it.
+    /// Dropping the stopped database closes it; redb writes nothing after
+    /// an I/O failure, and the next open recovers the last commit (a
+    /// read-only store recovers a private copy instead: see
+    /// `recover_copy`).
     pub(crate) fn db(&self) -> KvResult<Arc<Db>> {
-        if self.failure().is_none() {
-            if let Some(db) = &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
-                return Ok(db.clone());
-            }
-        }
-        self.reopen()
+        self.slot.engine(|| self.reopen())
     }
 
-    /// Closes the stopped database and opens the file again. Only when no
-    /// read transaction still uses the old one: a new database may reuse
-    /// pages an old snapshot is reading.
-    pub(crate) fn reopen(&self) -> KvResult<Arc<Db>> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let failure = self.failure();
-        if let (None, Some(db)) = (&failure, &*slot) {
-            return Ok(db.clone()); // another caller reopened it meanwhile
-        }
-        if let Some(db) = &*slot {
-            if Arc::strong_count(db) > 1 {
-                return Err(KvError::Unavailable {
-                    backend: BACKEND,
-                    message: format!(
-                        "{} is being reopened after an I/O error ({}), but read transactions still use it; retry",
-                        self.path.display(),
-                        failure.map_or_else(String::new, |e| e.to_string())
-                    ),
-                });
-            }
-        }
-        // Dropping the stopped database closes it; redb writes nothing
-        // after an I/O failure, the next open recovers the last commit (a
-        // read-only store recovers a private copy instead: see
-        // `recover_copy`).
-        slot.take();
-        let db = Arc::new(self.call(|| (self.opener)(self))?);
-        *slot = Some(db.clone());
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(path = %self.path.display(), "redb file reopened after an I/O failure");
-        Ok(db)
+    /// Opens the file again with the store's opener.
+    pub(crate) fn reopen(&self) -> KvResult<Db> {
+        self.call(|| (self.opener)(self))
     }
 }
 

@@ -88,6 +88,7 @@ use writer::*;
 
 use async_trait::async_trait;
 use eskv_core::kv::{BufferedTxn, KvSnapshot, ReadMany, VisitRow, VisitValue, WriteSet};
+use eskv_core::oracle::reopen::ReopenSlot;
 use eskv_core::oracle::writer::{CommitSender, GroupWriter};
 use eskv_core::oracle::{CommitOracle, Snapshot};
 use eskv_core::{
@@ -98,7 +99,7 @@ use redb::{
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// The redb crate this backend is built on, for implementing
 /// [`redb::StorageBackend`] for [`RedbStore::open_with_backend`].

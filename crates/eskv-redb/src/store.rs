@@ -80,15 +80,13 @@ pub(crate) struct Shared {
     pub(crate) opener: Opener,
     /// Opened read-only: never written, no writer thread.
     pub(crate) read_only: bool,
-    /// The open database; `None` while a reopen after a failure has not
-    /// succeeded yet. Read transactions hold a clone, so the count says
-    /// whether the old database is still in use.
-    pub(crate) db: RwLock<Option<Arc<Db>>>,
-    /// The first I/O failure since the database was last opened. redb
-    /// answers every later call with "previous I/O error"; this is what is
-    /// reported instead, and its presence makes the next operation reopen
-    /// the file.
-    pub(crate) failure: Mutex<Option<KvError>>,
+    /// The open database, and the first I/O failure since it was opened:
+    /// redb answers every later call with "previous I/O error"; that
+    /// failure is reported instead, and makes the next operation reopen
+    /// the file. Read transactions hold a clone of the database, so it is
+    /// reopened only once none uses it (a new database may reuse pages an
+    /// old snapshot reads).
+    pub(crate) slot: ReopenSlot<Db>,
 }
 
 impl RedbStore {
@@ -190,18 +188,19 @@ impl RedbStore {
         opener: Opener,
     ) -> KvResult<Self> {
         let shared = Arc::new(Shared {
+            slot: ReopenSlot::new(BACKEND, path.display().to_string(), true),
             path,
             opener,
             read_only: options.read_only,
-            db: RwLock::new(None),
-            failure: Mutex::new(None),
         });
-        let db = shared.call(|| (shared.opener)(&shared))?;
-        shared.call(|| match &db {
-            Db::Write(w) => init_format(&shared, w),
-            ro => check_format(&shared, ro),
+        shared.slot.engine(|| {
+            let db = shared.reopen()?;
+            shared.call(|| match &db {
+                Db::Write(w) => init_format(&shared, w),
+                ro => check_format(&shared, ro),
+            })?;
+            Ok(db)
         })?;
-        *shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
         let oracle = CommitOracle::new();
         let commits = tokio::sync::watch::channel(0).0;
         // A read-only store has no writer thread: its commits that write
@@ -435,13 +434,16 @@ impl KvStore for RedbStore {
     async fn begin(&self) -> KvResult<Box<dyn KvTransaction>> {
         BufferedTxn::begin(&self.inner.caps, async {
             let shared = &self.inner.shared;
-            let db = shared.db()?;
-            let (snapshot, table) = self.inner.oracle.snapshot(|| {
-                shared.call(|| {
-                    let r = db.begin_read().map_err(|e| shared.map_err(e))?;
-                    r.open_table(DATA).map_err(|e| shared.map_err(e))
-                })
-            });
+            let (snapshot, db, table) = shared.slot.snapshot(
+                &self.inner.oracle,
+                || shared.reopen(),
+                |db| {
+                    shared.call(|| {
+                        let r = db.begin_read().map_err(|e| shared.map_err(e))?;
+                        r.open_table(DATA).map_err(|e| shared.map_err(e))
+                    })
+                },
+            )?;
             Ok(RedbSnapshot {
                 store: self.inner.clone(),
                 snapshot,
