@@ -603,3 +603,108 @@ proptest! {
         });
     }
 }
+
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+enum Meter {
+    #[eskv(type = "MeterRead", version = 2)]
+    Read { kwh: u64 },
+}
+
+struct ReadMeter(u64);
+impl Decision for ReadMeter {
+    type Event = Meter;
+    type State = ();
+    type Error = Refused;
+    fn boundary(&self) -> Boundary {
+        Boundary::Stream("meter-2".into())
+    }
+    fn evolve(&self, _: &mut (), _: &Meter) {}
+    fn decide(&self, _: &()) -> Result<Vec<Meter>, Refused> {
+        Ok(vec![Meter::Read { kwh: self.0 }])
+    }
+}
+
+/// A decision keeps the schema version of a versioned event type: the
+/// store has no upcasters, so an event stored as version 1 would fail
+/// the next decision's fold with `DecodeError::OldVersion`.
+#[tokio::test]
+async fn decisions_keep_the_schema_version_of_their_events() {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    let decider = store.decider(DecideOptions::new().metadata(Metadata::new().correlation_id("r")));
+    for kwh in [3, 4] {
+        decider
+            .decide_stream(
+                "meter-1",
+                |total: &mut u64, e: &Meter| match e {
+                    Meter::Read { kwh } => *total += kwh,
+                },
+                |_| Ok::<_, Refused>(vec![Meter::Read { kwh }]),
+            )
+            .await
+            .unwrap();
+    }
+    // The test kit's store has no upcasters either.
+    given([Meter::Read { kwh: 1 }])
+        .when(ReadMeter(2))
+        .await
+        .then([Meter::Read { kwh: 2 }])
+        .await;
+    let events = store.read_all(ReadOptions::new()).await.unwrap().events;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(e.schema_version(), 2, "{e:?}");
+        assert_eq!(e.metadata.correlation_id.as_deref(), Some("r"));
+    }
+}
+
+/// A stream whose events all aged out under `max_age` (not yet
+/// compacted) still has its version: the decider expects that version,
+/// not "no stream", and its append goes through on the first attempt.
+#[tokio::test]
+async fn a_stream_decision_expects_the_version_of_a_stream_whose_events_aged_out() {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    store
+        .append_to_stream(
+            "account-y",
+            eskv::ExpectedVersion::NoStream,
+            vec![
+                eskv::NewEvent::typed(&Account::Deposited { amount: 5 }, Metadata::new()).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .set_retention(
+            "account-y",
+            eskv::Retention::new().max_age(std::time::Duration::from_millis(1)),
+            eskv::ExpectedVersion::Any,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let read = store
+        .read_stream("account-y", ReadStreamOptions::new())
+        .await
+        .unwrap();
+    assert!(read.is_empty(), "the event aged out: {read:?}");
+    assert_eq!(read.version, 1);
+    let d = store
+        .decider(DecideOptions::new().max_attempts(3))
+        .decide_stream(
+            "account-y",
+            |b: &mut u64, e: &Account| {
+                if let Account::Deposited { amount } = e {
+                    *b += amount
+                }
+            },
+            |_| Ok::<_, Refused>(vec![Account::Deposited { amount: 7 }]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.appended.unwrap().stream_version, Some(2));
+}

@@ -569,8 +569,8 @@ impl Decider {
 
     /// Stream (aggregate) decision: reads `stream`, decodes and folds its
     /// events into `S::default()`, calls `decide`, and appends its events
-    /// to `stream` expecting the version read (no stream when it had no
-    /// events). On [`Error::WrongExpectedVersion`] it decides again, like
+    /// to `stream` expecting the version read ([`StreamRead::version`](crate::StreamRead::version):
+    /// events retention hides still count; no stream at version 0). On [`Error::WrongExpectedVersion`] it decides again, like
     /// [`decide`](Self::decide).
     ///
     /// ```
@@ -618,10 +618,9 @@ impl Decider {
                 .store
                 .read_stream(stream, ReadStreamOptions::new())
                 .await?;
-            let version = history
-                .last()
-                .and_then(|e| e.stream.as_ref())
-                .map_or(0, |s| s.version);
+            // The stream's version, not the last event's: events that
+            // retention already hides still count.
+            let version = history.version;
             let events = {
                 let mut state = S::default();
                 for r in &history {
@@ -696,7 +695,7 @@ impl Decider {
     fn encode<Ev: DomainEvent>(&self, events: &[Ev]) -> Result<Vec<crate::NewEvent>> {
         events
             .iter()
-            .map(|e| Ok(e.to_new_event()?.with_metadata(self.opts.metadata.clone())))
+            .map(|e| crate::NewEvent::typed(e, self.opts.metadata.clone()))
             .collect()
     }
 }
