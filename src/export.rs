@@ -58,7 +58,7 @@ pub use format::{
     Archived, End, ExportLine, ExportWriter, Header, KeyFields, KeyLine, Trailer, FORMAT,
     OLDEST_FORMAT,
 };
-pub use line::{Digest, EventLine, MetaLine, PersonalLine, SealedLine};
+pub use line::{Digest, EventLine, ImportedLine, MetaLine, PersonalLine, SealedLine};
 pub use transfer::{
     copy, count_streams, digest_store, Imported, Importer, LogPager, MAX_CHUNK_BYTES,
     MAX_CHUNK_EVENTS, PAGE,

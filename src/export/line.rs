@@ -326,6 +326,37 @@ impl EventLine {
         self.to_new_event_without_personal()
     }
 
+    /// The parts an import writes of this line, checked as far as the
+    /// line itself can tell, without a store: an id, a stream with a
+    /// version of 1 or more (or neither), a valid payload, id and time, and
+    /// a well-formed personal part. `eskv import` runs it over a whole file
+    /// before it writes anything; [`Importer::push`](super::Importer::push)
+    /// builds its event from it.
+    pub fn to_imported(&self) -> Result<ImportedLine, String> {
+        if self.id.is_none() {
+            return Err("no \"id\"".into());
+        }
+        let stream = match (&self.stream, self.version) {
+            (Some(s), Some(v)) if v > 0 => Some((s.clone(), v)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "it needs both \"stream\" and \"version\" (1 or more), or neither".into(),
+                )
+            }
+        };
+        Ok(ImportedLine {
+            event: self.to_new_event_without_personal()?,
+            stream,
+            personal: self
+                .personal
+                .as_ref()
+                .map(|p| p.to_personal())
+                .transpose()?,
+            recorded_at_ms: self.recorded_at.as_deref().map(parse_time).transpose()?,
+        })
+    }
+
     /// [`to_new_event`](Self::to_new_event), leaving the personal part
     /// out (import adds it).
     pub(crate) fn to_new_event_without_personal(&self) -> Result<NewEvent, String> {
@@ -343,6 +374,19 @@ impl EventLine {
         }
         Ok(e)
     }
+}
+
+/// What an import takes from an [`EventLine`] ([`EventLine::to_imported`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedLine {
+    /// Id, type, tags, payload and metadata.
+    pub event: NewEvent,
+    /// The stream and the version in it.
+    pub stream: Option<(String, u64)>,
+    /// The personal part, sealed or erased.
+    pub personal: Option<PersonalData>,
+    /// When the source recorded it (ms since the Unix epoch), when known.
+    pub recorded_at_ms: Option<u64>,
 }
 
 /// A running checksum over canonical event lines: crc32c of every line

@@ -2,7 +2,7 @@
 //! one: what export, import, copy and archive share.
 
 use super::format::Header;
-use super::line::{parse_time, Digest, EventLine};
+use super::line::{Digest, EventLine};
 use crate::{
     Error, EventStore, ReadOptions, RecordedEvent, Result, StoreKey, StreamRef, WrappedSubjectKey,
 };
@@ -300,37 +300,32 @@ impl Importer {
                 self.next
             )));
         }
+        // Invariant: `position + 1` below never overflows, and appends
+        // after the import have numbers left.
+        let ceiling = self.store.options().limits.import_ceiling();
+        if position > ceiling {
+            return Err(Error::invalid(format!(
+                "the event at position {position} is beyond position {ceiling}, the highest an import accepts (Limits::import_ceiling: numbers are left for appends after the import)"
+            )));
+        }
         if position > self.next {
             // A hole (events removed in the source): each import call
             // writes consecutive positions, and records the hole.
             self.flush().await?;
         }
-        if line.id.is_none() {
+        let at = |e: String| Error::invalid(format!("the event at position {position}: {e}"));
+        let imported = line.to_imported().map_err(at)?;
+        if let Some((s, v)) = imported.stream.as_ref().filter(|(_, v)| *v > ceiling) {
             return Err(Error::invalid(format!(
-                "the event at position {position} has no \"id\""
+                "the event at position {position} has version {v} of stream '{s}', beyond version {ceiling}, the highest an import accepts (Limits::import_ceiling: numbers are left for appends after the import)"
             )));
         }
-        let stream = match (&line.stream, line.version) {
-            (Some(s), Some(v)) if v > 0 => Some((s.clone(), v)),
-            (None, None) => None,
-            _ => return Err(Error::invalid(format!(
-                "the event at position {position} needs both \"stream\" and \"version\" (1 or more), or neither"
-            ))),
-        };
-        let at = |e: String| Error::invalid(format!("the event at position {position}: {e}"));
-        let event = line.to_new_event_without_personal().map_err(at)?;
-        let personal = line
-            .personal
-            .as_ref()
-            .map(|p| p.to_personal())
-            .transpose()
-            .map_err(at)?;
-        let recorded_at_ms = match &line.recorded_at {
-            Some(t) => parse_time(t).map_err(at)?,
-            None => std::time::SystemTime::now()
+        let (event, stream, personal) = (imported.event, imported.stream, imported.personal);
+        let recorded_at_ms = imported.recorded_at_ms.unwrap_or_else(|| {
+            std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        };
+                .map_or(0, |d| d.as_millis() as u64)
+        });
         if self.run.len() >= MAX_CHUNK_EVENTS {
             self.flush().await?;
         }

@@ -305,6 +305,48 @@ pub async fn max_age_releases_old_events(store: Store) {
     assert!(v.is_clean(), "{v}");
 }
 
+/// Loosening `max_age` (or dropping it) does not bring back the events
+/// it released: released never comes back, before compaction as after.
+pub async fn loosened_max_age_keeps_released_events_released(store: Store) {
+    let es = open(store).await;
+    for t in ["Old1", "Old2"] {
+        es.append_to_stream("tick-2", ExpectedVersion::Any, vec![ev(t)])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    es.set_retention(
+        "tick-2",
+        Retention::new().max_age(Duration::from_millis(2000)),
+        ExpectedVersion::Any,
+    )
+    .await
+    .unwrap();
+    es.append_to_stream("tick-2", ExpectedVersion::Any, vec![ev("New")])
+        .await
+        .unwrap();
+    let types = |es: EventStore| async move {
+        es.read_stream("tick-2", ReadStreamOptions::new())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(types(es.clone()).await, ["New"]);
+    for looser in [
+        Retention::new().max_age(Duration::from_secs(3600)),
+        Retention::new(),
+    ] {
+        es.set_retention("tick-2", looser, ExpectedVersion::Any)
+            .await
+            .unwrap();
+        assert_eq!(types(es.clone()).await, ["New"], "the old events came back");
+    }
+    let info = es.stream_info("tick-2").await.unwrap();
+    assert_eq!((info.version, info.first_version), (3, 3));
+}
+
 /// Crypto-shredding: the personal part reads back until `forget`, and is
 /// marked erased afterwards on every read path, never an error; the rest
 /// of the event is unchanged and the log stays gapless.
@@ -563,6 +605,7 @@ macro_rules! lifecycle_tests {
                 retention_releases_events_everywhere,
                 delete_and_tombstone,
                 max_age_releases_old_events,
+                loosened_max_age_keeps_released_events_released,
                 forgotten_personal_data_reads_as_erased,
                 subscriptions_skip_removed_events,
                 lifecycle_model_based,

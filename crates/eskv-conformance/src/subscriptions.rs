@@ -691,6 +691,69 @@ pub async fn snapshots(store: Store) {
     ));
 }
 
+/// Deleting a stream drops its snapshot: the stream appended to again
+/// loads as new, as it does without a snapshot. Truncation keeps it (the
+/// state of the events it released lives on in the snapshot).
+pub async fn snapshots_of_deleted_and_truncated_streams(store: Store) {
+    let es = open(store).await;
+    let snap = |position| Snapshot {
+        position,
+        schema_version: 1,
+        data: b"state".to_vec(),
+    };
+    for s in ["acct-1", "acct-2", "acct-3"] {
+        for _ in 0..3 {
+            es.append_to_stream(s, ExpectedVersion::Any, vec![ev("D")])
+                .await
+                .unwrap();
+        }
+    }
+    let last = |s: &str| {
+        let es = es.clone();
+        let s = s.to_owned();
+        async move { es.stream_info(&s).await.unwrap().last_position.unwrap() }
+    };
+    // Deleted, then recreated: no snapshot, only the new event.
+    let key = SnapshotKey::Stream("acct-1".into());
+    es.save_snapshot(&key, &snap(last("acct-1").await))
+        .await
+        .unwrap();
+    es.delete_stream("acct-1", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    let again = es
+        .append_to_stream("acct-1", ExpectedVersion::NoStream, vec![ev("D")])
+        .await
+        .unwrap();
+    let (with, events) = es.load_with_snapshot(&key, 1).await.unwrap();
+    assert_eq!(with, None, "a snapshot of the deleted events");
+    let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [again.last_position]);
+    // Tombstoned: no snapshot either.
+    let key = SnapshotKey::Stream("acct-2".into());
+    es.save_snapshot(&key, &snap(last("acct-2").await))
+        .await
+        .unwrap();
+    es.tombstone_stream("acct-2", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert_eq!(es.load_snapshot(&key, 1).await.unwrap(), None);
+    // Truncated before its last version: the snapshot stays.
+    let key = SnapshotKey::Stream("acct-3".into());
+    let at = last("acct-3").await;
+    es.save_snapshot(&key, &snap(at)).await.unwrap();
+    es.set_retention(
+        "acct-3",
+        eskv_core::Retention::new().truncate_before(3),
+        ExpectedVersion::Any,
+    )
+    .await
+    .unwrap();
+    let (with, events) = es.load_with_snapshot(&key, 1).await.unwrap();
+    assert_eq!(with.map(|s| s.position), Some(at));
+    assert!(events.is_empty(), "{events:?}");
+}
+
 /// Waits until `done` holds, panicking with `what` after [`WAIT`]; fails
 /// early if one of `tasks` (consumer-group members) already stopped.
 async fn wait_until<T: std::fmt::Debug>(
@@ -1232,6 +1295,48 @@ pub async fn large_consumer_groups(store: Store) {
     );
 }
 
+/// A parked event the store removed since (its stream deleted) is a
+/// hole, not damage: the list leaves it out, the other parked events
+/// stay listed, and a replay drops its entry.
+pub async fn dead_letters_of_removed_events(store: Store) {
+    let es = open(store).await;
+    for stream in ["cart-1", "cart-2"] {
+        es.append_to_stream(stream, ExpectedVersion::Any, vec![ev("Poison")])
+            .await
+            .unwrap();
+    }
+    let sub = es
+        .subscribe(SubscriptionOptions::named("dlq"))
+        .await
+        .unwrap();
+    let opts = HandlerOptions::default()
+        .max_attempts(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let refuse = |_: RecordedEvent| async { Err::<(), _>(Error::invalid("poison")) };
+    let es2 = es.clone();
+    let stop = async move {
+        while es2.checkpoint("dlq").await.unwrap() != Some(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, sub.run(refuse, opts, stop))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(es.parked("dlq").await.unwrap().len(), 2);
+    es.delete_stream("cart-1", ExpectedVersion::Any)
+        .await
+        .unwrap();
+    let parked = es.parked("dlq").await.unwrap();
+    let positions: Vec<u64> = parked.iter().map(|p| p.event.position).collect();
+    assert_eq!(positions, [2], "the deleted stream's event is not listed");
+    // A replay that fixes nothing still drops the removed event's entry.
+    assert_eq!(es.replay_parked("dlq", &refuse).await.unwrap(), 0);
+    let fixed = |_: RecordedEvent| async { Ok::<(), Error>(()) };
+    assert_eq!(es.replay_parked("dlq", &fixed).await.unwrap(), 1);
+    assert!(es.parked("dlq").await.unwrap().is_empty());
+}
+
 /// Defines one `#[tokio::test]` per case of this module (subscriptions, consumer groups, projections and snapshots), on
 /// stores from `$factory` (see [`all_suites!`](crate::all_suites)). With
 /// `wrapped` first, the cases marked `#[direct_only]` are left out.
@@ -1251,9 +1356,11 @@ macro_rules! subscription_tests {
                 filtered_subscriptions,
                 checkpoint_resume_is_at_least_once,
                 dead_letters,
+                dead_letters_of_removed_events,
                 consumer_group_takeover,
                 exactly_once_projection,
                 snapshots,
+                snapshots_of_deleted_and_truncated_streams,
                 #[direct_only]
                 checkpoint_keys_never_collide,
                 #[direct_only]

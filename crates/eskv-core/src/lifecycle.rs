@@ -60,7 +60,11 @@ impl Retention {
 /// The stored lifecycle record of one stream (`layout::stream_life_key`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StreamLife {
-    /// Metadata revision: 1 after the first change, +1 per change.
+    /// Metadata revision: 1 after the first change (retention, delete,
+    /// tombstone), +1 per change. 0: never changed by anyone; the record
+    /// holds only compaction's progress (or an import's holes) and reads
+    /// as no metadata at all (`StreamInfo::metadata_revision` `None`, no
+    /// retention, `NoStream` matches).
     pub revision: u64,
     /// Versions below this are released (0 or 1: none).
     pub truncate_before: u64,
@@ -117,8 +121,13 @@ impl StreamLife {
             .is_none_or(|age| e.recorded_at_ms.saturating_add(age) >= now_ms)
     }
 
-    /// The retention as the application sees it.
+    /// The retention as the application sees it: none while the revision
+    /// is 0 (stores written before compaction stopped raising
+    /// `truncate_before` may hold one there that nobody set).
     pub(crate) fn retention(&self) -> Retention {
+        if self.revision == 0 {
+            return Retention::default();
+        }
         Retention {
             max_count: self.max_count,
             max_age: self.max_age_ms.map(Duration::from_millis),
@@ -168,6 +177,14 @@ pub mod system_types {
     /// (tagged [`LOG_TAG`](super::LOG_TAG)).
     pub const LOG_TRUNCATED: &str = "$log-truncated";
 
+    /// True for a stream's lifecycle changes (retention, delete,
+    /// tombstone): the log's cut (`EventStore::truncate_log_before`) never
+    /// releases them, so every export carries them and a restore keeps the
+    /// stream's lifecycle, however old the change.
+    pub(crate) fn survives_log_cut(t: &str) -> bool {
+        [RETENTION_SET, STREAM_DELETED, STREAM_TOMBSTONED].contains(&t)
+    }
+
     /// True for the types above.
     pub fn is_system(t: &str) -> bool {
         [
@@ -179,6 +196,28 @@ pub mod system_types {
         ]
         .contains(&t)
     }
+}
+
+/// True when the log's cut leaves `e` live: a stream lifecycle change
+/// (no stream, a type of [`system_types::survives_log_cut`]).
+pub(crate) fn survives_log_cut(e: &RecordedEvent) -> bool {
+    e.stream.is_none() && system_types::survives_log_cut(&e.event_type)
+}
+
+/// `n + by`, or [`Error::LimitExceeded`] when that would reach `u64::MAX`.
+/// Invariant: positions, stream versions and metadata revisions never
+/// wrap, and none is ever `u64::MAX` (so `x + 1` of a stored one never
+/// overflows); every increment of one goes through here. Import keeps
+/// them at most [`Limits::import_ceiling`](crate::Limits::import_ceiling),
+/// so this fails only after that many more appends.
+pub(crate) fn checked_next(n: u64, by: u64, what: &str) -> Result<u64> {
+    n.checked_add(by)
+        .filter(|v| *v < u64::MAX)
+        .ok_or_else(|| Error::LimitExceeded {
+            what: format!("{what} ({n} plus {by})"),
+            limit: u64::MAX - 1,
+            actual: u64::MAX,
+        })
 }
 
 /// The tag of every `$log-truncated` event.
@@ -213,5 +252,28 @@ mod tests {
         l.tombstoned = true;
         assert!(l.reads_absent(10));
         assert_eq!(StreamLife::decode(&l.encode()).unwrap(), l);
+    }
+
+    #[test]
+    fn numbers_stop_below_u64_max() {
+        assert_eq!(checked_next(u64::MAX - 2, 1, "x").unwrap(), u64::MAX - 1);
+        for (n, by) in [(u64::MAX - 1, 1), (u64::MAX, 1), (5, u64::MAX)] {
+            assert!(matches!(
+                checked_next(n, by, "x"),
+                Err(Error::LimitExceeded { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn revision_0_shows_no_retention() {
+        let l = StreamLife {
+            truncate_before: 5,
+            compacted_before: 5,
+            ..StreamLife::default()
+        };
+        assert_eq!(l.retention(), Retention::new());
+        let set = StreamLife { revision: 1, ..l };
+        assert_eq!(set.retention(), Retention::new().truncate_before(5));
     }
 }

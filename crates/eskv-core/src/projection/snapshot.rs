@@ -47,6 +47,13 @@ pub struct Snapshot {
 impl EventStore {
     /// Stores a snapshot of the state at `position`. Snapshots are an
     /// optimisation only: loading state never requires one.
+    ///
+    /// [`delete_stream`](Self::delete_stream) and
+    /// [`tombstone_stream`](Self::tombstone_stream) drop the stream's
+    /// snapshot with its events: a stream appended to again after a
+    /// deletion starts from nothing. Retention and truncation keep it, so
+    /// a snapshot followed by `truncate_before` its version keeps the
+    /// state of the events it released.
     pub async fn save_snapshot(&self, key: &SnapshotKey, snapshot: &Snapshot) -> Result<()> {
         let k = key.key()?;
         let v = postcard::to_allocvec(snapshot).map_err(|e| Error::encode("snapshot", e))?;

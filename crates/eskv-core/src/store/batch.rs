@@ -13,7 +13,7 @@ use crate::error::{Error, ExpectedVersion, Result};
 use crate::event::{NewEvent, Position};
 use crate::kv::{KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, event_rows, IdEntry, Index, StreamMeta};
-use crate::lifecycle::StreamLife;
+use crate::lifecycle::{checked_next, StreamLife};
 use crate::query::{Query, QueryItem};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -307,7 +307,7 @@ impl Inner {
                     ))));
                 }
             }
-            let lo = c.after.map_or(1, |a| a + 1);
+            let lo = c.after.map_or(1, |a| a.saturating_add(1));
             if let Some(position) =
                 condition_hit(txn, batch, &c.fail_if_events_match, lo, probes).await?
             {
@@ -317,6 +317,21 @@ impl Inner {
                 }));
             }
         }
+
+        // Numbers: positions and versions never wrap (checked before any
+        // write of this request, like every other check).
+        let n = req.events.len() as u64;
+        let numbers = checked_next(batch.head, n.max(1), "the log's positions").and_then(|last| {
+            if req.stream.is_some() {
+                let v = meta.map_or(0, |m| m.version);
+                checked_next(v, n, "the stream's versions")?;
+            }
+            Ok(last)
+        });
+        let last = match numbers {
+            Ok(last) => last,
+            Err(e) => return Ok(Verdict::Rejected(e)),
+        };
 
         // Personal parts: sealed under their subjects' keys (a subject
         // seen for the first time, or forgotten before, gets a new key).
@@ -355,11 +370,11 @@ impl Inner {
         }
 
         // Encode everything first; then buffer the writes.
+        // No overflow: `last` and the stream's last version were checked.
         let first = batch.head + 1;
         let mut version = meta.map_or(0, |m| m.version);
         let stream = req.stream.as_ref().map(|(s, _)| s.as_str());
         let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.events.len() * 6);
-        let last = first + req.events.len() as u64 - 1;
         let mut entries = Vec::with_capacity(req.events.len());
         for (i, e) in req.events.iter().enumerate() {
             let pos = first + i as u64;

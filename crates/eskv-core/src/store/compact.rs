@@ -11,7 +11,7 @@
 //! touched.
 
 use super::live::now_ms;
-use super::read::load_events;
+use super::read::stream_events_as_stored;
 use super::EventStore;
 use crate::envelope;
 use crate::error::Result;
@@ -122,10 +122,12 @@ impl EventStore {
 
     /// One transaction: removes the next events below the log's
     /// truncation, in position order. A stream event's removal raises its
-    /// stream's `truncate_before` and `compacted_before` past it (what is
-    /// removed of a stream this way is a prefix of its versions, since
-    /// versions follow positions), so stream reads and `verify` see the
-    /// stream start there.
+    /// stream's `compacted_before` past it (what is removed of a stream
+    /// this way is a prefix of its versions, since versions follow
+    /// positions), so stream reads and `verify` see the stream start
+    /// there. Invariant: it changes nothing a reader sees of the stream's
+    /// metadata: not the revision (a new record keeps revision 0, "never
+    /// set"), not `truncate_before` (the retention `stream_info` shows).
     async fn compact_log_step(&self) -> Result<Step> {
         let budget = self.step_budget();
         retry(self.inner.opts.max_retries, || async {
@@ -154,15 +156,26 @@ impl EventStore {
                 .collect::<Result<Vec<RecordedEvent>>>()?;
             let (mut ops, mut bytes) = (0usize, 0usize);
             let mut removed: Vec<&RecordedEvent> = Vec::new();
+            // The last position this step is done with (removed or kept).
+            let mut done: Option<Position> = None;
+            let mut budget_hit = false;
             for e in &events {
+                // A stream's lifecycle change stays (the cut never
+                // releases it); compaction walks past it.
+                if crate::lifecycle::survives_log_cut(e) {
+                    done = Some(e.position);
+                    continue;
+                }
                 if !fits(e, &removed, (&mut ops, &mut bytes), budget) {
+                    budget_hit = true;
                     break;
                 }
                 removed.push(e);
+                done = Some(e.position);
             }
-            let partial = removed.len() < events.len() || events.len() == STEP_PAGE;
-            let next = match removed.last() {
-                Some(e) if partial => e.position + 1,
+            let partial = budget_hit || events.len() == STEP_PAGE;
+            let next = match done {
+                Some(p) if partial => p + 1,
                 _ => log.truncate_before,
             };
             // Each stream's new first version: one past its last removed.
@@ -181,7 +194,6 @@ impl EventStore {
                     .map(StreamLife::decode)
                     .transpose()?
                     .unwrap_or_default();
-                life.truncate_before = life.truncate_before.max(*first);
                 life.compacted_before = life.compacted_before.max(*first);
                 txn.put(k, life.encode());
             }
@@ -233,17 +245,8 @@ impl EventStore {
             if start > version {
                 return Ok(Step::default());
             }
-            let rows = txn
-                .scan(
-                    layout::stream_event_range(stream, start, version),
-                    ScanOptions::forward(Some(STEP_PAGE)),
-                )
-                .await?;
-            let positions = rows
-                .iter()
-                .map(|(k, v)| layout::parse_stream_entry(k, v))
-                .collect::<Result<Vec<Position>>>()?;
-            let events = load_events(&mut *txn, &positions).await?;
+            let events =
+                stream_events_as_stored(&mut *txn, stream, (start, version), STEP_PAGE).await?;
             let now = now_ms();
             let (mut ops, mut bytes) = (0usize, 0usize);
             let mut removed: Vec<&RecordedEvent> = Vec::new();

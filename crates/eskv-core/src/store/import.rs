@@ -21,6 +21,13 @@ impl EventStore {
     /// recorded times are kept. The events must continue this store's log
     /// (the first at head + 1, consecutive) and each stream's versions.
     /// One transaction: all or nothing. Returns the new head.
+    ///
+    /// Positions, stream versions and the numbers in imported lifecycle
+    /// events must be at most [`Limits::import_ceiling`], so that appends
+    /// after the import have numbers left; larger ones are
+    /// [`Error::InvalidInput`], with nothing written.
+    ///
+    /// [`Limits::import_ceiling`]: crate::Limits::import_ceiling
     pub async fn import(&self, events: &[RecordedEvent]) -> Result<Position> {
         self.import_events(events, false).await
     }
@@ -50,8 +57,23 @@ impl EventStore {
 
     async fn import_events(&self, events: &[RecordedEvent], holes: bool) -> Result<Position> {
         let l = &self.inner.opts.limits;
+        // Invariant: no imported number leaves the appends after the
+        // import without room (see `Limits::import_ceiling`).
+        let ceiling = l.import_ceiling();
         let mut ids = HashSet::with_capacity(events.len());
         for e in events {
+            if e.position == 0 || e.position > ceiling {
+                return Err(Error::invalid(format!(
+                    "event {} has position {}: import accepts positions from 1 to {ceiling} (Limits::import_ceiling: numbers are left for appends after the import)",
+                    e.id, e.position
+                )));
+            }
+            if let Some(s) = e.stream.as_ref().filter(|s| s.version > ceiling) {
+                return Err(Error::invalid(format!(
+                    "event {} (position {}) has version {} of stream '{}': import accepts versions up to {ceiling} (Limits::import_ceiling: numbers are left for appends after the import)",
+                    e.id, e.position, s.version, s.stream_id
+                )));
+            }
             // eskv's own lifecycle events come back as they were.
             if !crate::lifecycle::system_types::is_system(&e.event_type) {
                 validate_type(&e.event_type, l)?;
@@ -120,17 +142,29 @@ impl EventStore {
                     message: format!("event id {} already exists in the target store", e.id),
                 });
             }
-            if first.position <= head || (!holes && first.position != head + 1) {
+            let next = head.saturating_add(1);
+            if first.position <= head || (!holes && first.position != next) {
                 return Err(Error::invalid(format!(
-                    "the import starts at position {}, but this store's next position is {}",
+                    "the import starts at position {}, but this store's next position is {next}",
                     first.position,
-                    head + 1
                 )));
             }
+            // Every position is at most the ceiling (checked above), and
+            // they must be consecutive: so must the last one be.
+            let base = first.position - 1;
+            let last = base
+                .checked_add(events.len() as u64)
+                .filter(|l| *l <= ceiling)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "an import of {} events from position {} goes beyond position {ceiling}, the highest an import accepts",
+                        events.len(),
+                        first.position
+                    ))
+                })?;
             let mut rows = Vec::with_capacity(events.len() * 6);
             // Positions skipped (removed in the source) stay holes, recorded
             // as removals so `verify` accepts them.
-            let base = first.position - 1;
             if base > head {
                 let k = layout::removed_key(head + 1);
                 rows.push((
@@ -166,21 +200,27 @@ impl EventStore {
                                     .map_or(0, |m| m.version),
                             },
                         };
-                        if holes
-                            && cur == 0
-                            && s.version > 1
+                        // A stream's first imported event may skip versions
+                        // when everything up to `cur` is released here too
+                        // (no version yet, or a kept deletion, tombstone or
+                        // retention named them): the versions between were
+                        // released in the source.
+                        let jump = holes
+                            && s.version > cur.saturating_add(1)
                             && !versions.contains_key(s.stream_id.as_str())
-                        {
+                            && (cur == 0
+                                || lives.peek(&mut *txn, &s.stream_id).await?.reads_absent(cur));
+                        if jump {
                             // The stream's first versions were removed in
                             // the source: they stay removed.
                             let life = lives.get(&mut *txn, &s.stream_id).await?;
                             life.compacted_before = life.compacted_before.max(s.version);
-                        } else if s.version != cur + 1 {
+                        } else if s.version != cur.saturating_add(1) {
                             return Err(Error::invalid(format!(
                                 "event {pos} has version {} of stream '{}', expected {}",
                                 s.version,
                                 s.stream_id,
-                                cur + 1
+                                cur.saturating_add(1)
                             )));
                         }
                         versions.insert(&s.stream_id, s.version);
@@ -189,7 +229,7 @@ impl EventStore {
                     None => None,
                 };
                 if e.stream.is_none() {
-                    if let Some((s, v)) = lives.replay(&mut *txn, e).await? {
+                    if let Some((s, v)) = lives.replay(&mut *txn, e, ceiling).await? {
                         let cur = match versions.get(s.as_str()) {
                             Some(v) => Some((*v, pos)),
                             None => match implied.get(&s) {
@@ -205,6 +245,7 @@ impl EventStore {
                             // source: they stay removed, and the version
                             // continues after them.
                             let life = lives.get(&mut *txn, &s).await?;
+                            // `v` is at most the ceiling (checked by replay).
                             life.compacted_before = life.compacted_before.max(v + 1);
                             implied.insert(s, (v, last_position));
                         }
@@ -228,10 +269,9 @@ impl EventStore {
                     &new,
                     e.recorded_at_ms,
                     (sref, part.as_ref().map(|(s, p)| (*s, p))),
-                    (base + 1, base + events.len() as u64),
+                    (base + 1, last),
                 )?;
             }
-            let last = base + events.len() as u64;
             for (s, v) in &versions {
                 let last_position = events
                     .iter()
@@ -419,14 +459,33 @@ impl Lives {
         Ok(self.streams.entry(stream.to_owned()).or_default())
     }
 
+    /// The record of `stream` as it stands, without marking it changed.
+    async fn peek(&mut self, txn: &mut dyn KvTransaction, stream: &str) -> Result<StreamLife> {
+        if let Some(l) = self.streams.get(stream) {
+            return Ok(l.clone());
+        }
+        Ok(txn
+            .get(&layout::stream_life_key(stream))
+            .await?
+            .map(|v| StreamLife::decode(&v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     /// Applies what an imported system event recorded (retention, soft
     /// delete, tombstone, log truncation), so a restore keeps the source's
     /// lifecycle; other events change nothing. Returns the stream and
-    /// version a delete or tombstone names.
+    /// version a delete or tombstone names, or for a retention the last
+    /// version below its `truncate_before` (released in the source, so
+    /// the stream's version is at least that).
+    ///
+    /// Numbers in the body above `ceiling` (`Limits::import_ceiling`) are
+    /// refused: a later change or append would run out of them.
     async fn replay(
         &mut self,
         txn: &mut dyn KvTransaction,
         e: &RecordedEvent,
+        ceiling: u64,
     ) -> Result<Option<(String, u64)>> {
         use crate::lifecycle::system_types as t;
         if !t::is_system(&e.event_type) || e.event_type == t::SUBJECT_FORGOTTEN {
@@ -441,6 +500,13 @@ impl Lives {
         let body: serde_json::Value =
             serde_json::from_slice(&e.data).map_err(|x| bad(x.to_string()))?;
         let num = |k: &str| body.get(k).and_then(serde_json::Value::as_u64);
+        for k in ["version", "revision", "truncate_before", "before"] {
+            if let Some(n) = num(k).filter(|n| *n > ceiling) {
+                return Err(bad(format!(
+                    "its \"{k}\" is {n}, above {ceiling}, the highest an import accepts (Limits::import_ceiling: numbers are left for appends after the import)"
+                )));
+            }
+        }
         if e.event_type == t::LOG_TRUNCATED {
             let before = num("before").ok_or_else(|| bad("no \"before\"".into()))?;
             let log = match self.log {
@@ -463,27 +529,29 @@ impl Lives {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| bad("no \"stream\"".into()))?;
         let life = self.get(txn, stream).await?;
-        life.revision += 1;
+        life.revision =
+            crate::lifecycle::checked_next(life.revision, 1, "the stream's metadata revisions")?;
+        // Numbers are at most the ceiling (checked above): `+ 1` and `- 1`
+        // stay in range.
         match e.event_type.as_str() {
             t::RETENTION_SET => {
-                life.revision = num("revision").unwrap_or(life.revision);
+                life.revision = num("revision").filter(|r| *r > 0).unwrap_or(life.revision);
                 life.max_count = num("max_count");
                 life.max_age_ms = num("max_age_ms");
-                life.truncate_before = life
-                    .truncate_before
-                    .max(num("truncate_before").unwrap_or(0));
+                let tb = num("truncate_before").unwrap_or(0);
+                life.truncate_before = life.truncate_before.max(tb);
+                Ok((tb > 1).then(|| (stream.to_owned(), tb - 1)))
             }
             t::STREAM_DELETED => {
                 let v = num("version").ok_or_else(|| bad("no \"version\"".into()))?;
                 life.truncate_before = life.truncate_before.max(v + 1);
-                return Ok(Some((stream.to_owned(), v)));
+                Ok(Some((stream.to_owned(), v)))
             }
             _ => {
                 life.tombstoned = true;
-                return Ok(num("version").map(|v| (stream.to_owned(), v)));
+                Ok(num("version").map(|v| (stream.to_owned(), v)))
             }
         }
-        Ok(None)
     }
 
     /// Buffers the changed records.

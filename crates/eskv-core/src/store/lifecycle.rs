@@ -7,15 +7,16 @@
 
 use super::live::now_ms;
 use super::options::AppendResult;
+use super::read::stream_events_as_stored;
 use super::EventStore;
 use crate::crypto::SubjectRecord;
 use crate::error::{Error, ExpectedVersion, Result};
-use crate::event::{NewEvent, Position};
+use crate::event::{NewEvent, Position, StreamVersion};
 use crate::kv::KvTransaction;
 use crate::layout::event_rows;
 use crate::layout::{self, IdEntry, StreamMeta};
 use crate::lifecycle::{
-    stream_tag, subject_tag, system_types, LogLife, Retention, StreamLife, LOG_TAG,
+    checked_next, stream_tag, subject_tag, system_types, LogLife, Retention, StreamLife, LOG_TAG,
 };
 use crate::retry::retry;
 use crate::validate::{validate_stream_id, validate_subject};
@@ -147,7 +148,6 @@ impl EventStore {
             // absent, as on every read path.
             let cut = super::live::log_cut_of(vals[4].as_deref())?;
             let below_cut = meta.is_some_and(|m| m.last_position < cut);
-            let had_life = vals[2].is_some();
             let old = vals[2]
                 .as_deref()
                 .map(StreamLife::decode)
@@ -159,13 +159,15 @@ impl EventStore {
                 });
             }
             let mut new = old.clone();
-            new.revision = old.revision + 1;
-            // Released never comes back.
-            new.truncate_before = old.first_live(version);
+            new.revision = checked_next(old.revision, 1, "the stream's metadata revisions")?;
+            // Released never comes back, by age either.
+            new.truncate_before = first_kept(&mut *txn, stream, &old, version).await?;
             let absent = old.reads_absent(version) || below_cut;
             let (event_type, data) = match change {
                 Change::Retention(r, expected) => {
-                    let revision = had_life.then_some(old.revision);
+                    // Revision 0 is a record only compaction or an import's
+                    // holes wrote: never set, as far as anyone can see.
+                    let revision = (old.revision > 0).then_some(old.revision);
                     if !expected_matches(expected, revision, revision.is_none()) {
                         return Err(Error::WrongExpectedVersion {
                             stream: format!("{stream} (retention metadata)"),
@@ -174,10 +176,10 @@ impl EventStore {
                         });
                     }
                     if let Some(tb) = r.truncate_before {
-                        if tb > version + 1 {
+                        if tb > version.saturating_add(1) {
                             return Err(Error::invalid(format!(
                                 "truncate_before {tb} is beyond the head of stream '{stream}', which is at version {version}: truncate at most to {} (which releases every event, like delete_stream)",
-                                version + 1
+                                version.saturating_add(1)
                             )));
                         }
                         new.truncate_before = new.truncate_before.max(tb);
@@ -210,8 +212,11 @@ impl EventStore {
                                 what: format!("stream '{stream}' (it has no events, or was deleted already)"),
                             });
                         }
-                        new.truncate_before = version + 1;
+                        new.truncate_before = checked_next(version, 1, "the stream's versions")?;
                     }
+                    // A snapshot folded from the deleted events is of no
+                    // use to the stream that may start over after them.
+                    txn.delete(layout::snapshot_key(layout::SnapshotOf::Stream(stream)));
                     let t = if tombstone {
                         system_types::STREAM_TOMBSTONED
                     } else {
@@ -310,7 +315,10 @@ impl EventStore {
     }
 
     /// Releases every event at a position below `before`, whatever its
-    /// stream, DCB events without a stream included: from now on no read
+    /// stream, DCB events without a stream included, except the streams'
+    /// lifecycle events (`$stream-retention-set`, `$stream-deleted`,
+    /// `$stream-tombstoned`), which stay live so that every export carries
+    /// them and a restore keeps each stream's lifecycle: from now on no read
     /// path returns them, DCB conditions and idempotency ignore them (as
     /// for every release, see [`set_retention`](Self::set_retention)),
     /// and a stream whose last event lies below `before` reads as absent.
@@ -356,10 +364,10 @@ impl EventStore {
                 .map(LogLife::decode)
                 .transpose()?
                 .unwrap_or_default();
-            if before > head + 1 {
+            if before > head.saturating_add(1) {
                 return Err(Error::invalid(format!(
                     "cannot truncate the log before position {before}: it is beyond the head ({head}); truncate at most before {}",
-                    head + 1
+                    head.saturating_add(1)
                 )));
             }
             if before <= old.truncate_before {
@@ -405,6 +413,40 @@ fn expected_matches(expected: ExpectedVersion, actual: Option<u64>, absent: bool
     }
 }
 
+/// The first version of `stream` (at `version`) that `old` does not
+/// release: its first live version by count, truncation and deletion,
+/// then past the leading events its `max_age` released by now (read a
+/// page at a time). A retention change starts from here, so loosening
+/// `max_age` cannot bring those back.
+async fn first_kept(
+    txn: &mut dyn KvTransaction,
+    stream: &str,
+    old: &StreamLife,
+    version: StreamVersion,
+) -> Result<StreamVersion> {
+    const PAGE: usize = 256;
+    let mut v = old.first_live(version);
+    if old.max_age_ms.is_none() {
+        return Ok(v);
+    }
+    let now = now_ms();
+    while v <= version {
+        let events = stream_events_as_stored(txn, stream, (v, version), PAGE).await?;
+        let full = events.len() == PAGE;
+        for e in events {
+            let at = e.stream.as_ref().map_or(v, |s| s.version);
+            if old.is_live(version, &e, now) {
+                return Ok(at);
+            }
+            v = at.saturating_add(1);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(v.max(version.saturating_add(1)))
+}
+
 /// The result of an earlier attempt whose acknowledgement was lost, found
 /// by the system event's id.
 fn already_applied(entry: &Option<Vec<u8>>, id: Ulid) -> Result<Option<AppendResult>> {
@@ -426,7 +468,7 @@ fn append_system_event(
     tag: String,
     data: serde_json::Value,
 ) -> Result<AppendResult> {
-    let pos = head + 1;
+    let pos = checked_next(head, 1, "the log's positions")?;
     let e = NewEvent::new(event_type, data.to_string().into_bytes())
         .with_id(id)
         .with_tags([tag]);

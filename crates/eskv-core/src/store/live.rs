@@ -179,9 +179,11 @@ impl<'a> Live<'a> {
         Ok(self.streams.get(stream).cloned().flatten())
     }
 
-    /// True when `e` is live (its stream's records must be loaded).
+    /// True when `e` is live (its stream's records must be loaded). The
+    /// log's cut releases every event below it but a stream's lifecycle
+    /// changes (`crate::lifecycle::survives_log_cut`).
     fn is_live(&self, e: &RecordedEvent) -> bool {
-        if e.position < self.log_cut.unwrap_or(1) {
+        if e.position < self.log_cut.unwrap_or(1) && !crate::lifecycle::survives_log_cut(e) {
             return false;
         }
         if !self.any_state {

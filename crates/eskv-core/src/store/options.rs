@@ -48,6 +48,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The highest position, stream version or metadata revision an
+    /// import accepts: `u64::MAX - 1 - max_events_per_append`, so that at
+    /// least one full append still fits after an import. Numbers never
+    /// wrap, and `u64::MAX` itself is never used: an append or lifecycle
+    /// change that would need it is refused with
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded).
+    pub fn import_ceiling(&self) -> u64 {
+        let room = u64::try_from(self.max_events_per_append).unwrap_or(u64::MAX);
+        (u64::MAX - 1).saturating_sub(room.max(1))
+    }
+}
+
 /// How the read paths of a store handle return the personal parts of
 /// events ([`EventStoreOptions::personal_parts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ mod stream;
 // What the rest of the store reads with.
 pub(super) use log::read_head;
 pub(super) use scan::{load_events, scan_index, Order};
-pub(super) use stream::read_stream_meta;
+pub(super) use stream::{read_stream_meta, stream_events_as_stored};
 
 use super::live::{log_cut_of, Live};
 use super::options::{

@@ -32,26 +32,41 @@ pub struct ParkedEvent {
     pub parked_at_ms: u64,
 }
 
+/// A dead-letter list as read: the parked events still in the store, and
+/// the entries of events the store removed since they were parked.
+pub(super) struct DeadLetters {
+    pub(super) parked: Vec<(ConsumerId, ParkedEvent)>,
+    /// Deleted streams, retention and log truncation leave holes in the
+    /// log; a parked event in one has nothing left to replay.
+    pub(super) removed: Vec<(ConsumerId, u64)>,
+}
+
 impl EventStore {
-    /// Events parked in the dead-letter list of subscription `name`.
+    /// Events parked in the dead-letter list of subscription `name`. An
+    /// event the store has removed since it was parked (its stream
+    /// deleted, retention, log truncation) is not listed; a replay drops
+    /// its entry.
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
         validate_name(name)?;
         Ok(self
             .parked_in(layout::dead_letter_range(Consumer::Named(name)))
             .await?
+            .parked
             .into_iter()
             .map(|(_, p)| p)
             .collect())
     }
 
     /// Events parked by any partition of consumer group `group`, with
-    /// their partition, in partition then position order.
+    /// their partition, in partition then position order (removed events
+    /// left out, as in [`parked`](Self::parked)).
     pub async fn group_parked(&self, group: &str) -> Result<Vec<(u32, ParkedEvent)>> {
         validate_name(group)?;
         let mut out = Vec::new();
         for (c, p) in self
             .parked_in(layout::group_dead_letter_range(group))
             .await?
+            .parked
         {
             if let ConsumerId::Partition { partition, .. } = c {
                 out.push((partition, p));
@@ -60,12 +75,12 @@ impl EventStore {
         Ok(out)
     }
 
-    pub(super) async fn parked_in(
-        &self,
-        range: KeyRange,
-    ) -> Result<Vec<(ConsumerId, ParkedEvent)>> {
+    pub(super) async fn parked_in(&self, range: KeyRange) -> Result<DeadLetters> {
         let rows = self.scan_all(range).await?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = DeadLetters {
+            parked: Vec::with_capacity(rows.len()),
+            removed: Vec::new(),
+        };
         for (k, v) in rows {
             let layout::StateKey::DeadLetter { consumer, position } = layout::parse_state_key(&k)?
             else {
@@ -80,6 +95,8 @@ impl EventStore {
                     format!("dead-letter entry does not decode: {e}"),
                 )
             })?;
+            // Reads skip removed events: the first live one at or after
+            // `position` is another event when this one is gone.
             let event = retry(self.options().max_retries, || {
                 self.read_all(ReadOptions::new().from(position).limit(1))
             })
@@ -87,30 +104,33 @@ impl EventStore {
             .events
             .into_iter()
             .next()
-            .filter(|e| e.position == position)
-            .ok_or_else(|| {
-                Error::corrupt(Some(position), "a parked event is missing from the log")
-            })?;
-            out.push((
-                consumer,
-                ParkedEvent {
-                    event,
-                    error: rec.error,
-                    attempts: rec.attempts,
-                    parked_at_ms: rec.parked_at_ms,
-                },
-            ));
+            .filter(|e| e.position == position);
+            match event {
+                Some(event) => out.parked.push((
+                    consumer,
+                    ParkedEvent {
+                        event,
+                        error: rec.error,
+                        attempts: rec.attempts,
+                        parked_at_ms: rec.parked_at_ms,
+                    },
+                )),
+                None => out.removed.push((consumer, position)),
+            }
         }
         Ok(out)
     }
 
     /// Runs `handler` again on every parked event of `name`; events it now
     /// handles are removed from the list. Returns how many were removed.
+    /// Entries of events the store removed since they were parked are
+    /// dropped too (not counted).
     pub async fn replay_parked<H: EventHandler>(&self, name: &str, handler: &H) -> Result<usize> {
-        let parked = self.parked(name).await?;
-        let c = Consumer::Named(name);
-        self.replay(parked.into_iter().map(|p| (c, p)), handler)
-            .await
+        validate_name(name)?;
+        let list = self
+            .parked_in(layout::dead_letter_range(Consumer::Named(name)))
+            .await?;
+        self.replay(list, handler).await
     }
 
     /// As [`replay_parked`](Self::replay_parked), for every partition of
@@ -120,34 +140,39 @@ impl EventStore {
         group: &str,
         handler: &H,
     ) -> Result<usize> {
-        let parked = self.group_parked(group).await?;
-        self.replay(
-            parked
-                .into_iter()
-                .map(|(partition, p)| (Consumer::Partition { group, partition }, p)),
-            handler,
-        )
-        .await
+        validate_name(group)?;
+        let list = self
+            .parked_in(layout::group_dead_letter_range(group))
+            .await?;
+        self.replay(list, handler).await
     }
 
-    pub(super) async fn replay<'a, H: EventHandler>(
+    pub(super) async fn replay<H: EventHandler>(
         &self,
-        parked: impl Iterator<Item = (Consumer<'a>, ParkedEvent)>,
+        list: DeadLetters,
         handler: &H,
     ) -> Result<usize> {
+        for (c, position) in &list.removed {
+            self.drop_dead_letter(c.as_consumer(), *position).await?;
+        }
         let mut fixed = 0;
-        for (c, p) in parked {
+        for (c, p) in list.parked {
             if handler.handle(&p.event).await.is_ok() {
-                let key = layout::dead_letter_key(c, p.event.position);
-                retry(self.options().max_retries, || async {
-                    let mut txn = self.kv().begin().await?;
-                    txn.delete(key.clone());
-                    Ok(txn.commit().await?)
-                })
-                .await?;
+                self.drop_dead_letter(c.as_consumer(), p.event.position)
+                    .await?;
                 fixed += 1;
             }
         }
         Ok(fixed)
+    }
+
+    async fn drop_dead_letter(&self, c: Consumer<'_>, position: u64) -> Result<()> {
+        let key = layout::dead_letter_key(c, position);
+        retry(self.options().max_retries, || async {
+            let mut txn = self.kv().begin().await?;
+            txn.delete(key.clone());
+            Ok(txn.commit().await?)
+        })
+        .await
     }
 }

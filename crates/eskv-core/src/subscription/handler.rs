@@ -71,7 +71,8 @@ pub enum OnFailure {
     /// Park it in the dead-letter list and move on (default).
     #[default]
     Park,
-    /// Stop the runner with [`Error::Backend`] carrying the handler error.
+    /// Stop the runner with [`Error::Handler`]: the position of the event
+    /// and the handler's last error.
     Stop,
 }
 

@@ -2,9 +2,9 @@
 //! stream's state from its metadata and lifecycle record.
 
 use super::super::options::{ReadStreamOptions, StreamInfo};
-use super::scan::{scan_page, Order};
+use super::scan::{load_events, scan_page, Order};
 use crate::error::Result;
-use crate::event::{Position, StreamVersion};
+use crate::event::{Position, RecordedEvent, StreamVersion};
 use crate::kv::{KeyRange, KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, StreamMeta};
 use crate::lifecycle::StreamLife;
@@ -67,6 +67,28 @@ pub(in crate::store) async fn stream_positions(
     stream_positions_of(rows, opts, want, until)
 }
 
+/// The events of versions `[lo, hi]` of `stream` as stored (no lifecycle
+/// filter), oldest first, at most `limit`: for the paths that judge
+/// liveness themselves (compaction, retention changes).
+pub(in crate::store) async fn stream_events_as_stored(
+    txn: &mut dyn KvTransaction,
+    stream: &str,
+    (lo, hi): (StreamVersion, StreamVersion),
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let rows = txn
+        .scan(
+            layout::stream_event_range(stream, lo, hi),
+            ScanOptions::forward(Some(limit)),
+        )
+        .await?;
+    let positions = rows
+        .iter()
+        .map(|(k, v)| layout::parse_stream_entry(k, v))
+        .collect::<Result<Vec<Position>>>()?;
+    load_events(txn, &positions).await
+}
+
 /// The positions in stream index rows, at most `want`, none after `until`.
 pub(in crate::store) fn stream_positions_of(
     rows: Vec<KvPair>,
@@ -112,7 +134,8 @@ pub(in crate::store) fn stream_info_of(
         deleted: meta.is_some() && absent && !l.tombstoned,
         tombstoned: l.tombstoned,
         retention: l.retention(),
-        metadata_revision: life.map(|l| l.revision),
+        // Revision 0: a record only compaction or an import's holes wrote.
+        metadata_revision: life.map(|l| l.revision).filter(|r| *r > 0),
         // A stream wholly below the log's truncation starts after its end;
         // one cut part-way shows its first version once compaction ran.
         first_version: if absent {
