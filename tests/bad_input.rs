@@ -1064,3 +1064,32 @@ async fn bad_files_are_refused() {
         .unwrap();
     assert_eq!(es.head().await.unwrap(), 0);
 }
+
+/// A data subject id over its limit is reported as a subject id, with
+/// its own limit (the tag limit less the `$subject:` prefix), not as a
+/// tag the user never passed.
+#[tokio::test]
+async fn an_overlong_subject_id_names_its_own_limit() {
+    let es = EventStore::open(Arc::new(eskv::MemoryStore::new()))
+        .await
+        .unwrap();
+    let id = "u".repeat(300);
+    for e in [
+        es.forget(&id).await.unwrap_err(),
+        es.append(vec![ev("A").with_personal_data(&id, b"Ada".to_vec())], None)
+            .await
+            .unwrap_err(),
+    ] {
+        match e {
+            Error::LimitExceeded {
+                what,
+                limit,
+                actual,
+            } => {
+                assert!(what.contains("data subject id"), "{what}");
+                assert_eq!((limit, actual), (247, 300));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

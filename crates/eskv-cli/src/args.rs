@@ -138,7 +138,9 @@ pub(crate) enum Command {
     Tail(TailArgs),
     /// List streams.
     Streams(StreamsArgs),
-    /// Show the head, the event and stream counts and the file size.
+    /// Show the head (the last position written: system events and
+    /// removed events included; `check` counts the live events), the
+    /// stream count, the registered types and the file size.
     Info,
     /// View and manage the event type registry (for strict mode).
     Types {

@@ -13,6 +13,11 @@ pub enum Access {
     /// opened read-only, so its bytes are never changed (it may be a
     /// read-only file), and nothing is created.
     Existing,
+    /// The store must exist, and is opened for writing: commands that
+    /// change what is there (`compact`, `retention`, `delete-stream`,
+    /// `forget`, `archive`), so a mistyped path is an error instead of a
+    /// new empty store.
+    Change,
     /// Create the store on first use (`append`, `import`, `copy --to`...).
     Create,
 }
@@ -161,7 +166,7 @@ fn allocated(m: &std::fs::Metadata) -> u64 {
 
 fn check_exists(url: &StoreUrl, path: &std::path::Path, access: Access) -> Result<()> {
     if matches!(url, StoreUrl::Fjall { .. }) {
-        if access == Access::Existing && !path.join("version").is_file() {
+        if access != Access::Create && !path.join("version").is_file() {
             bail!(
                 "no eskv store at '{}': it is not a fjall store directory (append or import creates one)",
                 path.display()
@@ -169,7 +174,7 @@ fn check_exists(url: &StoreUrl, path: &std::path::Path, access: Access) -> Resul
         }
         return Ok(());
     }
-    if access != Access::Existing {
+    if access == Access::Create {
         if path.is_dir() {
             bail!(
                 "cannot open '{}': it is a directory, not an eskv store file",

@@ -43,7 +43,8 @@ pub(crate) fn clap_error(e: clap::Error) -> ExitCode {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             let _ = writeln!(
                 io::stderr(),
-                "error: no command given; the commands are append, read, tail, streams, info, types, check, export, import and copy (see 'eskv --help')"
+                "error: no command given; the commands are {} (see 'eskv --help')",
+                command_names()
             );
             ExitCode::from(2)
         }
@@ -51,6 +52,21 @@ pub(crate) fn clap_error(e: clap::Error) -> ExitCode {
             let _ = writeln!(io::stderr(), "error: {}", clap_message(&e.to_string()));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The tool's commands, from its argument definitions: "a, b and c".
+fn command_names() -> String {
+    use clap::CommandFactory;
+    let cli = crate::args::Cli::command();
+    let names: Vec<&str> = cli
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .filter(|n| *n != "help")
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(""),
     }
 }
 

@@ -5,7 +5,8 @@
 //! matches any type), `type=`/`tag=` are accepted too, and an empty item
 //! (`''` or `*`) matches every event. A backslash escapes the next
 //! character, so tags may contain `,`, `;` or `=` (`tags=a\,b`). Several
-//! items are ORed.
+//! items are ORed. Spaces around keys and values are ignored
+//! (`types = A, B; tags = x`); escape one (`\ `) to keep it.
 //!
 //! ```
 //! use eskv_cli::spec::{parse_expected, parse_query_item};
@@ -42,11 +43,11 @@ pub fn parse_query_item(spec: &str) -> Result<QueryItem, String> {
         let values = rest.join("=");
         let values: Vec<String> = split_unescaped(&values, ',')
             .iter()
-            .map(|v| unescape(v))
+            .map(|v| unescape_trimmed(v))
             .collect();
         match unescape(&key).trim() {
             "types" | "type" => {
-                let types: Vec<String> = values.iter().map(|t| t.trim().to_owned()).collect();
+                let types = values;
                 if types.iter().any(String::is_empty) {
                     return Err(format!(
                         "query part '{}' has an empty type",
@@ -112,6 +113,32 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     out
 }
 
+/// [`unescape`], without the whitespace around the value: `tags = a, b`
+/// means the tags `a` and `b`. An escaped space (`a\ `) is kept.
+fn unescape_trimmed(s: &str) -> String {
+    let mut chars: Vec<(char, bool)> = Vec::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => chars.extend(it.next().map(|n| (n, true))),
+            c => chars.push((c, false)),
+        }
+    }
+    let plain_space = |&(c, escaped): &(char, bool)| !escaped && c.is_whitespace();
+    let start = chars
+        .iter()
+        .position(|c| !plain_space(c))
+        .unwrap_or(chars.len());
+    let end = chars
+        .iter()
+        .rposition(|c| !plain_space(c))
+        .map_or(start, |i| i + 1);
+    chars[start..end.max(start)]
+        .iter()
+        .map(|&(c, _)| c)
+        .collect()
+}
+
 /// Removes escaping backslashes.
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -147,6 +174,23 @@ mod tests {
             parse_query_item(" types = A , B ").unwrap().types,
             ["A", "B"]
         );
+        // Spaces around a tag are the user's layout, not part of it; an
+        // escaped one is kept.
+        let i = parse_query_item("types = A ; tags = email:a@x , tenant:t1 ").unwrap();
+        assert_eq!(
+            (i.types, i.tags),
+            (
+                vec!["A".to_owned()],
+                vec!["email:a@x".to_owned(), "tenant:t1".to_owned()]
+            )
+        );
+        assert_eq!(
+            parse_query_item("tags=a\\ ,\\ b").unwrap().tags,
+            [" b", "a "]
+        );
+        assert!(parse_query_item("tags=a, ,b")
+            .unwrap_err()
+            .contains("empty tag"));
         assert!(parse_query_item("colour=red")
             .unwrap_err()
             .contains("unknown query key"));
@@ -184,7 +228,7 @@ mod tests {
 
         #[test]
         fn escaped_tags_round_trip(tags in proptest::collection::vec("[a-z,;=\\\\: ]{1,8}", 1..4)) {
-            let esc = |t: &str| t.replace('\\', "\\\\").replace(',', "\\,").replace(';', "\\;");
+            let esc = |t: &str| t.replace('\\', "\\\\").replace(',', "\\,").replace(';', "\\;").replace(' ', "\\ ");
             let spec = format!("tags={}", tags.iter().map(|t| esc(t)).collect::<Vec<_>>().join(","));
             let item = parse_query_item(&spec).unwrap();
             let mut want = tags.clone();

@@ -297,6 +297,9 @@ fn append_with_flags_and_stdin_then_read_back() {
     );
     let info: Value = serde_json::from_str(&ok(d, &["--store", &s, "info"], None)).unwrap();
     assert_eq!(info["head"], 3);
+    // The head counts every position written; info gives no event count
+    // it cannot stand behind (`check` counts the live events).
+    assert_eq!(info.get("events"), None, "{info}");
     assert_eq!(info["streams"], 1);
     assert!(info["file_size"].as_u64().unwrap() > 0);
 }
@@ -2102,4 +2105,125 @@ fn exports_of_stores_with_removals_import_with_their_holes() {
         None,
     ));
     assert_eq!(r[0]["stream_version"], 3, "{r:?}");
+}
+
+/// Commands that change a store never create one: a mistyped path is an
+/// error that names it, and leaves no file or directory behind.
+#[test]
+fn commands_that_change_a_store_refuse_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, store) in [
+        ("evnets.redb", store("evnets.redb")),
+        ("evnets-fjall", "fjall:evnets-fjall".to_owned()),
+    ] {
+        for args in [
+            vec!["compact"],
+            vec!["retention", "sensor-1", "--max-count", "1000"],
+            vec!["delete-stream", "sensor-1"],
+            vec!["forget", "user-1"],
+            vec!["archive", "--before-position", "2", "--out", "a.jsonl"],
+        ] {
+            let mut all = vec!["--store", store.as_str()];
+            all.extend(&args);
+            let r = fails(d, &all, None);
+            assert!(r.stderr.contains(name), "{all:?}: {}", r.stderr);
+            assert!(r.stderr.contains("no eskv store"), "{all:?}: {}", r.stderr);
+            assert!(!d.join(name).exists(), "{all:?} created {name}");
+        }
+    }
+}
+
+/// `eskv` without a command names every command `eskv --help` lists.
+#[test]
+fn no_command_names_every_command() {
+    let help = ok(Path::new("."), &["--help"], None);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 15, "{help}");
+    let r = fails(Path::new("."), &[], None);
+    assert_eq!(r.code, 2);
+    for c in &commands {
+        assert!(r.stderr.contains(c), "{c} missing from: {}", r.stderr);
+    }
+}
+
+/// An archive whose personal data comes after plain events (and after a
+/// hole, which makes the import write what it has so far) is refused
+/// before anything is written when its keys are missing: the target is
+/// left as it was, not half-imported.
+#[test]
+fn an_import_missing_subject_keys_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ab = "ab".repeat(32);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let es = keyed(&d.join("src.redb"), 0xab).await;
+        for (stream, personal) in [("user-1", false), ("other", false), ("user-1", true)] {
+            let mut e = eskv::NewEvent::new("Registered", b"{}".to_vec());
+            if personal {
+                e = e.with_personal_data("user-1", b"Ada Lovelace".to_vec());
+            }
+            es.append_to_stream(stream, eskv::ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+        }
+    });
+    let src = store("src.redb");
+    ok(
+        d,
+        &[
+            "--store", &src, "archive", "--stream", "user-1", "--out", "a.jsonl",
+        ],
+        None,
+    );
+    let r = fails(
+        d,
+        &[
+            "--store",
+            &store("t.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "a.jsonl",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--keys-from"), "{}", r.stderr);
+    assert!(
+        !d.join("t.redb").exists(),
+        "the refused import created its target"
+    );
+    ok(
+        d,
+        &[
+            "--store",
+            &store("t.redb"),
+            "--store-key",
+            &ab,
+            "import",
+            "--in",
+            "a.jsonl",
+            "--keys-from",
+            &src,
+        ],
+        None,
+    );
+    assert_eq!(
+        json_lines(&ok(
+            d,
+            &["--store", &store("t.redb"), "--store-key", &ab, "read"],
+            None
+        ))
+        .len(),
+        2
+    );
 }

@@ -86,10 +86,18 @@ pub fn validate_subject(s: &str, l: &Limits) -> Result<()> {
             "a data subject id must not be empty: give the id of the person the personal data belongs to (for example 'user-123')",
         ));
     }
-    validate_tag(&crate::lifecycle::subject_tag(s), l).map_err(|e| match e {
+    let tag = crate::lifecycle::subject_tag(s);
+    // The limit is the tag's, less the `$subject:` prefix.
+    let prefix = (tag.len() - s.len()) as u64;
+    validate_tag(&tag, l).map_err(|e| match e {
         Error::InvalidInput { .. } => Error::invalid(format!(
             "data subject id {s:?} contains a control character"
         )),
+        Error::LimitExceeded { limit, actual, .. } => Error::LimitExceeded {
+            what: "data subject id length (bytes)".into(),
+            limit: limit.saturating_sub(prefix),
+            actual: actual.saturating_sub(prefix),
+        },
         other => other,
     })
 }

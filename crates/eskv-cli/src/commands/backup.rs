@@ -7,6 +7,7 @@ use eskv_cli::open::{self, Access};
 use eskv_cli::url::StoreUrl;
 use indicatif::ProgressBar;
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -63,15 +64,28 @@ pub(crate) async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out)
     Ok(())
 }
 
+/// What [`read_export`] found besides the events' digest.
+pub(crate) struct ReadExport {
+    /// The events' digest.
+    pub digest: Digest,
+    /// Subjects whose live (sealed) personal parts have no subject key
+    /// line in the file: their keys must come from `--keys-from`.
+    pub unkeyed: BTreeSet<String>,
+}
+
 /// Reads an export (or plain event lines), checking its structure: the
 /// header only first, positions in order, the trailer's count and
-/// checksum. With an importer the events are also written.
+/// checksum. Without an importer it also checks each event as an import
+/// would (ids, stream versions, personal parts), so that a file it
+/// passes is not refused half-way; with one the events are written.
 pub(crate) async fn read_export(
     reader: Box<dyn BufRead + '_>,
     name: &str,
     mut importer: Option<&mut Importer>,
     pb: &mut ProgressBar,
-) -> Result<Digest> {
+) -> Result<ReadExport> {
+    let mut keyed: BTreeSet<String> = BTreeSet::new();
+    let mut unkeyed: BTreeSet<String> = BTreeSet::new();
     let mut header: Option<Header> = None;
     let mut trailer_seen = false;
     let mut digest = Digest::default();
@@ -110,6 +124,7 @@ pub(crate) async fn read_export(
                     bail!("{name} line {n}: a subject key line without an export header");
                 }
                 keys.add(&k.to_json());
+                keyed.insert(k.eskv_subject_key.subject.clone());
                 match importer.as_deref_mut() {
                     Some(imp) => imp
                         .push_key(&k)
@@ -130,10 +145,20 @@ pub(crate) async fn read_export(
                 }
                 last = e.position.unwrap_or(last);
                 digest.add(&e.to_json());
-                if let Some(imp) = importer.as_deref_mut() {
-                    imp.push(&e)
+                if let Some(p) = e.personal.as_ref().filter(|p| !p.erased) {
+                    if !keyed.contains(&p.subject) {
+                        unkeyed.insert(p.subject.clone());
+                    }
+                }
+                match importer.as_deref_mut() {
+                    Some(imp) => imp
+                        .push(&e)
                         .await
-                        .with_context(|| format!("{name} line {n}"))?;
+                        .with_context(|| format!("{name} line {n}"))?,
+                    None => {
+                        e.to_imported()
+                            .map_err(|m| anyhow!("{name} line {n}: {m}"))?;
+                    }
                 }
                 if digest.events % 256 == 0 {
                     pb.set_position(digest.events);
@@ -169,7 +194,7 @@ pub(crate) async fn read_export(
             );
         }
     }
-    Ok(digest)
+    Ok(ReadExport { digest, unkeyed })
 }
 
 pub(crate) async fn import(
@@ -192,7 +217,11 @@ pub(crate) async fn import(
             let mut pb = ProgressBar::hidden();
             let checked = read_export(open_file(f)?, &name, None, &mut pb).await;
             pb.finish_and_clear();
-            checked?;
+            if let Some(subject) = checked?.unkeyed.first().filter(|_| keys_from.is_none()) {
+                return Err(usage(format!(
+                    "{name} holds personal data of data subject '{subject}' without its subject key; import it with --keys-from STORE, the store it was archived or exported from (nothing was written)"
+                )));
+            }
             open_file(f)?
         }
         None => {
@@ -232,7 +261,7 @@ pub(crate) async fn import(
         Ok(d) => importer
             .finish()
             .await
-            .map(|i| (d, i))
+            .map(|i| (d.digest, i))
             .map_err(anyhow::Error::new),
         Err(e) => Err(e),
     };

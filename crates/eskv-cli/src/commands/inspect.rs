@@ -74,7 +74,6 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
             "store": url.to_string(),
             "backend": url.backend(),
             "head": head,
-            "events": head,
             "streams": streams,
             "types": types.len(),
             "strict": strict,
@@ -92,7 +91,6 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
     } else {
         out.line(&format!("store:     {url}"))?;
         out.line(&format!("head:      {head}"))?;
-        out.line(&format!("events:    {head}"))?;
         out.line(&format!("streams:   {streams}"))?;
         out.line(&format!(
             "types:     {} registered, strict mode {}",

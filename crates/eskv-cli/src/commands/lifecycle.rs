@@ -10,7 +10,7 @@ use serde_json::json;
 /// `eskv compact`: removes released rows (with progress), then on redb
 /// closes the store and compacts the file.
 pub(crate) async fn compact(url: &StoreUrl, out: &mut Out) -> Result<()> {
-    let store = open::open(url, Access::Create).await?;
+    let store = open::open(url, Access::Change).await?;
     let pb = spinner("compacting", "events removed");
     let report = store
         .compact_with_progress(|r| pb.set_position(r.events_removed))
@@ -85,15 +85,7 @@ pub(crate) async fn archive(url: &StoreUrl, a: ArchiveArgs, out: &mut Out) -> Re
         _ => return Err(usage("give either --stream or --before-position")),
     };
     let crash_after = std::env::var("ESKV_ARCHIVE_CRASH_AFTER").ok();
-    #[cfg(feature = "redb")]
-    if let StoreUrl::Redb { path, .. } = url {
-        if !path.is_file() {
-            return Err(anyhow::anyhow!(
-                "there is no store at {url}: nothing to archive"
-            ));
-        }
-    }
-    let store = open::open(url, Access::Create).await?;
+    let store = open::open(url, Access::Change).await?;
     let pb = spinner("archiving", "steps");
     let done = eskv_cli::archive::archive(&store, &scope, &a.out, |s| {
         pb.inc(1);
@@ -141,7 +133,7 @@ pub(crate) async fn archive(url: &StoreUrl, a: ArchiveArgs, out: &mut Out) -> Re
 
 /// `eskv retention`.
 pub(crate) async fn retention(url: &StoreUrl, a: RetentionArgs, out: &mut Out) -> Result<()> {
-    let store = open::open(url, Access::Create).await?;
+    let store = open::open(url, Access::Change).await?;
     let mut r = eskv::Retention::new();
     r.max_count = a.max_count;
     r.max_age = a.max_age;
@@ -153,7 +145,7 @@ pub(crate) async fn retention(url: &StoreUrl, a: RetentionArgs, out: &mut Out) -
 
 /// `eskv delete-stream`.
 pub(crate) async fn delete_stream(url: &StoreUrl, a: DeleteArgs, out: &mut Out) -> Result<()> {
-    let store = open::open(url, Access::Create).await?;
+    let store = open::open(url, Access::Change).await?;
     let done = if a.tombstone {
         store.tombstone_stream(&a.stream, a.expected).await?
     } else {
@@ -167,7 +159,7 @@ pub(crate) async fn delete_stream(url: &StoreUrl, a: DeleteArgs, out: &mut Out) 
 
 /// `eskv forget`.
 pub(crate) async fn forget(url: &StoreUrl, subject: String, out: &mut Out) -> Result<()> {
-    let store = open::open(url, Access::Create).await?;
+    let store = open::open(url, Access::Change).await?;
     let v = match store.forget(&subject).await? {
         eskv::ForgetOutcome::Forgotten { position } => {
             json!({ "subject": subject, "forgotten": true, "position": position })
