@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Server configuration. [`ServerConfig::new`] listens on
 /// `127.0.0.1:50051` without TLS and without authentication.
@@ -198,6 +199,11 @@ pub struct ServerLimits {
     pub stream_buffer: usize,
     /// Most events in one read response message. Default 1000.
     pub max_batch: u32,
+    /// How long shutdown waits for connections to finish their requests
+    /// before it closes them. Clients that keep reading see their calls end
+    /// (subscriptions and BatchAppend with `UNAVAILABLE`) well before; this
+    /// bounds shutdown for clients that stopped reading. Default 5 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
@@ -208,6 +214,7 @@ impl Default for ServerLimits {
             max_concurrent_streams: 1024,
             stream_buffer: 16,
             max_batch: 1000,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -234,6 +241,13 @@ impl ServerLimits {
     /// Sets the queue length per subscription.
     pub fn stream_buffer(mut self, n: usize) -> Self {
         self.stream_buffer = n.max(1);
+        self
+    }
+
+    /// Sets how long shutdown waits for open connections before closing
+    /// them.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
         self
     }
 }

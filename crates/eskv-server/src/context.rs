@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataMap;
 
 pub(crate) struct Shared {
@@ -175,4 +175,68 @@ impl Waker {
             _ = closed => false,
         }
     }
+}
+
+/// Completes once shutdown has begun (at once when it already has).
+pub(crate) async fn shutdown_begun(shutdown: &watch::Receiver<bool>) {
+    let mut rx = shutdown.clone();
+    // The sender lives as long as the server: an error cannot come before
+    // shutdown, and would mean the server is gone anyway.
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Why a message was not sent.
+pub(crate) enum Unsent {
+    /// The client went away.
+    Gone,
+    /// Shutdown began first.
+    ShuttingDown,
+}
+
+/// Sends `item` to a live stream's client, unless shutdown has begun or
+/// begins while the client's queue is full (a client that stopped reading
+/// must not hold shutdown up).
+pub(crate) async fn send_live<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), Unsent> {
+    tokio::select! {
+        biased;
+        _ = shutdown_begun(shutdown) => Err(Unsent::ShuttingDown),
+        r = tx.send(item) => r.map_err(|_| Unsent::Gone),
+    }
+}
+
+/// How long a message may wait for room in the client's queue once
+/// shutdown has begun.
+const SEND_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Sends `item`: waits for room in the client's queue, but once shutdown
+/// has begun only briefly (a client that stopped reading must not hold
+/// shutdown up). False when it was not sent.
+pub(crate) async fn send_patiently<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    let send = tx.send(item);
+    tokio::pin!(send);
+    tokio::select! {
+        r = &mut send => return r.is_ok(),
+        _ = shutdown_begun(shutdown) => {}
+    }
+    matches!(
+        tokio::time::timeout(SEND_AFTER_SHUTDOWN, send).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Ends a response stream with `status`, as [`send_patiently`] sends.
+pub(crate) async fn finish<T>(
+    tx: &mpsc::Sender<Result<T, tonic::Status>>,
+    status: tonic::Status,
+    shutdown: &watch::Receiver<bool>,
+) {
+    send_patiently(tx, Err(status), shutdown).await;
 }

@@ -2,13 +2,13 @@
 //!
 //! | RPC | on eskv |
 //! |---|---|
-//! | `Read` | a DCB read at the head captured when it starts, in batches; `subscribe` continues it live |
+//! | `Read` | a DCB read at the head captured when it starts, in batches; `subscribe` continues it live, never before `start` |
 //! | `Subscribe` | catch-up then live, after a position |
 //! | `Append` | a DCB append with the condition; UUIDs are eskv ids, so a retry is idempotent |
 //! | `Head` | the head (none when the store is empty) |
 //! | `GetTrackingInfo` | the position recorded by the source's last tracked append |
 
-use crate::context::{Denied, Shared, SubscriptionSlot, Waker};
+use crate::context::{finish, send_live, Denied, Shared, SubscriptionSlot, Unsent, Waker};
 use crate::dcb_map::{self, sequenced, tracking_of, tracking_tag};
 use crate::error::{
     dcb_exhausted, dcb_integrity, dcb_invalid, dcb_status, dcb_unauthenticated, dcb_unavailable,
@@ -109,6 +109,7 @@ impl Dcb for DcbService {
         let room = self.message_room();
         let (tx, rx) = mpsc::channel(self.shared.limits.stream_buffer);
         let shutdown = self.shared.shutdown.clone();
+        let stop = shutdown.clone();
         let limit = r.limit.map(|l| l as usize);
         let start = r.start;
         tokio::spawn(async move {
@@ -117,10 +118,13 @@ impl Dcb for DcbService {
                 let (through, remaining) =
                     read_history(&store, &query, start, backwards, limit, batch, room, &tx).await?;
                 if live && remaining > 0 {
+                    // The live part continues after both the history and
+                    // the client's start: nothing before `start` is sent.
+                    let after = start.map_or(through, |s| through.max(s.saturating_sub(1)));
                     tail(
                         &store,
                         &query,
-                        through,
+                        after,
                         Some(remaining),
                         batch,
                         room,
@@ -137,7 +141,7 @@ impl Dcb for DcbService {
             }
             .await;
             if let Err(s) = res {
-                let _ = tx.send(Err(s)).await;
+                finish(&tx, s, &stop).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -159,6 +163,7 @@ impl Dcb for DcbService {
         let room = self.message_room();
         let (tx, rx) = mpsc::channel(self.shared.limits.stream_buffer);
         let shutdown = self.shared.shutdown.clone();
+        let stop = shutdown.clone();
         let after = r.after.unwrap_or(0);
         tokio::spawn(async move {
             let _slot = slot;
@@ -175,7 +180,7 @@ impl Dcb for DcbService {
             )
             .await;
             if let Err(s) = res {
-                let _ = tx.send(Err(s)).await;
+                finish(&tx, s, &stop).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -357,9 +362,13 @@ async fn read_history(
     Ok((head, remaining))
 }
 
+fn shutting_down() -> Status {
+    dcb_unavailable("the server is shutting down; subscribe again after it restarts")
+}
+
 /// Delivers the events matching `query` after `after`, then new ones as
 /// they are appended, until the client goes away or the server shuts
-/// down. The bounded channel is the back-pressure: a slow client stops
+/// down (also while the client is not reading: then with `UNAVAILABLE`). The bounded channel is the back-pressure: a slow client stops
 /// this loop from reading further.
 #[allow(clippy::too_many_arguments)]
 async fn tail<T: Send + 'static>(
@@ -373,6 +382,7 @@ async fn tail<T: Send + 'static>(
     tx: &mpsc::Sender<Result<T, Status>>,
     message: impl Fn(Vec<pb::SequencedEvent>) -> T,
 ) -> Result<(), Status> {
+    let stop = shutdown.clone();
     let mut waker = Waker::new(store, shutdown);
     loop {
         waker.seen();
@@ -388,8 +398,10 @@ async fn tail<T: Send + 'static>(
             after = last;
             limit = limit.map(|l| l - r.events.len());
             for events in dcb_map::chunks(r.events.into_iter().map(sequenced).collect(), room) {
-                if tx.send(Ok(message(events))).await.is_err() {
-                    return Ok(());
+                match send_live(tx, Ok(message(events)), &stop).await {
+                    Ok(()) => {}
+                    Err(Unsent::Gone) => return Ok(()),
+                    Err(Unsent::ShuttingDown) => return Err(shutting_down()),
                 }
             }
             continue;
@@ -398,9 +410,7 @@ async fn tail<T: Send + 'static>(
             if tx.is_closed() {
                 return Ok(());
             }
-            return Err(dcb_unavailable(
-                "the server is shutting down; subscribe again after it restarts",
-            ));
+            return Err(shutting_down());
         }
     }
 }

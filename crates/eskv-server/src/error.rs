@@ -2,8 +2,9 @@
 //! here, once per protocol, so both protocols' clients get the error kinds
 //! they already understand.
 
+use crate::kurrent_map::ExpectedRevision;
 use crate::proto::umadb::v1::{error_response::ErrorType, ErrorResponse};
-use eskv_core::{Error, ExpectedVersion};
+use eskv_core::Error;
 use prost::Message as _;
 use tonic::{Code, Status};
 
@@ -49,7 +50,9 @@ fn dcb(code: Code, kind: ErrorType, message: String) -> Status {
 
 /// Logs failures that are the server's or the store's, not the client's.
 fn log_server_side(code: Code, e: &Error) {
-    if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+    if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable)
+        || matches!(e, Error::StorageFull { .. } | Error::ReadOnly { .. })
+    {
         tracing::warn!(error = %e, code = ?code, "request failed on the server side");
     }
 }
@@ -74,6 +77,13 @@ pub(crate) fn dcb_status(e: &Error) -> Status {
         | Error::UnknownEventType { .. } => (Code::InvalidArgument, ErrorType::InvalidArgument),
         Error::Corrupt { .. } => (Code::DataLoss, ErrorType::Corruption),
         Error::Unavailable { .. } | Error::StoreLocked { .. } => (Code::Unavailable, ErrorType::Io),
+        // Retryable: nothing was written, or (unknown outcome) a retry with
+        // the same UUIDs is idempotent. UmaDB's clients read `Io` as a
+        // transient failure, never as a failed condition.
+        Error::Conflict { .. } => (Code::Aborted, ErrorType::Io),
+        Error::CommitOutcomeUnknown { .. } => (Code::Unavailable, ErrorType::Io),
+        Error::StorageFull { .. } => (Code::ResourceExhausted, ErrorType::Io),
+        Error::ReadOnly { .. } => (Code::FailedPrecondition, ErrorType::Io),
         Error::IncompatibleFormat { .. } => (Code::Internal, ErrorType::Internal),
         _ => (Code::Internal, ErrorType::Io),
     };
@@ -128,7 +138,10 @@ pub(crate) fn kurrent_status(e: &Error) -> Status {
             stream,
             expected,
             actual,
-        } => return kurrent_wrong_expected_version("Write", stream, *expected, *actual),
+        } => {
+            let expected = ExpectedRevision::of_version(*expected);
+            return kurrent_wrong_expected_version("Write", stream, expected, *actual);
+        }
         Error::InvalidInput { .. }
         | Error::LimitExceeded { .. }
         | Error::UnknownEventType { .. } => Code::InvalidArgument,
@@ -138,6 +151,13 @@ pub(crate) fn kurrent_status(e: &Error) -> Status {
         Error::NotFound { .. } => Code::NotFound,
         Error::Corrupt { .. } => Code::DataLoss,
         Error::Unavailable { .. } | Error::StoreLocked { .. } => Code::Unavailable,
+        // Retryable as gRPC clients understand the codes: a conflict wrote
+        // nothing; an unknown outcome resolves by retrying with the same
+        // event ids (idempotent in eskv).
+        Error::Conflict { .. } => Code::Aborted,
+        Error::CommitOutcomeUnknown { .. } => Code::Unavailable,
+        Error::StorageFull { .. } => Code::ResourceExhausted,
+        Error::ReadOnly { .. } => Code::FailedPrecondition,
         _ => Code::Internal,
     };
     log_server_side(code, e);
@@ -178,21 +198,25 @@ pub(crate) fn kurrent_stream_deleted(stream: &str) -> Status {
 
 /// A wrong expected version as a status, as KurrentDB answers a delete or
 /// tombstone: the message and trailers carry KurrentDB's legacy numbers
-/// (a revision; -1 no stream, -2 any, -4 stream exists).
+/// (the client's own expected revision, unchanged even past `i64::MAX`;
+/// -1 no stream, -2 any, -4 stream exists; an actual -1 is no stream).
 pub(crate) fn kurrent_wrong_expected_version(
     operation: &str,
     stream: &str,
-    expected: ExpectedVersion,
+    expected: ExpectedRevision,
     actual: Option<u64>,
 ) -> Status {
     let expected = match expected {
-        ExpectedVersion::Exact(v) => v as i64 - 1,
-        ExpectedVersion::NoStream => -1,
-        ExpectedVersion::Any => -2,
-        ExpectedVersion::StreamExists => -4,
+        ExpectedRevision::Revision(r) => r.to_string(),
+        ExpectedRevision::NoStream => "-1".into(),
+        ExpectedRevision::Any => "-2".into(),
+        ExpectedRevision::StreamExists => "-4".into(),
     };
-    let actual = actual.map_or(-1, |v| v as i64 - 1);
-    let (e, a) = (expected.to_string(), actual.to_string());
+    // Version `v` is revision `v - 1`; version 0 (or none) is no stream.
+    let actual = actual
+        .and_then(|v| v.checked_sub(1))
+        .map_or_else(|| "-1".to_string(), |r| r.to_string());
+    let (e, a) = (&expected, &actual);
     with_trailers(
         Code::FailedPrecondition,
         format!(
@@ -201,8 +225,93 @@ pub(crate) fn kurrent_wrong_expected_version(
         &[
             (EXCEPTION, "wrong-expected-version"),
             ("stream-name", stream),
-            ("expected-version", &e),
-            ("actual-version", &a),
+            ("expected-version", e),
+            ("actual-version", a),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retryable() -> Vec<(Error, Code, ErrorType)> {
+        vec![
+            (Error::conflict("x"), Code::Aborted, ErrorType::Io),
+            (
+                Error::outcome_unknown("redb", "lost"),
+                Code::Unavailable,
+                ErrorType::Io,
+            ),
+            (
+                Error::StorageFull {
+                    backend: "redb",
+                    path: "events.redb".into(),
+                    message: "ENOSPC".into(),
+                    outcome_unknown: false,
+                },
+                Code::ResourceExhausted,
+                ErrorType::Io,
+            ),
+            (
+                Error::ReadOnly { backend: "redb" },
+                Code::FailedPrecondition,
+                ErrorType::Io,
+            ),
+        ]
+    }
+
+    #[test]
+    fn kurrent_codes_of_store_errors_keep_the_message() {
+        for (e, code, _) in retryable() {
+            let s = kurrent_status(&e);
+            assert_eq!((s.code(), s.message()), (code, e.to_string().as_str()));
+        }
+    }
+
+    #[test]
+    fn dcb_codes_and_error_types_of_store_errors_keep_the_message() {
+        for (e, code, kind) in retryable() {
+            let s = dcb_status(&e);
+            assert_eq!((s.code(), s.message()), (code, e.to_string().as_str()));
+            let details = ErrorResponse::decode(s.details()).unwrap();
+            assert_eq!(details.error_type, kind as i32, "{e}");
+            assert_eq!(details.message, e.to_string());
+        }
+    }
+
+    #[test]
+    fn wrong_expected_version_reports_huge_revisions_as_sent() {
+        for rev in [i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let s = kurrent_wrong_expected_version(
+                "Delete",
+                "s",
+                ExpectedRevision::Revision(rev),
+                Some(2),
+            );
+            assert!(
+                s.message()
+                    .ends_with(&format!("Expected version: {rev}, Actual version: 1")),
+                "{}",
+                s.message()
+            );
+            assert_eq!(
+                s.metadata().get("expected-version").unwrap(),
+                &rev.to_string()
+            );
+        }
+        // Without the client's revision, a saturated version reads back as
+        // a revision, never as a legacy negative number.
+        let s = kurrent_status(&Error::wrong_expected_version(
+            "s",
+            eskv_core::ExpectedVersion::Exact(u64::MAX),
+            None,
+        ));
+        assert!(
+            s.message()
+                .contains("Expected version: 18446744073709551614"),
+            "{}",
+            s.message()
+        );
+    }
 }

@@ -10,7 +10,7 @@
 //! | `ServerFeatures.GetSupportedMethods` | what is served here |
 //! | `Gossip.Read` | this server, as the one live leader |
 
-use crate::context::{Denied, Shared, Waker};
+use crate::context::{finish, send_live, Denied, Shared, Unsent, Waker};
 use crate::error::{kurrent_status, kurrent_stream_deleted, kurrent_unauthenticated};
 use crate::kurrent_cluster::{FeaturesService, GossipService};
 use crate::kurrent_map::{self as map, Filter};
@@ -170,12 +170,11 @@ impl Streams for StreamsService {
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
         let store = self.store(&req).await?;
         let (tx, rx) = mpsc::channel(self.shared.limits.stream_buffer);
-        let shared = self.shared.clone();
         tokio::spawn(crate::kurrent_batch::run(
             store,
             req.into_inner(),
             tx,
-            move || shared.shutting_down(),
+            self.shared.shutdown.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -306,7 +305,7 @@ impl Streams for StreamsService {
                             .await
                     };
                     if let Err(e) = r {
-                        let _ = tx.send(Err(e)).await;
+                        finish(&tx, e, &read.shutdown).await;
                     }
                 });
             }
@@ -319,7 +318,7 @@ impl Streams for StreamsService {
                         read.all(a.all_option, backwards, count, filter, &tx).await
                     };
                     if let Err(e) = r {
-                        let _ = tx.send(Err(e)).await;
+                        finish(&tx, e, &read.shutdown).await;
                     }
                 });
             }
@@ -375,6 +374,17 @@ fn ended(tx: &Tx) -> Status {
 }
 
 impl Read {
+    /// Sends a subscription's message: false when the client went away,
+    /// `UNAVAILABLE` once shutdown has begun (also while the client's queue
+    /// is full).
+    async fn put(&self, tx: &Tx, m: Result<ReadResp, Status>) -> Result<bool, Status> {
+        match send_live(tx, m, &self.shutdown).await {
+            Ok(()) => Ok(true),
+            Err(Unsent::Gone) => Ok(false),
+            Err(Unsent::ShuttingDown) => Err(ended(tx)),
+        }
+    }
+
     async fn send(&self, tx: &Tx, e: eskv_core::RecordedEvent) -> bool {
         tx.send(Ok(map::read_resp(e, self.structured)))
             .await
@@ -528,11 +538,7 @@ impl Read {
                         stream_revision: (next > 1).then(|| (next - 2) as i64),
                         position: None,
                     };
-                    if tx
-                        .send(resp(read_resp::Content::CaughtUp(c)))
-                        .await
-                        .is_err()
-                    {
+                    if !self.put(tx, resp(read_resp::Content::CaughtUp(c))).await? {
                         return Ok(());
                     }
                 }
@@ -543,7 +549,7 @@ impl Read {
             }
             for e in page {
                 next = e.stream.as_ref().map_or(next, |s| s.version + 1);
-                if !self.send(tx, e).await {
+                if !self.put(tx, Ok(map::read_resp(e, self.structured))).await? {
                     return Ok(());
                 }
             }
@@ -582,7 +588,7 @@ impl Read {
                 if filter.is_some() && checkpointed < after {
                     checkpointed = after;
                     examined = 0;
-                    if tx.send(checkpoint(after)).await.is_err() {
+                    if !self.put(tx, checkpoint(after)).await? {
                         return Ok(());
                     }
                 }
@@ -596,11 +602,7 @@ impl Read {
                             prepare_position: after,
                         }),
                     };
-                    if tx
-                        .send(resp(read_resp::Content::CaughtUp(c)))
-                        .await
-                        .is_err()
-                    {
+                    if !self.put(tx, resp(read_resp::Content::CaughtUp(c))).await? {
                         return Ok(());
                     }
                 }
@@ -613,14 +615,14 @@ impl Read {
                 after = e.position;
                 examined += 1;
                 let keep = filter.as_ref().is_none_or(|f| f.matches(&e));
-                if keep && !self.send(tx, e).await {
+                if keep && !self.put(tx, Ok(map::read_resp(e, self.structured))).await? {
                     return Ok(());
                 }
                 if let Some(f) = &filter {
                     if examined >= f.checkpoint_every {
                         examined = 0;
                         checkpointed = after;
-                        if tx.send(checkpoint(after)).await.is_err() {
+                        if !self.put(tx, checkpoint(after)).await? {
                             return Ok(());
                         }
                     }

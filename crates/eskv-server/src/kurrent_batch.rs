@@ -1,11 +1,14 @@
 //! KurrentDB's `Streams.BatchAppend`: a bidirectional stream of appends.
 //! Requests sharing a correlation id form one append, run when one of them
 //! says `is_final`; each append gets one response with that id, in the
-//! order the appends finish. A wrong expected version is a packed
+//! order the appends finish. An append refused before its final chunk
+//! (over a limit, or a bad event) is answered at once, and its remaining
+//! chunks are dropped. A wrong expected version is a packed
 //! `WrongExpectedVersion` in the response's `google.rpc.Status`, and a
 //! tombstoned stream a packed `StreamDeleted`, as KurrentDB's clients
 //! decode them.
 
+use crate::context::{finish, send_patiently, shutdown_begun};
 use crate::error::kurrent_status;
 use crate::kurrent_map as map;
 use crate::proto::event_store::client::streams::batch_append_req::options::ExpectedStreamPosition as Expected;
@@ -17,8 +20,9 @@ use crate::proto::google::rpc;
 use eskv_core::{Error, EventStore, ExpectedVersion, NewEvent};
 use futures::StreamExt as _;
 use prost::Message as _;
-use std::collections::HashMap;
-use tokio::sync::mpsc;
+use std::collections::{HashMap, HashSet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tonic::{Code, Status, Streaming};
 
 /// Appends being assembled on one call, at most.
@@ -119,33 +123,71 @@ fn failure(e: &Error) -> rpc::Status {
     }
 }
 
-/// Runs one batch-append call until the client closes its side.
+/// Runs one batch-append call until the client closes its side, or until
+/// shutdown: then the appends already started are answered, and the call
+/// ends with `UNAVAILABLE` (appends still being assembled were not
+/// written).
 pub(crate) async fn run(
     store: EventStore,
-    mut input: Streaming<BatchAppendReq>,
+    input: Streaming<BatchAppendReq>,
     tx: mpsc::Sender<Result<BatchAppendResp, Status>>,
-    shutting_down: impl Fn() -> bool,
+    shutdown: watch::Receiver<bool>,
 ) {
+    // Every started append is in `appends`, so none is cut off when the
+    // call ends.
+    let mut appends = JoinSet::new();
+    let ended = serve(&store, input, &tx, &shutdown, &mut appends).await;
+    while appends.join_next().await.is_some() {}
+    if let Some(status) = ended {
+        finish(&tx, status, &shutdown).await;
+    }
+}
+
+/// The loop of [`run`]; the status to end the call with, if any.
+async fn serve(
+    store: &EventStore,
+    mut input: Streaming<BatchAppendReq>,
+    tx: &mpsc::Sender<Result<BatchAppendResp, Status>>,
+    shutdown: &watch::Receiver<bool>,
+    appends: &mut JoinSet<()>,
+) -> Option<Status> {
     let mut open: HashMap<Vec<u8>, Open> = HashMap::new();
-    while let Some(req) = input.next().await {
-        let req = match req {
-            Ok(r) => r,
-            Err(s) => {
-                let _ = tx.send(Err(s)).await;
-                return;
+    // Correlation ids already answered with an error before their final
+    // chunk: their later chunks are dropped up to and including the final
+    // one, so every correlation id gets exactly one response. Disjoint
+    // from `open`'s keys.
+    let mut failed: HashSet<Vec<u8>> = HashSet::new();
+    loop {
+        // Finished appends leave the set as the call goes on.
+        while appends.try_join_next().is_some() {}
+        let req = tokio::select! {
+            biased;
+            _ = shutdown_begun(shutdown) => {
+                return Some(Status::unavailable(
+                    "the server is shutting down; appends not answered on this call were not written",
+                ));
             }
+            req = input.next() => req,
+        };
+        let req = match req {
+            None => return None,
+            Some(Ok(r)) => r,
+            Some(Err(s)) => return Some(s),
         };
         let key = req
             .correlation_id
             .as_ref()
             .map_or_else(Vec::new, |c| c.encode_to_vec());
-        if !open.contains_key(&key) && open.len() >= MAX_OPEN {
-            let _ = tx
-                .send(Err(Status::resource_exhausted(format!(
-                    "more than {MAX_OPEN} batch appends open on one call"
-                ))))
-                .await;
-            return;
+        if failed.contains(&key) {
+            if req.is_final {
+                failed.remove(&key);
+            }
+            continue;
+        }
+        if !open.contains_key(&key) && open.len() + failed.len() >= MAX_OPEN {
+            return Some(Status::resource_exhausted(format!(
+                "more than {MAX_OPEN} batch appends open on one call"
+            )));
         }
         let entry = open.entry(key.clone()).or_insert(Open {
             options: None,
@@ -201,13 +243,16 @@ pub(crate) async fn run(
             expected_stream_position: resp_expected(&exp),
         };
         if let Some(s) = bad {
+            if !req.is_final {
+                failed.insert(key);
+            }
             resp.result = Some(batch_append_resp::Result::Error(bad_request(&s)));
-            if tx.send(Ok(resp)).await.is_err() {
-                return;
+            if !send_patiently(tx, Ok(resp), shutdown).await {
+                return None;
             }
             continue;
         }
-        if shutting_down() {
+        if *shutdown.borrow() {
             resp.result = Some(batch_append_resp::Result::Error(
                 packed::<shared::BadRequest>(
                     Code::Unavailable,
@@ -215,14 +260,15 @@ pub(crate) async fn run(
                     None,
                 ),
             ));
-            let _ = tx.send(Ok(resp)).await;
+            send_patiently(tx, Ok(resp), shutdown).await;
             continue;
         }
         let store = store.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        appends.spawn(async move {
             resp.result = Some(append(&store, options, map::expected_version(exp), events).await);
-            let _ = tx.send(Ok(resp)).await;
+            send_patiently(&tx, Ok(resp), &shutdown).await;
         });
     }
 }

@@ -21,7 +21,7 @@
 //! (its revisions continue); a tombstoned one never comes back.
 
 use crate::error::{kurrent_status, kurrent_stream_deleted, kurrent_wrong_expected_version};
-use crate::kurrent_map as map;
+use crate::kurrent_map::{self as map, ExpectedRevision};
 use crate::proto::event_store::client::streams::{
     delete_resp, tombstone_resp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
@@ -40,8 +40,8 @@ pub(crate) async fn delete(store: &EventStore, req: DeleteReq) -> Result<DeleteR
         Status::invalid_argument("a delete needs options (stream and expected revision)")
     })?;
     let stream = map::stream_name(opts.stream_identifier)?;
-    let expected = map::expected_version(opts.expected_stream_revision);
-    let position = run(store, &stream, expected, Kind::Delete).await?;
+    let rev = opts.expected_stream_revision.map(ExpectedRevision::from);
+    let position = run(store, &stream, rev, Kind::Delete).await?;
     Ok(DeleteResp {
         position_option: Some(match position {
             Some(p) => delete_resp::PositionOption::Position(delete_resp::Position {
@@ -61,8 +61,8 @@ pub(crate) async fn tombstone(
         Status::invalid_argument("a tombstone needs options (stream and expected revision)")
     })?;
     let stream = map::stream_name(opts.stream_identifier)?;
-    let expected = map::expected_version(opts.expected_stream_revision);
-    let position = run(store, &stream, expected, Kind::Tombstone).await?;
+    let rev = opts.expected_stream_revision.map(ExpectedRevision::from);
+    let position = run(store, &stream, rev, Kind::Tombstone).await?;
     Ok(TombstoneResp {
         position_option: Some(match position {
             Some(p) => tombstone_resp::PositionOption::Position(tombstone_resp::Position {
@@ -74,14 +74,16 @@ pub(crate) async fn tombstone(
     })
 }
 
-/// The change, or `None` when there was nothing to delete and `expected`
-/// allows that.
+/// The change, or `None` when there was nothing to delete and the
+/// expected revision `rev` allows that. Errors report `rev` as the client
+/// sent it.
 async fn run(
     store: &EventStore,
     stream: &str,
-    expected: ExpectedVersion,
+    rev: Option<ExpectedRevision>,
     kind: Kind,
 ) -> Result<Option<Position>, Status> {
+    let expected = map::expected_version(rev);
     let result = match kind {
         Kind::Delete => store.delete_stream(stream, expected).await,
         Kind::Tombstone => store.tombstone_stream(stream, expected).await,
@@ -105,7 +107,8 @@ async fn run(
                 Kind::Delete => "Delete",
                 Kind::Tombstone => "Tombstone",
             };
-            Err(kurrent_wrong_expected_version(op, stream, expected, actual))
+            let rev = rev.unwrap_or(ExpectedRevision::Any);
+            Err(kurrent_wrong_expected_version(op, stream, rev, actual))
         }
         Err(e) => Err(kurrent_status(&e)),
     }

@@ -41,6 +41,23 @@ pub(crate) enum ExpectedRevision {
     Any,
 }
 
+impl ExpectedRevision {
+    /// The revision an eskv expected version stands for (version `v` is
+    /// revision `v - 1`; version 0 is no stream). Where the client's own
+    /// revision is at hand, use that: a revision of `u64::MAX` saturates
+    /// to the version `u64::MAX`, which reads back one lower.
+    pub(crate) fn of_version(v: ExpectedVersion) -> Self {
+        match v {
+            ExpectedVersion::Exact(v) => v
+                .checked_sub(1)
+                .map_or(ExpectedRevision::NoStream, ExpectedRevision::Revision),
+            ExpectedVersion::NoStream => ExpectedRevision::NoStream,
+            ExpectedVersion::StreamExists => ExpectedRevision::StreamExists,
+            ExpectedVersion::Any => ExpectedRevision::Any,
+        }
+    }
+}
+
 /// eskv's expected version for a write's expected revision: revision `r` is
 /// version `r + 1`, and a write without one expects nothing.
 pub(crate) fn expected_version(e: Option<impl Into<ExpectedRevision>>) -> ExpectedVersion {

@@ -7,10 +7,16 @@ use crate::error::ServerError;
 use crate::proto::umadb::v1::dcb_server::DcbServer;
 use eskv_core::EventStore;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_stream::StreamExt as _;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, ServerTlsConfig};
 
 /// An eskv store served over gRPC: UmaDB's `umadb.v1.DCB`, KurrentDB's
@@ -50,9 +56,12 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down gracefully: new
     /// appends are refused (`UNAVAILABLE`, nothing written), live
-    /// subscriptions end with `UNAVAILABLE`, health turns `NOT_SERVING`,
-    /// and the call returns once the requests in flight (appends included)
-    /// have finished.
+    /// subscriptions and open `BatchAppend` calls end with `UNAVAILABLE`
+    /// (a `BatchAppend` after answering the appends it started), health
+    /// turns `NOT_SERVING`, and the call returns once the requests in
+    /// flight (appends included) have finished. Connections still open
+    /// [`ServerLimits::shutdown_grace`](crate::ServerLimits::shutdown_grace)
+    /// after shutdown began (clients that stopped reading) are closed.
     pub async fn serve_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -104,15 +113,34 @@ impl Server {
             // Keep the sender alive until the transport has drained.
             std::mem::forget(stop_tx);
         };
-        router
-            // tonic applies its own `tcp_nodelay` only to listeners it binds:
-            // set it on the accepted connections here, or small responses
-            // wait on Nagle's algorithm.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                signal,
-            )
-            .await?;
+        // Connections still open `shutdown_grace` after shutdown began are
+        // closed under the transport (a client that stopped reading would
+        // otherwise keep its streams, and so the server, open for ever).
+        let (cut_tx, cut_rx) = watch::channel(false);
+        // tonic applies its own `tcp_nodelay` only to listeners it binds:
+        // set it on the accepted connections here, or small responses wait
+        // on Nagle's algorithm.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = incoming.map(move |c| c.map(|io| Cuttable::new(io, cut_rx.clone())));
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        let grace = limits.shutdown_grace;
+        let stopping = shared.shutdown.clone();
+        let cut = async move {
+            crate::context::shutdown_begun(&stopping).await;
+            tokio::time::sleep(grace).await;
+            tracing::warn!(
+                ?grace,
+                "shutdown grace ran out: closing the connections still open"
+            );
+            let _ = cut_tx.send(true);
+            // Keep the sender: a dropped one would read as "cut" too.
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            r = serve => r?,
+            _ = cut => {}
+        }
         tracing::info!("server stopped");
         Ok(())
     }
@@ -190,5 +218,103 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// An accepted connection that the server can close under the transport
+/// once the shutdown grace runs out: from then on every read and write
+/// fails, so the connection's task ends.
+struct Cuttable {
+    io: tokio::net::TcpStream,
+    /// Completes when the connection is to be closed.
+    cut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `cut` has completed (it is not polled again).
+    is_cut: bool,
+}
+
+impl Cuttable {
+    fn new(io: tokio::net::TcpStream, cut: watch::Receiver<bool>) -> Self {
+        let mut cut = cut;
+        Cuttable {
+            io,
+            cut: Box::pin(async move {
+                let _ = cut.wait_for(|c| *c).await;
+            }),
+            is_cut: false,
+        }
+    }
+
+    /// Polls the cut (registering the task's waker), and fails once cut.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.is_cut && self.cut.as_mut().poll(cx).is_ready() {
+            self.is_cut = true;
+        }
+        if self.is_cut {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server shut down",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Connected for Cuttable {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.check(cx).is_err() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

@@ -385,7 +385,11 @@ fn tombstone_at(state: StreamState) -> TombstoneStreamOptions {
 /// reports KurrentDB's status: the message names expected and actual.
 /// (The client's `tonic` is another major version than the server's, so
 /// the code is compared by name.)
-fn assert_wrong_version<T: std::fmt::Debug>(r: kurrentdb::Result<T>, expected: i64, actual: i64) {
+fn assert_wrong_version<T: std::fmt::Debug>(
+    r: kurrentdb::Result<T>,
+    expected: impl std::fmt::Display,
+    actual: i64,
+) {
     match r {
         Err(kurrentdb::Error::Grpc { code, message })
             if format!("{code:?}") == "FailedPrecondition"
@@ -664,5 +668,37 @@ async fn basic_credentials_authenticate_and_pick_a_tenant() {
     let mine = read_all(&alice, &ReadAllOptions::default()).await;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].json()["n"], 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_tombstone_report_the_clients_own_huge_expected_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(redb_store(&dir).await, local()).await;
+    let c = client(&server, None);
+    c.append_to_stream(
+        "huge-1",
+        &AppendToStreamOptions::default(),
+        vec![ev("ItemAdded", 1), ev("ItemAdded", 2)],
+    )
+    .await
+    .unwrap();
+    // Revisions past i64::MAX: no overflow, and never reported as one of
+    // the legacy negative numbers (-2 is "any").
+    for rev in [i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        assert_wrong_version(
+            c.delete_stream("huge-1", &delete_at(StreamState::StreamRevision(rev)))
+                .await,
+            rev,
+            1,
+        );
+        assert_wrong_version(
+            c.tombstone_stream("huge-1", &tombstone_at(StreamState::StreamRevision(rev)))
+                .await,
+            rev,
+            1,
+        );
+    }
+    assert_eq!(read_stream_result(&c, "huge-1").await.unwrap().len(), 2);
     server.shutdown().await.unwrap();
 }

@@ -132,3 +132,110 @@ async fn shutdown_ends_subscriptions_finishes_cleanly_and_closes_the_store() {
     let store = redb_store(&path).await;
     assert_eq!(store.head().await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_up_by_an_open_batch_append_or_a_client_that_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.redb");
+    let limits = ServerLimits::default().stream_buffer(1);
+    let config = ServerConfig::new("127.0.0.1:0".parse().unwrap()).limits(limits);
+    let server = Server::bind(redb_store(&path).await, config)
+        .await
+        .unwrap()
+        .spawn();
+    let port = server.local_addr().port();
+    let kurrent = kurrentdb::Client::new(
+        format!("kurrentdb://127.0.0.1:{port}?tls=false")
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    // More than the client's HTTP/2 windows hold: a subscription that is
+    // not read blocks the server's sends.
+    let big = serde_json::json!({ "pad": "x".repeat(200 << 10) });
+    for _ in 0..4 {
+        let events = (0..10)
+            .map(|_| kurrentdb::EventData::json("Big", &big).unwrap())
+            .collect::<Vec<_>>();
+        kurrent
+            .append_to_stream("big", &Default::default(), events)
+            .await
+            .unwrap();
+    }
+    // A BatchAppend call, used once and held open.
+    let batch = kurrent.batch_append(&Default::default()).await.unwrap();
+    batch
+        .append_to_stream(
+            "batched",
+            kurrentdb::StreamState::Any,
+            vec![kurrentdb::EventData::json("Small", &serde_json::json!({})).unwrap()],
+        )
+        .await
+        .unwrap();
+    // A catch-up subscription and a subscribing DCB read, each read once
+    // and then left alone.
+    let mut sub = kurrent.subscribe_to_all(&Default::default()).await;
+    sub.next().await.unwrap();
+    let dcb = UmaDbClient::new(format!("http://127.0.0.1:{port}"))
+        .connect_async()
+        .await
+        .unwrap();
+    let mut dcb_sub = dcb.subscribe(None, None).await.unwrap();
+    dcb_sub.next().await.unwrap().unwrap();
+    // Let the server fill its queues and the windows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    tokio::time::timeout(Duration::from_secs(15), server.shutdown())
+        .await
+        .expect("shutdown finishes with a batch append open and clients not reading")
+        .unwrap();
+    drop((batch, sub, dcb_sub, dcb, kurrent));
+    let store = redb_store(&path).await;
+    assert_eq!(store.head().await.unwrap(), 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_an_open_batch_append_and_a_subscription_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.redb");
+    // No help from the grace: the calls themselves must end.
+    let limits = ServerLimits::default()
+        .stream_buffer(1)
+        .shutdown_grace(Duration::from_secs(600));
+    let config = ServerConfig::new("127.0.0.1:0".parse().unwrap()).limits(limits);
+    let server = Server::bind(redb_store(&path).await, config)
+        .await
+        .unwrap()
+        .spawn();
+    let port = server.local_addr().port();
+    let kurrent = kurrentdb::Client::new(
+        format!("kurrentdb://127.0.0.1:{port}?tls=false")
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    let events = (0..200)
+        .map(|_| kurrentdb::EventData::json("Small", &serde_json::json!({})).unwrap())
+        .collect::<Vec<_>>();
+    kurrent
+        .append_to_stream("small", &Default::default(), events)
+        .await
+        .unwrap();
+    let batch = kurrent.batch_append(&Default::default()).await.unwrap();
+    batch
+        .append_to_stream(
+            "batched",
+            kurrentdb::StreamState::Any,
+            vec![kurrentdb::EventData::json("Small", &serde_json::json!({})).unwrap()],
+        )
+        .await
+        .unwrap();
+    let mut sub = kurrent.subscribe_to_all(&Default::default()).await;
+    sub.next().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown ends the open calls itself")
+        .unwrap();
+    drop((batch, sub, kurrent));
+}
