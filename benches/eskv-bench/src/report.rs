@@ -678,9 +678,10 @@ pub fn markdown(
     );
     let _ = writeln!(
         w,
-        "\n**Noise.** This machine is shared: other agents compiled Rust on the same 2 cores during the run, so absolute \
-         figures are noisy and lower than on an idle machine. The ratios are what count: every system ran in the same \
-         process, interleaved in short turns, on the same disk, so the noise falls on all of them alike.\n"
+        "\n**Noise.** The machines this runs on are shared virtual machines with 2 cores, so absolute figures move \
+         between runs (by up to half for one system, with no change to it) and are lower than on an idle machine. The \
+         ratios are what count: every system ran in the same process, interleaved in short turns, on the same disk, so \
+         the noise falls on all of them alike.\n"
     );
 
     let _ = writeln!(
