@@ -377,3 +377,100 @@ async fn an_old_event_without_upcasters_is_a_typed_decode_error() {
     assert!(err.to_string().contains("register upcasters"), "{err}");
     let _ = StartFrom::Beginning;
 }
+
+/// An event type that has never changed: schema version 1.
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+enum Note {
+    #[eskv(type = "Noted")]
+    Noted { text: String },
+}
+
+/// The schema version belongs to the payload: metadata passed along with
+/// a typed event (correlation, causation, often copied from an event that
+/// was read) neither drops nor forges it.
+#[tokio::test]
+async fn metadata_passed_along_keeps_the_events_own_schema_version() {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    let deposited = Account::Deposited {
+        account: "a".into(),
+        cents: 5,
+        currency: "EUR".into(),
+    };
+    // Metadata set after the typed event was built.
+    let e = deposited
+        .to_new_event()
+        .unwrap()
+        .with_metadata(eskv::Metadata::new().correlation_id("r-1"));
+    assert_eq!(e.schema_version(), 3);
+    store.append(vec![e], None).await.unwrap();
+    let read = store.read_all(ReadOptions::new()).await.unwrap().events;
+    assert_eq!(read[0].to_typed::<Account>().unwrap(), deposited);
+    assert_eq!(read[0].metadata.correlation_id.as_deref(), Some("r-1"));
+
+    // Metadata copied from that (version 3) event onto a version-1 event.
+    let caused =
+        NewEvent::typed(&Note::Noted { text: "x".into() }, read[0].metadata.clone()).unwrap();
+    assert_eq!(caused.schema_version(), 1);
+    store.append(vec![caused], None).await.unwrap();
+    let read = store.read_all(ReadOptions::after(1)).await.unwrap().events;
+    assert_eq!(read[0].schema_version(), 1, "{:?}", read[0].metadata);
+    assert!(
+        !read[0]
+            .metadata
+            .extra
+            .contains_key(eskv::SCHEMA_VERSION_KEY),
+        "version 1 is stored as no key: {:?}",
+        read[0].metadata
+    );
+    assert_eq!(
+        read[0].to_typed::<Note>().unwrap(),
+        Note::Noted { text: "x".into() }
+    );
+
+    // The same through a decider's metadata.
+    let decider = store.decider(eskv::DecideOptions::new().metadata(read[0].metadata.clone()));
+    let mut copied = eskv::Metadata::new();
+    copied
+        .extra
+        .insert(eskv::SCHEMA_VERSION_KEY.into(), "9".into());
+    let decider_forged = store.decider(eskv::DecideOptions::new().metadata(copied));
+    for d in [decider, decider_forged] {
+        d.decide_stream(
+            "account-a",
+            |_: &mut (), _: &Account| {},
+            |_| Ok::<_, std::convert::Infallible>(vec![deposited.clone()]),
+        )
+        .await
+        .unwrap();
+    }
+    for e in store
+        .read_stream("account-a", ReadStreamOptions::new())
+        .await
+        .unwrap()
+    {
+        assert_eq!(e.schema_version(), 3, "{:?}", e.metadata);
+    }
+}
+
+/// A typed event says its version even when it is 1: a store whose
+/// upcasters reach a later version of that type refuses it (the program's
+/// type is out of date) instead of stamping it as current.
+#[tokio::test]
+async fn a_typed_event_older_than_the_stores_version_is_refused() {
+    let store = EventStore::open_with(
+        Arc::new(MemoryStore::new()),
+        EventStoreOptions::default().upcast_json("Noted", 1, Ok),
+    )
+    .await
+    .unwrap();
+    let e = Note::Noted { text: "x".into() }.to_new_event().unwrap();
+    match store.append(vec![e], None).await {
+        Err(Error::InvalidInput { message }) => {
+            assert!(message.contains("schema version 1"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), 0);
+}

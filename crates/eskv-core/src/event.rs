@@ -254,8 +254,28 @@ impl NewEvent {
         self
     }
 
-    /// Sets the metadata.
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+    /// Sets the metadata. The event keeps its schema version
+    /// ([`NewEvent::with_schema_version`]) unless `metadata` says one
+    /// ([`SCHEMA_VERSION_KEY`](crate::SCHEMA_VERSION_KEY)), which then wins:
+    /// an export line, for one, carries its event's version there. To pass
+    /// along metadata read from another event, which carries *that*
+    /// event's version, use [`NewEvent::typed`], which always keeps the
+    /// typed event's own.
+    ///
+    /// ```
+    /// use eskv_core::{Metadata, NewEvent, SCHEMA_VERSION_KEY};
+    /// let e = NewEvent::new("Deposited", b"{}".to_vec()).with_schema_version(2);
+    /// let e = e.with_metadata(Metadata::new().correlation_id("req-1"));
+    /// assert_eq!((e.schema_version(), e.metadata.correlation_id.as_deref()), (2, Some("req-1")));
+    /// let mut said = Metadata::new();
+    /// said.extra.insert(SCHEMA_VERSION_KEY.into(), "3".into());
+    /// assert_eq!(e.with_metadata(said).schema_version(), 3);
+    /// ```
+    pub fn with_metadata(mut self, mut metadata: Metadata) -> Self {
+        let key = crate::SCHEMA_VERSION_KEY;
+        if let Some(v) = self.metadata.extra.remove(key) {
+            metadata.extra.entry(key.to_owned()).or_insert(v);
+        }
         self.metadata = metadata;
         self
     }

@@ -146,13 +146,13 @@ pub trait DomainEvent: Sized {
     }
 
     /// The event to append: type, tags and payload of `self`, a fresh id,
-    /// and its schema version when above 1.
+    /// and its schema version, said explicitly (1 included) so that a store
+    /// whose upcasters reach a later version refuses it rather than
+    /// stamping it as current.
     fn to_new_event(&self) -> Result<NewEvent> {
-        let e = NewEvent::new(self.event_type(), self.encode_payload()?).with_tags(self.tags());
-        Ok(match self.schema_version() {
-            v if v > 1 => e.with_schema_version(v),
-            _ => e,
-        })
+        Ok(NewEvent::new(self.event_type(), self.encode_payload()?)
+            .with_tags(self.tags())
+            .with_schema_version(self.schema_version()))
     }
 
     /// Decodes a stored event; errors name its position. An event older
@@ -175,7 +175,9 @@ pub trait DomainEvent: Sized {
 
 impl NewEvent {
     /// The event for a typed value, with metadata (see
-    /// [`DomainEvent::to_new_event`]).
+    /// [`DomainEvent::to_new_event`]). The event carries the typed value's
+    /// schema version even when `metadata` was copied from an event of
+    /// another version (which carries that one).
     ///
     /// ```
     /// # use eskv_core::{DecodeError, DomainEvent, Json, PayloadCodec};
@@ -201,15 +203,12 @@ impl NewEvent {
     /// # Ok::<(), eskv_core::Error>(())
     /// ```
     pub fn typed<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<NewEvent> {
-        let e = event.to_new_event()?;
-        let version = e.metadata.extra.get(crate::SCHEMA_VERSION_KEY).cloned();
-        let mut e = e.with_metadata(metadata);
-        if let Some(v) = version {
-            e.metadata
-                .extra
-                .insert(crate::SCHEMA_VERSION_KEY.to_owned(), v);
-        }
-        Ok(e)
+        // The typed event's version wins over one copied in `metadata`.
+        let version = event.schema_version();
+        Ok(event
+            .to_new_event()?
+            .with_metadata(metadata)
+            .with_schema_version(version))
     }
 }
 

@@ -274,7 +274,8 @@ impl Upcasters {
     }
 
     /// Stamps an event being appended with its type's current version, or
-    /// refuses it if it says it is an older one.
+    /// refuses it if it says it is an older one. Version 1 is stored as no
+    /// key at all.
     pub(crate) fn stamp(&self, e: &mut NewEvent) -> Result<()> {
         let current = self.current_version(&e.event_type);
         match e.metadata.extra.get(SCHEMA_VERSION_KEY) {
@@ -300,6 +301,10 @@ impl Upcasters {
                          current schema",
                         e.id, e.event_type
                     )));
+                }
+                if v == 1 {
+                    // Version 1 is what an event without the key reads as.
+                    e.metadata.extra.remove(SCHEMA_VERSION_KEY);
                 }
                 Ok(())
             }
