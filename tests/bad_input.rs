@@ -577,6 +577,18 @@ fn matrix(s: &Seeded) -> Vec<Case> {
         let e = bad_type.clone();
         async move { es.import(&[e]).await }
     }));
+    let mut far_future = existing[2].clone();
+    far_future.id = Ulid::generate();
+    far_future.position = head + 1;
+    far_future.recorded_at_ms = eskv::recorded_at::MAX_MS + 1;
+    c.push(case(
+        "import with a recording time after year 9999",
+        Invalid,
+        move |es| {
+            let e = far_future.clone();
+            async move { es.import(&[e]).await }
+        },
+    ));
     let mut bad_version = existing[3].clone();
     bad_version.id = Ulid::generate();
     bad_version.position = head + 1;
@@ -1092,4 +1104,36 @@ async fn an_overlong_subject_id_names_its_own_limit() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// An event carrying a time RFC 3339 cannot write (after year 9999; only a
+/// hand-built `RecordedEvent` can) is a serde error, not a panic, and the
+/// latest writable time round-trips.
+#[test]
+fn a_recording_time_after_9999_is_a_serde_error_not_a_panic() {
+    let mut e = RecordedEvent {
+        position: 1,
+        id: Ulid::nil(),
+        event_type: "A".into(),
+        tags: vec![],
+        data: b"{}".to_vec(),
+        metadata: Metadata::default(),
+        recorded_at_ms: eskv::recorded_at::MAX_MS,
+        stream: None,
+        personal: None,
+    };
+    let json = serde_json::to_string(&e).unwrap();
+    assert!(json.contains("9999-12-31T23:59:59.999Z"), "{json}");
+    let back: RecordedEvent = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.recorded_at_ms, eskv::recorded_at::MAX_MS);
+    e.recorded_at_ms += 1;
+    let err = std::panic::catch_unwind(|| serde_json::to_string(&e))
+        .expect("no panic")
+        .unwrap_err();
+    assert!(err.to_string().contains("after 9999"), "{err}");
+    let line = eskv::export::EventLine::from_recorded(&e).to_json();
+    let refused = eskv::export::EventLine::parse(&line)
+        .and_then(|l| l.to_imported())
+        .unwrap_err();
+    assert!(refused.contains("recorded_at"), "{refused}");
 }

@@ -255,3 +255,62 @@ async fn import_refuses_plaintext_and_keyless_sealed_parts() {
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
     assert!(log(&dst).await[0].personal.as_ref().unwrap().is_erased());
 }
+
+/// serde on events speaks the export format's personal parts: an exported
+/// line with a sealed or erased part reads back as a `RecordedEvent` with
+/// that part; an opened part is written as its subject alone, never in
+/// clear, and reading that back is a clear error; a new event with a
+/// personal part is never serialized.
+#[tokio::test]
+async fn serde_on_events_carries_personal_parts_never_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = StoreKey::generate();
+    let es = open(Arc::new(MemoryStore::new()), Some(&key)).await;
+    fill(&es).await;
+    let file = dir.path().join("backup.jsonl");
+    export_to(&es, &file).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut parts = Vec::new();
+    for l in text.lines() {
+        if let Ok(ExportLine::Event(_)) = ExportLine::parse(l) {
+            let e: RecordedEvent = serde_json::from_str(l).expect("an export line is an event");
+            if let Some(p) = &e.personal {
+                parts.push((
+                    p.subject().to_owned(),
+                    p.sealed_part().is_some(),
+                    p.is_erased(),
+                ));
+            }
+            // And it writes back the same personal part.
+            let again = serde_json::to_string(&e).unwrap();
+            let back: RecordedEvent = serde_json::from_str(&again).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+    assert_eq!(
+        parts,
+        [
+            ("user-1".into(), true, false),
+            ("user-2".into(), false, true)
+        ]
+    );
+
+    // An opened part: its subject, not its bytes.
+    let opened = log(&es).await.remove(0);
+    assert_eq!(personal(&opened), Some(ADA.as_bytes()));
+    let line = serde_json::to_string(&opened).unwrap();
+    assert!(!line.contains("Ada"), "{line}");
+    assert!(
+        line.contains(r#""personal":{"subject":"user-1"}"#),
+        "{line}"
+    );
+    let err = serde_json::from_str::<RecordedEvent>(&line).unwrap_err();
+    assert!(err.to_string().contains("no content"), "{err}");
+
+    // A new event with a personal part.
+    let new = NewEvent::new("Registered", b"{}".to_vec()).with_personal_data("user-3", ADA);
+    let err = serde_json::to_string(&new).unwrap_err();
+    assert!(err.to_string().contains("personal part"), "{err}");
+    let err = serde_json::from_str::<NewEvent>(&line).unwrap_err();
+    assert!(err.to_string().contains("personal part"), "{err}");
+}

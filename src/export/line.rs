@@ -44,13 +44,13 @@
 //! - `{"subject":"user-1"}`: `read --json` of an opened part (the subject
 //!   is named, the bytes are left out); import refuses it.
 
-use crate::{Metadata, NewEvent, PersonalData, RecordedEvent, SealedPersonal};
+use crate::{Metadata, NewEvent, PersonalData, RecordedEvent};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+pub use eskv_core::event_serde::{PersonalLine, SealedLine};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// One event as a JSON line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,107 +121,23 @@ impl MetaLine {
     }
 }
 
-/// The personal part of an event line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PersonalLine {
-    /// The data subject.
-    pub subject: String,
-    /// The part as stored, encrypted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed: Option<SealedLine>,
-    /// True when the subject was forgotten.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub erased: bool,
-}
-
-/// A sealed personal part: the key generation, and nonce and ciphertext
-/// in standard base64.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SealedLine {
-    /// Generation of the subject key it is sealed under.
-    pub generation: u64,
-    /// The 24-byte nonce, base64.
-    pub nonce: String,
-    /// Ciphertext and tag, base64.
-    pub ciphertext: String,
-}
-
-impl PersonalLine {
-    /// The line of a part: sealed or erased as it is; an opened part
-    /// names its subject only (its bytes never go into a line).
-    pub fn of(p: &PersonalData) -> PersonalLine {
-        PersonalLine {
-            subject: p.subject().to_owned(),
-            sealed: p.sealed_part().map(|s| SealedLine {
-                generation: s.generation,
-                nonce: B64.encode(s.nonce),
-                ciphertext: B64.encode(&s.ciphertext),
-            }),
-            erased: p.is_erased(),
-        }
-    }
-
-    /// The part to import: sealed or erased. Fails for a line with
-    /// neither or both, or bad base64.
-    pub fn to_personal(&self) -> Result<PersonalData, String> {
-        match (&self.sealed, self.erased) {
-            (Some(s), false) => {
-                let nonce: [u8; 24] = B64
-                    .decode(&s.nonce)
-                    .ok()
-                    .and_then(|n| n.try_into().ok())
-                    .ok_or("personal.sealed.nonce is not 24 bytes in base64")?;
-                let ciphertext = B64
-                    .decode(&s.ciphertext)
-                    .map_err(|e| format!("personal.sealed.ciphertext is not valid base64: {e}"))?;
-                Ok(PersonalData::sealed(
-                    self.subject.clone(),
-                    SealedPersonal {
-                        generation: s.generation,
-                        nonce,
-                        ciphertext,
-                    },
-                ))
-            }
-            (None, true) => Ok(PersonalData::erased(self.subject.clone())),
-            (Some(_), true) => Err("a personal part is either sealed or erased, not both".into()),
-            (None, false) => Err(format!(
-                "the personal part of subject '{}' has no content (the output of `read --json` leaves it out); import the output of `eskv export`",
-                self.subject
-            )),
-        }
-    }
-
-    /// The subject alone: what a checksum that must not depend on a
-    /// part's state (sealed here, erased after a forget there) covers.
-    pub fn subject_only(&self) -> PersonalLine {
-        PersonalLine {
-            subject: self.subject.clone(),
-            sealed: None,
-            erased: false,
-        }
-    }
-}
-
 fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+/// A time after [`recorded_at::MAX_MS`] (year 9999), which no store holds
+/// (appends take the clock and imports refuse it), is written as a
+/// message that [`parse_time`] refuses by name, never as a panic.
+///
+/// [`recorded_at::MAX_MS`]: eskv_core::recorded_at::MAX_MS
 pub fn format_time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    eskv_core::recorded_at::format(ms).unwrap_or_else(|e| e)
 }
 
 /// Parses an RFC 3339 UTC time into milliseconds since the epoch.
 pub fn parse_time(s: &str) -> Result<u64, String> {
-    let t = humantime::parse_rfc3339(s)
-        .map_err(|e| format!("recorded_at '{s}' is not an RFC 3339 UTC time: {e}"))?;
-    let d = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("recorded_at '{s}' is before 1970"))?;
-    u64::try_from(d.as_millis()).map_err(|_| format!("recorded_at '{s}' is too far away"))
+    eskv_core::recorded_at::parse(s)
 }
 
 /// The three ways a payload is written (see the module docs).
@@ -416,8 +332,8 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StreamRef;
     use crate::Ulid;
+    use crate::{SealedPersonal, StreamRef};
 
     fn recorded(data: &[u8]) -> RecordedEvent {
         RecordedEvent {

@@ -10,7 +10,11 @@
 //!
 //! The payload goes in exactly one of `data` (a single-line JSON document,
 //! verbatim), `data_text` (other UTF-8) or `data_base64` (anything else).
-//! `recorded_at` is RFC 3339 in UTC with milliseconds. A [`NewEvent`] has
+//! `recorded_at` is RFC 3339 in UTC with milliseconds, up to year 9999
+//! ([`crate::recorded_at`]). A personal part is never written in clear
+//! ([`PersonalLine`]): a recorded event's goes out sealed, erased, or (opened)
+//! as its subject alone, which cannot be read back; a new event with one
+//! is an error either way. A [`NewEvent`] has
 //! only `id`, `type`, `tags`, the payload and `metadata`; deserializing one
 //! from a recorded line ignores the recorded fields, and a missing `id`
 //! gets a fresh one. The format is JSON: the verbatim `data` field needs
@@ -28,11 +32,14 @@
 use crate::event::{Metadata, NewEvent, RecordedEvent, StreamRef};
 use base64::Engine as _;
 use serde::de::Error as _;
+use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 use ulid::Ulid;
+
+mod personal;
+pub use personal::{PersonalLine, SealedLine};
 
 #[derive(Serialize)]
 struct LineOut<'a> {
@@ -54,6 +61,8 @@ struct LineOut<'a> {
     data_base64: Option<String>,
     #[serde(skip_serializing_if = "MetaOut::is_empty")]
     metadata: MetaOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    personal: Option<PersonalLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recorded_at: Option<String>,
 }
@@ -105,6 +114,8 @@ struct LineIn {
     data_base64: Option<String>,
     #[serde(default)]
     metadata: MetaIn,
+    #[serde(default)]
+    personal: Option<PersonalLine>,
     #[serde(default)]
     recorded_at: Option<String>,
 }
@@ -172,8 +183,28 @@ impl LineIn {
     }
 }
 
+/// Why a line with a personal part is no new event.
+fn personal_new_event_line(id: &str) -> String {
+    format!(
+        "the event {id} has a personal part, which only an import writes (from an export); \
+         deserialize it as a RecordedEvent, or append a NewEvent built with with_personal_data"
+    )
+}
+
+/// Why a new event with a personal part has no line.
+fn personal_new_event(id: &Ulid) -> String {
+    format!(
+        "event {id} has a personal part: a new event is never written as a line with one \
+         (its bytes would leave the store in clear, out of reach of forgetting); append it, \
+         and move stored events with `eskv export` and `eskv import`"
+    )
+}
+
 impl Serialize for NewEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.personal.is_some() {
+            return Err(S::Error::custom(personal_new_event(&self.id)));
+        }
         let (data, data_text, data_base64) = payload_out(&self.data);
         LineOut {
             position: None,
@@ -186,6 +217,7 @@ impl Serialize for NewEvent {
             data_text,
             data_base64,
             metadata: MetaOut::new(&self.metadata),
+            personal: None,
             recorded_at: None,
         }
         .serialize(s)
@@ -195,6 +227,12 @@ impl Serialize for NewEvent {
 impl<'de> Deserialize<'de> for NewEvent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let line = LineIn::deserialize(d)?;
+        if line.personal.is_some() {
+            let id = line
+                .id
+                .map_or_else(|| "on this line".into(), |id| id.to_string());
+            return Err(D::Error::custom(personal_new_event_line(&id)));
+        }
         let data = line.payload()?;
         let mut e = NewEvent::new(line.event_type, data)
             .with_tags(line.tags)
@@ -220,11 +258,9 @@ impl Serialize for RecordedEvent {
             data_text,
             data_base64,
             metadata: MetaOut::new(&self.metadata),
+            personal: self.personal.as_ref().map(PersonalLine::of),
             recorded_at: Some(
-                humantime::format_rfc3339_millis(
-                    UNIX_EPOCH + Duration::from_millis(self.recorded_at_ms),
-                )
-                .to_string(),
+                crate::recorded_at::format(self.recorded_at_ms).map_err(S::Error::custom)?,
             ),
         }
         .serialize(s)
@@ -243,23 +279,18 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             .recorded_at
             .as_deref()
             .ok_or_else(|| D::Error::missing_field("recorded_at"))?;
-        let t = humantime::parse_rfc3339(recorded_at).map_err(|e| {
-            D::Error::custom(format!(
-                "recorded_at '{recorded_at}' is not an RFC 3339 UTC time: {e}"
-            ))
-        })?;
-        let recorded_at_ms = t
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| u64::try_from(d.as_millis()).ok())
-            .ok_or_else(|| {
-                D::Error::custom(format!("recorded_at '{recorded_at}' is out of range"))
-            })?;
+        let recorded_at_ms = crate::recorded_at::parse(recorded_at).map_err(D::Error::custom)?;
         let stream = match (line.stream, line.version) {
             (Some(stream_id), Some(version)) => Some(StreamRef { stream_id, version }),
             (None, None) => None,
             _ => return Err(D::Error::custom("give both stream and version, or neither")),
         };
+        let personal = line
+            .personal
+            .as_ref()
+            .map(PersonalLine::to_personal)
+            .transpose()
+            .map_err(D::Error::custom)?;
         let mut tags = line.tags;
         tags.sort();
         tags.dedup();
@@ -272,7 +303,7 @@ impl<'de> Deserialize<'de> for RecordedEvent {
             metadata: line.metadata.into(),
             recorded_at_ms,
             stream,
-            personal: None,
+            personal,
         })
     }
 }

@@ -40,7 +40,7 @@ pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod event;
-mod event_serde;
+pub mod event_serde;
 pub mod kv;
 #[doc(hidden)] // Internal: for eskv's own backends, tools and fuzz targets.
 pub mod layout;
@@ -51,6 +51,7 @@ pub mod observe;
 pub mod oracle;
 pub mod projection;
 pub mod query;
+pub mod recorded_at;
 mod retry;
 pub mod store;
 pub mod subscription;

@@ -74,6 +74,14 @@ impl EventStore {
                     e.id, e.position, s.version, s.stream_id
                 )));
             }
+            if e.recorded_at_ms > crate::recorded_at::MAX_MS {
+                return Err(Error::invalid(format!(
+                    "event {} (position {}): {}",
+                    e.id,
+                    e.position,
+                    crate::recorded_at::out_of_range(e.recorded_at_ms)
+                )));
+            }
             // eskv's own lifecycle events come back as they were.
             if !crate::lifecycle::system_types::is_system(&e.event_type) {
                 validate_type(&e.event_type, l)?;

@@ -12,7 +12,6 @@ use crate::kv::{KeyRange, KvPair, KvTransaction, ScanOptions};
 use crate::layout::{self, StreamMeta};
 use crate::lifecycle::{LogLife, StreamLife};
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A stream's version and lifecycle record, as a read sees them.
 pub(crate) type StreamState = (StreamVersion, StreamLife);
@@ -42,11 +41,7 @@ pub(crate) struct Live<'a> {
     log_cut: Option<u64>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::recorded_at::now_ms;
 
 impl<'a> Live<'a> {
     pub(crate) fn new(store_key: Option<&'a StoreKey>) -> Self {
