@@ -236,6 +236,37 @@ fn a_real_recorder_and_subscriber_see_eskv_move() {
             other => panic!("{other:?}"),
         }
 
+        // A subscription behind the head reports how far: pages of 2
+        // over 10 events, lag 8 after the first page, 0 at the end.
+        let behind = EventStore::open(Arc::new(MemoryStore::new()))
+            .await
+            .unwrap();
+        let ticks = (0..10).map(|_| NewEvent::new("Tick", vec![])).collect();
+        behind.append(ticks, None).await.unwrap();
+        let mut laggard = behind
+            .subscribe(SubscriptionOptions::named("laggard").batch_size(2))
+            .await
+            .unwrap();
+        let lag = || match seen.value(SUBSCRIPTION_LAG, Some(("subscription", "laggard"))) {
+            Some(DebugValue::Gauge(lag)) => lag.into_inner(),
+            other => panic!("{other:?}"),
+        };
+        let first = laggard.next().await.unwrap();
+        assert_eq!(first.position, 1);
+        assert_eq!(lag(), 8.0);
+        for p in 2..=10 {
+            assert_eq!(laggard.next().await.unwrap().position, p);
+        }
+        assert_eq!(lag(), 0.0);
+
+        // An append refused before it is queued is counted as rejected.
+        let rejected = seen.counter(APPENDS, Some(("outcome", "rejected")));
+        assert!(store.append(vec![], None).await.is_err());
+        assert_eq!(
+            seen.counter(APPENDS, Some(("outcome", "rejected"))),
+            rejected + 1
+        );
+
         // Reads and a projection, for their spans.
         store
             .read_stream("s-1", ReadStreamOptions::new())
@@ -258,6 +289,7 @@ fn a_real_recorder_and_subscriber_see_eskv_move() {
         "last_position=",
         "stream=\"s-1\"",
         "eskv.read{kind=\"stream\" count=1}",
+        "name=\"laggard\" position=2 lag=8",
         "eskv.read{kind=\"log\" count=11}",
         "eskv.subscription{name=\"mailer\"",
         "lag=",

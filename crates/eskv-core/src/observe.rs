@@ -17,13 +17,13 @@
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
-//! | [`APPENDS`] | counter | `outcome` | append requests, by outcome |
+//! | [`APPENDS`] | counter | `outcome` | append requests, by outcome: `appended`, `replayed` (an idempotent retry), `conflict`, `rejected` (refused before writing: invalid input, a limit, an idempotency violation, an unknown event type), `failed` (the backend) |
 //! | [`EVENTS`] | counter | | events appended |
 //! | [`CONFLICTS`] | counter | `kind` (`condition`, `expected_version`) | appends refused by a DCB condition or an expected version |
 //! | [`RETRIES`] | counter | | retried transactions (conflicts with other processes, unknown commit outcomes, unavailability) |
 //! | [`BATCH_SIZE`] | histogram | | appends per group commit |
 //! | [`COMMIT_SECONDS`] | histogram | | time from taking a batch to its answer, retries included |
-//! | [`SUBSCRIPTION_LAG`] | gauge | `subscription` | events between a subscription's last read page and the head |
+//! | [`SUBSCRIPTION_LAG`] | gauge | `subscription` | log positions between the last event of a subscription's latest page and the store's head when that page was read |
 //! | [`PARKED`] | counter | `subscription` | events parked as dead letters |
 //!
 //! Without the feature, recording compiles to nothing.
@@ -59,7 +59,7 @@ pub(crate) fn outcome(r: &Result<AppendResult>, replayed: bool) -> &'static str 
         Ok(_) if replayed => "replayed",
         Ok(_) => "appended",
         Err(Error::ConditionFailed { .. } | Error::WrongExpectedVersion { .. }) => "conflict",
-        Err(Error::IdempotencyViolation { .. }) => "rejected",
+        Err(Error::IdempotencyViolation { .. } | Error::UnknownEventType { .. }) => "rejected",
         Err(_) => "failed",
     }
 }

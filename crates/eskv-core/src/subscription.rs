@@ -33,7 +33,7 @@ use crate::store::{EventStore, ReadOptions, ReadStreamOptions};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 mod checkpoint;
@@ -527,7 +527,12 @@ impl Subscription {
             // Only stream events before the start: keep paging.
             return false;
         }
-        let Page { events, head, .. } = page;
+        let Page {
+            events,
+            examined,
+            head,
+            ..
+        } = page;
         let got = !events.is_empty();
         if let Some(last) = events.last() {
             let lag = head.saturating_sub(last.position);
@@ -541,9 +546,9 @@ impl Subscription {
             .entered();
             crate::observe::subscription_lag(self.opts.name.as_deref(), lag);
         }
-        // A short page means everything up to the read's head was examined.
+        // A short page means everything up to `examined` was examined.
         self.scanned = if events.len() < limit {
-            head.max(after)
+            examined.max(after)
         } else {
             events.last().map_or(after, |e| e.position)
         };
@@ -573,6 +578,8 @@ impl futures::Stream for Subscription {
 struct Page {
     events: Vec<RecordedEvent>,
     /// Everything up to here was examined (when the page is short).
+    examined: Position,
+    /// The store's head when the page was read: the lag is measured to it.
     head: Position,
     /// Next stream version to read (stream filter only).
     next_version: u64,
@@ -589,9 +596,10 @@ async fn read_page(
     next_version: u64,
     limit: usize,
 ) -> Result<Page> {
-    let page = |events, head| Page {
-        events,
-        head,
+    let page = |r: crate::ReadResult| Page {
+        events: r.events,
+        examined: r.consistent_through,
+        head: r.head,
         next_version,
         old_only: false,
     };
@@ -600,19 +608,19 @@ async fn read_page(
             let r = store
                 .read_all(ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.consistent_through)
+            page(r)
         }
         SubscriptionFilter::Query(q) => {
             let r = store
                 .read(q, ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.consistent_through)
+            page(r)
         }
         SubscriptionFilter::Category(c) => {
             let r = store
                 .read_category(c, ReadOptions::after(after).limit(limit))
                 .await?;
-            page(r.events, r.consistent_through)
+            page(r)
         }
         SubscriptionFilter::Stream(s) => {
             // The head is read first: every event at or below it is in
@@ -633,14 +641,15 @@ async fn read_page(
             let full = evs.len() == limit;
             let evs: Vec<RecordedEvent> = evs.into_iter().filter(|e| e.position > after).collect();
             let old_only = full && evs.is_empty();
-            let head = if full {
+            let examined = if full {
                 evs.last().map_or(after, |e| e.position)
             } else {
                 head
             };
             Page {
+                examined,
+                head: evs.last().map_or(head, |e| e.position.max(head)),
                 events: evs,
-                head,
                 next_version,
                 old_only,
             }
@@ -657,8 +666,4 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::recorded_at::now_ms;

@@ -137,11 +137,13 @@ impl EventStore {
         let cost = match self.prepare(&mut req) {
             Ok(c) => c,
             Err(e) => {
+                let result = Err(e);
+                crate::observe::append_done(&result, "rejected");
                 return Answer {
-                    result: Err(e),
+                    result,
                     outcome: "rejected",
                     batch_size: 0,
-                }
+                };
             }
         };
         let (reply, mut rx) = oneshot::channel();

@@ -411,6 +411,10 @@ pub struct ReadResult {
     /// Never above the snapshot's head; for an unbounded read it is the
     /// head.
     pub consistent_through: Position,
+    /// The store's head at the read's snapshot: the last position of the
+    /// log then, whatever `limit`, `until` or the query. A reader paging
+    /// through the log is `head - consistent_through` positions behind it.
+    pub head: Position,
 }
 
 /// [`ReadResult::consistent_through`] of a read with `opts` at a snapshot

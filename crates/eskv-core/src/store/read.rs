@@ -70,6 +70,7 @@ impl EventStore {
         let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                head,
                 consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
             });
@@ -85,6 +86,7 @@ impl EventStore {
         )
         .await?;
         Ok(ReadResult {
+            head,
             consistent_through: consistent_through(opts, head, &events),
             events,
         })
@@ -150,6 +152,7 @@ impl EventStore {
         let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((lo, hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                head,
                 consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
             });
@@ -159,6 +162,7 @@ impl EventStore {
         let events = read_live(&mut *txn, source, (lo, hi), order, opts.limit, &mut live).await?;
         let events = self.decoded(events)?;
         Ok(ReadResult {
+            head,
             consistent_through: consistent_through(opts, head, &events),
             events,
         })
@@ -420,6 +424,7 @@ impl EventStore {
         Ok(ReadResult {
             events: self.decoded(r.events)?,
             consistent_through: r.consistent_through,
+            head: r.head,
         })
     }
 }

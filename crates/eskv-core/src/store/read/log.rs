@@ -24,6 +24,7 @@ impl EventStore {
         let head = read_head_probing(&mut *txn, &mut live).await?;
         let Some((mut lo, mut hi)) = bounds(opts, head) else {
             return Ok(ReadResult {
+                head,
                 consistent_through: consistent_through(opts, head, &[]),
                 events: Vec::new(),
             });
@@ -80,6 +81,7 @@ impl EventStore {
             }
         }
         Ok(ReadResult {
+            head,
             consistent_through: consistent_through(opts, head, &events),
             events,
         })

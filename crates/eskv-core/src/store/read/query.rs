@@ -143,6 +143,7 @@ pub(in crate::store) async fn read_forward(
         }
     }
     Ok(ReadResult {
+        head,
         consistent_through: consistent_through(opts, head, &events),
         events,
     })
