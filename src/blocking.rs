@@ -25,8 +25,8 @@
 
 use eskv_core::{
     AppendCondition, AppendResult, DecideError, DecideOptions, Decided, Decision, DomainEvent,
-    Error, ExpectedVersion, KvStore, MemoryStore, NewEvent, Query, ReadOptions, ReadResult,
-    ReadStreamOptions, Result, StreamRead,
+    Error, EventStoreOptions, ExpectedVersion, KvStore, MemoryStore, NewEvent, Query, ReadOptions,
+    ReadResult, ReadStreamOptions, Result, StreamRead,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -88,8 +88,34 @@ impl EventStore {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<dyn KvStore>>>,
     {
+        Self::open_with(make_kv, EventStoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options: upcasters, limits, a store key
+    /// for personal data, and the rest of [`EventStoreOptions`].
+    ///
+    /// ```
+    /// use eskv::{EventStoreOptions, KvStore, MemoryStore, NewEvent, ReadOptions};
+    /// use std::sync::Arc;
+    /// let options = EventStoreOptions::default()
+    ///     .upcast_json("Deposited", 1, |mut v| { v["currency"] = "EUR".into(); Ok(v) });
+    /// let store = eskv::blocking::EventStore::open_with(
+    ///     || async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn KvStore>) },
+    ///     options,
+    /// )?;
+    /// store.append(vec![NewEvent::json("Deposited", &serde_json::json!({"cents": 5}))?], None)?;
+    /// assert_eq!(store.read_all(ReadOptions::new())?.events[0].schema_version(), 2);
+    /// # Ok::<(), eskv::Error>(())
+    /// ```
+    pub fn open_with<F, Fut>(make_kv: F, options: EventStoreOptions) -> Result<Self>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<dyn KvStore>>>,
+    {
         let rt = runtime()?;
-        let inner = rt.block_on(async { eskv_core::EventStore::open(make_kv().await?).await })?;
+        let inner = rt.block_on(async {
+            eskv_core::EventStore::open_with(make_kv().await?, options).await
+        })?;
         Ok(EventStore {
             rt: Arc::new(rt),
             inner,

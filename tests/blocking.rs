@@ -154,3 +154,40 @@ fn blocking_store_on_redb() {
     let store = EventStore::open_redb(&path).unwrap();
     assert_eq!(store.head().unwrap(), 7);
 }
+
+/// Version 2 of a deposit: cents and a currency.
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+enum Money {
+    #[eskv(type = "Deposited", version = 2)]
+    Deposited { cents: i64, currency: String },
+}
+
+/// The blocking store takes options: an upcaster registered there applies
+/// to every read, and typed reads of old events succeed through it.
+#[test]
+fn blocking_store_with_options_upcasts() {
+    use eskv::{EventStoreOptions, KvStore, MemoryStore, NewEvent};
+    use std::sync::Arc;
+    let kv = Arc::new(MemoryStore::new());
+    let old = {
+        let kv = kv.clone();
+        EventStore::open(move || async move { Ok(kv as Arc<dyn KvStore>) }).unwrap()
+    };
+    let v1 = NewEvent::json("Deposited", &serde_json::json!({"cents": 5})).unwrap();
+    old.append(vec![v1], None).unwrap();
+    drop(old);
+    let options = EventStoreOptions::default().upcast_json("Deposited", 1, |mut v| {
+        v["currency"] = "EUR".into();
+        Ok(v)
+    });
+    let store =
+        EventStore::open_with(move || async move { Ok(kv as Arc<dyn KvStore>) }, options).unwrap();
+    let events = store.read_all(ReadOptions::new()).unwrap().events;
+    assert_eq!(
+        events[0].to_typed::<Money>().unwrap(),
+        Money::Deposited {
+            cents: 5,
+            currency: "EUR".into()
+        }
+    );
+}
