@@ -52,6 +52,12 @@ impl EtcdStore {
     /// `options.remote.connect_timeout`: a cluster that is down, unreachable or
     /// without a leader fails here with [`KvError::Unavailable`] instead of at
     /// the first transaction. Bad options fail with [`KvError::InvalidInput`].
+    ///
+    /// The probe reads a key inside the namespace (`key_prefix`), and the
+    /// store touches no key outside it: with etcd authentication, a user
+    /// whose role grants read-write on the namespace's prefix only (the raw
+    /// bytes [`EtcdStore::prefix`]; see the crate docs) can connect and use
+    /// the store.
     pub async fn connect(options: EtcdOptions) -> KvResult<Self> {
         let endpoints = options.endpoint_list();
         if options.remote.endpoints.is_empty() {
@@ -74,21 +80,6 @@ impl EtcdStore {
             .await
             .map_err(|e| map_err(e, Phase::Connect, &endpoints))?
             .with_message_limits(decode_limit, options.max_request_bytes + REQUEST_HEADROOM);
-        // The probe: a linearizable read needs a live quorum with a leader
-        // (and, with auth, valid credentials).
-        timed(
-            "probing the cluster",
-            Phase::Connect,
-            options.remote.connect_timeout,
-            &endpoints,
-            || {
-                kv.range(RangeRequest {
-                    count_only: true,
-                    ..RangeRequest::key(b"\x00eskv-probe".to_vec())
-                })
-            },
-        )
-        .await?;
         let raw = Arc::new(RawStore {
             kv,
             caps,
@@ -98,6 +89,24 @@ impl EtcdStore {
             max_request_bytes: options.max_request_bytes,
         });
         let view = ClusterView::new(raw.clone(), options.remote.key_prefix.as_deref());
+        // The probe: a linearizable read needs a live quorum with a leader
+        // (and, with auth, valid credentials). It reads a key inside the
+        // namespace, so a user granted only the namespace's key range can
+        // connect.
+        let probe = probe_key(view.prefix());
+        timed(
+            "probing the cluster",
+            Phase::Connect,
+            options.remote.connect_timeout,
+            &raw.endpoints,
+            || {
+                raw.kv.range(RangeRequest {
+                    count_only: true,
+                    ..RangeRequest::key(probe.clone())
+                })
+            },
+        )
+        .await?;
         Ok(EtcdStore { raw, view })
     }
 
@@ -175,6 +184,15 @@ struct EtcdSnapshot {
     pin: Option<i64>,
     /// `mod_revision` at the pin of every key read so far (0: absent).
     seen: HashMap<Vec<u8>, i64>,
+}
+
+/// The key the connect probe reads: one inside the namespace `prefix` (a
+/// raw key when there is none), so that it needs no permission beyond the
+/// namespace's.
+fn probe_key(prefix: Option<&[u8]>) -> Vec<u8> {
+    let mut key = prefix.unwrap_or_default().to_vec();
+    key.extend_from_slice(b"\x00eskv-probe");
+    key
 }
 
 /// The smallest key after `k`.
@@ -592,6 +610,16 @@ impl KvSnapshot for EtcdSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_reads_inside_the_namespace() {
+        assert_eq!(probe_key(None), b"\x00eskv-probe");
+        let p = b"n\x15\x03app";
+        let k = probe_key(Some(p));
+        assert!(k.starts_with(p), "{k:?}");
+        let end = eskv_core::tuple::prefix_successor(p).unwrap();
+        assert!(k.as_slice() < end.as_slice(), "{k:?}");
+    }
 
     #[test]
     fn ranges_map_to_etcd_bounds() {

@@ -260,7 +260,9 @@ impl EtcdClient {
     }
 
     /// Sends a call, with a token when the client authenticates; fetches
-    /// the token first, and again once when the server says it expired.
+    /// the token first, and again once when the server no longer takes it:
+    /// it expired, or users, roles or permissions changed since it was
+    /// issued (see `error::needs_new_token`, which decides).
     async fn call<Req, Resp>(&self, method: &'static str, body: Req) -> Result<Resp, ClientError>
     where
         Req: prost::Message + Clone + Send + Sync + 'static,
@@ -278,10 +280,7 @@ impl EtcdClient {
             self.authenticate().await?;
         }
         match self.send(method, body.clone(), true).await {
-            Err(ClientError::Status(s))
-                if s.code() == tonic::Code::Unauthenticated
-                    || s.message().contains("invalid auth token") =>
-            {
+            Err(ClientError::Status(s)) if crate::error::needs_new_token(&s) => {
                 self.authenticate().await?;
                 self.send(method, body, true).await
             }

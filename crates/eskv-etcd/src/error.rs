@@ -8,7 +8,48 @@ use eskv_core::{KvError, KvResult};
 use std::future::Future;
 use std::time::Duration;
 
+/// etcd's answer to a write once its database reached `--quota-backend-bytes`
+/// (`ErrGRPCNoSpace`, code `ResourceExhausted`; the NOSPACE alarm is raised).
+const NO_SPACE: &str = "database space exceeded";
+
+/// gRPC's answer to a request above the server's receive limit
+/// (`--max-request-bytes` plus etcd's 512 KiB of gRPC overhead), code
+/// `ResourceExhausted`: "grpc: received message larger than max (N vs. M)".
+const LARGER_THAN_MAX: &str = "larger than max";
+
+/// etcd's `ErrGRPCAuthOldRevision` (code `InvalidArgument`): the token was
+/// issued before the last change to users, roles or permissions.
+const AUTH_OLD_REVISION: &str = "revision of auth store is old";
+
+/// Whether a call refused with `s` should be sent again once with a fresh
+/// authentication token, as etcd's Go client does: the token is invalid or
+/// expired (`Unauthenticated`, "invalid auth token"), predates a change to
+/// the auth store ("revision of auth store is old"), or the server saw no
+/// user in it ("user name is empty"). Only asked when the client has
+/// credentials. Each of these is refused before anything is applied, so a
+/// commit is safe to send again.
+pub(crate) fn needs_new_token(s: &tonic::Status) -> bool {
+    let msg = s.message();
+    s.code() == tonic::Code::Unauthenticated
+        || msg.contains("invalid auth token")
+        || (s.code() == tonic::Code::InvalidArgument
+            && (msg.contains(AUTH_OLD_REVISION) || msg.contains("user name is empty")))
+}
+
 /// The one place where etcd client errors become eskv errors.
+///
+/// Besides timeouts and lost connections (`Unavailable`, or
+/// `CommitOutcomeUnknown` for a commit):
+/// - a full database (etcd's NOSPACE alarm at `--quota-backend-bytes`) is
+///   [`KvError::StorageFull`], not retryable, saying how to free space; for
+///   a commit with `outcome_unknown` (etcd may have applied the `Txn` before
+///   it checked the quota and answered NOSPACE);
+/// - a request over the server's size or operation limits, whether etcd
+///   ("request is too large", "too many operations") or gRPC ("received
+///   message larger than max") refuses it, is [`KvError::InvalidInput`]
+///   pointing at [`EtcdOptions::server_limits`](crate::EtcdOptions::server_limits);
+/// - a token older than the auth store, still refused after the client
+///   fetched a new one, is a retryable `Unavailable`.
 pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> KvError {
     use tonic::Code;
     use ClientError as E;
@@ -19,6 +60,12 @@ pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> KvError 
     let unknown = |what: String| KvError::CommitOutcomeUnknown {
         backend: BACKEND,
         message: format!("etcd at {endpoints}: {what}"),
+    };
+    let too_large = |msg: &str| {
+        KvError::invalid(format!(
+            "etcd rejected the request as too large ({msg}); set EtcdOptions::server_limits \
+             to the server's --max-txn-ops and --max-request-bytes"
+        ))
     };
     if phase == Phase::Commit && never_sent(&e) {
         // Nothing reached the server: a plain, retryable unavailability.
@@ -35,18 +82,41 @@ pub(crate) fn map_err(e: ClientError, phase: Phase, endpoints: &str) -> KvError 
                 Code::InvalidArgument
                     if msg.contains("too many operations") || msg.contains("too large") =>
                 {
-                    KvError::invalid(format!(
-                        "etcd rejected the request as too large ({msg}); set EtcdOptions::server_limits \
-                         to the server's --max-txn-ops and --max-request-bytes"
-                    ))
+                    too_large(&msg)
                 }
+                // Over the gRPC receive limit: refused before etcd sees it.
+                Code::ResourceExhausted if msg.contains(LARGER_THAN_MAX) => too_large(&msg),
+                // etcd refuses a write over the quota before proposing it,
+                // or at apply once the alarm is raised (nothing written);
+                // but the apply-time quota check applies the Txn first and
+                // answers NOSPACE after. So a refused commit may have been
+                // applied; a refused read changed nothing.
+                Code::ResourceExhausted if msg.contains(NO_SPACE) => KvError::storage_full(
+                    BACKEND,
+                    format!("the etcd cluster at {endpoints}"),
+                    format!(
+                        "{msg}: the database reached --quota-backend-bytes and etcd raised its \
+                         NOSPACE alarm, so it refuses writes until an operator acts. Compact old \
+                         revisions (etcdctl compact, or --auto-compaction-mode and \
+                         --auto-compaction-retention) and defragment every member (etcdctl \
+                         defrag), or raise --quota-backend-bytes on every member; then disarm the \
+                         alarm (etcdctl alarm disarm)"
+                    ),
+                    phase == Phase::Commit,
+                ),
+                Code::InvalidArgument if msg.contains(AUTH_OLD_REVISION) => unavailable(format!(
+                    "the users, roles or permissions changed while this request was under way \
+                     ({msg}); retry"
+                )),
                 Code::Unauthenticated | Code::PermissionDenied => KvError::invalid(format!(
                     "etcd refused the request for this user ({msg}); check EtcdOptions user, \
                      password and the user's roles"
                 )),
-                Code::InvalidArgument if msg.contains("authentication failed") => KvError::invalid(
-                    format!("etcd refused the credentials ({msg}); check EtcdOptions user and password"),
-                ),
+                Code::InvalidArgument if msg.contains("authentication failed") => {
+                    KvError::invalid(format!(
+                        "etcd refused the credentials ({msg}); check EtcdOptions user and password"
+                    ))
+                }
                 Code::Unavailable
                 | Code::DeadlineExceeded
                 | Code::Cancelled
@@ -248,6 +318,131 @@ mod tests {
             ),
             KvError::InvalidInput { .. }
         ));
+    }
+
+    #[test]
+    fn a_full_database_is_storage_full_and_not_retryable() {
+        for (phase, unknown) in [(Phase::Read, false), (Phase::Commit, true)] {
+            let e = map_err(
+                status(
+                    tonic::Code::ResourceExhausted,
+                    "etcdserver: mvcc: database space exceeded",
+                ),
+                phase,
+                EP,
+            );
+            match &e {
+                KvError::StorageFull {
+                    backend: "etcd",
+                    path,
+                    message,
+                    outcome_unknown,
+                } => {
+                    assert_eq!(*outcome_unknown, unknown, "{phase:?}");
+                    assert!(path.contains(EP), "{path}");
+                    for advice in ["--quota-backend-bytes", "compact", "defrag", "alarm disarm"] {
+                        assert!(message.contains(advice), "{advice}: {message}");
+                    }
+                }
+                other => panic!("{phase:?}: expected StorageFull, got {other:?}"),
+            }
+            assert!(!e.is_retryable());
+        }
+        // etcd's other ResourceExhausted: a busy server, worth a retry.
+        let e = map_err(
+            status(
+                tonic::Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            Phase::Commit,
+            EP,
+        );
+        assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn requests_over_the_grpc_limit_are_invalid_input_like_etcds_own() {
+        let advice = |e: &KvError| match e {
+            KvError::InvalidInput { message } => {
+                assert!(message.contains("server_limits"), "{message}");
+                message
+                    .split_once("); ")
+                    .map(|(_, advice)| advice.to_string())
+                    .unwrap()
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        };
+        let etcd = map_err(
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            Phase::Commit,
+            EP,
+        );
+        let grpc = map_err(
+            status(
+                tonic::Code::ResourceExhausted,
+                "grpc: received message larger than max (3146000 vs. 2097152)",
+            ),
+            Phase::Commit,
+            EP,
+        );
+        assert_eq!(advice(&etcd), advice(&grpc));
+        assert!(!grpc.is_retryable());
+    }
+
+    #[test]
+    fn stale_tokens_are_refreshed() {
+        for (code, msg) in [
+            (
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+        ] {
+            assert!(
+                needs_new_token(&tonic::Status::new(code, msg)),
+                "{code:?} {msg}"
+            );
+        }
+        for (code, msg) in [
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+        ] {
+            assert!(
+                !needs_new_token(&tonic::Status::new(code, msg)),
+                "{code:?} {msg}"
+            );
+        }
+        // Still refused after a fresh token: the auth store changed again
+        // meanwhile; nothing was applied, so a retry is safe.
+        let e = map_err(
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            Phase::Commit,
+            EP,
+        );
+        assert!(matches!(e, KvError::Unavailable { .. }), "{e:?}");
     }
 
     #[test]

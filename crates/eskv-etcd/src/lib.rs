@@ -62,7 +62,10 @@
 //! declares them in its [`Capabilities`] so that oversized transactions are
 //! rejected with [`KvError::LimitExceeded`] before anything is sent; they are
 //! never half-applied. If the server runs with larger limits, raise them in
-//! the options too.
+//! the options too. Options that declare more than the server takes let an
+//! oversized request through to it; whether etcd or gRPC refuses it, the
+//! store returns [`KvError::InvalidInput`] naming
+//! [`EtcdOptions::server_limits`], and nothing is written.
 //!
 //! # Operating etcd for eskv
 //!
@@ -77,6 +80,21 @@
 //!   commits are serialized cluster-wide; the event layer's group commit
 //!   puts many appends into one `Txn`.
 //! - **Size.** etcd suits stores up to a few GB; use TiKV beyond that.
+//! - **A full database.** Once the database reaches `--quota-backend-bytes`,
+//!   etcd raises its NOSPACE alarm and refuses writes: they fail with
+//!   [`KvError::StorageFull`] (not retryable) until an operator compacts
+//!   and defragments (`etcdctl compact`, `etcdctl defrag`) or raises the
+//!   quota, then disarms the alarm (`etcdctl alarm disarm`). Reads still
+//!   work. The commit that meets the quota has `outcome_unknown` set: etcd
+//!   may have applied it before answering NOSPACE (retry it with the same
+//!   event ids once there is space).
+//! - **Authentication.** With [`EtcdOptions::auth`] the store needs
+//!   read-write on its namespace's keys only: the prefix
+//!   [`EtcdStore::prefix`], which for `key_prefix("app")` is the bytes
+//!   `n\x15\x03app` (`"n"`, the name's length, the name), so in a shell
+//!   `etcdctl role grant-permission app-role readwrite --prefix
+//!   $'n\x15\x03app'`. When users, roles or permissions change, the
+//!   client fetches a new token and sends the refused call again.
 //!
 //!
 //! # Crate layout
@@ -94,6 +112,8 @@
 //! [`KvError::Conflict`]: eskv_core::KvError::Conflict
 //! [`KvError::CommitOutcomeUnknown`]: eskv_core::KvError::CommitOutcomeUnknown
 //! [`KvError::LimitExceeded`]: eskv_core::KvError::LimitExceeded
+//! [`KvError::StorageFull`]: eskv_core::KvError::StorageFull
+//! [`KvError::InvalidInput`]: eskv_core::KvError::InvalidInput
 //! [`Capabilities`]: eskv_core::Capabilities
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

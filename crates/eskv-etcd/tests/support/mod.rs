@@ -4,6 +4,8 @@
 //! cluster per test binary, and helpers for tests that kill members.
 #![allow(dead_code)]
 
+pub mod auth;
+
 use eskv_etcd::EtcdOptions;
 pub use eskv_etcd_launcher::{Cluster, ClusterOptions};
 use std::path::PathBuf;
@@ -26,6 +28,16 @@ fn binary() -> PathBuf {
 /// one, and tests that kill no member expect none). etcd takes the last
 /// value of a repeated flag.
 pub fn start(nodes: usize, fast_failover: bool) -> Cluster {
+    launch(nodes, fast_failover, &[])
+}
+
+/// Like [`start`] with patient members, each also given the server flags
+/// `extra_args` (e.g. `["--quota-backend-bytes", "8388608"]`).
+pub fn start_with(nodes: usize, extra_args: &[&str]) -> Cluster {
+    launch(nodes, false, extra_args)
+}
+
+fn launch(nodes: usize, fast_failover: bool, extra: &[&str]) -> Cluster {
     let patient = [
         "--heartbeat-interval",
         "250",
@@ -33,11 +45,12 @@ pub fn start(nodes: usize, fast_failover: bool) -> Cluster {
         "5000",
         "--pre-vote",
     ];
-    let extra_args = if fast_failover {
+    let mut extra_args: Vec<String> = if fast_failover {
         Vec::new()
     } else {
         patient.iter().map(|a| a.to_string()).collect()
     };
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
     let options = ClusterOptions {
         fast_failover,
         extra_args,
