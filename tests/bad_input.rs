@@ -710,6 +710,26 @@ fn matrix(s: &Seeded) -> Vec<Case> {
             .await
         },
     ));
+    for (name, age) in [
+        ("retention max_age of zero", std::time::Duration::ZERO),
+        (
+            "retention max_age under a millisecond",
+            std::time::Duration::from_micros(999),
+        ),
+        (
+            "retention max_age beyond u64::MAX ms",
+            std::time::Duration::from_secs(u64::MAX),
+        ),
+    ] {
+        c.push(case(name, Invalid, move |es| async move {
+            es.set_retention(
+                "order-1",
+                Retention::new().max_age(age),
+                ExpectedVersion::Any,
+            )
+            .await
+        }));
+    }
     c.push(case(
         "stale retention revision",
         WrongVersion,

@@ -71,8 +71,8 @@ impl EventStore {
     ///
     /// Errors: [`Error::WrongExpectedVersion`] (revision mismatch),
     /// [`Error::StreamTombstoned`], and [`Error::InvalidInput`] for a
-    /// `truncate_before` beyond the stream's next version or a `max_count`
-    /// of 0.
+    /// `truncate_before` beyond the stream's next version, a `max_count`
+    /// of 0, or a `max_age` under 1 ms or over `u64::MAX` ms.
     ///
     /// [`StreamInfo::metadata_revision`]: crate::StreamInfo::metadata_revision
     pub async fn set_retention(
@@ -86,6 +86,24 @@ impl EventStore {
             return Err(Error::invalid(format!(
                 "max_count 0 for stream '{stream}' would keep no event; use delete_stream to delete a stream, or a max_count of at least 1"
             )));
+        }
+        if let Some(age) = retention.max_age {
+            // Stored in whole milliseconds: refuse what would round to
+            // "release everything at once" or wrap.
+            match u64::try_from(age.as_millis()) {
+                Ok(0) => {
+                    return Err(Error::invalid(format!(
+                        "max_age {age:?} for stream '{stream}' would release every event at once; use delete_stream to delete a stream, or a max_age of at least 1 ms"
+                    )))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::invalid(format!(
+                        "max_age {age:?} for stream '{stream}' is longer than eskv can store ({} ms); leave max_age unset to keep events regardless of age",
+                        u64::MAX
+                    )))
+                }
+            }
         }
         self.change_stream(stream, Change::Retention(&retention, expected_revision))
             .await
@@ -185,7 +203,8 @@ impl EventStore {
                         new.truncate_before = new.truncate_before.max(tb);
                     }
                     new.max_count = r.max_count;
-                    new.max_age_ms = r.max_age.map(|a| a.as_millis() as u64);
+                    // Checked by set_retention: 1 ..= u64::MAX ms.
+                    new.max_age_ms = r.max_age.map(|a| a.as_millis().min(u64::MAX.into()) as u64);
                     let body = serde_json::json!({
                         "stream": stream,
                         "revision": new.revision,
