@@ -128,6 +128,11 @@ fn init_logs(format: LogFormat) {
 /// SIGTERM or SIGINT, then shuts down gracefully and closes the store.
 pub async fn serve(url: &StoreUrl, args: ServeArgs) -> Result<()> {
     let config = args.config()?;
+    // A bad certificate or key is refused before the store is opened (or
+    // created) and before anything listens.
+    if let Some(tls) = &config.tls {
+        tls.check().map_err(|e| bad(e.to_string()))?;
+    }
     init_logs(args.log_format);
     let store = open::open(url, Access::Create).await?;
     let server = Server::bind(store, config).await?;

@@ -104,3 +104,66 @@ fn serve_rejects_a_bad_auth_file_as_bad_input_and_documents_its_options() {
         assert!(help.contains(flag), "{flag} missing from serve --help");
     }
 }
+
+/// A certificate or key that cannot be used is refused as bad input
+/// before the store is created and before anything listens: no
+/// `listening on` line, no file, and a message naming what is wrong.
+#[test]
+fn serve_refuses_bad_tls_files_before_listening_or_creating_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../eskv-server/tests/tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    std::fs::write(d.join("garbage.pem"), "not a pem file\n").unwrap();
+    // A key that parses but belongs to no certificate here: the
+    // certificate's PEM itself holds none, so use a fresh SEC1 key.
+    let other_key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgevZzL1gdAFr88hb2\nOF/2NxApJCzGCEDdfSp6VQO30hyhRANCAAQRWz+jn65BtOMvdyHKcvjBeBSDZH2r\n1RTwjmYKQ0/lv1z8ZB4ECIc1fKhRSLrs3GPHlEZcSZDjB0KGsRnxqzYv\n-----END PRIVATE KEY-----\n";
+    std::fs::write(d.join("other-key.pem"), other_key).unwrap();
+    let cases: [(&str, std::path::PathBuf, std::path::PathBuf, &str); 4] = [
+        ("missing", d.join("nope.pem"), key.clone(), "cannot read"),
+        (
+            "garbage cert",
+            d.join("garbage.pem"),
+            key.clone(),
+            "no certificate",
+        ),
+        (
+            "garbage key",
+            cert.clone(),
+            d.join("garbage.pem"),
+            "no usable private key",
+        ),
+        (
+            "mismatched key",
+            cert.clone(),
+            d.join("other-key.pem"),
+            "does not go with",
+        ),
+    ];
+    for (name, c, k, want) in cases {
+        let out = eskv(
+            d,
+            &[
+                "--store",
+                "redb:s.redb",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                c.to_str().unwrap(),
+                "--tls-key",
+                k.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert!(!stdout.contains("listening"), "{name}: {stdout}");
+        assert!(!d.join("s.redb").exists(), "{name}: the store was created");
+    }
+}

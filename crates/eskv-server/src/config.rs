@@ -71,6 +71,62 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+impl TlsConfig {
+    /// Reads both files and checks that they hold a certificate chain and
+    /// a private key that belongs to its first certificate, with an error
+    /// that names the file and what is wrong. [`Server::bind`] does this
+    /// before it listens; call it earlier to refuse a bad configuration
+    /// before anything else happens.
+    ///
+    /// [`Server::bind`]: crate::Server::bind
+    pub fn check(&self) -> Result<(), crate::ServerError> {
+        self.load().map(|_| ())
+    }
+
+    /// The checked PEM bytes of the certificate chain and the key.
+    pub(crate) fn load(&self) -> Result<(Vec<u8>, Vec<u8>), crate::ServerError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = |m: String| crate::ServerError::Tls(m);
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| tls(format!("cannot read {}: {e}", p.display())))
+        };
+        let (cert_pem, key_pem) = (read(&self.cert)?, read(&self.key)?);
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                tls(format!(
+                    "{} is not a PEM certificate chain: {e}",
+                    self.cert.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(tls(format!(
+                "{} holds no certificate (expected PEM blocks '-----BEGIN CERTIFICATE-----', leaf first)",
+                self.cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            tls(format!(
+                "{} holds no usable private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {e}",
+                self.key.display()
+            ))
+        })?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map_err(|e| {
+                tls(format!(
+                    "the key {} does not go with the certificate {}: {e}",
+                    self.key.display(),
+                    self.cert.display()
+                ))
+            })?;
+        Ok((cert_pem, key_pem))
+    }
+}
+
 /// One accepted credential, and the tenant it opens.
 ///
 /// UmaDB clients send an API key as `authorization: Bearer KEY`;

@@ -27,6 +27,8 @@ pub struct Server {
     store: EventStore,
     config: ServerConfig,
     listener: TcpListener,
+    /// The checked certificate chain and key (PEM), with TLS.
+    tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Server {
@@ -34,7 +36,11 @@ impl Server {
     /// [`local_addr`](Self::local_addr)). The store stays open for as long
     /// as the server runs, and is closed when it returns, unless the
     /// caller keeps a handle.
+    /// With TLS, the certificate and key are read and checked first
+    /// ([`TlsConfig::check`](crate::TlsConfig::check)): a bad one is
+    /// [`ServerError::Tls`] and nothing listens.
     pub async fn bind(store: EventStore, config: ServerConfig) -> Result<Self, ServerError> {
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -46,6 +52,7 @@ impl Server {
             store,
             config,
             listener,
+            tls,
         })
     }
 
@@ -76,16 +83,12 @@ impl Server {
         crate::kurrent::set_serving(&health).await;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams);
-        if let Some(tls) = &self.config.tls {
+        if let (Some(tls), Some((cert, key))) = (&self.config.tls, &self.tls) {
             // tonic's TLS uses rustls' process-wide crypto provider; when
             // the application has not installed one (and its dependencies
             // enable more than one), use ring. An installed one is kept.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let read = |p: &std::path::Path| {
-                std::fs::read(p)
-                    .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
-            };
-            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            let identity = Identity::from_pem(cert, key);
             builder = builder
                 .tls_config(ServerTlsConfig::new().identity(identity))
                 .map_err(|e| {
