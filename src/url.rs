@@ -3,7 +3,7 @@
 //!
 //! | form | meaning |
 //! | --- | --- |
-//! | `redb:PATH` | an embedded redb file (created on first write); `redb:PATH?cache=64MiB` sets redb's page cache (bytes, KiB, MiB or GiB; default 64 MiB) |
+//! | `redb:PATH` | an embedded redb file (created on first write); `redb:PATH?cache=64MiB` sets redb's page cache (bytes, KiB, MiB or GiB; default 64 MiB). A path cannot contain `?`: what follows it is options, and an unknown one is an error |
 //! | `fjall:PATH` | an embedded fjall store: a directory (created on first write); `fjall:PATH?cache=64MiB` sets fjall's block cache (default 64 MiB) |
 //! | `memory:` | an empty in-memory store that lives as long as the process |
 //! | `tikv://PD[,PD...][/PREFIX]` | a TiKV cluster through its PD endpoints |
@@ -212,10 +212,27 @@ fn parse(s: &str) -> Result<StoreUrl, String> {
             if rest.chars().any(char::is_control) {
                 return Err("the path contains a control character".into());
             }
-            let (path, cache) = match rest.rsplit_once("?cache=") {
-                Some((path, size)) if !path.is_empty() => (path, Some(parse_size(size)?)),
-                _ => (rest, None),
+            // Everything after the first '?' is options: a path never
+            // holds one, so a misspelled option is an error, not a file.
+            let (path, query) = match rest.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (rest, None),
             };
+            if path.is_empty() {
+                return Err(format!("{scheme}: needs a path before the '?'"));
+            }
+            let mut cache = None;
+            for option in query.into_iter().flat_map(|q| q.split('&')) {
+                match option.split_once('=') {
+                    Some(("cache", size)) if cache.is_none() => cache = Some(parse_size(size)?),
+                    Some(("cache", _)) => return Err("cache= is given twice".into()),
+                    _ => {
+                        return Err(format!(
+                            "unknown option {option:?} after '?' in {scheme}:{rest}: the only option is cache (for example {scheme}:{path}?cache=64MiB), and a path cannot contain '?'"
+                        ))
+                    }
+                }
+            }
             let path = PathBuf::from(path);
             Ok(match scheme {
                 "redb" => StoreUrl::Redb { path, cache },
@@ -365,6 +382,18 @@ mod tests {
         assert_eq!(u.to_string().parse::<StoreUrl>().unwrap(), u);
         assert!(err("fjall:").contains("needs a directory path"));
         assert!(err("fjall:e?cache=1TB").contains("not a size"));
+        // A misspelled or unknown option is refused, never part of a path.
+        for bad in [
+            "redb:ev.redb?cahce=64MiB",
+            "fjall:ev?cahce=64MiB",
+            "redb:ev.redb?cache=64MiB&foo=1",
+            "redb:what?.redb",
+            "redb:ev.redb?",
+        ] {
+            assert!(err(bad).contains("unknown option"), "{bad}: {}", err(bad));
+        }
+        assert!(err("redb:e?cache=1&cache=2").contains("twice"));
+        assert!(err("redb:?cache=1").contains("needs a path"));
     }
 
     #[test]
