@@ -189,7 +189,7 @@ pub enum Error {
     /// The storage is full (no space left on the device, or a quota is
     /// exhausted). Free space and retry; the store recovers by itself, no
     /// restart needed.
-    #[error("{backend}: no space left for {path} ({message}); free space on its file system, then retry{}", if *.outcome_unknown { ". The commit may or may not have been applied: retry with the same event ids to resolve it" } else { ". Nothing was written" })]
+    #[error("{backend}: no space left for {path} ({message}); make room (free space on its file system, or raise its quota), then retry{}", if *.outcome_unknown { ". The commit may or may not have been applied: retry with the same event ids to resolve it" } else { ". Nothing was written" })]
     StorageFull {
         /// Backend name.
         backend: &'static str,

@@ -44,8 +44,9 @@ impl Shared {
                 None,
                 format!(
                     "{}: fjall failed on damaged data ({}); nothing was written. \
-                     Run `eskv check` to see what is damaged, export what still reads, \
-                     or restore the store from a backup",
+                     Where the damage still lets the store open, `eskv check` shows what is \
+                     damaged and `eskv export` saves what still reads; otherwise, or after \
+                     that, restore the store from a backup",
                     self.path.display(),
                     panic_message(p.as_ref())
                 ),

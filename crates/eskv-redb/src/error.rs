@@ -30,8 +30,9 @@ impl Shared {
                 None,
                 format!(
                     "{}: redb failed on a damaged page ({}); nothing was written. \
-                     Run `eskv check` to see what is damaged, export what still reads, \
-                     or restore the file from a backup",
+                     Where the damage still lets the file open, `eskv check` shows what is \
+                     damaged and `eskv export` saves what still reads; otherwise, or after \
+                     that, restore the file from a backup",
                     self.path.display(),
                     panic_message(p.as_ref())
                 ),
