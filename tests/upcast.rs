@@ -416,14 +416,6 @@ async fn metadata_passed_along_keeps_the_events_own_schema_version() {
     store.append(vec![caused], None).await.unwrap();
     let read = store.read_all(ReadOptions::after(1)).await.unwrap().events;
     assert_eq!(read[0].schema_version(), 1, "{:?}", read[0].metadata);
-    assert!(
-        !read[0]
-            .metadata
-            .extra
-            .contains_key(eskv::SCHEMA_VERSION_KEY),
-        "version 1 is stored as no key: {:?}",
-        read[0].metadata
-    );
     assert_eq!(
         read[0].to_typed::<Note>().unwrap(),
         Note::Noted { text: "x".into() }
@@ -473,4 +465,45 @@ async fn a_typed_event_older_than_the_stores_version_is_refused() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.head().await.unwrap(), 0);
+}
+
+/// Schema version 1 said explicitly or left unsaid is the same event to
+/// an idempotent retry (typed events now say 1 where earlier releases left
+/// it unsaid, so a retry across an upgrade sees the other spelling), and a
+/// version said explicitly reads back exactly as written.
+#[tokio::test]
+async fn a_retry_with_version_one_said_or_unsaid_is_a_replay() {
+    let store = EventStore::open(Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    let unsaid = NewEvent::new("Noted", br#"{"text":"x"}"#.to_vec());
+    let said = NewEvent::new("Noted", br#"{"text":"y"}"#.to_vec()).with_schema_version(1);
+    let first = store
+        .append(vec![unsaid.clone(), said.clone()], None)
+        .await
+        .unwrap();
+    let read = store.read_all(ReadOptions::new()).await.unwrap().events;
+    assert!(!read[0]
+        .metadata
+        .extra
+        .contains_key(eskv::SCHEMA_VERSION_KEY));
+    assert_eq!(read[1].metadata.extra[eskv::SCHEMA_VERSION_KEY], "1");
+    // The retry spells each version the other way.
+    let retry = vec![unsaid.with_schema_version(1), {
+        let mut e = said;
+        e.metadata.extra.remove(eskv::SCHEMA_VERSION_KEY);
+        e
+    }];
+    assert_eq!(store.append(retry, None).await.unwrap(), first);
+    assert_eq!(store.head().await.unwrap(), 2);
+    // Another version is other content.
+    let other = NewEvent::new("Noted", br#"{"text":"x"}"#.to_vec())
+        .with_id(read[0].id)
+        .with_schema_version(2);
+    let mut second = NewEvent::new("Noted", br#"{"text":"y"}"#.to_vec()).with_id(read[1].id);
+    second.metadata = read[1].metadata.clone();
+    assert!(matches!(
+        store.append(vec![other, second], None).await,
+        Err(Error::IdempotencyViolation { .. })
+    ));
 }

@@ -274,8 +274,8 @@ impl Upcasters {
     }
 
     /// Stamps an event being appended with its type's current version, or
-    /// refuses it if it says it is an older one. Version 1 is stored as no
-    /// key at all.
+    /// refuses it if it says it is an older one. A version the event says
+    /// is kept as said (metadata reads back exactly as written).
     pub(crate) fn stamp(&self, e: &mut NewEvent) -> Result<()> {
         let current = self.current_version(&e.event_type);
         match e.metadata.extra.get(SCHEMA_VERSION_KEY) {
@@ -301,10 +301,6 @@ impl Upcasters {
                          current schema",
                         e.id, e.event_type
                     )));
-                }
-                if v == 1 {
-                    // Version 1 is what an event without the key reads as.
-                    e.metadata.extra.remove(SCHEMA_VERSION_KEY);
                 }
                 Ok(())
             }

@@ -481,8 +481,8 @@ impl Inner {
             let differs: Vec<&str> = [
                 ("data", s.data != e.data),
                 ("tags", s.tags != e.tags),
-                ("metadata", s.metadata != e.metadata),
-                ("content digest", entry.digest != digest_of(e)),
+                ("metadata", !same_metadata(&s.metadata, &e.metadata)),
+                ("content digest", !digest_matches(entry.digest, e)),
             ]
             .into_iter()
             .filter_map(|(what, d)| d.then_some(what))
@@ -597,6 +597,39 @@ impl Inner {
 /// The digest of `e`'s content kept in its id entry.
 pub(super) fn digest_of(e: &NewEvent) -> u32 {
     layout::content_digest(&e.tags, &e.data, &e.metadata)
+}
+
+/// Metadata with schema version 1 said explicitly, and without it (what
+/// it reads as), is the same metadata to the replay check: typed events
+/// say their version, 1 included, where earlier releases left it unsaid,
+/// so a retry across an upgrade must still be a replay.
+fn same_metadata(a: &crate::Metadata, b: &crate::Metadata) -> bool {
+    a == b || a == &version_one_toggled(b).unwrap_or_else(|| b.clone())
+}
+
+/// Whether `digest` is the content digest of `e`, with its schema
+/// version 1 said or unsaid (see [`same_metadata`]).
+fn digest_matches(digest: u32, e: &NewEvent) -> bool {
+    digest == digest_of(e)
+        || version_one_toggled(&e.metadata)
+            .is_some_and(|m| digest == layout::content_digest(&e.tags, &e.data, &m))
+}
+
+/// `m` with an explicit schema version "1" removed, or added where it
+/// says none; `None` when it says another version.
+fn version_one_toggled(m: &crate::Metadata) -> Option<crate::Metadata> {
+    let key = crate::SCHEMA_VERSION_KEY;
+    let mut t = m.clone();
+    match m.extra.get(key).map(String::as_str) {
+        Some("1") => {
+            t.extra.remove(key);
+        }
+        None => {
+            t.extra.insert(key.to_owned(), "1".to_owned());
+        }
+        Some(_) => return None,
+    }
+    Some(t)
 }
 
 /// The first position at or after `lo` of an event matching `query`, as
