@@ -112,7 +112,11 @@ impl TlsConfig {
                 self.key.display()
             ))
         })?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        // The provider tonic will use: the process's, else ring (which
+        // Server::serve_until installs when none is).
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
