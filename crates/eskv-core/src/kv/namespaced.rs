@@ -10,6 +10,9 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// The raw byte every namespace prefix starts with.
+const NAMESPACES: &[u8] = b"n";
+
 /// A view of a store under a key prefix (a tenant or namespace). Two
 /// namespaces never see each other's keys (see [`Namespaced::new`]).
 #[derive(Clone)]
@@ -35,16 +38,88 @@ impl Namespaced {
     /// then its bytes. That makes prefixes prefix-free: no key of one
     /// namespace, however crafted, starts with another namespace's prefix.
     pub fn new(inner: Arc<dyn KvStore>, namespace: &str) -> Self {
-        let mut prefix = crate::tuple::KeyBuilder::with_raw(b"n")
-            .u64(namespace.len() as u64)
-            .finish();
-        prefix.extend_from_slice(namespace.as_bytes());
         let caps = inner.capabilities().clone();
         Namespaced {
             inner,
-            prefix: prefix.into(),
+            prefix: Self::prefix_of(namespace).into(),
             caps,
         }
+    }
+
+    /// The key prefix of `namespace` in the store it is a view of.
+    pub fn prefix_of(namespace: &str) -> Vec<u8> {
+        let mut prefix = crate::tuple::KeyBuilder::with_raw(NAMESPACES)
+            .u64(namespace.len() as u64)
+            .finish();
+        prefix.extend_from_slice(namespace.as_bytes());
+        prefix
+    }
+
+    /// The namespace whose keys include `key` (a key of the underlying
+    /// store), or `None` for a key outside every namespace.
+    pub fn namespace_of(key: &[u8]) -> Option<&str> {
+        if !key.starts_with(NAMESPACES) {
+            return None;
+        }
+        let mut r = crate::tuple::KeyReader::new(key);
+        r.skip_raw(NAMESPACES.len()).ok()?;
+        let len = r.u64().ok()?;
+        let head = crate::tuple::KeyBuilder::with_raw(NAMESPACES)
+            .u64(len)
+            .finish()
+            .len();
+        let name = key.get(head..head.checked_add(usize::try_from(len).ok()?)?)?;
+        std::str::from_utf8(name).ok()
+    }
+
+    /// The namespaces that hold keys in `kv` (not nested ones), sorted.
+    /// One key is read per namespace: the scan skips past each prefix.
+    /// A key under the namespaces' tag that belongs to none is
+    /// [`KvError::Corrupt`](crate::KvError::Corrupt).
+    pub async fn list(kv: &dyn KvStore) -> KvResult<Vec<String>> {
+        let mut txn = kv.begin().await?;
+        let all = KeyRange::prefix(NAMESPACES);
+        let mut start = all.start.clone();
+        let mut names = Vec::new();
+        loop {
+            let range = KeyRange {
+                start,
+                end: all.end.clone(),
+            };
+            let rows = txn.scan(range, ScanOptions::forward(Some(1))).await?;
+            let Some((key, _)) = rows.into_iter().next() else {
+                break;
+            };
+            let name = Self::namespace_of(&key).ok_or_else(|| {
+                crate::KvError::corrupt(
+                    None,
+                    format!(
+                        "key {} is under the tag of namespaces but belongs to none (not written by eskv)",
+                        crate::display_key(&key)
+                    ),
+                )
+            })?;
+            let next = crate::tuple::prefix_successor(&Self::prefix_of(name));
+            names.push(name.to_owned());
+            match next {
+                Some(next) => start = Bound::Included(next),
+                None => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// True when `namespace` holds a key in `kv`.
+    pub async fn exists(kv: &dyn KvStore, namespace: &str) -> KvResult<bool> {
+        let mut txn = kv.begin().await?;
+        let rows = txn
+            .scan(
+                KeyRange::prefix(&Self::prefix_of(namespace)),
+                ScanOptions::forward(Some(1)),
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     fn key(&self, key: &[u8]) -> Vec<u8> {
@@ -224,5 +299,25 @@ impl KvTransaction for NamespacedTxn {
 
     async fn commit(self: Box<Self>) -> KvResult<()> {
         self.inner.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_its_namespace() {
+        let kv: Arc<dyn KvStore> = Arc::new(crate::MemoryStore::new());
+        for ns in ["a", "acme", "ünï", ""] {
+            let view = Namespaced::new(kv.clone(), ns);
+            assert_eq!(Namespaced::prefix_of(ns), view.prefix());
+            let mut key = Namespaced::prefix_of(ns);
+            key.extend_from_slice(b"\x02rest");
+            assert_eq!(Namespaced::namespace_of(&key), Some(ns));
+        }
+        for outside in [&b"n"[..], b"n\x15\x05ab", b"h", b""] {
+            assert_eq!(Namespaced::namespace_of(outside), None, "{outside:?}");
+        }
     }
 }
