@@ -22,8 +22,9 @@ Exit codes (errors are one line on stderr):
   1    error: the store cannot be opened, read or written (missing, locked by
        another process, damaged, unreachable), or another I/O error
   2    bad usage or bad input: unknown flag, missing argument, bad store URL,
-       query or expected version, invalid --data, or events the store refuses
-       (bad type or tag, unknown type in strict mode, over a limit)
+       tenant name, query or expected version, invalid --data, events the
+       store refuses (bad type or tag, unknown type in strict mode, over a
+       limit), or an import file that is not a whole export
   3    rejected by the store's state: wrong expected version, DCB
        condition failed, ids reused, a tombstoned stream, or deleting a
        stream that does not exist
@@ -56,8 +57,18 @@ pub(crate) struct Cli {
         value_name = "SECONDS"
     )]
     pub(crate) lock_timeout: u64,
-    /// The store key for personal data (64 hex digits): needed to append
-    /// or read the personal parts of events.
+    /// Work on this tenant's namespace of the store instead of its root:
+    /// the events of `eskv serve --auth-file` credentials with that tenant.
+    /// `eskv info` lists the tenants; `copy` and `check` without --tenant
+    /// cover the root and every tenant.
+    #[arg(long, global = true, env = "ESKV_TENANT", value_name = "NAME")]
+    pub(crate) tenant: Option<String>,
+    /// The key of the store's personal data (64 hex digits), the one it
+    /// was written with. `read` and `tail` need it on a store that holds
+    /// personal data (they show only the data subject of a personal part,
+    /// never its content), and `import` and `copy` need it for data that
+    /// has personal parts (their keys stay wrapped); `export` and `forget`
+    /// do not.
     #[arg(
         long,
         global = true,
@@ -140,7 +151,8 @@ pub(crate) enum Command {
     Streams(StreamsArgs),
     /// Show the head (the last position written: system events and
     /// removed events included; `check` counts the live events), the
-    /// stream count, the registered types and the file size.
+    /// stream count, the registered types, the tenants (with --tenant:
+    /// that tenant's figures) and the file size.
     Info,
     /// View and manage the event type registry (for strict mode).
     Types {
@@ -149,6 +161,11 @@ pub(crate) enum Command {
     },
     /// Check the store's integrity; exit code 0 when clean, 4 with a report
     /// when not.
+    ///
+    /// Reports the live events (what `read` and `export` return), the
+    /// events still stored in the log (released ones included until
+    /// `compact` removes them), streams, head and keys read. Without
+    /// --tenant it checks the root and every tenant, one report each.
     Check,
     /// Remove what retention, deletion and tombstones released, reporting
     /// events and bytes removed; on redb then return the space to the file
@@ -179,13 +196,23 @@ pub(crate) enum Command {
     /// success it writes nothing and says so ("already": true). An existing
     /// FILE that is not an archive of this scope is refused.
     Archive(ArchiveArgs),
-    /// Write the whole store as JSON lines (a backup).
+    /// Write the store as JSON lines (a backup), one namespace per file.
+    ///
+    /// The root namespace, or with --tenant NAME that tenant's. A store with tenants is refused unless --root-only says
+    /// that the root alone is wanted: back up each tenant with
+    /// `eskv --tenant NAME export` (`eskv info` lists them; `copy` takes
+    /// them all at once).
     Export {
         /// Write to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Export the root namespace alone, leaving the store's tenants
+        /// out.
+        #[arg(long)]
+        root_only: bool,
     },
-    /// Restore an export into an empty store.
+    /// Restore an export into an empty store (with --tenant NAME, into
+    /// that tenant's namespace, which must be empty).
     Import {
         /// Read from this file instead of stdin.
         #[arg(long = "in", value_name = "FILE")]
@@ -207,6 +234,10 @@ pub(crate) enum Command {
     Serve(eskv_cli::serve::ServeArgs),
     /// Copy a whole store into an empty one (for example redb to TiKV),
     /// then verify counts and checksums.
+    ///
+    /// The root and every tenant, each into the same namespace of the
+    /// target, each verified and reported on its own line; with --tenant
+    /// NAME that tenant alone.
     Copy {
         /// Source store URL.
         #[arg(long, value_name = "URL")]

@@ -15,6 +15,7 @@ pub mod archive;
 pub mod open;
 pub mod serve;
 pub mod spec;
+pub mod tenant;
 /// The export format and event lines, from the library (`eskv::export`).
 pub use eskv::export;
 /// The JSON-lines event format, from the library (`eskv::export::line`).

@@ -92,6 +92,16 @@ async fn run(cli: Cli) -> Result<()> {
             open::parse_store_key(k).map_err(|e| usage(e.to_string()))?,
         ));
     }
+    if let Some(t) = &cli.tenant {
+        eskv_cli::tenant::check_name(t)
+            .map_err(|e| usage(format!("--tenant (or ESKV_TENANT): {e}")))?;
+        if matches!(cli.command, Command::Serve(_)) {
+            return Err(usage(
+                "serve serves the whole store, not one tenant (--tenant): give a credential its tenant in --auth-file (`token TOKEN TENANT`, `basic USER PASSWORD TENANT`)",
+            ));
+        }
+        open::set_tenant(Some(t.clone()));
+    }
     let url = parse_url(&cli.store)?;
     let mut out = Out::new(cli.json);
     match cli.command {
@@ -109,7 +119,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::DeleteStream(a) => delete_stream(&url, a, &mut out).await?,
         Command::Forget { subject } => forget(&url, subject, &mut out).await?,
         Command::Archive(a) => archive(&url, a, &mut out).await?,
-        Command::Export { out: file } => export(&url, file, &mut out).await?,
+        Command::Export {
+            out: file,
+            root_only,
+        } => export(&url, file, root_only, &mut out).await?,
         Command::Import { input, keys_from } => {
             let keys_from = keys_from.as_deref().map(parse_url).transpose()?;
             import(&url, input, keys_from.as_ref(), &mut out).await?

@@ -52,6 +52,20 @@ pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
     Ok(eskv::StoreKey::from_bytes(bytes))
 }
 
+static TENANT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Sets the tenant whose namespace every [`open`] (and [`open_keyed`],
+/// [`try_open`]) opens instead of the root namespace (`--tenant`); see
+/// [`crate::tenant`].
+pub fn set_tenant(tenant: Option<String>) {
+    *TENANT.lock().unwrap_or_else(|p| p.into_inner()) = tenant;
+}
+
+/// The tenant set with [`set_tenant`].
+pub fn tenant() -> Option<String> {
+    TENANT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// The store key set with [`set_store_key`].
 pub fn store_key() -> Option<eskv::StoreKey> {
     STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -82,7 +96,9 @@ pub fn lock_wait() -> Duration {
 
 /// Opens the store behind `url`: the library's [`eskv::open_url`], with
 /// the checks and waits of a command-line tool around a redb file, and the
-/// endpoints named when a cluster cannot be reached.
+/// endpoints named when a cluster cannot be reached. With a tenant set
+/// ([`set_tenant`]) it is that tenant's namespace, which must exist unless
+/// `access` is [`Access::Create`].
 pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
     open_keyed(url, access, store_key()).await
 }
@@ -90,6 +106,26 @@ pub async fn open(url: &StoreUrl, access: Access) -> Result<EventStore> {
 /// [`open`] with `key` as the store key instead of the one set with
 /// [`set_store_key`] (`copy --to-store-key`).
 pub async fn open_keyed(
+    url: &StoreUrl,
+    access: Access,
+    key: Option<eskv::StoreKey>,
+) -> Result<EventStore> {
+    let root = open_root_keyed(url, access, key).await?;
+    scope(url, root, access).await
+}
+
+/// The namespace [`set_tenant`] chose of the store `root` opened.
+async fn scope(url: &StoreUrl, root: EventStore, access: Access) -> Result<EventStore> {
+    match tenant() {
+        None => Ok(root),
+        Some(t) if access == Access::Create => Ok(crate::tenant::open_in(&root, &t).await?),
+        Some(t) => crate::tenant::open_existing(&root, &t, &url.to_string()).await,
+    }
+}
+
+/// [`open_keyed`] on the root namespace, whatever tenant is set (for the
+/// commands that go through every tenant: `copy`, `check`).
+pub async fn open_root_keyed(
     url: &StoreUrl,
     access: Access,
     key: Option<eskv::StoreKey>,
@@ -121,7 +157,7 @@ pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStor
     if let StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } = url {
         check_exists(url, path, access)?;
         return match open_embedded_once(url, access, store_key()).await {
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => scope(url, s, access).await.map(Some),
             Err(eskv::Error::StoreLocked { .. }) => Ok(None),
             Err(e) => Err(path_context(e, path)),
         };

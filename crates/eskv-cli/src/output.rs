@@ -143,7 +143,14 @@ pub(crate) fn report(e: anyhow::Error) -> ExitCode {
             c.downcast_ref::<eskv::Error>().and_then(store_error_code)
         })
         .unwrap_or(1);
-    // The chain, without causes that their error already quotes.
+    let msg = cli_terms(&chain_text(&e));
+    let _ = writeln!(io::stderr(), "error: {}", one_line(&msg));
+    ExitCode::from(code)
+}
+
+/// The error's chain as one message, without causes that their error
+/// already quotes.
+fn chain_text(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for c in e.chain() {
         let t = c.to_string();
@@ -155,8 +162,55 @@ pub(crate) fn report(e: anyhow::Error) -> ExitCode {
         }
         msg.push_str(&t);
     }
-    let _ = writeln!(io::stderr(), "error: {}", one_line(&msg));
-    ExitCode::from(code)
+    msg
+}
+
+/// `e` as an error with exit code `code`, whatever its causes would give
+/// (its message is kept).
+pub(crate) fn with_code(e: anyhow::Error, code: u8) -> anyhow::Error {
+    Exit {
+        code,
+        message: chain_text(&e),
+    }
+    .into()
+}
+
+/// The library's messages in the command line's terms: what it calls
+/// `EventStoreOptions::store_key` is `--store-key` here, and a
+/// condition's `after` is `--after`.
+pub(crate) fn cli_terms(msg: &str) -> String {
+    const TERMS: [(&str, &str); 3] = [
+        (
+            "open it with EventStoreOptions::store_key (the key it was written with)",
+            "give the key it was written with (--store-key HEX or ESKV_STORE_KEY)",
+        ),
+        (
+            "the store key given in EventStoreOptions::store_key",
+            "the store key given with --store-key (or ESKV_STORE_KEY)",
+        ),
+        (
+            "pass the consistent_through of the read your decision used",
+            "pass the head the read behind your decision saw (`eskv info` shows the store's head)",
+        ),
+    ];
+    let mut msg = msg.to_owned();
+    for (library, cli) in TERMS {
+        msg = msg.replace(library, cli);
+    }
+    // "condition's after (N) is past" -> "--after N is past".
+    const AFTER: &str = "condition's after (";
+    if let Some(at) = msg.find(AFTER) {
+        let rest = &msg[at + AFTER.len()..];
+        if let Some(close) = rest.find(')') {
+            msg = format!(
+                "{}--after {}{}",
+                &msg[..at],
+                &rest[..close],
+                &rest[close + 1..]
+            );
+        }
+    }
+    msg
 }
 
 pub(crate) fn one_line(s: &str) -> String {
@@ -426,6 +480,20 @@ mod tests {
         );
         assert_eq!(strip_source_locations("tags [a, b]: x"), "tags [a, b]: x");
         assert_eq!(strip_source_locations("open [ end"), "open [ end");
+    }
+
+    #[test]
+    fn library_terms_become_flags() {
+        assert_eq!(
+            cli_terms("condition's after (999) is past the head (2); pass the consistent_through of the read your decision used"),
+            "--after 999 is past the head (2); pass the head the read behind your decision saw (`eskv info` shows the store's head)"
+        );
+        let m = cli_terms("store key: this store holds personal data, and no store key was given: open it with EventStoreOptions::store_key (the key it was written with)");
+        assert!(
+            !m.contains("EventStoreOptions") && m.contains("--store-key"),
+            "{m}"
+        );
+        assert_eq!(cli_terms("plain"), "plain");
     }
 
     #[test]

@@ -1904,14 +1904,9 @@ fn personal_data_exports_imports_and_copies_sealed() {
         None,
     );
     assert_eq!(wrong.code, 2, "{}", wrong.stderr);
-    assert!(
-        wrong.stderr.contains("store key") && wrong.stderr.contains("no events were imported"),
-        "{}",
-        wrong.stderr
-    );
-    let w = store("w.redb");
-    let info: Value = serde_json::from_str(&ok(d, &["--store", &w, "info"], None)).unwrap();
-    assert_eq!(info["head"], 0, "{info}");
+    assert!(wrong.stderr.contains("store key"), "{}", wrong.stderr);
+    // Found when the file is checked, before the target is created.
+    assert!(!d.join("w.redb").exists(), "{}", wrong.stderr);
     // The right key: readable again.
     let imported = json_lines(&ok(
         d,
@@ -2225,5 +2220,215 @@ fn an_import_missing_subject_keys_writes_nothing() {
         ))
         .len(),
         2
+    );
+}
+
+/// Errors name the command line's flags (`--store-key`, `--after`), not
+/// the library's API, and `--store-key`'s help says what needs it.
+#[test]
+fn store_key_and_after_errors_name_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ab, cd) = ("ab".repeat(32), "cd".repeat(32));
+    personal_store(&d.join("p.redb"), 0xab);
+    let p = store("p.redb");
+    let no_key = fails(d, &["--store", &p, "read"], None);
+    let wrong = fails(d, &["--store", &p, "--store-key", &cd, "read"], None);
+    assert_eq!(wrong.code, 2, "{}", wrong.stderr);
+    for r in [&no_key, &wrong] {
+        assert!(
+            r.stderr.contains("--store-key") && r.stderr.contains("ESKV_STORE_KEY"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("EventStoreOptions"), "{}", r.stderr);
+    }
+    ok(d, &["--store", &p, "--store-key", &ab, "read"], None);
+    let r = fails(
+        d,
+        &[
+            "--store",
+            &p,
+            "--store-key",
+            &ab,
+            "append",
+            "--type",
+            "Tick",
+            "--fail-if",
+            "types=Nope",
+            "--after",
+            "999",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--after 999"), "{}", r.stderr);
+    assert!(!r.stderr.contains("consistent_through"), "{}", r.stderr);
+    // The help: the tool never appends personal parts, and `read` shows
+    // only their subject.
+    let help = ok(Path::new("."), &["--help"], None);
+    let at = help
+        .find("--store-key <HEX>")
+        .expect("--store-key in the help");
+    let text = &help[at..];
+    let text = &text[..text[3..].find("\n  -").map_or(text.len(), |i| i + 3)];
+    assert!(!text.contains("append"), "{text}");
+    assert!(
+        text.contains("read") && text.contains("subject") && text.contains("export"),
+        "{text}"
+    );
+}
+
+/// Bad import files are bad input (exit 2) and create no target; an
+/// import that would fail on the store key or on --keys-from creates no
+/// target either.
+#[test]
+fn bad_import_files_exit_2_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("src.redb");
+    seed(d, &s);
+    ok(d, &["--store", &s, "export", "--out", "good.jsonl"], None);
+    let good = std::fs::read_to_string(d.join("good.jsonl")).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    assert!(lines.len() >= 5, "{good}");
+    let mut duplicated = lines.clone();
+    duplicated.insert(2, lines[2]);
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    let cases: Vec<(&str, String)> = vec![
+        ("truncated", good[..good.len() / 2].to_owned()),
+        ("garbage", "garbage, not an export\n".to_owned()),
+        ("binary", "\u{0}\u{1}\u{2}".to_owned()),
+        ("empty", String::new()),
+        ("duplicated", duplicated.join("\n") + "\n"),
+        ("out-of-order", swapped.join("\n") + "\n"),
+        ("no-trailer", lines[..lines.len() - 1].join("\n") + "\n"),
+    ];
+    for (name, text) in &cases {
+        let file = format!("{name}.jsonl");
+        if *name == "binary" {
+            std::fs::write(d.join(&file), [0xffu8, 0xfe, 0x00, 0x80]).unwrap();
+        } else {
+            std::fs::write(d.join(&file), text).unwrap();
+        }
+        let target = format!("{name}.redb");
+        let r = fails(
+            d,
+            &["--store", &store(&target), "import", "--in", &file],
+            None,
+        );
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+        assert!(!d.join(&target).exists(), "{name}: the target was created");
+        // The same on stdin, which is read once: exit 2 when nothing was
+        // written, 1 when the import wrote events before it met the fault.
+        if *name != "binary" {
+            let r = fails(d, &["--store", &store(&target), "import"], Some(text));
+            let wrote = r.stderr.contains("marked as an unfinished import");
+            assert_eq!(
+                r.code,
+                if wrote { 1 } else { 2 },
+                "stdin {name}: {}",
+                r.stderr
+            );
+        }
+    }
+
+    // The wrong store key, and a --keys-from store that is not there:
+    // refused before the target is created.
+    personal_store(&d.join("p.redb"), 0xab);
+    ok(
+        d,
+        &["--store", &store("p.redb"), "export", "--out", "p.jsonl"],
+        None,
+    );
+    let cd = "cd".repeat(32);
+    for args in [
+        vec!["--store-key", &cd, "import", "--in", "p.jsonl"],
+        vec!["import", "--in", "p.jsonl"],
+        vec![
+            "import",
+            "--in",
+            "good.jsonl",
+            "--keys-from",
+            "redb:nonexistent.redb",
+        ],
+    ] {
+        let mut all = vec!["--store", "redb:k.redb"];
+        all.extend(&args);
+        let r = fails(d, &all, None);
+        assert!(
+            !d.join("k.redb").exists(),
+            "{args:?} left the target behind: {}",
+            r.stderr
+        );
+    }
+}
+
+/// `check` counts the live events (what `read` and `export` return), as
+/// `info --help` says, and says how many are still stored until `compact`.
+#[test]
+fn check_counts_live_events_as_the_help_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("live.redb");
+    for stream in ["s", "s", "s", "t"] {
+        ok(
+            d,
+            &["--store", &s, "append", "--type", "A", "--stream", stream],
+            None,
+        );
+    }
+    ok(d, &["--store", &s, "delete-stream", "s"], None);
+    let live = json_lines(&ok(d, &["--store", &s, "read"], None)).len();
+    assert_eq!(live, 2, "t's event and the deletion");
+    let help = ok(d, &["info", "--help"], None);
+    assert!(help.contains("`check` counts the live events"), "{help}");
+    let v: Value = serde_json::from_str(&ok(d, &["--store", &s, "check"], None)).unwrap();
+    assert_eq!(v["events"], live, "{v}");
+    assert_eq!(v["stored_events"], 5, "{v}");
+    ok(d, &["--store", &s, "compact"], None);
+    let v: Value = serde_json::from_str(&ok(d, &["--store", &s, "check"], None)).unwrap();
+    assert_eq!(
+        (&v["events"], &v["stored_events"]),
+        (&live.into(), &live.into()),
+        "{v}"
+    );
+}
+
+/// `copy` sees through spellings of one file: `--to redb:./x` when
+/// `--from redb:x` is bad usage at once, not a wait for the file's lock.
+#[test]
+fn copy_to_the_same_file_by_another_spelling_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let s = store("events.redb");
+    seed(d, &s);
+    let abs = format!("redb:{}", d.join("events.redb").display());
+    for to in [
+        "redb:./events.redb",
+        "redb:sub/../events.redb",
+        abs.as_str(),
+    ] {
+        let start = Instant::now();
+        let r = fails(
+            d,
+            &["--lock-timeout", "5", "copy", "--from", &s, "--to", to],
+            None,
+        );
+        assert_eq!(r.code, 2, "{to}: {}", r.stderr);
+        assert!(r.stderr.contains("same store"), "{to}: {}", r.stderr);
+        assert!(start.elapsed() < Duration::from_secs(4), "{to}: waited");
+    }
+    // A target that does not exist yet, spelled with a directory.
+    let out = ok(
+        d,
+        &["copy", "--from", &s, "--to", "redb:./sub/../copy.redb"],
+        None,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["verified"],
+        true
     );
 }

@@ -1,18 +1,42 @@
 //! `eskv export`, `import` and `copy`.
 
 use crate::output::*;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use eskv::export::{self as transfer, Digest, ExportLine, ExportWriter, Header, Importer};
+use eskv::EventStore;
 use eskv_cli::open::{self, Access};
+use eskv_cli::tenant;
 use eskv_cli::url::StoreUrl;
 use indicatif::ProgressBar;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-pub(crate) async fn export(url: &StoreUrl, file: Option<PathBuf>, out: &mut Out) -> Result<()> {
+pub(crate) async fn export(
+    url: &StoreUrl,
+    file: Option<PathBuf>,
+    root_only: bool,
+    out: &mut Out,
+) -> Result<()> {
+    if root_only && open::tenant().is_some() {
+        return Err(usage(
+            "--root-only exports the root namespace alone; it cannot be combined with --tenant",
+        ));
+    }
     let store = open::open(url, Access::Existing).await?;
+    if !root_only && open::tenant().is_none() {
+        // One namespace per export: never leave the tenants out silently.
+        let tenants = tenant::list(store.kv().as_ref()).await?;
+        if let Some(first) = tenants.first() {
+            return Err(usage(format!(
+                "{url} holds {} {} besides its root namespace ({}), and an export holds one namespace: back up each tenant with `eskv --tenant NAME export` (for example `eskv --store {url} --tenant {first} export --out {first}.jsonl`), and the root alone with `eskv export --root-only` (`eskv copy` takes the root and every tenant at once); nothing was written",
+                tenants.len(),
+                if tenants.len() == 1 { "tenant" } else { "tenants" },
+                tenants.join(", ")
+            )));
+        }
+    }
     let header = Header::of(&store).await?;
     let (mut w, tmp): (Box<dyn Write + '_>, Option<PathBuf>) = match &file {
         Some(f) => {
@@ -76,12 +100,15 @@ pub(crate) struct ReadExport {
 /// Reads an export (or plain event lines), checking its structure: the
 /// header only first, positions in order, the trailer's count and
 /// checksum. Without an importer it also checks each event as an import
-/// would (ids, stream versions, personal parts), so that a file it
-/// passes is not refused half-way; with one the events are written.
+/// would (ids, stream versions, personal parts) and each subject key line
+/// against `store_key` (the target's), so that a file it passes is not
+/// refused half-way; with one the events are written. A file that is not
+/// a whole export is bad input (exit 2).
 pub(crate) async fn read_export(
     reader: Box<dyn BufRead + '_>,
     name: &str,
     mut importer: Option<&mut Importer>,
+    store_key: Option<&eskv::StoreKey>,
     pb: &mut ProgressBar,
 ) -> Result<ReadExport> {
     let mut keyed: BTreeSet<String> = BTreeSet::new();
@@ -96,21 +123,34 @@ pub(crate) async fn read_export(
     let mut last = 0u64;
     for (i, l) in reader.lines().enumerate() {
         let n = i + 1;
-        let l = l.with_context(|| format!("cannot read {name}"))?;
+        let l = match l {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(usage(format!(
+                    "{name} line {n}: not an export line: the text is not UTF-8"
+                )))
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {name}"))),
+        };
         if l.trim().is_empty() {
             continue;
         }
         if trailer_seen {
-            bail!("{name} line {n}: text after the export's last line");
+            return Err(usage(format!(
+                "{name} line {n}: text after the export's last line"
+            )));
         }
         let first = !any;
         any = true;
-        match ExportLine::parse(&l).map_err(|e| anyhow!("{name} line {n}: {e}"))? {
+        match ExportLine::parse(&l).map_err(|e| usage(format!("{name} line {n}: {e}")))? {
             ExportLine::Header(h) => {
                 if !first {
-                    bail!("{name} line {n}: an export header may only be the first line");
+                    return Err(usage(format!(
+                        "{name} line {n}: an export header may only be the first line"
+                    )));
                 }
-                h.check_format()?;
+                h.check_format()
+                    .map_err(|e| usage(format!("{name} line {n}: {e}")))?;
                 if let Some(imp) = importer.as_deref_mut() {
                     imp.header(&h).await?;
                     *pb = progress(h.head, "import");
@@ -121,7 +161,9 @@ pub(crate) async fn read_export(
             }
             ExportLine::Key(k) => {
                 if header.is_none() {
-                    bail!("{name} line {n}: a subject key line without an export header");
+                    return Err(usage(format!(
+                        "{name} line {n}: a subject key line without an export header"
+                    )));
                 }
                 keys.add(&k.to_json());
                 keyed.insert(k.eskv_subject_key.subject.clone());
@@ -130,7 +172,11 @@ pub(crate) async fn read_export(
                         .push_key(&k)
                         .with_context(|| format!("{name} line {n}"))?,
                     None => {
-                        k.to_key().map_err(|e| anyhow!("{name} line {n}: {e}"))?;
+                        let key = k
+                            .to_key()
+                            .map_err(|e| usage(format!("{name} line {n}: {e}")))?;
+                        check_subject_key(&key, store_key)
+                            .with_context(|| format!("{name} line {n}"))?;
                     }
                 }
             }
@@ -138,10 +184,10 @@ pub(crate) async fn read_export(
                 let in_order = e.position.is_some_and(|p| p > last)
                     && header.as_ref().is_none_or(|h| e.position <= Some(h.head));
                 if !in_order {
-                    bail!(
+                    return Err(usage(format!(
                         "{name} line {n}: expected an event after position {last}, found {}; import needs the events of the log in position order (the output of `eskv export`)",
                         e.position.map_or("none".to_owned(), |p| p.to_string())
-                    );
+                    )));
                 }
                 last = e.position.unwrap_or(last);
                 digest.add(&e.to_json());
@@ -157,7 +203,7 @@ pub(crate) async fn read_export(
                         .with_context(|| format!("{name} line {n}"))?,
                     None => {
                         e.to_imported()
-                            .map_err(|m| anyhow!("{name} line {n}: {m}"))?;
+                            .map_err(|m| usage(format!("{name} line {n}: {m}")))?;
                     }
                 }
                 if digest.events % 256 == 0 {
@@ -166,35 +212,55 @@ pub(crate) async fn read_export(
             }
             ExportLine::Trailer(end) => {
                 if header.is_none() {
-                    bail!("{name} line {n}: an export trailer without a header");
+                    return Err(usage(format!(
+                        "{name} line {n}: an export trailer without a header"
+                    )));
                 }
                 end.check(&digest, &keys)
-                    .with_context(|| format!("{name} line {n}"))?;
+                    .map_err(|e| usage(format!("{name} line {n}: {e}")))?;
                 trailer_seen = true;
             }
         }
     }
     if !any {
-        bail!("{name} is empty: there is nothing to import");
+        return Err(usage(format!(
+            "{name} is empty: there is nothing to import"
+        )));
     }
     if let Some(h) = &header {
         if !trailer_seen {
-            bail!(
+            return Err(usage(format!(
                 "{name} is truncated: it ends after {} of {} events, without the export's last line",
-                digest.events,
-                h.head
-            );
+                digest.events, h.head
+            )));
         }
         // Fewer events than the head: holes left by removals.
         if digest.events > h.head {
-            bail!(
+            return Err(usage(format!(
                 "{name} is inconsistent: its header promises at most {} events, it holds {}",
-                h.head,
-                digest.events
-            );
+                h.head, digest.events
+            )));
         }
     }
     Ok(ReadExport { digest, unkeyed })
+}
+
+/// Checks a subject key line of a file against the store key its import
+/// will run with, as the import does, before anything is created.
+fn check_subject_key(
+    key: &eskv::WrappedSubjectKey,
+    store_key: Option<&eskv::StoreKey>,
+) -> Result<()> {
+    if key.is_forgotten() {
+        return Ok(());
+    }
+    match store_key {
+        Some(k) => Ok(key.check(k)?),
+        None => Err(usage(format!(
+            "the file carries personal data (data subject '{}'), and no store key was given: give the key the data was written with (--store-key HEX or ESKV_STORE_KEY)",
+            key.subject()
+        ))),
+    }
 }
 
 pub(crate) async fn import(
@@ -215,7 +281,8 @@ pub(crate) async fn import(
         Some(f) => {
             // Check the whole file before writing anything.
             let mut pb = ProgressBar::hidden();
-            let checked = read_export(open_file(f)?, &name, None, &mut pb).await;
+            let key = open::store_key();
+            let checked = read_export(open_file(f)?, &name, None, key.as_ref(), &mut pb).await;
             pb.finish_and_clear();
             if let Some(subject) = checked?.unkeyed.first().filter(|_| keys_from.is_none()) {
                 return Err(usage(format!(
@@ -234,8 +301,15 @@ pub(crate) async fn import(
             let mut start = Vec::new();
             loop {
                 let mut l = String::new();
-                if lock.read_line(&mut l).context("cannot read stdin")? == 0 {
-                    bail!("stdin is empty: there is nothing to import");
+                match lock.read_line(&mut l) {
+                    Ok(0) => return Err(usage("stdin is empty: there is nothing to import")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(usage(
+                            "stdin line 1: not an export line: the text is not UTF-8",
+                        ))
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read stdin")),
                 }
                 start.extend_from_slice(l.as_bytes());
                 if !l.trim().is_empty() {
@@ -245,18 +319,25 @@ pub(crate) async fn import(
             Box::new(io::Read::chain(io::Cursor::new(start), lock))
         }
     };
+    // The store the keys come from first: one that is not there must not
+    // leave a new, empty target behind.
+    let keys_source = match keys_from {
+        Some(k) => Some(
+            open::open(k, Access::Existing)
+                .await
+                .context("the store given with --keys-from")?,
+        ),
+        None => None,
+    };
     let store = open::open(url, Access::Create).await?;
     let mut importer = Importer::new(store.clone())
         .await
         .with_context(|| format!("cannot import into {url}"))?;
-    if let Some(k) = keys_from {
-        let source = open::open(k, Access::Existing)
-            .await
-            .context("the store given with --keys-from")?;
+    if let Some(source) = keys_source {
         importer = importer.keys_from(source);
     }
     let mut pb = ProgressBar::hidden();
-    let res = read_export(reader, &name, Some(&mut importer), &mut pb).await;
+    let res = read_export(reader, &name, Some(&mut importer), None, &mut pb).await;
     let res = match res {
         Ok(d) => importer
             .finish()
@@ -302,40 +383,99 @@ pub(crate) async fn copy(
     to_key: Option<eskv::StoreKey>,
     out: &mut Out,
 ) -> Result<()> {
-    if from == to && *from != StoreUrl::Memory {
+    if same_store(from, to) {
         return Err(usage(format!(
-            "--from and --to are the same store ({from})"
+            "--from and --to are the same store ({from}{})",
+            if from == to {
+                String::new()
+            } else {
+                format!(", spelled {to}")
+            }
         )));
     }
-    let source = open::open(from, Access::Existing).await.context("source")?;
-    let target = open::open_keyed(to, Access::Create, to_key)
-        .await
-        .context("target")?;
-    let header = Header::of(&source).await?;
+    // The namespaces to copy: the tenant chosen, or the root and every
+    // tenant, each into the same namespace of the target.
+    let mut pairs: Vec<(Option<String>, EventStore, EventStore)> = Vec::new();
+    match open::tenant() {
+        Some(t) => {
+            let source = open::open(from, Access::Existing).await.context("source")?;
+            let target = open::open_keyed(to, Access::Create, to_key)
+                .await
+                .context("target")?;
+            pairs.push((Some(t), source, target));
+        }
+        None => {
+            let source = open::open_root_keyed(from, Access::Existing, open::store_key())
+                .await
+                .context("source")?;
+            let target = open::open_root_keyed(to, Access::Create, to_key)
+                .await
+                .context("target")?;
+            let tenants = tenant::list(source.kv().as_ref()).await.context("source")?;
+            pairs.push((None, source.clone(), target.clone()));
+            for t in tenants {
+                let s = tenant::open_in(&source, &t).await?;
+                let d = tenant::open_in(&target, &t).await?;
+                pairs.push((Some(t), s, d));
+            }
+        }
+    }
+    // Every namespace of the target must take the copy before anything is
+    // written.
+    let mut importers = Vec::with_capacity(pairs.len());
+    for (t, source, target) in &pairs {
+        let importer = Importer::new(target.clone())
+            .await
+            .with_context(|| format!("cannot copy into {}", in_namespace(to, t.as_deref())))?;
+        importers.push(importer.keys_from(source.clone()));
+    }
+    for ((t, source, target), importer) in pairs.into_iter().zip(importers) {
+        copy_namespace(from, to, t.as_deref(), &source, &target, importer, out).await?;
+    }
+    Ok(())
+}
+
+/// "URL", or "URL (tenant NAME)".
+fn in_namespace(url: &StoreUrl, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("{url} (tenant {t})"),
+        None => url.to_string(),
+    }
+}
+
+/// Copies one namespace, verifies it and prints its line.
+async fn copy_namespace(
+    from: &StoreUrl,
+    to: &StoreUrl,
+    tenant: Option<&str>,
+    source: &EventStore,
+    target: &EventStore,
+    mut importer: Importer,
+    out: &mut Out,
+) -> Result<()> {
+    let (from_ns, to_ns) = (in_namespace(from, tenant), in_namespace(to, tenant));
+    let header = Header::of(source).await?;
     let pb = progress(header.head, "copy");
-    let mut importer = Importer::new(target.clone())
-        .await
-        .with_context(|| format!("cannot copy into {to}"))?
-        .keys_from(source.clone());
-    let copied = transfer::copy(&source, &mut importer, &header, |n| pb.set_position(n)).await;
+    let copied = transfer::copy(source, &mut importer, &header, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
     let digest = match copied {
         Ok(d) => d,
         Err(e) => {
             return Err(failed(anyhow::Error::new(e), &importer)
                 .await
-                .context(format!("copy into {to} failed")))
+                .context(format!("copy into {to_ns} failed")))
         }
     };
-    let source_streams = transfer::count_streams(&source).await?;
+    let source_streams = transfer::count_streams(source).await?;
     let pb = progress(digest.events, "verifying");
-    let verified = transfer::digest_store(&target, |n| pb.set_position(n)).await;
+    let verified = transfer::digest_store(target, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
     let (target_digest, target_streams) = verified?;
     let target_types = target.event_types().await?;
     let summary = json!({
         "from": from.to_string(),
         "to": to.to_string(),
+        "tenant": tenant,
         "events": digest.events,
         "streams": source_streams,
         "source_crc32c": digest.hex(),
@@ -348,7 +488,7 @@ pub(crate) async fn copy(
     if target_digest != digest || target_streams != source_streams {
         out.flush()?;
         bail!(
-            "the copy does not match its source: {} events / {} streams / crc32c {} in {from}, {} / {} / {} in {to}",
+            "the copy does not match its source: {} events / {} streams / crc32c {} in {from_ns}, {} / {} / {} in {to_ns}",
             digest.events,
             source_streams,
             digest.hex(),
@@ -358,19 +498,53 @@ pub(crate) async fn copy(
         );
     }
     if let Some(t) = header.types.iter().find(|t| !target_types.contains(t)) {
-        bail!("the copy lost registered type '{t}'");
+        bail!("the copy into {to_ns} lost registered type '{t}'");
     }
     Ok(())
 }
 
-/// Adds to an import's error what it left in the target.
+/// True when two URLs name one store: equal, or embedded stores whose
+/// paths lead to the same place (`redb:x` and `redb:./x`).
+fn same_store(a: &StoreUrl, b: &StoreUrl) -> bool {
+    if a == b {
+        return *a != StoreUrl::Memory;
+    }
+    let path = |u: &StoreUrl| match u {
+        StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => Some(canonical(path)),
+        _ => None,
+    };
+    matches!((path(a), path(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `path` made absolute with links resolved; for a file that does not
+/// exist yet, its directory's canonical path and its name.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Adds to an import's error what it left in the target. Bad input is
+/// exit 2 only when nothing was written; an import that wrote events and
+/// then failed is exit 1, whatever stopped it.
 async fn failed(e: anyhow::Error, importer: &Importer) -> anyhow::Error {
     let written = importer.written();
     if importer.abandon().await {
         e.context("no events were imported (the target can take the import again)")
     } else {
-        e.context(format!(
-            "the target holds the first {written} events and is marked as an unfinished import: remove it before trying again"
-        ))
+        with_code(
+            e.context(format!(
+                "the target holds the first {written} events and is marked as an unfinished import: remove it before trying again"
+            )),
+            1,
+        )
     }
 }

@@ -4,7 +4,9 @@ use crate::args::*;
 use crate::output::*;
 use anyhow::Result;
 use eskv::export as transfer;
+use eskv::EventStore;
 use eskv_cli::open::{self, Access};
+use eskv_cli::tenant;
 use eskv_cli::url::StoreUrl;
 use serde_json::json;
 
@@ -67,6 +69,12 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
     let types = store.event_types().await?;
     let strict = store.strict_types().await?;
     let unfinished = store.import_in_progress().await?;
+    // The root lists its tenants; a tenant says which it is.
+    let tenant = open::tenant();
+    let tenants = match tenant {
+        Some(_) => None,
+        None => Some(tenant::list(store.kv().as_ref()).await?),
+    };
     drop(store);
     let size = open::file_size(url);
     if out.json {
@@ -81,6 +89,11 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
         if let Some(s) = size {
             v["file_size"] = json!(s);
         }
+        match (&tenant, &tenants) {
+            (Some(t), _) => v["tenant"] = json!(t),
+            (None, Some(ts)) => v["tenants"] = json!(ts),
+            (None, None) => {}
+        }
         if let Some(m) = &unfinished {
             v["import_in_progress"] = json!({
                 "expected_events": m.expected_events,
@@ -90,6 +103,9 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
         out.value(&v)?;
     } else {
         out.line(&format!("store:     {url}"))?;
+        if let Some(t) = &tenant {
+            out.line(&format!("tenant:    {t}"))?;
+        }
         out.line(&format!("head:      {head}"))?;
         out.line(&format!("streams:   {streams}"))?;
         out.line(&format!(
@@ -97,6 +113,9 @@ pub(crate) async fn info(url: &StoreUrl, out: &mut Out) -> Result<()> {
             types.len(),
             if strict { "on" } else { "off" }
         ))?;
+        if let Some(ts) = tenants.as_ref().filter(|ts| !ts.is_empty()) {
+            out.line(&format!("tenants:   {}", ts.join(", ")))?;
+        }
         if let Some(s) = size {
             out.line(&format!("file size: {s} bytes ({})", human_bytes(s)))?;
         }
@@ -157,11 +176,63 @@ pub(crate) async fn types(url: &StoreUrl, action: TypesAction, out: &mut Out) ->
 // ----------------------------------------------------------------- check
 
 pub(crate) async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
-    let store = open::open(url, Access::Existing).await?;
+    // The tenant chosen, or the root and every tenant.
+    let mut namespaces: Vec<(Option<String>, EventStore)> = Vec::new();
+    match open::tenant() {
+        Some(t) => namespaces.push((Some(t), open::open(url, Access::Existing).await?)),
+        None => {
+            let root = open::open_root_keyed(url, Access::Existing, open::store_key()).await?;
+            let tenants = tenant::list(root.kv().as_ref()).await?;
+            namespaces.push((None, root.clone()));
+            for t in tenants {
+                let store = tenant::open_in(&root, &t).await?;
+                namespaces.push((Some(t), store));
+            }
+        }
+    }
+    let labelled = namespaces.len() > 1 || open::tenant().is_some();
+    let mut damaged: Vec<(String, u64)> = Vec::new();
+    for (tenant, store) in &namespaces {
+        let name = tenant
+            .as_ref()
+            .map_or("root".to_owned(), |t| format!("tenant {t}"));
+        let problems = check_one(store, tenant.as_deref(), labelled.then_some(&name), out).await?;
+        if problems > 0 {
+            damaged.push((name, problems));
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    out.flush()?;
+    let total: u64 = damaged.iter().map(|(_, n)| n).sum();
+    let mut message = format!("check found {total} problem(s) in {url}");
+    if labelled {
+        let each: Vec<String> = damaged.iter().map(|(w, n)| format!("{w}: {n}")).collect();
+        message.push_str(&format!(" ({})", each.join(", ")));
+    }
+    message.push_str(" (report on stdout)");
+    Err(Exit { code: 4, message }.into())
+}
+
+/// Checks one namespace and prints its report; returns the problems found.
+async fn check_one(
+    store: &EventStore,
+    tenant: Option<&str>,
+    label: Option<&String>,
+    out: &mut Out,
+) -> Result<u64> {
     let pb = spinner("checking", "keys read");
-    let r = eskv::verify::verify_with_progress(&store, |keys| pb.set_position(keys)).await;
+    let r = eskv::verify::verify_with_progress(store, |keys| pb.set_position(keys)).await;
     pb.finish_and_clear();
     let r = r?;
+    // The live events, as `read` and `export` see them (the report counts
+    // what the log stores, released events included until `compact`).
+    let pb = spinner("counting live events", "events");
+    let live = live_events(store, r.head, |n| pb.set_position(n))
+        .await
+        .ok();
+    pb.finish_and_clear();
     if out.json {
         let violations: Vec<_> = r
             .violations
@@ -175,8 +246,10 @@ pub(crate) async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
             })
             .collect();
         out.value(&json!({
+            "tenant": tenant,
             "clean": r.is_clean(),
-            "events": r.events,
+            "events": live,
+            "stored_events": r.events,
             "streams": r.streams,
             "head": r.head,
             "keys": r.keys,
@@ -184,19 +257,39 @@ pub(crate) async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
             "omitted": r.omitted,
         }))?;
     } else {
-        out.line(&r.to_string())?;
-    }
-    if r.is_clean() {
-        Ok(())
-    } else {
-        out.flush()?;
-        Err(Exit {
-            code: 4,
-            message: format!(
-                "check found {} problem(s) in {url} (report on stdout)",
-                r.violations.len() as u64 + r.omitted
+        let text = r.to_string();
+        let rest = text
+            .strip_prefix(&format!("{} events, ", r.events))
+            .unwrap_or(&text);
+        let events = match live {
+            Some(n) if n == r.events => format!("{n} {}, ", events_word(n)),
+            Some(n) => format!(
+                "{n} live {} ({} stored in the log until `compact` removes the released ones), ",
+                events_word(n),
+                r.events
             ),
+            None => format!(
+                "{} {} stored in the log (the live ones could not be read), ",
+                r.events,
+                events_word(r.events)
+            ),
+        };
+        let prefix = label.map_or(String::new(), |l| format!("{l}: "));
+        out.line(&format!("{prefix}{events}{rest}"))?;
+    }
+    Ok(r.violations.len() as u64 + r.omitted)
+}
+
+/// The events a read of the whole log returns, up to `head`.
+async fn live_events(store: &EventStore, head: u64, mut progress: impl FnMut(u64)) -> Result<u64> {
+    let mut pager = transfer::LogPager::new(store, head).await?;
+    let mut n = 0u64;
+    loop {
+        let page = pager.next_page().await?;
+        if page.is_empty() {
+            return Ok(n);
         }
-        .into())
+        n += page.len() as u64;
+        progress(n);
     }
 }
