@@ -294,12 +294,14 @@ fn copy_carries_every_tenant_and_check_covers_them() {
 
     let lines = json_lines(&ok(d, &["copy", "--from", s, "--to", "redb:c.redb"]));
     let tenants: Vec<&Value> = lines.iter().map(|l| &l["tenant"]).collect();
+    // The tenants first, the root last: the root's import mark spans the
+    // whole copy.
     assert_eq!(
         tenants,
-        [&Value::Null, &Value::from("acme"), &Value::from("globex")],
+        [&Value::from("acme"), &Value::from("globex"), &Value::Null],
         "{lines:?}"
     );
-    for (l, n) in lines.iter().zip([1, 2, 1]) {
+    for (l, n) in lines.iter().zip([2, 1, 1]) {
         assert_eq!(l["verified"], true, "{l}");
         assert_eq!(l["events"], n, "{l}");
         assert_eq!(l["target_events"], n, "{l}");
@@ -397,4 +399,91 @@ fn on_terminal(dir: &Path, args: &[&str]) -> Option<String> {
         .output()
         .unwrap();
     Some(String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+}
+
+/// A copy into a target that is not empty, in its root or in any tenant,
+/// is refused before anything is written: no tenant of the source appears
+/// in the target, and a tenant the target has already keeps its events.
+#[test]
+fn a_refused_copy_writes_no_namespace_of_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tenant_store(&d.join("t.redb"));
+    let s = "redb:t.redb";
+
+    // A root event in the target.
+    ok(
+        d,
+        &[
+            "--store",
+            "redb:root.redb",
+            "append",
+            "--type",
+            "T",
+            "--data",
+            "{}",
+        ],
+    );
+    let r = fails(d, &["copy", "--from", s, "--to", "redb:root.redb"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    let info: Value = serde_json::from_str(&ok(d, &["--store", "redb:root.redb", "info"])).unwrap();
+    assert_eq!(info["tenants"], serde_json::json!([]), "{info}");
+
+    // An event in one tenant of the target, none in its root.
+    ok(
+        d,
+        &[
+            "--store",
+            "redb:ten.redb",
+            "--tenant",
+            "other",
+            "append",
+            "--type",
+            "T",
+            "--data",
+            "{}",
+        ],
+    );
+    let r = fails(d, &["copy", "--from", s, "--to", "redb:ten.redb"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("tenant other"), "{}", r.stderr);
+    let info: Value = serde_json::from_str(&ok(d, &["--store", "redb:ten.redb", "info"])).unwrap();
+    assert_eq!(info["tenants"], serde_json::json!(["other"]), "{info}");
+    // Nothing was marked: the target checks clean.
+    ok(d, &["--store", "redb:ten.redb", "check"]);
+}
+
+/// A copy that fails in a tenant after others were written says so (exit
+/// 1, the target is unfinished) and leaves a target that `check` reports
+/// as damaged, never one that looks complete.
+#[test]
+fn a_copy_failing_after_other_namespaces_leaves_a_marked_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tenant_store(&d.join("t.redb"));
+    // Tenant "zeta", copied after acme and globex, holds personal data,
+    // which the copy cannot move without the store key.
+    rt().block_on(async {
+        let kv: Arc<dyn eskv::KvStore> =
+            Arc::new(eskv::RedbStore::open(d.join("t.redb")).await.unwrap());
+        let zeta = eskv::EventStore::open_with(
+            Arc::new(eskv::Namespaced::new(kv, "zeta")),
+            eskv::EventStoreOptions::default().store_key(eskv::StoreKey::generate()),
+        )
+        .await
+        .unwrap();
+        zeta.append(
+            vec![eskv::NewEvent::new("Registered", b"{}".to_vec())
+                .with_personal_data("user-1", b"Ada".to_vec())],
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let r = fails(d, &["copy", "--from", "redb:t.redb", "--to", "redb:c.redb"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("unfinished import"), "{}", r.stderr);
+    let check = run(d, &["--store", "redb:c.redb", "check"]);
+    assert_eq!(check.code, 4, "{}{}", check.stdout, check.stderr);
 }

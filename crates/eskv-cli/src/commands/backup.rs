@@ -350,7 +350,7 @@ pub(crate) async fn import(
     let (digest, written) = match res {
         Ok(r) => r,
         Err(e) => {
-            return Err(failed(e, &importer)
+            return Err(failed(e, &importer, 0)
                 .await
                 .context(format!("import into {url} failed")))
         }
@@ -385,7 +385,12 @@ pub(crate) async fn copy(
 ) -> Result<()> {
     if same_store(from, to) {
         return Err(usage(format!(
-            "--from and --to are the same store ({from}{})",
+            "--from and --to are the same store{} ({from}{})",
+            if matches!(from, StoreUrl::Tikv { .. } | StoreUrl::Etcd { .. }) {
+                ", or one holds the other"
+            } else {
+                ""
+            },
             if from == to {
                 String::new()
             } else {
@@ -393,16 +398,19 @@ pub(crate) async fn copy(
             }
         )));
     }
-    // The namespaces to copy: the tenant chosen, or the root and every
-    // tenant, each into the same namespace of the target.
-    let mut pairs: Vec<(Option<String>, EventStore, EventStore)> = Vec::new();
-    match open::tenant() {
+    // The namespaces to copy: the tenant chosen, or every tenant and then
+    // the root, each into the same namespace of the target. Every namespace
+    // of the target is checked before anything is written.
+    let mut pairs: Vec<(Option<String>, EventStore, EventStore, Importer)> = Vec::new();
+    let whole = match open::tenant() {
         Some(t) => {
             let source = open::open(from, Access::Existing).await.context("source")?;
             let target = open::open_keyed(to, Access::Create, to_key)
                 .await
                 .context("target")?;
-            pairs.push((Some(t), source, target));
+            let importer = copy_importer(to, Some(&t), &source, &target).await?;
+            pairs.push((Some(t), source, target, importer));
+            None
         }
         None => {
             let source = open::open_root_keyed(from, Access::Existing, open::store_key())
@@ -411,28 +419,69 @@ pub(crate) async fn copy(
             let target = open::open_root_keyed(to, Access::Create, to_key)
                 .await
                 .context("target")?;
+            let root_importer = copy_importer(to, None, &source, &target).await?;
+            // A tenant the target has already must be empty too (one left
+            // by a copy that wrote nothing is).
+            for t in tenant::list(target.kv().as_ref()).await.context("target")? {
+                let d = tenant::open_in(&target, &t).await?;
+                Importer::new(d)
+                    .await
+                    .with_context(|| format!("cannot copy into {}", in_namespace(to, Some(&t))))?;
+            }
             let tenants = tenant::list(source.kv().as_ref()).await.context("source")?;
-            pairs.push((None, source.clone(), target.clone()));
+            if !tenants.is_empty() {
+                // The root's mark spans the whole copy: a copy cut short
+                // between namespaces leaves a target `check` reports.
+                target.begin_import(None).await.context("target")?;
+            }
             for t in tenants {
                 let s = tenant::open_in(&source, &t).await?;
                 let d = tenant::open_in(&target, &t).await?;
-                pairs.push((Some(t), s, d));
+                let importer = copy_importer(to, Some(&t), &s, &d).await?;
+                pairs.push((Some(t), s, d, importer));
+            }
+            pairs.push((None, source, target.clone(), root_importer));
+            Some(target)
+        }
+    };
+    let mut written = 0;
+    for (t, source, target, importer) in pairs {
+        match copy_namespace(
+            from,
+            to,
+            t.as_deref(),
+            &source,
+            &target,
+            importer,
+            written,
+            out,
+        )
+        .await
+        {
+            Ok(n) => written += n,
+            Err(e) => {
+                if let (Some(root), 0) = (&whole, written) {
+                    // Nothing written anywhere: take the root's mark back.
+                    let _ = root.finish_import().await;
+                }
+                return Err(e);
             }
         }
     }
-    // Every namespace of the target must take the copy before anything is
-    // written.
-    let mut importers = Vec::with_capacity(pairs.len());
-    for (t, source, target) in &pairs {
-        let importer = Importer::new(target.clone())
-            .await
-            .with_context(|| format!("cannot copy into {}", in_namespace(to, t.as_deref())))?;
-        importers.push(importer.keys_from(source.clone()));
-    }
-    for ((t, source, target), importer) in pairs.into_iter().zip(importers) {
-        copy_namespace(from, to, t.as_deref(), &source, &target, importer, out).await?;
-    }
     Ok(())
+}
+
+/// The importer of one namespace of a copy's target, which must be empty.
+async fn copy_importer(
+    to: &StoreUrl,
+    tenant: Option<&str>,
+    source: &EventStore,
+    target: &EventStore,
+) -> Result<Importer> {
+    let importer = Importer::new(target.clone())
+        .await
+        .with_context(|| format!("cannot copy into {}", in_namespace(to, tenant)))?;
+    Ok(importer.keys_from(source.clone()))
 }
 
 /// "URL", or "URL (tenant NAME)".
@@ -443,7 +492,10 @@ fn in_namespace(url: &StoreUrl, tenant: Option<&str>) -> String {
     }
 }
 
-/// Copies one namespace, verifies it and prints its line.
+/// Copies one namespace, verifies it and prints its line; returns the
+/// events it wrote. `earlier` events were written into other namespaces
+/// of the target before this one.
+#[allow(clippy::too_many_arguments)]
 async fn copy_namespace(
     from: &StoreUrl,
     to: &StoreUrl,
@@ -451,8 +503,9 @@ async fn copy_namespace(
     source: &EventStore,
     target: &EventStore,
     mut importer: Importer,
+    earlier: u64,
     out: &mut Out,
-) -> Result<()> {
+) -> Result<u64> {
     let (from_ns, to_ns) = (in_namespace(from, tenant), in_namespace(to, tenant));
     let header = Header::of(source).await?;
     let pb = progress(header.head, "copy");
@@ -461,7 +514,7 @@ async fn copy_namespace(
     let digest = match copied {
         Ok(d) => d,
         Err(e) => {
-            return Err(failed(anyhow::Error::new(e), &importer)
+            return Err(failed(anyhow::Error::new(e), &importer, earlier)
                 .await
                 .context(format!("copy into {to_ns} failed")))
         }
@@ -500,14 +553,25 @@ async fn copy_namespace(
     if let Some(t) = header.types.iter().find(|t| !target_types.contains(t)) {
         bail!("the copy into {to_ns} lost registered type '{t}'");
     }
-    Ok(())
+    Ok(digest.events)
 }
 
-/// True when two URLs name one store: equal, or embedded stores whose
-/// paths lead to the same place (`redb:x` and `redb:./x`).
+/// True when two URLs name one store: equal, embedded stores whose paths
+/// lead to the same place (`redb:x` and `redb:./x`), or namespaces of one
+/// cluster where one holds the other (`tikv://pd` holds `tikv://pd/app`).
 fn same_store(a: &StoreUrl, b: &StoreUrl) -> bool {
     if a == b {
         return *a != StoreUrl::Memory;
+    }
+    let remote = |u: &StoreUrl| match u {
+        StoreUrl::Tikv { endpoints, prefix } => Some(("tikv", endpoints.clone(), prefix.clone())),
+        StoreUrl::Etcd { endpoints, prefix } => Some(("etcd", endpoints.clone(), prefix.clone())),
+        _ => None,
+    };
+    if let (Some((ka, ea, pa)), Some((kb, eb, pb))) = (remote(a), remote(b)) {
+        return ka == kb
+            && ea.iter().any(|e| eb.contains(e))
+            && (pa.is_none() || pb.is_none() || pa == pb);
     }
     let path = |u: &StoreUrl| match u {
         StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => Some(canonical(path)),
@@ -535,9 +599,19 @@ fn canonical(path: &Path) -> PathBuf {
 /// Adds to an import's error what it left in the target. Bad input is
 /// exit 2 only when nothing was written; an import that wrote events and
 /// then failed is exit 1, whatever stopped it.
-async fn failed(e: anyhow::Error, importer: &Importer) -> anyhow::Error {
+async fn failed(e: anyhow::Error, importer: &Importer, earlier: u64) -> anyhow::Error {
     let written = importer.written();
-    if importer.abandon().await {
+    if earlier > 0 {
+        // Other namespaces of the target took events before this one.
+        let _ = importer.abandon().await;
+        with_code(
+            e.context(format!(
+                "the target holds {} events of the namespaces copied before this one and is marked as an unfinished import: remove it before trying again",
+                earlier + written
+            )),
+            1,
+        )
+    } else if importer.abandon().await {
         e.context("no events were imported (the target can take the import again)")
     } else {
         with_code(

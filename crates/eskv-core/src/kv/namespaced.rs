@@ -73,9 +73,9 @@ impl Namespaced {
     }
 
     /// The namespaces that hold keys in `kv` (not nested ones), sorted.
-    /// One key is read per namespace: the scan skips past each prefix.
-    /// A key under the namespaces' tag that belongs to none is
-    /// [`KvError::Corrupt`](crate::KvError::Corrupt).
+    /// One key is read per namespace: the scan skips past each prefix. A
+    /// key under the namespaces' tag that belongs to none (not eskv's) is
+    /// passed over.
     pub async fn list(kv: &dyn KvStore) -> KvResult<Vec<String>> {
         let mut txn = kv.begin().await?;
         let all = KeyRange::prefix(NAMESPACES);
@@ -90,15 +90,12 @@ impl Namespaced {
             let Some((key, _)) = rows.into_iter().next() else {
                 break;
             };
-            let name = Self::namespace_of(&key).ok_or_else(|| {
-                crate::KvError::corrupt(
-                    None,
-                    format!(
-                        "key {} is under the tag of namespaces but belongs to none (not written by eskv)",
-                        crate::display_key(&key)
-                    ),
-                )
-            })?;
+            let Some(name) = Self::namespace_of(&key) else {
+                // Not eskv's (another program's key on a shared cluster,
+                // say): no namespace, step past it.
+                start = Bound::Excluded(key);
+                continue;
+            };
             let next = crate::tuple::prefix_successor(&Self::prefix_of(name));
             names.push(name.to_owned());
             match next {
@@ -319,5 +316,24 @@ mod tests {
         for outside in [&b"n"[..], b"n\x15\x05ab", b"h", b""] {
             assert_eq!(Namespaced::namespace_of(outside), None, "{outside:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn list_passes_over_keys_that_are_no_namespace() {
+        let kv: Arc<dyn KvStore> = Arc::new(crate::MemoryStore::new());
+        let mut txn = kv.begin().await.unwrap();
+        for key in [&b"nodes/x"[..], b"n", b"zz"] {
+            txn.put(key.to_vec(), b"v".to_vec());
+        }
+        txn.commit().await.unwrap();
+        for ns in ["b", "a"] {
+            let view = Namespaced::new(kv.clone(), ns);
+            let mut txn = view.begin().await.unwrap();
+            txn.put(b"k".to_vec(), b"v".to_vec());
+            txn.commit().await.unwrap();
+        }
+        assert_eq!(Namespaced::list(kv.as_ref()).await.unwrap(), ["a", "b"]);
+        assert!(Namespaced::exists(kv.as_ref(), "a").await.unwrap());
+        assert!(!Namespaced::exists(kv.as_ref(), "c").await.unwrap());
     }
 }
