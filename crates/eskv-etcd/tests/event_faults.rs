@@ -364,7 +364,11 @@ mod event_faults {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn appends_whose_commit_times_out_are_applied_exactly_once() {
         const WRITERS: usize = 4;
+        // At least this many appends per writer, and more (up to
+        // MAX_APPENDS) until some commit has timed out: on a fast, idle
+        // machine etcd can answer a few within 4 ms.
         const APPENDS: u64 = 15;
+        const MAX_APPENDS: u64 = 300;
         let cluster = start(1, false);
         let options = EtcdOptions::new(cluster.endpoints()).connect_timeout(Duration::from_secs(3));
         let patient =
@@ -390,21 +394,24 @@ mod event_faults {
         let stats = Arc::new(Stats::default());
         let mut writers = Vec::new();
         for w in 0..WRITERS {
-            let (es, stats) = (es.clone(), stats.clone());
+            let (es, stats, kv_stats) = (es.clone(), stats.clone(), kv_stats.clone());
             writers.push(tokio::spawn(async move {
                 let mut last = None;
-                for n in 0..APPENDS {
+                let mut n = 0;
+                while n < APPENDS || (kv_stats.unknown.load(SeqCst) == 0 && n < MAX_APPENDS) {
                     // Large events make commits slow enough to time out.
                     last = Some(append_one(&es, w, n, last, &stats, 128 << 10).await);
+                    n += 1;
                 }
+                n
             }));
         }
+        let mut total = 0;
         for w in writers {
-            w.await.unwrap();
+            total += w.await.unwrap();
         }
         let log = patient.read_all(ReadOptions::new()).await.unwrap();
         let report = eskv_core::verify::verify(&patient).await.unwrap();
-        let total = WRITERS as u64 * APPENDS;
         println!(
             "etcd event timeout test: {} appends; KV commits {} ok, {} outcome unknown, {} unavailable, {} conflicts; {} failed reads; \
              the test saw {} unknown outcomes, {} appends resolved after one",
