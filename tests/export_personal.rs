@@ -75,7 +75,7 @@ async fn import_from(es: &EventStore, file: &Path) -> eskv::Result<()> {
                 ExportLine::Header(h) => imp.header(&h).await?,
                 ExportLine::Key(k) => imp.push_key(&k)?,
                 ExportLine::Event(e) => imp.push(&e).await?,
-                ExportLine::Trailer(end) => end.check(&imp.digest(), &imp.key_digest())?,
+                ExportLine::Trailer(end) => imp.trailer(&end)?,
             }
         }
         imp.finish().await.map(|_| ())
@@ -313,4 +313,47 @@ async fn serde_on_events_carries_personal_parts_never_in_clear() {
     assert!(err.to_string().contains("personal part"), "{err}");
     let err = serde_json::from_str::<NewEvent>(&line).unwrap_err();
     assert!(err.to_string().contains("personal part"), "{err}");
+}
+
+/// The library's importer refuses an export file cut short: a header that
+/// promised events whose trailer never came is an error at `finish`, and
+/// the store is never taken for a complete import.
+#[tokio::test]
+async fn the_importer_refuses_a_file_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = StoreKey::generate();
+    let src = open(Arc::new(MemoryStore::new()), Some(&key)).await;
+    fill(&src).await;
+    let file = dir.path().join("backup.jsonl");
+    export_to(&src, &file).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Everything but the trailer.
+    let dst = open(Arc::new(MemoryStore::new()), Some(&key)).await;
+    let mut imp = Importer::new(dst.clone()).await.unwrap();
+    for l in &lines[..lines.len() - 1] {
+        match ExportLine::parse(l).unwrap() {
+            ExportLine::Header(h) => imp.header(&h).await.unwrap(),
+            ExportLine::Key(k) => imp.push_key(&k).unwrap(),
+            ExportLine::Event(e) => imp.push(&e).await.unwrap(),
+            ExportLine::Trailer(_) => unreachable!("the trailer was cut"),
+        }
+    }
+    match imp.finish().await {
+        Err(Error::InvalidInput { message }) => {
+            assert!(message.contains("cut short"), "{message}")
+        }
+        other => panic!("a file without its trailer was imported: {other:?}"),
+    }
+    // Nothing taken for complete: either nothing was written (the
+    // importer writes in chunks) or what was is marked unfinished.
+    let (head, mark) = (
+        dst.head().await.unwrap(),
+        dst.import_in_progress().await.unwrap(),
+    );
+    assert!(head == 0 || mark.is_some(), "head {head}, no mark");
+    // The whole file goes through.
+    let whole = open(Arc::new(MemoryStore::new()), Some(&key)).await;
+    import_from(&whole, &file).await.unwrap();
+    assert!(whole.import_in_progress().await.unwrap().is_none());
 }

@@ -507,3 +507,36 @@ async fn a_retry_with_version_one_said_or_unsaid_is_a_replay() {
         Err(Error::IdempotencyViolation { .. })
     ));
 }
+
+/// A backup holds events as stored, whatever upcasters the store was
+/// opened with: the export of a store opened with upcasters is the same
+/// as without, and upcasting happens again on the restored store's reads.
+#[tokio::test]
+async fn an_export_holds_events_as_stored_not_upcast() {
+    use eskv::export::{EventLine, LogPager};
+    let kv = Arc::new(MemoryStore::new());
+    let old = EventStore::open(kv.clone()).await.unwrap();
+    let v1 = NewEvent::json("Deposited", &json!({"account": "a1", "amount": 5})).unwrap();
+    old.append(vec![v1], None).await.unwrap();
+    let lines = |store: EventStore| async move {
+        let head = store.head().await.unwrap();
+        let mut pager = LogPager::new(&store, head).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let page = pager.next_page().await.unwrap();
+            if page.is_empty() {
+                break out;
+            }
+            out.extend(page.iter().map(|e| EventLine::from_recorded(e).to_json()));
+        }
+    };
+    let plain = lines(old).await;
+    let upcasting = EventStore::open_with(kv.clone(), options(3)).await.unwrap();
+    // Reads upcast...
+    let read = upcasting.read_all(ReadOptions::new()).await.unwrap().events;
+    assert_eq!(read[0].schema_version(), 3);
+    // ...the export does not.
+    let exported = lines(upcasting).await;
+    assert_eq!(exported, plain);
+    assert!(exported[0].contains(r#""amount":5"#), "{}", exported[0]);
+}

@@ -135,6 +135,9 @@ pub struct Importer {
     store: EventStore,
     /// The header, applied (types registered, mark set) at the first write.
     header: Option<Header>,
+    /// Whether a file's header was given, so its trailer must be checked
+    /// ([`trailer`](Self::trailer)) before [`finish`](Self::finish).
+    trailer_due: bool,
     /// Whether the in-progress mark is set.
     marked: bool,
     /// Events written to the store.
@@ -184,6 +187,7 @@ impl Importer {
         Ok(Importer {
             store,
             header: None,
+            trailer_due: false,
             marked: false,
             written: 0,
             next: 1,
@@ -211,9 +215,25 @@ impl Importer {
 
     /// Checks the header; its types are registered, and its strict mode
     /// turned on at [`finish`](Self::finish) (never off).
+    ///
+    /// An import with a header is an export file's: its trailer must
+    /// then be checked with [`trailer`](Self::trailer) before
+    /// [`finish`](Self::finish), which refuses a file cut short.
     pub async fn header(&mut self, h: &Header) -> Result<()> {
         h.check_format()?;
         self.header = Some(h.clone());
+        self.trailer_due = true;
+        Ok(())
+    }
+
+    /// Checks an export file's trailer against the event and subject key
+    /// lines pushed ([`End::check`]): a damaged or incomplete file is
+    /// [`Error::InvalidInput`].
+    ///
+    /// [`End::check`]: super::End::check
+    pub fn trailer(&mut self, end: &super::End) -> Result<()> {
+        end.check(&self.digest, &self.key_digest)?;
+        self.trailer_due = false;
         Ok(())
     }
 
@@ -418,7 +438,23 @@ impl Importer {
 
     /// Writes what is left, turns strict mode on if the source had it, and
     /// removes the in-progress mark.
+    ///
+    /// A file whose header was given and whose trailer was not checked is
+    /// cut short: [`Error::InvalidInput`], with the events written so far
+    /// left in the store under its in-progress mark (reported by `eskv
+    /// check`), never taken for a complete import.
     pub async fn finish(&mut self) -> Result<Imported> {
+        if self.trailer_due {
+            return Err(Error::invalid(format!(
+                "the export ends after {} events without its last line (the trailer with counts and checksums): the file is cut short{}",
+                self.pushed,
+                if self.written > 0 {
+                    "; the store holds what was written and is marked as an unfinished import"
+                } else {
+                    ""
+                }
+            )));
+        }
         self.flush().await?;
         self.start().await?;
         if self.header.as_ref().is_some_and(|h| h.strict) {
@@ -448,6 +484,8 @@ pub async fn copy(
     mut progress: impl FnMut(u64),
 ) -> Result<Digest> {
     importer.header(header).await?;
+    // A store's events, not a file: there is no trailer to check.
+    importer.trailer_due = false;
     let mut pager = LogPager::new(source, header.head).await?;
     loop {
         let page = pager.next_page().await?;

@@ -52,9 +52,7 @@ async fn restore(file: &Path) -> Vec<RecordedEvent> {
             transfer::ExportLine::Header(h) => imp.header(&h).await.unwrap(),
             transfer::ExportLine::Key(k) => imp.push_key(&k).unwrap(),
             transfer::ExportLine::Event(e) => imp.push(&e).await.unwrap(),
-            transfer::ExportLine::Trailer(end) => {
-                end.check(&imp.digest(), &imp.key_digest()).unwrap()
-            }
+            transfer::ExportLine::Trailer(end) => imp.trailer(&end).unwrap(),
         }
     }
     imp.finish().await.unwrap();
@@ -148,9 +146,7 @@ async fn restore_keyed(
                 transfer::ExportLine::Header(h) => imp.header(&h).await?,
                 transfer::ExportLine::Key(k) => imp.push_key(&k)?,
                 transfer::ExportLine::Event(e) => imp.push(&e).await?,
-                transfer::ExportLine::Trailer(end) => {
-                    end.check(&imp.digest(), &imp.key_digest())?
-                }
+                transfer::ExportLine::Trailer(end) => imp.trailer(&end)?,
             }
         }
         imp.finish().await.map(|_| ())

@@ -218,6 +218,10 @@ pub(crate) async fn read_export(
                 }
                 end.check(&digest, &keys)
                     .map_err(|e| usage(format!("{name} line {n}: {e}")))?;
+                if let Some(imp) = importer.as_deref_mut() {
+                    imp.trailer(&end)
+                        .map_err(|e| usage(format!("{name} line {n}: {e}")))?;
+                }
                 trailer_seen = true;
             }
         }

@@ -91,13 +91,18 @@ impl EventStore {
         .await
     }
 
-    /// A handle on the same store whose reads leave personal parts sealed
-    /// ([`PersonalParts::Sealed`]): what export and archive read through,
-    /// so no personal data is ever in clear in them. Needs no store key.
+    /// A handle on the same store whose reads return events as stored:
+    /// personal parts sealed ([`PersonalParts::Sealed`]) and payloads at
+    /// the schema version they were written in (no upcasters). What
+    /// export, archive and copy read through, so no personal data is ever
+    /// in clear in them, and a backup is the same whatever options the
+    /// store was opened with (an upcaster runs again on the restored
+    /// store's reads). Needs no store key.
     pub async fn sealed_reads(&self) -> Result<EventStore> {
         let mut opts = self.inner.opts.clone();
         opts.store_key = None;
         opts.personal_parts = PersonalParts::Sealed;
+        opts.upcasters = crate::Upcasters::new();
         EventStore::open_with(self.inner.kv.clone(), opts).await
     }
 }
