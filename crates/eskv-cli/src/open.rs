@@ -36,20 +36,10 @@ pub fn set_store_key(key: Option<eskv::StoreKey>) {
     *STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()) = key;
 }
 
-/// Parses a store key written as 64 hexadecimal digits.
+/// Parses a store key written as 64 hexadecimal digits
+/// ([`eskv::StoreKey::from_hex`]).
 pub fn parse_store_key(hex: &str) -> Result<eskv::StoreKey> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!(
-            "a store key is 64 hexadecimal digits (32 bytes); this one has {} characters",
-            hex.len()
-        );
-    }
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(eskv::StoreKey::from_bytes(bytes))
+    Ok(eskv::StoreKey::from_hex(hex)?)
 }
 
 static TENANT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);

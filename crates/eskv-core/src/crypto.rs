@@ -48,6 +48,39 @@ impl StoreKey {
         self.0.into()
     }
 
+    /// The key from 64 hexadecimal digits (either case; surrounding white
+    /// space ignored): the text the CLI's `--store-key` and
+    /// `ESKV_STORE_KEY` take, so a program and the CLI share one key.
+    /// Anything else is [`Error::InvalidInput`], which never shows the text.
+    ///
+    /// ```
+    /// let key = eskv_core::StoreKey::generate();
+    /// let text = key.to_hex();
+    /// assert_eq!(text.len(), 64);
+    /// assert_eq!(eskv_core::StoreKey::from_hex(&text).unwrap().to_bytes(), key.to_bytes());
+    /// assert!(eskv_core::StoreKey::from_hex("abc").is_err());
+    /// ```
+    pub fn from_hex(hex: &str) -> Result<Self> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "a store key is 64 hexadecimal digits (32 bytes); this one has {} characters",
+                hex.chars().count()
+            )));
+        }
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            // Checked above: two ASCII hex digits.
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or_default();
+        }
+        Ok(StoreKey::from_bytes(bytes))
+    }
+
+    /// The key as 64 lowercase hexadecimal digits ([`from_hex`](Self::from_hex)).
+    pub fn to_hex(&self) -> String {
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&self.0)
     }
