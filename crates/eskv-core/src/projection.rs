@@ -70,7 +70,10 @@ pub trait Projection: Send + Sync {
     }
 
     /// Applies one event to the read model through `state`. An error
-    /// aborts the batch (nothing of it is applied) and is retried.
+    /// aborts the batch (nothing of it is applied) and is retried; once
+    /// the retries are spent the runner stops with
+    /// [`Error::Handler`](crate::Error::Handler) naming the event's
+    /// position (a retryable store error keeps its own kind).
     fn apply(
         &self,
         event: &RecordedEvent,
@@ -237,7 +240,12 @@ pub struct ProjectionOptions {
     /// Events per transaction. Default 256 (lower it for backends with small
     /// transactions, such as etcd).
     pub batch_size: usize,
-    /// Retries of a failing batch before the runner stops with the error.
+    /// Retries of a failing batch before the runner stops with the error:
+    /// `max_attempts` and the backoff apply. A projection applies every
+    /// event in order, so `on_failure` does not: nothing is parked or
+    /// skipped, and an event that keeps failing stops the runner with
+    /// [`Error::Handler`](crate::Error::Handler) naming its position; the
+    /// checkpoint stays before it.
     pub handler: HandlerOptions,
     /// Poll interval bounds while idle (see subscriptions).
     pub poll_min: Duration,

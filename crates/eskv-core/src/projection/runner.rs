@@ -163,7 +163,14 @@ impl EventStore {
             prefix: model_prefix(p.name(), gen),
         };
         for e in &events {
-            p.apply(e, &mut state).await?;
+            // A store error keeps its kind (the retry loop tells a passing
+            // one from a lasting one, and halves a batch too large); the
+            // projection's own failure names the event it failed on.
+            p.apply(e, &mut state).await.map_err(|err| match err {
+                Error::Handler { .. } | Error::LimitExceeded { .. } | Error::Corrupt { .. } => err,
+                err if err.is_retryable() => err,
+                err => Error::handler(Some(e.position), err.to_string()),
+            })?;
         }
         txn.validate(cp_key.clone());
         txn.put(cp_key, layout::projection_checkpoint_value(gen, next));
