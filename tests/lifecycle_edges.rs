@@ -448,3 +448,61 @@ async fn kept_lifecycle_events_restore_with_the_streams_they_name() {
         }
     }
 }
+
+/// The first version a read returns of `stream`, or its version + 1 when
+/// a read returns nothing.
+async fn first_read_version(es: &EventStore, stream: &str) -> u64 {
+    let read = es
+        .read_stream(stream, eskv::ReadStreamOptions::new())
+        .await
+        .unwrap();
+    read.first()
+        .map_or(read.version + 1, |e| e.stream.as_ref().unwrap().version)
+}
+
+/// `stream_info` and `list_streams` say the first version a read returns:
+/// past the events `max_age` released (they said 1 until compaction) and,
+/// in a listing, past the log's cut (only `stream_info` said so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_listings_agree_with_reads_on_the_first_version() {
+    let stores = stores().await;
+    for (_, es, _) in &stores {
+        es.append_to_stream(
+            "cut",
+            ExpectedVersion::NoStream,
+            vec![ev("X"), ev("X"), ev("X")],
+        )
+        .await
+        .unwrap();
+        es.truncate_log_before(2, None).await.unwrap();
+        es.append_to_stream("aged", ExpectedVersion::NoStream, vec![ev("A"), ev("B")])
+            .await
+            .unwrap();
+        es.append_to_stream("gone", ExpectedVersion::NoStream, vec![ev("G")])
+            .await
+            .unwrap();
+    }
+    // Ages A, B and G past a max_age of 3 s; C, appended after, stays
+    // within it for 3 s more.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let max_age = Retention::new().max_age(std::time::Duration::from_secs(3));
+    for (name, es, _) in &stores {
+        es.append_to_stream("aged", ExpectedVersion::Exact(2), vec![ev("C")])
+            .await
+            .unwrap();
+        for s in ["aged", "gone"] {
+            es.set_retention(s, max_age.clone(), ExpectedVersion::NoStream)
+                .await
+                .unwrap();
+        }
+        let listed = es.list_streams("", None, 10).await.unwrap();
+        for (stream, want) in [("cut", 2), ("aged", 3), ("gone", 2)] {
+            let read = first_read_version(es, stream).await;
+            assert_eq!(read, want, "{name}: the read of {stream}");
+            let info = es.stream_info(stream).await.unwrap();
+            assert_eq!(info.first_version, want, "{name}: stream_info {info:?}");
+            let entry = listed.iter().find(|i| i.stream_id == stream).unwrap();
+            assert_eq!(entry, &info, "{name}: list_streams");
+        }
+    }
+}

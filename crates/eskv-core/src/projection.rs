@@ -72,7 +72,7 @@ pub trait Projection: Send + Sync {
     /// Applies one event to the read model through `state`. An error
     /// aborts the batch (nothing of it is applied) and is retried; once
     /// the retries are spent the runner stops with
-    /// [`Error::Handler`](crate::Error::Handler) naming the event's
+    /// [`Error::Handler`] naming the event's
     /// position (a retryable store error keeps its own kind).
     fn apply(
         &self,
@@ -244,7 +244,7 @@ pub struct ProjectionOptions {
     /// `max_attempts` and the backoff apply. A projection applies every
     /// event in order, so `on_failure` does not: nothing is parked or
     /// skipped, and an event that keeps failing stops the runner with
-    /// [`Error::Handler`](crate::Error::Handler) naming its position; the
+    /// [`Error::Handler`] naming its position; the
     /// checkpoint stays before it.
     pub handler: HandlerOptions,
     /// Poll interval bounds while idle (see subscriptions).

@@ -5,9 +5,8 @@
 //! subscriber sees it. A lost acknowledgement is resolved by the system
 //! event's id, fixed before the first attempt.
 
-use super::live::now_ms;
+use super::live::{first_version_by_age, now_ms};
 use super::options::AppendResult;
-use super::read::stream_events_as_stored;
 use super::EventStore;
 use crate::crypto::SubjectRecord;
 use crate::error::{Error, ExpectedVersion, Result};
@@ -434,36 +433,17 @@ fn expected_matches(expected: ExpectedVersion, actual: Option<u64>, absent: bool
 
 /// The first version of `stream` (at `version`) that `old` does not
 /// release: its first live version by count, truncation and deletion,
-/// then past the leading events its `max_age` released by now (read a
-/// page at a time). A retention change starts from here, so loosening
-/// `max_age` cannot bring those back.
+/// then past the leading events its `max_age` released by now. A
+/// retention change starts from here, so loosening `max_age` cannot bring
+/// those back.
 async fn first_kept(
     txn: &mut dyn KvTransaction,
     stream: &str,
     old: &StreamLife,
     version: StreamVersion,
 ) -> Result<StreamVersion> {
-    const PAGE: usize = 256;
-    let mut v = old.first_live(version);
-    if old.max_age_ms.is_none() {
-        return Ok(v);
-    }
-    let now = now_ms();
-    while v <= version {
-        let events = stream_events_as_stored(txn, stream, (v, version), PAGE).await?;
-        let full = events.len() == PAGE;
-        for e in events {
-            let at = e.stream.as_ref().map_or(v, |s| s.version);
-            if old.is_live(version, &e, now) {
-                return Ok(at);
-            }
-            v = at.saturating_add(1);
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok(v.max(version.saturating_add(1)))
+    let from = old.first_live(version);
+    first_version_by_age(txn, stream, old, version, from, now_ms()).await
 }
 
 /// The result of an earlier attempt whose acknowledgement was lost, found

@@ -5,6 +5,7 @@
 //! removed event is invisible to each of them in the same way.
 
 use super::options::{EventStoreOptions, PersonalParts};
+use super::read::stream_events_as_stored;
 use crate::crypto::{self, StoreKey, SubjectKey, SubjectRecord};
 use crate::error::{Error, Result};
 use crate::event::{PersonalContent, RecordedEvent, StreamVersion};
@@ -362,6 +363,63 @@ pub(crate) fn log_cut_of(v: Option<&[u8]>) -> Result<u64> {
     Ok(v.map(LogLife::decode)
         .transpose()?
         .map_or(1, |l| l.truncate_before.max(1)))
+}
+
+/// The first version a read of the stream `info` describes can return
+/// now: past what its lifecycle record releases (`info.first_version`),
+/// past the events below the log's cut `cut`, and past the leading events
+/// the record's `max_age` has released by `now_ms`. The one answer
+/// `stream_info` and `list_streams` give, so both agree with the reads.
+pub(crate) async fn first_readable_version(
+    txn: &mut dyn KvTransaction,
+    info: &crate::store::StreamInfo,
+    life: Option<&[u8]>,
+    cut: u64,
+    now_ms: u64,
+) -> Result<StreamVersion> {
+    let from = first_version_at_cut(txn, info, cut).await?;
+    let Some(life) = life.map(StreamLife::decode).transpose()? else {
+        return Ok(from);
+    };
+    if !info.exists {
+        return Ok(from);
+    }
+    first_version_by_age(txn, &info.stream_id, &life, info.version, from, now_ms).await
+}
+
+/// The first version of `stream` (at `version`) from `from` on that
+/// `life`'s `max_age` has not released by `now_ms`, or `version + 1` when
+/// it released them all; `from` without a `max_age`. Events are recorded
+/// in version order, so the released ones lead: read a page at a time
+/// until the first one kept.
+pub(crate) async fn first_version_by_age(
+    txn: &mut dyn KvTransaction,
+    stream: &str,
+    life: &StreamLife,
+    version: StreamVersion,
+    from: StreamVersion,
+    now_ms: u64,
+) -> Result<StreamVersion> {
+    const PAGE: usize = 256;
+    let mut v = from;
+    if life.max_age_ms.is_none() {
+        return Ok(v);
+    }
+    while v <= version {
+        let events = stream_events_as_stored(txn, stream, (v, version), PAGE).await?;
+        let full = events.len() == PAGE;
+        for e in events {
+            let at = e.stream.as_ref().map_or(v, |s| s.version);
+            if life.is_live(version, &e, now_ms) {
+                return Ok(at);
+            }
+            v = at.saturating_add(1);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(v.max(version.saturating_add(1)))
 }
 
 /// The first live version of a stream that the log cut covers in part,

@@ -520,7 +520,9 @@ pub struct StreamInfo {
     ///
     /// [`EventStore::set_retention`]: crate::EventStore::set_retention
     pub metadata_revision: Option<u64>,
-    /// The first version a read can return (versions below it were
-    /// released by retention or deletion).
+    /// The first version a read can return now: versions below it were
+    /// released by retention (`max_count`, `truncate_before`, and
+    /// `max_age` as of this call), deletion or the log's truncation.
+    /// `version + 1` when none is left to read.
     pub first_version: StreamVersion,
 }

@@ -14,7 +14,7 @@ pub(super) use log::read_head;
 pub(super) use scan::{load_events, scan_index, Order};
 pub(super) use stream::{read_stream_meta, stream_events_as_stored};
 
-use super::live::{log_cut_of, Live};
+use super::live::{first_readable_version, log_cut_of, now_ms, Live};
 use super::options::{
     consistent_through, LogFilter, ReadOptions, ReadResult, ReadStreamOptions, StreamInfo,
     StreamRead,
@@ -370,12 +370,14 @@ impl EventStore {
             vals[1].as_deref(),
             cut,
         )?;
-        info.first_version = super::live::first_version_at_cut(&mut *txn, &info, cut).await?;
+        info.first_version =
+            first_readable_version(&mut *txn, &info, vals[1].as_deref(), cut, now_ms()).await?;
         Ok(info)
     }
 
     /// Lists streams whose id starts with `prefix`, in id order, at most
-    /// `limit`, starting after stream id `after` (for paging).
+    /// `limit`, starting after stream id `after` (for paging). Each entry
+    /// is what [`EventStore::stream_info`] says of that stream.
     pub async fn list_streams(
         &self,
         prefix: &str,
@@ -396,17 +398,20 @@ impl EventStore {
         lives.push(layout::log_life_key());
         let mut lives = txn.get_many(&lives).await?;
         let cut = log_cut_of(lives.pop().flatten().as_deref())?;
-        rows.into_iter()
-            .zip(lives)
-            .map(|((k, v), life)| {
-                stream_info_of(
-                    layout::parse_stream_key(&k)?,
-                    Some(&v),
-                    life.as_deref(),
-                    cut,
-                )
-            })
-            .collect()
+        let now = now_ms();
+        let mut out = Vec::with_capacity(rows.len());
+        for ((k, v), life) in rows.into_iter().zip(lives) {
+            let mut info = stream_info_of(
+                layout::parse_stream_key(&k)?,
+                Some(&v),
+                life.as_deref(),
+                cut,
+            )?;
+            info.first_version =
+                first_readable_version(&mut *txn, &info, life.as_deref(), cut, now).await?;
+            out.push(info);
+        }
+        Ok(out)
     }
 }
 
