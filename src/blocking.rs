@@ -23,6 +23,7 @@
 //! # Ok::<(), eskv::Error>(())
 //! ```
 
+use crate::{OpenOptions, StoreUrl};
 use eskv_core::{
     AppendCondition, AppendResult, DecideError, DecideOptions, Decided, Decision, DomainEvent,
     Error, EventStoreOptions, ExpectedVersion, KvStore, MemoryStore, NewEvent, Query, ReadOptions,
@@ -30,6 +31,39 @@ use eskv_core::{
 };
 use std::future::Future;
 use std::sync::Arc;
+
+/// Opens the event store behind a store URL (`fjall:PATH`, `redb:PATH`,
+/// `memory:`, `etcd://...`, `tikv://...`), as [`crate::open`] does, for a
+/// program without async.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let url = format!("redb:{}", dir.path().join("events.redb").display());
+/// let store = eskv::blocking::open(&url)?;
+/// assert_eq!(store.head()?, 0);
+///
+/// let err = eskv::blocking::open("events.redb").unwrap_err();
+/// assert!(matches!(err, eskv::Error::InvalidInput { .. }), "{err}");
+/// # Ok::<(), eskv::Error>(())
+/// ```
+pub fn open(url: &str) -> Result<EventStore> {
+    open_url(&crate::open::parse_store_url(url)?, &OpenOptions::default())
+}
+
+/// Opens the event store behind `url` with `options` (read-only, lock
+/// wait, and the event store's own options: upcasters, limits, store
+/// key), as [`crate::open_url`] does, for a program without async.
+///
+/// ```
+/// use eskv::{EventStoreOptions, OpenOptions, StoreUrl};
+/// let options = OpenOptions::default().store(EventStoreOptions::default());
+/// let store = eskv::blocking::open_url(&StoreUrl::Memory, &options)?;
+/// assert_eq!(store.head()?, 0);
+/// # Ok::<(), eskv::Error>(())
+/// ```
+pub fn open_url(url: &StoreUrl, options: &OpenOptions) -> Result<EventStore> {
+    EventStore::on_runtime(|| crate::open::open_url(url, options))
+}
 
 /// A blocking handle on an event store; see the [module docs](self).
 /// Clones share one store and one runtime, so appends from several
@@ -112,10 +146,20 @@ impl EventStore {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<dyn KvStore>>>,
     {
-        let rt = runtime()?;
-        let inner = rt.block_on(async {
+        Self::on_runtime(|| async {
             eskv_core::EventStore::open_with(make_kv().await?, options).await
-        })?;
+        })
+    }
+
+    /// A blocking store on a new runtime, around the async store `open`
+    /// opens on it (backends may start tasks when they open).
+    fn on_runtime<F, Fut>(open: F) -> Result<Self>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<eskv_core::EventStore>>,
+    {
+        let rt = runtime()?;
+        let inner = rt.block_on(open())?;
         Ok(EventStore {
             rt: Arc::new(rt),
             inner,

@@ -28,8 +28,13 @@ use std::sync::Arc;
 /// # Ok(()) }
 /// ```
 pub async fn open(url: &str) -> Result<EventStore> {
-    let url: StoreUrl = url.parse().map_err(|e| Error::invalid(format!("{e}")))?;
-    open_url(&url, &OpenOptions::default()).await
+    open_url(&parse_store_url(url)?, &OpenOptions::default()).await
+}
+
+/// A store URL given as text, or [`Error::InvalidInput`] saying which
+/// forms there are.
+pub(crate) fn parse_store_url(url: &str) -> Result<StoreUrl> {
+    url.parse().map_err(|e| Error::invalid(format!("{e}")))
 }
 
 /// How [`open_url`] opens a store.

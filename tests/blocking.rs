@@ -191,3 +191,42 @@ fn blocking_store_with_options_upcasts() {
         }
     );
 }
+
+/// A store URL opens a blocking store as `eskv::open` opens an async one:
+/// what one handle wrote, a read-only handle opened by URL reads back and
+/// refuses to change; a path without a backend is refused with the forms.
+#[test]
+fn store_urls_open_blocking_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb:{}", dir.path().join("events.redb").display());
+    {
+        let store = eskv::blocking::open(&url).unwrap();
+        store
+            .append_to_stream(
+                "order-1",
+                ExpectedVersion::NoStream,
+                vec![eskv::NewEvent::new("Placed", b"{}".to_vec())],
+            )
+            .unwrap();
+    }
+    let options = eskv::OpenOptions::default().read_only(true);
+    let store = eskv::blocking::open_url(&url.parse().unwrap(), &options).unwrap();
+    let read = store
+        .read_stream("order-1", ReadStreamOptions::new())
+        .unwrap();
+    assert_eq!(read.version, 1);
+    let refused = store.append_to_stream(
+        "order-1",
+        ExpectedVersion::Exact(1),
+        vec![eskv::NewEvent::new("Placed", b"{}".to_vec())],
+    );
+    assert!(
+        matches!(refused, Err(eskv::Error::ReadOnly { .. })),
+        "{refused:?}"
+    );
+    let err = eskv::blocking::open("events.redb").unwrap_err();
+    assert!(
+        matches!(&err, eskv::Error::InvalidInput { .. }) && err.to_string().contains("redb:PATH"),
+        "{err}"
+    );
+}
