@@ -487,3 +487,49 @@ fn a_copy_failing_after_other_namespaces_leaves_a_marked_target() {
     let check = run(d, &["--store", "redb:c.redb", "check"]);
     assert_eq!(check.code, 4, "{}{}", check.stdout, check.stderr);
 }
+
+/// Commands that only look never bind a namespace to the store key they
+/// are given: `check`, `read` and `info` with a key on a fjall store
+/// (opened for writing, unlike a read-only redb file) whose root and
+/// tenant hold no personal data record no key check, so the application
+/// can still take its own key there afterwards. A mistyped key used to be
+/// recorded, and the right one was then refused as the wrong store key.
+#[test]
+fn looking_with_a_store_key_binds_no_namespace_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let typo = "ab".repeat(32);
+    let right = "cd".repeat(32);
+    for (i, tenant) in [None, Some("acme")].into_iter().enumerate() {
+        let s = &format!("fjall:events-{i}");
+        ok(d, &["--store", s, "append", "--type", "RootEvent"]);
+        ok(
+            d,
+            &[
+                "--store",
+                s,
+                "--tenant",
+                "acme",
+                "append",
+                "--type",
+                "TenantEvent",
+            ],
+        );
+        ok(d, &["--store", s, "--store-key", &typo, "check"]);
+        ok(d, &["--store", s, "--store-key", &typo, "info"]);
+        let mut look = vec!["--store", s, "--store-key", &typo];
+        let mut write = vec!["--store", s, "--store-key", &right];
+        if let Some(t) = tenant {
+            look.extend(["--tenant", t]);
+            write.extend(["--tenant", t]);
+        }
+        assert_eq!(events(d, &[&look[..], &["read"]].concat()).len(), 1);
+        ok(d, &[&look[..], &["check"]].concat());
+        // The application's key is taken, and then bound: the typo is
+        // refused from now on.
+        ok(d, &[&write[..], &["append", "--type", "Later"]].concat());
+        let refused = run(d, &[&look[..], &["read"]].concat());
+        assert_eq!(refused.code, 2, "{tenant:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("store key"), "{}", refused.stderr);
+    }
+}
