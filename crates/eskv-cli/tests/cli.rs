@@ -1036,6 +1036,36 @@ fn check_reports_damage_with_exit_code_4() {
     assert!(r.stdout.contains("\"clean\":false"), "{}", r.stdout);
 }
 
+/// A log entry that no longer decodes: `check` still reports (exit 4),
+/// and says why it could not count the live events instead of leaving
+/// `events` null with no reason.
+#[test]
+fn check_says_why_live_events_could_not_be_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = store("garbled.redb");
+    ok(d, &["--store", &s, "append", "--type", "OrderPlaced"], None);
+    let path = d.join("garbled.redb");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use eskv::KvStore;
+            let kv = eskv::redb::RedbStore::open(&path).await.unwrap();
+            let mut t = kv.begin().await.unwrap();
+            t.put(eskv::layout::log_key(1), b"not an event".to_vec());
+            t.commit().await.unwrap();
+        });
+    let r = run(d, &["--store", &s, "check", "--json"], None);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["clean"], false, "{v}");
+    assert_eq!(v["events"], Value::Null, "{v}");
+    let why = v["events_error"].as_str().unwrap_or_default();
+    assert!(why.contains("at position 1"), "{v}");
+}
+
 // ------------------------------------------------------------ hardening
 
 /// A hash of a file's bytes, to show a command left it alone.

@@ -230,10 +230,13 @@ async fn check_one(
     // The live events, as `read` and `export` see them (the report counts
     // what the log stores, released events included until `compact`).
     let pb = spinner("counting live events", "events");
-    let live = live_events(store, r.head, |n| pb.set_position(n))
-        .await
-        .ok();
+    let counted = live_events(store, r.head, |n| pb.set_position(n)).await;
     pb.finish_and_clear();
+    // Why the live events could not be counted (the report still stands).
+    let (live, why) = match counted {
+        Ok(n) => (Some(n), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
     if out.json {
         let violations: Vec<_> = r
             .violations
@@ -250,6 +253,7 @@ async fn check_one(
             "tenant": tenant,
             "clean": r.is_clean(),
             "events": live,
+            "events_error": why,
             "stored_events": r.events,
             "streams": r.streams,
             "head": r.head,
@@ -270,9 +274,10 @@ async fn check_one(
                 r.events
             ),
             None => format!(
-                "{} {} stored in the log (the live ones could not be read), ",
+                "{} {} stored in the log (the live ones could not be read: {}), ",
                 r.events,
-                events_word(r.events)
+                events_word(r.events),
+                why.as_deref().unwrap_or("unknown")
             ),
         };
         let prefix = label.map_or(String::new(), |l| format!("{l}: "));
