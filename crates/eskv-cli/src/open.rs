@@ -61,9 +61,15 @@ pub fn store_key() -> Option<eskv::StoreKey> {
     STORE_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// The event store options of an open with `key`.
-fn store_options(key: Option<eskv::StoreKey>) -> eskv::EventStoreOptions {
-    let mut o = eskv::EventStoreOptions::default();
+/// The event store options of an open with `key` for `access`. Only
+/// commands that may create a store bind it to `key` (record its check
+/// where none is: `import` and `copy` write personal data under it, and
+/// `serve` takes it from clients); the others check the key where one is
+/// recorded and bind nothing, so a mistyped `--store-key` given to `read`,
+/// `check` or `compact` never locks the application's own key out.
+/// Tenants opened from the root (`crate::tenant::open_in`) inherit this.
+fn store_options(key: Option<eskv::StoreKey>, access: Access) -> eskv::EventStoreOptions {
+    let mut o = eskv::EventStoreOptions::default().bind_store_key(access == Access::Create);
     if let Some(k) = key {
         o = o.store_key(k);
     }
@@ -100,56 +106,17 @@ pub async fn open_keyed(
     access: Access,
     key: Option<eskv::StoreKey>,
 ) -> Result<EventStore> {
-    let root = open_root_keyed(url, access, key.clone()).await?;
-    scope(url, root, access, key).await
+    let root = open_root_keyed(url, access, key).await?;
+    scope(url, root, access).await
 }
 
 /// The namespace [`set_tenant`] chose of the store `root` opened.
-async fn scope(
-    url: &StoreUrl,
-    root: EventStore,
-    access: Access,
-    key: Option<eskv::StoreKey>,
-) -> Result<EventStore> {
+async fn scope(url: &StoreUrl, root: EventStore, access: Access) -> Result<EventStore> {
     match tenant() {
         None => Ok(root),
         Some(t) if access == Access::Create => Ok(crate::tenant::open_in(&root, &t).await?),
-        Some(t) => crate::tenant::open_existing(&root, &t, &url.to_string(), access, key).await,
+        Some(t) => crate::tenant::open_existing(&root, &t, &url.to_string()).await,
     }
-}
-
-/// The store key a namespace is opened with for `access`: `key`, but none
-/// for a command that only looks ([`Access::Existing`]), which takes it
-/// afterwards with [`with_key`].
-pub(crate) fn opening_key(access: Access, key: Option<eskv::StoreKey>) -> Option<eskv::StoreKey> {
-    key.filter(|_| access != Access::Existing)
-}
-
-/// `store`, opened for `access` with [`opening_key`], with `key` as its
-/// store key. For a command that only looks, only where its namespace has
-/// a store key check recorded: opening with a key records a check where
-/// there is none, which binds the namespace to that key, and a command
-/// that only looks must not do that (a mistyped `--store-key` would lock
-/// the application's own key out). A namespace without a check holds
-/// nothing sealed under any key, so it reads the same without one.
-pub(crate) async fn with_key(
-    store: EventStore,
-    access: Access,
-    key: Option<eskv::StoreKey>,
-) -> eskv::Result<EventStore> {
-    let Some(key) = key.filter(|_| access == Access::Existing) else {
-        return Ok(store);
-    };
-    let recorded = {
-        let mut txn = store.kv().begin().await?;
-        txn.get(&eskv::layout::store_key_check_key())
-            .await?
-            .is_some()
-    };
-    if !recorded {
-        return Ok(store);
-    }
-    EventStore::open_with(store.kv().clone(), store.options().clone().store_key(key)).await
 }
 
 /// [`open_keyed`] on the root namespace, whatever tenant is set (for the
@@ -159,27 +126,28 @@ pub async fn open_root_keyed(
     access: Access,
     key: Option<eskv::StoreKey>,
 ) -> Result<EventStore> {
-    let opening = opening_key(access, key.clone());
-    let root = match url {
+    match url {
         StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => {
-            open_embedded(url, path, access, opening).await?
+            open_embedded(url, path, access, key).await
         }
-        StoreUrl::Memory => {
-            eskv::open_url(url, &OpenOptions::default().store(store_options(opening))).await?
-        }
-        StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
-            eskv::open_url(url, &OpenOptions::default().store(store_options(opening)))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot connect to {} at {}",
-                        url.backend(),
-                        endpoints.join(",")
-                    )
-                })?
-        }
-    };
-    Ok(with_key(root, access, key).await?)
+        StoreUrl::Memory => Ok(eskv::open_url(
+            url,
+            &OpenOptions::default().store(store_options(key, access)),
+        )
+        .await?),
+        StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => eskv::open_url(
+            url,
+            &OpenOptions::default().store(store_options(key, access)),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to {} at {}",
+                url.backend(),
+                endpoints.join(",")
+            )
+        }),
+    }
 }
 
 /// Tries once: like [`open`], but an embedded store held by another
@@ -187,12 +155,8 @@ pub async fn open_root_keyed(
 pub async fn try_open(url: &StoreUrl, access: Access) -> Result<Option<EventStore>> {
     if let StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } = url {
         check_exists(url, path, access)?;
-        let key = store_key();
-        return match open_embedded_once(url, access, opening_key(access, key.clone())).await {
-            Ok(s) => {
-                let root = with_key(s, access, key.clone()).await?;
-                scope(url, root, access, key).await.map(Some)
-            }
+        return match open_embedded_once(url, access, store_key()).await {
+            Ok(s) => scope(url, s, access).await.map(Some),
             Err(eskv::Error::StoreLocked { .. }) => Ok(None),
             Err(e) => Err(path_context(e, path)),
         };
@@ -294,7 +258,7 @@ async fn open_embedded_once(
     key: Option<eskv::StoreKey>,
 ) -> eskv::Result<EventStore> {
     let options = OpenOptions::default()
-        .store(store_options(key))
+        .store(store_options(key, access))
         // This tool waits for a held store itself (--lock-timeout).
         .lock_wait(Duration::ZERO)
         // A read-only redb open never changes the file; a read-only fjall

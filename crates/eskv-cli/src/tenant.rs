@@ -16,7 +16,6 @@
 //! # Ok(()) }
 //! ```
 
-use crate::open::{self, Access};
 use anyhow::{bail, Result};
 use eskv::{EventStore, KvStore, Namespaced};
 use std::sync::Arc;
@@ -53,34 +52,10 @@ pub async fn open_in(root: &EventStore, tenant: &str) -> eskv::Result<EventStore
     EventStore::open_with(kv, root.options().clone()).await
 }
 
-/// `tenant`'s namespace of `root`'s store opened for `access`, with
-/// `root`'s options and `key` as its store key, as [`crate::open::open`]
-/// gives a root its key: for a command that only looks, only where the
-/// namespace has a store key check recorded, so looking never binds a
-/// tenant to a key.
-pub async fn open_for(
-    root: &EventStore,
-    tenant: &str,
-    access: Access,
-    key: Option<eskv::StoreKey>,
-) -> eskv::Result<EventStore> {
-    let mut options = root.options().clone();
-    options.store_key = open::opening_key(access, key.clone());
-    let kv = Arc::new(Namespaced::new(root.kv().clone(), tenant));
-    let store = EventStore::open_with(kv, options).await?;
-    open::with_key(store, access, key).await
-}
-
-/// [`open_for`] a tenant that must be there already: a name with no keys
-/// in the store is an error naming the tenants there are (a mistyped
-/// tenant never reads as an empty one, nor creates one).
-pub async fn open_existing(
-    root: &EventStore,
-    tenant: &str,
-    store: &str,
-    access: Access,
-    key: Option<eskv::StoreKey>,
-) -> Result<EventStore> {
+/// Like [`open_in`], for a tenant that must be there already: a name
+/// with no keys in the store is an error naming the tenants there are
+/// (a mistyped tenant never reads as an empty one, nor creates one).
+pub async fn open_existing(root: &EventStore, tenant: &str, store: &str) -> Result<EventStore> {
     if !exists(root.kv().as_ref(), tenant).await? {
         let there = list(root.kv().as_ref()).await?;
         let there = if there.is_empty() {
@@ -90,7 +65,7 @@ pub async fn open_existing(
         };
         bail!("no tenant '{tenant}' in {store} ({there}; writing to a tenant creates it)");
     }
-    Ok(open_for(root, tenant, access, key).await?)
+    Ok(open_in(root, tenant).await?)
 }
 
 #[cfg(test)]
@@ -118,9 +93,7 @@ mod tests {
         assert_eq!(list(kv.as_ref()).await.unwrap(), ["a", "aa", "b", "n"]);
         assert!(exists(kv.as_ref(), "aa").await.unwrap());
         assert!(!exists(kv.as_ref(), "c").await.unwrap());
-        let err = open_existing(&root, "c", "memory:", Access::Existing, None)
-            .await
-            .unwrap_err();
+        let err = open_existing(&root, "c", "memory:").await.unwrap_err();
         assert!(err.to_string().contains("a, aa, b, n"), "{err}");
     }
 }

@@ -488,8 +488,9 @@ fn a_copy_failing_after_other_namespaces_leaves_a_marked_target() {
     assert_eq!(check.code, 4, "{}{}", check.stdout, check.stderr);
 }
 
-/// Commands that only look never bind a namespace to the store key they
-/// are given: `check`, `read` and `info` with a key on a fjall store
+/// Commands that do not create a store never bind a namespace to the
+/// store key they are given: `check`, `read`, `info` and `compact` with a
+/// key on a fjall store
 /// (opened for writing, unlike a read-only redb file) whose root and
 /// tenant hold no personal data record no key check, so the application
 /// can still take its own key there afterwards. A mistyped key used to be
@@ -517,6 +518,7 @@ fn looking_with_a_store_key_binds_no_namespace_to_it() {
         );
         ok(d, &["--store", s, "--store-key", &typo, "check"]);
         ok(d, &["--store", s, "--store-key", &typo, "info"]);
+        ok(d, &["--store", s, "--store-key", &typo, "compact"]);
         let mut look = vec!["--store", s, "--store-key", &typo];
         let mut write = vec!["--store", s, "--store-key", &right];
         if let Some(t) = tenant {

@@ -145,10 +145,12 @@ impl EventStore {
                 }
             }
             // A wrong store key is refused here, before anything is
-            // written with it; the first open with a key records its check.
+            // written with it; the first open with a key records its check
+            // (unless it only looks: `bind_store_key`).
             if let Some(key) = &opts.store_key {
                 match vals[2].as_deref() {
                     Some(check) => crate::crypto::check_key(key, check)?,
+                    None if !opts.bind_store_key => {}
                     None => {
                         txn.put(
                             layout::store_key_check_key(),

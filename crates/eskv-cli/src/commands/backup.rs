@@ -439,7 +439,7 @@ pub(crate) async fn copy(
                 target.begin_import(None).await.context("target")?;
             }
             for t in tenants {
-                let s = tenant::open_for(&source, &t, Access::Existing, open::store_key()).await?;
+                let s = tenant::open_in(&source, &t).await?;
                 let d = tenant::open_in(&target, &t).await?;
                 let importer = copy_importer(to, Some(&t), &s, &d).await?;
                 pairs.push((Some(t), s, d, importer));

@@ -185,8 +185,7 @@ pub(crate) async fn check(url: &StoreUrl, out: &mut Out) -> Result<()> {
             let tenants = tenant::list(root.kv().as_ref()).await?;
             namespaces.push((None, root.clone()));
             for t in tenants {
-                let store =
-                    tenant::open_for(&root, &t, Access::Existing, open::store_key()).await?;
+                let store = tenant::open_in(&root, &t).await?;
                 namespaces.push((Some(t), store));
             }
         }

@@ -93,6 +93,14 @@ pub struct EventStoreOptions {
     /// ([`NewEvent::with_personal_data`]): needed to append or read
     /// personal parts; a wrong one is refused at open.
     pub store_key: Option<crate::crypto::StoreKey>,
+    /// Whether an open with a store key records a check of it in a store
+    /// that has none, after which any other key is refused at open.
+    /// Default true. A tool that only looks at a store sets it false, so
+    /// a mistyped key binds nothing: the key is still checked where one
+    /// is recorded, and still opens personal parts. A handle that writes
+    /// personal data should bind (the check is what refuses another key
+    /// later).
+    pub bind_store_key: bool,
     /// How reads return personal parts. Default
     /// [`PersonalParts::Opened`].
     pub personal_parts: PersonalParts,
@@ -108,6 +116,7 @@ impl Default for EventStoreOptions {
             max_batch: 256,
             max_retries: 32,
             store_key: None,
+            bind_store_key: true,
             personal_parts: PersonalParts::Opened,
             upcasters: Upcasters::new(),
         }
@@ -130,6 +139,27 @@ impl EventStoreOptions {
     /// Sets the store key for personal data (crypto-shredding).
     pub fn store_key(mut self, key: crate::crypto::StoreKey) -> Self {
         self.store_key = Some(key);
+        self
+    }
+
+    /// Sets whether an open with a store key records its check where
+    /// none is (see [`EventStoreOptions::bind_store_key`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eskv_core::Result<()> {
+    /// use eskv_core::{EventStore, EventStoreOptions, KvStore, MemoryStore, StoreKey};
+    /// use std::sync::Arc;
+    /// let kv: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+    /// let typo = EventStoreOptions::default().store_key(StoreKey::from_bytes([1; 32])).bind_store_key(false);
+    /// EventStore::open_with(kv.clone(), typo.clone()).await?; // looks, binds nothing
+    /// let right = EventStoreOptions::default().store_key(StoreKey::from_bytes([2; 32]));
+    /// EventStore::open_with(kv.clone(), right).await?; // binds the store to its key
+    /// assert!(EventStore::open_with(kv, typo).await.is_err()); // still checked
+    /// # Ok(()) }
+    /// ```
+    pub fn bind_store_key(mut self, bind: bool) -> Self {
+        self.bind_store_key = bind;
         self
     }
 
@@ -502,7 +532,11 @@ impl From<StreamRead> for Vec<RecordedEvent> {
 pub struct StreamInfo {
     /// Stream id.
     pub stream_id: String,
-    /// True when the stream has events.
+    /// True when the stream has events, or had events that only its
+    /// `max_age` released (it exists with nothing to read, as in
+    /// KurrentDB, and `first_version` is `version + 1`); false when it
+    /// was never written, or reads as absent after deletion, truncation
+    /// or the log's cut.
     pub exists: bool,
     /// Current version (0 when it does not exist).
     pub version: StreamVersion,
