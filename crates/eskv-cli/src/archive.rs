@@ -282,7 +282,14 @@ async fn released(store: &EventStore, bound: &Archived) -> Result<bool> {
         Archived::Stream {
             stream,
             before_version,
-        } => store.stream_info(stream).await?.first_version >= *before_version,
+        } => {
+            // Released for good: by truncation, count or deletion, not by
+            // `max_age` alone (which reads this host's clock, and which a
+            // truncation makes durable).
+            let info = store.stream_info(stream).await?;
+            let truncated = info.retention.truncate_before.unwrap_or(1) >= *before_version;
+            truncated || (info.retention.max_age.is_none() && info.first_version >= *before_version)
+        }
         Archived::Log { before_position } => {
             store.log_truncated_before().await? >= *before_position
         }

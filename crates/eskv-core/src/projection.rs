@@ -32,6 +32,34 @@ use serde::Serialize;
 use std::future::Future;
 use std::time::Duration;
 
+/// Applies `events` to the read model through `state`, in order: what
+/// every batch runs (catch-up, live, rebuild). A store error keeps its
+/// kind (the retry loop tells a passing one from a lasting one, and
+/// halves a batch too large); any other failure is the projection's own,
+/// and becomes [`Error::Handler`] naming the event it failed on.
+async fn apply_events<P: Projection + ?Sized>(
+    p: &P,
+    events: &[RecordedEvent],
+    state: &mut ProjectionState<'_>,
+) -> Result<()> {
+    for e in events {
+        p.apply(e, state).await.map_err(|err| match err {
+            Error::Handler { .. }
+            | Error::LimitExceeded { .. }
+            | Error::Corrupt { .. }
+            | Error::WrongStoreKey { .. }
+            | Error::StoreLocked { .. }
+            | Error::ReadOnly { .. }
+            | Error::StorageFull { .. }
+            | Error::IncompatibleFormat { .. }
+            | Error::Backend { .. } => err,
+            err if err.is_retryable() => err,
+            err => Error::handler(Some(e.position), err.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
 /// A read model maintained from the log.
 ///
 /// Implement `apply` as a plain `async fn` (no attribute needed; its

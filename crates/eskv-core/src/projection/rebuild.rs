@@ -3,7 +3,7 @@
 //! that are neither live nor being built
 //! ([`EventStore::clean_up_projection`]).
 
-use super::{model_prefix, projection_checkpoint_key, read_checkpoint, read_rebuild};
+use super::{apply_events, model_prefix, projection_checkpoint_key, read_checkpoint, read_rebuild};
 use super::{Projection, ProjectionOptions, ProjectionState};
 use crate::error::{Error, Result};
 use crate::event::Position;
@@ -168,9 +168,7 @@ impl EventStore {
             txn: &mut *txn,
             prefix: model_prefix(name, gen),
         };
-        for e in &events {
-            p.apply(e, &mut state).await?;
-        }
+        apply_events(p, &events, &mut state).await?;
         // `next` comes from a read after this transaction's snapshot, so a
         // short page reaches at least the live checkpoint read above.
         let step = if next >= live_pos {

@@ -3,7 +3,7 @@
 //! ([`EventStore::run_projection`]). Each batch commits its read-model
 //! writes and the checkpoint in one transaction.
 
-use super::{model_prefix, projection_checkpoint_key, read_checkpoint};
+use super::{apply_events, model_prefix, projection_checkpoint_key, read_checkpoint};
 use super::{Projection, ProjectionOptions, ProjectionState};
 use crate::error::{Error, Result};
 use crate::event::{Position, RecordedEvent};
@@ -162,16 +162,7 @@ impl EventStore {
             txn: &mut *txn,
             prefix: model_prefix(p.name(), gen),
         };
-        for e in &events {
-            // A store error keeps its kind (the retry loop tells a passing
-            // one from a lasting one, and halves a batch too large); the
-            // projection's own failure names the event it failed on.
-            p.apply(e, &mut state).await.map_err(|err| match err {
-                Error::Handler { .. } | Error::LimitExceeded { .. } | Error::Corrupt { .. } => err,
-                err if err.is_retryable() => err,
-                err => Error::handler(Some(e.position), err.to_string()),
-            })?;
-        }
+        apply_events(p, &events, &mut state).await?;
         txn.validate(cp_key.clone());
         txn.put(cp_key, layout::projection_checkpoint_value(gen, next));
         txn.commit().await?;

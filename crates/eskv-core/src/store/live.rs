@@ -391,7 +391,8 @@ pub(crate) async fn first_readable_version(
 /// `life`'s `max_age` has not released by `now_ms`, or `version + 1` when
 /// it released them all; `from` without a `max_age`. Events are recorded
 /// in version order, so the released ones lead: read a page at a time
-/// until the first one kept.
+/// until the first one kept (the first page holds one event, as most
+/// streams keep their first; later pages grow to 256).
 pub(crate) async fn first_version_by_age(
     txn: &mut dyn KvTransaction,
     stream: &str,
@@ -400,14 +401,16 @@ pub(crate) async fn first_version_by_age(
     from: StreamVersion,
     now_ms: u64,
 ) -> Result<StreamVersion> {
-    const PAGE: usize = 256;
+    const MOST: usize = 256;
     let mut v = from;
     if life.max_age_ms.is_none() {
         return Ok(v);
     }
+    let mut page = 1;
     while v <= version {
-        let events = stream_events_as_stored(txn, stream, (v, version), PAGE).await?;
-        let full = events.len() == PAGE;
+        let events = stream_events_as_stored(txn, stream, (v, version), page).await?;
+        let full = events.len() == page;
+        page = (page * 16).min(MOST);
         for e in events {
             let at = e.stream.as_ref().map_or(v, |s| s.version);
             if life.is_live(version, &e, now_ms) {
@@ -439,6 +442,13 @@ pub(crate) async fn first_version_at_cut(
         return Ok(info.first_version);
     }
     let position_of = |v: StreamVersion| layout::stream_event_key(&info.stream_id, v);
+    // Most streams start above the cut: one read settles them.
+    let first = position_of(lo);
+    if let Some(v) = txn.get(&first).await? {
+        if layout::parse_stream_entry(&first, &v)? >= cut {
+            return Ok(lo);
+        }
+    }
     // Invariant: the answer lies in lo..=hi (the last version is live:
     // the stream exists, so its last position is at or above the cut).
     while lo < hi {
