@@ -130,23 +130,20 @@ pub async fn open_root_keyed(
         StoreUrl::Redb { path, .. } | StoreUrl::Fjall { path, .. } => {
             open_embedded(url, path, access, key).await
         }
-        StoreUrl::Memory => Ok(eskv::open_url(
-            url,
-            &OpenOptions::default().store(store_options(key, access)),
-        )
-        .await?),
-        StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => eskv::open_url(
-            url,
-            &OpenOptions::default().store(store_options(key, access)),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {} at {}",
-                url.backend(),
-                endpoints.join(",")
-            )
-        }),
+        StoreUrl::Memory => {
+            let options = OpenOptions::default().store(store_options(key, access));
+            Ok(eskv::open_url(url, &options).await?)
+        }
+        StoreUrl::Tikv { endpoints, .. } | StoreUrl::Etcd { endpoints, .. } => {
+            let options = OpenOptions::default().store(store_options(key, access));
+            eskv::open_url(url, &options).await.with_context(|| {
+                format!(
+                    "cannot connect to {} at {}",
+                    url.backend(),
+                    endpoints.join(",")
+                )
+            })
+        }
     }
 }
 

@@ -997,6 +997,22 @@ fn copy_from_redb_to_etcd_and_back() {
     );
 }
 
+/// Changes the keys of the redb store at `path` behind eskv's back, in
+/// one committed transaction (to damage it on purpose).
+fn edit_redb(path: &Path, edit: impl FnOnce(&mut dyn eskv::KvTransaction)) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use eskv::KvStore;
+            let kv = eskv::redb::RedbStore::open(path).await.unwrap();
+            let mut t = kv.begin().await.unwrap();
+            edit(&mut *t);
+            t.commit().await.unwrap();
+        });
+}
+
 /// A store whose index lost an entry: `check` exits 4 and says where.
 #[test]
 fn check_reports_damage_with_exit_code_4() {
@@ -1017,18 +1033,9 @@ fn check_reports_damage_with_exit_code_4() {
         None,
     );
     ok(d, &["--store", &s, "check"], None);
-    let path = d.join("dmg.redb");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use eskv::KvStore;
-            let kv = eskv::redb::RedbStore::open(&path).await.unwrap();
-            let mut t = kv.begin().await.unwrap();
-            t.delete(eskv::layout::type_key("OrderPlaced", 1));
-            t.commit().await.unwrap();
-        });
+    edit_redb(&d.join("dmg.redb"), |t| {
+        t.delete(eskv::layout::type_key("OrderPlaced", 1))
+    });
     let r = fails(d, &["--store", &s, "check"], None);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("check found 1 problem"), "{}", r.stderr);
@@ -1045,18 +1052,9 @@ fn check_says_why_live_events_could_not_be_counted() {
     let d = dir.path();
     let s = store("garbled.redb");
     ok(d, &["--store", &s, "append", "--type", "OrderPlaced"], None);
-    let path = d.join("garbled.redb");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use eskv::KvStore;
-            let kv = eskv::redb::RedbStore::open(&path).await.unwrap();
-            let mut t = kv.begin().await.unwrap();
-            t.put(eskv::layout::log_key(1), b"not an event".to_vec());
-            t.commit().await.unwrap();
-        });
+    edit_redb(&d.join("garbled.redb"), |t| {
+        t.put(eskv::layout::log_key(1), b"not an event".to_vec())
+    });
     let r = run(d, &["--store", &s, "check", "--json"], None);
     assert_eq!(r.code, 4, "{}", r.stderr);
     let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
@@ -1325,19 +1323,9 @@ fn exit_codes_follow_the_readme_table() {
         &["--store", &bad, "append", "--type", "A", "--tag", "t:1"],
         None,
     );
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            use eskv::KvStore;
-            let kv = eskv::redb::RedbStore::open(d.join("bad.redb"))
-                .await
-                .unwrap();
-            let mut t = kv.begin().await.unwrap();
-            t.delete(eskv::layout::tag_key("t:1", 1));
-            t.commit().await.unwrap();
-        });
+    edit_redb(&d.join("bad.redb"), |t| {
+        t.delete(eskv::layout::tag_key("t:1", 1))
+    });
     assert_eq!(fails(d, &["--store", &bad, "check"], None).code, 4);
     // (101, an internal error, has no way to be triggered: there is no
     // known panic; `every_error_is_one_line_without_a_panic` checks none
